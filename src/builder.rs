@@ -1,0 +1,171 @@
+//! The consuming builder behind [`Cache::builder`](crate::Cache::builder).
+
+use crate::cache::{Cache, Layout, Weigher};
+use crate::clock::{Clock, ManualClock};
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builds a [`Cache`] with capacity by weight, a TTL, a custom hasher and other settings.
+///
+/// ```
+/// use leasecache::Cache;
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// struct Row { body: Vec<u8> }
+///
+/// let cache: Cache<String, Arc<Row>> = Cache::builder()
+///     .max_capacity(64 << 20)                              // 64 MiB...
+///     .weigher(|_key, row: &Arc<Row>| row.body.len() as u32) // ...of row bodies
+///     .time_to_live(Duration::from_secs(300))
+///     .build();
+/// cache.insert("a".into(), Arc::new(Row { body: vec![0; 1024] }));
+/// assert_eq!(cache.weighted_size(), 1024);
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct CacheBuilder<K, V, S = ahash::RandomState> {
+    max_capacity: u64,
+    weigher: Option<Weigher<K, V>>,
+    ttl: Option<Duration>,
+    shards: Option<usize>,
+    lease_slots: Option<usize>,
+    clock: Option<ManualClock>,
+    hasher: S,
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
+    pub(crate) fn new() -> Self {
+        Self {
+            max_capacity: u64::MAX,
+            weigher: None,
+            ttl: None,
+            shards: None,
+            lease_slots: None,
+            clock: None,
+            hasher: ahash::RandomState::new(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V, S> CacheBuilder<K, V, S> {
+    /// The most the cache holds: entries, or total weight when a [`weigher`](Self::weigher) is set.
+    /// Unbounded when not called.
+    pub fn max_capacity(mut self, max_capacity: u64) -> Self {
+        self.max_capacity = max_capacity;
+        self
+    }
+
+    /// Weighs each entry (in any unit; the capacity is in the same unit). An entry heavier than
+    /// its shard's share of the capacity is not cached.
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// How long an entry lives after it is written, unless the write gives its own TTL.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How many shards (rounded up to a power of two, at most 4096). By default 16 per core,
+    /// fewer for small capacities, so that each shard holds enough entries to evict well.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// How many generation slots the lease table has in all (rounded up to a power of two per
+    /// shard). Keys sharing a slot fence each other's leases: harmless (a spurious rejection costs
+    /// one uncached read) but worth keeping rare. The default is about one slot per two entries of
+    /// capacity, at least 64 per shard and at most 65 536 per shard; each slot is 8 bytes.
+    pub fn lease_slots(mut self, slots: usize) -> Self {
+        self.lease_slots = Some(slots);
+        self
+    }
+
+    /// Uses a [`ManualClock`] for TTLs instead of the system's monotonic clock.
+    pub fn clock(mut self, clock: ManualClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Uses `hasher` to hash keys (the default is `ahash`, randomly seeded per cache).
+    pub fn hasher<S2>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
+        CacheBuilder {
+            max_capacity: self.max_capacity,
+            weigher: self.weigher,
+            ttl: self.ttl,
+            shards: self.shards,
+            lease_slots: self.lease_slots,
+            clock: self.clock,
+            hasher,
+            _types: PhantomData,
+        }
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> Cache<K, V, S>
+    where
+        K: Hash + Eq,
+        S: BuildHasher,
+    {
+        let layout = self.layout();
+        let clock = self.clock.map_or_else(Clock::system, Clock::Manual);
+        Cache::from_parts(layout, self.hasher, clock, self.ttl, self.weigher)
+    }
+
+    fn layout(&self) -> Layout {
+        const MIN_ENTRIES_PER_SHARD: u64 = 32;
+        let shards = match self.shards {
+            Some(n) => n.clamp(1, 4096).next_power_of_two(),
+            None => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let by_cores = (cores * 16).next_power_of_two();
+                let by_capacity = (self.max_capacity / MIN_ENTRIES_PER_SHARD).max(1);
+                // The largest power of two not above `by_capacity`.
+                let by_capacity = 1usize << (63 - by_capacity.leading_zeros()).min(12);
+                by_cores.min(by_capacity)
+            }
+        };
+        let per_shard = (self.max_capacity / shards as u64).max(1);
+        let expected_entries_per_shard = usize::try_from(per_shard).unwrap_or(usize::MAX).min(1 << 20);
+        let slots_per_shard = match self.lease_slots {
+            Some(total) => total.div_ceil(shards),
+            None => expected_entries_per_shard.div_ceil(2),
+        }
+        .clamp(1, 1 << 16)
+        .next_power_of_two()
+        .max(if self.lease_slots.is_some() { 1 } else { 64 });
+        Layout {
+            shards,
+            capacity: self.max_capacity,
+            slots_per_shard,
+            expected_entries_per_shard,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_scales_with_capacity() {
+        let tiny = CacheBuilder::<u8, u8>::new().max_capacity(1).layout();
+        assert_eq!(tiny.shards, 1);
+        let small = CacheBuilder::<u8, u8>::new().max_capacity(200).layout();
+        assert!(small.shards <= 4);
+        let big = CacheBuilder::<u8, u8>::new().max_capacity(1 << 30).layout();
+        assert!(big.shards >= 16 && big.slots_per_shard == 1 << 16);
+        let custom = CacheBuilder::<u8, u8>::new()
+            .shards(3)
+            .lease_slots(5)
+            .layout();
+        assert_eq!((custom.shards, custom.slots_per_shard), (4, 2));
+    }
+}

@@ -1,0 +1,516 @@
+//! `Cache<K, V, S>`: shard routing, the generation table, and the public operations.
+
+use crate::clock::Clock;
+use crate::error::SaveError;
+use crate::generation::{Generation, GenerationClock, Lease, Lookup};
+use crate::load::FlightTable;
+use crate::shard::{Removed, Shard};
+use crate::stats::{Counters, Stats};
+use crate::sync::{AtomicU64, Ordering, RwLock, RwLockWriteGuard};
+use crossbeam_utils::CachePadded;
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc as StdArc;
+use std::time::Duration;
+
+pub(crate) type Weigher<K, V> = StdArc<dyn Fn(&K, &V) -> u32 + Send + Sync + 'static>;
+
+/// A bounded, concurrent, leased cache. See the [crate docs](crate) for a tour.
+///
+/// `Cache` is `Send + Sync`; share it between threads with an `Arc`. Every method takes `&self`.
+///
+/// ```
+/// use leasecache::{Cache, Lookup};
+///
+/// let cache: Cache<String, String> = Cache::new(10_000);
+/// let key = "user:7".to_string();
+/// let value = match cache.get_or_lease(&key) {
+///     Lookup::Hit(v) => v,
+///     Lookup::Miss(lease) => {
+///         let row = "Ada".to_string(); // read the database *after* taking the lease
+///         // A purge that completed meanwhile rejects this save: the row may be old.
+///         let _ = cache.save_with_lease(key.clone(), row.clone(), lease);
+///         row
+///     }
+/// };
+/// assert_eq!(value, "Ada");
+/// ```
+pub struct Cache<K, V, S = ahash::RandomState> {
+    pub(crate) shards: Box<[CachePadded<ShardCell<K, V>>]>,
+    shard_shift: u32,
+    shard_mask: usize,
+    slot_mask: usize,
+    hasher: S,
+    id: u64,
+    clock: Clock,
+    ttl: Option<Duration>,
+    weigher: Option<Weigher<K, V>>,
+}
+
+/// One shard: its lock-protected core, its part of the generation table and its counters.
+pub(crate) struct ShardCell<K, V> {
+    pub(crate) core: RwLock<Core<K, V>>,
+    /// The generation slots this shard owns. Read lock-free by `lease`; written only under
+    /// `core`'s write lock, from `core.clock`, so each slot only grows.
+    generations: Box<[AtomicU64]>,
+    pub(crate) counters: Counters,
+}
+
+pub(crate) struct Core<K, V> {
+    pub(crate) shard: Shard<K, V>,
+    clock: GenerationClock,
+    pub(crate) flights: FlightTable<K, V>,
+}
+
+/// The sizes a builder settled on.
+pub(crate) struct Layout {
+    pub(crate) shards: usize,
+    pub(crate) capacity: u64,
+    pub(crate) slots_per_shard: usize,
+    pub(crate) expected_entries_per_shard: usize,
+}
+
+impl<K, V> Cache<K, V, ahash::RandomState>
+where
+    K: Hash + Eq,
+{
+    /// A cache holding at most `max_entries` entries, with no TTL.
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<u64, u64> = leasecache::Cache::new(100_000);
+    /// cache.insert(1, 2);
+    /// assert_eq!(cache.get(&1), Some(2));
+    /// ```
+    pub fn new(max_entries: u64) -> Self {
+        Self::builder().max_capacity(max_entries).build()
+    }
+
+    /// A builder for capacity by weight, TTLs, a custom hasher and the other knobs.
+    pub fn builder() -> crate::CacheBuilder<K, V> {
+        crate::CacheBuilder::new()
+    }
+}
+
+impl<K, V, S> Cache<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    pub(crate) fn from_parts(
+        layout: Layout,
+        hasher: S,
+        clock: Clock,
+        ttl: Option<Duration>,
+        weigher: Option<Weigher<K, V>>,
+    ) -> Self {
+        let n = layout.shards;
+        debug_assert!(n.is_power_of_two() && layout.slots_per_shard.is_power_of_two());
+        let shards = (0..n)
+            .map(|i| {
+                let capacity = layout.capacity / n as u64
+                    + u64::from((i as u64) < layout.capacity % n as u64);
+                CachePadded::new(ShardCell {
+                    core: RwLock::new(Core {
+                        shard: Shard::new(capacity, layout.expected_entries_per_shard),
+                        clock: GenerationClock::default(),
+                        flights: FlightTable::default(),
+                    }),
+                    generations: (0..layout.slots_per_shard)
+                        .map(|_| AtomicU64::new(Generation::ZERO.get()))
+                        .collect(),
+                    counters: Counters::default(),
+                })
+            })
+            .collect();
+        Self {
+            shards,
+            // Shards are picked from bits 32.. of the hash: hashbrown uses the top 7 bits and the
+            // low bits inside a shard, and the generation slot uses the low bits.
+            shard_shift: 32,
+            shard_mask: n - 1,
+            slot_mask: layout.slots_per_shard - 1,
+            hasher,
+            id: crate::sync::next_instance_id(),
+            clock,
+            ttl,
+            weigher,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    #[inline]
+    pub(crate) fn cell(&self, hash: u64) -> &ShardCell<K, V> {
+        &self.shards[(hash >> self.shard_shift) as usize & self.shard_mask]
+    }
+
+    #[inline]
+    fn slot<'a>(&self, cell: &'a ShardCell<K, V>, hash: u64) -> &'a AtomicU64 {
+        &cell.generations[hash as usize & self.slot_mask]
+    }
+
+    /// The lease for `hash` as its slot stands now.
+    #[inline]
+    pub(crate) fn lease_for(&self, cell: &ShardCell<K, V>, hash: u64) -> Lease {
+        // Acquire pairs with the Release store in `fence`: a reader that sees a purge's new
+        // generation also sees every write the purging thread made before it (the source update).
+        let generation = Generation::from_raw(self.slot(cell, hash).load(Ordering::Acquire));
+        Lease::new(self.id, hash, generation)
+    }
+
+    /// Moves `hash`'s generation to a value its slot never held, and detaches any load in flight
+    /// for `key`. Must be called with the shard's write lock held, atomically with the write.
+    pub(crate) fn fence<Q>(&self, cell: &ShardCell<K, V>, core: &mut Core<K, V>, hash: u64, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let generation = core.clock.mint();
+        // Release pairs with the Acquire load in `lease_for`.
+        self.slot(cell, hash)
+            .store(generation.get(), Ordering::Release);
+        core.flights.detach(hash, key);
+    }
+
+    /// Whether `lease` is still good for `hash`. Call with the shard's write lock held.
+    pub(crate) fn lease_is_current(&self, cell: &ShardCell<K, V>, lease: &Lease, hash: u64) -> bool {
+        // Relaxed: every store to this slot happens under the write lock the caller holds.
+        let current = Generation::from_raw(self.slot(cell, hash).load(Ordering::Relaxed));
+        lease.is_current(current)
+    }
+
+    pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
+        self.weigher.as_ref().map_or(1, |w| w(key, value))
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn deadline(&self, ttl: Option<Duration>) -> u64 {
+        self.clock.deadline(ttl)
+    }
+
+    /// The deadline of an entry written now with the cache's default TTL.
+    pub(crate) fn default_deadline(&self) -> u64 {
+        self.clock.deadline(self.ttl)
+    }
+
+    /// The value of `key`, if cached and not expired.
+    ///
+    /// This is the hit path: a read-locked lookup in one shard. It never looks at generations: a
+    /// present value is current, because every write removes or replaces it atomically with
+    /// fencing its leases.
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<String, u32> = leasecache::Cache::new(10);
+    /// cache.insert("a".to_string(), 1);
+    /// assert_eq!(cache.get("a"), Some(1)); // borrowed lookups, as with std maps
+    /// assert_eq!(cache.get("b"), None);
+    /// ```
+    #[inline]
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let hash = self.hash(key);
+        let cell = self.cell(hash);
+        let value = cell
+            .core
+            .read()
+            .shard
+            .get(hash, key, || self.clock.now())
+            .cloned();
+        Counters::bump(if value.is_some() {
+            &cell.counters.hits
+        } else {
+            &cell.counters.misses
+        });
+        value
+    }
+
+    /// Whether `key` has a live value. Does not count as an access.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.cell(hash)
+            .core
+            .read()
+            .shard
+            .contains(hash, key, self.clock.now())
+    }
+
+    /// The value of `key` if cached, else a lease to fill it with: one lookup.
+    ///
+    /// On a miss, read the source *after* this call returns and save what you read with
+    /// [`save_with_lease`](Self::save_with_lease).
+    ///
+    /// ```
+    /// use leasecache::{Cache, Lookup};
+    ///
+    /// let cache: Cache<u32, &str> = Cache::new(10);
+    /// let Lookup::Miss(lease) = cache.get_or_lease(&1) else { unreachable!() };
+    /// cache.save_with_lease(1, "one", lease).unwrap();
+    /// assert_eq!(cache.get_or_lease(&1), Lookup::Hit("one"));
+    /// ```
+    pub fn get_or_lease<Q>(&self, key: &Q) -> Lookup<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let hash = self.hash(key);
+        let cell = self.cell(hash);
+        let core = cell.core.read();
+        if let Some(value) = core.shard.get(hash, key, || self.clock.now()) {
+            let value = value.clone();
+            drop(core);
+            Counters::bump(&cell.counters.hits);
+            return Lookup::Hit(value);
+        }
+        let lease = self.lease_for(cell, hash);
+        drop(core);
+        Counters::bump(&cell.counters.misses);
+        Lookup::Miss(lease)
+    }
+
+    /// A lease on `key`, whether or not it is cached: one atomic load, lock-free.
+    ///
+    /// Take it **before** reading the source. Any purge, insert or flush of `key` that completes
+    /// after this call fences the lease.
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
+    /// let lease = cache.lease(&7);
+    /// let row = 70; // read the database
+    /// assert!(cache.save_with_lease(7, row, lease).is_ok());
+    /// ```
+    #[inline]
+    pub fn lease<Q>(&self, key: &Q) -> Lease
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.lease_for(self.cell(hash), hash)
+    }
+
+    /// Saves `value` for `key` if no purge, insert or flush of `key` completed since `lease` was
+    /// captured; otherwise hands the value back in [`SaveError::Stale`]. A lease issued for another
+    /// key or by another cache is rejected with [`SaveError::ForeignLease`].
+    ///
+    /// `Ok` means the save was not stale; a cache at capacity may still evict the value at once.
+    /// A lease may be used more than once while it is current: every value saved under it was read
+    /// after it was captured and before any write that would fence it, so each is as fresh as the
+    /// other. The entry gets the cache's default TTL.
+    ///
+    /// ```
+    /// use leasecache::{Cache, SaveError};
+    ///
+    /// let cache: Cache<u32, &str> = Cache::new(10);
+    /// let lease = cache.lease(&1);
+    /// cache.insert(1, "new"); // a writer wins the race
+    /// let err = cache.save_with_lease(1, "old", lease).unwrap_err();
+    /// assert!(matches!(err, SaveError::Stale { .. }));
+    /// assert_eq!(cache.get(&1), Some("new"));
+    /// ```
+    pub fn save_with_lease(&self, key: K, value: V, lease: Lease) -> Result<(), SaveError<V>> {
+        let hash = self.hash(&key);
+        if !lease.is_for(self.id, hash) {
+            return Err(SaveError::ForeignLease { value });
+        }
+        let cell = self.cell(hash);
+        let weight = self.weigh(&key, &value);
+        let (now, expires_at) = (self.now(), self.default_deadline());
+        let mut core = cell.core.write();
+        if !self.lease_is_current(cell, &lease, hash) {
+            drop(core);
+            Counters::bump(&cell.counters.stale_rejected);
+            return Err(SaveError::Stale { value });
+        }
+        core.shard.insert(hash, key, value, weight, expires_at, now);
+        drop(core);
+        Counters::bump(&cell.counters.saves);
+        Ok(())
+    }
+
+    /// Stores `value` unconditionally (with the cache's default TTL) and fences every outstanding
+    /// lease on `key`: use it when you *write* the source and want the cache to hold the new value.
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
+    /// let lease = cache.lease(&1);
+    /// cache.insert(1, 2);
+    /// assert_eq!(cache.get(&1), Some(2));
+    /// assert!(cache.save_with_lease(1, 1, lease).is_err()); // the older read is fenced
+    /// ```
+    pub fn insert(&self, key: K, value: V) {
+        self.insert_inner(key, value, self.ttl);
+    }
+
+    /// [`insert`](Self::insert) with a TTL for this entry, overriding the cache's default.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
+    /// cache.insert_with_ttl(1, 2, Duration::from_secs(60));
+    /// assert_eq!(cache.get(&1), Some(2));
+    /// ```
+    pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+        self.insert_inner(key, value, Some(ttl));
+    }
+
+    fn insert_inner(&self, key: K, value: V, ttl: Option<Duration>) {
+        let hash = self.hash(&key);
+        let cell = self.cell(hash);
+        let weight = self.weigh(&key, &value);
+        let (now, expires_at) = (self.now(), self.deadline(ttl));
+        let mut core = cell.core.write();
+        self.fence(cell, &mut core, hash, &key);
+        core.shard.insert(hash, key, value, weight, expires_at, now);
+        drop(core);
+        Counters::bump(&cell.counters.inserts);
+    }
+
+    /// Removes `key` and fences every outstanding lease on it, **whether or not it was cached**
+    /// (most purges hit absent keys, and their leases must still be fenced). Returns whether a live
+    /// value was removed.
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
+    /// let lease = cache.lease(&1);
+    /// assert!(!cache.purge(&1)); // nothing was cached...
+    /// assert!(cache.save_with_lease(1, 1, lease).is_err()); // ...but the lease is fenced
+    /// ```
+    pub fn purge<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let cell = self.cell(hash);
+        let now = self.now();
+        let mut core = cell.core.write();
+        self.fence(cell, &mut core, hash, key);
+        let removed = core.shard.remove(hash, key, now);
+        drop(core);
+        Counters::bump(&cell.counters.purges);
+        removed == Removed::Live
+    }
+
+    /// Drops every entry and fences every outstanding lease.
+    ///
+    /// Shards are flushed one after another, each atomically: when `flush` returns, every lease
+    /// captured before it was called is fenced and every value cached before it was called is gone.
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
+    /// cache.insert(1, 1);
+    /// let lease = cache.lease(&2);
+    /// cache.flush();
+    /// assert_eq!(cache.get(&1), None);
+    /// assert!(cache.save_with_lease(2, 2, lease).is_err());
+    /// ```
+    pub fn flush(&self) {
+        for cell in self.shards.iter() {
+            let mut core = cell.core.write();
+            Self::flush_shard(cell, &mut core);
+        }
+    }
+
+    fn flush_shard(cell: &ShardCell<K, V>, core: &mut RwLockWriteGuard<'_, Core<K, V>>) {
+        core.shard.clear();
+        core.flights.detach_all();
+        let generation = core.clock.mint();
+        for slot in cell.generations.iter() {
+            // Release pairs with the Acquire load in `lease_for`.
+            slot.store(generation.get(), Ordering::Release);
+        }
+    }
+
+    /// Entries held, including expired ones not yet removed (they are removed lazily, on write
+    /// and under eviction pressure, and are never returned).
+    pub fn entry_count(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|c| c.core.read().shard.len() as u64)
+            .sum()
+    }
+
+    /// Total weight held (equal to [`entry_count`](Self::entry_count) without a weigher).
+    pub fn weighted_size(&self) -> u64 {
+        self.shards.iter().map(|c| c.core.read().shard.weight()).sum()
+    }
+
+    /// A snapshot of the counters, summed over shards.
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
+    /// cache.insert(1, 1);
+    /// cache.get(&1);
+    /// cache.get(&2);
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.hits, stats.misses, stats.inserts), (1, 1, 1));
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        for cell in self.shards.iter() {
+            cell.counters.add_to(&mut stats);
+            let core = cell.core.read();
+            stats.evictions += core.shard.evictions;
+            stats.expirations += core.shard.expirations;
+        }
+        stats
+    }
+
+    /// Checks every shard's structural invariants.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn validate(&self) {
+        for cell in self.shards.iter() {
+            cell.core.read().shard.validate();
+        }
+    }
+
+    /// NEGATIVE CONTROL, compiled only for the loom models: the classic check-then-store bug. It
+    /// checks the lease under one lock acquisition and stores under another, so a purge can slip in
+    /// between. The loom model that runs it must fail.
+    #[cfg(all(test, leasecache_loom))]
+    pub(crate) fn save_check_then_store_broken(&self, key: K, value: V, lease: Lease) -> bool {
+        let hash = self.hash(&key);
+        let cell = self.cell(hash);
+        let current = {
+            let _core = cell.core.read();
+            Generation::from_raw(self.slot(cell, hash).load(Ordering::Acquire))
+        };
+        if !lease.is_current(current) {
+            return false;
+        }
+        let weight = self.weigh(&key, &value);
+        cell.core.write().shard.insert(hash, key, value, weight, 0, 1);
+        true
+    }
+}
+
+impl<K, V, S> fmt::Debug for Cache<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("entry_count", &self.entry_count())
+            .field("weighted_size", &self.weighted_size())
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,138 @@
+//! Generations and leases: the only place that does arithmetic on generations.
+//!
+//! Every key maps to one slot of a fixed table of generation counters (see [`crate::Cache`]'s
+//! *Consistency* section). A [`Lease`] is a snapshot of that slot taken before the caller reads its
+//! source; a save lands only if the slot still holds the same value. Slots only grow, and each is
+//! written by one shard under that shard's lock, from that shard's monotonic clock.
+
+use std::fmt;
+
+/// A point in a key's history. Every write that could make a cached value wrong (purge, insert,
+/// flush) moves the key's generation to a value it has never held before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Generation(u64);
+
+impl Generation {
+    /// The generation every slot starts at.
+    pub(crate) const ZERO: Self = Self(0);
+
+    pub(crate) const fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The raw counter value (useful for logs and metrics, never for arithmetic).
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A per-shard monotonic clock that mints fresh generations. Only ever touched under the shard's
+/// write lock.
+#[derive(Debug, Default)]
+pub(crate) struct GenerationClock(u64);
+
+impl GenerationClock {
+    /// A generation strictly greater than every one this clock minted before. Saturates instead
+    /// of wrapping (after 2^64 writes to one shard): a clock stuck at the top could only cause
+    /// spurious rejections, never revive a lease.
+    pub(crate) fn mint(&mut self) -> Generation {
+        self.0 = self.0.saturating_add(1);
+        Generation(self.0)
+    }
+}
+
+/// Permission to save one key's value, captured **before** reading the source.
+///
+/// A lease is bound to the key it was taken for and to the cache instance that issued it (I8):
+/// presenting it to another key or another cache is rejected with
+/// [`SaveError::ForeignLease`](crate::SaveError::ForeignLease). It is cheap to clone, `Send`,
+/// `Sync` and `'static`, so it can cross threads and `.await` points.
+///
+/// ```
+/// use leasecache::{Cache, Lookup};
+///
+/// let cache: Cache<&str, u32> = Cache::new(100);
+/// let lease = match cache.get_or_lease("answer") {
+///     Lookup::Hit(_) => unreachable!("empty cache"),
+///     Lookup::Miss(lease) => lease,
+/// };
+/// let value = 42; // read from the database *after* taking the lease
+/// assert!(cache.save_with_lease("answer", value, lease).is_ok());
+/// assert_eq!(cache.get("answer"), Some(42));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    cache: u64,
+    key_hash: u64,
+    generation: Generation,
+}
+
+impl Lease {
+    pub(crate) const fn new(cache: u64, key_hash: u64, generation: Generation) -> Self {
+        Self {
+            cache,
+            key_hash,
+            generation,
+        }
+    }
+
+    /// The generation this lease was captured at.
+    pub const fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// Whether this lease was issued by cache `cache` for the key whose hash is `key_hash`.
+    pub(crate) const fn is_for(&self, cache: u64, key_hash: u64) -> bool {
+        self.cache == cache && self.key_hash == key_hash
+    }
+
+    /// Whether the key's current generation still equals the captured one.
+    pub(crate) fn is_current(&self, current: Generation) -> bool {
+        self.generation == current
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("cache", &self.cache)
+            .field("generation", &self.generation.0)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of [`Cache::get_or_lease`](crate::Cache::get_or_lease): the cached value, or a lease
+/// to fill the key with after reading the source.
+///
+/// `L` is the lease type; the Redis tier uses its own. Deliberately exhaustive: a lookup either hits
+/// or misses, and matching on both is the point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup<V, L = Lease> {
+    /// The key is cached; here is its value.
+    Hit(V),
+    /// The key is not cached; read the source, then save under this lease.
+    Miss(L),
+}
+
+impl<V, L> Lookup<V, L> {
+    /// The value, if this was a hit.
+    pub fn hit(self) -> Option<V> {
+        match self {
+            Self::Hit(v) => Some(v),
+            Self::Miss(_) => None,
+        }
+    }
+
+    /// The lease, if this was a miss.
+    pub fn lease(self) -> Option<L> {
+        match self {
+            Self::Hit(_) => None,
+            Self::Miss(l) => Some(l),
+        }
+    }
+
+    /// Whether this was a hit.
+    pub const fn is_hit(&self) -> bool {
+        matches!(self, Self::Hit(_))
+    }
+}

@@ -1,0 +1,110 @@
+//! # leasecache
+//!
+//! An in-process cache that closes the cache-aside **stale-save race** with leases, and (feature
+//! `redis`) the same guarantee on Redis and across processes.
+//!
+//! ## The race
+//!
+//! A reader misses, reads the database, and saves what it read. A writer updates the database,
+//! then purges the key. If the reader read the old row just before the write and saves it just
+//! after the purge, the cache serves the old row until the next write. Purging alone cannot
+//! prevent it; under 64 concurrent readers it hit 1.7 % of read-after-write checks in production.
+//!
+//! ## Usage
+//!
+//! ```
+//! use leasecache::{Cache, Lookup};
+//!
+//! let cache: Cache<u64, String> = Cache::new(100_000);
+//! # let db_read = |id: u64| format!("row {id}");
+//! // Cache-aside with a lease: capture it on the miss, *before* reading the source.
+//! let row = match cache.get_or_lease(&7) {
+//!     Lookup::Hit(row) => row,
+//!     Lookup::Miss(lease) => {
+//!         let row = db_read(7);
+//!         // Rejected (and handed back) if a purge, insert or flush of key 7 completed since
+//!         // the lease was taken: the row we read may be older than that write.
+//!         let _ = cache.save_with_lease(7, row.clone(), lease);
+//!         row
+//!     }
+//! };
+//! assert_eq!(row, "row 7");
+//!
+//! // Writers update the source, then purge: this fences every outstanding lease on the key.
+//! cache.purge(&7);
+//!
+//! // Or let the cache do it: read-through, single-flight, leased.
+//! let row = cache.get_or_load(7, |id| Ok::<_, std::io::Error>(db_read(*id))).unwrap();
+//! assert_eq!(row, "row 7");
+//! ```
+//!
+//! ## Leases
+//!
+//! Every key maps to a *generation*: one slot of a fixed table of 64-bit counters owned by the
+//! key's shard. A [`Lease`] is a snapshot of that slot. [`Cache::purge`], [`Cache::insert`] and
+//! [`Cache::flush`] move the slot to a value it has never held (from the shard's monotonic clock)
+//! in the same critical section as their effect on the entry; [`Cache::save_with_lease`] compares
+//! the slot with the lease in the same critical section as its store. Reading the slot is one
+//! atomic load, so [`Cache::lease`] is lock-free. The table has a fixed size, so purging any
+//! number of absent keys costs no memory; keys that share a slot fence each other, which can only
+//! reject a save spuriously (one extra uncached read), never accept a stale one.
+//!
+//! ## Consistency
+//!
+//! Exactly what is guaranteed, for one `Cache` instance:
+//!
+//! - **No stale save (I1).** If a purge, insert or flush of key K *completes* before
+//!   `save_with_lease(K, _, lease)` begins, and `lease` was captured before that write began,
+//!   the save is rejected, forever: slots only grow, so no later event revives the lease.
+//! - **Every writer fences (I2), present or absent (I4).** `purge`, `insert`, `insert_with_ttl`
+//!   and `flush` fence, whether or not the key was cached.
+//! - **No ABA (I3).** A slot never returns to an earlier value: not after eviction, expiry, purge
+//!   of an absent key or flush.
+//! - **Bounded bookkeeping (I5).** Generation state is a fixed table sized at build time.
+//! - **The hit path is a lookup (I6).** A present, unexpired value is current; `get` never reads
+//!   generations. Expired values are never returned.
+//! - **Single-flight never leaks pre-write data forward (I7).** A `get_or_load` that starts after a
+//!   purge, insert or flush of its key *returned* never receives a value loaded under a lease
+//!   taken before that write. Callers that joined the load before the write may receive it: their
+//!   calls overlapped the write.
+//! - **Leases are bound (I8)** to their key and their cache instance.
+//! - Every operation on a single key is linearizable. `flush` is linearizable per key (shards are
+//!   flushed one after another).
+//!
+//! Not guaranteed: that a saved value stays cached (capacity and TTL may evict it at any time), or
+//! that a save is accepted (a write to a key sharing its slot rejects it; retrying costs one read).
+//!
+//! ## Blocking
+//!
+//! Every method may block the calling thread briefly on a shard lock. `get_or_load` also
+//! *blocks the calling thread while it waits for or runs a load*; use `get_or_load_async` in async
+//! code, which never blocks on a load.
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | *(none)* | the in-process [`Cache`] |
+//! | `redis` | `leasecache::redis::RedisStore` (the same leases on Redis and Redis Cluster) and `leasecache::tiered::TieredCache` (this cache in front of Redis, coherent across processes) |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod builder;
+mod cache;
+mod clock;
+mod error;
+mod generation;
+mod load;
+mod policy;
+mod shard;
+mod stats;
+mod sync;
+
+#[cfg(test)]
+mod tests;
+
+pub use builder::CacheBuilder;
+pub use cache::Cache;
+pub use clock::ManualClock;
+pub use error::SaveError;
+pub use generation::{Generation, Lease, Lookup};
+pub use stats::Stats;

@@ -1,0 +1,19 @@
+//! Eviction policy building blocks: S3-FIFO queues live in the shard; this module holds the
+//! frequency sketch (admission) and the ghost queue (recently evicted hashes).
+//!
+//! The policy is S3-FIFO (Yang et al., SOSP 2023) with two additions measured on the hit-ratio
+//! harness (`cargo bench --bench hit_ratio`):
+//! - while the main queue has room, entries leaving the small queue move into it rather than being
+//!   dropped, so a cold start or a loop larger than the cache fills the whole capacity;
+//! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
+//!   count-min sketch says it was requested more often than the main queue's next victim.
+//!
+//! Hits never touch the sketch (the hit path stays a read-locked map lookup plus a relaxed store of
+//! the entry's 2-bit frequency); an entry's hits are folded into the sketch when the policy next
+//! looks at it.
+
+mod ghost;
+mod sketch;
+
+pub(crate) use ghost::Ghost;
+pub(crate) use sketch::Sketch;

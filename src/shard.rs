@@ -1,0 +1,530 @@
+//! One shard of the cache: a hash table over a slab of entries, S3-FIFO queues threaded through the
+//! slab, and TTL deadlines. Single-threaded: every method takes `&self` or `&mut self` and the
+//! caller provides the locking, so the core can be fuzzed and property-tested directly.
+//!
+//! Generations do not live here. A shard neither reads nor writes the generation table; what it
+//! removes (evictions, expirations) never needs to fence anything, because a lease is checked
+//! against the key's slot in the generation table, which only writes move (see `cache.rs`).
+
+use crate::policy::{Ghost, Sketch};
+use crate::sync::{AtomicU8, Ordering};
+use hashbrown::HashTable;
+use std::borrow::Borrow;
+
+const NIL: u32 = u32::MAX;
+/// The saturation point of an entry's access counter (S3-FIFO uses two bits).
+const MAX_FREQ: u8 = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Queue {
+    Small,
+    Main,
+}
+
+struct Entry<K, V> {
+    key: K,
+    value: V,
+    hash: u64,
+    /// Clock reading at which the entry expires; `0` means never.
+    expires_at: u64,
+    weight: u32,
+    /// Accesses since the policy last looked at the entry. Bumped under the *read* lock, hence
+    /// atomic; relaxed because it is a heuristic that orders nothing.
+    freq: AtomicU8,
+    queue: Queue,
+    prev: u32,
+    next: u32,
+}
+
+impl<K, V> Entry<K, V> {
+    fn is_expired(&self, now: u64) -> bool {
+        self.expires_at != 0 && self.expires_at <= now
+    }
+}
+
+/// A doubly linked FIFO threaded through the slab by index.
+#[derive(Clone, Copy, Debug)]
+struct List {
+    head: u32,
+    tail: u32,
+    len: usize,
+    weight: u64,
+}
+
+impl Default for List {
+    fn default() -> Self {
+        Self {
+            head: NIL,
+            tail: NIL,
+            len: 0,
+            weight: 0,
+        }
+    }
+}
+
+/// What [`Shard::remove`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Removed {
+    /// A live value was removed.
+    Live,
+    /// An expired value was removed (it could not have been returned anyway).
+    Expired,
+    /// Nothing was there.
+    Absent,
+}
+
+pub(crate) struct Shard<K, V> {
+    table: HashTable<u32>,
+    slots: Vec<Option<Entry<K, V>>>,
+    free: Vec<u32>,
+    small: List,
+    main: List,
+    ghost: Ghost,
+    sketch: Sketch,
+    capacity: u64,
+    small_capacity: u64,
+    pub(crate) evictions: u64,
+    pub(crate) expirations: u64,
+}
+
+impl<K, V> Shard<K, V>
+where
+    K: Eq,
+{
+    /// A shard holding at most `capacity` units of weight, sized for about `expected_entries`.
+    pub(crate) fn new(capacity: u64, expected_entries: usize) -> Self {
+        Self {
+            table: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            small: List::default(),
+            main: List::default(),
+            ghost: Ghost::default(),
+            sketch: Sketch::new(expected_entries),
+            capacity,
+            small_capacity: capacity / 10,
+            evictions: 0,
+            expirations: 0,
+        }
+    }
+
+    fn entry(&self, idx: u32) -> &Entry<K, V> {
+        self.slots[idx as usize]
+            .as_ref()
+            .expect("indices in the table and the queues name occupied slots")
+    }
+
+    fn entry_mut(&mut self, idx: u32) -> &mut Entry<K, V> {
+        self.slots[idx as usize]
+            .as_mut()
+            .expect("indices in the table and the queues name occupied slots")
+    }
+
+    fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&i| {
+                slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|e| e.key.borrow() == key)
+            })
+            .copied()
+    }
+
+    /// The live value of `key`, recording the access for the eviction policy. `now` is only called
+    /// when the entry has a deadline.
+    #[inline]
+    pub(crate) fn get<Q>(&self, hash: u64, key: &Q, now: impl FnOnce() -> u64) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let entry = self.entry(self.find(hash, key)?);
+        if entry.expires_at != 0 && entry.is_expired(now()) {
+            return None;
+        }
+        let freq = entry.freq.load(Ordering::Relaxed);
+        if freq < MAX_FREQ {
+            entry.freq.store(freq + 1, Ordering::Relaxed);
+        }
+        Some(&entry.value)
+    }
+
+    /// Whether `key` has a live value, without recording an access.
+    pub(crate) fn contains<Q>(&self, hash: u64, key: &Q, now: u64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.find(hash, key)
+            .is_some_and(|i| !self.entry(i).is_expired(now))
+    }
+
+    /// Stores `value` under `key`, replacing any previous value, then evicts until the shard fits
+    /// its capacity. A value heavier than the whole shard is not stored (and any old value of the
+    /// key is removed). Returns whether the value is stored when the call returns.
+    pub(crate) fn insert(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        expires_at: u64,
+        now: u64,
+    ) -> bool {
+        self.sketch.add(hash, 1);
+        let existing = self.find(hash, &key);
+        if u64::from(weight) > self.capacity {
+            if let Some(idx) = existing {
+                self.remove_index(idx);
+            }
+            return false;
+        }
+        let idx = match existing {
+            Some(idx) => {
+                let entry = self.entry_mut(idx);
+                let (queue, old_weight) = (entry.queue, entry.weight);
+                entry.value = value;
+                entry.weight = weight;
+                entry.expires_at = expires_at;
+                let list = self.list_mut(queue);
+                list.weight = list.weight - u64::from(old_weight) + u64::from(weight);
+                idx
+            }
+            None => {
+                let queue = if self.ghost.contains(hash) {
+                    Queue::Main
+                } else {
+                    Queue::Small
+                };
+                let entry = Entry {
+                    key,
+                    value,
+                    hash,
+                    expires_at,
+                    weight,
+                    freq: AtomicU8::new(0),
+                    queue,
+                    prev: NIL,
+                    next: NIL,
+                };
+                let idx = match self.free.pop() {
+                    Some(idx) => {
+                        self.slots[idx as usize] = Some(entry);
+                        idx
+                    }
+                    None => {
+                        let idx = u32::try_from(self.slots.len())
+                            .expect("a shard holds fewer than 2^32 entries");
+                        self.slots.push(Some(entry));
+                        idx
+                    }
+                };
+                let slots = &self.slots;
+                self.table.insert_unique(hash, idx, |&i| {
+                    slots[i as usize].as_ref().map_or(0, |e| e.hash)
+                });
+                self.link_back(queue, idx);
+                idx
+            }
+        };
+        self.evict_until_fits(now);
+        // Eviction frees slots but never reuses them, so an occupied slot is still this entry.
+        self.slots[idx as usize].is_some()
+    }
+
+    /// Removes `key`.
+    pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q, now: u64) -> Removed
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        match self.find(hash, key) {
+            None => Removed::Absent,
+            Some(idx) => {
+                let expired = self.entry(idx).is_expired(now);
+                self.remove_index(idx);
+                if expired {
+                    self.expirations += 1;
+                    Removed::Expired
+                } else {
+                    Removed::Live
+                }
+            }
+        }
+    }
+
+    /// Drops every entry and the policy's memory of past accesses.
+    pub(crate) fn clear(&mut self) {
+        self.table.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.small = List::default();
+        self.main = List::default();
+        self.ghost.clear();
+        self.sketch.clear();
+    }
+
+    /// Entries held, including expired ones not yet removed.
+    pub(crate) fn len(&self) -> usize {
+        self.small.len + self.main.len
+    }
+
+    /// Total weight held, including expired entries not yet removed.
+    pub(crate) fn weight(&self) -> u64 {
+        self.small.weight + self.main.weight
+    }
+
+    fn main_capacity(&self) -> u64 {
+        self.capacity - self.small_capacity
+    }
+
+    fn evict_until_fits(&mut self, now: u64) {
+        while self.weight() > self.capacity && self.evict_one(now) {}
+    }
+
+    /// Removes one entry chosen by S3-FIFO (see `policy`). Returns false when the shard is empty.
+    fn evict_one(&mut self, now: u64) -> bool {
+        loop {
+            let from_small =
+                self.small.len > 0 && (self.small.weight > self.small_capacity || self.main.len == 0);
+            let idx = if from_small { self.small.head } else { self.main.head };
+            if idx == NIL {
+                return false;
+            }
+            let (hash, weight, freq, expired) = {
+                let e = self.entry(idx);
+                (e.hash, e.weight, e.freq.load(Ordering::Relaxed), e.is_expired(now))
+            };
+            if expired {
+                self.remove_index(idx);
+                self.expirations += 1;
+                return true;
+            }
+            self.unlink(idx);
+            if from_small {
+                let promote = freq > 0
+                    || self.main.weight + u64::from(weight) <= self.main_capacity()
+                    || (self.main.head != NIL
+                        && self.sketch.estimate(hash)
+                            > self.sketch.estimate(self.entry(self.main.head).hash));
+                if promote {
+                    self.sketch.add(hash, freq);
+                    self.entry_mut(idx).freq.store(0, Ordering::Relaxed);
+                    self.link_back(Queue::Main, idx);
+                    continue;
+                }
+                let ghost_capacity = self.main.len.max(self.small.len).max(16);
+                self.ghost.push(hash, ghost_capacity);
+            } else if freq > 0 {
+                self.sketch.add(hash, 1);
+                self.entry_mut(idx).freq.store(freq - 1, Ordering::Relaxed);
+                self.link_back(Queue::Main, idx);
+                continue;
+            }
+            self.free_index(idx);
+            self.evictions += 1;
+            return true;
+        }
+    }
+
+    fn list_mut(&mut self, queue: Queue) -> &mut List {
+        match queue {
+            Queue::Small => &mut self.small,
+            Queue::Main => &mut self.main,
+        }
+    }
+
+    fn link_back(&mut self, queue: Queue, idx: u32) {
+        let tail = self.list_mut(queue).tail;
+        let weight = {
+            let e = self.entry_mut(idx);
+            e.queue = queue;
+            e.prev = tail;
+            e.next = NIL;
+            u64::from(e.weight)
+        };
+        if tail != NIL {
+            self.entry_mut(tail).next = idx;
+        }
+        let list = self.list_mut(queue);
+        if list.head == NIL {
+            list.head = idx;
+        }
+        list.tail = idx;
+        list.len += 1;
+        list.weight += weight;
+    }
+
+    fn unlink(&mut self, idx: u32) {
+        let (queue, prev, next, weight) = {
+            let e = self.entry(idx);
+            (e.queue, e.prev, e.next, u64::from(e.weight))
+        };
+        if prev != NIL {
+            self.entry_mut(prev).next = next;
+        }
+        if next != NIL {
+            self.entry_mut(next).prev = prev;
+        }
+        let list = self.list_mut(queue);
+        if list.head == idx {
+            list.head = next;
+        }
+        if list.tail == idx {
+            list.tail = prev;
+        }
+        list.len -= 1;
+        list.weight -= weight;
+    }
+
+    /// Unlinks and frees a linked entry.
+    fn remove_index(&mut self, idx: u32) {
+        self.unlink(idx);
+        self.free_index(idx);
+    }
+
+    /// Frees an unlinked entry: drops it from the table and returns its slot to the free list.
+    fn free_index(&mut self, idx: u32) {
+        let hash = self.entry(idx).hash;
+        if let Ok(found) = self.table.find_entry(hash, |&i| i == idx) {
+            found.remove();
+        }
+        self.slots[idx as usize] = None;
+        self.free.push(idx);
+    }
+
+    /// Checks every structural invariant; panics with a description of the first one broken.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn validate(&self) {
+        let mut seen = 0usize;
+        for queue in [Queue::Small, Queue::Main] {
+            let list = match queue {
+                Queue::Small => self.small,
+                Queue::Main => self.main,
+            };
+            let (mut idx, mut prev, mut len, mut weight) = (list.head, NIL, 0usize, 0u64);
+            while idx != NIL {
+                let e = self.entry(idx);
+                assert_eq!(e.queue, queue, "entry {idx} is in the wrong queue");
+                assert_eq!(e.prev, prev, "entry {idx} has a broken back link");
+                assert_eq!(
+                    self.find(e.hash, &e.key),
+                    Some(idx),
+                    "entry {idx} is not reachable through the table"
+                );
+                len += 1;
+                weight += u64::from(e.weight);
+                prev = idx;
+                idx = e.next;
+            }
+            assert_eq!(list.tail, prev, "{queue:?} tail is wrong");
+            assert_eq!(list.len, len, "{queue:?} length is wrong");
+            assert_eq!(list.weight, weight, "{queue:?} weight is wrong");
+            seen += len;
+        }
+        assert_eq!(self.table.len(), seen, "table and queues disagree");
+        let occupied = self.slots.iter().filter(|s| s.is_some()).count();
+        assert_eq!(occupied, seen, "slab holds unlinked entries");
+        assert_eq!(self.slots.len(), occupied + self.free.len(), "free list is wrong");
+        assert!(self.weight() <= self.capacity, "shard is over capacity");
+    }
+}
+
+impl<K, V> std::fmt::Debug for Shard<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("len", &(self.small.len + self.main.len))
+            .field("weight", &(self.small.weight + self.main.weight))
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(capacity: u64, keys: impl IntoIterator<Item = u64>) -> Shard<u64, u64> {
+        let mut s = Shard::new(capacity, capacity as usize);
+        for k in keys {
+            s.insert(k, k, k * 10, 1, 0, 1);
+            s.validate();
+        }
+        s
+    }
+
+    #[test]
+    fn insert_get_remove() {
+        let mut s = filled(10, 0..5);
+        assert_eq!(s.get(3, &3, || 1), Some(&30));
+        assert_eq!(s.remove(3, &3, 1), Removed::Live);
+        assert_eq!(s.remove(3, &3, 1), Removed::Absent);
+        assert_eq!(s.get(3, &3, || 1), None);
+        assert_eq!(s.len(), 4);
+        s.validate();
+    }
+
+    #[test]
+    fn stays_within_capacity_under_churn() {
+        let s = filled(16, 0..10_000);
+        assert_eq!(s.len(), 16);
+        assert!(s.evictions >= 10_000 - 16);
+    }
+
+    #[test]
+    fn frequently_used_entries_survive_a_scan() {
+        let mut s = filled(100, 0..50);
+        for _ in 0..3 {
+            for k in 0..50 {
+                assert!(s.get(k, &k, || 1).is_some());
+            }
+        }
+        for k in 1000..3000 {
+            s.insert(k, k, k, 1, 0, 1);
+        }
+        s.validate();
+        let kept = (0..50).filter(|k| s.get(*k, k, || 1).is_some()).count();
+        assert!(kept >= 45, "only {kept} of 50 hot keys survived the scan");
+    }
+
+    #[test]
+    fn expired_entries_are_invisible_and_evicted_first() {
+        let mut s: Shard<u64, u64> = Shard::new(2, 2);
+        s.insert(1, 1, 1, 1, 5, 1);
+        s.insert(2, 2, 2, 1, 0, 1);
+        assert_eq!(s.get(1, &1, || 4), Some(&1));
+        assert_eq!(s.get(1, &1, || 5), None);
+        s.insert(3, 3, 3, 1, 0, 6);
+        s.validate();
+        assert_eq!(s.expirations, 1);
+        assert_eq!(s.get(2, &2, || 6), Some(&2));
+        assert_eq!(s.get(3, &3, || 6), Some(&3));
+    }
+
+    #[test]
+    fn overweight_value_is_not_stored_and_removes_the_old_one() {
+        let mut s: Shard<u64, u64> = Shard::new(10, 10);
+        assert!(s.insert(1, 1, 1, 3, 0, 1));
+        assert!(!s.insert(1, 1, 2, 11, 0, 1));
+        assert_eq!(s.get(1, &1, || 1), None);
+        s.validate();
+    }
+
+    #[test]
+    fn weights_are_accounted() {
+        let mut s: Shard<u64, u64> = Shard::new(10, 10);
+        s.insert(1, 1, 1, 4, 0, 1);
+        s.insert(2, 2, 2, 4, 0, 1);
+        s.insert(1, 1, 1, 6, 0, 1); // replacing changes the weight
+        s.validate();
+        assert_eq!((s.len(), s.weight()), (2, 10));
+        s.insert(3, 3, 3, 1, 0, 1); // 11 > 10: something must go
+        s.validate();
+        assert!(s.weight() <= 10);
+    }
+}

@@ -1,0 +1,77 @@
+//! Cheap statistics: per-shard counters, summed only when asked for.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// A snapshot of a cache's counters, summed over its shards by [`Cache::stats`](crate::Cache::stats).
+///
+/// Counters are updated with relaxed atomics per shard, so a snapshot taken while other threads
+/// work is approximate, never torn into nonsense: each field is a count that really happened.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Lookups (`get`, `get_or_lease`, `get_or_load`) that found a live value.
+    pub hits: u64,
+    /// Lookups that found no live value.
+    pub misses: u64,
+    /// Loader calls made by `get_or_load` / `get_or_load_async` (one per single-flight group).
+    pub loads: u64,
+    /// Loader calls that returned an error or panicked.
+    pub load_errors: u64,
+    /// Unconditional inserts.
+    pub inserts: u64,
+    /// Saves under a lease that landed.
+    pub saves: u64,
+    /// Saves under a lease that were rejected because a write fenced the lease.
+    pub stale_rejected: u64,
+    /// Purges, whether or not a value was present.
+    pub purges: u64,
+    /// Entries removed to stay within capacity.
+    pub evictions: u64,
+    /// Expired entries removed.
+    pub expirations: u64,
+}
+
+impl Stats {
+    /// `hits / (hits + misses)`, or 0 when there were no lookups.
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+/// The counters of one shard.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) loads: AtomicU64,
+    pub(crate) load_errors: AtomicU64,
+    pub(crate) inserts: AtomicU64,
+    pub(crate) saves: AtomicU64,
+    pub(crate) stale_rejected: AtomicU64,
+    pub(crate) purges: AtomicU64,
+}
+
+impl Counters {
+    /// Relaxed: counters order nothing.
+    #[inline]
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_to(&self, stats: &mut Stats) {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        stats.hits += read(&self.hits);
+        stats.misses += read(&self.misses);
+        stats.loads += read(&self.loads);
+        stats.load_errors += read(&self.load_errors);
+        stats.inserts += read(&self.inserts);
+        stats.saves += read(&self.saves);
+        stats.stale_rejected += read(&self.stale_rejected);
+        stats.purges += read(&self.purges);
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder while this suite is being written.
