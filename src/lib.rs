@@ -102,6 +102,18 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod tiered;
+
 pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use clock::ManualClock;

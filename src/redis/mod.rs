@@ -1,0 +1,1 @@
+//! The Redis tier (placeholder while it is being written).

@@ -1,0 +1,1 @@
+//! The tiered cache (placeholder while it is being written).
