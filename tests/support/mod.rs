@@ -1,0 +1,429 @@
+//! Test harness shared by the Redis-backed integration suites (`tests/redis.rs`,
+//! `tests/tiered.rs`): throwaway `redis-server` processes on free loopback ports, each in its own
+//! temporary directory, stopped and removed on drop.
+//!
+//! Never a fixed port, never the machine's own Redis. When `redis-server` is not installed,
+//! [`RedisServer::start`] and [`RedisCluster::start`] print a loud skip to stderr and return
+//! `None`, unless `LEASECACHE_REQUIRE_REDIS=1` (set by `.ci/run`), in which case they panic.
+//!
+//! Readiness is always awaited by polling `PING` (or `CLUSTER INFO`) with bounded retries.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any server is given to come up (or a cluster to converge) before the test fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause between readiness polls.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Whether the environment demands real Redis tests (CI).
+pub fn redis_required() -> bool {
+    std::env::var("LEASECACHE_REQUIRE_REDIS").is_ok_and(|v| v == "1")
+}
+
+/// Whether `redis-server` and `redis-cli` can be run.
+pub fn redis_installed() -> bool {
+    let ok = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    ok("redis-server") && ok("redis-cli")
+}
+
+/// `true` if the test may proceed; prints a loud skip (or panics under
+/// `LEASECACHE_REQUIRE_REDIS=1`) otherwise.
+fn check_installed(what: &str) -> bool {
+    if redis_installed() {
+        return true;
+    }
+    if redis_required() {
+        panic!("LEASECACHE_REQUIRE_REDIS=1 but redis-server/redis-cli are not installed ({what})");
+    }
+    eprintln!();
+    eprintln!("************************************************************************");
+    eprintln!("*** SKIPPED ({what}): redis-server / redis-cli not installed.");
+    eprintln!("*** Set LEASECACHE_REQUIRE_REDIS=1 to make this a failure.");
+    eprintln!("************************************************************************");
+    false
+}
+
+/// A loopback port that was free a moment ago (bind port 0, read it, drop the listener).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Sends `PING` over a raw connection; `true` on `+PONG`.
+fn ping(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Runs `redis-cli -h 127.0.0.1 -p <port> <args>` and returns its trimmed stdout.
+pub fn cli_at(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Polls `cond` every [`POLL`] until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// One `redis-server` process bound to 127.0.0.1 on a free port, with its own working directory.
+struct Node {
+    port: u16,
+    /// Cluster bus port, when cluster mode is on.
+    bus_port: Option<u16>,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("redis.log"))?;
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"]);
+        if let Some(bus) = self.bus_port {
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "2000"])
+                .arg("--cluster-port")
+                .arg(bus.to_string());
+        }
+        cmd.args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(cmd.spawn()?);
+        Ok(())
+    }
+
+    /// Spawns and waits for `PING`; `false` if the process died or never answered.
+    fn spawn_and_wait(&mut self) -> bool {
+        if self.spawn().is_err() {
+            return false;
+        }
+        let port = self.port;
+        let ready = wait_until(READY_TIMEOUT, || {
+            if let Some(child) = self.child.as_mut() {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return true; // exited: stop polling, reported below
+                }
+            }
+            ping(port)
+        });
+        ready && ping(port)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL on Unix
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Starts a node in `dir`, retrying with fresh ports if the chosen one was taken meanwhile.
+fn start_node(dir: PathBuf, cluster: bool, extra: &[&str]) -> Node {
+    let mut last_log = String::new();
+    for _ in 0..5 {
+        let mut node = Node {
+            port: free_port(),
+            bus_port: cluster.then(free_port),
+            dir: dir.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        if node.bus_port == Some(node.port) {
+            continue;
+        }
+        if node.spawn_and_wait() {
+            return node;
+        }
+        last_log = node.log();
+        node.kill9();
+    }
+    panic!("redis-server did not come up after 5 attempts; last log:\n{last_log}");
+}
+
+/// A throwaway standalone `redis-server`. Dropping it kills the process and removes its directory.
+pub struct RedisServer {
+    node: Node,
+    // Declared last: dropped after the node is killed.
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server with default settings (no persistence: a restart loses every key).
+    /// `None` (after a loud skip message) if Redis is not installed and not required.
+    pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments, e.g. `&["--maxmemory", "2mb"]`.
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
+        if !check_installed("RedisServer::start") {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("leasecache-redis-")
+            .tempdir()
+            .expect("create temp dir");
+        let node = start_node(dir.path().to_path_buf(), false, extra);
+        Some(Self { node, _dir: dir })
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.node.port)
+    }
+
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.node.port
+    }
+
+    /// The server's working directory (also holds `redis.log`).
+    pub fn dir(&self) -> &Path {
+        &self.node.dir
+    }
+
+    /// Whether the server answers `PING` right now.
+    pub fn is_up(&self) -> bool {
+        ping(self.node.port)
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no save) and reaps it.
+    pub fn kill9(&mut self) {
+        self.node.kill9();
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port and directory and waits
+    /// for `PING`. Without persistence (the default) every key is gone afterwards.
+    pub fn restart(&mut self) {
+        self.node.kill9();
+        // The port was ours a moment ago; retry briefly in case the kernel still holds it.
+        let mut ok = false;
+        for _ in 0..50 {
+            if self.node.spawn_and_wait() {
+                ok = true;
+                break;
+            }
+            self.node.kill9();
+            std::thread::sleep(POLL);
+        }
+        assert!(
+            ok,
+            "redis-server did not restart; log:\n{}",
+            self.node.log()
+        );
+    }
+
+    /// Runs `redis-cli` against this server and returns its trimmed stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli_at(self.node.port, args)
+    }
+
+    /// The server log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        self.node.log()
+    }
+}
+
+/// A throwaway Redis Cluster of `n` masters (no replicas), created with
+/// `redis-cli --cluster create`. Dropping it kills every node and removes their directories.
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts `n` (>= 3) cluster-enabled nodes, joins them into one cluster covering all 16384
+    /// slots and waits until every node reports `cluster_state:ok`. `None` (after a loud skip
+    /// message) if Redis is not installed and not required.
+    pub fn start(n: usize) -> Option<Self> {
+        assert!(
+            n >= 3,
+            "redis-cli --cluster create needs at least 3 masters"
+        );
+        if !check_installed("RedisCluster::start") {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("leasecache-cluster-")
+            .tempdir()
+            .expect("create temp dir");
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| {
+                let d = dir.path().join(format!("node{i}"));
+                std::fs::create_dir_all(&d).expect("create node dir");
+                start_node(d, true, &[])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_ok();
+        Some(cluster)
+    }
+
+    /// Waits until every node reports `cluster_state:ok` and knows every other node.
+    pub fn wait_ok(&self) {
+        let n = self.nodes.len();
+        let ok = wait_until(READY_TIMEOUT, || {
+            self.nodes.iter().all(|node| {
+                let info = cli_at(node.port, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{n}"))
+                    && info.contains("cluster_slots_ok:16384")
+            })
+        });
+        assert!(ok, "cluster did not converge to cluster_state:ok");
+    }
+
+    /// `redis://127.0.0.1:<port>/` for every node, in start order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .collect()
+    }
+
+    /// Every node's port, in start order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The index of the node that serves `key`'s hash slot.
+    pub fn node_for_key(&self, key: &str) -> usize {
+        let slot: u16 = cli_at(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("CLUSTER KEYSLOT reply");
+        let me_of = |port: u16| cli_at(port, &["CLUSTER", "MYID"]);
+        for (i, node) in self.nodes.iter().enumerate() {
+            let id = me_of(node.port);
+            // CLUSTER NODES line: <id> <ip:port@bus> <flags> ... <slot ranges>
+            let nodes = cli_at(node.port, &["CLUSTER", "NODES"]);
+            for line in nodes.lines() {
+                let mut parts = line.split_whitespace();
+                if parts.next() != Some(id.as_str()) {
+                    continue;
+                }
+                for range in parts.skip(7) {
+                    let (lo, hi) = match range.split_once('-') {
+                        Some((lo, hi)) => (lo.parse().ok(), hi.parse().ok()),
+                        None => (range.parse().ok(), range.parse().ok()),
+                    };
+                    if let (Some(lo), Some(hi)) = (lo, hi) {
+                        if (lo..=hi).contains(&slot) {
+                            return i;
+                        }
+                    }
+                }
+            }
+        }
+        panic!("no node serves slot {slot}");
+    }
+
+    /// Runs `redis-cli` against node `i` (no `-c`: no redirection following).
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        cli_at(self.nodes[i].port, args)
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill9(&mut self, i: usize) {
+        self.nodes[i].kill9();
+    }
+
+    /// Kills node `i` (if it runs), starts it again on the same ports and directory (its
+    /// `nodes.conf` keeps its identity and slots; its keys are gone), and waits until the whole
+    /// cluster reports `cluster_state:ok` again.
+    pub fn restart_node(&mut self, i: usize) {
+        self.nodes[i].kill9();
+        let mut ok = false;
+        for _ in 0..50 {
+            if self.nodes[i].spawn_and_wait() {
+                ok = true;
+                break;
+            }
+            self.nodes[i].kill9();
+            std::thread::sleep(POLL);
+        }
+        assert!(
+            ok,
+            "cluster node {i} did not restart; log:\n{}",
+            self.nodes[i].log()
+        );
+        self.wait_ok();
+    }
+}
