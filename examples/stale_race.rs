@@ -1,2 +1,428 @@
-//! Placeholder while this target is being written.
-fn main() {}
+//! The read-after-write experiment this crate exists for.
+//!
+//! A simulated database (in process, with a jittered read latency), writer lanes that update a
+//! row and then purge its key, and 64 concurrent readers doing cache-aside on the same hot keys.
+//! Every write is one *check*: once the writer's purge for version N has returned, a read that
+//! starts afterwards must never observe a version older than N. A check fails if any such read
+//! (by any reader, or the writer's own verification read before its next write) saw an older row.
+//!
+//! ```text
+//! cargo run --release --example stale_race
+//! cargo run --release --example stale_race -- --checks 3000 --readers 32 --latency-us 2000
+//! ```
+//!
+//! Modes, all on the same workload:
+//!
+//! - `plain`: `get`, read the database, `insert`: the classic race, purges cannot prevent it;
+//! - `leased`: `get_or_lease`, read, `save_with_lease`: a save that overlapped a purge is refused;
+//! - `get_or_load`: leasecache's single-flight read-through, leased;
+//! - `moka get_with` and `quick_cache get_or_insert_with`: the same read-through with those
+//!   caches, invalidated with their own calls (`invalidate`, `remove`).
+//!
+//! The table goes to stdout, a progress bar to stderr.
+
+use leasecache::{Cache, Lookup};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::convert::Infallible;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: stale_race [--checks N] [--readers N] [--keys N] [--latency-us N] [--redis URL]
+
+  --checks N      read-after-write checks (writes) per mode       [default 1200]
+  --readers N     concurrent cache-aside readers                   [default 64]
+  --keys N        hot keys, each with its own writer lane          [default 8]
+  --latency-us N  mean database read latency, microseconds (+-50%) [default 1000]
+  --redis URL     also run the Redis tier and tiered modes (feature `redis`)";
+
+/// What the command line asked for.
+struct Config {
+    checks: u32,
+    readers: usize,
+    keys: usize,
+    latency: Duration,
+    redis: Option<String>,
+}
+
+fn parse_args() -> Result<Config, String> {
+    let mut config = Config {
+        checks: 1200,
+        readers: 64,
+        keys: 8,
+        latency: Duration::from_micros(1000),
+        redis: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{flag} wants a positive integer, got {value:?}"))
+        };
+        match flag.as_str() {
+            "--checks" => {
+                config.checks = u32::try_from(number()?).map_err(|_| "--checks is too large")?;
+            }
+            "--readers" => config.readers = number()?.min(4096) as usize,
+            "--keys" => config.keys = number()?.min(4096) as usize,
+            "--latency-us" => config.latency = Duration::from_micros(number()?.min(1_000_000)),
+            "--redis" => config.redis = Some(value),
+            _ => return Err(format!("unknown flag {flag:?}")),
+        }
+    }
+    Ok(config)
+}
+
+/// The database: one versioned row per key. A read takes the snapshot part-way through its
+/// latency, like a real query: the row can change before the reply arrives.
+struct Db {
+    rows: Vec<AtomicU64>,
+    latency: Duration,
+    reads: AtomicU64,
+}
+
+impl Db {
+    fn new(keys: usize, latency: Duration) -> Self {
+        Self {
+            rows: (0..keys).map(|_| AtomicU64::new(0)).collect(),
+            latency,
+            reads: AtomicU64::new(0),
+        }
+    }
+
+    fn read(&self, key: u64, rng: &mut SmallRng) -> u64 {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        thread::sleep(self.latency.mul_f64(rng.random_range(0.25..0.75)));
+        // SeqCst: the snapshot is ordered with the writer's update and purge.
+        let version = self.rows[key as usize].load(Ordering::SeqCst);
+        thread::sleep(self.latency.mul_f64(rng.random_range(0.25..0.75)));
+        version
+    }
+
+    fn update(&self, key: u64) -> u64 {
+        self.rows[key as usize].fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+/// A cache under test and the cache-aside read it does.
+enum Target {
+    Plain(Cache<u64, u64>),
+    Leased(Cache<u64, u64>),
+    GetOrLoad(Cache<u64, u64>),
+    Moka(moka::sync::Cache<u64, u64, ahash::RandomState>),
+    Quick(quick_cache::sync::Cache<u64, u64>),
+}
+
+impl Target {
+    fn all() -> Vec<Target> {
+        let cap = 10_000;
+        let moka = moka::sync::Cache::builder()
+            .max_capacity(cap)
+            .build_with_hasher(ahash::RandomState::new());
+        vec![
+            Target::Plain(Cache::new(cap)),
+            Target::Leased(Cache::new(cap)),
+            Target::GetOrLoad(Cache::new(cap)),
+            Target::Moka(moka),
+            Target::Quick(quick_cache::sync::Cache::new(cap as usize)),
+        ]
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Plain(_) => "plain (get, read, insert)",
+            Target::Leased(_) => "leased (get_or_lease, save_with_lease)",
+            Target::GetOrLoad(_) => "get_or_load",
+            Target::Moka(_) => "moka get_with + invalidate",
+            Target::Quick(_) => "quick_cache get_or_insert_with + remove",
+        }
+    }
+
+    fn read(&self, key: u64, db: &Db, rng: &mut SmallRng) -> u64 {
+        match self {
+            Target::Plain(c) => c.get(&key).unwrap_or_else(|| {
+                let row = db.read(key, rng);
+                c.insert(key, row);
+                row
+            }),
+            Target::Leased(c) => match c.get_or_lease(&key) {
+                Lookup::Hit(row) => row,
+                Lookup::Miss(lease) => {
+                    let row = db.read(key, rng);
+                    let _ = c.save_with_lease(key, row, lease);
+                    row
+                }
+            },
+            Target::GetOrLoad(c) => c
+                .get_or_load(key, |k| Ok::<_, Infallible>(db.read(*k, rng)))
+                .unwrap_or_else(|never| match never {}),
+            Target::Moka(c) => c.get_with(key, || db.read(key, rng)),
+            Target::Quick(c) => c
+                .get_or_insert_with(&key, || Ok::<_, Infallible>(db.read(key, rng)))
+                .unwrap_or_else(|never| match never {}),
+        }
+    }
+
+    fn invalidate(&self, key: u64) {
+        match self {
+            Target::Plain(c) | Target::Leased(c) | Target::GetOrLoad(c) => {
+                c.purge(&key);
+            }
+            Target::Moka(c) => c.invalidate(&key),
+            Target::Quick(c) => {
+                c.remove(&key);
+            }
+        }
+    }
+}
+
+/// The shared state of one run.
+struct Run<'a> {
+    target: &'a Target,
+    db: Db,
+    /// Per key: the latest version whose purge has returned (high 32 bits) and its check id + 1
+    /// (low 32 bits; 0 = no write yet).
+    floors: Vec<AtomicU64>,
+    stale_checks: Vec<AtomicBool>,
+    /// Per check: whether any read started after its purge returned.
+    covered: Vec<AtomicBool>,
+    stale_reads: AtomicU64,
+    reads: AtomicU64,
+    next_check: AtomicU64,
+    checks: u32,
+    done: AtomicBool,
+}
+
+impl Run<'_> {
+    /// One cache-aside read of `key`, checked against the writes whose purge returned before it.
+    fn checked_read(&self, key: u64, rng: &mut SmallRng) {
+        // Acquire pairs with the writer's Release store after its purge returned.
+        let floor = self.floors[key as usize].load(Ordering::Acquire);
+        let (version, check) = (floor >> 32, floor & u64::from(u32::MAX));
+        if check > 0 {
+            self.covered[check as usize - 1].store(true, Ordering::Relaxed);
+        }
+        let seen = self.target.read(key, &self.db, rng);
+        if seen < version {
+            self.stale_reads.fetch_add(1, Ordering::Relaxed);
+            self.stale_checks[check as usize - 1].store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn reader(&self, seed: u64, keys: u64) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut reads = 0;
+        while !self.done.load(Ordering::Relaxed) {
+            self.checked_read(rng.random_range(0..keys), &mut rng);
+            reads += 1;
+        }
+        self.reads.fetch_add(reads, Ordering::Relaxed);
+    }
+
+    /// Writes `key` until the checks run out: a random pause (readers refill meanwhile), then
+    /// update the row and purge the key. The readers verify every write.
+    fn writer(&self, seed: u64, key: u64) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let latency = self.db.latency;
+        loop {
+            thread::sleep(latency.mul_f64(rng.random_range(0.5..2.0)));
+            let check = self.next_check.fetch_add(1, Ordering::Relaxed);
+            if check >= u64::from(self.checks) {
+                return;
+            }
+            let version = self.db.update(key);
+            self.target.invalidate(key);
+            // Release pairs with the readers' Acquire load: the purge has returned.
+            self.floors[key as usize].store(version << 32 | (check + 1), Ordering::Release);
+            // Every check is read at least once before the next write to this key replaces it.
+            let deadline = Instant::now() + latency * 100;
+            while !self.covered[check as usize].load(Ordering::Relaxed) && Instant::now() < deadline
+            {
+                thread::sleep(Duration::from_micros(20));
+            }
+        }
+    }
+}
+
+/// The outcome of one mode.
+struct Outcome {
+    stale_checks: usize,
+    covered: usize,
+    stale_reads: u64,
+    reads: u64,
+    db_reads: u64,
+    elapsed: Duration,
+}
+
+fn run(target: &Target, config: &Config, progress: &Progress) -> Outcome {
+    let run = Run {
+        target,
+        db: Db::new(config.keys, config.latency),
+        floors: (0..config.keys).map(|_| AtomicU64::new(0)).collect(),
+        stale_checks: (0..config.checks).map(|_| AtomicBool::new(false)).collect(),
+        covered: (0..config.checks).map(|_| AtomicBool::new(false)).collect(),
+        stale_reads: AtomicU64::new(0),
+        reads: AtomicU64::new(0),
+        next_check: AtomicU64::new(0),
+        checks: config.checks,
+        done: AtomicBool::new(false),
+    };
+    let start = Barrier::new(config.readers + 1);
+    let started = thread::scope(|s| {
+        for r in 0..config.readers {
+            let (run, start) = (&run, &start);
+            s.spawn(move || {
+                start.wait();
+                run.reader(r as u64, config.keys as u64);
+            });
+        }
+        start.wait();
+        let started = Instant::now();
+        thread::scope(|w| {
+            for k in 0..config.keys {
+                let run = &run;
+                w.spawn(move || run.writer(1_000_000 + k as u64, k as u64));
+            }
+            while !all_checks_issued(&run) {
+                progress.show(
+                    target.name(),
+                    run.next_check.load(Ordering::Relaxed),
+                    config.checks,
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // Let the readers verify the last writes and finish the loads in flight.
+        thread::sleep(config.latency * 4);
+        run.done.store(true, Ordering::Relaxed);
+        started
+    });
+    progress.finish(target.name(), config.checks);
+    Outcome {
+        stale_checks: run
+            .stale_checks
+            .iter()
+            .filter(|c| c.load(Ordering::Relaxed))
+            .count(),
+        covered: run
+            .covered
+            .iter()
+            .filter(|c| c.load(Ordering::Relaxed))
+            .count(),
+        stale_reads: run.stale_reads.load(Ordering::Relaxed),
+        reads: run.reads.load(Ordering::Relaxed),
+        db_reads: run.db.reads.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Whether every check has been handed out.
+fn all_checks_issued(run: &Run<'_>) -> bool {
+    run.next_check.load(Ordering::Relaxed) >= u64::from(run.checks)
+}
+
+/// A one-line progress bar on stderr (redrawn in place on a terminal, one line per mode otherwise).
+struct Progress {
+    tty: bool,
+}
+
+impl Progress {
+    fn show(&self, mode: &str, done: u64, total: u32) {
+        if !self.tty {
+            return;
+        }
+        let done = done.min(u64::from(total));
+        let filled = (done * 30 / u64::from(total)) as usize;
+        eprint!(
+            "\r{mode:<42} [{}{}] {done:>5}/{total}",
+            "#".repeat(filled),
+            ".".repeat(30 - filled)
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn finish(&self, mode: &str, total: u32) {
+        if self.tty {
+            self.show(mode, u64::from(total), total);
+            eprintln!();
+        } else {
+            eprintln!("{mode}: {total} checks done");
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args() {
+        Ok(config) => config,
+        Err(message) if message.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("stale_race: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(url) = &config.redis {
+        eprintln!(
+            "stale_race: --redis {url}: the Redis tier and tiered modes are not available yet \
+             (they are being written behind feature `redis`); running the in-process modes only."
+        );
+    }
+    let progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+    };
+    let targets = Target::all();
+    let outcomes: Vec<Outcome> = targets.iter().map(|t| run(t, &config, &progress)).collect();
+
+    println!(
+        "stale_race: {} read-after-write checks per mode, {} readers, {} hot keys, \
+         database read latency {} us (+-50%), {} cores\n",
+        config.checks,
+        config.readers,
+        config.keys,
+        config.latency.as_micros(),
+        thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    println!("| mode | stale checks / checks | stale % | stale reads | reads/s | db reads |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (target, o) in targets.iter().zip(&outcomes) {
+        println!(
+            "| {} | {} / {} | {:.2} % | {} | {:.0} | {} |",
+            target.name(),
+            o.stale_checks,
+            config.checks,
+            100.0 * o.stale_checks as f64 / f64::from(config.checks),
+            o.stale_reads,
+            o.reads as f64 / o.elapsed.as_secs_f64(),
+            o.db_reads,
+        );
+    }
+    for (target, o) in targets.iter().zip(&outcomes) {
+        if o.covered < config.checks as usize {
+            println!(
+                "note: {}: only {} of {} writes were read after their purge (too few readers?)",
+                target.name(),
+                o.covered,
+                config.checks
+            );
+        }
+    }
+    println!(
+        "\nA check is stale when a read that started after the purge of version N had returned \
+         observed a version older than N."
+    );
+    ExitCode::SUCCESS
+}
