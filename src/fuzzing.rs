@@ -1,1 +1,545 @@
-//! Fuzzing entry points (placeholder while they are being written).
+//! Fuzzing entry points, shared with the property tests.
+//!
+//! [`run_cache_ops`] and [`run_shard_ops`] decode raw bytes into operations themselves (no
+//! `arbitrary` dependency in the crate) and check every result after every operation: the cache
+//! against the sequential spec (`src/tests/spec.rs`, included here by path so the fuzz build, which
+//! is not a test build, has it too), the shard core against a small lossy model and its own
+//! `validate()`. The cargo-fuzz crate in `fuzz/` calls them; the unit tests at the bottom run them
+//! on fixed inputs so CI always exercises them, and `src/tests/properties.rs` drives
+//! [`CacheRun`] with proptest-generated operations.
+//!
+//! Compiled only for tests and under `cfg(fuzzing)` (set by cargo-fuzz).
+
+// Test builds also compile this file as `crate::tests::spec` (for the linearizability checker);
+// the fuzz build, which is not a test build, has only this copy. One source, two module paths.
+#[allow(clippy::duplicate_mod)]
+#[path = "tests/spec.rs"]
+pub(crate) mod spec;
+
+use crate::shard::{Removed, Shard};
+use crate::{Cache, Lease, Lookup, ManualClock};
+use spec::{SaveOutcome, Slots, Spec, SpecLease, TestHasher};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+/// At most this many operations are decoded from one input, to keep each run fast.
+const MAX_OPS: usize = 4096;
+
+/// One operation on the public cache API. Keys are taken modulo the configuration's key count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CacheOp {
+    Get(u8),
+    ContainsKey(u8),
+    GetOrLease(u8),
+    Lease(u8),
+    /// `save_with_lease` with the outstanding lease picked by index (modulo the number held), for
+    /// the lease's own key, or for `key` when given (a foreign lease unless it is the same key).
+    Save {
+        lease: u16,
+        key: Option<u8>,
+        value: u32,
+    },
+    /// A save with a lease issued by another cache instance (I8).
+    SaveForeignCache(u8, u32),
+    Insert(u8, u32),
+    Purge(u8),
+    Flush,
+    /// Advances the manual clock by this many milliseconds.
+    Advance(u8),
+    /// `get_or_load` (or `get_or_load_async`) whose loader returns `value`, or an error.
+    GetOrLoad {
+        key: u8,
+        value: Option<u32>,
+        asynchronous: bool,
+    },
+}
+
+/// How the cache under test is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CacheConfig {
+    /// Keys are `0..keys`.
+    pub(crate) keys: u8,
+    pub(crate) shards: u64,
+    pub(crate) lease_slots: u64,
+    pub(crate) capacity: u64,
+    /// Default TTL in milliseconds of the manual clock.
+    pub(crate) ttl_ms: Option<u64>,
+    /// Whether capacity may evict (the spec then allows misses).
+    pub(crate) lossy: bool,
+}
+
+impl CacheConfig {
+    /// Exact comparison, every key in its own slot.
+    pub(crate) const EXACT: Self = Self {
+        keys: 8,
+        shards: 1,
+        lease_slots: 256,
+        capacity: 8,
+        ttl_ms: None,
+        lossy: false,
+    };
+    /// Exact comparison, 8 keys sharing 2 slots: the spec predicts every spurious rejection.
+    pub(crate) const SHARED_SLOTS: Self = Self {
+        lease_slots: 2,
+        ..Self::EXACT
+    };
+    /// Four shards of two slots each; capacity large enough that no shard evicts.
+    pub(crate) const SHARDED: Self = Self {
+        shards: 4,
+        lease_slots: 8,
+        capacity: 64,
+        ..Self::EXACT
+    };
+    /// A 10 ms default TTL on a manual clock.
+    pub(crate) const TTL: Self = Self {
+        ttl_ms: Some(10),
+        ..Self::EXACT
+    };
+    /// Eviction pressure: capacity 2 for 8 keys, with a TTL.
+    pub(crate) const EVICTING: Self = Self {
+        capacity: 2,
+        ttl_ms: Some(10),
+        lossy: true,
+        ..Self::EXACT
+    };
+    pub(crate) const ALL: [Self; 5] = [
+        Self::EXACT,
+        Self::SHARED_SLOTS,
+        Self::SHARDED,
+        Self::TTL,
+        Self::EVICTING,
+    ];
+}
+
+/// A cache, a second cache (for foreign leases), the spec, and the leases handed out so far.
+pub(crate) struct CacheRun {
+    config: CacheConfig,
+    cache: Cache<u8, u32, TestHasher>,
+    other: Cache<u8, u32, TestHasher>,
+    clock: ManualClock,
+    spec: Spec<u8, u32>,
+    leases: Vec<(Lease, SpecLease<u8>)>,
+    /// Operations applied, for messages.
+    step: usize,
+}
+
+impl CacheRun {
+    pub(crate) fn new(config: CacheConfig) -> Self {
+        let clock = ManualClock::new();
+        let build = || {
+            let builder = Cache::builder()
+                .hasher(TestHasher)
+                .shards(config.shards as usize)
+                .lease_slots(config.lease_slots as usize)
+                .max_capacity(config.capacity)
+                .clock(clock.clone());
+            match config.ttl_ms {
+                Some(ms) => builder.time_to_live(Duration::from_millis(ms)).build(),
+                None => builder.build(),
+            }
+        };
+        let slots = Slots::new(config.shards, config.lease_slots);
+        Self {
+            cache: build(),
+            other: build(),
+            clock: clock.clone(),
+            spec: Spec::new(slots).lossy(config.lossy).ttl(config.ttl_ms),
+            leases: Vec::new(),
+            config,
+            step: 0,
+        }
+    }
+
+    fn key(&self, k: u8) -> u8 {
+        k % self.config.keys
+    }
+
+    /// Applies `op` to the cache and the spec; `Err` describes the first disagreement.
+    pub(crate) fn apply(&mut self, op: &CacheOp) -> Result<(), String> {
+        self.step += 1;
+        let step = self.step;
+        self.apply_inner(op)
+            .map_err(|e| format!("step {step} ({op:?}): {e}"))?;
+        self.cache.validate();
+        Ok(())
+    }
+
+    fn apply_inner(&mut self, op: &CacheOp) -> Result<(), String> {
+        match *op {
+            CacheOp::Get(k) => {
+                let k = self.key(k);
+                self.spec.get(&k, self.cache.get(&k).as_ref())
+            }
+            CacheOp::ContainsKey(k) => {
+                let k = self.key(k);
+                self.spec.contains_key(&k, self.cache.contains_key(&k))
+            }
+            CacheOp::GetOrLease(k) => {
+                let k = self.key(k);
+                match self.cache.get_or_lease(&k) {
+                    Lookup::Hit(v) => self.spec.get_or_lease(&k, Some(&v)).map(drop),
+                    Lookup::Miss(lease) => {
+                        let spec_lease = self
+                            .spec
+                            .get_or_lease(&k, None)?
+                            .expect("the spec hands out a lease on a miss");
+                        self.leases.push((lease, spec_lease));
+                        Ok(())
+                    }
+                }
+            }
+            CacheOp::Lease(k) => {
+                let k = self.key(k);
+                let pair = (self.cache.lease(&k), self.spec.lease(&k));
+                self.leases.push(pair);
+                Ok(())
+            }
+            CacheOp::Save { lease, key, value } => {
+                if self.leases.is_empty() {
+                    return Ok(());
+                }
+                let (lease, spec_lease) =
+                    self.leases[usize::from(lease) % self.leases.len()].clone();
+                let k = key.map_or(spec_lease.key, |k| self.key(k));
+                let outcome = SaveOutcome::of(&self.cache.save_with_lease(k, value, lease));
+                self.spec.save(k, value, &spec_lease, outcome)
+            }
+            CacheOp::SaveForeignCache(k, value) => {
+                let k = self.key(k);
+                let lease = self.other.lease(&k);
+                let outcome = SaveOutcome::of(&self.cache.save_with_lease(k, value, lease));
+                self.spec
+                    .save(k, value, &self.spec.foreign_lease(&k), outcome)
+            }
+            CacheOp::Insert(k, value) => {
+                let k = self.key(k);
+                self.cache.insert(k, value);
+                self.spec.insert(k, value);
+                Ok(())
+            }
+            CacheOp::Purge(k) => {
+                let k = self.key(k);
+                self.spec.purge(&k, self.cache.purge(&k))
+            }
+            CacheOp::Flush => {
+                self.cache.flush();
+                self.spec.flush();
+                Ok(())
+            }
+            CacheOp::Advance(ms) => {
+                self.clock.advance(Duration::from_millis(u64::from(ms)));
+                self.spec.advance(u64::from(ms));
+                Ok(())
+            }
+            CacheOp::GetOrLoad {
+                key,
+                value,
+                asynchronous,
+            } => {
+                let k = self.key(key);
+                let loaded = value.ok_or(());
+                let observed = if asynchronous {
+                    block_on(self.cache.get_or_load_async(k, |_| async move { loaded }))
+                } else {
+                    self.cache.get_or_load(k, |_| loaded)
+                };
+                self.spec
+                    .get_or_load(&k, loaded, observed.as_ref().map_err(|_| ()))
+            }
+        }
+    }
+
+    /// Checks what the cache holds for every key against the spec.
+    pub(crate) fn finish(&mut self) -> Result<(), String> {
+        let cache = &self.cache;
+        self.spec
+            .check_contents(0..self.config.keys, |k| cache.get(k))
+            .map_err(|e| format!("after {} steps: {e}", self.step))
+    }
+}
+
+/// Runs `ops` against a cache built as `config` and the spec.
+pub(crate) fn run_cache(config: CacheConfig, ops: &[CacheOp]) -> Result<(), String> {
+    let mut run = CacheRun::new(config);
+    for op in ops {
+        run.apply(op)?;
+    }
+    run.finish()
+}
+
+/// Polls a future that never waits on anything but itself (a single-threaded `get_or_load_async`
+/// whose loader is ready at once) to completion without an executor dependency.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..1000 {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+    panic!("a single-threaded get_or_load_async never completed");
+}
+
+/// Reads bytes off the front of a fuzz input.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes([self.u8()?, self.u8()?]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from(self.u16()?) | u32::from(self.u16()?) << 16)
+    }
+}
+
+fn decode_cache_op(b: &mut Bytes<'_>) -> Option<CacheOp> {
+    Some(match b.u8()? % 11 {
+        0 => CacheOp::Get(b.u8()?),
+        1 => CacheOp::ContainsKey(b.u8()?),
+        2 => CacheOp::GetOrLease(b.u8()?),
+        3 => CacheOp::Lease(b.u8()?),
+        4 => {
+            let (lease, which, value) = (b.u16()?, b.u8()?, b.u32()?);
+            let key = (which & 0x80 != 0).then_some(which);
+            CacheOp::Save { lease, key, value }
+        }
+        5 => CacheOp::SaveForeignCache(b.u8()?, b.u32()?),
+        6 => CacheOp::Insert(b.u8()?, b.u32()?),
+        7 => CacheOp::Purge(b.u8()?),
+        8 => CacheOp::Flush,
+        9 => CacheOp::Advance(b.u8()? % 16),
+        _ => {
+            let (key, flags, value) = (b.u8()?, b.u8()?, b.u32()?);
+            CacheOp::GetOrLoad {
+                key,
+                value: (flags & 1 == 0).then_some(value),
+                asynchronous: flags & 2 != 0,
+            }
+        }
+    })
+}
+
+/// Decodes `data` (first byte: the configuration; then operations) and runs it against the spec,
+/// checking every result and the shards' invariants after every operation. Panics on a mismatch.
+pub fn run_cache_ops(data: &[u8]) {
+    let mut b = Bytes(data);
+    let Some(config) = b.u8() else { return };
+    let config = CacheConfig::ALL[usize::from(config) % CacheConfig::ALL.len()];
+    let mut ops = Vec::new();
+    while ops.len() < MAX_OPS {
+        match decode_cache_op(&mut b) {
+            Some(op) => ops.push(op),
+            None => break,
+        }
+    }
+    if let Err(e) = run_cache(config, &ops) {
+        panic!("{config:?}: {e}");
+    }
+}
+
+/// One operation on the single-threaded shard core.
+#[derive(Clone, Debug)]
+enum ShardOp {
+    Get(u8),
+    Contains(u8),
+    /// key, value, weight, TTL in ticks (0: no deadline)
+    Insert(u8, u16, u8, u8),
+    Remove(u8),
+    Clear,
+    Advance(u8),
+}
+
+fn decode_shard_op(b: &mut Bytes<'_>) -> Option<ShardOp> {
+    Some(match b.u8()? % 8 {
+        0 | 1 => ShardOp::Get(b.u8()?),
+        2 => ShardOp::Contains(b.u8()?),
+        3 | 4 => ShardOp::Insert(b.u8()?, b.u16()?, b.u8()?, b.u8()?),
+        5 => ShardOp::Remove(b.u8()?),
+        6 => ShardOp::Clear,
+        _ => ShardOp::Advance(b.u8()?),
+    })
+}
+
+/// What the model knows about one key of a shard: the value it may hold, and when it expires.
+#[derive(Clone, Copy, Debug)]
+struct ShardModelEntry {
+    value: u16,
+    expires_at: u64,
+}
+
+impl ShardModelEntry {
+    fn live(&self, now: u64) -> bool {
+        self.expires_at == 0 || now < self.expires_at
+    }
+}
+
+/// Decodes `data` (first byte: capacity and weight range; then operations) and runs it on one
+/// [`Shard`], checking `Shard::validate()` after every operation and every result against a lossy
+/// model: the shard may evict anything, but never returns a value it was not last given, never
+/// returns an expired value, and always stores what fits.
+pub fn run_shard_ops(data: &[u8]) {
+    let mut b = Bytes(data);
+    let Some(setup) = b.u8() else { return };
+    let capacity = u64::from(setup % 16) + 1;
+    let heavy = setup & 0x80 != 0; // weights up to 2x capacity, else all 1
+    let key_space = if setup & 0x40 != 0 { 64 } else { 8 };
+    let mut shard: Shard<u8, u16> = Shard::new(capacity, capacity as usize);
+    let mut model: BTreeMap<u8, ShardModelEntry> = BTreeMap::new();
+    let mut now = 1u64;
+    let hash = |k: &u8| TestHasher.hash_one(k);
+    let (mut evictions, mut expirations) = (0, 0);
+    for step in 0..MAX_OPS {
+        let Some(op) = decode_shard_op(&mut b) else {
+            break;
+        };
+        let fail = |what: String| -> ! { panic!("step {step} ({op:?}): {what}") };
+        match op {
+            ShardOp::Get(k) => {
+                let k = k % key_space;
+                let got = shard.get(hash(&k), &k, || now).copied();
+                let allowed = model.get(&k).filter(|e| e.live(now)).map(|e| e.value);
+                if got.is_some() && got != allowed {
+                    fail(format!(
+                        "get returned {got:?}, the model allows {allowed:?}"
+                    ));
+                }
+            }
+            ShardOp::Contains(k) => {
+                let k = k % key_space;
+                let got = shard.contains(hash(&k), &k, now);
+                if got && !model.get(&k).is_some_and(|e| e.live(now)) {
+                    fail("contains found a key the model does not hold live".into());
+                }
+            }
+            ShardOp::Insert(k, value, weight, ttl) => {
+                let k = k % key_space;
+                let weight = if heavy {
+                    u32::from(weight) % (2 * capacity as u32) + 1
+                } else {
+                    1
+                };
+                let expires_at = if ttl == 0 { 0 } else { now + u64::from(ttl) };
+                let stored = shard.insert(hash(&k), k, value, weight, expires_at, now);
+                if u64::from(weight) > capacity && stored {
+                    fail("stored a value heavier than the shard".into());
+                }
+                if stored {
+                    model.insert(k, ShardModelEntry { value, expires_at });
+                    let live = model[&k].live(now);
+                    if shard.get(hash(&k), &k, || now).copied() != live.then_some(value) {
+                        fail("a value reported stored is not there".into());
+                    }
+                } else {
+                    model.remove(&k);
+                    if shard.contains(hash(&k), &k, now) {
+                        fail("a value reported not stored is there".into());
+                    }
+                }
+            }
+            ShardOp::Remove(k) => {
+                let k = k % key_space;
+                let removed = shard.remove(hash(&k), &k, now);
+                let known = model.remove(&k);
+                match (removed, known) {
+                    (Removed::Absent, _) => {}
+                    (Removed::Live, Some(e)) if e.live(now) => {}
+                    (Removed::Expired, Some(e)) if !e.live(now) => {}
+                    (r, e) => fail(format!("remove returned {r:?}, the model held {e:?}")),
+                }
+                if shard.contains(hash(&k), &k, now) {
+                    fail("a removed key is still there".into());
+                }
+            }
+            ShardOp::Clear => {
+                shard.clear();
+                model.clear();
+                if shard.len() != 0 || shard.weight() != 0 {
+                    fail("clear left entries behind".into());
+                }
+            }
+            ShardOp::Advance(by) => now += u64::from(by % 8),
+        }
+        shard.validate();
+        if shard.len() > model.len() {
+            fail(format!(
+                "the shard holds {} entries, the model only knows {}",
+                shard.len(),
+                model.len()
+            ));
+        }
+        if shard.evictions < evictions || shard.expirations < expirations {
+            fail("a counter went backwards".into());
+        }
+        (evictions, expirations) = (shard.evictions, shard.expirations);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed pseudo-random byte stream (xorshift), so the fuzz entry points run on the same
+    /// varied inputs in every CI run.
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cache_ops_on_fixed_inputs() {
+        run_cache_ops(&[]);
+        run_cache_ops(&[3]);
+        for seed in 0..200 {
+            run_cache_ops(&bytes(seed, 600));
+        }
+    }
+
+    #[test]
+    fn shard_ops_on_fixed_inputs() {
+        run_shard_ops(&[]);
+        for seed in 0..200 {
+            run_shard_ops(&bytes(seed, 800));
+        }
+    }
+
+    #[test]
+    fn every_config_is_reached_and_decodes_every_op() {
+        // The first byte picks the configuration; make sure each one runs a varied sequence.
+        for (i, _) in CacheConfig::ALL.iter().enumerate() {
+            let mut data = vec![i as u8];
+            for tag in 0..11u8 {
+                data.extend([tag, 1, 2, 3, 4, 5, 6, 7, 8]);
+            }
+            run_cache_ops(&data);
+        }
+    }
+
+    /// Teeth: the harness notices a cache that accepts a save the spec says is stale.
+    #[test]
+    fn the_spec_catches_a_stale_acceptance() {
+        let mut spec: Spec<u8, u32> = Spec::new(Slots::new(1, 1 << 16));
+        let lease = spec.lease(&1);
+        spec.purge(&1, false).unwrap();
+        assert!(spec.save(1, 7, &lease, SaveOutcome::Saved).is_err());
+        assert!(spec.save(1, 7, &lease, SaveOutcome::Stale).is_ok());
+        assert!(
+            spec.get(&1, Some(&7)).is_err(),
+            "the rejected value must not be readable"
+        );
+    }
+}
