@@ -1,2 +1,400 @@
-//! Placeholder while this target is being written.
-fn main() {}
+//! Hit-ratio harness: replays access traces through leasecache, moka and quick_cache
+//! (single-threaded cache-aside: look up, on a miss insert) and prints markdown tables of hit
+//! ratios, one per capacity, with a "best fixed set in hindsight" reference row.
+//!
+//! ```text
+//! cargo bench --bench hit_ratio                          # full run (a few minutes on 2 cores)
+//! cargo bench --bench hit_ratio -- --quick               # CI smoke (or HIT_RATIO_QUICK=1)
+//! cargo bench --bench hit_ratio -- --trace keys.txt      # also replay a trace, one key per line
+//! ```
+//!
+//! Traces are generated from a fixed seed: Zipf with s = 0.7, 0.9, 1.0, 1.2 over 1M keys; a
+//! Zipf (s = 1.0) hot set polluted by one-time scans (after every 16 x capacity hot accesses, a scan
+//! of 4 x capacity keys never seen again); and a loop over 1.1 x capacity keys. Each cache counts its
+//! own hits: leasecache through `get_or_lease` (+ `save_with_lease` on a miss), the others through
+//! `get` (+ `insert` on a miss). "Best fixed set" counts the hits of a cache that statically held the
+//! capacity's worth of most frequent keys of the trace (a reference, not an upper bound: an adaptive
+//! cache can beat it when popularity shifts).
+
+mod common;
+
+use leasecache::{Cache, Lookup};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+const USAGE: &str = "\
+usage: hit_ratio [--quick] [--accesses N] [--keys N] [--seed N] [--capacities A,B,..] [--trace FILE]..
+
+  --quick           CI smoke: 300k accesses, capacities 1000,10000 (also HIT_RATIO_QUICK=1)
+  --accesses N      accesses per generated trace                  [default 4000000]
+  --keys N          Zipf key space                                [default 1000000]
+  --seed N          seed of the generated traces                  [default 42]
+  --capacities LIST capacities in entries, comma separated        [default 1000,10000,100000]
+  --trace FILE      also replay FILE (one key per line; integers are used as is, other lines
+                    are hashed); may be repeated";
+
+struct Config {
+    accesses: usize,
+    keys: u64,
+    seed: u64,
+    capacities: Vec<u64>,
+    files: Vec<String>,
+}
+
+fn parse_args() -> Result<Config, String> {
+    let quick = std::env::var("HIT_RATIO_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let mut config = Config {
+        accesses: 4_000_000,
+        keys: 1_000_000,
+        seed: 42,
+        capacities: vec![1_000, 10_000, 100_000],
+        files: Vec::new(),
+    };
+    let quick_config = |c: &mut Config| {
+        c.accesses = 300_000;
+        c.capacities = vec![1_000, 10_000];
+    };
+    if quick {
+        quick_config(&mut config);
+    }
+    let positive = |flag: &str, v: &str| {
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{flag} wants a positive integer, got {v:?}"))
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            // Passed by `cargo bench`.
+            "--bench" => {}
+            "-h" | "--help" => return Err(String::new()),
+            "--quick" => quick_config(&mut config),
+            "--accesses" => config.accesses = positive(&flag, &value()?)?.min(1 << 32) as usize,
+            "--keys" => config.keys = positive(&flag, &value()?)?,
+            "--seed" => {
+                let v = value()?;
+                config.seed = v
+                    .parse()
+                    .map_err(|_| format!("--seed wants an integer, got {v:?}"))?;
+            }
+            "--capacities" => {
+                config.capacities = value()?
+                    .split(',')
+                    .map(|c| positive("--capacities", c.trim()))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--trace" => config.files.push(value()?),
+            // Filters and flags that cargo or criterion may pass to every bench.
+            other if !other.starts_with('-') => {}
+            other => return Err(format!("unknown flag {other:?}")),
+        }
+    }
+    Ok(config)
+}
+
+/// One column of a table: a named trace.
+struct Column {
+    name: String,
+    trace: Arc<Vec<u64>>,
+}
+
+fn read_trace(path: &str) -> Result<Vec<u64>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let hasher = common::hasher();
+    let keys: Vec<u64> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.parse().unwrap_or_else(|_| hasher.hash_one(l)))
+        .collect();
+    if keys.is_empty() {
+        return Err(format!("{path} holds no keys"));
+    }
+    Ok(keys)
+}
+
+/// The columns for one capacity: the shared Zipf and file traces plus the capacity-sized ones.
+fn columns(config: &Config, shared: &[Column], capacity: u64) -> Vec<Column> {
+    let mut columns: Vec<Column> = shared
+        .iter()
+        .map(|c| Column {
+            name: c.name.clone(),
+            trace: Arc::clone(&c.trace),
+        })
+        .collect();
+    // Zipf hot set with one-time scans.
+    let hot = common::zipf_keys(config.keys, 1.0, config.accesses, config.seed ^ 0x5ca4);
+    let (block, scan) = (16 * capacity as usize, 4 * capacity as usize);
+    let mut trace = Vec::with_capacity(config.accesses + scan);
+    let mut next_scan_key = 1u64 << 40;
+    for chunk in hot.chunks(block) {
+        trace.extend_from_slice(chunk);
+        if trace.len() >= config.accesses {
+            break;
+        }
+        trace.extend((0..scan as u64).map(|i| common::scramble(next_scan_key + i)));
+        next_scan_key += scan as u64;
+    }
+    trace.truncate(config.accesses);
+    columns.insert(
+        4.min(columns.len()),
+        Column {
+            name: "zipf 1.0 + scans".into(),
+            trace: Arc::new(trace),
+        },
+    );
+    // A loop slightly larger than the cache.
+    let len = (capacity + capacity / 10) as usize;
+    let trace = (0..config.accesses)
+        .map(|i| common::scramble((1u64 << 41) + (i % len) as u64))
+        .collect();
+    columns.insert(
+        5.min(columns.len()),
+        Column {
+            name: "loop 1.1x".into(),
+            trace: Arc::new(trace),
+        },
+    );
+    columns
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    LeaseCache,
+    Moka,
+    QuickCache,
+    BestFixed,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [
+        Kind::Moka,
+        Kind::LeaseCache,
+        Kind::QuickCache,
+        Kind::BestFixed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::LeaseCache => "leasecache",
+            Kind::Moka => "moka 0.12",
+            Kind::QuickCache => "quick_cache 0.6",
+            Kind::BestFixed => "best fixed set (hindsight)",
+        }
+    }
+}
+
+/// Hits of `kind` with `capacity` entries over `trace`.
+fn hits(kind: Kind, capacity: u64, trace: &[u64]) -> u64 {
+    let mut hits = 0;
+    match kind {
+        Kind::LeaseCache => {
+            let cache: Cache<u64, u64, _> = Cache::builder()
+                .max_capacity(capacity)
+                .hasher(common::hasher())
+                .build();
+            for &k in trace {
+                match cache.get_or_lease(&k) {
+                    Lookup::Hit(_) => hits += 1,
+                    Lookup::Miss(lease) => {
+                        let _ = cache.save_with_lease(k, k, lease);
+                    }
+                }
+            }
+        }
+        Kind::Moka => {
+            let cache = moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .build_with_hasher(common::hasher());
+            for &k in trace {
+                if cache.get(&k).is_some() {
+                    hits += 1;
+                } else {
+                    cache.insert(k, k);
+                }
+            }
+        }
+        Kind::QuickCache => {
+            let cache = quick_cache::sync::Cache::<u64, u64, _, _>::with(
+                capacity as usize,
+                capacity,
+                quick_cache::UnitWeighter,
+                common::hasher(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            );
+            for &k in trace {
+                if cache.get(&k).is_some() {
+                    hits += 1;
+                } else {
+                    cache.insert(k, k);
+                }
+            }
+        }
+        Kind::BestFixed => {
+            let mut counts: HashMap<u64, u64, _> =
+                HashMap::with_capacity_and_hasher(trace.len() / 4, common::hasher());
+            for &k in trace {
+                *counts.entry(k).or_insert(0) += 1;
+            }
+            let mut counts: Vec<u64> = counts.into_values().collect();
+            counts.sort_unstable_by(|a, b| b.cmp(a));
+            hits = counts.iter().take(capacity as usize).sum();
+        }
+    }
+    hits
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args() {
+        Ok(config) => config,
+        Err(message) if message.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("hit_ratio: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let mut shared: Vec<Column> = [0.7, 0.9, 1.0, 1.2]
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| Column {
+            name: format!("zipf {s:.1}"),
+            trace: Arc::new(common::zipf_keys(
+                config.keys,
+                s,
+                config.accesses,
+                config.seed + i as u64,
+            )),
+        })
+        .collect();
+    for path in &config.files {
+        match read_trace(path) {
+            Ok(trace) => shared.push(Column {
+                name: path.rsplit('/').next().unwrap_or(path).to_string(),
+                trace: Arc::new(trace),
+            }),
+            Err(message) => {
+                eprintln!("hit_ratio: {message}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let tables: Vec<(u64, Vec<Column>)> = config
+        .capacities
+        .iter()
+        .map(|&c| (c, columns(&config, &shared, c)))
+        .collect();
+
+    // Every (capacity, column, cache) is one job; moka's are the slowest, so they go first.
+    let jobs: Vec<(usize, usize, Kind)> = Kind::ALL
+        .iter()
+        .flat_map(|&kind| {
+            tables
+                .iter()
+                .enumerate()
+                .flat_map(move |(t, (_, cols))| (0..cols.len()).map(move |c| (t, c, kind)))
+        })
+        .collect();
+    let results = Mutex::new(HashMap::new());
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(t, c, kind)) = jobs.get(i) else {
+                        return;
+                    };
+                    let (capacity, cols) = &tables[t];
+                    let hits = hits(kind, *capacity, &cols[c].trace);
+                    let ratio = hits as f64 / cols[c].trace.len() as f64;
+                    eprintln!(
+                        "[{:>3}/{}] {:>7.1}s  capacity {capacity:>7}  {:<18} {:<27} {:6.2} %",
+                        i + 1,
+                        jobs.len(),
+                        started.elapsed().as_secs_f64(),
+                        cols[c].name,
+                        kind.label(),
+                        100.0 * ratio
+                    );
+                    if let Ok(mut results) = results.lock() {
+                        results.insert((t, c, kind), ratio);
+                    }
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_default();
+
+    let mut out = String::new();
+    let mut losses = Vec::new();
+    let _ = writeln!(
+        out,
+        "Hit ratios (%), single-threaded cache-aside, {} accesses per generated trace, \
+         Zipf over {} keys, seed {}.\n",
+        config.accesses, config.keys, config.seed
+    );
+    for (t, (capacity, cols)) in tables.iter().enumerate() {
+        let _ = writeln!(out, "**capacity {capacity} entries**\n");
+        let _ = write!(out, "| cache |");
+        for col in cols {
+            let _ = write!(out, " {} |", col.name);
+        }
+        let _ = write!(out, "\n|---|");
+        for _ in cols {
+            let _ = write!(out, "---:|");
+        }
+        out.push('\n');
+        let ratio = |c: usize, kind: Kind| results.get(&(t, c, kind)).copied().unwrap_or(f64::NAN);
+        for kind in [
+            Kind::LeaseCache,
+            Kind::Moka,
+            Kind::QuickCache,
+            Kind::BestFixed,
+        ] {
+            let _ = write!(out, "| {} |", kind.label());
+            for c in 0..cols.len() {
+                let _ = write!(out, " {:.2} |", 100.0 * ratio(c, kind));
+            }
+            out.push('\n');
+        }
+        let _ = write!(out, "| leasecache - best of others (pp) |");
+        for (c, col) in cols.iter().enumerate() {
+            let others = ratio(c, Kind::Moka).max(ratio(c, Kind::QuickCache));
+            let delta = 100.0 * (ratio(c, Kind::LeaseCache) - others);
+            let _ = write!(out, " {delta:+.2} |");
+            if delta < 0.0 {
+                losses.push(format!("capacity {capacity}, {}: {delta:+.2} pp", col.name));
+            }
+        }
+        out.push_str("\n\n");
+    }
+    if losses.is_empty() {
+        out.push_str("leasecache is at least the best of moka and quick_cache in every column.\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "leasecache trails the best of moka and quick_cache in: {}.",
+            losses.join("; ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n({} cores, {:.0} s)",
+        workers,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{out}");
+    ExitCode::SUCCESS
+}
