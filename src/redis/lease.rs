@@ -1,0 +1,253 @@
+//! Redis leases and their portable token form.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::error::RedisStoreError;
+
+/// Permission to save one entry of a [`RedisStore`](super::RedisStore), captured **before**
+/// reading the source.
+///
+/// It names its namespace, key and (for sub-entries) field, and carries the key's minted
+/// generation marker and the server time it was issued at. A save under it lands only if the
+/// key's marker is still the same value and the lease is younger than
+/// [`RedisOptions::max_lease_age`](super::RedisOptions::max_lease_age). Presenting it for
+/// another namespace, key or field is an error ([`RedisStoreError::ForeignLease`]).
+///
+/// Cheap to clone, `Send`, `Sync` and `'static`. [`to_token`](Self::to_token) and
+/// [`from_token`](Self::from_token) carry it across processes (for example to a worker that
+/// reads the source); the token has a checksum that catches garbling, not a signature: anyone
+/// can craft a token, but a save still needs the server's current marker, which includes a
+/// random 64-bit nonce.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RedisLease(Arc<Inner>);
+
+#[derive(PartialEq, Eq, Hash)]
+struct Inner {
+    namespace: String,
+    key: String,
+    field: Option<String>,
+    generation: String,
+    issued_s: u64,
+    issued_us: u64,
+}
+
+const PREFIX: &str = "lcr1.";
+/// Longest token accepted by [`RedisLease::from_token`] (keys and namespaces are bounded by it).
+const MAX_TOKEN: usize = 1 << 20;
+
+impl RedisLease {
+    pub(crate) fn new(
+        namespace: &str,
+        key: &str,
+        field: Option<&str>,
+        generation: String,
+        issued_s: u64,
+        issued_us: u64,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            namespace: namespace.to_owned(),
+            key: key.to_owned(),
+            field: field.map(str::to_owned),
+            generation,
+            issued_s,
+            issued_us,
+        }))
+    }
+
+    /// Whether this lease was issued for `field` of `key` in `namespace`.
+    pub(crate) fn is_for(&self, namespace: &str, key: &str, field: Option<&str>) -> bool {
+        self.0.namespace == namespace && self.0.key == key && self.0.field.as_deref() == field
+    }
+
+    pub(crate) fn generation(&self) -> &str {
+        &self.0.generation
+    }
+
+    pub(crate) fn issued(&self) -> (u64, u64) {
+        (self.0.issued_s, self.0.issued_us)
+    }
+
+    /// The key this lease was issued for.
+    pub fn key(&self) -> &str {
+        &self.0.key
+    }
+
+    /// The sub-entry (field) this lease was issued for, if any.
+    pub fn field(&self) -> Option<&str> {
+        self.0.field.as_deref()
+    }
+
+    /// The namespace this lease was issued in.
+    pub fn namespace(&self) -> &str {
+        &self.0.namespace
+    }
+
+    /// A printable (ASCII, URL-safe) token that [`from_token`](Self::from_token) turns back into
+    /// an equal lease.
+    pub fn to_token(&self) -> String {
+        let mut body = Vec::new();
+        put(&mut body, self.0.namespace.as_bytes());
+        put(&mut body, self.0.key.as_bytes());
+        match &self.0.field {
+            None => body.push(0),
+            Some(f) => {
+                body.push(1);
+                put(&mut body, f.as_bytes());
+            }
+        }
+        put(&mut body, self.0.generation.as_bytes());
+        body.extend_from_slice(&self.0.issued_s.to_be_bytes());
+        body.extend_from_slice(&self.0.issued_us.to_be_bytes());
+        body.extend_from_slice(&fnv1a(&body).to_be_bytes());
+        let mut token = String::with_capacity(PREFIX.len() + body.len() * 2);
+        token.push_str(PREFIX);
+        for b in body {
+            token.push(char::from(HEX[usize::from(b >> 4)]));
+            token.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        token
+    }
+
+    /// Parses a token made by [`to_token`](Self::to_token). A garbled, truncated or altered
+    /// token is [`RedisStoreError::InvalidLease`].
+    pub fn from_token(token: &str) -> Result<RedisLease, RedisStoreError> {
+        let bad = RedisStoreError::InvalidLease;
+        if token.len() > MAX_TOKEN {
+            return Err(bad("token too long"));
+        }
+        let hex = token.strip_prefix(PREFIX).ok_or(bad("unknown format"))?;
+        if hex.len() % 2 != 0 {
+            return Err(bad("odd length"));
+        }
+        let body = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or(bad("not hexadecimal"))?;
+        let (body, sum) = body
+            .split_at_checked(body.len().wrapping_sub(8))
+            .ok_or(bad("truncated"))?;
+        if fnv1a(body).to_be_bytes() != sum {
+            return Err(bad("checksum mismatch"));
+        }
+        let mut r = Reader(body);
+        let namespace = r.string().ok_or(bad("truncated namespace"))?;
+        let key = r.string().ok_or(bad("truncated key"))?;
+        let field = match r.take(1).ok_or(bad("truncated field"))? {
+            [0] => None,
+            [1] => Some(r.string().ok_or(bad("truncated field"))?),
+            _ => return Err(bad("bad field tag")),
+        };
+        let generation = r.string().ok_or(bad("truncated generation"))?;
+        let issued_s = r.u64().ok_or(bad("truncated time"))?;
+        let issued_us = r.u64().ok_or(bad("truncated time"))?;
+        if !r.0.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        if generation.is_empty() {
+            return Err(bad("empty generation"));
+        }
+        Ok(Self(Arc::new(Inner {
+            namespace,
+            key,
+            field,
+            generation,
+            issued_s,
+            issued_us,
+        })))
+    }
+}
+
+impl fmt::Debug for RedisLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLease")
+            .field("namespace", &self.0.namespace)
+            .field("key", &self.0.key)
+            .field("field", &self.0.field)
+            .field("generation", &self.0.generation)
+            .finish()
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Token length is bounded by MAX_TOKEN on the way in; on the way out a key over 4 GiB
+    // cannot have been issued a lease by Redis (512 MB key limit).
+    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let (head, tail) = self.0.split_at_checked(n)?;
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = u32::from_be_bytes(self.take(4)?.try_into().ok()?);
+        let bytes = self.take(usize::try_from(len).ok()?)?;
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trip_and_tamper_detection() {
+        let lease = RedisLease::new("ns", "k:1", Some("f"), "17.5.abc".into(), 17, 5);
+        let token = lease.to_token();
+        assert_eq!(RedisLease::from_token(&token).unwrap(), lease);
+        let plain = RedisLease::new("ns", "k", None, "1.2.3".into(), 1, 2);
+        assert_eq!(RedisLease::from_token(&plain.to_token()).unwrap(), plain);
+
+        // Every single-character change is caught.
+        for i in PREFIX.len()..token.len() {
+            let mut t = token.clone().into_bytes();
+            t[i] = if t[i] == b'0' { b'1' } else { b'0' };
+            let t = String::from_utf8(t).unwrap();
+            assert!(matches!(
+                RedisLease::from_token(&t),
+                Err(RedisStoreError::InvalidLease(_))
+            ));
+        }
+        for bad in [
+            "",
+            "lcr1.",
+            "lcr1.zz",
+            "nope",
+            &token[..token.len() - 2],
+            "lcr1.0",
+        ] {
+            assert!(matches!(
+                RedisLease::from_token(bad),
+                Err(RedisStoreError::InvalidLease(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Configuration of a [`RedisStore`](super::RedisStore).
+
+use std::time::Duration;
+
+use super::codec::PostcardCodec;
+
+/// How a [`RedisStore`](super::RedisStore) names, encodes and expires its entries. A consuming
+/// builder; every setter has a sensible default.
+///
+/// ```
+/// use std::time::Duration;
+/// use leasecache::redis::{JsonCodec, RedisOptions};
+///
+/// let options = RedisOptions::new("users")
+///     .default_ttl(Duration::from_secs(600))
+///     .max_lease_age(Duration::from_secs(10))
+///     .max_value_bytes(64 * 1024)
+///     .command_timeout(Duration::from_millis(500))
+///     .codec(JsonCodec);
+/// assert_eq!(options.namespace_str(), "users");
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct RedisOptions<C = PostcardCodec> {
+    pub(crate) namespace: String,
+    pub(crate) default_ttl: Duration,
+    pub(crate) max_lease_age: Duration,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) command_timeout: Duration,
+    pub(crate) codec: C,
+}
+
+impl RedisOptions {
+    /// Options for the namespace `namespace`: every Redis key of the store is
+    /// `"<namespace>:<key>"`. A namespace is 1 to 128 bytes and contains no `:`.
+    ///
+    /// Defaults: TTL 1 hour, maximum lease age 30 s, values up to 1 MiB encoded, command timeout
+    /// 5 s, [`PostcardCodec`].
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            default_ttl: Duration::from_secs(3600),
+            max_lease_age: Duration::from_secs(30),
+            max_value_bytes: 1 << 20,
+            command_timeout: Duration::from_secs(5),
+            codec: PostcardCodec,
+        }
+    }
+}
+
+impl<C> RedisOptions<C> {
+    /// The TTL of values saved by `save_with_lease`, `save_field_with_lease` and `insert`.
+    /// Rounded up to whole milliseconds; must be at least 1 ms.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// How long a lease stays usable. A save under an older lease is
+    /// [`Stale`](super::Saved::Stale). It is also the lifetime of a marker on a key that holds no
+    /// value, which bounds the tier's bookkeeping memory (see the module docs).
+    pub fn max_lease_age(mut self, age: Duration) -> Self {
+        self.max_lease_age = age;
+        self
+    }
+
+    /// The largest encoded value a save or insert accepts; larger ones fail with
+    /// [`TooLarge`](super::RedisStoreError::TooLarge) and send nothing.
+    pub fn max_value_bytes(mut self, limit: usize) -> Self {
+        self.max_value_bytes = limit;
+        self
+    }
+
+    /// How long one operation (including connecting) may wait for the server before failing with
+    /// [`Timeout`](super::RedisStoreError::Timeout).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The codec that turns values into bytes (default [`PostcardCodec`]).
+    pub fn codec<D>(self, codec: D) -> RedisOptions<D> {
+        RedisOptions {
+            namespace: self.namespace,
+            default_ttl: self.default_ttl,
+            max_lease_age: self.max_lease_age,
+            max_value_bytes: self.max_value_bytes,
+            command_timeout: self.command_timeout,
+            codec,
+        }
+    }
+
+    /// The namespace these options name.
+    pub fn namespace_str(&self) -> &str {
+        &self.namespace
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let ns = &self.namespace;
+        if ns.is_empty() || ns.len() > 128 || ns.contains(':') {
+            return Err(format!(
+                "namespace {ns:?} must be 1 to 128 bytes without ':'"
+            ));
+        }
+        if self.default_ttl < Duration::from_millis(1) {
+            return Err("default_ttl must be at least 1 ms".into());
+        }
+        if self.max_lease_age < Duration::from_millis(1) {
+            return Err("max_lease_age must be at least 1 ms".into());
+        }
+        if self.command_timeout.is_zero() {
+            return Err("command_timeout must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whole milliseconds, rounded up, at least 1.
+pub(crate) fn millis(d: Duration) -> u64 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}

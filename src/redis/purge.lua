@@ -1,0 +1,19 @@
+-- purge: remove the key and fence its leases, present or absent. One declared key.
+-- KEYS[1] the cache key's hash
+-- ARGV[1] invalidation channel ('' publishes nothing: flush publishes once at the end)
+-- ARGV[2] payload
+-- Returns 1 if a value or sub-entry was removed, else 0. Only frees memory: runs at maxmemory.
+local n = redis.call('HLEN', KEYS[1])
+if n > 0 and redis.call('HEXISTS', KEYS[1], '!g') == 1 then
+  n = n - 1
+end
+-- Deleting the marker fences: a save needs the marker equal to its lease, and a new marker is
+-- minted with a value never handed out before. An absent key has no marker, so nothing to do.
+redis.call('DEL', KEYS[1])
+if ARGV[1] ~= '' then
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
+end
+if n > 0 then
+  return 1
+end
+return 0
