@@ -1,1 +1,0 @@
-//! The tiered cache (placeholder while it is being written).

@@ -1,0 +1,694 @@
+//! The tiered cache: an in-process L1 [`Cache`] in front of a [`RedisStore`], coherent across
+//! processes.
+//!
+//! ```no_run
+//! use leasecache::Cache;
+//! use leasecache::redis::{RedisOptions, RedisStore};
+//! use leasecache::tiered::TieredCache;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let l2 = RedisStore::<String>::connect("redis://127.0.0.1/", RedisOptions::new("users")).await?;
+//! let cache: TieredCache<String, String> = TieredCache::new(Cache::new(10_000), l2)?;
+//! cache.feed_confirmed().await; // optional: until then every read goes to Redis
+//!
+//! let name = cache
+//!     .get_or_load("user:7".to_string(), |id| async move {
+//!         Ok::<_, std::io::Error>(format!("row for {id}")) // read the database
+//!     })
+//!     .await?;
+//! assert_eq!(name, "row for user:7");
+//!
+//! // A writer updates the database, then purges: Redis first, then this L1, then (through the
+//! // invalidation feed) every other process's L1.
+//! cache.purge("user:7").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Read path
+//!
+//! An L1 hit returns at in-process speed. On an L1 miss the L1 lease is captured *before* the
+//! Redis read; a Redis hit fills the L1 under that lease. On a Redis miss the reader also holds a
+//! Redis lease: it reads the source, saves to Redis under the Redis lease first, and fills the L1
+//! only if the Redis save landed. [`get_or_load`](TieredCache::get_or_load) is single-flight per
+//! process (through the L1's [`Cache::get_or_load_async`]).
+//!
+//! # Coherence
+//!
+//! Writes ([`purge`](TieredCache::purge), [`insert`](TieredCache::insert),
+//! [`flush`](TieredCache::flush)) go to Redis first, then to this L1. Redis's fencing scripts
+//! publish on the store's invalidation channel; every `TieredCache` subscribes on its own
+//! connection and purges (or flushes) its L1 on each message. A purge fences the L1 leases on its
+//! key, so an invalidation that overtakes the Redis reply it cancels still rejects the fill:
+//! correctness does not depend on the feed's timing, only on its delivery.
+//!
+//! Guarantee: once a purge (insert, flush) has returned in one process and its invalidation has
+//! been delivered to another process's feed, that process never serves the value the write
+//! replaced, from either tier.
+//!
+//! The L1 is used only while the feed is *confirmed* (Redis acknowledged the subscription) and
+//! the circuit breaker is closed. Losing the feed (disconnect, a subscriber Redis dropped for
+//! falling behind, an unanswered PING) flushes the L1 and bypasses it until the subscription is
+//! confirmed again; an L1 lease captured while the L1 was bypassed never fills it.
+//!
+//! # Redis unreachable
+//!
+//! After `breaker_threshold` consecutive connection failures the breaker opens: the L1 is flushed
+//! and bypassed (it could miss other processes' purges), `get_or_load` goes straight to the
+//! loader (still single-flight), `get`, `insert`, `purge` and `flush` return
+//! [`TieredError::Unavailable`]. After `breaker_cooldown` one call probes Redis; its success
+//! closes the breaker.
+//!
+//! # Leases across a slow source
+//!
+//! A load that took longer than the store's maximum lease age is returned to its caller but saved
+//! in neither tier.
+//!
+//! # Runtime
+//!
+//! A `TieredCache` must be built inside a tokio runtime: its feed task is spawned there, and is
+//! stopped when the cache is dropped.
+
+mod breaker;
+mod feed;
+
+use crate::redis::{RedisStore, RedisStoreError, Saved};
+use crate::stats::Stats;
+use crate::sync::{AtomicU8, AtomicU64, Ordering};
+use crate::{Cache, Lookup};
+use breaker::{Breaker, Transition};
+use serde::{Serialize, de::DeserializeOwned};
+use std::borrow::Borrow;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Bypass reason: the invalidation feed is not confirmed.
+const FEED_DOWN: u8 = 1;
+/// Bypass reason: the circuit breaker is open.
+const BREAKER_OPEN: u8 = 2;
+
+/// An L1 [`Cache`] in front of a [`RedisStore`], kept coherent across processes by an
+/// invalidation feed. See the [module docs](self).
+///
+/// Keys are strings as far as Redis is concerned: `K` borrows as `str` (`String`, `Arc<str>`,
+/// `Box<str>`, ...), and that string is the key in Redis and in invalidations.
+///
+/// Share it between tasks with an `Arc`; dropping the last handle stops its feed task.
+pub struct TieredCache<K, V>
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    shared: Arc<Shared<K, V>>,
+    feed: tokio::task::JoinHandle<()>,
+}
+
+/// The state the cache shares with its feed task.
+pub(crate) struct Shared<K, V> {
+    l1: Cache<K, V>,
+    l2: RedisStore<V>,
+    /// Why the L1 is bypassed (`FEED_DOWN | BREAKER_OPEN`), 0 when it is in use. A bit is set
+    /// *before* the L1 is flushed, and a reader checks it *after* capturing its L1 lease: a reader
+    /// whose lease postdates the flush therefore sees the bit (see `l1_active`).
+    bypass: AtomicU8,
+    breaker: Breaker,
+    counters: Counters,
+    hook: Option<FillHook>,
+    feed_state: watch::Sender<bool>,
+    max_lease_age: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    l2_hits: AtomicU64,
+    loads: AtomicU64,
+    suppressed_fills: AtomicU64,
+    l2_stale: AtomicU64,
+    expired_leases: AtomicU64,
+    invalidations: AtomicU64,
+    feed_losses: AtomicU64,
+    bypassed_reads: AtomicU64,
+    redis_errors: AtomicU64,
+    breaker_opens: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    // Relaxed: counters order nothing.
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// Where a test hook runs: after Redis answered, before the L1 fill is attempted.
+#[doc(hidden)]
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillPoint {
+    /// A read found the value in Redis.
+    RedisHit,
+    /// A load's Redis save returned `Stored`.
+    RedisSaved,
+}
+
+/// A test hook: an async callback run between "Redis answered" and "L1 fill".
+#[doc(hidden)]
+pub type FillHook =
+    Arc<dyn Fn(FillPoint, String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A snapshot of a [`TieredCache`]'s counters (approximate while other tasks work).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TieredStats {
+    /// Reads answered by the L1.
+    pub l1_hits: u64,
+    /// Reads answered by Redis after an L1 miss.
+    pub l2_hits: u64,
+    /// Loader calls (one per single-flight group), including those made while Redis was
+    /// unreachable.
+    pub loads: u64,
+    /// L1 fills rejected because a purge, invalidation, insert or flush fenced the L1 lease.
+    pub l1_stale_rejections: u64,
+    /// Redis saves rejected because a write fenced the Redis lease (or the lease marker was lost).
+    pub l2_stale_rejections: u64,
+    /// Loads that outlived the maximum lease age and were saved in neither tier.
+    pub expired_leases: u64,
+    /// Invalidation messages applied from the feed.
+    pub invalidations_received: u64,
+    /// Times the feed was lost (each flushed the L1).
+    pub feed_losses: u64,
+    /// Reads that bypassed the L1 because the feed was not confirmed or the breaker was open.
+    pub bypassed_reads: u64,
+    /// Redis calls that failed.
+    pub redis_errors: u64,
+    /// Times the circuit breaker opened.
+    pub breaker_opens: u64,
+    /// The L1's own counters.
+    pub l1: Stats,
+}
+
+/// Why a [`TieredCache`] operation failed.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum TieredError {
+    /// Redis returned an error (the breaker counts connection failures).
+    Redis(RedisStoreError),
+    /// The circuit breaker is open: Redis was not tried.
+    Unavailable,
+    /// [`TieredBuilder::build`] was called outside a tokio runtime.
+    NoRuntime,
+}
+
+impl fmt::Display for TieredError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Redis(e) => write!(f, "redis tier: {e}"),
+            Self::Unavailable => f.write_str("redis tier unavailable: the circuit breaker is open"),
+            Self::NoRuntime => f.write_str("a TieredCache must be built inside a tokio runtime"),
+        }
+    }
+}
+
+impl std::error::Error for TieredError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Redis(e) => Some(e),
+            Self::Unavailable | Self::NoRuntime => None,
+        }
+    }
+}
+
+/// Configures and builds a [`TieredCache`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use leasecache::{Cache, redis::{RedisOptions, RedisStore}, tiered::TieredCache};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let l2 = RedisStore::<u64>::connect("redis://127.0.0.1/", RedisOptions::new("counts")).await?;
+/// let cache: TieredCache<String, u64> = TieredCache::builder(Cache::new(1_000), l2)
+///     .ping_interval(Duration::from_millis(500))
+///     .breaker_threshold(3)
+///     .breaker_cooldown(Duration::from_secs(1))
+///     .build()?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use]
+pub struct TieredBuilder<K, V> {
+    l1: Cache<K, V>,
+    l2: RedisStore<V>,
+    feed: feed::FeedConfig,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    hook: Option<FillHook>,
+}
+
+impl<K, V> TieredBuilder<K, V>
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// How often the subscriber connection is PINGed to detect a silent feed (default 1 s).
+    pub fn ping_interval(mut self, every: Duration) -> Self {
+        self.feed.ping_interval = every;
+        self
+    }
+
+    /// How long a PING may go unanswered before the feed counts as lost (default 1 s).
+    pub fn ping_timeout(mut self, timeout: Duration) -> Self {
+        self.feed.ping_timeout = timeout;
+        self
+    }
+
+    /// Delay before the first resubscription attempt after a loss, doubled per failed attempt up
+    /// to `max` (defaults 20 ms and 1 s).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.feed.backoff_min = min;
+        self.feed.backoff_max = max.max(min);
+        self
+    }
+
+    /// Consecutive connection failures that open the circuit breaker (default 3, at least 1).
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.breaker_threshold = failures;
+        self
+    }
+
+    /// How long the open breaker skips Redis before letting a probe through (default 1 s).
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// TEST HOOK, not for production: `hook` runs after a Redis read hit or a Redis save landed,
+    /// before the L1 fill. Tests use it to force interleavings (an invalidation, a purge or a
+    /// feed loss between the two).
+    #[doc(hidden)]
+    pub fn test_hook_before_l1_fill<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(FillPoint, String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hook = Some(Arc::new(move |point, key| Box::pin(hook(point, key))));
+        self
+    }
+
+    /// Builds the cache and spawns its feed task on the current tokio runtime.
+    ///
+    /// The L1 is flushed first (it may hold values no feed has kept current) and is bypassed
+    /// until the feed is confirmed; see [`TieredCache::feed_confirmed`].
+    pub fn build(self) -> Result<TieredCache<K, V>, TieredError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TieredError::NoRuntime)?;
+        self.l1.flush();
+        let urls = self.l2.node_urls().to_vec();
+        let channel = self.l2.invalidation_channel().to_owned();
+        let shared = Arc::new(Shared {
+            max_lease_age: self.l2.max_lease_age(),
+            l1: self.l1,
+            l2: self.l2,
+            bypass: AtomicU8::new(FEED_DOWN),
+            breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
+            counters: Counters::default(),
+            hook: self.hook,
+            feed_state: watch::Sender::new(false),
+        });
+        let feed = runtime.spawn(feed::run(Arc::clone(&shared), urls, channel, self.feed));
+        Ok(TieredCache { shared, feed })
+    }
+}
+
+impl<K, V> TieredCache<K, V>
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// `l1` in front of `l2`, with default feed and breaker settings. Must be called inside a
+    /// tokio runtime.
+    pub fn new(l1: Cache<K, V>, l2: RedisStore<V>) -> Result<Self, TieredError> {
+        Self::builder(l1, l2).build()
+    }
+
+    /// A builder for the feed's timing, the circuit breaker and the test hook.
+    pub fn builder(l1: Cache<K, V>, l2: RedisStore<V>) -> TieredBuilder<K, V> {
+        TieredBuilder {
+            l1,
+            l2,
+            feed: feed::FeedConfig {
+                ping_interval: Duration::from_secs(1),
+                ping_timeout: Duration::from_secs(1),
+                connect_timeout: Duration::from_secs(2),
+                backoff_min: Duration::from_millis(20),
+                backoff_max: Duration::from_secs(1),
+            },
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(1),
+            hook: None,
+        }
+    }
+
+    /// The value of `key` from the L1 or, on an L1 miss, from Redis (filling the L1 under a lease
+    /// captured before the Redis read). `Ok(None)` if neither tier has it. Does not load.
+    ///
+    /// Errors: [`TieredError::Unavailable`] while the breaker is open, [`TieredError::Redis`] if
+    /// the Redis read failed.
+    pub async fn get<Q>(&self, key: &Q) -> Result<Option<V>, TieredError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let s = &*self.shared;
+        if s.l1_active() {
+            if let Some(value) = s.l1.get(key) {
+                return Ok(Some(value));
+            }
+        }
+        // The lease first, then the bypass check, then the Redis read (see `l1_active`).
+        let lease = s.l1.lease(key);
+        let fill = s.l1_active();
+        if !fill {
+            bump(&s.counters.bypassed_reads);
+        }
+        if !s.breaker.permit() {
+            return Err(TieredError::Unavailable);
+        }
+        let key = key.to_owned();
+        match s.l2.get(key.borrow()).await {
+            Ok(Some(value)) => {
+                s.redis_ok();
+                bump(&s.counters.l2_hits);
+                if fill {
+                    s.run_hook(FillPoint::RedisHit, &key).await;
+                    // A rejection means a write fenced the lease meanwhile: the value is still the
+                    // answer to this read, but must not be cached.
+                    let _ = s.l1.save_with_lease(key, value.clone(), lease);
+                }
+                Ok(Some(value))
+            }
+            Ok(None) => {
+                s.redis_ok();
+                Ok(None)
+            }
+            Err(e) => Err(s.redis_failed(e)),
+        }
+    }
+
+    /// The value of `key` from the L1, else from Redis, else from `loader` (saved to Redis under a
+    /// Redis lease, then to the L1 under an L1 lease if the Redis save landed).
+    ///
+    /// Single-flight per process: concurrent callers for the same key wait for one load. A purge
+    /// of the key (local, or delivered by the feed) detaches the load: callers that arrive after
+    /// it start a fresh one. Redis failures never fail this call: the value then comes from the
+    /// loader and is not cached. Only the loader's error is returned.
+    pub async fn get_or_load<F, Fut, E>(&self, key: K, loader: F) -> Result<V, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let s = &*self.shared;
+        s.l1.get_or_load_async(key, move |key| s.load_through(key, loader))
+            .await
+    }
+
+    /// Stores `value` in Redis unconditionally (fencing every Redis lease on `key` and publishing
+    /// an invalidation), then purges `key` from this L1; the next read fills the L1 from Redis.
+    pub async fn insert(&self, key: &str, value: &V) -> Result<(), TieredError> {
+        let s = &*self.shared;
+        let result = if s.breaker.permit() {
+            s.l2.insert(key, value).await
+        } else {
+            s.l1.purge(key);
+            return Err(TieredError::Unavailable);
+        };
+        s.l1.purge(key);
+        match result {
+            Ok(()) => {
+                s.redis_ok();
+                Ok(())
+            }
+            Err(e) => Err(s.redis_failed(e)),
+        }
+    }
+
+    /// Purges `key` from Redis (fencing its Redis leases and publishing an invalidation), then
+    /// from this L1. Other processes' L1s purge it when the invalidation reaches their feed.
+    ///
+    /// Returns whether Redis held a value. On error the local L1 is purged anyway, and the caller
+    /// must treat the purge as not done (other processes were not told).
+    pub async fn purge(&self, key: &str) -> Result<bool, TieredError> {
+        let s = &*self.shared;
+        let result = if s.breaker.permit() {
+            s.l2.purge(key).await
+        } else {
+            s.l1.purge(key);
+            return Err(TieredError::Unavailable);
+        };
+        s.l1.purge(key);
+        match result {
+            Ok(had) => {
+                s.redis_ok();
+                Ok(had)
+            }
+            Err(e) => Err(s.redis_failed(e)),
+        }
+    }
+
+    /// Flushes the namespace in Redis (publishing a flush), then this L1.
+    pub async fn flush(&self) -> Result<(), TieredError> {
+        let s = &*self.shared;
+        let result = if s.breaker.permit() {
+            s.l2.flush().await
+        } else {
+            s.l1.flush();
+            return Err(TieredError::Unavailable);
+        };
+        s.l1.flush();
+        match result {
+            Ok(()) => {
+                s.redis_ok();
+                Ok(())
+            }
+            Err(e) => Err(s.redis_failed(e)),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TieredStats {
+        let s = &*self.shared;
+        let c = &s.counters;
+        let l1 = s.l1.stats();
+        TieredStats {
+            l1_hits: l1.hits,
+            l2_hits: read(&c.l2_hits),
+            loads: read(&c.loads),
+            // Fills this cache suppressed on purpose (by purging the key) are not rejections.
+            l1_stale_rejections: l1.stale_rejected.saturating_sub(read(&c.suppressed_fills)),
+            l2_stale_rejections: read(&c.l2_stale),
+            expired_leases: read(&c.expired_leases),
+            // Acquire pairs with the Release increment in `apply_invalidation`.
+            invalidations_received: c.invalidations.load(Ordering::Acquire),
+            feed_losses: read(&c.feed_losses),
+            bypassed_reads: read(&c.bypassed_reads),
+            redis_errors: read(&c.redis_errors),
+            breaker_opens: read(&c.breaker_opens),
+            l1,
+        }
+    }
+
+    /// Whether the L1 is in use now: the feed is confirmed and the breaker is closed.
+    pub fn is_l1_active(&self) -> bool {
+        self.shared.l1_active()
+    }
+
+    /// Waits until the invalidation feed is confirmed (Redis acknowledged the subscription).
+    /// Returns at once if it is. Wrap it in a timeout: it waits for as long as Redis is down.
+    pub async fn feed_confirmed(&self) {
+        let mut state = self.shared.feed_state.subscribe();
+        // The sender lives in `shared`, which `self` keeps alive, so this cannot fail.
+        let _ = state.wait_for(|confirmed| *confirmed).await;
+    }
+
+    /// The L1, for inspection. Writing to it directly bypasses Redis and the other processes.
+    pub fn l1(&self) -> &Cache<K, V> {
+        &self.shared.l1
+    }
+
+    /// The Redis tier.
+    pub fn l2(&self) -> &RedisStore<V> {
+        &self.shared.l2
+    }
+}
+
+impl<K, V> Drop for TieredCache<K, V>
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        self.feed.abort();
+    }
+}
+
+impl<K, V> fmt::Debug for TieredCache<K, V>
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredCache")
+            .field("l1", &self.shared.l1)
+            .field("l1_active", &self.is_l1_active())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Shared<K, V>
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Whether the L1 may be read and filled. Call it *after* capturing the L1 lease a fill will
+    /// use: a bypass bit is set before the L1 flush that fences older leases, and the flush's
+    /// Release stores of the generation slots pair with the lease's Acquire load, so a lease that
+    /// postdates the flush comes with a view of the bit.
+    fn l1_active(&self) -> bool {
+        // Acquire pairs with the Release read-modify-writes in `set_bypass` / `clear_bypass`.
+        self.bypass.load(Ordering::Acquire) == 0
+    }
+
+    /// Sets a bypass reason, then flushes the L1 (in that order; see `l1_active`).
+    fn set_bypass(&self, reason: u8) {
+        // Release pairs with the Acquire load in `l1_active`.
+        self.bypass.fetch_or(reason, Ordering::Release);
+        self.l1.flush();
+    }
+
+    fn clear_bypass(&self, reason: u8) {
+        // Release pairs with the Acquire load in `l1_active`.
+        self.bypass.fetch_and(!reason, Ordering::Release);
+    }
+
+    pub(crate) fn feed_confirmed(&self) {
+        self.clear_bypass(FEED_DOWN);
+        self.feed_state.send_replace(true);
+    }
+
+    pub(crate) fn feed_lost(&self) {
+        self.set_bypass(FEED_DOWN);
+        bump(&self.counters.feed_losses);
+        self.feed_state.send_replace(false);
+    }
+
+    /// Applies one message from the invalidation channel.
+    /// Applies one message from the invalidation channel. Counted after it took effect, so a
+    /// reader that sees the count knows the L1 no longer holds what the message invalidated.
+    pub(crate) fn apply_invalidation(&self, payload: &[u8]) {
+        match crate::redis::Invalidation::parse(payload) {
+            Some(crate::redis::Invalidation::Key(key)) => {
+                self.l1.purge(key.as_str());
+            }
+            // `Flush`, and anything this version cannot read: flushing is always safe.
+            _ => self.l1.flush(),
+        }
+        // Release pairs with the Acquire load in `stats`.
+        self.counters.invalidations.fetch_add(1, Ordering::Release);
+    }
+
+    fn redis_ok(&self) {
+        self.breaker.success(|| self.clear_bypass(BREAKER_OPEN));
+    }
+
+    fn redis_failed(&self, error: RedisStoreError) -> TieredError {
+        bump(&self.counters.redis_errors);
+        if error.is_transient() {
+            let opened = self.breaker.failure(|| self.set_bypass(BREAKER_OPEN));
+            if opened == Transition::Opened {
+                bump(&self.counters.breaker_opens);
+            }
+        }
+        TieredError::Redis(error)
+    }
+
+    async fn run_hook(&self, point: FillPoint, key: &K) {
+        if let Some(hook) = &self.hook {
+            hook(point, key.borrow().to_owned()).await;
+        }
+    }
+
+    async fn call_loader<F, Fut, E>(&self, key: K, loader: F) -> Result<V, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        bump(&self.counters.loads);
+        loader(key).await
+    }
+
+    /// The load behind an L1 flight. Runs after the flight captured its L1 lease; returns the
+    /// value the flight's leader saves in the L1 under that lease, after purging the key (which
+    /// fences the lease) when the value must not reach the L1.
+    async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<V, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let mut fill = self.l1_active();
+        if !fill {
+            bump(&self.counters.bypassed_reads);
+        }
+        let value = if !self.breaker.permit() {
+            fill = false;
+            self.call_loader(key.clone(), loader).await?
+        } else {
+            let asked = Instant::now();
+            match self.l2.get_or_lease(key.borrow()).await {
+                Ok(Lookup::Hit(value)) => {
+                    self.redis_ok();
+                    bump(&self.counters.l2_hits);
+                    self.run_hook(FillPoint::RedisHit, &key).await;
+                    value
+                }
+                Ok(Lookup::Miss(lease)) => {
+                    self.redis_ok();
+                    let value = self.call_loader(key.clone(), loader).await?;
+                    if asked.elapsed() > self.max_lease_age {
+                        bump(&self.counters.expired_leases);
+                        fill = false;
+                    } else {
+                        match self.l2.save_with_lease(key.borrow(), &value, &lease).await {
+                            Ok(Saved::Stored) => {
+                                self.redis_ok();
+                                self.run_hook(FillPoint::RedisSaved, &key).await;
+                            }
+                            Ok(_) => {
+                                bump(&self.counters.l2_stale);
+                                fill = false;
+                            }
+                            Err(e) => {
+                                self.redis_failed(e);
+                                fill = false;
+                            }
+                        }
+                    }
+                    value
+                }
+                Err(e) => {
+                    self.redis_failed(e);
+                    fill = false;
+                    self.call_loader(key.clone(), loader).await?
+                }
+            }
+        };
+        if !fill {
+            bump(&self.counters.suppressed_fills);
+            self.l1.purge::<str>(key.borrow());
+        }
+        Ok(value)
+    }
+}
