@@ -500,6 +500,21 @@ mod tests {
             .collect()
     }
 
+    /// Found by `cargo fuzz run cache_ops`: under eviction a `get_or_load` that returns a value
+    /// equal to the spec's may be a reload with a fresh deadline (a spec bug, now fixed).
+    #[test]
+    fn fuzz_regression_reload_of_an_equal_value_refreshes_the_deadline() {
+        let data: &[u8] = &[
+            194, 10, 33, 0, 26, 40, 0, 197, 197, 197, 60, 197, 197, 0, 0, 50, 122, 9, 59, 0, 197,
+            197, 0, 0, 50, 122, 9, 59, 0, 0, 0, 197, 197, 195, 0, 0, 0, 0, 0, 42, 197, 197, 197,
+            197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197,
+            197, 206, 197, 197, 197, 197, 197, 197, 0, 0, 197, 197, 195, 0, 0, 0, 0, 0, 42, 197,
+            197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197, 197,
+            197, 197, 197, 206, 197, 197, 197, 197, 197, 197, 197, 197,
+        ];
+        run_cache_ops(data);
+    }
+
     #[test]
     fn cache_ops_on_fixed_inputs() {
         run_cache_ops(&[]);
