@@ -755,3 +755,158 @@ fn building_outside_a_runtime_is_an_error() {
     let err = TieredCache::<String, u64>::new(Cache::new(10), l2).expect_err("no runtime");
     assert!(err.to_string().contains("tokio runtime"));
 }
+
+/// On Redis Cluster, each instance subscribes through a different node; purges of keys served by
+/// every node reach every instance (classic pub/sub is broadcast across the cluster bus).
+#[test]
+fn cluster_purges_reach_instances_subscribed_on_other_nodes() {
+    let Some(cluster) = support::RedisCluster::start(3) else {
+        return;
+    };
+    run(Duration::from_secs(120), async move {
+        const KEYS: usize = 12;
+        let urls = cluster.urls();
+        let mut reversed = urls.clone();
+        reversed.reverse();
+        let connect = |urls: Vec<String>| async move {
+            let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+            let l2 = RedisStore::connect_cluster(&refs, RedisOptions::new("cl"))
+                .await
+                .expect("connect cluster");
+            let cache: Tc = TieredCache::builder(Cache::new(1_000), l2)
+                .build()
+                .expect("build");
+            tokio::time::timeout(WAIT, cache.feed_confirmed())
+                .await
+                .expect("feed confirmed");
+            Arc::new(cache)
+        };
+        let a = connect(urls.clone()).await;
+        let b = connect(reversed).await;
+        let nodes: std::collections::BTreeSet<usize> = (0..KEYS)
+            .map(|i| cluster.node_for_key(&format!("cl:{}", key(i))))
+            .collect();
+        assert_eq!(nodes.len(), 3, "the keys cover every node");
+
+        let source = Source::new(KEYS);
+        for i in 0..KEYS {
+            assert_eq!(b.get_or_load(key(i), loader(&source)).await, Ok(1));
+            assert_eq!(a.get_or_load(key(i), loader(&source)).await, Ok(1));
+            assert_eq!(a.stats().loads, 0, "A reads what B saved in Redis");
+        }
+        for i in 0..KEYS {
+            let (seen_a, seen_b) = (
+                a.stats().invalidations_received,
+                b.stats().invalidations_received,
+            );
+            source.write(i);
+            // Alternate the purging instance.
+            let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            writer.purge(&key(i)).await.expect("purge");
+            wait_for("delivery to both instances", || {
+                a.stats().invalidations_received > seen_a
+                    && b.stats().invalidations_received > seen_b
+            })
+            .await;
+            assert_eq!(reader.l1().get(&key(i)), None);
+            assert_eq!(reader.get_or_load(key(i), loader(&source)).await, Ok(2));
+            assert_eq!(writer.get(&key(i)).await.expect("get"), Some(2));
+        }
+    });
+}
+
+/// A load that outlives the maximum lease age is returned but saved in neither tier.
+#[test]
+fn a_load_older_than_the_max_lease_age_is_saved_nowhere() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    run(Duration::from_secs(30), async move {
+        let age = Duration::from_millis(200);
+        let l2 = RedisStore::connect(&server.url(), RedisOptions::new("age").max_lease_age(age))
+            .await
+            .expect("connect");
+        let a: Tc = TieredCache::new(Cache::new(100), l2).expect("build");
+        tokio::time::timeout(WAIT, a.feed_confirmed())
+            .await
+            .expect("feed");
+        let v = a
+            .get_or_load(key(0), move |_| async move {
+                // A slow source: the lease captured before this call expires meanwhile.
+                tokio::time::sleep(age + Duration::from_millis(100)).await;
+                Ok::<_, ()>(9)
+            })
+            .await;
+        assert_eq!(v, Ok(9));
+        assert_eq!(a.stats().expired_leases, 1);
+        assert_eq!(a.l1().get("k0"), None);
+        assert_eq!(a.l2().get("k0").await.expect("get"), None);
+        // A prompt load is saved in both.
+        assert_eq!(
+            a.get_or_load(key(0), |_| async { Ok::<_, ()>(10) }).await,
+            Ok(10)
+        );
+        assert_eq!(a.l1().get("k0"), Some(10));
+        assert_eq!(a.l2().get("k0").await.expect("get"), Some(10));
+    });
+}
+
+/// Single flight per process, and a caller that starts after a purge returned never joins the
+/// load that began before it (I7 through both tiers).
+#[test]
+fn single_flight_and_no_pre_purge_value_after_the_purge() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    run(Duration::from_secs(30), async move {
+        let a = instance(&server.url(), "flight", |b| b).await;
+        let calls = Arc::new(AtomicU64::new(0));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+        let leader = {
+            let (a, calls) = (Arc::clone(&a), Arc::clone(&calls));
+            tokio::spawn(async move {
+                a.get_or_load(key(0), move |_| async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let _ = entered_tx.send(());
+                    let _ = released.await;
+                    Ok::<_, ()>(1) // read before the purge below
+                })
+                .await
+            })
+        };
+        entered.await.expect("leader entered its loader");
+        // A caller arriving now joins the flight (its loader is never called).
+        let joiner = {
+            let (a, calls) = (Arc::clone(&a), Arc::clone(&calls));
+            tokio::spawn(async move {
+                a.get_or_load(key(0), move |_| async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, ()>(100)
+                })
+                .await
+            })
+        };
+        wait_for("joiner waiting", || a.l1().stats().misses >= 2).await;
+        a.purge("k0").await.expect("purge");
+        // After the purge returned: a fresh load, not the leader's pre-purge value.
+        let after = a.get_or_load(key(0), |_| async { Ok::<_, ()>(2) }).await;
+        assert_eq!(after, Ok(2));
+        release.send(()).expect("leader waiting");
+        assert_eq!(leader.await.expect("leader"), Ok(1));
+        assert_eq!(
+            joiner.await.expect("joiner"),
+            Ok(1),
+            "joined before the purge"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the joiner did not load");
+        // The leader's Redis save was rejected, so its fill was suppressed (by purging the key
+        // in this L1, which may also drop the newer fill: safe, it costs one Redis read).
+        assert_ne!(
+            a.l1().get("k0"),
+            Some(1),
+            "the pre-purge value was not cached"
+        );
+        assert_eq!(a.l2().get("k0").await.expect("get"), Some(2));
+    });
+}

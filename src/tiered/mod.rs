@@ -632,7 +632,10 @@ where
 
     /// The load behind an L1 flight. Runs after the flight captured its L1 lease; returns the
     /// value the flight's leader saves in the L1 under that lease, after purging the key (which
-    /// fences the lease) when the value must not reach the L1.
+    /// fences the lease) when the value must not reach the L1: the L1 is bypassed, Redis failed,
+    /// the Redis save was stale or the lease expired. The L1 offers no other way to stop a
+    /// leader's fill; the purge may also drop a newer fill of the same key, which is safe and
+    /// costs one Redis read, on paths that are rare while Redis and the feed are healthy.
     async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<V, E>
     where
         F: FnOnce(K) -> Fut,
