@@ -191,11 +191,11 @@ impl<V: Value> Subject<V> for DashMap<V> {
     }
 }
 
-/// Runs `op(thread, iters)` on `threads` threads at once and returns the wall time.
-fn timed(threads: usize, iters: u64, op: &(dyn Fn(usize, u64) + Sync)) -> Duration {
+/// Runs `op(thread)` on `threads` threads at once and returns the wall time.
+fn timed(threads: usize, op: &(dyn Fn(usize) + Sync)) -> Duration {
     if threads == 1 {
         let start = Instant::now();
-        op(0, iters);
+        op(0);
         return start.elapsed();
     }
     let barrier = Barrier::new(threads + 1);
@@ -204,13 +204,12 @@ fn timed(threads: usize, iters: u64, op: &(dyn Fn(usize, u64) + Sync)) -> Durati
             let barrier = &barrier;
             s.spawn(move || {
                 barrier.wait();
-                op(t, iters);
+                op(t);
             });
         }
         barrier.wait();
-        let start = Instant::now();
-        // Leaving the scope joins the workers.
-        start
+        // Leaving the scope joins the workers, so the time is taken after the last one ends.
+        Instant::now()
     })
     .elapsed()
 }
@@ -223,109 +222,132 @@ struct Keys {
     zipf: Vec<u64>,
 }
 
-fn bench_one<V: Value, C: Subject<V>>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    workload: &str,
+/// One cache, set up for one workload at one thread count.
+struct Prepared<'k, C> {
+    cache: C,
+    workload: &'static str,
     threads: usize,
-    keys: &Keys,
-) {
-    let zipf = &keys.zipf;
-    let zmask = ZIPF_STREAM as u64 - 1;
-    // Each thread starts at its own place in the shared streams.
-    let offset = |t: usize| t as u64 * 0x9e37_79b9;
-    match workload {
-        "get_hit" => {
-            let cache = C::build(2 * HIT_KEYS);
-            for k in 0..HIT_KEYS {
-                cache.insert(common::scramble(k), V::make(k));
+    keys: &'k Keys,
+    /// Where each thread is in its key stream, carried from one sample to the next.
+    cursors: Vec<AtomicU64>,
+}
+
+impl<'k, C> Prepared<'k, C> {
+    /// Builds and warms the cache the way `workload` needs it.
+    fn new<V: Value>(workload: &'static str, threads: usize, keys: &'k Keys) -> Self
+    where
+        C: Subject<V>,
+    {
+        let cache = match workload {
+            "get_hit" | "purge" => {
+                let cache = C::build(2 * HIT_KEYS);
+                for k in 0..HIT_KEYS {
+                    cache.insert(common::scramble(k), V::make(k));
+                }
+                cache
             }
-            let cursor: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
-            group.bench_function(C::NAME, |b| {
-                b.iter_custom(|iters| {
-                    timed(threads, iters, &|t, iters| {
-                        let mut i = cursor[t].load(Ordering::Relaxed) + offset(t);
-                        for _ in 0..iters * BATCH {
-                            i += 1;
-                            black_box(cache.get(common::scramble(i & (HIT_KEYS - 1))));
-                        }
-                        cursor[t].store(i - offset(t), Ordering::Relaxed);
-                    })
-                });
-            });
-        }
-        "miss" => {
-            let cache = C::build(MISS_CAPACITY);
-            group.bench_function(C::NAME, |b| {
-                b.iter_custom(|iters| {
-                    timed(threads, iters, &|_, iters| {
-                        let n = iters * BATCH;
-                        let base = NEXT_FRESH.fetch_add(n, Ordering::Relaxed);
-                        for i in base..base + n {
-                            black_box(cache.read_through(common::scramble(i)));
-                            cache.forget(common::scramble(i.wrapping_sub(MISS_CAPACITY)));
-                        }
-                    })
-                });
-            });
-        }
-        "purge" => {
-            let cache = C::build(2 * HIT_KEYS);
-            for k in 0..HIT_KEYS {
-                cache.insert(common::scramble(k), V::make(k));
+            "miss" => C::build(MISS_CAPACITY),
+            _ => {
+                let cache = C::build(ZIPF_KEYS / 10);
+                for &k in keys.zipf.iter().take(ZIPF_STREAM / 2) {
+                    cache.read_through(k);
+                }
+                cache
             }
-            group.bench_function(C::NAME, |b| {
-                b.iter_custom(|iters| {
-                    timed(threads, iters, &|_, iters| {
-                        let n = iters * BATCH;
-                        let base = NEXT_FRESH.fetch_add(n, Ordering::Relaxed);
-                        for i in base..base + n {
-                            cache.purge(common::scramble(i));
-                        }
-                    })
-                });
-            });
+        };
+        Self {
+            cache,
+            workload,
+            threads,
+            keys,
+            cursors: (0..threads).map(|_| AtomicU64::new(0)).collect(),
         }
-        "zipf_read_mostly" | "write_heavy" => {
-            let writes_every = if workload == "write_heavy" { 2 } else { 50 };
-            let cache = C::build(ZIPF_KEYS / 10);
-            for &k in zipf.iter().take(ZIPF_STREAM / 2) {
-                cache.read_through(k);
-            }
-            let cursor: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
-            group.bench_function(C::NAME, |b| {
-                b.iter_custom(|iters| {
-                    timed(threads, iters, &|t, iters| {
-                        let mut i = cursor[t].load(Ordering::Relaxed) + offset(t);
-                        for _ in 0..iters * BATCH {
-                            i += 1;
-                            let k = zipf[(i & zmask) as usize];
-                            if i % writes_every == 0 {
-                                if writes_every == 2 {
-                                    cache.insert(k, V::make(k));
-                                } else {
-                                    cache.purge(k);
-                                }
-                            } else {
-                                black_box(cache.read_through(k));
-                            }
-                        }
-                        cursor[t].store(i - offset(t), Ordering::Relaxed);
-                    })
-                });
-            });
+    }
+
+    /// Feeds thread `t`'s next `n` stream positions to `op`; each thread starts at its own place.
+    #[inline(always)]
+    fn stream(&self, t: usize, n: u64, mut op: impl FnMut(u64)) {
+        let offset = t as u64 * 0x9e37_79b9;
+        let start = self.cursors[t].load(Ordering::Relaxed);
+        for i in start + offset..start + offset + n {
+            op(i);
         }
-        _ => unreachable!("unknown workload {workload}"),
+        self.cursors[t].store(start + n, Ordering::Relaxed);
+    }
+
+    /// Runs `iters` batches on every thread; returns the wall time.
+    fn run<V: Value>(&self, iters: u64) -> Duration
+    where
+        C: Subject<V>,
+    {
+        let cache = &self.cache;
+        let zipf = &self.keys.zipf;
+        let zmask = ZIPF_STREAM as u64 - 1;
+        let n = iters * BATCH;
+        match self.workload {
+            "get_hit" => timed(self.threads, &|t| {
+                self.stream(t, n, |i| {
+                    black_box(cache.get(common::scramble(i & (HIT_KEYS - 1))));
+                });
+            }),
+            "miss" => timed(self.threads, &|_| {
+                let base = NEXT_FRESH.fetch_add(n, Ordering::Relaxed);
+                for i in base..base + n {
+                    black_box(cache.read_through(common::scramble(i)));
+                    cache.forget(common::scramble(i.wrapping_sub(MISS_CAPACITY)));
+                }
+            }),
+            "purge" => timed(self.threads, &|_| {
+                let base = NEXT_FRESH.fetch_add(n, Ordering::Relaxed);
+                for i in base..base + n {
+                    cache.purge(common::scramble(i));
+                }
+            }),
+            "zipf_read_mostly" => timed(self.threads, &|t| {
+                self.stream(t, n, |i| {
+                    let k = zipf[(i & zmask) as usize];
+                    if i % 50 == 0 {
+                        cache.purge(k);
+                    } else {
+                        black_box(cache.read_through(k));
+                    }
+                });
+            }),
+            "write_heavy" => timed(self.threads, &|t| {
+                self.stream(t, n, |i| {
+                    let k = zipf[(i & zmask) as usize];
+                    if i % 2 == 0 {
+                        cache.insert(k, V::make(k));
+                    } else {
+                        black_box(cache.read_through(k));
+                    }
+                });
+            }),
+            other => unreachable!("unknown workload {other}"),
+        }
     }
 }
 
+const WORKLOADS: [&str; 5] = [
+    "get_hit",
+    "miss",
+    "purge",
+    "zipf_read_mostly",
+    "write_heavy",
+];
+
+fn bench_one<V: Value, C: Subject<V>>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    workload: &'static str,
+    threads: usize,
+    keys: &Keys,
+) {
+    let prepared = Prepared::<C>::new::<V>(workload, threads, keys);
+    group.bench_function(C::NAME, |b| b.iter_custom(|iters| prepared.run::<V>(iters)));
+}
+
 fn bench_value<V: Value>(c: &mut Criterion, keys: &Keys) {
-    for workload in [
-        "get_hit",
-        "miss",
-        "purge",
-        "zipf_read_mostly",
-        "write_heavy",
-    ] {
+    for workload in WORKLOADS {
         for threads in [1, 2] {
             let mut group = c.benchmark_group(format!("{workload}/{}/{threads}t", V::NAME));
             group.throughput(Throughput::Elements(BATCH * threads as u64));
@@ -338,7 +360,115 @@ fn bench_value<V: Value>(c: &mut Criterion, keys: &Keys) {
     }
 }
 
+/// The caches of one duel, each behind `run(iters) -> wall time`.
+type Runner<'a> = Box<dyn Fn(u64) -> Duration + 'a>;
+
+fn runner<'a, V: Value, C: Subject<V> + 'a>(
+    workload: &'static str,
+    threads: usize,
+    keys: &'a Keys,
+) -> Runner<'a> {
+    let prepared = Prepared::<C>::new::<V>(workload, threads, keys);
+    Box::new(move |iters| prepared.run::<V>(iters))
+}
+
+/// Interleaved A/B rounds: every round times each cache once, in rotating order, so that the
+/// machine's noise (other builds on a shared box) lands on all of them alike. Prints the median
+/// time per operation of each cache and leasecache's ratio to each.
+fn duel_value<V: Value>(keys: &Keys, rounds: usize, filter: &[String]) {
+    for workload in WORKLOADS {
+        for threads in [1, 2] {
+            let id = format!("{workload}/{}/{threads}t", V::NAME);
+            if !filter.is_empty() && !filter.iter().any(|f| id.contains(f.as_str())) {
+                continue;
+            }
+            let runners: [Runner<'_>; 4] = [
+                runner::<V, LeaseCache<V>>(workload, threads, keys),
+                runner::<V, QuickCache<V>>(workload, threads, keys),
+                runner::<V, MokaCache<V>>(workload, threads, keys),
+                runner::<V, DashMap<V>>(workload, threads, keys),
+            ];
+            // `OPS_DUEL_ONLY=leasecache` times one cache alone (for a profiler).
+            let only = std::env::var("OPS_DUEL_ONLY").ok();
+            let names = ["leasecache", "quick_cache", "moka", "dashmap"];
+            let skip = |c: usize| only.as_deref().is_some_and(|o| o != names[c]);
+            // Size a round to about 20 ms of the slowest cache.
+            let iters: Vec<u64> = runners
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| !skip(*c))
+                .map(|(_, run)| {
+                    run(4);
+                    let per = run(16).as_secs_f64() / 16.0;
+                    ((0.02 / per.max(1e-9)) as u64).clamp(1, 100_000)
+                })
+                .collect();
+            let iters = *iters.iter().min().unwrap_or(&1);
+            let mut samples: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
+            for round in 0..rounds {
+                for j in 0..runners.len() {
+                    let c = (round + j) % runners.len();
+                    if skip(c) {
+                        samples[c].push(f64::NAN);
+                        continue;
+                    }
+                    let ops = (iters * BATCH * threads as u64) as f64;
+                    samples[c].push(runners[c](iters).as_nanos() as f64 / ops);
+                }
+            }
+            let medians: Vec<f64> = samples
+                .iter_mut()
+                .map(|s| {
+                    s.sort_by(f64::total_cmp);
+                    s[s.len() / 2]
+                })
+                .collect();
+            print!("| {workload} | {} | {threads} |", V::NAME);
+            for m in &medians {
+                print!(" {m:.1} |");
+            }
+            for m in &medians[1..] {
+                print!(" {:.2} |", medians[0] / m);
+            }
+            println!();
+        }
+    }
+}
+
+fn duel(args: &[String]) {
+    let rounds = std::env::var("OPS_DUEL_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(15);
+    let filter: Vec<String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .collect();
+    let keys = Keys {
+        zipf: common::zipf_keys(ZIPF_KEYS, 1.0, ZIPF_STREAM, 7),
+    };
+    println!(
+        "Median ns per operation over {rounds} interleaved rounds ({} cores); ratio = leasecache \
+         time / other time (below 1: leasecache faster)\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "| workload | values | threads | leasecache ns | quick_cache ns | moka ns | dashmap ns | \
+         vs quick_cache | vs moka | vs dashmap |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    duel_value::<u64>(&keys, rounds, &filter);
+    duel_value::<Arc<[u8; 128]>>(&keys, rounds, &filter);
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--duel") {
+        duel(&args);
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
