@@ -17,7 +17,8 @@
 //! - `leased`: `get_or_lease`, read, `save_with_lease`: a save that overlapped a purge is refused;
 //! - `get_or_load`: leasecache's single-flight read-through, leased;
 //! - `moka get_with` and `quick_cache get_or_insert_with`: the same read-through with those
-//!   caches, invalidated with their own calls (`invalidate`, `remove`).
+//!   caches, invalidated with their own calls (`invalidate`, `remove`);
+//! - `quick_cache get, read, insert`: the plain pattern on quick_cache, for comparison.
 //!
 //! The table goes to stdout, a progress bar to stderr.
 
@@ -123,6 +124,7 @@ enum Target {
     GetOrLoad(Cache<u64, u64>),
     Moka(moka::sync::Cache<u64, u64, ahash::RandomState>),
     Quick(quick_cache::sync::Cache<u64, u64>),
+    QuickPlain(quick_cache::sync::Cache<u64, u64>),
 }
 
 impl Target {
@@ -137,6 +139,7 @@ impl Target {
             Target::GetOrLoad(Cache::new(cap)),
             Target::Moka(moka),
             Target::Quick(quick_cache::sync::Cache::new(cap as usize)),
+            Target::QuickPlain(quick_cache::sync::Cache::new(cap as usize)),
         ]
     }
 
@@ -147,6 +150,7 @@ impl Target {
             Target::GetOrLoad(_) => "get_or_load",
             Target::Moka(_) => "moka get_with + invalidate",
             Target::Quick(_) => "quick_cache get_or_insert_with + remove",
+            Target::QuickPlain(_) => "quick_cache get, read, insert + remove",
         }
     }
 
@@ -172,6 +176,11 @@ impl Target {
             Target::Quick(c) => c
                 .get_or_insert_with(&key, || Ok::<_, Infallible>(db.read(key, rng)))
                 .unwrap_or_else(|never| match never {}),
+            Target::QuickPlain(c) => c.get(&key).unwrap_or_else(|| {
+                let row = db.read(key, rng);
+                c.insert(key, row);
+                row
+            }),
         }
     }
 
@@ -181,7 +190,7 @@ impl Target {
                 c.purge(&key);
             }
             Target::Moka(c) => c.invalidate(&key),
-            Target::Quick(c) => {
+            Target::Quick(c) | Target::QuickPlain(c) => {
                 c.remove(&key);
             }
         }
