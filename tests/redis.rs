@@ -381,7 +381,12 @@ async fn malformed_input_is_refused_and_changes_nothing() {
         let r = RedisStore::<String>::connect(&server.url(), opts(bad)).await;
         assert!(matches!(r, Err(RedisStoreError::InvalidInput(_))));
     }
-    let r = s.insert_with_ttl("k", &"v".into(), Duration::ZERO).await;
+    for ttl in [Duration::ZERO, Duration::from_secs(u64::MAX)] {
+        let r = s.insert_with_ttl("k", &"v".into(), ttl).await;
+        assert!(matches!(r, Err(RedisStoreError::InvalidInput(_))));
+    }
+    let r =
+        RedisStore::<String>::connect(&server.url(), opts("t").default_ttl(Duration::ZERO)).await;
     assert!(matches!(r, Err(RedisStoreError::InvalidInput(_))));
     assert_eq!(s.get("k").await.unwrap().as_deref(), Some("ok"));
 
@@ -718,6 +723,64 @@ async fn client_kill_recovers_and_never_accepts_stale() {
         Saved::Stored
     );
     assert!(recover(|| writer.purge("ok")).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_server_times_out_then_recovers() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s: RedisStore<String> = RedisStore::connect(
+        &server.url(),
+        opts("t").command_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let l = lease(&s, "k").await;
+    let stale = lease(&s, "s").await;
+    s.purge("s").await.unwrap();
+    server.pause();
+    // Every call returns an error once its timeout passes; the outer bound only guards the test.
+    let bounded = Duration::from_secs(10);
+    let r = tokio::time::timeout(bounded, s.get("k"))
+        .await
+        .expect("no hang");
+    assert!(r.unwrap_err().is_transient());
+    let r = tokio::time::timeout(bounded, s.save_with_lease("s", &"v".into(), &stale))
+        .await
+        .expect("no hang");
+    assert!(r.unwrap_err().is_transient());
+    let r = tokio::time::timeout(bounded, s.flush())
+        .await
+        .expect("no hang");
+    assert!(r.unwrap_err().is_transient());
+    server.resume();
+    let v = "v".to_string();
+    // The timed-out stale save may still have run on the server: it was rejected there too.
+    assert_eq!(
+        recover(|| s.save_with_lease("s", &v, &stale)).await,
+        Saved::Stale
+    );
+    assert_eq!(s.get("s").await.unwrap(), None);
+    // The flush may or may not have run; either way the old lease is fenced or still valid,
+    // never an error, and the store works again.
+    let saved = s.save_with_lease("k", &v, &l).await.unwrap();
+    assert!(matches!(saved, Saved::Stored | Saved::Stale));
+    let l = lease(&s, "fresh").await;
+    assert_eq!(
+        s.save_with_lease("fresh", &v, &l).await.unwrap(),
+        Saved::Stored
+    );
+}
+
+#[test]
+fn public_types_are_send_sync_and_cheap_to_share() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync_clone::<RedisStore<String>>();
+    assert_send_sync_clone::<RedisLease>();
+    assert_send_sync_clone::<RedisOptions>();
+    fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
+    assert_error::<RedisStoreError>();
 }
 
 // ---------------------------------------------------------------- torture

@@ -138,39 +138,56 @@ impl Conn {
         }
     }
 
-    /// Every key matching `pattern` on every master (a full SCAN of each).
-    pub(crate) async fn scan_masters(
+    /// The nodes a namespace-wide SCAN must visit: the server, or every cluster master.
+    pub(crate) async fn scan_nodes(
         &self,
+        timeout: Duration,
+    ) -> Result<Vec<ScanNode>, RedisStoreError> {
+        match self {
+            Self::Single(_) => Ok(vec![ScanNode::Only]),
+            Self::Cluster(_) => Ok(self
+                .masters(timeout)
+                .await?
+                .into_iter()
+                .map(|(host, port)| ScanNode::Master { host, port })
+                .collect()),
+        }
+    }
+
+    /// One `SCAN cursor MATCH pattern COUNT 1000` on `node`: the next cursor and a batch of keys.
+    pub(crate) async fn scan_step(
+        &self,
+        node: &ScanNode,
+        cursor: u64,
         pattern: &str,
         timeout: Duration,
-    ) -> Result<Vec<Vec<u8>>, RedisStoreError> {
-        let mut keys = Vec::new();
-        match self.clone() {
-            Self::Single(c) => {
-                scan_one(pattern, timeout, &mut keys, |cmd| {
-                    let cmd = cmd.clone();
-                    let mut c = c.clone();
-                    async move { cmd.query_async::<Value>(&mut c).await }
-                })
-                .await?;
-            }
-            Self::Cluster(c) => {
-                for (host, port) in self.masters(timeout).await? {
-                    let c = c.clone();
-                    scan_one(pattern, timeout, &mut keys, |cmd| {
-                        let cmd = cmd.clone();
-                        let mut c = c.clone();
-                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port,
-                        });
-                        async move { c.route_command(cmd, route).await }
-                    })
-                    .await?;
+    ) -> Result<(u64, Vec<Vec<u8>>), RedisStoreError> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
+        let fut = async {
+            match (self.clone(), node) {
+                (Self::Single(mut c), _) => cmd.query_async::<Value>(&mut c).await,
+                (Self::Cluster(mut c), ScanNode::Master { host, port }) => {
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    c.route_command(cmd.clone(), route).await
                 }
+                (Self::Cluster(_), ScanNode::Only) => Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "cluster SCAN needs a node address",
+                ))),
             }
-        }
-        Ok(keys)
+        };
+        let reply = tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| RedisStoreError::Timeout(timeout))??;
+        redis::from_redis_value(reply).map_err(|e| RedisStoreError::Protocol(format!("SCAN: {e}")))
     }
 
     /// `(host, port)` of every master that serves slots, from `CLUSTER NODES`.
@@ -209,34 +226,10 @@ impl Conn {
     }
 }
 
-/// A full SCAN of one node.
-async fn scan_one<F, Fut>(
-    pattern: &str,
-    timeout: Duration,
-    keys: &mut Vec<Vec<u8>>,
-    send: F,
-) -> Result<(), RedisStoreError>
-where
-    F: Fn(&Cmd) -> Fut,
-    Fut: std::future::Future<Output = redis::RedisResult<Value>>,
-{
-    let mut cursor: u64 = 0;
-    loop {
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000);
-        let reply = tokio::time::timeout(timeout, send(&cmd))
-            .await
-            .map_err(|_| RedisStoreError::Timeout(timeout))??;
-        let (next, batch): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)
-            .map_err(|e| RedisStoreError::Protocol(format!("SCAN: {e}")))?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
+/// A node to SCAN during `flush`.
+pub(crate) enum ScanNode {
+    /// The only server of a standalone connection.
+    Only,
+    /// One cluster master, by address.
+    Master { host: String, port: u16 },
 }

@@ -268,16 +268,14 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         self.insert_ms(key, value, self.inner.default_ttl_ms).await
     }
 
-    /// [`insert`](Self::insert) with its own TTL (at least 1 ms; rounded up to milliseconds).
+    /// [`insert`](Self::insert) with its own TTL (1 ms to 10 years; rounded up to milliseconds).
     pub async fn insert_with_ttl(
         &self,
         key: &str,
         value: &V,
         ttl: Duration,
     ) -> Result<(), RedisStoreError> {
-        if ttl.is_zero() {
-            return Err(RedisStoreError::InvalidInput("ttl must be positive".into()));
-        }
+        options::check_ttl("ttl", ttl).map_err(RedisStoreError::InvalidInput)?;
         self.insert_ms(key, value, options::millis(ttl)).await
     }
 
@@ -295,23 +293,24 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     /// every master in cluster mode. Keys written while it runs may survive.
     pub async fn flush(&self) -> Result<(), RedisStoreError> {
         let pattern = format!("{}:*", glob_escape(&self.inner.namespace));
-        let keys = self
-            .inner
-            .conn
-            .scan_masters(&pattern, self.inner.timeout)
-            .await?;
-        for batch in keys.chunks(64) {
-            let purges = batch.iter().map(|k| {
-                let args: [&[u8]; 2] = [b"", b""];
-                let script = &self.inner.scripts.purge;
-                async move {
-                    self.inner
-                        .conn
-                        .eval(script, k, &args, self.inner.timeout)
-                        .await
+        let (conn, timeout) = (&self.inner.conn, self.inner.timeout);
+        for node in conn.scan_nodes(timeout).await? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = conn.scan_step(&node, cursor, &pattern, timeout).await?;
+                let purges = keys.iter().map(|k| {
+                    let args: [&[u8]; 2] = [b"", b""];
+                    async move {
+                        conn.eval(&self.inner.scripts.purge, k, &args, timeout)
+                            .await
+                    }
+                });
+                futures_util::future::try_join_all(purges).await?;
+                if next == 0 {
+                    break;
                 }
-            });
-            futures_util::future::try_join_all(purges).await?;
+                cursor = next;
+            }
         }
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&self.inner.channel).arg("F");

@@ -50,7 +50,7 @@ impl RedisOptions {
 
 impl<C> RedisOptions<C> {
     /// The TTL of values saved by `save_with_lease`, `save_field_with_lease` and `insert`.
-    /// Rounded up to whole milliseconds; must be at least 1 ms.
+    /// Rounded up to whole milliseconds; 1 ms to 10 years.
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = ttl;
         self
@@ -102,17 +102,24 @@ impl<C> RedisOptions<C> {
                 "namespace {ns:?} must be 1 to 128 bytes without ':'"
             ));
         }
-        if self.default_ttl < Duration::from_millis(1) {
-            return Err("default_ttl must be at least 1 ms".into());
-        }
-        if self.max_lease_age < Duration::from_millis(1) {
-            return Err("max_lease_age must be at least 1 ms".into());
-        }
+        check_ttl("default_ttl", self.default_ttl)?;
+        check_ttl("max_lease_age", self.max_lease_age)?;
         if self.command_timeout.is_zero() {
             return Err("command_timeout must be positive".into());
         }
         Ok(())
     }
+}
+
+/// The longest TTL or lease age accepted (ten years).
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A TTL must be between 1 ms and [`MAX_TTL`].
+pub(crate) fn check_ttl(what: &str, d: Duration) -> Result<(), String> {
+    if d < Duration::from_millis(1) || d > MAX_TTL {
+        return Err(format!("{what} must be between 1 ms and 10 years, not {d:?}"));
+    }
+    Ok(())
 }
 
 /// Whole milliseconds, rounded up, at least 1.

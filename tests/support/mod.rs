@@ -162,6 +162,17 @@ impl Node {
         }
     }
 
+    fn signal(&self, sig: &str) {
+        if let Some(child) = self.child.as_ref() {
+            let status = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -{sig} failed");
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
     }
@@ -246,6 +257,17 @@ impl RedisServer {
     /// Kills the server with SIGKILL (no shutdown, no save) and reaps it.
     pub fn kill9(&mut self) {
         self.node.kill9();
+    }
+
+    /// Freezes the server with SIGSTOP: connections stay open but nothing is answered (a hung
+    /// server). [`resume`](Self::resume) thaws it; drop also kills a frozen server.
+    pub fn pause(&self) {
+        self.node.signal("STOP");
+    }
+
+    /// Thaws a server frozen by [`pause`](Self::pause) (SIGCONT).
+    pub fn resume(&self) {
+        self.node.signal("CONT");
     }
 
     /// Kills the server if it runs, then starts it again on the same port and directory and waits
