@@ -94,6 +94,17 @@ pub(crate) fn check<M: Model>(init: &M, history: &[Event<M::Op, M::Ret>]) -> Ver
     let n = history.len();
     let mut by_call: Vec<usize> = (0..n).collect();
     by_call.sort_by_key(|&i| history[i].call);
+    // A thread runs one operation at a time: its events must not overlap (a recording bug would).
+    let mut last_return: BTreeMap<usize, u64> = BTreeMap::new();
+    for &i in &by_call {
+        let e = &history[i];
+        let previous = last_return.insert(e.thread, e.returned).unwrap_or(0);
+        assert!(
+            previous < e.call,
+            "thread {} overlaps itself at {e:?}",
+            e.thread
+        );
+    }
     // The minimal pending events: called before the earliest return among pending events.
     let candidates = |done: &Bits| -> Vec<usize> {
         let earliest_return = by_call

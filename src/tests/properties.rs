@@ -6,6 +6,9 @@
 //! Actions are weighted; a save picks its lease *by index* among those handed out so far (taken
 //! modulo their number), so a shrunk sequence stays meaningful.
 
+// These drive the cache outside any loom model, so they are not built for the loom lane.
+#![cfg(not(leasecache_loom))]
+
 use crate::fuzzing::{CacheConfig, CacheOp, run_cache};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
