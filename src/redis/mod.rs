@@ -27,8 +27,8 @@
 //! A marker is created only by a lease on a key that holds nothing; such a marker-only hash expires
 //! [`max_lease_age`](RedisOptions::max_lease_age) after the last lease taken on it. Bookkeeping
 //! is therefore bounded by *the number of distinct empty keys leased within the last
-//! `max_lease_age`*, about 100 bytes each; a marker on a key that holds data lives and dies with
-//! that data (whose TTL is always set).
+//! `max_lease_age`*, about 180 bytes each on Redis 7 (10 000 marker-only keys measured 1.7 MB);
+//! a marker on a key that holds data lives and dies with that data (whose TTL is always set).
 //!
 //! ## Scripts
 //!

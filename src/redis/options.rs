@@ -117,7 +117,9 @@ pub(crate) const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// A TTL must be between 1 ms and [`MAX_TTL`].
 pub(crate) fn check_ttl(what: &str, d: Duration) -> Result<(), String> {
     if d < Duration::from_millis(1) || d > MAX_TTL {
-        return Err(format!("{what} must be between 1 ms and 10 years, not {d:?}"));
+        return Err(format!(
+            "{what} must be between 1 ms and 10 years, not {d:?}"
+        ));
     }
     Ok(())
 }

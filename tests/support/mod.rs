@@ -7,6 +7,9 @@
 //! `None`, unless `LEASECACHE_REQUIRE_REDIS=1` (set by `.ci/run`), in which case they panic.
 //!
 //! Readiness is always awaited by polling `PING` (or `CLUSTER INFO`) with bounded retries.
+//!
+//! `LEASECACHE_REDIS_SERVER` / `LEASECACHE_REDIS_CLI` name other binaries (for example
+//! `valkey-server` / `valkey-cli`); the defaults are `redis-server` / `redis-cli`.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -19,6 +22,16 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause between readiness polls.
 const POLL: Duration = Duration::from_millis(20);
+
+/// The server binary (`LEASECACHE_REDIS_SERVER`, default `redis-server`).
+pub fn server_bin() -> String {
+    std::env::var("LEASECACHE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// The CLI binary (`LEASECACHE_REDIS_CLI`, default `redis-cli`).
+pub fn cli_bin() -> String {
+    std::env::var("LEASECACHE_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
+}
 
 /// Whether the environment demands real Redis tests (CI).
 pub fn redis_required() -> bool {
@@ -35,7 +48,7 @@ pub fn redis_installed() -> bool {
             .status()
             .is_ok_and(|s| s.success())
     };
-    ok("redis-server") && ok("redis-cli")
+    ok(&server_bin()) && ok(&cli_bin())
 }
 
 /// `true` if the test may proceed; prints a loud skip (or panics under
@@ -77,7 +90,7 @@ fn ping(port: u16) -> bool {
 
 /// Runs `redis-cli -h 127.0.0.1 -p <port> <args>` and returns its trimmed stdout.
 pub fn cli_at(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+    let out = Command::new(cli_bin())
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
@@ -116,7 +129,7 @@ impl Node {
             .create(true)
             .append(true)
             .open(self.dir.join("redis.log"))?;
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(server_bin());
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
@@ -336,7 +349,7 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        let out = Command::new(cli_bin())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
