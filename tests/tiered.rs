@@ -910,3 +910,81 @@ fn single_flight_and_no_pre_purge_value_after_the_purge() {
         assert_eq!(a.l2().get("k0").await.expect("get"), Some(2));
     });
 }
+
+/// A subscriber that falls behind: Redis disconnects it once its output buffer passes the
+/// `pubsub` limit. The instance counts a feed loss, flushes its L1 and resubscribes.
+#[test]
+fn subscriber_over_its_output_buffer_limit_is_a_feed_loss() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    run(Duration::from_secs(30), async move {
+        let url = server.url();
+        let source = Source::new(1);
+        let a = instance(&url, "lag", |b| b).await;
+        let b = instance(&url, "lag", |b| b).await;
+        assert_eq!(b.get_or_load(key(0), loader(&source)).await, Ok(1));
+        assert_eq!(b.l1().get("k0"), Some(1));
+        let limit = server.cli(&["CONFIG", "GET", "client-output-buffer-limit"]);
+        assert_eq!(
+            server.cli(&[
+                "CONFIG",
+                "SET",
+                "client-output-buffer-limit",
+                "pubsub 64 64 0"
+            ]),
+            "OK"
+        );
+        // One invalidation larger than the limit (and than the 16 KiB a client's static reply
+        // buffer holds before the limit applies): every subscriber is "behind" at once.
+        let long = "x".repeat(64 * 1024);
+        a.purge(&long).await.expect("purge");
+        wait_for("feed loss", || b.stats().feed_losses >= 1).await;
+        assert_eq!(b.l1().get("k0"), None, "L1 flushed on the loss");
+        // Restore the limit (the reply lists it as `name value` lines); resubscribe.
+        let pubsub_limit = limit
+            .lines()
+            .find(|l| l.contains("pubsub"))
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| {
+                "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60".into()
+            });
+        assert_eq!(
+            server.cli(&["CONFIG", "SET", "client-output-buffer-limit", &pubsub_limit]),
+            "OK"
+        );
+        tokio::time::timeout(WAIT, b.feed_confirmed())
+            .await
+            .expect("resubscribed");
+        assert_eq!(b.get_or_load(key(0), loader(&source)).await, Ok(1));
+        assert_eq!(b.l1().get("k0"), Some(1), "L1 in use again");
+    });
+}
+
+/// A silent feed (the server stops answering, the connection stays open) is detected by the
+/// periodic PING: the L1 is flushed and bypassed until the subscription is confirmed again.
+#[test]
+fn unanswered_ping_is_a_feed_loss() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    run(Duration::from_secs(30), async move {
+        let url = server.url();
+        let source = Source::new(1);
+        let a = instance(&url, "silent", |b| {
+            b.ping_interval(Duration::from_millis(50))
+                .ping_timeout(Duration::from_millis(200))
+        })
+        .await;
+        assert_eq!(a.get_or_load(key(0), loader(&source)).await, Ok(1));
+        // Every command of every client, PING on the subscriber included, waits out the pause.
+        assert_eq!(server.cli(&["CLIENT", "PAUSE", "1500", "ALL"]), "OK");
+        wait_for("feed loss", || a.stats().feed_losses >= 1).await;
+        assert!(!a.is_l1_active());
+        assert_eq!(a.l1().get("k0"), None, "L1 flushed on the loss");
+        tokio::time::timeout(WAIT, a.feed_confirmed())
+            .await
+            .expect("resubscribed after the pause");
+        assert!(a.is_l1_active());
+    });
+}

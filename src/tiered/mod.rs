@@ -46,6 +46,11 @@
 //! been delivered to another process's feed, that process never serves the value the write
 //! replaced, from either tier.
 //!
+//! Every instance also receives the invalidations of its own writes. Such an echo fences the L1
+//! leases on its key again, so a load of that key that starts in the writing process before the
+//! echo arrives (typically well under a millisecond) is served but not cached in the L1: the next
+//! read fills it from Redis. Safe, and cheap unless one process writes and reads a key in a loop.
+//!
 //! The L1 is used only while the feed is *confirmed* (Redis acknowledged the subscription) and
 //! the circuit breaker is closed. Losing the feed (disconnect, a subscriber Redis dropped for
 //! falling behind, an unanswered PING) flushes the L1 and bypasses it until the subscription is
