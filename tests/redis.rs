@@ -793,13 +793,30 @@ async fn version_oracle_torture_two_stores() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    const KEYS: usize = 4;
+    torture([store(&server, "o").await, store(&server, "o").await], 4).await;
+}
+
+/// The same oracle through Redis Cluster, keys spread over the masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_oracle_torture_cluster() {
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let a = RedisStore::connect_cluster(&refs, opts("o")).await.unwrap();
+    let b = RedisStore::connect_cluster(&refs[1..], opts("o"))
+        .await
+        .unwrap();
+    torture([a, b], 6).await;
+}
+
+async fn torture(stores: [RedisStore<String>; 2], keys: usize) {
     const READERS: usize = 6;
     const WRITERS: usize = 2;
     const ROUNDS: usize = 300;
-    let stores = [store(&server, "o").await, store(&server, "o").await];
-    let db: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
-    let committed: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let db: Arc<Vec<AtomicU64>> = Arc::new((0..keys).map(|_| AtomicU64::new(0)).collect());
+    let committed: Arc<Vec<AtomicU64>> = Arc::new((0..keys).map(|_| AtomicU64::new(0)).collect());
     let stale_observations = Arc::new(AtomicUsize::new(0));
     let stored = Arc::new(AtomicUsize::new(0));
     let rejected = Arc::new(AtomicUsize::new(0));
@@ -809,7 +826,7 @@ async fn version_oracle_torture_two_stores() {
         let (s, db, committed) = (stores[w % 2].clone(), db.clone(), committed.clone());
         tasks.push(tokio::spawn(async move {
             for r in 0..ROUNDS {
-                let k = (r * 7 + w) % KEYS;
+                let k = (r * 7 + w) % keys;
                 let version = db[k].fetch_add(1, Ordering::SeqCst) + 1;
                 s.purge(&format!("k{k}")).await.unwrap();
                 committed[k].fetch_max(version, Ordering::SeqCst);
@@ -824,7 +841,7 @@ async fn version_oracle_torture_two_stores() {
             (stale_observations.clone(), stored.clone(), rejected.clone());
         tasks.push(tokio::spawn(async move {
             for r in 0..ROUNDS {
-                let k = (r * 3 + rd) % KEYS;
+                let k = (r * 3 + rd) % keys;
                 let key = format!("k{k}");
                 let floor = committed[k].load(Ordering::SeqCst);
                 let seen = match s.get_or_lease(&key).await.unwrap() {
@@ -856,7 +873,7 @@ async fn version_oracle_torture_two_stores() {
             .unwrap();
     }
     // Final check: after all writers finished, every cached value is the latest version.
-    for k in 0..KEYS {
+    for k in 0..keys {
         let latest = db[k].load(Ordering::SeqCst);
         if let Some(v) = stores[0].get(&format!("k{k}")).await.unwrap() {
             assert_eq!(

@@ -52,6 +52,11 @@
 //! - A failed call ([`RedisStoreError::Redis`], [`RedisStoreError::Timeout`]) may or may not have
 //!   taken effect; it never panics and never waits longer than the command timeout per round trip.
 //!
+//! ## Blocking
+//!
+//! No method blocks the calling thread: every operation is `async` and waits at most the command
+//! timeout per round trip ([`RedisOptions::command_timeout`]).
+//!
 //! ## Example
 //!
 //! ```no_run
