@@ -83,6 +83,7 @@
 mod codec;
 mod conn;
 mod error;
+mod invalidation;
 mod lease;
 mod options;
 
@@ -99,6 +100,7 @@ use conn::{Conn, Scripts};
 
 pub use codec::{Codec, JsonCodec, PostcardCodec};
 pub use error::{CodecError, RedisStoreError};
+pub use invalidation::Invalidation;
 pub use lease::RedisLease;
 pub use options::RedisOptions;
 
@@ -112,44 +114,6 @@ pub enum Saved {
     /// maximum lease age): the value was not stored. A normal outcome of concurrency; serve the
     /// value to the caller who loaded it if that is acceptable, or read again.
     Stale,
-}
-
-/// A message on a namespace's [invalidation channel](RedisStore::invalidation_channel).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Invalidation {
-    /// Key `.0` was purged, inserted or had a sub-entry purged (payload `b"K" + key`).
-    Key(String),
-    /// The namespace was flushed (payload `b"F"`).
-    Flush,
-}
-
-impl Invalidation {
-    /// Decodes a pub/sub payload; `None` if it is not one of ours.
-    ///
-    /// ```
-    /// use leasecache::redis::Invalidation;
-    ///
-    /// assert_eq!(Invalidation::parse(b"Kuser:1"), Some(Invalidation::Key("user:1".into())));
-    /// assert_eq!(Invalidation::parse(b"F"), Some(Invalidation::Flush));
-    /// assert_eq!(Invalidation::parse(b"?"), None);
-    /// ```
-    pub fn parse(payload: &[u8]) -> Option<Invalidation> {
-        match payload {
-            [b'F'] => Some(Self::Flush),
-            [b'K', key @ ..] => std::str::from_utf8(key)
-                .ok()
-                .map(|k| Self::Key(k.to_owned())),
-            _ => None,
-        }
-    }
-
-    fn key_payload(key: &str) -> Vec<u8> {
-        let mut p = Vec::with_capacity(key.len() + 1);
-        p.push(b'K');
-        p.extend_from_slice(key.as_bytes());
-        p
-    }
 }
 
 /// Hash field of the key's own value.
@@ -600,19 +564,6 @@ fn u64_of(v: &Value) -> Result<u64, RedisStoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn invalidation_payloads_round_trip() {
-        let p = Invalidation::key_payload("a:b");
-        assert_eq!(
-            Invalidation::parse(&p),
-            Some(Invalidation::Key("a:b".into()))
-        );
-        assert_eq!(Invalidation::parse(b"F"), Some(Invalidation::Flush));
-        assert_eq!(Invalidation::parse(b"FF"), None);
-        assert_eq!(Invalidation::parse(b""), None);
-        assert_eq!(Invalidation::parse(b"K\xff"), None);
-    }
 
     #[test]
     fn user_fields_never_collide_with_internal_fields() {
