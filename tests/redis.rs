@@ -280,6 +280,64 @@ async fn leases_are_bound_to_key_field_and_namespace() {
     );
 }
 
+/// Rebuilds a token with a different generation and a *valid* checksum: what a forger would do.
+fn forge(token: &str, new_generation: &str) -> String {
+    let hex = token.strip_prefix("lcr1.").unwrap();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let body = &bytes[..bytes.len() - 8];
+    // namespace, key (length-prefixed), field tag 0, generation (length-prefixed), 16 time bytes
+    let mut at = 0;
+    for _ in 0..2 {
+        let len = u32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as usize;
+        at += 4 + len;
+    }
+    assert_eq!(body[at], 0, "key lease");
+    at += 1;
+    let old_len = u32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as usize;
+    let mut forged = body[..at].to_vec();
+    forged.extend_from_slice(&(new_generation.len() as u32).to_be_bytes());
+    forged.extend_from_slice(new_generation.as_bytes());
+    forged.extend_from_slice(&body[at + 4 + old_len..]);
+    let sum = forged.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    forged.extend_from_slice(&sum.to_be_bytes());
+    let mut out = String::from("lcr1.");
+    for b in forged {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_leases_never_save() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = store(&server, "t").await;
+    let real = lease(&s, "k").await;
+    s.purge("k").await.unwrap();
+    let fresh = lease(&s, "k").await; // the marker a forger would need to guess
+    for guess in ["0.0.0000000000000000", "", "x", &"9".repeat(40)] {
+        match RedisLease::from_token(&forge(&real.to_token(), guess)) {
+            Ok(forged) => assert_eq!(
+                s.save_with_lease("k", &"forged".into(), &forged)
+                    .await
+                    .unwrap(),
+                Saved::Stale
+            ),
+            Err(e) => assert!(matches!(e, RedisStoreError::InvalidLease(_)), "{e}"),
+        }
+    }
+    assert_eq!(s.get("k").await.unwrap(), None);
+    // The forging helper itself is faithful: re-forging the real generation yields the lease.
+    let same = forge(&fresh.to_token(), fresh.generation());
+    assert_eq!(RedisLease::from_token(&same).unwrap(), fresh);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields() {
     let Some(server) = RedisServer::start() else {

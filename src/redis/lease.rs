@@ -60,7 +60,8 @@ impl RedisLease {
         self.0.namespace == namespace && self.0.key == key && self.0.field.as_deref() == field
     }
 
-    pub(crate) fn generation(&self) -> &str {
+    /// The key's generation marker this lease was issued at: an opaque string, for logs only.
+    pub fn generation(&self) -> &str {
         &self.0.generation
     }
 
