@@ -831,6 +831,27 @@ async fn hung_server_times_out_then_recovers() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_is_a_bounded_error() {
+    let port = support::free_port(); // nothing listens here
+    let url = format!("redis://127.0.0.1:{port}/");
+    let opts = opts("t").command_timeout(Duration::from_millis(500));
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        RedisStore::<String>::connect(&url, opts),
+    )
+    .await
+    .expect("no hang");
+    assert!(r.unwrap_err().is_transient());
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        RedisStore::<String>::connect_cluster(&[&url], RedisOptions::new("t")),
+    )
+    .await
+    .expect("no hang");
+    assert!(r.is_err());
+}
+
 #[test]
 fn public_types_are_send_sync_and_cheap_to_share() {
     fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
@@ -843,7 +864,8 @@ fn public_types_are_send_sync_and_cheap_to_share() {
 
 // ---------------------------------------------------------------- torture
 
-/// The version oracle: a "database" of per-key versions; writers bump a version then purge;
+/// The version oracle: a "database" of per-key versions; writers bump a version then purge
+/// (and now and then bump every version then flush);
 /// readers fill the cache through leases from two independent stores. A read that starts after a
 /// purge of version `w` completed must never see a version below `w`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -884,6 +906,17 @@ async fn torture(stores: [RedisStore<String>; 2], keys: usize) {
         let (s, db, committed) = (stores[w % 2].clone(), db.clone(), committed.clone());
         tasks.push(tokio::spawn(async move {
             for r in 0..ROUNDS {
+                if r % 25 == 24 {
+                    // Update every row, then flush: fences every outstanding lease.
+                    let versions: Vec<u64> = (0..keys)
+                        .map(|k| db[k].fetch_add(1, Ordering::SeqCst) + 1)
+                        .collect();
+                    s.flush().await.unwrap();
+                    for (k, v) in versions.into_iter().enumerate() {
+                        committed[k].fetch_max(v, Ordering::SeqCst);
+                    }
+                    continue;
+                }
                 let k = (r * 7 + w) % keys;
                 let version = db[k].fetch_add(1, Ordering::SeqCst) + 1;
                 s.purge(&format!("k{k}")).await.unwrap();
