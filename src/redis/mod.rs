@@ -24,11 +24,12 @@
 //! ## Bounded memory (I5)
 //!
 //! Fencing only deletes, so purges (of present or absent keys, in any number) never allocate.
-//! A marker is created only by a lease on a key that holds nothing; such a marker-only hash expires
-//! [`max_lease_age`](RedisOptions::max_lease_age) after the last lease taken on it. Bookkeeping
-//! is therefore bounded by *the number of distinct empty keys leased within the last
-//! `max_lease_age`*, about 180 bytes each on Redis 7 (10 000 marker-only keys measured 1.7 MB);
-//! a marker on a key that holds data lives and dies with that data (whose TTL is always set).
+//! A marker is created only by a miss that hands out a lease. On a key that holds nothing, the
+//! marker-only hash expires [`max_lease_age`](RedisOptions::max_lease_age) after the last lease
+//! taken on it; on a key that holds data, the marker lives and dies with that data (whose TTL is
+//! always set). Bookkeeping beyond the cached data is therefore bounded by *the number of distinct
+//! empty keys leased within the last `max_lease_age`*, about 180 bytes each on Redis 7 (10 000
+//! marker-only keys measured 1.7 MB), plus one marker field per cached key.
 //!
 //! ## Scripts
 //!
@@ -51,6 +52,12 @@
 //!   fenced when it returns.
 //! - A failed call ([`RedisStoreError::Redis`], [`RedisStoreError::Timeout`]) may or may not have
 //!   taken effect; it never panics and never waits longer than the command timeout per round trip.
+//!
+//! Not guaranteed: that Redis keeps a write it acknowledged. Replication is asynchronous and
+//! persistence may lag (`appendfsync everysec`), so a failover or crash can lose the last writes,
+//! *including a purge*: a replica promoted before it saw the purge still holds the old value and
+//! marker. A lost *marker* only rejects leases; a lost *purge* is as if it never happened. Where
+//! that matters, use `min-replicas-to-write` or `WAIT` after writes.
 //!
 //! ## Blocking
 //!
@@ -142,7 +149,8 @@ impl<V> std::fmt::Debug for RedisStore<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("namespace", &self.inner.namespace)
-            .field("nodes", &self.inner.urls)
+            // Not the URLs themselves: they may carry passwords.
+            .field("nodes", &self.inner.urls.len())
             .finish_non_exhaustive()
     }
 }

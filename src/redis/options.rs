@@ -5,7 +5,8 @@ use std::time::Duration;
 use super::codec::PostcardCodec;
 
 /// How a [`RedisStore`](super::RedisStore) names, encodes and expires its entries. A consuming
-/// builder; every setter has a sensible default.
+/// builder; every setter has a sensible default. `C` is the codec's type
+/// ([`PostcardCodec`] unless [`codec`](Self::codec) picks another).
 ///
 /// ```
 /// use std::time::Duration;
