@@ -9,6 +9,7 @@
 //! ```text
 //! cargo run --release --example stale_race
 //! cargo run --release --example stale_race -- --checks 3000 --readers 32 --latency-us 2000
+//! cargo run --release --features redis --example stale_race -- --redis redis://127.0.0.1/
 //! ```
 //!
 //! Modes, all on the same workload:
@@ -18,7 +19,9 @@
 //! - `get_or_load`: leasecache's single-flight read-through, leased;
 //! - `moka get_with` and `quick_cache get_or_insert_with`: the same read-through with those
 //!   caches, invalidated with their own calls (`invalidate`, `remove`);
-//! - `quick_cache get, read, insert`: the plain pattern on quick_cache, for comparison.
+//! - `quick_cache get, read, insert`: the plain pattern on quick_cache, for comparison;
+//! - with `--redis URL` (feature `redis`): the plain and the leased pattern on
+//!   `leasecache::redis::RedisStore`.
 //!
 //! The table goes to stdout, a progress bar to stderr.
 
@@ -40,7 +43,8 @@ usage: stale_race [--checks N] [--readers N] [--keys N] [--latency-us N] [--redi
   --readers N     concurrent cache-aside readers                   [default 64]
   --keys N        hot keys, each with its own writer lane          [default 8]
   --latency-us N  mean database read latency, microseconds (+-50%) [default 1000]
-  --redis URL     also run the Redis tier and tiered modes (feature `redis`)";
+  --redis URL     also run the Redis tier modes (build with --features redis);
+                  the tiered (L1 over Redis) modes are not there yet";
 
 /// What the command line asked for.
 struct Config {
@@ -125,6 +129,12 @@ enum Target {
     Moka(moka::sync::Cache<u64, u64, ahash::RandomState>),
     Quick(quick_cache::sync::Cache<u64, u64>),
     QuickPlain(quick_cache::sync::Cache<u64, u64>),
+    /// Redis with `get`, read, `insert` (an unconditional write).
+    #[cfg(feature = "redis")]
+    RedisPlain(redis_tier::Tier),
+    /// Redis with `get_or_lease`, read, `save_with_lease`.
+    #[cfg(feature = "redis")]
+    RedisLeased(redis_tier::Tier),
 }
 
 impl Target {
@@ -151,6 +161,10 @@ impl Target {
             Target::Moka(_) => "moka get_with + invalidate",
             Target::Quick(_) => "quick_cache get_or_insert_with + remove",
             Target::QuickPlain(_) => "quick_cache get, read, insert + remove",
+            #[cfg(feature = "redis")]
+            Target::RedisPlain(_) => "redis tier: get, read, insert + purge",
+            #[cfg(feature = "redis")]
+            Target::RedisLeased(_) => "redis tier: get_or_lease, save_with_lease",
         }
     }
 
@@ -181,6 +195,10 @@ impl Target {
                 c.insert(key, row);
                 row
             }),
+            #[cfg(feature = "redis")]
+            Target::RedisPlain(t) => t.read_plain(key, db, rng),
+            #[cfg(feature = "redis")]
+            Target::RedisLeased(t) => t.read_leased(key, db, rng),
         }
     }
 
@@ -193,6 +211,8 @@ impl Target {
             Target::Quick(c) | Target::QuickPlain(c) => {
                 c.remove(&key);
             }
+            #[cfg(feature = "redis")]
+            Target::RedisPlain(t) | Target::RedisLeased(t) => t.purge(key),
         }
     }
 }
@@ -384,17 +404,40 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(url) = &config.redis {
-        eprintln!(
-            "stale_race: --redis {url}: the Redis tier and tiered modes are not available yet \
-             (they are being written behind feature `redis`); running the in-process modes only."
-        );
-    }
     let progress = Progress {
         tty: std::io::stderr().is_terminal(),
     };
-    let targets = Target::all();
+    #[allow(unused_mut)]
+    let mut targets = Target::all();
+    if let Some(url) = &config.redis {
+        #[cfg(feature = "redis")]
+        match redis_tier::targets(url) {
+            Ok(redis) => {
+                targets.extend(redis);
+                eprintln!(
+                    "stale_race: the tiered modes (L1 over Redis) are not available yet \
+                     (leasecache::tiered is being written); running the Redis tier modes only."
+                );
+            }
+            Err(message) => {
+                eprintln!("stale_race: --redis {url}: {message}");
+                return ExitCode::from(2);
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            eprintln!(
+                "stale_race: --redis {url} needs the `redis` feature: \
+                 cargo run --release --features redis --example stale_race -- --redis {url}"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let outcomes: Vec<Outcome> = targets.iter().map(|t| run(t, &config, &progress)).collect();
+    // Leave nothing behind (the Redis modes write to a server).
+    for target in &targets {
+        (0..config.keys as u64).for_each(|k| target.invalidate(k));
+    }
 
     println!(
         "stale_race: {} read-after-write checks per mode, {} readers, {} hot keys, \
@@ -434,4 +477,97 @@ fn main() -> ExitCode {
          observed a version older than N."
     );
     ExitCode::SUCCESS
+}
+
+/// The Redis tier modes (feature `redis`): the same experiment against `RedisStore`.
+#[cfg(feature = "redis")]
+mod redis_tier {
+    use super::{Db, Target};
+    use leasecache::Lookup;
+    use leasecache::redis::{RedisOptions, RedisStore};
+    use rand::rngs::SmallRng;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A store, the runtime that drives it, and the calls that failed.
+    pub(super) struct Tier {
+        store: RedisStore<u64>,
+        runtime: Arc<tokio::runtime::Runtime>,
+        errors: AtomicU64,
+    }
+
+    /// Connects twice (one namespace per mode, unique to this process).
+    pub(super) fn targets(url: &str) -> Result<Vec<Target>, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+        let runtime = Arc::new(runtime);
+        let connect = |mode: &str| -> Result<Tier, String> {
+            let namespace = format!("stale_race_{}_{mode}", std::process::id());
+            let store = runtime
+                .block_on(RedisStore::connect(url, RedisOptions::new(namespace)))
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            Ok(Tier {
+                store,
+                runtime: Arc::clone(&runtime),
+                errors: AtomicU64::new(0),
+            })
+        };
+        Ok(vec![
+            Target::RedisPlain(connect("plain")?),
+            Target::RedisLeased(connect("leased")?),
+        ])
+    }
+
+    impl Tier {
+        fn failed(&self, what: &str, e: impl std::fmt::Display) {
+            if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!("stale_race: redis {what} failed (further errors not shown): {e}");
+            }
+        }
+
+        pub(super) fn read_plain(&self, key: u64, db: &Db, rng: &mut SmallRng) -> u64 {
+            let k = key.to_string();
+            match self.runtime.block_on(self.store.get(&k)) {
+                Ok(Some(row)) => row,
+                other => {
+                    if let Err(e) = other {
+                        self.failed("get", e);
+                    }
+                    let row = db.read(key, rng);
+                    if let Err(e) = self.runtime.block_on(self.store.insert(&k, &row)) {
+                        self.failed("insert", e);
+                    }
+                    row
+                }
+            }
+        }
+
+        pub(super) fn read_leased(&self, key: u64, db: &Db, rng: &mut SmallRng) -> u64 {
+            let k = key.to_string();
+            match self.runtime.block_on(self.store.get_or_lease(&k)) {
+                Ok(Lookup::Hit(row)) => row,
+                Ok(Lookup::Miss(lease)) => {
+                    let row = db.read(key, rng);
+                    let saved = self.store.save_with_lease(&k, &row, &lease);
+                    if let Err(e) = self.runtime.block_on(saved) {
+                        self.failed("save_with_lease", e);
+                    }
+                    row
+                }
+                Err(e) => {
+                    self.failed("get_or_lease", e);
+                    db.read(key, rng)
+                }
+            }
+        }
+
+        pub(super) fn purge(&self, key: u64) {
+            if let Err(e) = self.runtime.block_on(self.store.purge(&key.to_string())) {
+                self.failed("purge", e);
+            }
+        }
+    }
 }
