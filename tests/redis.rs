@@ -1059,6 +1059,12 @@ async fn cluster_leases_fields_flush_feed_and_node_restart() {
     // A node restart loses its markers: outstanding leases there are rejected, then recovery.
     let i = cluster.node_for_key("c:victim");
     let l = lease(&s, "victim").await;
+    cluster.kill9(i);
+    // While the node is down: a bounded error for its keys (no panic, no hang).
+    let r = tokio::time::timeout(Duration::from_secs(15), s.save_with_lease("victim", &v, &l))
+        .await
+        .expect("no hang");
+    assert!(r.unwrap_err().is_transient());
     cluster.restart_node(i);
     let saved = recover(|| s.save_with_lease("victim", &v, &l)).await;
     assert_eq!(saved, Saved::Stale);
