@@ -94,7 +94,6 @@ mod invalidation;
 mod lease;
 mod options;
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,7 +165,6 @@ struct Inner<V> {
     max_lease_age: Duration,
     max_value_bytes: usize,
     timeout: Duration,
-    _values: PhantomData<fn() -> V>,
 }
 
 impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
@@ -211,7 +209,6 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                 max_lease_age: o.max_lease_age,
                 max_value_bytes: o.max_value_bytes,
                 timeout: o.command_timeout,
-                _values: PhantomData,
             }),
         }
     }
