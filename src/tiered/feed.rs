@@ -74,7 +74,14 @@ async fn subscribe(
     timeout: Duration,
 ) -> Result<(PubSubSink, PubSubStream), ()> {
     let connect = async {
-        let client = redis::Client::open(url).map_err(drop)?;
+        // Always RESP2, whatever the URL asks for: the subscribed-mode PING check below relies
+        // on RESP2's `["pong", ""]` reply.
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(drop)?;
+        let resp2 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP2);
+        let client = redis::Client::open(info.set_redis_settings(resp2)).map_err(drop)?;
         let pubsub = client.get_async_pubsub().await.map_err(drop)?;
         let (mut sink, stream) = pubsub.split();
         // Returns once Redis has replied to SUBSCRIBE, but also when the reply was an error

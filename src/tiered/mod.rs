@@ -51,14 +51,16 @@
 //! echo arrives (typically well under a millisecond) is served but not cached in the L1: the next
 //! read fills it from Redis. Safe, and cheap unless one process writes and reads a key in a loop.
 //!
-//! The L1 is used only while the feed is *confirmed* (Redis acknowledged the subscription) and
+//! The L1 is used only while the feed is *confirmed* (Redis acknowledged the subscription and
+//! then answered a PING in subscribed mode, which an ACL refusal would not produce) and
 //! the circuit breaker is closed. Losing the feed (disconnect, a subscriber Redis dropped for
 //! falling behind, an unanswered PING) flushes the L1 and bypasses it until the subscription is
 //! confirmed again; an L1 lease captured while the L1 was bypassed never fills it.
 //!
 //! # Redis unreachable
 //!
-//! After `breaker_threshold` consecutive connection failures the breaker opens: the L1 is flushed
+//! After `breaker_threshold` consecutive transient failures (server, network or timeout errors:
+//! [`RedisStoreError::is_transient`]) the breaker opens: the L1 is flushed
 //! and bypassed (it could miss other processes' purges), `get_or_load` goes straight to the
 //! loader (still single-flight), `get`, `insert`, `purge` and `flush` return
 //! [`TieredError::Unavailable`]. After `breaker_cooldown` one call probes Redis; its success
