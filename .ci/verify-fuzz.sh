@@ -11,7 +11,7 @@ FUZZ_SECS="${FUZZ_SECS:-60}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "verify-fuzz: installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 cargo fuzz --version
 

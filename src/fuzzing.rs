@@ -45,6 +45,8 @@ pub(crate) enum CacheOp {
     /// A save with a lease issued by another cache instance (I8).
     SaveForeignCache(u8, u32),
     Insert(u8, u32),
+    /// `insert_with_ttl` with a TTL of this many milliseconds (0 expires at once).
+    InsertWithTtl(u8, u32, u8),
     Purge(u8),
     Flush,
     /// Advances the manual clock by this many milliseconds.
@@ -69,6 +71,8 @@ pub(crate) struct CacheConfig {
     pub(crate) ttl_ms: Option<u64>,
     /// Whether capacity may evict (the spec then allows misses).
     pub(crate) lossy: bool,
+    /// Weigh each entry `value % 8` (0 to 7; heavier than a shard's capacity is not stored).
+    pub(crate) weighted: bool,
 }
 
 impl CacheConfig {
@@ -80,6 +84,7 @@ impl CacheConfig {
         capacity: 8,
         ttl_ms: None,
         lossy: false,
+        weighted: false,
     };
     /// Exact comparison, 8 keys sharing 2 slots: the spec predicts every spurious rejection.
     pub(crate) const SHARED_SLOTS: Self = Self {
@@ -105,12 +110,23 @@ impl CacheConfig {
         lossy: true,
         ..Self::EXACT
     };
-    pub(crate) const ALL: [Self; 5] = [
+    /// Capacity 6 by weight over two shards (3 each), weights 0 to 7: overweight values are not
+    /// stored, zero-weight ones never count.
+    pub(crate) const WEIGHTED: Self = Self {
+        shards: 2,
+        lease_slots: 512,
+        capacity: 6,
+        lossy: true,
+        weighted: true,
+        ..Self::TTL
+    };
+    pub(crate) const ALL: [Self; 6] = [
         Self::EXACT,
         Self::SHARED_SLOTS,
         Self::SHARDED,
         Self::TTL,
         Self::EVICTING,
+        Self::WEIGHTED,
     ];
 }
 
@@ -136,6 +152,11 @@ impl CacheRun {
                 .lease_slots(config.lease_slots as usize)
                 .max_capacity(config.capacity)
                 .clock(clock.clone());
+            let builder = if config.weighted {
+                builder.weigher(|_: &u8, v: &u32| v % 8)
+            } else {
+                builder
+            };
             match config.ttl_ms {
                 Some(ms) => builder.time_to_live(Duration::from_millis(ms)).build(),
                 None => builder.build(),
@@ -220,6 +241,14 @@ impl CacheRun {
                 self.spec.insert(k, value);
                 Ok(())
             }
+            CacheOp::InsertWithTtl(k, value, ttl) => {
+                let k = self.key(k);
+                let ttl = u64::from(ttl);
+                self.cache
+                    .insert_with_ttl(k, value, Duration::from_millis(ttl));
+                self.spec.insert_with_ttl(k, value, ttl);
+                Ok(())
+            }
             CacheOp::Purge(k) => {
                 let k = self.key(k);
                 self.spec.purge(&k, self.cache.purge(&k))
@@ -301,7 +330,7 @@ impl Bytes<'_> {
 }
 
 fn decode_cache_op(b: &mut Bytes<'_>) -> Option<CacheOp> {
-    Some(match b.u8()? % 11 {
+    Some(match b.u8()? % 12 {
         0 => CacheOp::Get(b.u8()?),
         1 => CacheOp::ContainsKey(b.u8()?),
         2 => CacheOp::GetOrLease(b.u8()?),
@@ -316,6 +345,7 @@ fn decode_cache_op(b: &mut Bytes<'_>) -> Option<CacheOp> {
         7 => CacheOp::Purge(b.u8()?),
         8 => CacheOp::Flush,
         9 => CacheOp::Advance(b.u8()? % 16),
+        10 => CacheOp::InsertWithTtl(b.u8()?, b.u32()?, b.u8()? % 24),
         _ => {
             let (key, flags, value) = (b.u8()?, b.u8()?, b.u32()?);
             CacheOp::GetOrLoad {
@@ -538,7 +568,7 @@ mod tests {
         // The first byte picks the configuration; make sure each one runs a varied sequence.
         for (i, _) in CacheConfig::ALL.iter().enumerate() {
             let mut data = vec![i as u8];
-            for tag in 0..11u8 {
+            for tag in 0..12u8 {
                 data.extend([tag, 1, 2, 3, 4, 5, 6, 7, 8]);
             }
             run_cache_ops(&data);

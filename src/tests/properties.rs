@@ -32,6 +32,7 @@ fn op() -> impl Strategy<Value = CacheOp> {
             .prop_map(|(lease, key, value)| CacheOp::Save { lease, key, value }),
         1 => (key(), value()).prop_map(|(k, v)| CacheOp::SaveForeignCache(k, v)),
         3 => (key(), value()).prop_map(|(k, v)| CacheOp::Insert(k, v)),
+        1 => (key(), value(), 0u8..20).prop_map(|(k, v, t)| CacheOp::InsertWithTtl(k, v, t)),
         3 => key().prop_map(CacheOp::Purge),
         1 => Just(CacheOp::Flush),
         2 => (0u8..8).prop_map(CacheOp::Advance),
@@ -87,6 +88,12 @@ proptest! {
     #[test]
     fn ttl(ops in ops()) {
         check(CacheConfig::TTL, &ops)?;
+    }
+
+    /// Capacity by weight over two shards, with a TTL: overweight values are never stored.
+    #[test]
+    fn weighted(ops in ops()) {
+        check(CacheConfig::WEIGHTED, &ops)?;
     }
 
     /// Eviction pressure (capacity 2 for 8 keys) with a TTL: a lookup may miss, but never returns

@@ -227,7 +227,11 @@ where
     }
 
     fn store(&mut self, key: K, value: V) {
-        let expires_at = self.ttl.map(|ttl| self.now.saturating_add(ttl));
+        self.store_for(key, value, self.ttl);
+    }
+
+    fn store_for(&mut self, key: K, value: V, ttl: Option<u64>) {
+        let expires_at = ttl.map(|ttl| self.now.saturating_add(ttl));
         self.entries.insert(key, Entry { value, expires_at });
     }
 
@@ -335,6 +339,12 @@ where
     pub(crate) fn insert(&mut self, key: K, value: V) {
         self.fence(&key);
         self.store(key, value);
+    }
+
+    /// `insert_with_ttl(key, value, ttl)`: stores with its own TTL and fences.
+    pub(crate) fn insert_with_ttl(&mut self, key: K, value: V, ttl: u64) {
+        self.fence(&key);
+        self.store_for(key, value, Some(ttl));
     }
 
     /// `purge(key)` returned `observed` (whether a live value was removed).
