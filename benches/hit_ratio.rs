@@ -8,6 +8,8 @@
 //! cargo bench --bench hit_ratio -- --trace keys.txt      # also replay a trace, one key per line
 //! ```
 //!
+//! Under `cargo test --benches` (no `--bench` argument) it runs a small smoke test instead.
+//!
 //! Traces are generated from a fixed seed: Zipf with s = 0.7, 0.9, 1.0, 1.2 over 1M keys; a
 //! Zipf (s = 1.0) hot set polluted by one-time scans (after every 16 x capacity hot accesses, a scan
 //! of 4 x capacity keys never seen again); and a loop over 1.1 x capacity keys. Each cache counts its
@@ -61,6 +63,13 @@ fn parse_args() -> Result<Config, String> {
     };
     if quick {
         quick_config(&mut config);
+    }
+    // `cargo bench` passes `--bench`; without it (`cargo test --benches`, a debug build) run a
+    // seconds-long smoke test instead of the full tables.
+    if !std::env::args().any(|a| a == "--bench") {
+        config.accesses = 20_000;
+        config.keys = 100_000;
+        config.capacities = vec![100, 1_000];
     }
     let positive = |flag: &str, v: &str| {
         v.parse::<u64>()
