@@ -133,7 +133,20 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             }
         };
         let per_shard = (self.max_capacity / shards as u64).max(1);
-        let expected_entries_per_shard = usize::try_from(per_shard).unwrap_or(usize::MAX).min(1 << 20);
+        // The policy's sketch and ghost are sized for the entries a shard is expected to hold. An
+        // unbounded cache never evicts; a weighted one holds an unknown number of entries, so its
+        // policy memory is capped rather than sized for a capacity counted in bytes.
+        let expected_entries_per_shard = if self.max_capacity == u64::MAX {
+            64
+        } else if self.weigher.is_some() {
+            usize::try_from(per_shard)
+                .unwrap_or(usize::MAX)
+                .min(1 << 14)
+        } else {
+            usize::try_from(per_shard)
+                .unwrap_or(usize::MAX)
+                .min(1 << 20)
+        };
         let slots_per_shard = match self.lease_slots {
             Some(total) => total.div_ceil(shards),
             None => expected_entries_per_shard.div_ceil(2),

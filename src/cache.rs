@@ -5,8 +5,8 @@ use crate::error::SaveError;
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
 use crate::load::FlightTable;
 use crate::shard::{Removed, Shard};
-use crate::stats::{Counters, Stats};
-use crate::sync::{AtomicU64, Ordering, RwLock, RwLockWriteGuard};
+use crate::stats::{Counters, LookupCounters, Stats};
+use crate::sync::{AtomicBool, AtomicU64, Ordering, RwLock, RwLockWriteGuard};
 use crossbeam_utils::CachePadded;
 use std::borrow::Borrow;
 use std::fmt;
@@ -46,6 +46,9 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     clock: Clock,
     ttl: Option<Duration>,
     weigher: Option<Weigher<K, V>>,
+    pub(crate) lookups: LookupCounters,
+    /// Whether any entry may carry a deadline. Until one does, writes skip reading the clock.
+    ttl_in_use: AtomicBool,
 }
 
 /// One shard: its lock-protected core, its part of the generation table and its counters.
@@ -108,8 +111,8 @@ where
         debug_assert!(n.is_power_of_two() && layout.slots_per_shard.is_power_of_two());
         let shards = (0..n)
             .map(|i| {
-                let capacity = layout.capacity / n as u64
-                    + u64::from((i as u64) < layout.capacity % n as u64);
+                let capacity =
+                    layout.capacity / n as u64 + u64::from((i as u64) < layout.capacity % n as u64);
                 CachePadded::new(ShardCell {
                     core: RwLock::new(Core {
                         shard: Shard::new(capacity, layout.expected_entries_per_shard),
@@ -133,8 +136,10 @@ where
             hasher,
             id: crate::sync::next_instance_id(),
             clock,
+            ttl_in_use: AtomicBool::new(ttl.is_some()),
             ttl,
             weigher,
+            lookups: LookupCounters::new(),
         }
     }
 
@@ -177,7 +182,12 @@ where
     }
 
     /// Whether `lease` is still good for `hash`. Call with the shard's write lock held.
-    pub(crate) fn lease_is_current(&self, cell: &ShardCell<K, V>, lease: &Lease, hash: u64) -> bool {
+    pub(crate) fn lease_is_current(
+        &self,
+        cell: &ShardCell<K, V>,
+        lease: &Lease,
+        hash: u64,
+    ) -> bool {
         // Relaxed: every store to this slot happens under the write lock the caller holds.
         let current = Generation::from_raw(self.slot(cell, hash).load(Ordering::Relaxed));
         lease.is_current(current)
@@ -187,17 +197,29 @@ where
         self.weigher.as_ref().map_or(1, |w| w(key, value))
     }
 
-    pub(crate) fn now(&self) -> u64 {
+    /// The clock, for reads that meet an entry with a deadline.
+    pub(crate) fn clock_now(&self) -> u64 {
         self.clock.now()
     }
 
-    fn deadline(&self, ttl: Option<Duration>) -> u64 {
-        self.clock.deadline(ttl)
+    /// The clock reading a write needs (to expire entries while it evicts) and the deadline of an
+    /// entry it writes with `ttl`. While no entry can carry a deadline, the clock is not read:
+    /// `now = 0` expires nothing, which is exact when nothing has a deadline.
+    pub(crate) fn write_times(&self, ttl: Option<Duration>) -> (u64, u64) {
+        if ttl.is_some() && !self.ttl_in_use.load(Ordering::Relaxed) {
+            // Relaxed: a racing writer that still reads `false` only skips expiring entries.
+            self.ttl_in_use.store(true, Ordering::Relaxed);
+        }
+        if !self.ttl_in_use.load(Ordering::Relaxed) {
+            return (0, 0);
+        }
+        let now = self.clock.now();
+        (now, Clock::deadline_from(now, ttl))
     }
 
-    /// The deadline of an entry written now with the cache's default TTL.
-    pub(crate) fn default_deadline(&self) -> u64 {
-        self.clock.deadline(self.ttl)
+    /// [`write_times`](Self::write_times) for an entry with the cache's default TTL.
+    pub(crate) fn default_write_times(&self) -> (u64, u64) {
+        self.write_times(self.ttl)
     }
 
     /// The value of `key`, if cached and not expired.
@@ -227,11 +249,11 @@ where
             .shard
             .get(hash, key, || self.clock.now())
             .cloned();
-        Counters::bump(if value.is_some() {
-            &cell.counters.hits
+        if value.is_some() {
+            self.lookups.hit();
         } else {
-            &cell.counters.misses
-        });
+            self.lookups.miss();
+        }
         value
     }
 
@@ -274,12 +296,12 @@ where
         if let Some(value) = core.shard.get(hash, key, || self.clock.now()) {
             let value = value.clone();
             drop(core);
-            Counters::bump(&cell.counters.hits);
+            self.lookups.hit();
             return Lookup::Hit(value);
         }
         let lease = self.lease_for(cell, hash);
         drop(core);
-        Counters::bump(&cell.counters.misses);
+        self.lookups.miss();
         Lookup::Miss(lease)
     }
 
@@ -330,7 +352,7 @@ where
         }
         let cell = self.cell(hash);
         let weight = self.weigh(&key, &value);
-        let (now, expires_at) = (self.now(), self.default_deadline());
+        let (now, expires_at) = self.default_write_times();
         let mut core = cell.core.write();
         if !self.lease_is_current(cell, &lease, hash) {
             drop(core);
@@ -374,7 +396,7 @@ where
         let hash = self.hash(&key);
         let cell = self.cell(hash);
         let weight = self.weigh(&key, &value);
-        let (now, expires_at) = (self.now(), self.deadline(ttl));
+        let (now, expires_at) = self.write_times(ttl);
         let mut core = cell.core.write();
         self.fence(cell, &mut core, hash, &key);
         core.shard.insert(hash, key, value, weight, expires_at, now);
@@ -399,7 +421,7 @@ where
     {
         let hash = self.hash(key);
         let cell = self.cell(hash);
-        let now = self.now();
+        let (now, _) = self.write_times(None);
         let mut core = cell.core.write();
         self.fence(cell, &mut core, hash, key);
         let removed = core.shard.remove(hash, key, now);
@@ -449,7 +471,10 @@ where
 
     /// Total weight held (equal to [`entry_count`](Self::entry_count) without a weigher).
     pub fn weighted_size(&self) -> u64 {
-        self.shards.iter().map(|c| c.core.read().shard.weight()).sum()
+        self.shards
+            .iter()
+            .map(|c| c.core.read().shard.weight())
+            .sum()
     }
 
     /// A snapshot of the counters, summed over shards.
@@ -464,6 +489,7 @@ where
     /// ```
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
+        self.lookups.add_to(&mut stats);
         for cell in self.shards.iter() {
             cell.counters.add_to(&mut stats);
             let core = cell.core.read();
@@ -496,7 +522,10 @@ where
             return false;
         }
         let weight = self.weigh(&key, &value);
-        cell.core.write().shard.insert(hash, key, value, weight, 0, 1);
+        cell.core
+            .write()
+            .shard
+            .insert(hash, key, value, weight, 0, 1);
         true
     }
 }

@@ -65,14 +65,11 @@ impl Clock {
         nanos.saturating_add(1)
     }
 
-    /// The deadline `ttl` from now; `0` (never) when there is no TTL.
-    pub(crate) fn deadline(&self, ttl: Option<Duration>) -> u64 {
+    /// The deadline `ttl` after the reading `now`; `0` (never) when there is no TTL.
+    pub(crate) fn deadline_from(now: u64, ttl: Option<Duration>) -> u64 {
         match ttl {
             None => 0,
-            Some(ttl) => {
-                let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-                self.now().saturating_add(ttl)
-            }
+            Some(ttl) => now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
 }

@@ -114,6 +114,11 @@ pub mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod tiered;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use clock::ManualClock;

@@ -72,7 +72,7 @@ impl<K: Eq, V> FlightTable<K, V> {
         self.table.clear();
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, leasecache_loom))]
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }
@@ -218,7 +218,7 @@ where
             }
         };
         let weight = cache.weigh(&key, &value);
-        let (now, expires_at) = (cache.now(), cache.default_deadline());
+        let (now, expires_at) = cache.default_write_times();
         let mut core = cell.core.write();
         core.flights.unregister(self.hash, &self.flight);
         let saved = cache.lease_is_current(cell, &lease, self.hash);
@@ -252,7 +252,10 @@ where
         if std::thread::panicking() {
             Counters::bump(&cell.counters.load_errors);
         }
-        cell.core.write().flights.unregister(self.hash, &self.flight);
+        cell.core
+            .write()
+            .flights
+            .unregister(self.hash, &self.flight);
         self.flight.complete(Outcome::Abandoned);
     }
 }
@@ -266,23 +269,24 @@ where
     /// Hit, join the flight in progress, or register a new flight and lead it.
     fn begin_load(&self, key: &K, hash: u64) -> Begin<V> {
         let cell = self.cell(hash);
-        let now = || self.now();
+        let now = || self.clock_now();
         if let Some(v) = cell.core.read().shard.get(hash, key, now).cloned() {
-            Counters::bump(&cell.counters.hits);
+            self.lookups.hit();
             return Begin::Hit(v);
         }
         let mut core = cell.core.write();
         if let Some(v) = core.shard.get(hash, key, now).cloned() {
             drop(core);
-            Counters::bump(&cell.counters.hits);
+            self.lookups.hit();
             return Begin::Hit(v);
         }
-        Counters::bump(&cell.counters.misses);
+        self.lookups.miss();
         if let Some(flight) = core.flights.find(hash, key) {
             return Begin::Join(Arc::clone(flight));
         }
         let flight = Arc::new(Flight::new());
-        core.flights.register(hash, key.clone(), Arc::clone(&flight));
+        core.flights
+            .register(hash, key.clone(), Arc::clone(&flight));
         // Captured in the same critical section that registered the flight: a write that detaches
         // the flight also fences this lease.
         let lease = self.lease_for(cell, hash);

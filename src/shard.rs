@@ -99,7 +99,7 @@ where
             free: Vec::new(),
             small: List::default(),
             main: List::default(),
-            ghost: Ghost::default(),
+            ghost: Ghost::new(expected_entries),
             sketch: Sketch::new(expected_entries),
             capacity,
             small_capacity: capacity / 10,
@@ -197,6 +197,7 @@ where
             }
             None => {
                 let queue = if self.ghost.contains(hash) {
+                    self.ghost.remove(hash);
                     Queue::Main
                 } else {
                     Queue::Small
@@ -290,15 +291,24 @@ where
     /// Removes one entry chosen by S3-FIFO (see `policy`). Returns false when the shard is empty.
     fn evict_one(&mut self, now: u64) -> bool {
         loop {
-            let from_small =
-                self.small.len > 0 && (self.small.weight > self.small_capacity || self.main.len == 0);
-            let idx = if from_small { self.small.head } else { self.main.head };
+            let from_small = self.small.len > 0
+                && (self.small.weight > self.small_capacity || self.main.len == 0);
+            let idx = if from_small {
+                self.small.head
+            } else {
+                self.main.head
+            };
             if idx == NIL {
                 return false;
             }
             let (hash, weight, freq, expired) = {
                 let e = self.entry(idx);
-                (e.hash, e.weight, e.freq.load(Ordering::Relaxed), e.is_expired(now))
+                (
+                    e.hash,
+                    e.weight,
+                    e.freq.load(Ordering::Relaxed),
+                    e.is_expired(now),
+                )
             };
             if expired {
                 self.remove_index(idx);
@@ -318,8 +328,7 @@ where
                     self.link_back(Queue::Main, idx);
                     continue;
                 }
-                let ghost_capacity = self.main.len.max(self.small.len).max(16);
-                self.ghost.push(hash, ghost_capacity);
+                self.ghost.push(hash);
             } else if freq > 0 {
                 self.sketch.add(hash, 1);
                 self.entry_mut(idx).freq.store(freq - 1, Ordering::Relaxed);
@@ -430,7 +439,11 @@ where
         assert_eq!(self.table.len(), seen, "table and queues disagree");
         let occupied = self.slots.iter().filter(|s| s.is_some()).count();
         assert_eq!(occupied, seen, "slab holds unlinked entries");
-        assert_eq!(self.slots.len(), occupied + self.free.len(), "free list is wrong");
+        assert_eq!(
+            self.slots.len(),
+            occupied + self.free.len(),
+            "free list is wrong"
+        );
         assert!(self.weight() <= self.capacity, "shard is over capacity");
     }
 }

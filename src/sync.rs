@@ -8,7 +8,7 @@
 #[cfg(not(all(test, leasecache_loom)))]
 mod imp {
     pub(crate) use std::sync::Arc;
-    pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
     /// A reader-writer lock that never poisons.
     #[derive(Debug, Default)]
@@ -67,7 +67,7 @@ mod imp {
 #[cfg(all(test, leasecache_loom))]
 mod imp {
     pub(crate) use loom::sync::Arc;
-    pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
     #[derive(Debug)]
     pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
@@ -126,4 +126,21 @@ pub(crate) use imp::*;
 pub(crate) fn next_instance_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A small per-thread number for picking a counter stripe. Plain `std` for the same reason as
+/// [`next_instance_id`]: it only spreads counters, it orders nothing.
+#[inline]
+pub(crate) fn thread_stripe() -> usize {
+    use std::cell::Cell;
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        }
+        s.get()
+    })
 }

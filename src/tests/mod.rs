@@ -1,10 +1,10 @@
 //! In-crate tests: the sequential spec, property tests, the linearizability checker and the loom
 //! models. Each file is owned by one piece of work; see its header.
 
-mod spec;
-mod properties;
 mod lincheck;
 #[cfg(leasecache_loom)]
 mod loom;
 #[cfg(leasecache_loom)]
 mod loom_lincheck;
+mod properties;
+mod spec;
