@@ -988,3 +988,201 @@ fn unanswered_ping_is_a_feed_loss() {
         assert!(a.is_l1_active());
     });
 }
+
+/// Waits until instance `x` has certainly applied every invalidation published before this call,
+/// even if its feed is lost and re-established meanwhile: fills a fresh sentinel key into `x`'s
+/// L1, purges it in Redis (not in `x`'s L1) and waits for it to leave `x`'s L1. It leaves either
+/// through its own invalidation (delivered after everything published before it) or through a
+/// feed-loss flush (after which the L1 holds only what was read from Redis after the loss).
+async fn caught_up(x: &Tc, sentinel: String) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "instance never caught up");
+        if !x.is_l1_active() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        x.get_or_load(sentinel.clone(), |_| async { Ok::<_, ()>(0) })
+            .await
+            .expect("sentinel");
+        if x.l1().get(&sentinel).is_none() {
+            continue; // not filled (a fence or a loss got in the way): try again
+        }
+        x.l2().purge(&sentinel).await.expect("sentinel purge");
+        while x.l1().get(&sentinel).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "sentinel invalidation never applied"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        return;
+    }
+}
+
+/// The version oracle again, with the invalidation feed of every instance killed every 30 ms
+/// (`CLIENT KILL TYPE pubsub`): messages are lost, L1s are flushed and bypassed, subscriptions
+/// come back. A read that starts after a purge returned and every instance caught up with it
+/// (see [`caught_up`]) must not return an older version; after quiescence no L1 and no Redis
+/// entry is stale.
+#[test]
+fn torture_with_feed_kills_zero_stale_observations() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let port = server.port();
+    run(Duration::from_secs(120), async move {
+        const KEYS: usize = 4;
+        let url = server.url();
+        let source = Source::new(KEYS);
+        let mut instances = Vec::new();
+        for _ in 0..3 {
+            instances.push(
+                instance(&url, "chaos", |b| {
+                    b.reconnect_backoff(Duration::from_millis(2), Duration::from_millis(20))
+                })
+                .await,
+            );
+        }
+        let instances = Arc::new(instances);
+        let floors: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stale = Arc::new(AtomicU64::new(0));
+        let reads = Arc::new(AtomicU64::new(0));
+
+        let chaos = {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut kills = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    tokio::task::spawn_blocking(move || {
+                        support::cli_at(port, &["CLIENT", "KILL", "TYPE", "pubsub"])
+                    })
+                    .await
+                    .expect("cli");
+                    kills += 1;
+                }
+                kills
+            })
+        };
+        let mut readers = Vec::new();
+        for r in 0..9u64 {
+            let (instances, source, floors, stop, stale, reads) = (
+                Arc::clone(&instances),
+                Arc::clone(&source),
+                Arc::clone(&floors),
+                Arc::clone(&stop),
+                Arc::clone(&stale),
+                Arc::clone(&reads),
+            );
+            readers.push(tokio::spawn(async move {
+                let mut n = r;
+                while !stop.load(Ordering::SeqCst) {
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let i = (n >> 33) as usize % KEYS;
+                    let inst = &instances[(n >> 40) as usize % instances.len()];
+                    let floor = floors[i].load(Ordering::SeqCst);
+                    let src = Arc::clone(&source);
+                    let v = inst
+                        .get_or_load(key(i), move |k| async move {
+                            let v = src.read(index(&k));
+                            tokio::time::sleep(Duration::from_micros(300)).await;
+                            Ok::<_, ()>(v)
+                        })
+                        .await
+                        .expect("load");
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    if v < floor {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                        eprintln!("STALE: key {i} read {v} < floor {floor}");
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        let mut writers = Vec::new();
+        for w in 0..2u64 {
+            let (instances, source, floors) = (
+                Arc::clone(&instances),
+                Arc::clone(&source),
+                Arc::clone(&floors),
+            );
+            writers.push(tokio::spawn(async move {
+                let mut n = w + 7;
+                for round in 0..60 {
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let i = (n >> 33) as usize % KEYS;
+                    let inst = &instances[(n >> 40) as usize % instances.len()];
+                    let v = source.write(i);
+                    // While a feed is down the purge still reaches Redis (only subscribers die).
+                    inst.purge(&key(i)).await.expect("purge");
+                    for (x, cache) in instances.iter().enumerate() {
+                        caught_up(cache, format!("s{w}-{round}-{x}")).await;
+                    }
+                    floors[i].fetch_max(v, Ordering::SeqCst);
+                }
+            }));
+        }
+        for w in writers {
+            w.await.expect("writer");
+        }
+        stop.store(true, Ordering::SeqCst);
+        for r in readers {
+            r.await.expect("reader");
+        }
+        let kills = chaos.await.expect("chaos");
+
+        for c in instances.iter() {
+            tokio::time::timeout(WAIT, c.feed_confirmed())
+                .await
+                .expect("feed back");
+        }
+        for (x, c) in instances.iter().enumerate() {
+            caught_up(c, format!("final-{x}")).await;
+        }
+        let mut stale_entries = 0;
+        for (n, inst) in instances.iter().enumerate() {
+            for i in 0..KEYS {
+                let current = source.read(i);
+                if let Some(v) = inst.l1().get(&key(i)) {
+                    if v != current {
+                        stale_entries += 1;
+                        eprintln!("instance {n} L1 holds {v} for k{i}, current {current}");
+                    }
+                }
+            }
+        }
+        for i in 0..KEYS {
+            let current = source.read(i);
+            if let Some(v) = instances[0].l2().get(&key(i)).await.expect("redis get") {
+                if v != current {
+                    stale_entries += 1;
+                    eprintln!("Redis holds {v} for k{i}, current {current}");
+                }
+            }
+        }
+        let (losses, hits, bypassed) = instances.iter().fold((0, 0, 0), |acc, c| {
+            let s = c.stats();
+            (
+                acc.0 + s.feed_losses,
+                acc.1 + s.l1_hits,
+                acc.2 + s.bypassed_reads,
+            )
+        });
+        println!(
+            "torture with feed kills: {kills} kills, {losses} feed losses, {} reads ({hits} L1 \
+             hits, {bypassed} bypassed), stale observations {}, stale entries after quiescence \
+             {stale_entries}",
+            reads.load(Ordering::Relaxed),
+            stale.load(Ordering::SeqCst),
+        );
+        assert!(losses >= 3, "the chaos really cut the feeds");
+        assert_eq!(stale.load(Ordering::SeqCst), 0, "stale observations");
+        assert_eq!(stale_entries, 0, "stale entries after quiescence");
+    });
+}

@@ -587,6 +587,7 @@ where
     }
 
     pub(crate) fn feed_lost(&self) {
+        self.set_bypass(FEED_DOWN);
         bump(&self.counters.feed_losses);
         self.feed_state.send_replace(false);
     }
