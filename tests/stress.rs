@@ -140,6 +140,9 @@ fn torture(
                 let row = rng.below(source.rows());
                 source.write(&cache, row, rng.below(4) == 0);
                 writes.fetch_add(1, Ordering::Relaxed);
+                if rng.below(64) == 0 {
+                    cache.flush(); // fences every lease; versions and floors are unchanged
+                }
                 if rng.below(8) == 0 {
                     thread::yield_now();
                 }
