@@ -196,6 +196,8 @@ where
                 idx
             }
             None => {
+                // A ghost hit skips admission: making it pass the sketch too was measured to win
+                // 12-14 pp on the loop trace but lose 1-3 pp on every Zipf column.
                 let queue = if self.ghost.contains(hash) {
                     self.ghost.remove(hash);
                     Queue::Main
@@ -319,9 +321,7 @@ where
             if from_small {
                 let promote = freq > 0
                     || self.main.weight + u64::from(weight) <= self.main_capacity()
-                    || (self.main.head != NIL
-                        && self.sketch.estimate(hash)
-                            > self.sketch.estimate(self.entry(self.main.head).hash));
+                    || self.admit_to_main(hash);
                 if promote {
                     self.sketch.add(hash, freq);
                     self.entry_mut(idx).freq.store(0, Ordering::Relaxed);
@@ -339,6 +339,17 @@ where
             self.evictions += 1;
             return true;
         }
+    }
+
+    /// TinyLFU admission: whether `hash` was requested more often than the main queue's next
+    /// victim, so that taking its place is likely to pay.
+    fn admit_to_main(&self, hash: u64) -> bool {
+        if self.main.head == NIL {
+            return true;
+        }
+        let v = self.entry(self.main.head);
+        // The victim's hits since the policy last looked at it are not in the sketch yet.
+        self.sketch.estimate(hash) > self.sketch.estimate(v.hash) + v.freq.load(Ordering::Relaxed)
     }
 
     fn list_mut(&mut self, queue: Queue) -> &mut List {

@@ -6,7 +6,10 @@
 //! - while the main queue has room, entries leaving the small queue move into it rather than being
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity;
 //! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
-//!   count-min sketch says it was requested more often than the main queue's next victim.
+//!   count-min sketch says it was requested more often than the main queue's next victim (whose
+//!   unfolded hits count too);
+//! - the ghost is a direct-mapped table of fingerprints (see `ghost.rs`), and a ghost hit goes to
+//!   the main queue without admission, as in S3-FIFO.
 //!
 //! Hits never touch the sketch (the hit path stays a read-locked map lookup plus a relaxed store of
 //! the entry's 2-bit frequency); an entry's hits are folded into the sketch when the policy next
