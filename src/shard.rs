@@ -21,17 +21,23 @@ enum Queue {
     Main,
 }
 
+/// `repr(C)` to put what a hit reads (key, value, deadline, frequency, and the queue tag that
+/// doubles as `Option`'s niche) in the first 26 bytes of the 48-byte slot for `u64` keys and
+/// values: at a 48-byte stride those bytes straddle a cache line for one slot in four, against one
+/// in two with the compiler's layout (measured: the hit path is two dependent cache misses, the
+/// table's index and then this entry).
+#[repr(C)]
 struct Entry<K, V> {
     key: K,
     value: V,
-    hash: u64,
     /// Clock reading at which the entry expires; `0` means never.
     expires_at: u64,
-    weight: u32,
     /// Accesses since the policy last looked at the entry. Bumped under the *read* lock, hence
     /// atomic; relaxed because it is a heuristic that orders nothing.
     freq: AtomicU8,
     queue: Queue,
+    weight: u32,
+    hash: u64,
     prev: u32,
     next: u32,
 }
