@@ -74,6 +74,16 @@
 //! Not guaranteed: that a saved value stays cached (capacity and TTL may evict it at any time), or
 //! that a save is accepted (a write to a key sharing its slot rejects it; retrying costs one read).
 //!
+//! ## Capacity, eviction and TTL
+//!
+//! Capacity is counted in entries, or in any unit a [`CacheBuilder::weigher`] returns. Eviction
+//! is S3-FIFO (a small probationary FIFO, a main FIFO with reinsertion, a ghost of recently
+//! evicted keys) with TinyLFU-style admission into the main queue: scan-resistant and
+//! frequency-aware, within a fraction of a point of moka and quick_cache on Zipf traces (see
+//! `BENCHMARKS.md`). TTLs are per cache ([`CacheBuilder::time_to_live`]) or per entry
+//! ([`Cache::insert_with_ttl`]); an expired entry is never returned and is removed lazily (on write
+//! and under eviction pressure, before any live entry).
+//!
 //! ## Blocking
 //!
 //! Every method may block the calling thread briefly on a shard lock. `get_or_load` also
@@ -85,7 +95,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | *(none)* | the in-process [`Cache`] |
-//! | `redis` | `leasecache::redis::RedisStore` (the same leases on Redis and Redis Cluster) and `leasecache::tiered::TieredCache` (this cache in front of Redis, coherent across processes) |
+//! | `redis` | `leasecache::redis::RedisStore`: the same leases on Redis, Valkey and Redis Cluster (minted generation markers, single-key Lua scripts, sub-entries, an invalidation feed); `leasecache::tiered::TieredCache`: this cache in front of a `RedisStore`, coherent across processes (invalidation feed, L1 bypass on feed loss, circuit breaker) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
