@@ -1186,3 +1186,90 @@ fn torture_with_feed_kills_zero_stale_observations() {
         assert_eq!(stale_entries, 0, "stale entries after quiescence");
     });
 }
+
+/// Redis Cluster: the node an instance subscribed through dies. The instance loses its feed,
+/// flushes and bypasses its L1, and resubscribes through another node, where invalidations
+/// published on any live node reach it again (classic pub/sub crosses the cluster bus).
+/// After the node is back, the breaker closes and the L1 is used and kept coherent again.
+#[test]
+fn cluster_subscription_node_killed_resubscribes_through_another() {
+    let Some(mut cluster) = support::RedisCluster::start(3) else {
+        return;
+    };
+    run(Duration::from_secs(60), async move {
+        let urls = cluster.urls();
+        let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let l2 = RedisStore::connect_cluster(&refs, RedisOptions::new("clk"))
+            .await
+            .expect("connect cluster");
+        let channel = l2.invalidation_channel().to_owned();
+        let a: Tc = TieredCache::builder(Cache::new(1_000), l2)
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .build()
+            .expect("build");
+        tokio::time::timeout(WAIT, a.feed_confirmed())
+            .await
+            .expect("feed confirmed");
+        let source = Source::new(12);
+        // A key served by a node other than node 0 (A's first URL, where it subscribed).
+        let i = (0..12)
+            .find(|&i| cluster.node_for_key(&format!("clk:{}", key(i))) != 0)
+            .expect("some key off node 0");
+        assert_eq!(a.get_or_load(key(i), loader(&source)).await, Ok(1));
+        assert_eq!(a.l1().get(&key(i)), Some(1));
+
+        cluster.kill9(0);
+        wait_for("feed loss", || a.stats().feed_losses >= 1).await;
+        assert_eq!(a.l1().get(&key(i)), None, "L1 flushed on the loss");
+        tokio::time::timeout(WAIT, a.feed_confirmed())
+            .await
+            .expect("resubscribed through another node");
+
+        // An invalidation published on each live node reaches A through its new subscription.
+        for node in 1..3 {
+            let seen = a.stats().invalidations_received;
+            let payload = format!("K{}", key(i));
+            let receivers = cluster.cli(node, &["PUBLISH", &channel, &payload]);
+            wait_for("invalidation through the new subscription", || {
+                a.stats().invalidations_received > seen
+            })
+            .await;
+            println!("published on node {node}: {receivers} local receiver(s); delivered to A");
+        }
+        let _cluster = tokio::task::spawn_blocking(move || {
+            cluster.restart_node(0);
+            cluster // kept alive until the end of the test
+        })
+        .await
+        .expect("restart node 0");
+
+        // Reads probe Redis until the breaker closes; then the L1 is in use again.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert_eq!(a.get_or_load(key(i), loader(&source)).await, Ok(1));
+            if a.is_l1_active() && a.l1().get(&key(i)).is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "A never recovered: {:?}",
+                a.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A purge by another instance (a real one, through the store) reaches A's L1.
+        let l2 = RedisStore::connect_cluster(&refs, RedisOptions::new("clk"))
+            .await
+            .expect("connect cluster");
+        let b: Tc = TieredCache::new(Cache::new(10), l2).expect("build");
+        let seen = a.stats().invalidations_received;
+        source.write(i);
+        b.purge(&key(i)).await.expect("purge");
+        wait_for("purge delivered", || {
+            a.stats().invalidations_received > seen
+        })
+        .await;
+        assert_eq!(a.l1().get(&key(i)), None);
+        assert_eq!(a.get_or_load(key(i), loader(&source)).await, Ok(2));
+    });
+}
