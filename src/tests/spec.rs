@@ -387,9 +387,17 @@ where
             if observed == Ok(&v) {
                 if self.lossy && loaded.as_ref() == Ok(&v) {
                     // Ambiguous: a hit, or the value was evicted and the loader stored an equal
-                    // one with a fresh deadline. Keep the later deadline: the spec stays an
-                    // over-approximation (found by the fuzzer).
-                    self.store(key.clone(), v);
+                    // one with a fresh deadline. Keep the later of the two deadlines (`None` is
+                    // the latest): the spec stays an over-approximation (found by the fuzzer,
+                    // twice: first when it kept the old deadline, then when it kept the new one
+                    // and that was earlier than an `insert_with_ttl`'s).
+                    let fresh = self.ttl.map(|ttl| self.now.saturating_add(ttl));
+                    if let Some(entry) = self.entries.get_mut(key) {
+                        entry.expires_at = match (entry.expires_at, fresh) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            _ => None,
+                        };
+                    }
                 }
                 return Ok(());
             }
