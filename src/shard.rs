@@ -108,7 +108,11 @@ where
             ghost: Ghost::new(expected_entries),
             sketch: Sketch::new(expected_entries),
             capacity,
-            small_capacity: capacity / 10,
+            // 1 % rather than S3-FIFO's 10 %: with TinyLFU admission guarding the main queue, a
+            // small window measured best (hit_ratio harness, 1M accesses, capacities 1k/10k:
+            // 10 % trailed the best of moka and quick_cache by up to 1.9 pp on Zipf and 24 pp on
+            // the loop; 1 % by up to 1.15 pp and 6.5 pp), as W-TinyLFU's 1 % window does.
+            small_capacity: capacity / 100,
             evictions: 0,
             expirations: 0,
         }

@@ -1,8 +1,9 @@
 //! Eviction policy building blocks: S3-FIFO queues live in the shard; this module holds the
 //! frequency sketch (admission) and the ghost queue (recently evicted hashes).
 //!
-//! The policy is S3-FIFO (Yang et al., SOSP 2023) with two additions measured on the hit-ratio
-//! harness (`cargo bench --bench hit_ratio`):
+//! The policy is S3-FIFO (Yang et al., SOSP 2023) with a 1 % small queue (W-TinyLFU's window
+//! size, not S3-FIFO's 10 %) and these additions, each measured on the hit-ratio harness
+//! (`cargo bench --bench hit_ratio`):
 //! - while the main queue has room, entries leaving the small queue move into it rather than being
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity;
 //! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
