@@ -199,12 +199,21 @@ where
     finished: bool,
 }
 
-impl<K, V, S> Leader<'_, K, V, S>
+impl<'a, K, V, S> Leader<'a, K, V, S>
 where
     K: Hash + Eq,
     S: BuildHasher,
     V: Clone,
 {
+    fn new(cache: &'a Cache<K, V, S>, hash: u64, flight: Arc<Flight<V>>) -> Self {
+        Self {
+            cache,
+            hash,
+            flight,
+            finished: false,
+        }
+    }
+
     /// Saves the loaded value under the lease, unregisters the flight and hands the result to the
     /// waiters, all in one critical section for the save and the unregistration.
     fn finish<E>(mut self, key: K, result: Result<V, E>, lease: Lease) -> Result<V, E> {
@@ -325,12 +334,7 @@ where
                     }
                 }
                 Begin::Lead(flight, lease) => {
-                    let leader = Leader {
-                        cache: self,
-                        hash,
-                        flight,
-                        finished: false,
-                    };
+                    let leader = Leader::new(self, hash, flight);
                     let result = loader(&key);
                     return leader.finish(key, result, lease);
                 }
@@ -370,12 +374,7 @@ where
                     }
                 }
                 Begin::Lead(flight, lease) => {
-                    let leader = Leader {
-                        cache: self,
-                        hash,
-                        flight,
-                        finished: false,
-                    };
+                    let leader = Leader::new(self, hash, flight);
                     let result = loader(key.clone()).await;
                     return leader.finish(key, result, lease);
                 }
