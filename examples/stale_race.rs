@@ -21,7 +21,10 @@
 //!   caches, invalidated with their own calls (`invalidate`, `remove`);
 //! - `quick_cache get, read, insert`: the plain pattern on quick_cache, for comparison;
 //! - with `--redis URL` (feature `redis`): the plain and the leased pattern on
-//!   `leasecache::redis::RedisStore`.
+//!   `leasecache::redis::RedisStore`; and `leasecache::tiered::TieredCache` (an L1 over Redis),
+//!   `get_or_load` + `purge`, once with one instance, once with two standing in for two
+//!   processes (the readers split between them, the writer purging through the first, which the
+//!   second learns from its invalidation feed).
 //!
 //! The table goes to stdout, a progress bar to stderr.
 
@@ -43,8 +46,8 @@ usage: stale_race [--checks N] [--readers N] [--keys N] [--latency-us N] [--redi
   --readers N     concurrent cache-aside readers                   [default 64]
   --keys N        hot keys, each with its own writer lane          [default 8]
   --latency-us N  mean database read latency, microseconds (+-50%) [default 1000]
-  --redis URL     also run the Redis tier modes (build with --features redis);
-                  the tiered (L1 over Redis) modes are not there yet";
+  --redis URL     also run the Redis tier and the tiered (L1 over Redis) modes
+                  (build with --features redis)";
 
 /// What the command line asked for.
 struct Config {
@@ -135,6 +138,9 @@ enum Target {
     /// Redis with `get_or_lease`, read, `save_with_lease`.
     #[cfg(feature = "redis")]
     RedisLeased(redis_tier::Tier),
+    /// `TieredCache` instances on one namespace: `get_or_load`, `purge` through the first.
+    #[cfg(feature = "redis")]
+    Tiered(redis_tier::Tiered),
 }
 
 impl Target {
@@ -165,10 +171,14 @@ impl Target {
             Target::RedisPlain(_) => "redis tier: get, read, insert + purge",
             #[cfg(feature = "redis")]
             Target::RedisLeased(_) => "redis tier: get_or_lease, save_with_lease",
+            #[cfg(feature = "redis")]
+            Target::Tiered(t) => t.name(),
         }
     }
 
-    fn read(&self, key: u64, db: &Db, rng: &mut SmallRng) -> u64 {
+    /// One cache-aside read of `key` by reader number `reader` (only the tiered mode uses it).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    fn read(&self, key: u64, reader: usize, db: &Db, rng: &mut SmallRng) -> u64 {
         match self {
             Target::Plain(c) => c.get(&key).unwrap_or_else(|| {
                 let row = db.read(key, rng);
@@ -199,6 +209,8 @@ impl Target {
             Target::RedisPlain(t) => t.read_plain(key, db, rng),
             #[cfg(feature = "redis")]
             Target::RedisLeased(t) => t.read_leased(key, db, rng),
+            #[cfg(feature = "redis")]
+            Target::Tiered(t) => t.read(key, reader, db, rng),
         }
     }
 
@@ -213,7 +225,29 @@ impl Target {
             }
             #[cfg(feature = "redis")]
             Target::RedisPlain(t) | Target::RedisLeased(t) => t.purge(key),
+            #[cfg(feature = "redis")]
+            Target::Tiered(t) => t.purge(key),
         }
+    }
+
+    /// Called when a read by `reader` was stale (the tiered mode counts them per instance).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    fn stale_read(&self, reader: usize) {
+        #[cfg(feature = "redis")]
+        if let Target::Tiered(t) = self {
+            t.stale_read(reader);
+        }
+    }
+
+    /// What the table does not show (failed Redis calls; the tiered cache's counters).
+    fn report(&self) -> Option<String> {
+        #[cfg(feature = "redis")]
+        match self {
+            Target::RedisPlain(t) | Target::RedisLeased(t) => return t.report(),
+            Target::Tiered(t) => return Some(t.report()),
+            _ => {}
+        }
+        None
     }
 }
 
@@ -236,25 +270,26 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// One cache-aside read of `key`, checked against the writes whose purge returned before it.
-    fn checked_read(&self, key: u64, rng: &mut SmallRng) {
+    fn checked_read(&self, key: u64, reader: usize, rng: &mut SmallRng) {
         // Acquire pairs with the writer's Release store after its purge returned.
         let floor = self.floors[key as usize].load(Ordering::Acquire);
         let (version, check) = (floor >> 32, floor & u64::from(u32::MAX));
         if check > 0 {
             self.covered[check as usize - 1].store(true, Ordering::Relaxed);
         }
-        let seen = self.target.read(key, &self.db, rng);
+        let seen = self.target.read(key, reader, &self.db, rng);
         if seen < version {
             self.stale_reads.fetch_add(1, Ordering::Relaxed);
+            self.target.stale_read(reader);
             self.stale_checks[check as usize - 1].store(true, Ordering::Relaxed);
         }
     }
 
-    fn reader(&self, seed: u64, keys: u64) {
-        let mut rng = SmallRng::seed_from_u64(seed);
+    fn reader(&self, reader: usize, keys: u64) {
+        let mut rng = SmallRng::seed_from_u64(reader as u64);
         let mut reads = 0;
         while !self.done.load(Ordering::Relaxed) {
-            self.checked_read(rng.random_range(0..keys), &mut rng);
+            self.checked_read(rng.random_range(0..keys), reader, &mut rng);
             reads += 1;
         }
         self.reads.fetch_add(reads, Ordering::Relaxed);
@@ -293,6 +328,7 @@ struct Outcome {
     reads: u64,
     db_reads: u64,
     elapsed: Duration,
+    report: Option<String>,
 }
 
 fn run(target: &Target, config: &Config, progress: &Progress) -> Outcome {
@@ -314,7 +350,7 @@ fn run(target: &Target, config: &Config, progress: &Progress) -> Outcome {
             let (run, start) = (&run, &start);
             s.spawn(move || {
                 start.wait();
-                run.reader(r as u64, config.keys as u64);
+                run.reader(r, config.keys as u64);
             });
         }
         start.wait();
@@ -354,6 +390,7 @@ fn run(target: &Target, config: &Config, progress: &Progress) -> Outcome {
         reads: run.reads.load(Ordering::Relaxed),
         db_reads: run.db.reads.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
+        report: target.report(),
     }
 }
 
@@ -412,13 +449,7 @@ fn main() -> ExitCode {
     if let Some(url) = &config.redis {
         #[cfg(feature = "redis")]
         match redis_tier::targets(url) {
-            Ok(redis) => {
-                targets.extend(redis);
-                eprintln!(
-                    "stale_race: the tiered modes (L1 over Redis) are not available yet \
-                     (leasecache::tiered is being written); running the Redis tier modes only."
-                );
-            }
+            Ok(redis) => targets.extend(redis),
             Err(message) => {
                 eprintln!("stale_race: --redis {url}: {message}");
                 return ExitCode::from(2);
@@ -472,6 +503,11 @@ fn main() -> ExitCode {
             );
         }
     }
+    for (target, o) in targets.iter().zip(&outcomes) {
+        if let Some(report) = &o.report {
+            println!("note: {}: {report}", target.name());
+        }
+    }
     println!(
         "\nA check is stale when a read that started after the purge of version N had returned \
          observed a version older than N."
@@ -483,11 +519,14 @@ fn main() -> ExitCode {
 #[cfg(feature = "redis")]
 mod redis_tier {
     use super::{Db, Target};
-    use leasecache::Lookup;
     use leasecache::redis::{RedisOptions, RedisStore};
+    use leasecache::tiered::TieredCache;
+    use leasecache::{Cache, Lookup};
     use rand::rngs::SmallRng;
+    use std::convert::Infallible;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
 
     /// A store, the runtime that drives it, and the calls that failed.
     pub(super) struct Tier {
@@ -496,7 +535,19 @@ mod redis_tier {
         errors: AtomicU64,
     }
 
-    /// Connects twice (one namespace per mode, unique to this process).
+    /// Tiered caches on one namespace, each with its own L1, Redis connections and invalidation
+    /// feed: separate processes, as far as coherence goes. The readers are split between them;
+    /// the writer purges through the first.
+    pub(super) struct Tiered {
+        instances: Vec<TieredCache<String, u64>>,
+        /// Per instance: the stale reads its readers made.
+        stale_reads: Vec<AtomicU64>,
+        runtime: Arc<tokio::runtime::Runtime>,
+        errors: AtomicU64,
+    }
+
+    /// Connects the Redis tier modes and the tiered modes (one namespace per mode, unique to this
+    /// process).
     pub(super) fn targets(url: &str) -> Result<Vec<Target>, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -515,9 +566,38 @@ mod redis_tier {
                 errors: AtomicU64::new(0),
             })
         };
+        let tiered_instance = |namespace: &str| -> Result<TieredCache<String, u64>, String> {
+            runtime.block_on(async {
+                let store = RedisStore::connect(url, RedisOptions::new(namespace))
+                    .await
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                // Inside the runtime: the feed task is spawned on it.
+                let cache = TieredCache::new(Cache::new(10_000), store)
+                    .map_err(|e| format!("cannot build the tiered cache: {e}"))?;
+                tokio::time::timeout(Duration::from_secs(10), cache.feed_confirmed())
+                    .await
+                    .map_err(
+                        |_| "the tiered cache's invalidation feed was not confirmed in 10 s",
+                    )?;
+                Ok(cache)
+            })
+        };
+        let tiered = |instances: usize| -> Result<Tiered, String> {
+            let namespace = format!("stale_race_{}_tiered{instances}", std::process::id());
+            Ok(Tiered {
+                instances: (0..instances)
+                    .map(|_| tiered_instance(&namespace))
+                    .collect::<Result<_, _>>()?,
+                stale_reads: (0..instances).map(|_| AtomicU64::new(0)).collect(),
+                runtime: Arc::clone(&runtime),
+                errors: AtomicU64::new(0),
+            })
+        };
         Ok(vec![
             Target::RedisPlain(connect("plain")?),
             Target::RedisLeased(connect("leased")?),
+            Target::Tiered(tiered(1)?),
+            Target::Tiered(tiered(2)?),
         ])
     }
 
@@ -568,6 +648,81 @@ mod redis_tier {
             if let Err(e) = self.runtime.block_on(self.store.purge(&key.to_string())) {
                 self.failed("purge", e);
             }
+        }
+
+        pub(super) fn report(&self) -> Option<String> {
+            let errors = self.errors.load(Ordering::Relaxed);
+            (errors > 0).then(|| format!("{errors} Redis calls failed"))
+        }
+    }
+
+    impl Tiered {
+        pub(super) fn name(&self) -> &'static str {
+            if self.instances.len() == 1 {
+                "tiered, 1 instance: get_or_load + purge"
+            } else {
+                "tiered, 2 instances: get_or_load + purge"
+            }
+        }
+
+        /// `get_or_load` through the reader's instance (with two: even readers on the first, odd
+        /// on the second). Redis failures do not fail it; they show in the counters.
+        pub(super) fn read(&self, key: u64, reader: usize, db: &Db, rng: &mut SmallRng) -> u64 {
+            let cache = &self.instances[reader % self.instances.len()];
+            let load = cache.get_or_load(key.to_string(), move |_| async move {
+                Ok::<_, Infallible>(db.read(key, rng))
+            });
+            self.runtime
+                .block_on(load)
+                .unwrap_or_else(|never| match never {})
+        }
+
+        pub(super) fn stale_read(&self, reader: usize) {
+            self.stale_reads[reader % self.instances.len()].fetch_add(1, Ordering::Relaxed);
+        }
+
+        /// Purges through the first instance: Redis, then its L1; another instance's L1 is
+        /// purged by its invalidation feed.
+        pub(super) fn purge(&self, key: u64) {
+            let key = key.to_string();
+            if let Err(e) = self.runtime.block_on(self.instances[0].purge(&key)) {
+                if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!("stale_race: tiered purge failed (further errors not shown): {e}");
+                }
+            }
+        }
+
+        /// Each instance's stale reads and counters, so a clean result can be told from one that
+        /// never used the L1 or Redis.
+        pub(super) fn report(&self) -> String {
+            let describe = |name: &str, i: usize| {
+                let s = self.instances[i].stats();
+                format!(
+                    "{name}: {} stale reads, {} L1 hits, {} Redis hits, {} loads, \
+                     {} invalidations received, \
+                     {} L1 / {} Redis stale fills refused, {} bypassed reads, {} feed losses, \
+                     {} Redis errors",
+                    self.stale_reads[i].load(Ordering::Relaxed),
+                    s.l1_hits,
+                    s.l2_hits,
+                    s.loads,
+                    s.invalidations_received,
+                    s.l1_stale_rejections,
+                    s.l2_stale_rejections,
+                    s.bypassed_reads,
+                    s.feed_losses,
+                    s.redis_errors,
+                )
+            };
+            let mut report = if self.instances.len() == 1 {
+                describe("writer and readers", 0)
+            } else {
+                let a = describe("instance A (writer, even readers)", 0);
+                format!("{a}; {}", describe("instance B (odd readers)", 1))
+            };
+            let failed = self.errors.load(Ordering::Relaxed);
+            report.push_str(&format!("; {failed} failed purges"));
+            report
         }
     }
 }
