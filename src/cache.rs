@@ -460,8 +460,8 @@ where
         }
     }
 
-    /// Entries held, including expired ones not yet removed (they are removed lazily, on write
-    /// and under eviction pressure, and are never returned).
+    /// Entries held, including expired ones not yet removed (they are removed lazily, when their
+    /// key is written or eviction reaches them, and are never returned).
     pub fn entry_count(&self) -> u64 {
         self.shards
             .iter()

@@ -81,8 +81,9 @@
 //! evicted keys) with TinyLFU-style admission into the main queue: scan-resistant and
 //! frequency-aware, within a fraction of a point of moka and quick_cache on Zipf traces (see
 //! `BENCHMARKS.md`). TTLs are per cache ([`CacheBuilder::time_to_live`]) or per entry
-//! ([`Cache::insert_with_ttl`]); an expired entry is never returned and is removed lazily (on write
-//! and under eviction pressure, before any live entry).
+//! ([`Cache::insert_with_ttl`]); an expired entry is never returned. It is removed lazily: when its
+//! key is written or purged, or when eviction reaches it in queue order (then whatever its hits).
+//! Until then it counts towards capacity and [`Cache::entry_count`].
 //!
 //! ## Blocking
 //!

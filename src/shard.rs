@@ -527,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_entries_are_invisible_and_evicted_first() {
+    fn expired_entries_are_invisible_and_evicted_whatever_their_hits() {
         let mut s: Shard<u64, u64> = Shard::new(2, 2);
         s.insert(1, 1, 1, 1, 5, 1);
         s.insert(2, 2, 2, 1, 0, 1);
