@@ -359,7 +359,8 @@ where
             Counters::bump(&cell.counters.stale_rejected);
             return Err(SaveError::Stale { value });
         }
-        core.shard.insert(hash, key, value, weight, expires_at, now);
+        core.shard
+            .insert(hash, key, value, weight, expires_at, now, &|k| self.hash(k));
         drop(core);
         Counters::bump(&cell.counters.saves);
         Ok(())
@@ -399,7 +400,8 @@ where
         let (now, expires_at) = self.write_times(ttl);
         let mut core = cell.core.write();
         self.fence(cell, &mut core, hash, &key);
-        core.shard.insert(hash, key, value, weight, expires_at, now);
+        core.shard
+            .insert(hash, key, value, weight, expires_at, now, &|k| self.hash(k));
         drop(core);
         Counters::bump(&cell.counters.inserts);
     }
@@ -503,7 +505,7 @@ where
     #[cfg(any(test, fuzzing))]
     pub(crate) fn validate(&self) {
         for cell in self.shards.iter() {
-            cell.core.read().shard.validate();
+            cell.core.read().shard.validate(&|k| self.hash(k));
         }
     }
 
@@ -525,7 +527,7 @@ where
         cell.core
             .write()
             .shard
-            .insert(hash, key, value, weight, 0, 1);
+            .insert(hash, key, value, weight, 0, 1, &|k| self.hash(k));
         true
     }
 }

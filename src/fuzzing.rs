@@ -457,7 +457,7 @@ pub fn run_shard_ops(data: &[u8]) {
                     1
                 };
                 let expires_at = if ttl == 0 { 0 } else { now + u64::from(ttl) };
-                let stored = shard.insert(hash(&k), k, value, weight, expires_at, now);
+                let stored = shard.insert(hash(&k), k, value, weight, expires_at, now, &hash);
                 if u64::from(weight) > capacity && stored {
                     fail("stored a value heavier than the shard".into());
                 }
@@ -497,7 +497,7 @@ pub fn run_shard_ops(data: &[u8]) {
             }
             ShardOp::Advance(by) => now += u64::from(by % 8),
         }
-        shard.validate();
+        shard.validate(&hash);
         if shard.len() > model.len() {
             fail(format!(
                 "the shard holds {} entries, the model only knows {}",

@@ -232,8 +232,16 @@ where
         core.flights.unregister(self.hash, &self.flight);
         let saved = cache.lease_is_current(cell, &lease, self.hash);
         if saved {
-            core.shard
-                .insert(self.hash, key, value.clone(), weight, expires_at, now);
+            let hash_of = |k: &K| cache.hash(k);
+            core.shard.insert(
+                self.hash,
+                key,
+                value.clone(),
+                weight,
+                expires_at,
+                now,
+                &hash_of,
+            );
         }
         drop(core);
         Counters::bump(if saved {
