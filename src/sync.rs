@@ -128,8 +128,9 @@ pub(crate) fn next_instance_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// A small per-thread number for picking a counter stripe. Plain `std` for the same reason as
-/// [`next_instance_id`]: it only spreads counters, it orders nothing.
+/// A number unique to the calling thread (taken from a process-wide counter on first use), for
+/// picking and owning a counter stripe. Plain `std` for the same reason as
+/// [`next_instance_id`]: it orders nothing.
 #[inline]
 pub(crate) fn thread_stripe() -> usize {
     use std::cell::Cell;
