@@ -305,8 +305,12 @@ fn main() -> ExitCode {
         .collect();
 
     // Every (capacity, column, cache) is one job; moka's are the slowest, so they go first.
+    // `HIT_RATIO_ONLY=leasecache` replays one cache only (for tuning: the others' columns are
+    // deterministic for a given seed and trace length).
+    let only = std::env::var("HIT_RATIO_ONLY").ok();
     let jobs: Vec<(usize, usize, Kind)> = Kind::ALL
         .iter()
+        .filter(|kind| only.as_deref().is_none_or(|o| kind.label().starts_with(o)))
         .flat_map(|&kind| {
             tables
                 .iter()

@@ -1,16 +1,17 @@
 //! Eviction policy building blocks: S3-FIFO queues live in the shard; this module holds the
 //! frequency sketch (admission) and the ghost queue (recently evicted hashes).
 //!
-//! The policy is S3-FIFO (Yang et al., SOSP 2023) with a 1 % small queue (W-TinyLFU's window
-//! size, not S3-FIFO's 10 %) and these additions, each measured on the hit-ratio harness
+//! The policy is S3-FIFO (Yang et al., SOSP 2023) with a 0.5 % small queue (about W-TinyLFU's
+//! window, not S3-FIFO's 10 %) and these additions, each measured on the hit-ratio harness
 //! (`cargo bench --bench hit_ratio`):
 //! - while the main queue has room, entries leaving the small queue move into it rather than being
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity;
 //! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
-//!   count-min sketch says it was requested more often than the main queue's next victim (whose
-//!   unfolded hits count too);
-//! - the ghost is a direct-mapped table of fingerprints (see `ghost.rs`), and a ghost hit goes to
-//!   the main queue without admission, as in S3-FIFO.
+//!   count-min sketch (8 counters an entry) says it was requested more often than the main
+//!   queue's next victim (whose unfolded hits count too);
+//! - the ghost is a direct-mapped table of 16-bit fingerprints (see `ghost.rs`); a ghost hit goes
+//!   to the main queue if it counts at least one less than that victim, or unconditionally until
+//!   the sketch's first halving (see `Shard::admit_ghost`).
 //!
 //! Hits never touch the sketch (the hit path stays a read-locked map lookup plus a relaxed store of
 //! the entry's 2-bit frequency); an entry's hits are folded into the sketch when the policy next
