@@ -1,11 +1,15 @@
 //! A count-min sketch of 4-bit counters with periodic halving (TinyLFU's "reset").
 
-/// Four rows of 4-bit saturating counters packed sixteen to a `u64`.
+/// 4-bit saturating counters packed sixteen to a `u64`, in blocks of eight words (one 64-byte
+/// cache line). A hash's four counters lie in one block, one in each of the block's four word
+/// pairs, so an estimate or an addition touches one cache line rather than four (as Caffeine's
+/// sketch does); at 8 counters an entry the sketch of a large cache is far bigger than the CPU's
+/// caches, and the miss path makes three sketch operations.
 #[derive(Debug)]
 pub(crate) struct Sketch {
     table: Box<[u64]>,
-    /// `table.len() * 16 - 1`: counters per row minus one, a power of two minus one.
-    mask: u64,
+    /// Blocks minus one (a power of two minus one).
+    block_mask: usize,
     additions: u64,
     sample: u64,
     halvings: u64,
@@ -17,41 +21,41 @@ pub(crate) struct Sketch {
 /// cost on Zipf. Caffeine uses 16.
 const COUNTERS_PER_ENTRY: usize = 8;
 
-const SEEDS: [u64; 4] = [
-    0x9E37_79B9_7F4A_7C15,
-    0xC2B2_AE3D_27D4_EB4F,
-    0x1656_67B1_9E37_79F9,
-    0x85EB_CA77_C2B2_AE63,
-];
+const WORDS_PER_BLOCK: usize = 8;
 
 impl Sketch {
     /// A sketch sized for about `entries` distinct hot keys.
     pub(crate) fn new(entries: usize) -> Self {
         let entries = entries.clamp(2, 1 << 23);
-        let counters = (entries * COUNTERS_PER_ENTRY).next_power_of_two();
+        let counters = (entries * COUNTERS_PER_ENTRY).next_power_of_two().max(128);
         let words = counters / 16;
         Self {
             table: vec![0; words].into_boxed_slice(),
-            mask: counters as u64 - 1,
+            block_mask: words / WORDS_PER_BLOCK - 1,
             additions: 0,
             halvings: 0,
             sample: entries.max(16) as u64 * 10,
         }
     }
 
-    fn index(&self, hash: u64, row: usize) -> (usize, u32) {
-        let h = (hash ^ SEEDS[row]).wrapping_mul(SEEDS[(row + 1) & 3]);
-        let counter = (h >> 32 ^ h) & self.mask;
-        ((counter >> 4) as usize, ((counter & 15) * 4) as u32)
+    /// The (word, bit shift) of each of `hash`'s four counters.
+    #[inline]
+    fn counters(&self, hash: u64) -> [(usize, u32); 4] {
+        let h = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = h ^ (h >> 32); // the low half, which picks the counters, now depends on all bits
+        let block = ((h >> 32) as usize & self.block_mask) * WORDS_PER_BLOCK;
+        std::array::from_fn(|row| {
+            let bits = (h >> (row * 8)) as usize;
+            let word = block + row * 2 + (bits & 1);
+            (word, ((bits >> 1) & 15) as u32 * 4)
+        })
     }
 
     /// The estimated count of `hash`: the minimum over its four counters.
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
-        (0..4)
-            .map(|row| {
-                let (word, shift) = self.index(hash, row);
-                ((self.table[word] >> shift) & 15) as u8
-            })
+        self.counters(hash)
+            .into_iter()
+            .map(|(word, shift)| ((self.table[word] >> shift) & 15) as u8)
             .min()
             .unwrap_or(0)
     }
@@ -62,8 +66,7 @@ impl Sketch {
             return;
         }
         let mut grew = false;
-        for row in 0..4 {
-            let (word, shift) = self.index(hash, row);
+        for (word, shift) in self.counters(hash) {
             let current = (self.table[word] >> shift) & 15;
             let next = (current + u64::from(times)).min(15);
             if next != current {
@@ -79,13 +82,13 @@ impl Sketch {
         }
     }
 
-    /// Ages every counter so that old popularity fades.
     /// Whether the sketch has been halved at least once, i.e. has seen a full sample of
     /// `10 x entries` additions. Before that its counts are too young to refuse anything by.
     pub(crate) fn warmed(&self) -> bool {
         self.halvings > 0
     }
 
+    /// Ages every counter so that old popularity fades.
     fn halve(&mut self) {
         self.halvings += 1;
         for word in self.table.iter_mut() {
@@ -97,6 +100,7 @@ impl Sketch {
     pub(crate) fn clear(&mut self) {
         self.table.iter_mut().for_each(|w| *w = 0);
         self.additions = 0;
+        self.halvings = 0;
     }
 }
 
