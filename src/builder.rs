@@ -173,7 +173,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 
     fn layout(&self) -> Layout {
-        const MIN_ENTRIES_PER_SHARD: u64 = 32;
+        // Fewer shards for small caches: every shard runs its own policy on its share of the
+        // keys, and splitting a 1,000-entry cache eight ways rather than four cost 1.4 pp on the
+        // hit-ratio harness's loop (Zipf columns within 0.1 pp either way).
+        const MIN_ENTRIES_PER_SHARD: u64 = 128;
         let shards = match self.shards {
             Some(n) => n.clamp(1, 4096).next_power_of_two(),
             None => {

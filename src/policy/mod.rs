@@ -7,11 +7,13 @@
 //! - while the main queue has room, entries leaving the small queue move into it rather than being
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity;
 //! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
-//!   count-min sketch (8 counters an entry) says it was requested more often than the main
-//!   queue's next victim (whose unfolded hits count too);
+//!   count-min sketch (8 counters an entry, in cache-line blocks) says it was requested at least
+//!   two times more than the main queue's next victim (whose unfolded hits count too);
 //! - the ghost is a direct-mapped table of 16-bit fingerprints (see `ghost.rs`); a ghost hit goes
-//!   to the main queue if it counts at least one less than that victim, or unconditionally until
-//!   the sketch's first halving (see `Shard::admit_ghost`).
+//!   to the main queue if it counts more than that victim, or unconditionally until the sketch's
+//!   first halving (see `Shard::admit_ghost`), else it starts over in the small queue;
+//! - small caches get fewer shards (at least 128 entries each), since each shard runs its own
+//!   policy.
 //!
 //! Hits never touch the sketch (the hit path stays a read-locked map lookup plus a relaxed store of
 //! the entry's 2-bit frequency); an entry's hits are folded into the sketch when the policy next
