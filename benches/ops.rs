@@ -393,10 +393,14 @@ fn duel_value<V: Value>(keys: &Keys, rounds: usize, filter: &[String]) {
                 runner::<V, MokaCache<V>>(workload, threads, keys),
                 runner::<V, DashMap<V>>(workload, threads, keys),
             ];
-            // `OPS_DUEL_ONLY=leasecache` times one cache alone (for a profiler).
+            // `OPS_DUEL_ONLY=leasecache` times one cache alone (for a profiler); a comma-separated list
+            // times those caches only.
             let only = std::env::var("OPS_DUEL_ONLY").ok();
             let names = ["leasecache", "quick_cache", "moka", "dashmap"];
-            let skip = |c: usize| only.as_deref().is_some_and(|o| o != names[c]);
+            let skip = |c: usize| {
+                only.as_deref()
+                    .is_some_and(|o| !o.split(',').any(|n| n == names[c]))
+            };
             // Size a round to about 20 ms of the slowest cache.
             let iters: Vec<u64> = runners
                 .iter()
