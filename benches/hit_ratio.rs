@@ -38,7 +38,9 @@ usage: hit_ratio [--quick] [--accesses N] [--keys N] [--seed N] [--capacities A,
   --seed N          seed of the generated traces                  [default 42]
   --capacities LIST capacities in entries, comma separated        [default 1000,10000,100000]
   --trace FILE      also replay FILE (one key per line; integers are used as is, other lines
-                    are hashed); may be repeated";
+                    are hashed); may be repeated
+
+  HIT_RATIO_ONLY=leasecache replays one cache only (label prefix: leasecache, moka, quick_cache)";
 
 struct Config {
     accesses: usize,
