@@ -331,7 +331,7 @@ mod tests {
     }
 
     const SLOTS: Slots = Slots {
-        shard_mask: 0,
+        shards: 1,
         slot_mask: 255,
     };
 

@@ -47,7 +47,7 @@ struct Scenario {
 /// Two keys; the cache gives each its own slot (asserted), so the spec is per key.
 const KEYS: u8 = 2;
 const SLOTS: Slots = Slots {
-    shard_mask: 0,
+    shards: 1,
     slot_mask: 3,
 };
 
