@@ -184,13 +184,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
                 let by_cores = (cores * 4).next_power_of_two();
                 let by_capacity = (self.max_capacity / MIN_ENTRIES_PER_SHARD).max(1);
                 // The largest power of two not above `by_capacity`.
-                let pow2_by_capacity = 1usize << (63 - by_capacity.leading_zeros()).min(12);
-                let base = by_cores.min(pow2_by_capacity);
-                if self.weigher.is_none() && self.max_capacity != u64::MAX {
-                    fitted_shards(self.max_capacity, base)
-                } else {
-                    base
-                }
+                let by_capacity = 1usize << (63 - by_capacity.leading_zeros()).min(12);
+                by_cores.min(by_capacity)
             }
         };
         let per_shard = (self.max_capacity / shards as u64).max(1);
@@ -224,33 +219,6 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 }
 
-/// Buckets a hashbrown table allocates to hold `entries` (its `capacity_to_buckets`).
-fn table_buckets(entries: u64) -> u64 {
-    if entries < 8 {
-        if entries < 4 { 4 } else { 8 }
-    } else {
-        (entries.saturating_mul(8) / 7).next_power_of_two()
-    }
-}
-
-/// The shard count in `base..=2 * base` whose hash tables, once the cache is full, waste the
-/// fewest buckets. Tables come in powers of two, so a full table sits anywhere between 44 % and
-/// 87 % load depending on how the capacity divides; with 1M entries, 8 shards leave every table at
-/// 48 % and 9 at 85 %, about 5 bytes an entry. Only for large shards (at least 4,096 entries),
-/// where the tables' memory matters; ties go to the smaller count.
-fn fitted_shards(capacity: u64, base: usize) -> usize {
-    const MIN_FITTED_SHARD: u64 = 4096;
-    if capacity / (base as u64) < MIN_FITTED_SHARD {
-        return base;
-    }
-    // A shard holds at most `capacity.div_ceil(n)`, plus the entry being inserted before it evicts.
-    let buckets = |n: u64| n * table_buckets(capacity.div_ceil(n) + 1);
-    (base as u64..=2 * base as u64)
-        .filter(|&n| capacity / n >= MIN_FITTED_SHARD)
-        .min_by_key(|&n| (buckets(n), n))
-        .map_or(base, |n| n as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,42 +231,12 @@ mod tests {
         assert!(small.shards <= 4);
         let big = CacheBuilder::<u8, u8>::new().max_capacity(1 << 30).layout();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let by_cores = (cores * 4).next_power_of_two();
-        assert!((by_cores..=2 * by_cores).contains(&big.shards));
+        assert_eq!(big.shards, (cores * 4).next_power_of_two());
         assert_eq!(big.slots_per_shard, 1 << 16);
         let custom = CacheBuilder::<u8, u8>::new()
             .shards(3)
             .lease_slots(5)
             .layout();
         assert_eq!((custom.shards, custom.slots_per_shard), (4, 2));
-    }
-
-    #[test]
-    fn large_entry_count_caches_get_a_shard_count_that_fills_their_tables() {
-        // 1M entries: 8 shards of 125,001 need 262,144 buckets each (48 % load); 9 shards of
-        // 111,113 need 131,072 (85 %).
-        assert_eq!(fitted_shards(1_000_000, 8), 9);
-        assert_eq!(8 * table_buckets(125_001), 2_097_152);
-        assert_eq!(9 * table_buckets(111_113), 1_179_648);
-        // 100k: 14 shards of 7,143 fill 8,192-bucket tables to 87 % (8 shards: 16,384, 76 %).
-        assert_eq!(fitted_shards(100_000, 8), 14);
-        // Small shards keep the power-of-two count.
-        assert_eq!(fitted_shards(16_384, 8), 8);
-        for capacity in [4_096 * 8, 300_000, 1 << 20, 10_000_000] {
-            let n = fitted_shards(capacity, 8) as u64;
-            assert!((8..=16).contains(&n));
-            assert!(
-                n * table_buckets(capacity.div_ceil(n) + 1) <= 8 * table_buckets(capacity / 8 + 1)
-            );
-        }
-    }
-
-    #[test]
-    fn weighted_caches_keep_a_power_of_two_shard_count() {
-        let weighted = CacheBuilder::<u8, u8>::new()
-            .max_capacity(1 << 30)
-            .weigher(|_, _| 1)
-            .layout();
-        assert!(weighted.shards.is_power_of_two());
     }
 }

@@ -38,7 +38,8 @@ pub(crate) type Weigher<K, V> = StdArc<dyn Fn(&K, &V) -> u32 + Send + Sync + 'st
 /// ```
 pub struct Cache<K, V, S = ahash::RandomState> {
     pub(crate) shards: Box<[CachePadded<ShardCell<K, V>>]>,
-    shard_count: u64,
+    shard_shift: u32,
+    shard_mask: usize,
     slot_mask: usize,
     hasher: S,
     id: u64,
@@ -48,14 +49,6 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     pub(crate) lookups: LookupCounters,
     /// Whether any entry may carry a deadline. Until one does, writes skip reading the clock.
     ttl_in_use: AtomicBool,
-}
-
-/// The shard of `hash` among `shards` (any count, not only powers of two): a multiply-shift of
-/// hash bits 25..57. hashbrown uses the top 7 bits and the low bits inside a shard, and the
-/// generation slot uses the low bits, so none of them is constant within a shard.
-#[inline]
-pub(crate) fn shard_of(hash: u64, shards: u64) -> usize {
-    ((u64::from((hash >> 25) as u32) * shards) >> 32) as usize
 }
 
 /// One shard: its lock-protected core, its part of the generation table and its counters.
@@ -115,7 +108,7 @@ where
         weigher: Option<Weigher<K, V>>,
     ) -> Self {
         let n = layout.shards;
-        debug_assert!(n > 0 && layout.slots_per_shard.is_power_of_two());
+        debug_assert!(n.is_power_of_two() && layout.slots_per_shard.is_power_of_two());
         let shards = (0..n)
             .map(|i| {
                 let capacity =
@@ -135,7 +128,10 @@ where
             .collect();
         Self {
             shards,
-            shard_count: n as u64,
+            // Shards are picked from bits 32.. of the hash: hashbrown uses the top 7 bits and the
+            // low bits inside a shard, and the generation slot uses the low bits.
+            shard_shift: 32,
+            shard_mask: n - 1,
             slot_mask: layout.slots_per_shard - 1,
             hasher,
             id: crate::sync::next_instance_id(),
@@ -154,7 +150,7 @@ where
 
     #[inline]
     pub(crate) fn cell(&self, hash: u64) -> &ShardCell<K, V> {
-        &self.shards[shard_of(hash, self.shard_count)]
+        &self.shards[(hash >> self.shard_shift) as usize & self.shard_mask]
     }
 
     #[inline]

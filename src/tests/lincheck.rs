@@ -331,7 +331,7 @@ mod tests {
     }
 
     const SLOTS: Slots = Slots {
-        shards: 1,
+        shard_mask: 0,
         slot_mask: 255,
     };
 

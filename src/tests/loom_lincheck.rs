@@ -47,7 +47,7 @@ struct Scenario {
 /// Two keys; the cache gives each its own slot (asserted), so the spec is per key.
 const KEYS: u8 = 2;
 const SLOTS: Slots = Slots {
-    shards: 1,
+    shard_mask: 0,
     slot_mask: 3,
 };
 

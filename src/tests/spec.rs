@@ -80,11 +80,11 @@ impl BuildHasher for TestHasher {
 }
 
 /// How the cache under test lays out its generation table, so the spec can tell which keys share
-/// a slot. Mirrors `Cache::cell` (`cache::shard_of`) and `Cache::slot` (low bits).
+/// a slot. Mirrors `Cache::cell` (shard from hash bits 32..) and `Cache::slot` (low bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Slots {
-    /// The number of shards.
-    pub(crate) shards: u64,
+    /// `shards - 1` (shards is a power of two).
+    pub(crate) shard_mask: u64,
     /// `slots_per_shard - 1` (a power of two).
     pub(crate) slot_mask: u64,
 }
@@ -95,7 +95,7 @@ impl Slots {
         assert!(shards.is_power_of_two() && total_slots.is_power_of_two());
         let per_shard = (total_slots / shards).max(1);
         Self {
-            shards,
+            shard_mask: shards - 1,
             slot_mask: per_shard - 1,
         }
     }
@@ -103,7 +103,7 @@ impl Slots {
     /// The identity of `key`'s slot: (shard, index), packed.
     pub(crate) fn of<K: Hash + ?Sized>(&self, key: &K) -> u64 {
         let hash = TestHasher.hash_one(key);
-        ((crate::cache::shard_of(hash, self.shards) as u64) << 32) | (hash & self.slot_mask)
+        (((hash >> 32) & self.shard_mask) << 32) | (hash & self.slot_mask)
     }
 
     /// Whether every key in `keys` has a slot of its own.
