@@ -153,10 +153,8 @@ where
         Q: Eq + ?Sized,
     {
         let idx = self.find(hash, key)?;
-        if let Some(&deadline) = self.expires.get(idx as usize) {
-            if deadline != 0 && deadline <= now() {
-                return None;
-            }
+        if self.is_expired(idx, now) {
+            return None;
         }
         let entry = self.entry(idx);
         let freq = entry.freq.load(Ordering::Relaxed);
@@ -173,13 +171,17 @@ where
         Q: Eq + ?Sized,
     {
         self.find(hash, key)
-            .is_some_and(|i| !self.is_expired(i, now))
+            .is_some_and(|i| !self.is_expired(i, || now))
     }
 
-    fn is_expired(&self, idx: u32, now: u64) -> bool {
-        self.expires
-            .get(idx as usize)
-            .is_some_and(|&deadline| deadline != 0 && deadline <= now)
+    /// Whether slot `idx` has a deadline the clock has reached. `now` is only called when the
+    /// slot has a deadline (the hit path of a cache without TTLs never reads the clock).
+    #[inline]
+    fn is_expired(&self, idx: u32, now: impl FnOnce() -> u64) -> bool {
+        match self.expires.get(idx as usize) {
+            Some(&deadline) if deadline != 0 => deadline <= now(),
+            _ => false,
+        }
     }
 
     /// Records `idx`'s deadline, allocating the deadline array on the first one.
@@ -230,8 +232,8 @@ where
                 idx
             }
             None => {
-                // A ghost hit goes to the main queue if there is room or it passes the (lenient)
-                // ghost admission; otherwise it starts over in the small queue.
+                // A ghost hit goes to the main queue if there is room or it passes the ghost
+                // admission; otherwise it starts over in the small queue.
                 let queue = if self.ghost.contains(hash)
                     && (self.main.weight + u64::from(weight) <= self.main_capacity()
                         || self.admit_ghost(hash, hash_of))
@@ -288,7 +290,7 @@ where
         match self.find(hash, key) {
             None => Removed::Absent,
             Some(idx) => {
-                let expired = self.is_expired(idx, now);
+                let expired = self.is_expired(idx, || now);
                 self.remove_index(idx, hash);
                 if expired {
                     self.expirations += 1;
@@ -347,7 +349,7 @@ where
                 let e = self.entry(idx);
                 (hash_of(&e.key), e.weight, e.freq.load(Ordering::Relaxed))
             };
-            if self.is_expired(idx, now) {
+            if self.is_expired(idx, || now) {
                 self.remove_index(idx, hash);
                 self.expirations += 1;
                 return true;
@@ -376,20 +378,14 @@ where
         }
     }
 
-    /// TinyLFU admission: whether `hash` was requested clearly more often than the main queue's
-    /// next victim, so that taking its place is likely to pay. "Clearly": by two counts. A
-    /// candidate was just counted for the miss that brought it in and the victim not yet for its
-    /// current round, so by one count they are even; admitting on that margin let a loop
-    /// slightly larger than the cache churn the main queue (19-64 % hits at some capacities,
-    /// against 90 %; `shard::tests::a_loop_larger_than_the_shard_keeps_most_of_it`).
+    /// TinyLFU admission from the small queue: whether `hash` was requested clearly more often
+    /// than the main queue's next victim, so that taking its place is likely to pay. "Clearly":
+    /// by two counts. A candidate was just counted for the miss that brought it in and the victim
+    /// not yet for its current round, so by one count they are even; admitting on that margin let
+    /// a loop slightly larger than the cache churn the main queue (19-64 % hits at some
+    /// capacities, against 90 %; `shard::tests::a_loop_larger_than_the_shard_keeps_most_of_it`).
     fn admit_to_main(&self, hash: u64, hash_of: &impl Fn(&K) -> u64) -> bool {
-        if self.main.head == NIL {
-            return true;
-        }
-        let v = self.entry(self.main.head);
-        // The victim's hits since the policy last looked at it are not in the sketch yet.
-        self.sketch.estimate(hash)
-            > self.sketch.estimate(hash_of(&v.key)) + v.freq.load(Ordering::Relaxed) + 1
+        self.outcounts_victim(hash, 1, hash_of)
     }
 
     /// Admission for a ghost hit (a key evicted from the small queue that came back): one count
@@ -400,12 +396,19 @@ where
     /// usually popular, and admitting everything before the first halving lets a big cache warm
     /// up as fast as without admission (without the waiver, 100k-entry Zipf columns lost ~1 pp).
     fn admit_ghost(&self, hash: u64, hash_of: &impl Fn(&K) -> u64) -> bool {
-        if self.main.head == NIL || !self.sketch.warmed() {
+        !self.sketch.warmed() || self.outcounts_victim(hash, 0, hash_of)
+    }
+
+    /// Whether `hash`'s count exceeds the main queue's next victim's by more than `margin`
+    /// (true when the main queue is empty). The victim's hits since the policy last looked at it
+    /// are not in the sketch yet, so they count too.
+    fn outcounts_victim(&self, hash: u64, margin: u8, hash_of: &impl Fn(&K) -> u64) -> bool {
+        if self.main.head == NIL {
             return true;
         }
         let v = self.entry(self.main.head);
         let victim = self.sketch.estimate(hash_of(&v.key)) + v.freq.load(Ordering::Relaxed);
-        self.sketch.estimate(hash) > victim
+        self.sketch.estimate(hash) > victim + margin
     }
 
     fn list_mut(&mut self, queue: Queue) -> &mut List {
