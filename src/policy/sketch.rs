@@ -121,6 +121,38 @@ mod tests {
     }
 
     #[test]
+    fn warms_up_on_the_first_halving_and_clear_starts_over() {
+        let mut s = Sketch::new(16);
+        assert!(!s.warmed());
+        let mut h = 0u64;
+        while !s.warmed() {
+            s.add(h, 1);
+            h += 1;
+        }
+        assert!(
+            h <= s.sample + 1,
+            "warmed after {h} additions, sample {}",
+            s.sample
+        );
+        s.clear();
+        assert!(!s.warmed());
+        assert_eq!(s.estimate(0), 0);
+    }
+
+    #[test]
+    fn a_keys_counters_share_one_cache_line() {
+        let s = Sketch::new(1 << 12);
+        for h in [0u64, 1, 0xDEAD_BEEF, u64::MAX] {
+            let words = s.counters(h).map(|(word, _)| word);
+            let block = words[0] / WORDS_PER_BLOCK;
+            assert!(words.iter().all(|w| w / WORDS_PER_BLOCK == block));
+            // One counter in each of the block's four word pairs: rows never share a word.
+            let pairs: Vec<usize> = words.iter().map(|w| (w % WORDS_PER_BLOCK) / 2).collect();
+            assert_eq!(pairs, [0, 1, 2, 3]);
+        }
+    }
+
+    #[test]
     fn periodic_reset_bounds_counts() {
         let mut s = Sketch::new(16);
         for h in 0..10_000u64 {
