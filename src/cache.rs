@@ -193,6 +193,22 @@ where
         lease.is_current(current)
     }
 
+    /// Stores an entry in `shard` (whose write lock the caller holds), letting eviction and table
+    /// growth re-hash other keys with this cache's hasher. Returns whether the value is stored.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn store(
+        &self,
+        shard: &mut Shard<K, V>,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        expires_at: u64,
+        now: u64,
+    ) -> bool {
+        shard.insert(hash, key, value, weight, expires_at, now, &|k| self.hash(k))
+    }
+
     pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
         self.weigher.as_ref().map_or(1, |w| w(key, value))
     }
@@ -359,8 +375,7 @@ where
             Counters::bump(&cell.counters.stale_rejected);
             return Err(SaveError::Stale { value });
         }
-        core.shard
-            .insert(hash, key, value, weight, expires_at, now, &|k| self.hash(k));
+        self.store(&mut core.shard, hash, key, value, weight, expires_at, now);
         drop(core);
         Counters::bump(&cell.counters.saves);
         Ok(())
@@ -400,8 +415,7 @@ where
         let (now, expires_at) = self.write_times(ttl);
         let mut core = cell.core.write();
         self.fence(cell, &mut core, hash, &key);
-        core.shard
-            .insert(hash, key, value, weight, expires_at, now, &|k| self.hash(k));
+        self.store(&mut core.shard, hash, key, value, weight, expires_at, now);
         drop(core);
         Counters::bump(&cell.counters.inserts);
     }
@@ -524,10 +538,7 @@ where
             return false;
         }
         let weight = self.weigh(&key, &value);
-        cell.core
-            .write()
-            .shard
-            .insert(hash, key, value, weight, 0, 1, &|k| self.hash(k));
+        self.store(&mut cell.core.write().shard, hash, key, value, weight, 0, 1);
         true
     }
 }

@@ -80,9 +80,9 @@
 //! is S3-FIFO (a small probationary FIFO, a main FIFO with reinsertion, a ghost of recently
 //! evicted keys) with TinyLFU-style admission into the main queue, for returning ghosts too:
 //! scan-resistant, frequency-aware and loop-resistant, within half a point of the better of moka
-//! and quick_cache on every Zipf, scan and loop trace of the hit-ratio harness and ahead of both in
-//! half of them (see `BENCHMARKS.md`). TTLs are per cache ([`CacheBuilder::time_to_live`]) or per entry
-//! ([`Cache::insert_with_ttl`]); an expired entry is never returned. It is removed lazily: when its
+//! and quick_cache on every Zipf, scan and loop trace of the hit-ratio harness and ahead of both
+//! in half of them (see `BENCHMARKS.md`). TTLs are per cache ([`CacheBuilder::time_to_live`]) or
+//! per entry ([`Cache::insert_with_ttl`]); an expired entry is never returned. It is removed lazily: when its
 //! key is written or purged, or when eviction reaches it in queue order (then whatever its hits).
 //! Until then it counts towards capacity and [`Cache::entry_count`].
 //!

@@ -232,15 +232,14 @@ where
         core.flights.unregister(self.hash, &self.flight);
         let saved = cache.lease_is_current(cell, &lease, self.hash);
         if saved {
-            let hash_of = |k: &K| cache.hash(k);
-            core.shard.insert(
+            cache.store(
+                &mut core.shard,
                 self.hash,
                 key,
                 value.clone(),
                 weight,
                 expires_at,
                 now,
-                &hash_of,
             );
         }
         drop(core);

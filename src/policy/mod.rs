@@ -8,7 +8,7 @@
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity;
 //! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
 //!   count-min sketch (8 counters an entry, in cache-line blocks) says it was requested at least
-//!   two times more than the main queue's next victim (whose unfolded hits count too);
+//!   two counts more than the main queue's next victim (whose unfolded hits count too);
 //! - the ghost is a direct-mapped table of 16-bit fingerprints (see `ghost.rs`); a ghost hit goes
 //!   to the main queue if it counts more than that victim, or unconditionally until the sketch's
 //!   first halving (see `Shard::admit_ghost`), else it starts over in the small queue;
