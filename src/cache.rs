@@ -5,7 +5,7 @@ use crate::error::SaveError;
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
 use crate::load::FlightTable;
 use crate::shard::{Removed, Shard};
-use crate::stats::{Counters, LookupCounters, Stats};
+use crate::stats::{Counters, LookupCounters, Stats, WriteCounts};
 use crate::sync::{AtomicBool, AtomicU64, Ordering, RwLock, RwLockWriteGuard};
 use crossbeam_utils::CachePadded;
 use std::borrow::Borrow;
@@ -38,7 +38,6 @@ pub(crate) type Weigher<K, V> = StdArc<dyn Fn(&K, &V) -> u32 + Send + Sync + 'st
 /// ```
 pub struct Cache<K, V, S = ahash::RandomState> {
     pub(crate) shards: Box<[CachePadded<ShardCell<K, V>>]>,
-    shard_shift: u32,
     shard_mask: usize,
     slot_mask: usize,
     hasher: S,
@@ -64,6 +63,7 @@ pub(crate) struct Core<K, V> {
     pub(crate) shard: Shard<K, V>,
     clock: GenerationClock,
     pub(crate) flights: FlightTable<K, V>,
+    pub(crate) counts: WriteCounts,
 }
 
 /// The sizes a builder settled on.
@@ -118,6 +118,7 @@ where
                         shard: Shard::new(capacity, layout.expected_entries_per_shard),
                         clock: GenerationClock::default(),
                         flights: FlightTable::default(),
+                        counts: WriteCounts::default(),
                     }),
                     generations: (0..layout.slots_per_shard)
                         .map(|_| AtomicU64::new(Generation::ZERO.get()))
@@ -128,9 +129,6 @@ where
             .collect();
         Self {
             shards,
-            // Shards are picked from bits 32.. of the hash: hashbrown uses the top 7 bits and the
-            // low bits inside a shard, and the generation slot uses the low bits.
-            shard_shift: 32,
             shard_mask: n - 1,
             slot_mask: layout.slots_per_shard - 1,
             hasher,
@@ -150,7 +148,9 @@ where
 
     #[inline]
     pub(crate) fn cell(&self, hash: u64) -> &ShardCell<K, V> {
-        &self.shards[(hash >> self.shard_shift) as usize & self.shard_mask]
+        // Shards are picked from bits 32.. of the hash: hashbrown uses the top 7 bits and the low
+        // bits inside a shard, and the generation slot uses the low bits.
+        &self.shards[(hash >> 32) as usize & self.shard_mask]
     }
 
     #[inline]
@@ -371,13 +371,12 @@ where
         let (now, expires_at) = self.default_write_times();
         let mut core = cell.core.write();
         if !self.lease_is_current(cell, &lease, hash) {
+            core.counts.stale_rejected += 1;
             drop(core);
-            Counters::bump(&cell.counters.stale_rejected);
             return Err(SaveError::Stale { value });
         }
         self.store(&mut core.shard, hash, key, value, weight, expires_at, now);
-        drop(core);
-        Counters::bump(&cell.counters.saves);
+        core.counts.saves += 1;
         Ok(())
     }
 
@@ -416,8 +415,7 @@ where
         let mut core = cell.core.write();
         self.fence(cell, &mut core, hash, &key);
         self.store(&mut core.shard, hash, key, value, weight, expires_at, now);
-        drop(core);
-        Counters::bump(&cell.counters.inserts);
+        core.counts.inserts += 1;
     }
 
     /// Removes `key` and fences every outstanding lease on it, **whether or not it was cached**
@@ -440,10 +438,8 @@ where
         let (now, _) = self.write_times(None);
         let mut core = cell.core.write();
         self.fence(cell, &mut core, hash, key);
-        let removed = core.shard.remove(hash, key, now);
-        drop(core);
-        Counters::bump(&cell.counters.purges);
-        removed == Removed::Live
+        core.counts.purges += 1;
+        core.shard.remove(hash, key, now) == Removed::Live
     }
 
     /// Drops every entry and fences every outstanding lease.
@@ -509,6 +505,7 @@ where
         for cell in self.shards.iter() {
             cell.counters.add_to(&mut stats);
             let core = cell.core.read();
+            core.counts.add_to(&mut stats);
             stats.evictions += core.shard.evictions;
             stats.expirations += core.shard.expirations;
         }

@@ -230,8 +230,8 @@ where
         let (now, expires_at) = cache.default_write_times();
         let mut core = cell.core.write();
         core.flights.unregister(self.hash, &self.flight);
-        let saved = cache.lease_is_current(cell, &lease, self.hash);
-        if saved {
+        if cache.lease_is_current(cell, &lease, self.hash) {
+            core.counts.saves += 1;
             cache.store(
                 &mut core.shard,
                 self.hash,
@@ -241,13 +241,10 @@ where
                 expires_at,
                 now,
             );
+        } else {
+            core.counts.stale_rejected += 1;
         }
         drop(core);
-        Counters::bump(if saved {
-            &cell.counters.saves
-        } else {
-            &cell.counters.stale_rejected
-        });
         self.finished = true;
         self.flight.complete(Outcome::Done(value.clone()));
         Ok(value)
