@@ -10,9 +10,12 @@
 //! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
 //!   count-min sketch (8 counters an entry, in cache-line blocks) says it was requested at least
 //!   two counts more than the main queue's next victim (whose unfolded hits count too);
+//! - the sketch ages every 14 additions an entry and updates conservatively (see `sketch.rs`);
 //! - the ghost is a direct-mapped table of 16-bit fingerprints (see `ghost.rs`); a ghost hit goes
-//!   to the main queue if it counts more than that victim, or unconditionally until the sketch's
-//!   first halving (see `Shard::admit_ghost`), else it starts over in the small queue;
+//!   to the main queue, if misses are rarely ghost hits (Zipf), when it counts at least as much
+//!   as that victim or before the sketch's first halving; if they often are (a loop), only on the
+//!   small queue's two-count margin (see `Shard::admit_ghost`); else it starts over in the small
+//!   queue;
 //! - small caches get fewer shards (at least 128 entries each), since each shard runs its own
 //!   policy.
 //!

@@ -28,6 +28,12 @@ const COUNTERS_PER_ENTRY: usize = 8;
 
 const WORDS_PER_BLOCK: usize = 8;
 
+/// Additions (that grew a counter) per expected entry between halvings. TinyLFU's 10 ages too
+/// fast for low skew: at Zipf s = 0.7 a key at the cache's popularity threshold is seen less than
+/// once a period. 14 gained 0.20 pp (1k entries) and 0.35 pp (10k) there on the hit-ratio
+/// harness; 16 and up began to lose the loop.
+const SAMPLE_PER_ENTRY: u64 = 14;
+
 /// Where a hash's four counters are: its block, and each counter's word in the block and bit
 /// shift in the word.
 #[derive(Clone, Copy)]
@@ -47,7 +53,7 @@ impl Sketch {
             block_mask: blocks - 1,
             additions: 0,
             halvings: 0,
-            sample: entries.max(16) as u64 * 10,
+            sample: entries.max(16) as u64 * SAMPLE_PER_ENTRY,
         }
     }
 
@@ -69,24 +75,33 @@ impl Sketch {
     /// The estimated count of `hash`: the minimum over its four counters.
     #[inline]
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
-        let place = self.place(hash);
+        self.min_at(&self.place(hash))
+    }
+
+    #[inline]
+    fn min_at(&self, place: &Place) -> u8 {
         let block = &self.table[place.block].0;
         let count = |(word, shift): (usize, u32)| (block[word] >> shift) & 15;
         let [a, b, c, d] = place.counters;
         count(a).min(count(b)).min(count(c).min(count(d))) as u8
     }
 
-    /// Counts `times` more occurrences of `hash`.
+    /// Counts `times` more occurrences of `hash`, by conservative update: each counter is raised
+    /// to at most the estimate plus `times`, so a counter that other keys already pushed above
+    /// the estimate does not grow (the estimate grows all the same). Less overestimation for the
+    /// many one-hit keys a large cache sees: +0.3 pp at 100k entries on Zipf s = 0.7, with the
+    /// ghost admission that goes with it (`Shard::admit_ghost`).
     pub(crate) fn add(&mut self, hash: u64, times: u8) {
         if times == 0 {
             return;
         }
         let place = self.place(hash);
+        let target = u64::from(self.min_at(&place).saturating_add(times).min(15));
         let block = &mut self.table[place.block].0;
         let mut grew = false;
         for (word, shift) in place.counters {
             let current = (block[word] >> shift) & 15;
-            let next = (current + u64::from(times)).min(15);
+            let next = current.max(target);
             block[word] = (block[word] & !(15 << shift)) | (next << shift);
             grew |= next != current;
         }
@@ -99,7 +114,7 @@ impl Sketch {
     }
 
     /// Whether the sketch has been halved at least once, i.e. has seen a full sample of
-    /// `10 x entries` additions. Before that its counts are too young to refuse anything by.
+    /// `14 x entries` additions. Before that its counts are too young to refuse anything by.
     pub(crate) fn warmed(&self) -> bool {
         self.halvings > 0
     }
@@ -111,6 +126,13 @@ impl Sketch {
             *word = (*word >> 1) & 0x7777_7777_7777_7777;
         }
         self.additions /= 2;
+    }
+
+    /// Clears the counts but stays warmed up.
+    #[cfg(test)]
+    pub(crate) fn clear_for_test(&mut self) {
+        self.table.fill(Block::default());
+        self.additions = 0;
     }
 
     pub(crate) fn clear(&mut self) {
@@ -134,6 +156,40 @@ mod tests {
         assert_eq!(s.estimate(8), 0);
         s.halve();
         assert_eq!(s.estimate(7), 7);
+    }
+
+    #[test]
+    fn updates_are_conservative() {
+        let mut s = Sketch::new(64);
+        for _ in 0..5 {
+            s.add(1, 1);
+        }
+        let heavy = s.place(1);
+        let counters_of = |p: Place| p.counters.map(|c| (p.block, c));
+        // A key sharing some but not all of key 1's counters.
+        let light = (2..u64::MAX)
+            .find(|&h| {
+                let shared = counters_of(s.place(h))
+                    .iter()
+                    .filter(|c| counters_of(heavy).contains(c))
+                    .count();
+                (1..4).contains(&shared)
+            })
+            .expect("some key shares a counter");
+        s.add(light, 1);
+        assert_eq!(s.estimate(light), 1);
+        // The shared counters were already above the light key's estimate: they stay at 5.
+        for (block, (word, shift)) in counters_of(s.place(light)) {
+            if counters_of(heavy).contains(&(block, (word, shift))) {
+                assert_eq!((s.table[block].0[word] >> shift) & 15, 5);
+            }
+        }
+        assert_eq!(s.estimate(1), 5);
+    }
+
+    #[test]
+    fn a_sample_is_fourteen_additions_an_entry() {
+        assert_eq!(Sketch::new(1000).sample, 14_000);
     }
 
     #[test]
