@@ -75,15 +75,13 @@ impl Sketch {
     /// The estimated count of `hash`: the minimum over its four counters.
     #[inline]
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
-        self.min_at(&self.place(hash))
-    }
-
-    #[inline]
-    fn min_at(&self, place: &Place) -> u8 {
+        let place = self.place(hash);
         let block = &self.table[place.block].0;
-        let count = |(word, shift): (usize, u32)| (block[word] >> shift) & 15;
-        let [a, b, c, d] = place.counters;
-        count(a).min(count(b)).min(count(c).min(count(d))) as u8
+        place
+            .counters
+            .iter()
+            .map(|&(word, shift)| (block[word] >> shift) & 15)
+            .fold(15, u64::min) as u8
     }
 
     /// Counts `times` more occurrences of `hash`, by conservative update: each counter is raised
@@ -96,16 +94,16 @@ impl Sketch {
             return;
         }
         let place = self.place(hash);
-        let target = u64::from(self.min_at(&place).saturating_add(times).min(15));
         let block = &mut self.table[place.block].0;
-        let mut grew = false;
-        for (word, shift) in place.counters {
-            let current = (block[word] >> shift) & 15;
-            let next = current.max(target);
-            block[word] = (block[word] & !(15 << shift)) | (next << shift);
-            grew |= next != current;
+        let counts = place
+            .counters
+            .map(|(word, shift)| (block[word] >> shift) & 15);
+        let estimate = counts.iter().copied().fold(15, u64::min);
+        let target = (estimate + u64::from(times)).min(15);
+        for ((word, shift), count) in place.counters.into_iter().zip(counts) {
+            block[word] = (block[word] & !(15 << shift)) | (count.max(target) << shift);
         }
-        if grew {
+        if target > estimate {
             self.additions += u64::from(times);
             if self.additions >= self.sample {
                 self.halve();
