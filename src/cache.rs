@@ -209,6 +209,22 @@ where
         shard.insert(hash, key, value, weight, expires_at, now, &|k| self.hash(k))
     }
 
+    /// [`store`](Self::store) for an explicit write: the value survives the eviction its own
+    /// insert makes (see `Shard::insert_kept`).
+    #[allow(clippy::too_many_arguments)]
+    fn store_kept(
+        &self,
+        shard: &mut Shard<K, V>,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        expires_at: u64,
+        now: u64,
+    ) -> bool {
+        shard.insert_kept(hash, key, value, weight, expires_at, now, &|k| self.hash(k))
+    }
+
     pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
         self.weigher.as_ref().map_or(1, |w| w(key, value))
     }
@@ -346,7 +362,11 @@ where
     /// captured; otherwise hands the value back in [`SaveError::Stale`]. A lease issued for another
     /// key or by another cache is rejected with [`SaveError::ForeignLease`].
     ///
-    /// `Ok` means the save was not stale; a cache at capacity may still evict the value at once.
+    /// `Ok` means the save was not stale. It is a fill, which the eviction policy may decline: in a
+    /// full cache a key with no history of requests is usually not kept (admission compares its
+    /// request count with the entry it would displace), and the next lookup misses again until the
+    /// key has been asked for often enough. Use [`insert`](Self::insert) for a value that must be
+    /// readable right away.
     /// A lease may be used more than once while it is current: every value saved under it was read
     /// after it was captured and before any write that would fence it, so each is as fresh as the
     /// other. The entry gets the cache's default TTL.
@@ -382,6 +402,8 @@ where
 
     /// Stores `value` unconditionally (with the cache's default TTL) and fences every outstanding
     /// lease on `key`: use it when you *write* the source and want the cache to hold the new value.
+    /// The value is readable as soon as `insert` returns, even in a full cache (later writes may
+    /// evict it as the policy decides); a value heavier than a whole shard is not stored.
     ///
     /// ```
     /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
@@ -414,7 +436,7 @@ where
         let (now, expires_at) = self.write_times(ttl);
         let mut core = cell.core.write();
         self.fence(cell, &mut core, hash, &key);
-        self.store(&mut core.shard, hash, key, value, weight, expires_at, now);
+        self.store_kept(&mut core.shard, hash, key, value, weight, expires_at, now);
         core.counts.inserts += 1;
     }
 

@@ -380,8 +380,8 @@ pub fn run_cache_ops(data: &[u8]) {
 enum ShardOp {
     Get(u8),
     Contains(u8),
-    /// key, value, weight, TTL in ticks (0: no deadline)
-    Insert(u8, u16, u8, u8),
+    /// key, value, weight, TTL in ticks (0: no deadline), whether it is an explicit (kept) write
+    Insert(u8, u16, u8, u8, bool),
     Remove(u8),
     Clear,
     Advance(u8),
@@ -391,7 +391,7 @@ fn decode_shard_op(b: &mut Bytes<'_>) -> Option<ShardOp> {
     Some(match b.u8()? % 8 {
         0 | 1 => ShardOp::Get(b.u8()?),
         2 => ShardOp::Contains(b.u8()?),
-        3 | 4 => ShardOp::Insert(b.u8()?, b.u16()?, b.u8()?, b.u8()?),
+        k @ (3 | 4) => ShardOp::Insert(b.u8()?, b.u16()?, b.u8()?, b.u8()?, k == 4),
         5 => ShardOp::Remove(b.u8()?),
         6 => ShardOp::Clear,
         _ => ShardOp::Advance(b.u8()?),
@@ -449,7 +449,7 @@ pub fn run_shard_ops(data: &[u8]) {
                     fail("contains found a key the model does not hold live".into());
                 }
             }
-            ShardOp::Insert(k, value, weight, ttl) => {
+            ShardOp::Insert(k, value, weight, ttl, kept) => {
                 let k = k % key_space;
                 let weight = if heavy {
                     u32::from(weight) % (2 * capacity as u32) + 1
@@ -457,9 +457,16 @@ pub fn run_shard_ops(data: &[u8]) {
                     1
                 };
                 let expires_at = if ttl == 0 { 0 } else { now + u64::from(ttl) };
-                let stored = shard.insert(hash(&k), k, value, weight, expires_at, now, &hash);
+                let stored = if kept {
+                    shard.insert_kept(hash(&k), k, value, weight, expires_at, now, &hash)
+                } else {
+                    shard.insert(hash(&k), k, value, weight, expires_at, now, &hash)
+                };
                 if u64::from(weight) > capacity && stored {
                     fail("stored a value heavier than the shard".into());
+                }
+                if kept && u64::from(weight) <= capacity && !stored {
+                    fail("an explicit write that fits was not kept".into());
                 }
                 if stored {
                     model.insert(k, ShardModelEntry { value, expires_at });

@@ -536,3 +536,25 @@ fn stats_count_what_happened() {
     );
     assert!((s.hit_ratio() - 0.5).abs() < f64::EPSILON);
 }
+
+#[test]
+fn an_insert_into_a_full_cache_is_readable_right_away() {
+    // A write-through `insert` says "cache this": even when the cache is full and the key is new
+    // (so the policy has no reason to prefer it), the next `get` finds it.
+    let c = cache(100);
+    for round in 0..3 {
+        for k in 0..100 {
+            c.insert(k, format!("hot {k}"));
+            assert!(c.get(&k).is_some());
+        }
+        for k in 0..1000 {
+            let key = 1_000_000 * (round + 1) + k;
+            c.insert(key, "new".to_string());
+            assert_eq!(
+                c.get(&key).as_deref(),
+                Some("new"),
+                "round {round}, key {key}"
+            );
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! The policy is S3-FIFO (Yang et al., SOSP 2023) with a small queue that reserves no capacity
 //! (S3-FIFO gives it 10 %, W-TinyLFU's window is 1 %; here a new entry faces admission as soon as
-//! the shard is full) and these additions, each measured on the hit-ratio harness
+//! the shard is full, except that an explicit `insert` is never the victim of its own eviction, so
+//! it can be read right back) and these additions, each measured on the hit-ratio harness
 //! (`cargo bench --bench hit_ratio`):
 //! - while the main queue has room, entries leaving the small queue move into it rather than being
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity;
