@@ -9,7 +9,7 @@
 //! - while the main queue has room, entries leaving the small queue move into it rather than being
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity;
 //! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
-//!   count-min sketch (8 counters an entry, in cache-line blocks) says it was requested at least
+//!   count-min sketch (11 counters an entry, in cache-line blocks) says it was requested at least
 //!   two counts more than the main queue's next victim (whose unfolded hits count too);
 //! - the sketch ages every 14 additions an entry and updates conservatively (see `sketch.rs`);
 //! - the ghost is a direct-mapped table of 16-bit fingerprints (see `ghost.rs`); a ghost hit goes

@@ -3,13 +3,13 @@
 /// 4-bit saturating counters packed sixteen to a `u64`, in blocks of eight words (one 64-byte
 /// cache line). A hash's four counters lie in one block, one in each of the block's four word
 /// pairs, so an estimate or an addition touches one cache line rather than four (as Caffeine's
-/// sketch does); at 8 counters an entry the sketch of a large cache is far bigger than the CPU's
+/// sketch does); at 11 counters an entry the sketch of a large cache is far bigger than the CPU's
 /// caches, and the miss path makes three sketch operations.
 #[derive(Debug)]
 pub(crate) struct Sketch {
     table: Box<[Block]>,
-    /// Blocks minus one (a power of two minus one).
-    block_mask: usize,
+    /// Blocks, not necessarily a power of two: a hash picks its block by multiply-shift.
+    blocks: u64,
     additions: u64,
     sample: u64,
     halvings: u64,
@@ -20,13 +20,18 @@ pub(crate) struct Sketch {
 #[repr(align(64))]
 struct Block([u64; WORDS_PER_BLOCK]);
 
-/// Counters per expected entry: 8, i.e. 4 bytes an entry. With one (the earlier size), admission
-/// by the sketch was mostly noise: gating ghost hits through it cost 2-7 pp on every Zipf column of
-/// the hit-ratio harness; with eight it wins the loop back (+5 pp at 1k and 10k entries) at no
-/// cost on Zipf. Caffeine uses 16.
-const COUNTERS_PER_ENTRY: usize = 8;
+/// Counters per expected entry: 11, i.e. 5.5 bytes an entry, exactly (the block count is not
+/// rounded to a power of two, see `place`). With one (the earlier size), admission by the sketch
+/// was mostly noise: gating ghost hits through it cost 2-7 pp on every Zipf column of the
+/// hit-ratio harness; with eight it won the loop back (+5 pp at 1k and 10k entries). Eight rounded
+/// up to a power of two gave caches 8-13 counters an entry depending on their size; 11 exactly
+/// gained 0.08 pp at 1k entries on Zipf s = 0.7 (the last column there behind quick_cache) and
+/// cost the 10k columns up to 0.11 pp (they had 13), still ahead. 10 lost 0.05 pp of those gains;
+/// 16 gained 0.1-0.2 more on Zipf s = 0.7 but would cost 2.5 bytes an entry. Caffeine uses 16.
+const COUNTERS_PER_ENTRY: usize = 11;
 
 const WORDS_PER_BLOCK: usize = 8;
+const COUNTERS_PER_BLOCK: usize = 16 * WORDS_PER_BLOCK;
 
 /// Additions (that grew a counter) per expected entry between halvings. TinyLFU's 10 ages too
 /// fast for low skew: at Zipf s = 0.7 a key at the cache's popularity threshold is seen less than
@@ -46,11 +51,10 @@ impl Sketch {
     /// A sketch sized for about `entries` distinct hot keys.
     pub(crate) fn new(entries: usize) -> Self {
         let entries = entries.clamp(2, 1 << 23);
-        let counters = (entries * COUNTERS_PER_ENTRY).next_power_of_two().max(128);
-        let blocks = counters / 16 / WORDS_PER_BLOCK;
+        let blocks = (entries * COUNTERS_PER_ENTRY).div_ceil(COUNTERS_PER_BLOCK);
         Self {
             table: vec![Block::default(); blocks].into_boxed_slice(),
-            block_mask: blocks - 1,
+            blocks: blocks as u64,
             additions: 0,
             halvings: 0,
             sample: entries.max(16) as u64 * SAMPLE_PER_ENTRY,
@@ -64,7 +68,8 @@ impl Sketch {
         let h = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let h = h ^ (h >> 32); // the low half, which picks the counters, now depends on all bits
         Place {
-            block: (h >> 32) as usize & self.block_mask,
+            // Multiply-shift: the top half scaled to `0..blocks`, for any block count.
+            block: (((h >> 32) * self.blocks) >> 32) as usize,
             counters: std::array::from_fn(|row| {
                 let bits = (h >> (row * 8)) as usize;
                 (row * 2 + (bits & 1), ((bits >> 1) & 15) as u32 * 4)
@@ -183,6 +188,21 @@ mod tests {
             }
         }
         assert_eq!(s.estimate(1), 5);
+    }
+
+    #[test]
+    fn sized_by_entries_without_rounding() {
+        // 125,000 entries (a shard of a 1M-entry cache): 1,375,000 counters in 10,743 blocks,
+        // where eight an entry rounded up to a power of two took 2^20 counters (8,192 blocks).
+        let s = Sketch::new(125_000);
+        assert_eq!(s.table.len(), 10_743);
+        // Every block is reachable and no hash picks one past the end.
+        let mut seen = vec![false; s.table.len()];
+        for h in 0..200_000u64 {
+            seen[s.place(h.wrapping_mul(0x2545_F491_4F6C_DD1D)).block] = true;
+        }
+        assert!(seen.iter().all(|&b| b));
+        assert_eq!(Sketch::new(2).table.len(), 1);
     }
 
     #[test]
