@@ -19,6 +19,9 @@ const GHOST_RATE_PERIOD: u32 = 128;
 /// Ghost hits per period up to which returning keys count as rare: 30 % of the new keys. At 20 %
 /// the 100k-entry Zipf columns lost 0.05 pp; at 40 % the loop at 1k entries lost 0.28 pp.
 const RARE_GHOST_HITS: u32 = GHOST_RATE_PERIOD * 3 / 10;
+/// Expected entries from which a shard compares a candidate with the entry eviction would really
+/// take (see `Shard::settle_main_head`).
+const SETTLE_FROM_ENTRIES: usize = 8192;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Queue {
@@ -107,6 +110,8 @@ pub(crate) struct Shard<K, V> {
     ghost_hits: u32,
     /// Whether ghost hits were rare in the last full period.
     returns_rare: bool,
+    /// Whether admission from the small queue first settles the main queue's head.
+    settle_victims: bool,
 }
 
 impl<K, V> Shard<K, V>
@@ -130,6 +135,7 @@ where
             new_keys: 0,
             ghost_hits: 0,
             returns_rare: false,
+            settle_victims: expected_entries >= SETTLE_FROM_ENTRIES,
         }
     }
 
@@ -465,9 +471,13 @@ where
             }
             self.unlink(idx);
             if from_small {
-                let promote = freq > 0
-                    || self.main.weight + u64::from(weight) <= self.main_capacity()
-                    || self.admit_to_main(hash, hash_of);
+                let promote =
+                    freq > 0 || self.main.weight + u64::from(weight) <= self.main_capacity() || {
+                        if self.settle_victims {
+                            self.settle_main_head(now, hash_of);
+                        }
+                        self.admit_to_main(hash, hash_of)
+                    };
                 if promote {
                     self.sketch.add(hash, freq);
                     self.entry_mut(idx).freq.store(0, Ordering::Relaxed);
@@ -484,6 +494,32 @@ where
             self.free_index(idx, hash);
             self.evictions += 1;
             return true;
+        }
+    }
+
+    /// Moves the main queue's head to the back while it has hits to spend (spending one each, as
+    /// `evict_one` does), so that its head is the entry that evicting from it would take: one
+    /// without hits since the policy last looked, or an expired one. Admission then weighs a
+    /// candidate against that entry rather than against a hot one that would have survived
+    /// anyway. Only in large shards: at 12,500 entries a shard (100k-entry caches) it gained
+    /// 0.08 pp on Zipf s = 0.9, 0.05 on s = 1.0 and 0.02 on scans; at 250-1,250 (1k and 10k
+    /// entries) it lost 0.3-1.3 pp on every Zipf column, being too lenient there.
+    fn settle_main_head(&mut self, now: u64, hash_of: &impl Fn(&K) -> u64) {
+        loop {
+            let idx = self.main.head;
+            if idx == NIL || self.is_expired(idx, || now) {
+                return;
+            }
+            let e = self.entry(idx);
+            let freq = e.freq.load(Ordering::Relaxed);
+            if freq == 0 {
+                return;
+            }
+            let hash = hash_of(&e.key);
+            self.sketch.add(hash, 1);
+            self.entry_mut(idx).freq.store(freq - 1, Ordering::Relaxed);
+            self.unlink(idx);
+            self.link_back(Queue::Main, idx);
         }
     }
 
@@ -730,6 +766,27 @@ mod tests {
                 "only {kept} of 50 hot keys survived scan {burst}"
             );
         }
+    }
+
+    #[test]
+    fn a_large_shard_weighs_a_candidate_against_the_entry_it_would_evict() {
+        // 8,193 keys into 8,192: the main queue holds 0..8192 in order, the last key was refused.
+        let mut s: Shard<u64, u64> = Shard::new(8192, 8192);
+        for k in 0..8193 {
+            s.insert(k, k, 0, 1, 0, 1, &id);
+        }
+        let candidate = 100_000;
+        // The head (key 0) is hot and was hit since; key 1 behind it is as cold as they come.
+        s.sketch.add(0, 4);
+        assert!(s.get(0, &0, || 1).is_some());
+        s.sketch.add(candidate, 2);
+        // The candidate (3 with this miss) loses to key 0 (5 + 1 hit) but beats key 1 (1) by
+        // the two-count margin, and key 1 is what evicting from the main queue takes.
+        s.insert(candidate, candidate, 0, 1, 0, 1, &id);
+        s.validate(&id);
+        assert!(s.contains(candidate, &candidate, 1));
+        assert!(s.contains(0, &0, 1));
+        assert!(!s.contains(1, &1, 1));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity;
 //! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
 //!   count-min sketch (11 counters an entry, in cache-line blocks) says it was requested at least
-//!   two counts more than the main queue's next victim (whose unfolded hits count too);
+//!   two counts more than the main queue's next victim (whose unfolded hits count too; in shards
+//!   of 8,192 entries and up, the next victim is the first entry without hits to spend);
 //! - the sketch ages every 14 additions an entry and updates conservatively (see `sketch.rs`);
 //! - the ghost is a direct-mapped table of 16-bit fingerprints (see `ghost.rs`); a ghost hit goes
 //!   to the main queue, if misses are rarely ghost hits (Zipf), when it counts at least as much
