@@ -131,6 +131,12 @@ impl Sketch {
         self.additions /= 2;
     }
 
+    /// Counts as warmed up, as after a first halving.
+    #[cfg(test)]
+    pub(crate) fn warm_for_test(&mut self) {
+        self.halvings = self.halvings.max(1);
+    }
+
     /// Clears the counts but stays warmed up.
     #[cfg(test)]
     pub(crate) fn clear_for_test(&mut self) {
