@@ -71,17 +71,19 @@
 //! - Every operation on a single key is linearizable. `flush` is linearizable per key (shards are
 //!   flushed one after another).
 //!
-//! Not guaranteed: that a saved value stays cached (capacity and TTL may evict it at any time), or
+//! Not guaranteed: that a saved value stays cached (capacity and TTL may evict it at any time, and
+//! in a full cache the policy usually declines a fill for a key with no history of requests), or
 //! that a save is accepted (a write to a key sharing its slot rejects it; retrying costs one read).
+//! An unconditional [`Cache::insert`] is readable as soon as it returns.
 //!
 //! ## Capacity, eviction and TTL
 //!
 //! Capacity is counted in entries, or in any unit a [`CacheBuilder::weigher`] returns. Eviction
-//! is S3-FIFO (a small probationary FIFO, a main FIFO with reinsertion, a ghost of recently
-//! evicted keys) with TinyLFU-style admission into the main queue, for returning ghosts too:
-//! scan-resistant, frequency-aware and loop-resistant, within half a point of the better of moka
-//! and quick_cache on every Zipf, scan and loop trace of the hit-ratio harness and ahead of both
-//! in half of them (see `BENCHMARKS.md`). TTLs are per cache ([`CacheBuilder::time_to_live`]) or
+//! is S3-FIFO (a probationary FIFO that reserves no capacity, a main FIFO with reinsertion, a
+//! ghost of recently evicted keys) with TinyLFU-style admission into the main queue, for
+//! returning ghosts too: scan-resistant, frequency-aware and loop-resistant, at or ahead of the
+//! better of moka and quick_cache on 17 of the 18 Zipf, scan and loop traces of the hit-ratio
+//! harness and 0.04 points behind on the last (see `BENCHMARKS.md`). TTLs are per cache ([`CacheBuilder::time_to_live`]) or
 //! per entry ([`Cache::insert_with_ttl`]); an expired entry is never returned. It is removed lazily: when its
 //! key is written or purged, or when eviction reaches it in queue order (then whatever its hits).
 //! Until then it counts towards capacity and [`Cache::entry_count`].

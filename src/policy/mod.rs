@@ -15,7 +15,8 @@
 //! - the sketch ages every 14 additions an entry and updates conservatively (see `sketch.rs`);
 //! - the ghost is a direct-mapped table of 16-bit fingerprints (see `ghost.rs`); a ghost hit goes
 //!   to the main queue, if misses are rarely ghost hits (Zipf), when it counts at least as much
-//!   as that victim or before the sketch's first halving; if they often are (a loop), only on the
+//!   as that victim (one more in shards of 8,192 entries and up) or before the sketch's first
+//!   halving; if they often are (a loop), only on the
 //!   small queue's two-count margin (see `Shard::admit_ghost`); else it starts over in the small
 //!   queue;
 //! - small caches get fewer shards (at least 128 entries each), since each shard runs its own
