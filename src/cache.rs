@@ -4,7 +4,7 @@ use crate::clock::Clock;
 use crate::error::SaveError;
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
 use crate::load::FlightTable;
-use crate::shard::{Removed, Shard};
+use crate::shard::{Admit, Removed, Shard};
 use crate::stats::{Counters, LookupCounters, Stats, WriteCounts};
 use crate::sync::{AtomicBool, AtomicU64, Ordering, RwLock, RwLockWriteGuard};
 use crossbeam_utils::CachePadded;
@@ -199,6 +199,7 @@ where
     pub(crate) fn store(
         &self,
         shard: &mut Shard<K, V>,
+        admit: Admit,
         hash: u64,
         key: K,
         value: V,
@@ -206,23 +207,8 @@ where
         expires_at: u64,
         now: u64,
     ) -> bool {
-        shard.insert(hash, key, value, weight, expires_at, now, &|k| self.hash(k))
-    }
-
-    /// [`store`](Self::store) for an explicit write: the value survives the eviction its own
-    /// insert makes (see `Shard::insert_kept`).
-    #[allow(clippy::too_many_arguments)]
-    fn store_kept(
-        &self,
-        shard: &mut Shard<K, V>,
-        hash: u64,
-        key: K,
-        value: V,
-        weight: u32,
-        expires_at: u64,
-        now: u64,
-    ) -> bool {
-        shard.insert_kept(hash, key, value, weight, expires_at, now, &|k| self.hash(k))
+        let hash_of = |k: &K| self.hash(k);
+        shard.insert_as(admit, hash, key, value, weight, expires_at, now, &hash_of)
     }
 
     pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
@@ -395,7 +381,17 @@ where
             drop(core);
             return Err(SaveError::Stale { value });
         }
-        self.store(&mut core.shard, hash, key, value, weight, expires_at, now);
+        let admit = Admit::Policy;
+        self.store(
+            &mut core.shard,
+            admit,
+            hash,
+            key,
+            value,
+            weight,
+            expires_at,
+            now,
+        );
         core.counts.saves += 1;
         Ok(())
     }
@@ -436,7 +432,16 @@ where
         let (now, expires_at) = self.write_times(ttl);
         let mut core = cell.core.write();
         self.fence(cell, &mut core, hash, &key);
-        self.store_kept(&mut core.shard, hash, key, value, weight, expires_at, now);
+        self.store(
+            &mut core.shard,
+            Admit::Keep,
+            hash,
+            key,
+            value,
+            weight,
+            expires_at,
+            now,
+        );
         core.counts.inserts += 1;
     }
 
@@ -557,7 +562,8 @@ where
             return false;
         }
         let weight = self.weigh(&key, &value);
-        self.store(&mut cell.core.write().shard, hash, key, value, weight, 0, 1);
+        let shard = &mut cell.core.write().shard;
+        self.store(shard, Admit::Policy, hash, key, value, weight, 0, 1);
         true
     }
 }

@@ -16,7 +16,7 @@
 #[path = "tests/spec.rs"]
 pub(crate) mod spec;
 
-use crate::shard::{Removed, Shard};
+use crate::shard::{Admit, Removed, Shard};
 use crate::{Cache, Lease, Lookup, ManualClock};
 use spec::{SaveOutcome, Slots, Spec, SpecLease, TestHasher};
 use std::collections::BTreeMap;
@@ -457,11 +457,9 @@ pub fn run_shard_ops(data: &[u8]) {
                     1
                 };
                 let expires_at = if ttl == 0 { 0 } else { now + u64::from(ttl) };
-                let stored = if kept {
-                    shard.insert_kept(hash(&k), k, value, weight, expires_at, now, &hash)
-                } else {
-                    shard.insert(hash(&k), k, value, weight, expires_at, now, &hash)
-                };
+                let admit = if kept { Admit::Keep } else { Admit::Policy };
+                let stored =
+                    shard.insert_as(admit, hash(&k), k, value, weight, expires_at, now, &hash);
                 if u64::from(weight) > capacity && stored {
                     fail("stored a value heavier than the shard".into());
                 }

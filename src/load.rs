@@ -10,6 +10,7 @@
 
 use crate::cache::Cache;
 use crate::generation::Lease;
+use crate::shard::Admit;
 use crate::stats::Counters;
 use crate::sync::{Arc, Condvar, Mutex};
 use hashbrown::HashTable;
@@ -234,6 +235,7 @@ where
             core.counts.saves += 1;
             cache.store(
                 &mut core.shard,
+                Admit::Policy,
                 self.hash,
                 key,
                 value.clone(),

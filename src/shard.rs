@@ -73,7 +73,7 @@ impl Default for List {
 
 /// Whether the entry an insert stores may be the one its own eviction removes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Admit {
+pub(crate) enum Admit {
     /// A fill: the policy decides.
     Policy,
     /// An explicit write: kept through its own insert.
@@ -218,16 +218,8 @@ where
         self.expires[idx as usize] = expires_at;
     }
 
-    /// Stores `value` under `key`, replacing any previous value, then evicts until the shard fits
-    /// its capacity. A value heavier than the whole shard is not stored (and any old value of the
-    /// key is removed). Returns whether the value is stored when the call returns.
-    ///
-    /// This is a fill (a save under a lease, a load): the policy decides, and in a full shard a
-    /// new key with no history is usually refused at once (the small queue reserves no capacity).
-    /// [`insert_kept`](Self::insert_kept) is the explicit write that survives its own insert.
-    ///
-    /// `hash_of` must be the hash function `hash` came from: eviction and table growth use it to
-    /// hash the keys of other entries.
+    /// [`insert_as`](Self::insert_as) for a fill, as the unit tests write it.
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert(
         &mut self,
@@ -239,47 +231,26 @@ where
         now: u64,
         hash_of: &impl Fn(&K) -> u64,
     ) -> bool {
-        self.insert_as(
-            Admit::Policy,
-            hash,
-            key,
-            value,
-            weight,
-            expires_at,
-            now,
-            hash_of,
-        )
+        let admit = Admit::Policy;
+        self.insert_as(admit, hash, key, value, weight, expires_at, now, hash_of)
     }
 
-    /// [`insert`](Self::insert) for an explicit write (`Cache::insert`): the eviction this insert
-    /// makes never removes the entry it stores, so a `get` right after finds it (later writes may
-    /// evict it as the policy decides). Without this, a write-through insert of a new key into a
-    /// full cache was refused by admission before the caller could read it back.
+    /// Stores `value` under `key`, replacing any previous value, then evicts until the shard fits
+    /// its capacity. A value heavier than the whole shard is not stored (and any old value of the
+    /// key is removed). Returns whether the value is stored when the call returns.
+    ///
+    /// `admit` says whether the eviction this insert makes may remove the entry it stores. A fill
+    /// ([`Admit::Policy`]: a save under a lease, a load) leaves it to the policy, and in a full
+    /// shard a new key with no history is usually refused at once (the small queue reserves no
+    /// capacity). An explicit write ([`Admit::Keep`]: `Cache::insert`) never is, so a `get` right
+    /// after finds it (later writes may evict it as the policy decides); without that, a
+    /// write-through insert of a new key into a full cache was refused by admission before the
+    /// caller could read it back.
+    ///
+    /// `hash_of` must be the hash function `hash` came from: eviction and table growth use it to
+    /// hash the keys of other entries.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn insert_kept(
-        &mut self,
-        hash: u64,
-        key: K,
-        value: V,
-        weight: u32,
-        expires_at: u64,
-        now: u64,
-        hash_of: &impl Fn(&K) -> u64,
-    ) -> bool {
-        self.insert_as(
-            Admit::Keep,
-            hash,
-            key,
-            value,
-            weight,
-            expires_at,
-            now,
-            hash_of,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn insert_as(
+    pub(crate) fn insert_as(
         &mut self,
         admit: Admit,
         hash: u64,
@@ -711,6 +682,28 @@ mod tests {
         s
     }
 
+    /// The hit ratio of cache-aside over a loop of 1.1x `capacity` keys, over rounds 40-59 of 60.
+    fn loop_hit_ratio(capacity: u64) -> f64 {
+        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k >> 7);
+        let mut s: Shard<u64, u64> = Shard::new(capacity, capacity as usize);
+        let keys = capacity * 11 / 10;
+        let (mut hits, mut lookups) = (0u64, 0u64);
+        for round in 0..60 {
+            for k in 0..keys {
+                let hit = s.get(hash(&k), &k, || 1).is_some();
+                if !hit {
+                    s.insert(hash(&k), k, k, 1, 0, 1, &hash);
+                }
+                if round >= 40 {
+                    lookups += 1;
+                    hits += u64::from(hit);
+                }
+            }
+        }
+        s.validate(&hash);
+        hits as f64 / lookups as f64
+    }
+
     #[test]
     fn a_u64_entry_is_32_bytes() {
         // The hit path's second cache miss lands on this slot: keep two per cache line.
@@ -818,25 +811,8 @@ mod tests {
         // Cache-aside over a loop of 1.1x the capacity: an LRU or FIFO hits nothing; the best
         // static choice hits 1/1.1 = 90.9 %. Ghost hits that skipped admission held 82-87 %;
         // admitting on a one-count margin collapsed to 19.5 % at capacities 100 and 300.
-        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k >> 7);
         for capacity in [50u64, 64, 100, 128, 200, 300, 1000] {
-            let mut s: Shard<u64, u64> = Shard::new(capacity, capacity as usize);
-            let keys = capacity * 11 / 10;
-            let (mut hits, mut lookups) = (0u64, 0u64);
-            for round in 0..60 {
-                for k in 0..keys {
-                    let hit = s.get(hash(&k), &k, || 1).is_some();
-                    if !hit {
-                        s.insert(hash(&k), k, k, 1, 0, 1, &hash);
-                    }
-                    if round >= 40 {
-                        lookups += 1;
-                        hits += u64::from(hit);
-                    }
-                }
-            }
-            s.validate(&hash);
-            let ratio = hits as f64 / lookups as f64;
+            let ratio = loop_hit_ratio(capacity);
             assert!(
                 ratio > 0.88,
                 "capacity {capacity}: {:.1} % hits",
@@ -851,25 +827,10 @@ mod tests {
         // capacity / keys = 90.9 % at 100 entries. A small queue with capacity of its own holds
         // the newest miss, which the loop does not read again before it leaves: with one slot
         // wasted at most 99 / 110 = 90.0 %. Half a slot's worth of churn is tolerated.
-        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k >> 7);
         for capacity in [100u64, 128, 200, 250] {
-            let mut s: Shard<u64, u64> = Shard::new(capacity, capacity as usize);
             let keys = capacity * 11 / 10;
-            let (mut hits, mut lookups) = (0u64, 0u64);
-            for round in 0..60 {
-                for k in 0..keys {
-                    let hit = s.get(hash(&k), &k, || 1).is_some();
-                    if !hit {
-                        s.insert(hash(&k), k, k, 1, 0, 1, &hash);
-                    }
-                    if round >= 40 {
-                        lookups += 1;
-                        hits += u64::from(hit);
-                    }
-                }
-            }
+            let ratio = loop_hit_ratio(capacity);
             let best = capacity as f64 / keys as f64;
-            let ratio = hits as f64 / lookups as f64;
             assert!(
                 ratio > (capacity as f64 - 0.5) / keys as f64,
                 "capacity {capacity}: {:.2} % hits, best {:.2} %",
@@ -931,19 +892,22 @@ mod tests {
             }
         }
         for k in 100..120 {
-            assert!(s.insert_kept(hash(&k), k, k, 1, 0, 1, &hash), "key {k}");
+            assert!(
+                s.insert_as(Admit::Keep, hash(&k), k, k, 1, 0, 1, &hash),
+                "key {k}"
+            );
             assert_eq!(s.get(hash(&k), &k, || 1), Some(&k));
             s.validate(&hash);
         }
         // A heavy write pushes out as many others as it must, never itself.
-        assert!(s.insert_kept(hash(&500), 500, 500, 8, 0, 1, &hash));
+        assert!(s.insert_as(Admit::Keep, hash(&500), 500, 500, 8, 0, 1, &hash));
         assert_eq!((s.len(), s.get(hash(&500), &500, || 1)), (1, Some(&500)));
         // An existing key at the head of a queue with others behind it, rewritten heavier.
         let mut s: Shard<u64, u64> = Shard::new(4, 4);
         for k in 0..4 {
             s.insert(hash(&k), k, k, 1, 0, 1, &hash);
         }
-        assert!(s.insert_kept(hash(&0), 0, 0, 3, 0, 1, &hash));
+        assert!(s.insert_as(Admit::Keep, hash(&0), 0, 0, 3, 0, 1, &hash));
         s.validate(&hash);
         assert_eq!(s.get(hash(&0), &0, || 1), Some(&0));
     }
