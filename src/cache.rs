@@ -381,10 +381,9 @@ where
             drop(core);
             return Err(SaveError::Stale { value });
         }
-        let admit = Admit::Policy;
         self.store(
             &mut core.shard,
-            admit,
+            Admit::Policy,
             hash,
             key,
             value,
@@ -398,8 +397,9 @@ where
 
     /// Stores `value` unconditionally (with the cache's default TTL) and fences every outstanding
     /// lease on `key`: use it when you *write* the source and want the cache to hold the new value.
-    /// The value is readable as soon as `insert` returns, even in a full cache (later writes may
-    /// evict it as the policy decides); a value heavier than a whole shard is not stored.
+    /// Even in a full cache the insert's own eviction never removes the value, so a `get` right
+    /// after it finds the value (unless its TTL has run out or another write evicted it
+    /// meanwhile); a value heavier than a whole shard is not stored.
     ///
     /// ```
     /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);

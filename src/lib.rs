@@ -74,7 +74,8 @@
 //! Not guaranteed: that a saved value stays cached (capacity and TTL may evict it at any time, and
 //! in a full cache the policy usually declines a fill for a key with no history of requests), or
 //! that a save is accepted (a write to a key sharing its slot rejects it; retrying costs one read).
-//! An unconditional [`Cache::insert`] is readable as soon as it returns.
+//! An unconditional [`Cache::insert`] is never evicted by its own insert, so a `get` right after
+//! it finds the value.
 //!
 //! ## Capacity, eviction and TTL
 //!
