@@ -286,7 +286,7 @@ where
                 let ghost_hit = self.ghost.contains(hash);
                 self.count_new_key(ghost_hit);
                 let queue = if ghost_hit
-                    && (self.main.weight + u64::from(weight) <= self.main_capacity()
+                    && (self.main.weight + u64::from(weight) <= self.capacity
                         || self.admit_ghost(hash, hash_of))
                 {
                     self.ghost.remove(hash);
@@ -387,12 +387,6 @@ where
         self.small.weight + self.main.weight
     }
 
-    /// The small queue reserves no capacity (see `evict_one`), so the main queue may fill the
-    /// shard.
-    fn main_capacity(&self) -> u64 {
-        self.capacity
-    }
-
     /// Evicts until the shard fits its capacity, never choosing the entry at index `keep` (`NIL`
     /// for none).
     fn evict_until_fits(&mut self, now: u64, keep: u32, hash_of: &impl Fn(&K) -> u64) {
@@ -444,7 +438,7 @@ where
             self.unlink(idx);
             if from_small {
                 let promote =
-                    freq > 0 || self.main.weight + u64::from(weight) <= self.main_capacity() || {
+                    freq > 0 || self.main.weight + u64::from(weight) <= self.capacity || {
                         if self.large {
                             self.settle_main_head(now, hash_of);
                         }
@@ -458,9 +452,7 @@ where
                 }
                 self.ghost.push(hash);
             } else if freq > 0 {
-                self.sketch.add(hash, 1);
-                self.entry_mut(idx).freq.store(freq - 1, Ordering::Relaxed);
-                self.link_back(Queue::Main, idx);
+                self.second_chance(idx, hash, freq);
                 continue;
             }
             self.free_index(idx, hash);
@@ -469,13 +461,13 @@ where
         }
     }
 
-    /// Moves the main queue's head to the back while it has hits to spend (spending one each, as
-    /// `evict_one` does), so that its head is the entry that evicting from it would take: one
-    /// without hits since the policy last looked, or an expired one. Admission then weighs a
-    /// candidate against that entry rather than against a hot one that would have survived
-    /// anyway. Only in large shards: at 12,500 entries a shard (100k-entry caches) it gained
-    /// 0.08 pp on Zipf s = 0.9, 0.05 on s = 1.0 and 0.02 on scans; at 250-1,250 (1k and 10k
-    /// entries) it lost 0.3-1.3 pp on every Zipf column, being too lenient there.
+    /// Gives the main queue's head a [`second_chance`](Self::second_chance) while it has hits to
+    /// spend, as `evict_one` would, so that its head is the entry that evicting from it would
+    /// take: one without hits since the policy last looked, or an expired one. Admission then
+    /// weighs a candidate against that entry rather than against a hot one that would have
+    /// survived anyway. Only in large shards: at 12,500 entries a shard (100k-entry caches) it
+    /// gained 0.08 pp on Zipf s = 0.9, 0.05 on s = 1.0 and 0.02 on scans; at 250-1,250 (1k and
+    /// 10k entries) it lost 0.3-1.3 pp on every Zipf column, being too lenient there.
     fn settle_main_head(&mut self, now: u64, hash_of: &impl Fn(&K) -> u64) {
         loop {
             let idx = self.main.head;
@@ -488,11 +480,17 @@ where
                 return;
             }
             let hash = hash_of(&e.key);
-            self.sketch.add(hash, 1);
-            self.entry_mut(idx).freq.store(freq - 1, Ordering::Relaxed);
             self.unlink(idx);
-            self.link_back(Queue::Main, idx);
+            self.second_chance(idx, hash, freq);
         }
+    }
+
+    /// CLOCK's second chance for an unlinked main-queue entry with hits left (`freq > 0`): one
+    /// hit is folded into the sketch and spent, and the entry goes to the back of the main queue.
+    fn second_chance(&mut self, idx: u32, hash: u64, freq: u8) {
+        self.sketch.add(hash, 1);
+        self.entry_mut(idx).freq.store(freq - 1, Ordering::Relaxed);
+        self.link_back(Queue::Main, idx);
     }
 
     /// TinyLFU admission from the small queue: whether `hash` was requested clearly more often
