@@ -4,9 +4,10 @@ use crate::clock::Clock;
 use crate::error::SaveError;
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
 use crate::load::FlightTable;
-use crate::shard::{Admit, Removed, Shard};
-use crate::stats::{Counters, LookupCounters, Stats, WriteCounts};
-use crate::sync::{AtomicBool, AtomicU64, Ordering, RwLock, RwLockWriteGuard};
+use crate::reclaim::Readers;
+use crate::shard::{Admit, Removed, Shard, Shared, Writer};
+use crate::stats::{Counters, Stats, WriteCounts};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, fence};
 use crossbeam_utils::CachePadded;
 use std::borrow::Borrow;
 use std::fmt;
@@ -38,29 +39,31 @@ pub(crate) type Weigher<K, V> = StdArc<dyn Fn(&K, &V) -> u32 + Send + Sync + 'st
 /// ```
 pub struct Cache<K, V, S = ahash::RandomState> {
     pub(crate) shards: Box<[CachePadded<ShardCell<K, V>>]>,
-    shard_mask: usize,
     slot_mask: usize,
     hasher: S,
     id: u64,
     clock: Clock,
     ttl: Option<Duration>,
     weigher: Option<Weigher<K, V>>,
-    pub(crate) lookups: LookupCounters,
+    /// Per-thread read announcements and hit/miss counters.
+    pub(crate) readers: Readers,
     /// Whether any entry may carry a deadline. Until one does, writes skip reading the clock.
     ttl_in_use: AtomicBool,
 }
 
-/// One shard: its lock-protected core, its part of the generation table and its counters.
+/// One shard: what readers use without a lock, the writers' lock-protected core, its part of the
+/// generation table and its counters.
 pub(crate) struct ShardCell<K, V> {
-    pub(crate) core: RwLock<Core<K, V>>,
+    pub(crate) shared: Shared<K, V>,
+    pub(crate) core: Mutex<Core<K, V>>,
     /// The generation slots this shard owns. Read lock-free by `lease`; written only under
-    /// `core`'s write lock, from `core.clock`, so each slot only grows.
+    /// `core`'s lock, from `core.clock`, so each slot only grows.
     generations: Box<[AtomicU64]>,
     pub(crate) counters: Counters,
 }
 
 pub(crate) struct Core<K, V> {
-    pub(crate) shard: Shard<K, V>,
+    pub(crate) writer: Writer,
     clock: GenerationClock,
     pub(crate) flights: FlightTable<K, V>,
     pub(crate) counts: WriteCounts,
@@ -114,8 +117,9 @@ where
                 let capacity =
                     layout.capacity / n as u64 + u64::from((i as u64) < layout.capacity % n as u64);
                 CachePadded::new(ShardCell {
-                    core: RwLock::new(Core {
-                        shard: Shard::new(capacity, layout.expected_entries_per_shard),
+                    shared: Shared::new(layout.expected_entries_per_shard),
+                    core: Mutex::new(Core {
+                        writer: Writer::new(capacity, layout.expected_entries_per_shard),
                         clock: GenerationClock::default(),
                         flights: FlightTable::default(),
                         counts: WriteCounts::default(),
@@ -129,7 +133,6 @@ where
             .collect();
         Self {
             shards,
-            shard_mask: n - 1,
             slot_mask: layout.slots_per_shard - 1,
             hasher,
             id: crate::sync::next_instance_id(),
@@ -137,8 +140,18 @@ where
             ttl_in_use: AtomicBool::new(ttl.is_some()),
             ttl,
             weigher,
-            lookups: LookupCounters::new(),
+            readers: Readers::new(),
         }
+    }
+
+    /// The writer's view of `cell`'s shard, for a caller holding its lock (`core`).
+    #[inline]
+    pub(crate) fn shard<'a>(
+        &'a self,
+        cell: &'a ShardCell<K, V>,
+        core: &'a mut Core<K, V>,
+    ) -> Shard<'a, K, V> {
+        Shard::new(&cell.shared, &mut core.writer, &self.readers)
     }
 
     #[inline]
@@ -150,7 +163,7 @@ where
     pub(crate) fn cell(&self, hash: u64) -> &ShardCell<K, V> {
         // Shards are picked from bits 32.. of the hash: hashbrown uses the top 7 bits and the low
         // bits inside a shard, and the generation slot uses the low bits.
-        &self.shards[(hash >> 32) as usize & self.shard_mask]
+        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
     }
 
     #[inline]
@@ -158,47 +171,87 @@ where
         &cell.generations[hash as usize & self.slot_mask]
     }
 
-    /// The lease for `hash` as its slot stands now.
+    /// `hash`'s generation as its slot stands now, lock-free; `None` while a write is changing it.
+    #[inline]
+    fn generation_now(&self, cell: &ShardCell<K, V>, hash: u64) -> Option<Generation> {
+        // Acquire pairs with the Release store in `end_write`: a reader that sees a write's
+        // generation sees its change to the table, and every write the writing thread made before
+        // it (the source update).
+        let generation = Generation::from_raw(self.slot(cell, hash).load(Ordering::Acquire));
+        (!generation.is_busy()).then_some(generation)
+    }
+
+    /// The lease for `hash`. Lock-free unless a write to a key of its slot is under way, in which
+    /// case it waits for that write (on the shard's lock) and takes the generation it leaves.
     #[inline]
     pub(crate) fn lease_for(&self, cell: &ShardCell<K, V>, hash: u64) -> Lease {
-        // Acquire pairs with the Release store in `fence`: a reader that sees a purge's new
-        // generation also sees every write the purging thread made before it (the source update).
-        let generation = Generation::from_raw(self.slot(cell, hash).load(Ordering::Acquire));
+        match self.generation_now(cell, hash) {
+            Some(generation) => Lease::new(self.id, hash, generation),
+            None => {
+                let _core = cell.core.lock();
+                self.lease_locked(cell, hash)
+            }
+        }
+    }
+
+    /// The lease for `hash`, for a caller holding the shard's lock (no write is half done).
+    pub(crate) fn lease_locked(&self, cell: &ShardCell<K, V>, hash: u64) -> Lease {
+        // Relaxed: every store to this slot happens under the lock the caller holds.
+        let generation = Generation::from_raw(self.slot(cell, hash).load(Ordering::Relaxed));
+        debug_assert!(!generation.is_busy());
         Lease::new(self.id, hash, generation)
     }
 
-    /// Moves `hash`'s generation to a value its slot never held, and detaches any load in flight
-    /// for `key`. Must be called with the shard's write lock held, atomically with the write.
-    pub(crate) fn fence<Q>(&self, cell: &ShardCell<K, V>, core: &mut Core<K, V>, hash: u64, key: &Q)
+    /// Begins a write of `key`: moves `hash`'s generation to a value its slot never held, marked
+    /// in progress, and detaches any load in flight for `key`. Must be called with the shard's
+    /// lock held, before the write changes the table; [`end_write`](Self::end_write) follows the
+    /// change, under the same lock.
+    pub(crate) fn begin_write<Q>(
+        &self,
+        cell: &ShardCell<K, V>,
+        core: &mut Core<K, V>,
+        hash: u64,
+        key: &Q,
+    ) -> Generation
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
         let generation = core.clock.mint();
-        // Release pairs with the Acquire load in `lease_for`.
+        // Relaxed: ordered before the table change by that change's Release stores, so a reader
+        // that sees the change sees the mark (or the final value).
         self.slot(cell, hash)
-            .store(generation.get(), Ordering::Release);
+            .store(generation.busy(), Ordering::Relaxed);
         core.flights.detach(hash, key);
+        generation
     }
 
-    /// Whether `lease` is still good for `hash`. Call with the shard's write lock held.
+    /// Ends a write begun with [`begin_write`](Self::begin_write): stores its generation unmarked.
+    pub(crate) fn end_write(&self, cell: &ShardCell<K, V>, hash: u64, generation: Generation) {
+        // Release pairs with the Acquire load in `generation_now`.
+        self.slot(cell, hash)
+            .store(generation.get(), Ordering::Release);
+    }
+
+    /// Whether `lease` is still good for `hash`. Call with the shard's lock held.
     pub(crate) fn lease_is_current(
         &self,
         cell: &ShardCell<K, V>,
         lease: &Lease,
         hash: u64,
     ) -> bool {
-        // Relaxed: every store to this slot happens under the write lock the caller holds.
+        // Relaxed: every store to this slot happens under the lock the caller holds.
         let current = Generation::from_raw(self.slot(cell, hash).load(Ordering::Relaxed));
         lease.is_current(current)
     }
 
-    /// Stores an entry in `shard` (whose write lock the caller holds), letting eviction and table
-    /// growth re-hash other keys with this cache's hasher. Returns whether the value is stored.
+    /// Stores an entry in `cell`'s shard (whose lock the caller holds), letting eviction and table
+    /// rebuilds re-hash other keys with this cache's hasher. Returns whether the value is stored.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn store(
         &self,
-        shard: &mut Shard<K, V>,
+        cell: &ShardCell<K, V>,
+        core: &mut Core<K, V>,
         admit: Admit,
         hash: u64,
         key: K,
@@ -208,7 +261,8 @@ where
         now: u64,
     ) -> bool {
         let hash_of = |k: &K| self.hash(k);
-        shard.insert_as(admit, hash, key, value, weight, expires_at, now, &hash_of)
+        self.shard(cell, core)
+            .insert_as(admit, hash, key, value, weight, expires_at, now, &hash_of)
     }
 
     pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
@@ -242,9 +296,9 @@ where
 
     /// The value of `key`, if cached and not expired.
     ///
-    /// This is the hit path: a read-locked lookup in one shard. It never looks at generations: a
-    /// present value is current, because every write removes or replaces it atomically with
-    /// fencing its leases.
+    /// This is the hit path, lock-free: a lookup in one shard's table with no locked instruction
+    /// (see the crate docs, *Lock-free reads*). It never looks at generations: a present value is
+    /// current, because every write removes or replaces it atomically with fencing its leases.
     ///
     /// ```
     /// let cache: leasecache::Cache<String, u32> = leasecache::Cache::new(10);
@@ -261,17 +315,11 @@ where
     {
         let hash = self.hash(key);
         let cell = self.cell(hash);
+        let guard = self.readers.enter();
         let value = cell
-            .core
-            .read()
-            .shard
-            .get(hash, key, || self.clock.now())
-            .cloned();
-        if value.is_some() {
-            self.lookups.hit();
-        } else {
-            self.lookups.miss();
-        }
+            .shared
+            .get(&guard, hash, key, || self.clock.now(), V::clone);
+        guard.count(value.is_some());
         value
     }
 
@@ -282,11 +330,10 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
+        let guard = self.readers.enter();
         self.cell(hash)
-            .core
-            .read()
-            .shard
-            .contains(hash, key, self.clock.now())
+            .shared
+            .contains(&guard, hash, key, self.clock.now())
     }
 
     /// The value of `key` if cached, else a lease to fill it with: one lookup.
@@ -310,17 +357,44 @@ where
     {
         let hash = self.hash(key);
         let cell = self.cell(hash);
-        let core = cell.core.read();
-        if let Some(value) = core.shard.get(hash, key, || self.clock.now()) {
-            let value = value.clone();
-            drop(core);
-            self.lookups.hit();
+        let now = || self.clock.now();
+        let guard = self.readers.enter();
+        if let Some(value) = cell.shared.get(&guard, hash, key, now, V::clone) {
+            guard.count(true);
             return Lookup::Hit(value);
         }
-        let lease = self.lease_for(cell, hash);
+        // A miss: look again between two readings of the key's generation (hits never read it).
+        // The miss is a miss at generation `before` if the slot held `before`, unmarked, around
+        // the whole lookup: a write marks the slot before it changes the table, so a lookup that
+        // saw any part of a write sees its mark or its new generation below. (Saves and evictions
+        // leave generations alone: a miss then is a miss before the save or after the eviction,
+        // at that same generation.)
+        if let Some(before) = self.generation_now(cell, hash) {
+            if let Some(value) = cell.shared.get(&guard, hash, key, now, V::clone) {
+                guard.count(true);
+                return Lookup::Hit(value);
+            }
+            // Acquire fence: the table loads of the lookup happen before the slot load below.
+            fence(Ordering::Acquire);
+            if self.generation_now(cell, hash) == Some(before) {
+                guard.count(false);
+                return Lookup::Miss(Lease::new(self.id, hash, before));
+            }
+        }
+        drop(guard);
+        // A write was under way: look again under the shard's lock, where none is.
+        let mut core = cell.core.lock();
+        let lookup = match self.shard(cell, &mut core).get(hash, key, now, V::clone) {
+            Some(value) => Lookup::Hit(value),
+            None => Lookup::Miss(self.lease_locked(cell, hash)),
+        };
         drop(core);
-        self.lookups.miss();
-        Lookup::Miss(lease)
+        if lookup.is_hit() {
+            self.readers.hit();
+        } else {
+            self.readers.miss();
+        }
+        lookup
     }
 
     /// A lease on `key`, whether or not it is cached: one atomic load, lock-free.
@@ -375,14 +449,15 @@ where
         let cell = self.cell(hash);
         let weight = self.weigh(&key, &value);
         let (now, expires_at) = self.default_write_times();
-        let mut core = cell.core.write();
+        let mut core = cell.core.lock();
         if !self.lease_is_current(cell, &lease, hash) {
             core.counts.stale_rejected += 1;
             drop(core);
             return Err(SaveError::Stale { value });
         }
         self.store(
-            &mut core.shard,
+            cell,
+            &mut core,
             Admit::Policy,
             hash,
             key,
@@ -430,10 +505,11 @@ where
         let cell = self.cell(hash);
         let weight = self.weigh(&key, &value);
         let (now, expires_at) = self.write_times(ttl);
-        let mut core = cell.core.write();
-        self.fence(cell, &mut core, hash, &key);
+        let mut core = cell.core.lock();
+        let generation = self.begin_write(cell, &mut core, hash, &key);
         self.store(
-            &mut core.shard,
+            cell,
+            &mut core,
             Admit::Keep,
             hash,
             key,
@@ -442,6 +518,7 @@ where
             expires_at,
             now,
         );
+        self.end_write(cell, hash, generation);
         core.counts.inserts += 1;
     }
 
@@ -463,10 +540,12 @@ where
         let hash = self.hash(key);
         let cell = self.cell(hash);
         let (now, _) = self.write_times(None);
-        let mut core = cell.core.write();
-        self.fence(cell, &mut core, hash, key);
+        let mut core = cell.core.lock();
+        let generation = self.begin_write(cell, &mut core, hash, key);
         core.counts.purges += 1;
-        core.shard.remove(hash, key, now) == Removed::Live
+        let removed = self.shard(cell, &mut core).remove(hash, key, now);
+        self.end_write(cell, hash, generation);
+        removed == Removed::Live
     }
 
     /// Drops every entry and fences every outstanding lease.
@@ -484,17 +563,22 @@ where
     /// ```
     pub fn flush(&self) {
         for cell in self.shards.iter() {
-            let mut core = cell.core.write();
-            Self::flush_shard(cell, &mut core);
+            let mut core = cell.core.lock();
+            self.flush_shard(cell, &mut core);
         }
     }
 
-    fn flush_shard(cell: &ShardCell<K, V>, core: &mut RwLockWriteGuard<'_, Core<K, V>>) {
-        core.shard.clear();
-        core.flights.detach_all();
+    fn flush_shard(&self, cell: &ShardCell<K, V>, core: &mut MutexGuard<'_, Core<K, V>>) {
+        // A write to every key of the shard (see `begin_write` and `end_write`).
         let generation = core.clock.mint();
         for slot in cell.generations.iter() {
-            // Release pairs with the Acquire load in `lease_for`.
+            // Relaxed: ordered before the new empty table by its Release publication.
+            slot.store(generation.busy(), Ordering::Relaxed);
+        }
+        core.flights.detach_all();
+        self.shard(cell, core).clear();
+        for slot in cell.generations.iter() {
+            // Release pairs with the Acquire load in `generation_now`.
             slot.store(generation.get(), Ordering::Release);
         }
     }
@@ -504,7 +588,7 @@ where
     pub fn entry_count(&self) -> u64 {
         self.shards
             .iter()
-            .map(|c| c.core.read().shard.len() as u64)
+            .map(|c| c.core.lock().writer.len() as u64)
             .sum()
     }
 
@@ -512,7 +596,7 @@ where
     pub fn weighted_size(&self) -> u64 {
         self.shards
             .iter()
-            .map(|c| c.core.read().shard.weight())
+            .map(|c| c.core.lock().writer.weight())
             .sum()
     }
 
@@ -528,13 +612,13 @@ where
     /// ```
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
-        self.lookups.add_to(&mut stats);
+        (stats.hits, stats.misses) = self.readers.lookups();
         for cell in self.shards.iter() {
             cell.counters.add_to(&mut stats);
-            let core = cell.core.read();
+            let core = cell.core.lock();
             core.counts.add_to(&mut stats);
-            stats.evictions += core.shard.evictions;
-            stats.expirations += core.shard.expirations;
+            stats.evictions += core.writer.evictions;
+            stats.expirations += core.writer.expirations;
         }
         stats
     }
@@ -543,7 +627,8 @@ where
     #[cfg(any(test, fuzzing))]
     pub(crate) fn validate(&self) {
         for cell in self.shards.iter() {
-            cell.core.read().shard.validate(&|k| self.hash(k));
+            let mut core = cell.core.lock();
+            self.shard(cell, &mut core).validate(&|k| self.hash(k));
         }
     }
 
@@ -555,15 +640,25 @@ where
         let hash = self.hash(&key);
         let cell = self.cell(hash);
         let current = {
-            let _core = cell.core.read();
+            let _core = cell.core.lock();
             Generation::from_raw(self.slot(cell, hash).load(Ordering::Acquire))
         };
         if !lease.is_current(current) {
             return false;
         }
         let weight = self.weigh(&key, &value);
-        let shard = &mut cell.core.write().shard;
-        self.store(shard, Admit::Policy, hash, key, value, weight, 0, 1);
+        let mut core = cell.core.lock();
+        self.store(
+            cell,
+            &mut core,
+            Admit::Policy,
+            hash,
+            key,
+            value,
+            weight,
+            0,
+            1,
+        );
         true
     }
 }

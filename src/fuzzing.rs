@@ -16,7 +16,7 @@
 #[path = "tests/spec.rs"]
 pub(crate) mod spec;
 
-use crate::shard::{Admit, Removed, Shard};
+use crate::shard::{Admit, OwnedShard, Removed};
 use crate::{Cache, Lease, Lookup, ManualClock};
 use spec::{SaveOutcome, Slots, Spec, SpecLease, TestHasher};
 use std::collections::BTreeMap;
@@ -421,7 +421,7 @@ pub fn run_shard_ops(data: &[u8]) {
     let capacity = u64::from(setup % 16) + 1;
     let heavy = setup & 0x80 != 0; // weights up to 2x capacity, else all 1
     let key_space = if setup & 0x40 != 0 { 64 } else { 8 };
-    let mut shard: Shard<u8, u16> = Shard::new(capacity, capacity as usize);
+    let mut shard: OwnedShard<u8, u16> = OwnedShard::new(capacity, capacity as usize);
     let mut model: BTreeMap<u8, ShardModelEntry> = BTreeMap::new();
     let mut now = 1u64;
     let hash = |k: &u8| TestHasher.hash_one(k);
@@ -434,7 +434,7 @@ pub fn run_shard_ops(data: &[u8]) {
         match op {
             ShardOp::Get(k) => {
                 let k = k % key_space;
-                let got = shard.get(hash(&k), &k, || now).copied();
+                let got = shard.get(hash(&k), &k, || now);
                 let allowed = model.get(&k).filter(|e| e.live(now)).map(|e| e.value);
                 if got.is_some() && got != allowed {
                     fail(format!(
@@ -458,8 +458,16 @@ pub fn run_shard_ops(data: &[u8]) {
                 };
                 let expires_at = if ttl == 0 { 0 } else { now + u64::from(ttl) };
                 let admit = if kept { Admit::Keep } else { Admit::Policy };
-                let stored =
-                    shard.insert_as(admit, hash(&k), k, value, weight, expires_at, now, &hash);
+                let stored = shard.view().insert_as(
+                    admit,
+                    hash(&k),
+                    k,
+                    value,
+                    weight,
+                    expires_at,
+                    now,
+                    &hash,
+                );
                 if u64::from(weight) > capacity && stored {
                     fail("stored a value heavier than the shard".into());
                 }
@@ -469,7 +477,7 @@ pub fn run_shard_ops(data: &[u8]) {
                 if stored {
                     model.insert(k, ShardModelEntry { value, expires_at });
                     let live = model[&k].live(now);
-                    if shard.get(hash(&k), &k, || now).copied() != live.then_some(value) {
+                    if shard.get(hash(&k), &k, || now) != live.then_some(value) {
                         fail("a value reported stored is not there".into());
                     }
                 } else {
@@ -481,7 +489,7 @@ pub fn run_shard_ops(data: &[u8]) {
             }
             ShardOp::Remove(k) => {
                 let k = k % key_space;
-                let removed = shard.remove(hash(&k), &k, now);
+                let removed = shard.view().remove(hash(&k), &k, now);
                 let known = model.remove(&k);
                 match (removed, known) {
                     (Removed::Absent, _) => {}
@@ -494,26 +502,26 @@ pub fn run_shard_ops(data: &[u8]) {
                 }
             }
             ShardOp::Clear => {
-                shard.clear();
+                shard.view().clear();
                 model.clear();
-                if shard.len() != 0 || shard.weight() != 0 {
+                if shard.writer.len() != 0 || shard.writer.weight() != 0 {
                     fail("clear left entries behind".into());
                 }
             }
             ShardOp::Advance(by) => now += u64::from(by % 8),
         }
-        shard.validate(&hash);
-        if shard.len() > model.len() {
+        shard.view().validate(&hash);
+        if shard.writer.len() > model.len() {
             fail(format!(
                 "the shard holds {} entries, the model only knows {}",
-                shard.len(),
+                shard.writer.len(),
                 model.len()
             ));
         }
-        if shard.evictions < evictions || shard.expirations < expirations {
+        if shard.writer.evictions < evictions || shard.writer.expirations < expirations {
             fail("a counter went backwards".into());
         }
-        (evictions, expirations) = (shard.evictions, shard.expirations);
+        (evictions, expirations) = (shard.writer.evictions, shard.writer.expirations);
     }
 }
 

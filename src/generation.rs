@@ -4,6 +4,12 @@
 //! *Consistency* section). A [`Lease`] is a snapshot of that slot taken before the caller reads its
 //! source; a save lands only if the slot still holds the same value. Slots only grow, and each is
 //! written by one shard under that shard's lock, from that shard's monotonic clock.
+//!
+//! A write stores its new generation twice: first marked in progress ([`Generation::busy`], bit 0
+//! set), then, once its change to the shard's table is published, as is. Readers take no lock, so
+//! the mark is what lets one of them tell "this write has not happened" from "this write is half
+//! done": a lease is never taken from a marked slot, and a lock-free miss is only trusted if the
+//! slot read the same unmarked value before and after the lookup.
 
 use std::fmt;
 
@@ -16,6 +22,7 @@ impl Generation {
     /// The generation every slot starts at.
     pub(crate) const ZERO: Self = Self(0);
 
+    /// A slot's raw value: a generation, or a generation marked in progress.
     pub(crate) const fn from_raw(raw: u64) -> Self {
         Self(raw)
     }
@@ -23,6 +30,17 @@ impl Generation {
     /// The raw counter value (useful for logs and metrics, never for arithmetic).
     pub const fn get(self) -> u64 {
         self.0
+    }
+
+    /// This generation marked in progress: what a slot holds while the write that minted it
+    /// changes the table.
+    pub(crate) const fn busy(self) -> u64 {
+        self.0 | 1
+    }
+
+    /// Whether a slot's value is marked in progress.
+    pub(crate) const fn is_busy(self) -> bool {
+        self.0 & 1 != 0
     }
 }
 
@@ -32,11 +50,11 @@ impl Generation {
 pub(crate) struct GenerationClock(u64);
 
 impl GenerationClock {
-    /// A generation strictly greater than every one this clock minted before. Saturates instead
-    /// of wrapping (after 2^64 writes to one shard): a clock stuck at the top could only cause
-    /// spurious rejections, never revive a lease.
+    /// A generation strictly greater than every one this clock minted before, and even (bit 0
+    /// is the in-progress mark). Saturates instead of wrapping (after 2^63 writes to one shard):
+    /// a clock stuck at the top could only cause spurious rejections, never revive a lease.
     pub(crate) fn mint(&mut self) -> Generation {
-        self.0 = self.0.saturating_add(1);
+        self.0 = self.0.saturating_add(2).min(u64::MAX - 1);
         Generation(self.0)
     }
 }

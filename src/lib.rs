@@ -110,9 +110,12 @@ mod error;
 mod generation;
 mod load;
 mod policy;
+mod reclaim;
 mod shard;
+mod slab;
 mod stats;
 mod sync;
+mod table;
 
 #[cfg(test)]
 mod tests;

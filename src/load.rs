@@ -229,12 +229,13 @@ where
         };
         let weight = cache.weigh(&key, &value);
         let (now, expires_at) = cache.default_write_times();
-        let mut core = cell.core.write();
+        let mut core = cell.core.lock();
         core.flights.unregister(self.hash, &self.flight);
         if cache.lease_is_current(cell, &lease, self.hash) {
             core.counts.saves += 1;
             cache.store(
-                &mut core.shard,
+                cell,
+                &mut core,
                 Admit::Policy,
                 self.hash,
                 key,
@@ -267,10 +268,7 @@ where
         if std::thread::panicking() {
             Counters::bump(&cell.counters.load_errors);
         }
-        cell.core
-            .write()
-            .flights
-            .unregister(self.hash, &self.flight);
+        cell.core.lock().flights.unregister(self.hash, &self.flight);
         self.flight.complete(Outcome::Abandoned);
     }
 }
@@ -285,17 +283,19 @@ where
     fn begin_load(&self, key: &K, hash: u64) -> Begin<V> {
         let cell = self.cell(hash);
         let now = || self.clock_now();
-        if let Some(v) = cell.core.read().shard.get(hash, key, now).cloned() {
-            self.lookups.hit();
+        let guard = self.readers.enter();
+        if let Some(v) = cell.shared.get(&guard, hash, key, now, V::clone) {
+            guard.count(true);
             return Begin::Hit(v);
         }
-        let mut core = cell.core.write();
-        if let Some(v) = core.shard.get(hash, key, now).cloned() {
+        drop(guard);
+        let mut core = cell.core.lock();
+        if let Some(v) = self.shard(cell, &mut core).get(hash, key, now, V::clone) {
             drop(core);
-            self.lookups.hit();
+            self.readers.hit();
             return Begin::Hit(v);
         }
-        self.lookups.miss();
+        self.readers.miss();
         if let Some(flight) = core.flights.find(hash, key) {
             return Begin::Join(Arc::clone(flight));
         }
@@ -304,7 +304,7 @@ where
             .register(hash, key.clone(), Arc::clone(&flight));
         // Captured in the same critical section that registered the flight: a write that detaches
         // the flight also fences this lease.
-        let lease = self.lease_for(cell, hash);
+        let lease = self.lease_locked(cell, hash);
         drop(core);
         Counters::bump(&cell.counters.loads);
         Begin::Lead(flight, lease)

@@ -1,17 +1,35 @@
-//! One shard of the cache: a hash table over a slab of entries, S3-FIFO queues threaded through the
-//! slab, and TTL deadlines. Single-threaded: every method takes `&self` or `&mut self` and the
-//! caller provides the locking, so the core can be fuzzed and property-tested directly.
+//! One shard of the cache: a lock-free index ([`Table`]) over a slab of slots that never move
+//! ([`Slab`]), read without a lock, and the writer's side: S3-FIFO queues threaded through the
+//! slots, TTL deadlines, and what was retired and may not be freed yet (`reclaim.rs`).
+//!
+//! Three pieces:
+//! - [`Shared`]: what readers use (the table pointer and the slab). [`Shared::get`] is the hit
+//!   path; it runs inside a read (`ReadGuard`) and takes no lock.
+//! - [`Writer`]: the policy's state (queues, free slots, ghost, sketch, counters, retired items).
+//!   It lives under the shard's lock and has no threads or locks of its own.
+//! - [`Shard`]: a writer's view of both, built under the lock; every change goes through it. A
+//!   change never writes a slot or table a reader can reach: a new or replaced entry gets a fresh
+//!   slot, published by one atomic store into the table, and the old slot is retired.
 //!
 //! Generations do not live here. A shard neither reads nor writes the generation table; what it
 //! removes (evictions, expirations) never needs to fence anything, because a lease is checked
 //! against the key's slot in the generation table, which only writes move (see `cache.rs`).
 
+#![allow(unsafe_code)]
+
 use crate::policy::{Ghost, Sketch};
-use crate::sync::{AtomicU8, Ordering};
-use hashbrown::HashTable;
+use crate::reclaim::{Limbo, ReadGuard, Readers};
+#[cfg(any(test, fuzzing))]
+use crate::slab::FREE;
+use crate::slab::{MAIN, RETIRED, SMALL, Slab, Slot};
+use crate::sync::{AtomicPtr, Ordering};
+use crate::table::Table;
 use std::borrow::Borrow;
+use std::ptr::NonNull;
 
 const NIL: u32 = u32::MAX;
+/// The highest slot index a shard hands out (a table bucket keeps one bit for its tag).
+const MAX_SLOT: u32 = (crate::table::MAX_SLOTS - 1) as u32;
 /// The saturation point of an entry's access counter (S3-FIFO uses two bits).
 const MAX_FREQ: u8 = 3;
 /// New keys per measurement of how often misses are ghost hits (see `Shard::admit_ghost`).
@@ -23,32 +41,169 @@ const RARE_GHOST_HITS: u32 = GHOST_RATE_PERIOD * 3 / 10;
 /// would really take (see `Shard::settle_main_head`), and a ghost hit must beat its victim rather
 /// than tie (see `Shard::admit_ghost`).
 const LARGE_SHARD_ENTRIES: usize = 8192;
+/// The smallest table.
+const MIN_BUCKETS: usize = 16;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Queue {
-    Small,
-    Main,
+/// Something unlinked from the shard that a read may still be looking at.
+#[derive(Debug)]
+pub(crate) enum Retired {
+    Slot(u32),
+    Table(RetiredTable),
 }
 
-/// One cached entry: 32 bytes for `u64` keys and values (the hit path's second dependent cache
-/// miss lands here, so every byte counts; measured at 48 bytes, with the hash and the deadline
-/// inline, the hit path spent ~70 % of its samples on this load). The hash is not stored: the
-/// rare paths that need it (eviction, rehashing the table) hash the key again. Deadlines live in
-/// [`Shard::expires`], allocated only once some entry has one.
-///
-/// `repr(C)` keeps what a hit reads (key, value, frequency, and the queue tag that doubles as
-/// `Option`'s niche) in the first 18 bytes.
-#[repr(C)]
-struct Entry<K, V> {
-    key: K,
-    value: V,
-    /// Accesses since the policy last looked at the entry. Bumped under the *read* lock, hence
-    /// atomic; relaxed because it is a heuristic that orders nothing.
-    freq: AtomicU8,
-    queue: Queue,
-    weight: u32,
-    prev: u32,
-    next: u32,
+/// A table replaced by a rebuild, owned by the writer until its grace period is over.
+#[derive(Debug)]
+pub(crate) struct RetiredTable(NonNull<Table>);
+
+// SAFETY: it owns a `Table` (which is `Send + Sync`); the writer hands it from one lock holder to
+// the next.
+unsafe impl Send for RetiredTable {}
+
+impl Drop for RetiredTable {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::into_raw` when the table was published; it is
+        // dropped only when its grace period is over (or the whole shard is dropped), so no read
+        // still uses it.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+/// The part of a shard that readers use without a lock.
+pub(crate) struct Shared<K, V> {
+    /// Never null. Replaced (and the old table retired) only by the writer.
+    table: AtomicPtr<Table>,
+    slab: Slab<K, V>,
+}
+
+// The `Slot` impls give the slab its `Send`/`Sync`; the table pointer is shared the same way.
+// SAFETY: the table is `Send + Sync`, and every table this points to is owned by the shard.
+unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Shared<K, V> {}
+// SAFETY: as above.
+unsafe impl<K: Send, V: Send> Send for Shared<K, V> {}
+
+impl<K, V> Shared<K, V> {
+    /// An empty shard's shared part, with slab segments sized for `expected_entries`.
+    pub(crate) fn new(expected_entries: usize) -> Self {
+        let slab = Slab::new(expected_entries);
+        Self {
+            table: AtomicPtr::new(Box::into_raw(Box::new(Table::new(MIN_BUCKETS, 16)))),
+            slab,
+        }
+    }
+
+    /// The current table, for a read: valid while `_guard` lives.
+    #[inline]
+    fn table<'g>(&'g self, _guard: &'g ReadGuard<'_>) -> &'g Table {
+        // Acquire pairs with the Release store in `Shard::rebuild`: the table's buckets are
+        // initialized.
+        let table = self.table.load(Ordering::Acquire);
+        // SAFETY: never null; a table is freed only after it was replaced and every read that
+        // began before the replacement has ended, and this read has not.
+        unsafe { &*table }
+    }
+
+    /// The live value of `key` mapped through `f`, recording the access for the eviction policy.
+    /// `now` is only called when the entry has a deadline. Lock-free.
+    #[inline]
+    pub(crate) fn get<Q, R>(
+        &self,
+        guard: &ReadGuard<'_>,
+        hash: u64,
+        key: &Q,
+        now: impl FnOnce() -> u64,
+        f: impl FnOnce(&V) -> R,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let (slot, deadline) = self.find(self.table(guard), hash, key)?;
+        // SAFETY: found through the table inside a read (see `find`).
+        unsafe { Self::read_live(slot, deadline, now, f) }
+    }
+
+    /// Whether `key` has a live value, without recording an access. Lock-free.
+    pub(crate) fn contains<Q>(&self, guard: &ReadGuard<'_>, hash: u64, key: &Q, now: u64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.find(self.table(guard), hash, key)
+            .is_some_and(|(_, deadline)| !expired(deadline, || now))
+    }
+
+    /// The slot holding `key` in `table`, with its deadline cell.
+    ///
+    /// The caller is inside a read in which `table` was loaded, or is the writer: then every slot
+    /// the table names holds an entry that is not freed before the caller is done (slots are
+    /// filled before they are published, and freed only after being unlinked and waiting out
+    /// every read that began before).
+    #[inline]
+    fn find<'t, Q>(
+        &'t self,
+        table: &Table,
+        hash: u64,
+        key: &Q,
+    ) -> Option<(&'t Slot<K, V>, Option<&'t crate::sync::AtomicU64>)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let mut found = None;
+        table.find(hash, |idx| {
+            let Some(entry) = self.slab.entry(idx) else {
+                return false;
+            };
+            // SAFETY: a slot named by the table holds an entry that outlives this call (see above).
+            let matches = unsafe { entry.0.with_key(|k| k.borrow() == key) };
+            if matches {
+                found = Some(entry);
+            }
+            matches
+        })?;
+        found
+    }
+
+    /// `f` of the slot's value unless its deadline has passed, bumping its frequency.
+    ///
+    /// # Safety
+    /// As for [`Slot::with_value`]: the slot was found through the table by a reader inside a
+    /// read, or by the writer.
+    #[inline]
+    unsafe fn read_live<R>(
+        slot: &Slot<K, V>,
+        deadline: Option<&crate::sync::AtomicU64>,
+        now: impl FnOnce() -> u64,
+        f: impl FnOnce(&V) -> R,
+    ) -> Option<R> {
+        if expired(deadline, now) {
+            return None;
+        }
+        // Relaxed: a heuristic for the policy that orders nothing.
+        let freq = slot.freq.load(Ordering::Relaxed);
+        if freq < MAX_FREQ {
+            slot.freq.store(freq + 1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract.
+        Some(unsafe { slot.with_value(f) })
+    }
+}
+
+/// Whether a deadline (`0` or absent: none) has passed; `now` is only called for a real one.
+#[inline]
+fn expired(deadline: Option<&crate::sync::AtomicU64>, now: impl FnOnce() -> u64) -> bool {
+    // Relaxed: written before the slot was published (see `Slab::deadline`).
+    match deadline.map(|d| d.load(Ordering::Relaxed)) {
+        Some(deadline) if deadline != 0 => deadline <= now(),
+        _ => false,
+    }
+}
+
+impl<K, V> Drop for Shared<K, V> {
+    fn drop(&mut self) {
+        // SAFETY: the current table came from `Box::into_raw`; `&mut self` means no read uses it.
+        drop(unsafe { Box::from_raw(self.table.load(Ordering::Relaxed)) });
+    }
 }
 
 /// A doubly linked FIFO threaded through the slab by index.
@@ -91,14 +246,14 @@ pub(crate) enum Removed {
     Absent,
 }
 
-pub(crate) struct Shard<K, V> {
-    table: HashTable<u32>,
-    slots: Vec<Option<Entry<K, V>>>,
-    /// Each slot's deadline (a clock reading; `0` means never), or empty while no entry has ever
-    /// had one, so that caches without TTLs pay nothing for them. When not empty, as long as
-    /// `slots`.
-    expires: Vec<u64>,
+/// The writer's state of one shard; lives under the shard's lock. Not generic: everything about
+/// keys and values is in the slab.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    /// Freed slots, reused before new ones.
     free: Vec<u32>,
+    /// Slots handed out so far: the next new slot's index.
+    next_slot: u32,
     small: List,
     main: List,
     ghost: Ghost,
@@ -113,19 +268,22 @@ pub(crate) struct Shard<K, V> {
     returns_rare: bool,
     /// Whether the shard expects at least `LARGE_SHARD_ENTRIES` entries.
     large: bool,
+    /// Buckets of the current table that are live or tombstones.
+    used: usize,
+    /// Whether any entry ever had a deadline (then every segment has a deadline array).
+    deadlines: bool,
+    limbo: Limbo<Retired>,
+    /// Retired items that make a batch (see `reclaim.rs`).
+    batch: usize,
 }
 
-impl<K, V> Shard<K, V>
-where
-    K: Eq,
-{
-    /// A shard holding at most `capacity` units of weight, sized for about `expected_entries`.
+impl Writer {
+    /// A shard's writer state for at most `capacity` units of weight, sized for about
+    /// `expected_entries`.
     pub(crate) fn new(capacity: u64, expected_entries: usize) -> Self {
         Self {
-            table: HashTable::new(),
-            slots: Vec::new(),
-            expires: Vec::new(),
             free: Vec::new(),
+            next_slot: 0,
             small: List::default(),
             main: List::default(),
             ghost: Ghost::new(expected_entries),
@@ -137,85 +295,116 @@ where
             ghost_hits: 0,
             returns_rare: false,
             large: expected_entries >= LARGE_SHARD_ENTRIES,
+            used: 0,
+            deadlines: false,
+            limbo: Limbo::default(),
+            batch: retire_batch(expected_entries),
         }
     }
 
-    fn entry(&self, idx: u32) -> &Entry<K, V> {
-        self.slots[idx as usize]
-            .as_ref()
-            .expect("indices in the table and the queues name occupied slots")
+    /// Entries held, including expired ones not yet removed.
+    pub(crate) fn len(&self) -> usize {
+        self.small.len + self.main.len
     }
 
-    fn entry_mut(&mut self, idx: u32) -> &mut Entry<K, V> {
-        self.slots[idx as usize]
-            .as_mut()
-            .expect("indices in the table and the queues name occupied slots")
+    /// Total weight held, including expired entries not yet removed.
+    pub(crate) fn weight(&self) -> u64 {
+        self.small.weight + self.main.weight
     }
 
-    fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
+    fn list_mut(&mut self, state: u8) -> &mut List {
+        if state == SMALL {
+            &mut self.small
+        } else {
+            &mut self.main
+        }
+    }
+}
+
+/// Retired items per batch: each batch costs a pass over the cache's per-thread records and, when
+/// a thread that stopped reading is among them, a process-wide barrier (microseconds), so batches
+/// are large; retired slots keep their memory until freed, so they are a small part of the shard.
+/// Loom models need reclamation to happen within a few operations.
+fn retire_batch(expected_entries: usize) -> usize {
+    if cfg!(all(test, leasecache_loom)) {
+        1
+    } else {
+        (expected_entries / 32).clamp(32, 1024)
+    }
+}
+
+/// A writer's view of one shard, built under the shard's lock: every change goes through it.
+pub(crate) struct Shard<'a, K, V> {
+    shared: &'a Shared<K, V>,
+    w: &'a mut Writer,
+    readers: &'a Readers,
+}
+
+impl<'a, K, V> Shard<'a, K, V>
+where
+    K: Eq,
+{
+    /// The view of a shard whose lock the caller holds (`w` lives under it).
+    pub(crate) fn new(shared: &'a Shared<K, V>, w: &'a mut Writer, readers: &'a Readers) -> Self {
+        Self { shared, w, readers }
+    }
+
+    /// The current table. Not held across [`rebuild`](Self::rebuild) or [`collect`](Self::collect).
+    fn table(&self) -> &'a Table {
+        // Relaxed: only this writer stores the pointer.
+        let table = self.shared.table.load(Ordering::Relaxed);
+        // SAFETY: never null; a table is freed only by `collect` after `rebuild` replaced it, and
+        // callers do not keep the reference across either.
+        unsafe { &*table }
+    }
+
+    fn slot(&self, idx: u32) -> &'a Slot<K, V> {
+        self.shared.slab.slot(idx)
+    }
+
+    /// The hash of the key in slot `idx`, which holds an entry.
+    fn hash_at(&self, idx: u32, hash_of: &impl Fn(&K) -> u64) -> u64 {
+        // SAFETY: the writer reads a slot it knows holds an entry; only the writer frees slots.
+        unsafe { self.slot(idx).with_key(hash_of) }
+    }
+
+    /// The table bucket and slot of `key`.
+    fn find<Q>(&self, hash: u64, key: &Q) -> Option<(usize, u32)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let slots = &self.slots;
-        self.table
-            .find(hash, |&i| {
-                slots[i as usize]
-                    .as_ref()
-                    .is_some_and(|e| e.key.borrow() == key)
-            })
-            .copied()
-    }
-
-    /// The live value of `key`, recording the access for the eviction policy. `now` is only called
-    /// when the entry has a deadline.
-    #[inline]
-    pub(crate) fn get<Q>(&self, hash: u64, key: &Q, now: impl FnOnce() -> u64) -> Option<&V>
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
-        let idx = self.find(hash, key)?;
-        if self.is_expired(idx, now) {
-            return None;
-        }
-        let entry = self.entry(idx);
-        let freq = entry.freq.load(Ordering::Relaxed);
-        if freq < MAX_FREQ {
-            entry.freq.store(freq + 1, Ordering::Relaxed);
-        }
-        Some(&entry.value)
-    }
-
-    /// Whether `key` has a live value, without recording an access.
-    pub(crate) fn contains<Q>(&self, hash: u64, key: &Q, now: u64) -> bool
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
-        self.find(hash, key)
-            .is_some_and(|i| !self.is_expired(i, || now))
+        let slab = &self.shared.slab;
+        self.table().find(hash, |idx| {
+            // SAFETY: the writer; every slot the table names holds an entry.
+            slab.get(idx)
+                .is_some_and(|s| unsafe { s.with_key(|k| k.borrow() == key) })
+        })
     }
 
     /// Whether slot `idx` has a deadline the clock has reached. `now` is only called when the
-    /// slot has a deadline (the hit path of a cache without TTLs never reads the clock).
-    #[inline]
+    /// slot has a deadline.
     fn is_expired(&self, idx: u32, now: impl FnOnce() -> u64) -> bool {
-        match self.expires.get(idx as usize) {
-            Some(&deadline) if deadline != 0 => deadline <= now(),
-            _ => false,
-        }
+        let deadline = self.shared.slab.deadline(idx);
+        deadline != 0 && deadline <= now()
     }
 
-    /// Records `idx`'s deadline, allocating the deadline array on the first one.
-    fn set_expiry(&mut self, idx: u32, expires_at: u64) {
-        if self.expires.is_empty() {
-            if expires_at == 0 {
-                return;
-            }
-            self.expires.resize(self.slots.len(), 0);
-        }
-        self.expires[idx as usize] = expires_at;
+    /// The live value of `key` mapped through `f`, recording the access, for a caller holding the
+    /// lock. `now` is only called when the entry has a deadline.
+    pub(crate) fn get<Q, R>(
+        &self,
+        hash: u64,
+        key: &Q,
+        now: impl FnOnce() -> u64,
+        f: impl FnOnce(&V) -> R,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let (slot, deadline) = self.shared.find(self.table(), hash, key)?;
+        // SAFETY: found through the table by the writer.
+        unsafe { Shared::<K, V>::read_live(slot, deadline, now, f) }
     }
 
     /// [`insert_as`](Self::insert_as) for a fill, as the unit tests write it.
@@ -247,8 +436,9 @@ where
     /// write-through insert of a new key into a full cache was refused by admission before the
     /// caller could read it back.
     ///
-    /// `hash_of` must be the hash function `hash` came from: eviction and table growth use it to
-    /// hash the keys of other entries.
+    /// The entry goes into a fresh slot, published by one store into the table; a replaced entry's
+    /// slot is retired. `hash_of` must be the hash function `hash` came from: eviction and table
+    /// rebuilds use it to hash the keys of other entries.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert_as(
         &mut self,
@@ -261,76 +451,116 @@ where
         now: u64,
         hash_of: &impl Fn(&K) -> u64,
     ) -> bool {
-        self.sketch.add(hash, 1);
-        let existing = self.find(hash, &key);
-        if u64::from(weight) > self.capacity {
-            if let Some(idx) = existing {
-                self.remove_index(idx, hash);
+        self.w.sketch.add(hash, 1);
+        if u64::from(weight) > self.w.capacity {
+            if let Some((pos, idx)) = self.find(hash, &key) {
+                self.remove_at(pos, idx);
             }
             return false;
         }
-        let idx = match existing {
-            Some(idx) => {
-                let entry = self.entry_mut(idx);
-                let (queue, old_weight) = (entry.queue, entry.weight);
-                entry.value = value;
-                entry.weight = weight;
-                self.set_expiry(idx, expires_at);
-                let list = self.list_mut(queue);
+        // Everything that may rebuild the table happens before the table is used.
+        let Some(idx) = self.alloc(hash_of) else {
+            return false;
+        };
+        self.ensure_room(hash_of);
+        // SAFETY: a slot from `alloc` is free and unreachable by readers.
+        unsafe { self.slot(idx).fill(key, value, weight) };
+        self.shared
+            .slab
+            .set_deadline(idx, expires_at, &mut self.w.deadlines);
+        let table = self.table();
+        // SAFETY: the writer; `idx` was just filled.
+        let existing = unsafe { self.slot(idx).with_key(|k| self.find(hash, k)) };
+        match existing {
+            Some((pos, old)) => {
+                // The new slot takes the old one's place in its queue, with its hits.
+                let old_slot = self.slot(old);
+                let state = old_slot.state();
+                let new_slot = self.slot(idx);
+                new_slot
+                    .freq
+                    .store(old_slot.freq.load(Ordering::Relaxed), Ordering::Relaxed);
+                self.swap_links(old, idx, state);
+                let old_weight = old_slot.weight.load(Ordering::Relaxed);
+                let list = self.w.list_mut(state);
                 list.weight = list.weight - u64::from(old_weight) + u64::from(weight);
-                idx
+                table.replace(pos, hash, idx);
+                self.retire_slot(old);
             }
             None => {
                 // A ghost hit goes to the main queue if there is room or it passes the ghost
                 // admission; otherwise it starts over in the small queue.
-                let ghost_hit = self.ghost.contains(hash);
+                let ghost_hit = self.w.ghost.contains(hash);
                 self.count_new_key(ghost_hit);
-                let queue = if ghost_hit
-                    && (self.main.weight + u64::from(weight) <= self.capacity
+                let state = if ghost_hit
+                    && (self.w.main.weight + u64::from(weight) <= self.w.capacity
                         || self.admit_ghost(hash, hash_of))
                 {
-                    self.ghost.remove(hash);
-                    Queue::Main
+                    self.w.ghost.remove(hash);
+                    MAIN
                 } else {
-                    Queue::Small
+                    SMALL
                 };
-                let entry = Entry {
-                    key,
-                    value,
-                    weight,
-                    freq: AtomicU8::new(0),
-                    queue,
-                    prev: NIL,
-                    next: NIL,
-                };
-                let idx = match self.free.pop() {
-                    Some(idx) => {
-                        self.slots[idx as usize] = Some(entry);
-                        idx
-                    }
-                    None => {
-                        let idx = u32::try_from(self.slots.len())
-                            .expect("a shard holds fewer than 2^32 entries");
-                        self.slots.push(Some(entry));
-                        if !self.expires.is_empty() {
-                            self.expires.push(0);
-                        }
-                        idx
-                    }
-                };
-                self.set_expiry(idx, expires_at);
-                let slots = &self.slots;
-                self.table.insert_unique(hash, idx, |&i| {
-                    slots[i as usize].as_ref().map_or(0, |e| hash_of(&e.key))
-                });
-                self.link_back(queue, idx);
-                idx
+                if table.insert(hash, idx) {
+                    self.w.used += 1;
+                }
+                self.link_back(state, idx);
             }
-        };
+        }
         let keep = if admit == Admit::Keep { idx } else { NIL };
         self.evict_until_fits(now, keep, hash_of);
-        // Eviction frees slots but never reuses them, so an occupied slot is still this entry.
-        self.slots[idx as usize].is_some()
+        // Eviction retires slots but never reuses them within an insert, so a slot still in a
+        // queue holds this entry.
+        matches!(self.slot(idx).state(), SMALL | MAIN)
+    }
+
+    /// A free slot: a freed one, or the next new one (allocating its segment, and rebuilding the
+    /// table if it cannot name it yet). `None` past `MAX_SLOT` slots.
+    fn alloc(&mut self, hash_of: &impl Fn(&K) -> u64) -> Option<u32> {
+        if let Some(idx) = self.w.free.pop() {
+            return Some(idx);
+        }
+        let idx = self.w.next_slot;
+        if idx > MAX_SLOT || !self.shared.slab.ensure(idx, self.w.deadlines) {
+            return None;
+        }
+        self.w.next_slot += 1;
+        if !self.table().names(idx) {
+            self.rebuild(self.table().buckets(), hash_of);
+        }
+        Some(idx)
+    }
+
+    /// Rebuilds the table when one more bucket would fill it past three quarters (counting
+    /// tombstones): larger if the entries need it, else the same size without tombstones.
+    fn ensure_room(&mut self, hash_of: &impl Fn(&K) -> u64) {
+        if self.w.used < self.table().max_used() {
+            return;
+        }
+        // After a rebuild at most 5/8 of the buckets are live, so tombstones have at least an
+        // eighth of the table to fill before the next one.
+        let buckets = ((self.w.len() + 1) * 8 / 5 + 1)
+            .next_power_of_two()
+            .max(MIN_BUCKETS);
+        self.rebuild(buckets, hash_of);
+    }
+
+    /// Replaces the table with a new one of `buckets` buckets holding the same entries, and
+    /// retires the old one.
+    fn rebuild(&mut self, buckets: usize, hash_of: &impl Fn(&K) -> u64) {
+        let old = self.table();
+        let new = Box::new(Table::new(buckets, self.shared.slab.allocated()));
+        for idx in old.live() {
+            new.insert(self.hash_at(idx, hash_of), idx);
+        }
+        self.w.used = self.w.len();
+        let old = NonNull::from(old);
+        // Release pairs with the Acquire load in `Shared::table`: readers that see the new table
+        // see its buckets.
+        self.shared
+            .table
+            .store(Box::into_raw(new), Ordering::Release);
+        self.retire(Retired::Table(RetiredTable(old)));
     }
 
     /// Removes `key`.
@@ -341,11 +571,11 @@ where
     {
         match self.find(hash, key) {
             None => Removed::Absent,
-            Some(idx) => {
+            Some((pos, idx)) => {
                 let expired = self.is_expired(idx, || now);
-                self.remove_index(idx, hash);
+                self.remove_at(pos, idx);
                 if expired {
-                    self.expirations += 1;
+                    self.w.expirations += 1;
                     Removed::Expired
                 } else {
                     Removed::Live
@@ -354,43 +584,54 @@ where
         }
     }
 
-    /// Drops every entry and the policy's memory of past accesses.
+    /// Drops every entry and the policy's memory of past accesses: a new empty table is published
+    /// and every entry retired.
     pub(crate) fn clear(&mut self) {
-        self.table.clear();
-        self.slots.clear();
-        self.expires.clear();
-        self.free.clear();
-        self.small = List::default();
-        self.main = List::default();
-        self.ghost.clear();
-        self.sketch.clear();
-        (self.new_keys, self.ghost_hits, self.returns_rare) = (0, 0, false);
+        let old = NonNull::from(self.table());
+        let new = Box::new(Table::new(MIN_BUCKETS, self.shared.slab.allocated()));
+        // Release pairs with the Acquire load in `Shared::table`.
+        self.shared
+            .table
+            .store(Box::into_raw(new), Ordering::Release);
+        self.w.used = 0;
+        for head in [self.w.small.head, self.w.main.head] {
+            let mut idx = head;
+            while idx != NIL {
+                let slot = self.slot(idx);
+                let next = slot.next.load(Ordering::Relaxed);
+                slot.set_state(RETIRED);
+                self.w.limbo.retire(Retired::Slot(idx));
+                idx = next;
+            }
+        }
+        self.w.small = List::default();
+        self.w.main = List::default();
+        self.w.ghost.clear();
+        self.w.sketch.clear();
+        (self.w.new_keys, self.w.ghost_hits, self.w.returns_rare) = (0, 0, false);
+        self.retire(Retired::Table(RetiredTable(old)));
     }
 
     /// Counts a new key for the ghost-hit rate that `admit_ghost` adapts to.
     fn count_new_key(&mut self, ghost_hit: bool) {
-        self.new_keys += 1;
-        self.ghost_hits += u32::from(ghost_hit);
-        if self.new_keys == GHOST_RATE_PERIOD {
-            self.returns_rare = self.ghost_hits <= RARE_GHOST_HITS;
-            (self.new_keys, self.ghost_hits) = (0, 0);
+        self.w.new_keys += 1;
+        self.w.ghost_hits += u32::from(ghost_hit);
+        if self.w.new_keys == GHOST_RATE_PERIOD {
+            self.w.returns_rare = self.w.ghost_hits <= RARE_GHOST_HITS;
+            (self.w.new_keys, self.w.ghost_hits) = (0, 0);
         }
     }
 
     /// Entries held, including expired ones not yet removed.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.small.len + self.main.len
-    }
-
-    /// Total weight held, including expired entries not yet removed.
-    pub(crate) fn weight(&self) -> u64 {
-        self.small.weight + self.main.weight
+        self.w.len()
     }
 
     /// Evicts until the shard fits its capacity, never choosing the entry at index `keep` (`NIL`
     /// for none).
     fn evict_until_fits(&mut self, now: u64, keep: u32, hash_of: &impl Fn(&K) -> u64) {
-        while self.weight() > self.capacity && self.evict_one(now, keep, hash_of) {}
+        while self.w.weight() > self.w.capacity && self.evict_one(now, keep, hash_of) {}
     }
 
     /// Removes one entry chosen by S3-FIFO (see `policy`). Returns false when the shard is empty.
@@ -408,55 +649,57 @@ where
     /// nothing but `keep` is left.
     fn evict_one(&mut self, now: u64, keep: u32, hash_of: &impl Fn(&K) -> u64) -> bool {
         loop {
-            let from_small =
-                self.small.len > 0 && !(self.small.head == keep && self.small.len == 1);
-            let (queue, idx) = if from_small {
-                (Queue::Small, self.small.head)
+            let small = self.w.small;
+            let from_small = small.len > 0 && !(small.head == keep && small.len == 1);
+            let (state, idx) = if from_small {
+                (SMALL, small.head)
             } else {
-                (Queue::Main, self.main.head)
+                (MAIN, self.w.main.head)
             };
             if idx == NIL {
                 return false;
             }
             if idx == keep {
-                if self.list_mut(queue).len < 2 {
+                if self.w.list_mut(state).len < 2 {
                     return false;
                 }
                 self.unlink(idx);
-                self.link_back(queue, idx);
+                self.link_back(state, idx);
                 continue;
             }
-            let (hash, weight, freq) = {
-                let e = self.entry(idx);
-                (hash_of(&e.key), e.weight, e.freq.load(Ordering::Relaxed))
-            };
+            let slot = self.slot(idx);
+            let hash = self.hash_at(idx, hash_of);
+            let (weight, freq) = (
+                slot.weight.load(Ordering::Relaxed),
+                slot.freq.load(Ordering::Relaxed),
+            );
             if self.is_expired(idx, || now) {
-                self.remove_index(idx, hash);
-                self.expirations += 1;
+                self.remove_hashed(idx, hash);
+                self.w.expirations += 1;
                 return true;
             }
             self.unlink(idx);
             if from_small {
                 let promote =
-                    freq > 0 || self.main.weight + u64::from(weight) <= self.capacity || {
-                        if self.large {
+                    freq > 0 || self.w.main.weight + u64::from(weight) <= self.w.capacity || {
+                        if self.w.large {
                             self.settle_main_head(now, hash_of);
                         }
                         self.admit_to_main(hash, hash_of)
                     };
                 if promote {
-                    self.sketch.add(hash, freq);
-                    self.entry_mut(idx).freq.store(0, Ordering::Relaxed);
-                    self.link_back(Queue::Main, idx);
+                    self.w.sketch.add(hash, freq);
+                    slot.freq.store(0, Ordering::Relaxed);
+                    self.link_back(MAIN, idx);
                     continue;
                 }
-                self.ghost.push(hash);
+                self.w.ghost.push(hash);
             } else if freq > 0 {
                 self.second_chance(idx, hash, freq);
                 continue;
             }
-            self.free_index(idx, hash);
-            self.evictions += 1;
+            self.drop_unlinked(idx, hash);
+            self.w.evictions += 1;
             return true;
         }
     }
@@ -470,16 +713,15 @@ where
     /// 10k entries) it lost 0.3-1.3 pp on every Zipf column, being too lenient there.
     fn settle_main_head(&mut self, now: u64, hash_of: &impl Fn(&K) -> u64) {
         loop {
-            let idx = self.main.head;
+            let idx = self.w.main.head;
             if idx == NIL || self.is_expired(idx, || now) {
                 return;
             }
-            let e = self.entry(idx);
-            let freq = e.freq.load(Ordering::Relaxed);
+            let freq = self.slot(idx).freq.load(Ordering::Relaxed);
             if freq == 0 {
                 return;
             }
-            let hash = hash_of(&e.key);
+            let hash = self.hash_at(idx, hash_of);
             self.unlink(idx);
             self.second_chance(idx, hash, freq);
         }
@@ -488,9 +730,9 @@ where
     /// CLOCK's second chance for an unlinked main-queue entry with hits left (`freq > 0`): one
     /// hit is folded into the sketch and spent, and the entry goes to the back of the main queue.
     fn second_chance(&mut self, idx: u32, hash: u64, freq: u8) {
-        self.sketch.add(hash, 1);
-        self.entry_mut(idx).freq.store(freq - 1, Ordering::Relaxed);
-        self.link_back(Queue::Main, idx);
+        self.w.sketch.add(hash, 1);
+        self.slot(idx).freq.store(freq - 1, Ordering::Relaxed);
+        self.link_back(MAIN, idx);
     }
 
     /// TinyLFU admission from the small queue: whether `hash` was requested clearly more often
@@ -519,11 +761,11 @@ where
     ///   main queue (the waiver alone cost the loop 0.1 pp at 10k entries, ties 0.8-2 pp; with
     ///   conservative sketch updates a one-count margin still lost 0.3-0.5 pp).
     fn admit_ghost(&self, hash: u64, hash_of: &impl Fn(&K) -> u64) -> bool {
-        if self.returns_rare {
-            !self.sketch.warmed()
+        if self.w.returns_rare {
+            !self.w.sketch.warmed()
                 || self
                     .counts(hash, hash_of)
-                    .is_none_or(|(candidate, victim)| candidate >= victim + u8::from(self.large))
+                    .is_none_or(|(candidate, victim)| candidate >= victim + u8::from(self.w.large))
         } else {
             self.admit_to_main(hash, hash_of)
         }
@@ -533,34 +775,26 @@ where
     /// empty). The victim's hits since the policy last looked at it are not in the sketch yet, so
     /// they count too.
     fn counts(&self, hash: u64, hash_of: &impl Fn(&K) -> u64) -> Option<(u8, u8)> {
-        if self.main.head == NIL {
+        let head = self.w.main.head;
+        if head == NIL {
             return None;
         }
-        let v = self.entry(self.main.head);
-        let victim = self.sketch.estimate(hash_of(&v.key)) + v.freq.load(Ordering::Relaxed);
-        Some((self.sketch.estimate(hash), victim))
+        let victim = self.w.sketch.estimate(self.hash_at(head, hash_of))
+            + self.slot(head).freq.load(Ordering::Relaxed);
+        Some((self.w.sketch.estimate(hash), victim))
     }
 
-    fn list_mut(&mut self, queue: Queue) -> &mut List {
-        match queue {
-            Queue::Small => &mut self.small,
-            Queue::Main => &mut self.main,
-        }
-    }
-
-    fn link_back(&mut self, queue: Queue, idx: u32) {
-        let tail = self.list_mut(queue).tail;
-        let weight = {
-            let e = self.entry_mut(idx);
-            e.queue = queue;
-            e.prev = tail;
-            e.next = NIL;
-            u64::from(e.weight)
-        };
+    fn link_back(&mut self, state: u8, idx: u32) {
+        let tail = self.w.list_mut(state).tail;
+        let slot = self.slot(idx);
+        slot.set_state(state);
+        slot.prev.store(tail, Ordering::Relaxed);
+        slot.next.store(NIL, Ordering::Relaxed);
         if tail != NIL {
-            self.entry_mut(tail).next = idx;
+            self.slot(tail).next.store(idx, Ordering::Relaxed);
         }
-        let list = self.list_mut(queue);
+        let weight = u64::from(slot.weight.load(Ordering::Relaxed));
+        let list = self.w.list_mut(state);
         if list.head == NIL {
             list.head = idx;
         }
@@ -570,95 +804,227 @@ where
     }
 
     fn unlink(&mut self, idx: u32) {
-        let (queue, prev, next, weight) = {
-            let e = self.entry(idx);
-            (e.queue, e.prev, e.next, u64::from(e.weight))
-        };
-        if prev != NIL {
-            self.entry_mut(prev).next = next;
-        }
-        if next != NIL {
-            self.entry_mut(next).prev = prev;
-        }
-        let list = self.list_mut(queue);
-        if list.head == idx {
-            list.head = next;
-        }
-        if list.tail == idx {
-            list.tail = prev;
-        }
+        let slot = self.slot(idx);
+        let (state, prev, next) = (
+            slot.state(),
+            slot.prev.load(Ordering::Relaxed),
+            slot.next.load(Ordering::Relaxed),
+        );
+        let weight = u64::from(slot.weight.load(Ordering::Relaxed));
+        self.splice(state, idx, (prev, next), (next, prev));
+        let list = self.w.list_mut(state);
         list.len -= 1;
         list.weight -= weight;
     }
 
-    /// Unlinks and frees a linked entry whose key hashes to `hash`.
-    fn remove_index(&mut self, idx: u32, hash: u64) {
-        self.unlink(idx);
-        self.free_index(idx, hash);
+    /// Puts slot `new` where slot `old` is in queue `state` (weights are the caller's business).
+    fn swap_links(&mut self, old: u32, new: u32, state: u8) {
+        let (old_slot, new_slot) = (self.slot(old), self.slot(new));
+        let (prev, next) = (
+            old_slot.prev.load(Ordering::Relaxed),
+            old_slot.next.load(Ordering::Relaxed),
+        );
+        new_slot.set_state(state);
+        new_slot.prev.store(prev, Ordering::Relaxed);
+        new_slot.next.store(next, Ordering::Relaxed);
+        self.splice(state, old, (prev, next), (new, new));
     }
 
-    /// Frees an unlinked entry whose key hashes to `hash`: drops it from the table and returns its
-    /// slot to the free list.
-    fn free_index(&mut self, idx: u32, hash: u64) {
-        if let Ok(found) = self.table.find_entry(hash, |&i| i == idx) {
-            found.remove();
+    /// Points the neighbours of `idx` (at `prev` and `next` in queue `state`) past it: `prev`'s
+    /// next link (or the head) to `after`, `next`'s back link (or the tail) to `before`.
+    fn splice(
+        &mut self,
+        state: u8,
+        idx: u32,
+        (prev, next): (u32, u32),
+        (after, before): (u32, u32),
+    ) {
+        if prev != NIL {
+            self.slot(prev).next.store(after, Ordering::Relaxed);
         }
-        self.slots[idx as usize] = None;
-        self.free.push(idx);
+        if next != NIL {
+            self.slot(next).prev.store(before, Ordering::Relaxed);
+        }
+        let list = self.w.list_mut(state);
+        if list.head == idx {
+            list.head = after;
+        }
+        if list.tail == idx {
+            list.tail = before;
+        }
+    }
+
+    /// Unlinks and retires the entry in slot `idx`, found at table bucket `pos`.
+    fn remove_at(&mut self, pos: usize, idx: u32) {
+        self.unlink(idx);
+        self.table().remove(pos);
+        self.retire_slot(idx);
+    }
+
+    /// Unlinks and retires a linked entry whose key hashes to `hash`.
+    fn remove_hashed(&mut self, idx: u32, hash: u64) {
+        self.unlink(idx);
+        self.drop_unlinked(idx, hash);
+    }
+
+    /// Takes an unlinked entry whose key hashes to `hash` out of the table and retires its slot.
+    fn drop_unlinked(&mut self, idx: u32, hash: u64) {
+        let table = self.table();
+        if let Some((pos, _)) = table.find(hash, |i| i == idx) {
+            table.remove(pos);
+        }
+        self.retire_slot(idx);
+    }
+
+    fn retire_slot(&mut self, idx: u32) {
+        self.slot(idx).set_state(RETIRED);
+        self.retire(Retired::Slot(idx));
+    }
+
+    /// Retires an unlinked item and, once a batch has gathered, frees what is past its grace
+    /// period.
+    fn retire(&mut self, item: Retired) {
+        self.w.limbo.retire(item);
+        if self.w.limbo.pending() >= self.w.batch {
+            self.collect();
+        }
+    }
+
+    /// Frees what no read can reach any more: a slot's entry is dropped and the slot reused.
+    fn collect(&mut self) {
+        let (slab, free) = (&self.shared.slab, &mut self.w.free);
+        self.w.limbo.collect(self.readers, |item| match item {
+            Retired::Slot(idx) => {
+                // SAFETY: retired (unlinked from the table and the queues) and past its grace
+                // period: no read can reach it.
+                unsafe { slab.slot(idx).clear() };
+                free.push(idx);
+            }
+            Retired::Table(table) => drop(table),
+        });
     }
 
     /// Checks every structural invariant; panics with a description of the first one broken.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn validate(&self, hash_of: &impl Fn(&K) -> u64) {
         let mut seen = 0usize;
-        for queue in [Queue::Small, Queue::Main] {
-            let list = match queue {
-                Queue::Small => self.small,
-                Queue::Main => self.main,
-            };
+        for (state, list) in [(SMALL, self.w.small), (MAIN, self.w.main)] {
             let (mut idx, mut prev, mut len, mut weight) = (list.head, NIL, 0usize, 0u64);
             while idx != NIL {
-                let e = self.entry(idx);
-                assert_eq!(e.queue, queue, "entry {idx} is in the wrong queue");
-                assert_eq!(e.prev, prev, "entry {idx} has a broken back link");
+                let slot = self.slot(idx);
+                assert_eq!(slot.state(), state, "slot {idx} is in the wrong queue");
                 assert_eq!(
-                    self.find(hash_of(&e.key), &e.key),
+                    slot.prev.load(Ordering::Relaxed),
+                    prev,
+                    "slot {idx} has a broken back link"
+                );
+                let found = self.slot(idx).weight.load(Ordering::Relaxed);
+                let hash = self.hash_at(idx, hash_of);
+                // SAFETY: the writer; the slot holds an entry.
+                let reachable = unsafe { slot.with_key(|k| self.find(hash, k)) };
+                assert_eq!(
+                    reachable.map(|(_, i)| i),
                     Some(idx),
-                    "entry {idx} is not reachable through the table"
+                    "slot {idx} is not reachable through the table"
                 );
                 len += 1;
-                weight += u64::from(e.weight);
+                weight += u64::from(found);
                 prev = idx;
-                idx = e.next;
+                idx = slot.next.load(Ordering::Relaxed);
             }
-            assert_eq!(list.tail, prev, "{queue:?} tail is wrong");
-            assert_eq!(list.len, len, "{queue:?} length is wrong");
-            assert_eq!(list.weight, weight, "{queue:?} weight is wrong");
+            assert_eq!(list.tail, prev, "queue {state} tail is wrong");
+            assert_eq!(list.len, len, "queue {state} length is wrong");
+            assert_eq!(list.weight, weight, "queue {state} weight is wrong");
             seen += len;
         }
-        assert_eq!(self.table.len(), seen, "table and queues disagree");
-        let occupied = self.slots.iter().filter(|s| s.is_some()).count();
-        assert_eq!(occupied, seen, "slab holds unlinked entries");
-        assert_eq!(
-            self.slots.len(),
-            occupied + self.free.len(),
-            "free list is wrong"
-        );
+        let table = self.table();
+        assert_eq!(table.live().count(), seen, "table and queues disagree");
         assert!(
-            self.expires.is_empty() || self.expires.len() == self.slots.len(),
-            "deadline array is out of step with the slab"
+            self.w.used >= seen && self.w.used < table.buckets(),
+            "used count is wrong"
         );
-        assert!(self.weight() <= self.capacity, "shard is over capacity");
+        let retired: Vec<u32> = self
+            .w
+            .limbo
+            .iter()
+            .filter_map(|r| match r {
+                Retired::Slot(i) => Some(*i),
+                Retired::Table(_) => None,
+            })
+            .collect();
+        for &i in &retired {
+            assert_eq!(
+                self.slot(i).state(),
+                RETIRED,
+                "retired slot {i} is not marked so"
+            );
+        }
+        for &i in &self.w.free {
+            assert_eq!(self.slot(i).state(), FREE, "free slot {i} holds something");
+        }
+        let handed_out = self.w.next_slot as usize;
+        assert_eq!(
+            handed_out,
+            seen + retired.len() + self.w.free.len(),
+            "slots are lost or counted twice"
+        );
+        assert!(self.w.weight() <= self.w.capacity, "shard is over capacity");
     }
 }
 
-impl<K, V> std::fmt::Debug for Shard<K, V> {
+impl<K, V> std::fmt::Debug for Shard<'_, K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard")
-            .field("len", &(self.small.len + self.main.len))
-            .field("weight", &(self.small.weight + self.main.weight))
-            .field("capacity", &self.capacity)
+            .field("len", &self.w.len())
+            .field("weight", &self.w.weight())
+            .field("capacity", &self.w.capacity)
             .finish_non_exhaustive()
+    }
+}
+
+/// A shard with readers of its own, for single-threaded use by the unit tests and the fuzz
+/// targets: reads go through a `ReadGuard` as the cache's do.
+#[cfg(any(test, fuzzing))]
+pub(crate) struct OwnedShard<K, V> {
+    shared: Shared<K, V>,
+    pub(crate) writer: Writer,
+    readers: Readers,
+}
+
+#[cfg(any(test, fuzzing))]
+impl<K: Eq, V> OwnedShard<K, V> {
+    pub(crate) fn new(capacity: u64, expected_entries: usize) -> Self {
+        Self {
+            shared: Shared::new(expected_entries),
+            writer: Writer::new(capacity, expected_entries),
+            readers: Readers::new(),
+        }
+    }
+
+    /// The writer's view.
+    pub(crate) fn view(&mut self) -> Shard<'_, K, V> {
+        Shard::new(&self.shared, &mut self.writer, &self.readers)
+    }
+
+    /// A read, as `Cache::get` makes it.
+    pub(crate) fn get<Q>(&self, hash: u64, key: &Q, now: impl FnOnce() -> u64) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+        V: Clone,
+    {
+        let guard = self.readers.enter();
+        self.shared.get(&guard, hash, key, now, V::clone)
+    }
+
+    /// A read that records no access, as `Cache::contains_key` makes it.
+    pub(crate) fn contains<Q>(&self, hash: u64, key: &Q, now: u64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let guard = self.readers.enter();
+        self.shared.contains(&guard, hash, key, now)
     }
 }
 
@@ -666,16 +1032,19 @@ impl<K, V> std::fmt::Debug for Shard<K, V> {
 mod tests {
     use super::*;
 
+    type TestShard = OwnedShard<u64, u64>;
+
     /// The shard tests use each `u64` key as its own hash.
     fn id(k: &u64) -> u64 {
         *k
     }
 
-    fn filled(capacity: u64, keys: impl IntoIterator<Item = u64>) -> Shard<u64, u64> {
-        let mut s = Shard::new(capacity, capacity as usize);
+    fn filled(capacity: u64, keys: impl IntoIterator<Item = u64>) -> TestShard {
+        let mut s = TestShard::new(capacity, capacity as usize);
         for k in keys {
-            s.insert(k, k, k * 10, 1, 0, 1, &id);
-            s.validate(&id);
+            let mut v = s.view();
+            v.insert(k, k, k * 10, 1, 0, 1, &id);
+            v.validate(&id);
         }
         s
     }
@@ -683,14 +1052,14 @@ mod tests {
     /// The hit ratio of cache-aside over a loop of 1.1x `capacity` keys, over rounds 40-59 of 60.
     fn loop_hit_ratio(capacity: u64) -> f64 {
         let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k >> 7);
-        let mut s: Shard<u64, u64> = Shard::new(capacity, capacity as usize);
+        let mut s = TestShard::new(capacity, capacity as usize);
         let keys = capacity * 11 / 10;
         let (mut hits, mut lookups) = (0u64, 0u64);
         for round in 0..60 {
             for k in 0..keys {
                 let hit = s.get(hash(&k), &k, || 1).is_some();
                 if !hit {
-                    s.insert(hash(&k), k, k, 1, 0, 1, &hash);
+                    s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
                 }
                 if round >= 40 {
                     lookups += 1;
@@ -698,45 +1067,123 @@ mod tests {
                 }
             }
         }
-        s.validate(&hash);
+        s.view().validate(&hash);
         hits as f64 / lookups as f64
     }
 
     #[test]
-    fn a_u64_entry_is_32_bytes() {
-        // The hit path's second cache miss lands on this slot: keep two per cache line.
-        assert_eq!(std::mem::size_of::<Option<Entry<u64, u64>>>(), 32);
-    }
-
-    #[test]
     fn deadlines_are_only_allocated_once_used_and_follow_slot_reuse() {
-        let mut s: Shard<u64, u64> = Shard::new(4, 4);
-        s.insert(1, 1, 1, 1, 0, 1, &id);
-        assert!(s.expires.is_empty());
-        s.insert(2, 2, 2, 1, 9, 1, &id);
-        assert_eq!(s.expires.len(), s.slots.len());
-        assert_eq!(s.remove(2, &2, 1), Removed::Live);
-        s.insert(3, 3, 3, 1, 0, 1, &id); // reuses key 2's slot: its deadline must not linger
-        assert_eq!(s.get(3, &3, || 100), Some(&3));
-        s.validate(&id);
+        let mut s = TestShard::new(4, 4);
+        s.view().insert(1, 1, 1, 1, 0, 1, &id);
+        assert!(!s.writer.deadlines);
+        s.view().insert(2, 2, 2, 1, 9, 1, &id);
+        assert!(s.writer.deadlines);
+        assert_eq!(s.view().remove(2, &2, 1), Removed::Live);
+        // Enough churn that key 2's slot is freed and reused: its deadline must not linger.
+        for k in 10..10 + 4 * s.writer.batch as u64 {
+            assert!(s.view().insert_as(Admit::Keep, k, k, k, 1, 0, 1, &id));
+            assert_eq!(s.get(k, &k, || 100), Some(k));
+        }
+        assert!(
+            (s.writer.next_slot as usize) < 4 * s.writer.batch,
+            "slots were reused"
+        );
+        s.view().validate(&id);
     }
 
     #[test]
     fn insert_get_remove() {
         let mut s = filled(10, 0..5);
-        assert_eq!(s.get(3, &3, || 1), Some(&30));
-        assert_eq!(s.remove(3, &3, 1), Removed::Live);
-        assert_eq!(s.remove(3, &3, 1), Removed::Absent);
+        assert_eq!(s.get(3, &3, || 1), Some(30));
+        assert_eq!(s.view().remove(3, &3, 1), Removed::Live);
+        assert_eq!(s.view().remove(3, &3, 1), Removed::Absent);
         assert_eq!(s.get(3, &3, || 1), None);
-        assert_eq!(s.len(), 4);
-        s.validate(&id);
+        assert_eq!(s.view().len(), 4);
+        s.view().validate(&id);
+    }
+
+    #[test]
+    fn a_replaced_value_takes_the_old_ones_place_and_hits() {
+        let mut s = filled(10, 0..5);
+        assert_eq!(s.get(2, &2, || 1), Some(20));
+        assert!(s.view().insert(2, 2, 21, 1, 0, 1, &id));
+        assert_eq!(s.get(2, &2, || 1), Some(21));
+        let v = s.view();
+        v.validate(&id);
+        // Same queue position (third of five) and the hit it had before.
+        let (_, idx) = v.find(2, &2).unwrap();
+        assert_eq!(v.slot(idx).freq.load(Ordering::Relaxed), 2);
+        let mut order = Vec::new();
+        let mut i = v.w.small.head;
+        while i != NIL {
+            order.push(v.hash_at(i, &id));
+            i = v.slot(i).next.load(Ordering::Relaxed);
+        }
+        assert_eq!(order, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn retired_slots_are_freed_in_batches_and_reused() {
+        let mut s = filled(64, 0..64);
+        let batch = s.writer.batch as u64;
+        for k in 0..3 * batch {
+            s.view().insert(k % 64, k % 64, k, 1, 0, 1, &id);
+        }
+        s.view().validate(&id);
+        // Every replacement retired a slot; all but the last batch or two were freed and reused.
+        assert!(s.writer.limbo.len() <= 2 * batch as usize);
+        assert!((s.writer.next_slot as u64) < 64 + 3 * batch);
+    }
+
+    #[test]
+    fn tables_grow_and_drop_their_tombstones() {
+        let mut s = TestShard::new(10_000, 10_000);
+        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for k in 0..5_000 {
+            s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
+        }
+        let buckets = s.view().table().buckets();
+        assert!(
+            buckets >= 5_000 * 4 / 3,
+            "{buckets} buckets for 5,000 entries"
+        );
+        for round in 0..4u64 {
+            for k in 0..5_000 {
+                let k = k + round * 5_000;
+                assert_eq!(s.view().remove(hash(&k), &k, 1), Removed::Live);
+                let k = k + 5_000;
+                s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
+            }
+            s.view().validate(&hash);
+        }
+        assert_eq!(
+            s.view().table().buckets(),
+            buckets,
+            "churn alone does not grow the table"
+        );
+        for k in 20_000..25_000 {
+            assert_eq!(s.get(hash(&k), &k, || 1), Some(k));
+        }
+    }
+
+    #[test]
+    fn clear_retires_everything_and_keeps_working() {
+        let mut s = filled(16, 0..16);
+        s.view().clear();
+        s.view().validate(&id);
+        assert_eq!((s.view().len(), s.get(3, &3, || 1)), (0, None));
+        for k in 0..16 {
+            s.view().insert(k, k, k, 1, 0, 1, &id);
+        }
+        s.view().validate(&id);
+        assert_eq!(s.get(3, &3, || 1), Some(3));
     }
 
     #[test]
     fn stays_within_capacity_under_churn() {
         let s = filled(16, 0..10_000);
-        assert_eq!(s.len(), 16);
-        assert!(s.evictions >= 10_000 - 16);
+        assert_eq!(s.writer.len(), 16);
+        assert!(s.writer.evictions >= 10_000 - 16);
     }
 
     #[test]
@@ -752,9 +1199,9 @@ mod tests {
         // rightly age out of the frequency sketch, so the hot keys stay in use here.
         for burst in 0..10u64 {
             for k in 1000 + burst * 200..1200 + burst * 200 {
-                s.insert(k, k, k, 1, 0, 1, &id);
+                s.view().insert(k, k, k, 1, 0, 1, &id);
             }
-            s.validate(&id);
+            s.view().validate(&id);
             let kept = (0..50).filter(|k| s.get(*k, k, || 1).is_some()).count();
             assert!(
                 kept >= 45,
@@ -766,19 +1213,19 @@ mod tests {
     #[test]
     fn a_large_shard_weighs_a_candidate_against_the_entry_it_would_evict() {
         // 8,193 keys into 8,192: the main queue holds 0..8192 in order, the last key was refused.
-        let mut s: Shard<u64, u64> = Shard::new(8192, 8192);
+        let mut s = TestShard::new(8192, 8192);
         for k in 0..8193 {
-            s.insert(k, k, 0, 1, 0, 1, &id);
+            s.view().insert(k, k, 0, 1, 0, 1, &id);
         }
         let candidate = 100_000;
         // The head (key 0) is hot and was hit since; key 1 behind it is as cold as they come.
-        s.sketch.add(0, 4);
+        s.writer.sketch.add(0, 4);
         assert!(s.get(0, &0, || 1).is_some());
-        s.sketch.add(candidate, 2);
+        s.writer.sketch.add(candidate, 2);
         // The candidate (3 with this miss) loses to key 0 (5 + 1 hit) but beats key 1 (1) by
         // the two-count margin, and key 1 is what evicting from the main queue takes.
-        s.insert(candidate, candidate, 0, 1, 0, 1, &id);
-        s.validate(&id);
+        s.view().insert(candidate, candidate, 0, 1, 0, 1, &id);
+        s.view().validate(&id);
         assert!(s.contains(candidate, &candidate, 1));
         assert!(s.contains(0, &0, 1));
         assert!(!s.contains(1, &1, 1));
@@ -787,19 +1234,19 @@ mod tests {
     #[test]
     fn a_large_shards_ghost_hit_must_beat_its_victim() {
         // 8,193 keys into 8,192: the main queue holds 0..8192 in order, key 8192 is a ghost.
-        let mut s: Shard<u64, u64> = Shard::new(8192, 8192);
+        let mut s = TestShard::new(8192, 8192);
         for k in 0..8193 {
-            s.insert(k, k, 0, 1, 0, 1, &id);
+            s.view().insert(k, k, 0, 1, 0, 1, &id);
         }
         assert!(!s.contains(8192, &8192, 1));
-        s.sketch.warm_for_test();
-        s.returns_rare = true;
+        s.writer.sketch.warm_for_test();
+        s.writer.returns_rare = true;
         // Key 0 (the victim) counts 2, and so does key 8192 once its return is counted: a tie.
-        s.sketch.add(0, 1);
-        assert_eq!(s.sketch.estimate(0), 2);
-        assert_eq!(s.sketch.estimate(8192), 1);
-        s.insert(8192, 8192, 0, 1, 0, 1, &id);
-        s.validate(&id);
+        s.writer.sketch.add(0, 1);
+        assert_eq!(s.writer.sketch.estimate(0), 2);
+        assert_eq!(s.writer.sketch.estimate(8192), 1);
+        s.view().insert(8192, 8192, 0, 1, 0, 1, &id);
+        s.view().validate(&id);
         assert!(!s.contains(8192, &8192, 1));
         assert!(s.contains(0, &0, 1));
     }
@@ -847,29 +1294,38 @@ mod tests {
         // Admitted at a tie and a one-count lead when returns are rare, at neither when common.
         for lead in [0u8, 1] {
             // A warmed-up sketch (so the waiver plays no part) that has not seen the candidate.
-            s.sketch.clear_for_test();
-            while !s.sketch.warmed() {
+            s.writer.sketch.clear_for_test();
+            while !s.writer.sketch.warmed() {
                 k += 1;
-                s.sketch.add(k, 1);
+                s.writer.sketch.add(k, 1);
             }
-            let victim = s.counts(candidate, &id).expect("main queue is full").1;
-            while s.sketch.estimate(candidate) < victim + lead {
-                s.sketch.add(candidate, 1);
+            let victim = s
+                .view()
+                .counts(candidate, &id)
+                .expect("main queue is full")
+                .1;
+            while s.writer.sketch.estimate(candidate) < victim + lead {
+                s.writer.sketch.add(candidate, 1);
             }
-            assert_eq!(s.counts(candidate, &id), Some((victim + lead, victim)));
+            assert_eq!(
+                s.view().counts(candidate, &id),
+                Some((victim + lead, victim))
+            );
             for returns_common in [false, true] {
                 // One period of new keys, ghost hits or not.
-                (s.new_keys, s.ghost_hits) = (0, 0);
+                (s.writer.new_keys, s.writer.ghost_hits) = (0, 0);
+                let mut v = s.view();
                 for _ in 0..GHOST_RATE_PERIOD {
                     k += 1;
                     if returns_common {
-                        s.ghost.push(k);
+                        v.w.ghost.push(k);
                     }
-                    s.count_new_key(s.ghost.contains(k));
+                    let ghost_hit = v.w.ghost.contains(k);
+                    v.count_new_key(ghost_hit);
                 }
-                assert_eq!(s.returns_rare, !returns_common);
+                assert_eq!(v.w.returns_rare, !returns_common);
                 assert_eq!(
-                    s.admit_ghost(candidate, &id),
+                    v.admit_ghost(candidate, &id),
                     !returns_common,
                     "lead {lead}, returns common: {returns_common}"
                 );
@@ -881,68 +1337,78 @@ mod tests {
     fn an_explicit_write_survives_its_own_insert() {
         let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         // A full shard whose keys are all popular: a new key has no reason to be admitted.
-        let mut s: Shard<u64, u64> = Shard::new(8, 8);
+        let mut s = TestShard::new(8, 8);
         for _ in 0..4 {
             for k in 0..8 {
                 if s.get(hash(&k), &k, || 1).is_none() {
-                    s.insert(hash(&k), k, k, 1, 0, 1, &hash);
+                    s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
                 }
             }
         }
         for k in 100..120 {
             assert!(
-                s.insert_as(Admit::Keep, hash(&k), k, k, 1, 0, 1, &hash),
+                s.view()
+                    .insert_as(Admit::Keep, hash(&k), k, k, 1, 0, 1, &hash),
                 "key {k}"
             );
-            assert_eq!(s.get(hash(&k), &k, || 1), Some(&k));
-            s.validate(&hash);
+            assert_eq!(s.get(hash(&k), &k, || 1), Some(k));
+            s.view().validate(&hash);
         }
         // A heavy write pushes out as many others as it must, never itself.
-        assert!(s.insert_as(Admit::Keep, hash(&500), 500, 500, 8, 0, 1, &hash));
-        assert_eq!((s.len(), s.get(hash(&500), &500, || 1)), (1, Some(&500)));
+        assert!(
+            s.view()
+                .insert_as(Admit::Keep, hash(&500), 500, 500, 8, 0, 1, &hash)
+        );
+        assert_eq!(
+            (s.writer.len(), s.get(hash(&500), &500, || 1)),
+            (1, Some(500))
+        );
         // An existing key at the head of a queue with others behind it, rewritten heavier.
-        let mut s: Shard<u64, u64> = Shard::new(4, 4);
+        let mut s = TestShard::new(4, 4);
         for k in 0..4 {
-            s.insert(hash(&k), k, k, 1, 0, 1, &hash);
+            s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
         }
-        assert!(s.insert_as(Admit::Keep, hash(&0), 0, 0, 3, 0, 1, &hash));
-        s.validate(&hash);
-        assert_eq!(s.get(hash(&0), &0, || 1), Some(&0));
+        assert!(
+            s.view()
+                .insert_as(Admit::Keep, hash(&0), 0, 0, 3, 0, 1, &hash)
+        );
+        s.view().validate(&hash);
+        assert_eq!(s.get(hash(&0), &0, || 1), Some(0));
     }
 
     #[test]
     fn expired_entries_are_invisible_and_evicted_whatever_their_hits() {
-        let mut s: Shard<u64, u64> = Shard::new(2, 2);
-        s.insert(1, 1, 1, 1, 5, 1, &id);
-        s.insert(2, 2, 2, 1, 0, 1, &id);
-        assert_eq!(s.get(1, &1, || 4), Some(&1));
+        let mut s = TestShard::new(2, 2);
+        s.view().insert(1, 1, 1, 1, 5, 1, &id);
+        s.view().insert(2, 2, 2, 1, 0, 1, &id);
+        assert_eq!(s.get(1, &1, || 4), Some(1));
         assert_eq!(s.get(1, &1, || 5), None);
-        s.insert(3, 3, 3, 1, 0, 6, &id);
-        s.validate(&id);
-        assert_eq!(s.expirations, 1);
-        assert_eq!(s.get(2, &2, || 6), Some(&2));
-        assert_eq!(s.get(3, &3, || 6), Some(&3));
+        s.view().insert(3, 3, 3, 1, 0, 6, &id);
+        s.view().validate(&id);
+        assert_eq!(s.writer.expirations, 1);
+        assert_eq!(s.get(2, &2, || 6), Some(2));
+        assert_eq!(s.get(3, &3, || 6), Some(3));
     }
 
     #[test]
     fn overweight_value_is_not_stored_and_removes_the_old_one() {
-        let mut s: Shard<u64, u64> = Shard::new(10, 10);
-        assert!(s.insert(1, 1, 1, 3, 0, 1, &id));
-        assert!(!s.insert(1, 1, 2, 11, 0, 1, &id));
+        let mut s = TestShard::new(10, 10);
+        assert!(s.view().insert(1, 1, 1, 3, 0, 1, &id));
+        assert!(!s.view().insert(1, 1, 2, 11, 0, 1, &id));
         assert_eq!(s.get(1, &1, || 1), None);
-        s.validate(&id);
+        s.view().validate(&id);
     }
 
     #[test]
     fn weights_are_accounted() {
-        let mut s: Shard<u64, u64> = Shard::new(10, 10);
-        s.insert(1, 1, 1, 4, 0, 1, &id);
-        s.insert(2, 2, 2, 4, 0, 1, &id);
-        s.insert(1, 1, 1, 6, 0, 1, &id); // replacing changes the weight
-        s.validate(&id);
-        assert_eq!((s.len(), s.weight()), (2, 10));
-        s.insert(3, 3, 3, 1, 0, 1, &id); // 11 > 10: something must go
-        s.validate(&id);
-        assert!(s.weight() <= 10);
+        let mut s = TestShard::new(10, 10);
+        s.view().insert(1, 1, 1, 4, 0, 1, &id);
+        s.view().insert(2, 2, 2, 4, 0, 1, &id);
+        s.view().insert(1, 1, 1, 6, 0, 1, &id); // replacing changes the weight
+        s.view().validate(&id);
+        assert_eq!((s.writer.len(), s.writer.weight()), (2, 10));
+        s.view().insert(3, 3, 3, 1, 0, 1, &id); // 11 > 10: something must go
+        s.view().validate(&id);
+        assert!(s.writer.weight() <= 10);
     }
 }

@@ -4,30 +4,58 @@
 //! (`RUSTFLAGS="--cfg leasecache_loom" cargo test --profile loom --lib loom`) swaps all of them for
 //! loom's model-checked versions at once. API differences between `parking_lot`, `std` and `loom`
 //! are smoothed here and never at call sites: locks do not poison and return their guards directly.
+//!
+//! Besides locks and atomics it holds the three things lock-free reads need (see `reclaim.rs`):
+//! [`UnsafeCell`] with loom's closure API (loom checks every access to slot contents against the
+//! reclamation protocol), per-thread records ([`PerThread`]), and the two halves of an asymmetric
+//! fence ([`light_barrier`], [`heavy_barrier`]).
 
 #[cfg(not(all(test, leasecache_loom)))]
 mod imp {
     pub(crate) use std::sync::Arc;
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+    pub(crate) use std::sync::atomic::{
+        AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fence,
+    };
 
-    /// A reader-writer lock that never poisons.
-    #[derive(Debug, Default)]
-    pub(crate) struct RwLock<T>(parking_lot::RwLock<T>);
+    /// `std`'s `UnsafeCell` behind loom's closure API, so that loom builds can track every access.
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
-    pub(crate) type RwLockReadGuard<'a, T> = parking_lot::RwLockReadGuard<'a, T>;
-    pub(crate) type RwLockWriteGuard<'a, T> = parking_lot::RwLockWriteGuard<'a, T>;
-
-    impl<T> RwLock<T> {
-        pub(crate) fn new(value: T) -> Self {
-            Self(parking_lot::RwLock::new(value))
+    impl<T> UnsafeCell<T> {
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
         }
         #[inline]
-        pub(crate) fn read(&self) -> RwLockReadGuard<'_, T> {
-            self.0.read()
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+
+    /// One `T` per thread that uses it, kept until the `PerThread` is dropped (a thread that exits
+    /// leaves its `T` to the next thread that gets its id).
+    pub(crate) struct PerThread<T: Send>(thread_local::ThreadLocal<T>);
+
+    impl<T: Send> PerThread<T> {
+        pub(crate) fn new() -> Self {
+            Self(thread_local::ThreadLocal::new())
         }
         #[inline]
-        pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
-            self.0.write()
+        pub(crate) fn get_or_default(&self) -> &T
+        where
+            T: Default,
+        {
+            self.0.get_or_default()
+        }
+        #[inline]
+        pub(crate) fn get(&self) -> Option<&T> {
+            self.0.get()
+        }
+        pub(crate) fn iter(&self) -> impl Iterator<Item = &T>
+        where
+            T: Sync,
+        {
+            self.0.iter()
         }
     }
 
@@ -66,24 +94,60 @@ mod imp {
 
 #[cfg(all(test, leasecache_loom))]
 mod imp {
+    pub(crate) use loom::cell::UnsafeCell;
     pub(crate) use loom::sync::Arc;
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+    pub(crate) use loom::sync::atomic::{
+        AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fence,
+    };
+    use std::cell::RefCell;
 
-    #[derive(Debug)]
-    pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
+    /// Loom runs every modelled thread on one OS thread, so `thread_local::ThreadLocal` would give
+    /// them all the same `T`. Here each loom thread gets its own index (remembered in a loom
+    /// thread-local) into a fixed set of `T`s: models have at most three threads.
+    pub(crate) struct PerThread<T> {
+        values: [T; 4],
+        next: loom::sync::atomic::AtomicUsize,
+    }
 
-    pub(crate) type RwLockReadGuard<'a, T> = loom::sync::RwLockReadGuard<'a, T>;
-    pub(crate) type RwLockWriteGuard<'a, T> = loom::sync::RwLockWriteGuard<'a, T>;
+    loom::thread_local! {
+        /// The index of this loom thread in each `PerThread` it used, by address.
+        static INDICES: RefCell<Vec<(usize, usize)>> = RefCell::new(Vec::new());
+    }
 
-    impl<T> RwLock<T> {
-        pub(crate) fn new(value: T) -> Self {
-            Self(loom::sync::RwLock::new(value))
+    impl<T: Default> PerThread<T> {
+        pub(crate) fn new() -> Self {
+            Self {
+                values: std::array::from_fn(|_| T::default()),
+                next: loom::sync::atomic::AtomicUsize::new(0),
+            }
         }
-        pub(crate) fn read(&self) -> RwLockReadGuard<'_, T> {
-            self.0.read().unwrap_or_else(|e| e.into_inner())
+        fn index(&self, create: bool) -> Option<usize> {
+            let me = self as *const Self as usize;
+            INDICES.with(|indices| {
+                let found = indices
+                    .borrow()
+                    .iter()
+                    .find(|(at, _)| *at == me)
+                    .map(|e| e.1);
+                found.or_else(|| {
+                    create.then(|| {
+                        let i = self.next.fetch_add(1, Ordering::Relaxed);
+                        assert!(i < 4, "a loom model uses at most four threads");
+                        indices.borrow_mut().push((me, i));
+                        i
+                    })
+                })
+            })
         }
-        pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
-            self.0.write().unwrap_or_else(|e| e.into_inner())
+        pub(crate) fn get_or_default(&self) -> &T {
+            &self.values[self.index(true).expect("created")]
+        }
+        pub(crate) fn get(&self) -> Option<&T> {
+            self.index(false).map(|i| &self.values[i])
+        }
+        pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+            let used = self.next.load(Ordering::Acquire).min(4);
+            self.values[..used].iter()
         }
     }
 
@@ -119,6 +183,84 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// The reader's half of an asymmetric fence: orders the reader's preceding store (its
+/// announcement) before its following loads, in pair with [`heavy_barrier`]. A compiler fence
+/// where the heavy side is a process-wide barrier (Linux `membarrier`), a full fence elsewhere.
+#[inline]
+pub(crate) fn light_barrier() {
+    #[cfg(not(all(test, leasecache_loom)))]
+    if membarrier::available() {
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        return;
+    }
+    fence(Ordering::SeqCst);
+}
+
+/// The writer's half of an asymmetric fence: when it returns, every thread of the process has
+/// executed a full fence since it was called, so a reader's announcement made before that point
+/// is visible, and a reader's loads after it see what the caller stored before the call.
+pub(crate) fn heavy_barrier() {
+    #[cfg(not(all(test, leasecache_loom)))]
+    if membarrier::available() {
+        membarrier::barrier();
+        return;
+    }
+    fence(Ordering::SeqCst);
+}
+
+/// Registers the process for expedited `membarrier` once; [`light_barrier`] falls back to a full
+/// fence when that fails (old kernels, seccomp filters, other systems).
+pub(crate) fn init_barriers() {
+    #[cfg(not(all(test, leasecache_loom)))]
+    membarrier::init();
+}
+
+#[cfg(not(all(test, leasecache_loom)))]
+mod membarrier {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set once, before any cache exists whose readers could rely on it, and never cleared.
+    static AVAILABLE: AtomicBool = AtomicBool::new(false);
+
+    #[inline]
+    pub(super) fn available() -> bool {
+        // Relaxed: written once by `init`, which runs when a cache is built; every reader of that
+        // cache reaches it through whatever published the cache, which orders the write before.
+        AVAILABLE.load(Ordering::Relaxed)
+    }
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn init() {
+        use rustix::thread::{MembarrierCommand, membarrier, membarrier_query};
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let query = membarrier_query();
+            let usable = query.contains_command(MembarrierCommand::PrivateExpedited)
+                && query.contains_command(MembarrierCommand::RegisterPrivateExpedited)
+                && membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok();
+            AVAILABLE.store(usable, Ordering::Relaxed);
+        });
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn init() {}
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn barrier() {
+        use rustix::thread::{MembarrierCommand, membarrier};
+        // Registered in `init`, so the only documented failures (not registered, not supported)
+        // cannot happen; if one did, readers relying on the barrier would be unprotected.
+        if membarrier(MembarrierCommand::PrivateExpedited).is_err() {
+            std::process::abort();
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn barrier() {
+        unreachable!("membarrier is never available off Linux");
+    }
+}
+
 /// A process-wide unique identity for each cache instance, so that a lease names its cache (I8).
 ///
 /// Deliberately a plain `std` atomic even under loom: it is taken once per cache at construction,
@@ -126,22 +268,4 @@ pub(crate) use imp::*;
 pub(crate) fn next_instance_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// A number unique to the calling thread (taken from a process-wide counter on first use), for
-/// picking and owning a counter stripe. Plain `std` for the same reason as
-/// [`next_instance_id`]: it orders nothing.
-#[inline]
-pub(crate) fn thread_stripe() -> usize {
-    use std::cell::Cell;
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|s| {
-        if s.get() == usize::MAX {
-            s.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        }
-        s.get()
-    })
 }

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 type Hasher = ahash::RandomState;
 type TestCache = Cache<u32, u64, Hasher>;
 
-fn cache(capacity: u64) -> TestCache {
+/// One shard, 64 generation slots, a fixed hasher.
+pub(super) fn cache(capacity: u64) -> TestCache {
     Cache::builder()
         .max_capacity(capacity)
         .shards(1)
@@ -26,11 +27,20 @@ fn cache(capacity: u64) -> TestCache {
 }
 
 /// Runs `body` under loom and reports how many executions it explored.
-fn model(name: &str, body: impl Fn() + Sync + Send + 'static) {
+pub(super) fn model(name: &str, body: impl Fn() + Sync + Send + 'static) {
+    model_with(name, loom::model::Builder::new(), body);
+}
+
+/// [`model`] with a builder of the caller's (for models whose setup takes many steps).
+pub(super) fn model_with(
+    name: &str,
+    builder: loom::model::Builder,
+    body: impl Fn() + Sync + Send + 'static,
+) {
     let executions = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = executions.clone();
     let started = std::time::Instant::now();
-    loom::model::Builder::new().check(move || {
+    builder.check(move || {
         counter.fetch_add(1, StdOrdering::Relaxed);
         body();
     });
@@ -289,6 +299,6 @@ fn get_or_load_failed_leader_hands_over() {
         // The failing caller either led (and got its error) or joined the working load.
         assert!(failed == Err("db down") || failed == Ok(NEW));
         assert!(cache.get_or_load(1, |_| Err::<u64, &str>("unused")) == Ok(NEW));
-        assert_eq!(cache.shards[0].core.read().flights.len(), 0);
+        assert_eq!(cache.shards[0].core.lock().flights.len(), 0);
     });
 }

@@ -6,5 +6,7 @@ mod lincheck;
 mod loom;
 #[cfg(leasecache_loom)]
 mod loom_lincheck;
+#[cfg(leasecache_loom)]
+mod loom_reads;
 mod properties;
 mod spec;

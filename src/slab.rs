@@ -1,0 +1,450 @@
+//! The slab: a shard's entries, in slots that never move, so that a reader holding a slot index
+//! (found in the table without a lock) can read the slot while the writer adds others.
+//!
+//! Slots live in segments that double in size and are never freed before the slab; a slot is
+//! named by a `u32` index. A slot's key and value sit in `UnsafeCell`s: the writer fills a slot
+//! only while no reader can reach it (it is free: never published, or retired and past its grace
+//! period), publishes it with a Release store of its index into the table, and drops its contents
+//! only after unlinking and retiring it and waiting out the grace period (`reclaim.rs`). The
+//! policy's bookkeeping (queue links, weight, state) is in relaxed atomics that only the writer
+//! uses, so that it can change them while readers read the key and value next to them; relaxed
+//! atomic loads and stores compile to plain moves.
+
+#![allow(unsafe_code)]
+
+use crate::sync::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use std::mem::MaybeUninit;
+use std::ptr;
+
+/// A slot's life, in [`Slot::state`]. A zeroed slot is `FREE`.
+pub(crate) const FREE: u8 = 0;
+/// Holding an entry in the small queue.
+pub(crate) const SMALL: u8 = 1;
+/// Holding an entry in the main queue.
+pub(crate) const MAIN: u8 = 2;
+/// Unlinked and waiting for its grace period; its key and value are still there.
+pub(crate) const RETIRED: u8 = 3;
+
+/// One entry: 32 bytes for `u64` keys and values, the same as a hash-map-only layout, because the
+/// policy's fields fill what alignment would waste anyway.
+///
+/// `repr(C)`: what a hit reads (key, value, frequency) comes first.
+#[repr(C)]
+pub(crate) struct Slot<K, V> {
+    key: UnsafeCell<MaybeUninit<K>>,
+    value: UnsafeCell<MaybeUninit<V>>,
+    /// Hits since the policy last looked at the entry: bumped by readers, relaxed (a heuristic).
+    pub(crate) freq: AtomicU8,
+    /// `FREE`, `SMALL`, `MAIN` or `RETIRED`; written by the writer only.
+    state: AtomicU8,
+    pub(crate) weight: AtomicU32,
+    pub(crate) prev: AtomicU32,
+    pub(crate) next: AtomicU32,
+}
+
+// SAFETY: a slot hands out `&K` and `&V` to readers on other threads (hence `Sync` bounds) and moves
+// keys and values between threads (hence `Send`); everything else in it is atomic.
+unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Slot<K, V> {}
+// SAFETY: as above; a slot owns its key and value.
+unsafe impl<K: Send, V: Send> Send for Slot<K, V> {}
+
+impl<K, V> Slot<K, V> {
+    #[cfg(all(test, leasecache_loom))]
+    fn empty() -> Self {
+        Self {
+            key: UnsafeCell::new(MaybeUninit::uninit()),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+            freq: AtomicU8::new(0),
+            state: AtomicU8::new(FREE),
+            weight: AtomicU32::new(0),
+            prev: AtomicU32::new(0),
+            next: AtomicU32::new(0),
+        }
+    }
+
+    /// `FREE`, `SMALL`, `MAIN` or `RETIRED`.
+    pub(crate) fn state(&self) -> u8 {
+        // Relaxed: only the writer reads and writes it.
+        self.state.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_state(&self, state: u8) {
+        self.state.store(state, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on the key.
+    ///
+    /// # Safety
+    /// The slot holds an entry (it is not `FREE`) that cannot be freed while `f` runs: the caller
+    /// found it through the table inside a read (`ReadGuard`), or is the writer.
+    #[inline]
+    pub(crate) unsafe fn with_key<R>(&self, f: impl FnOnce(&K) -> R) -> R {
+        // SAFETY: the caller guarantees the key is initialized and not dropped until `f` returns;
+        // the writer only writes a slot's key while no reader can reach the slot.
+        self.key.with(|k| f(unsafe { (*k).assume_init_ref() }))
+    }
+
+    /// Runs `f` on the value. The same contract as [`with_key`](Self::with_key).
+    ///
+    /// # Safety
+    /// As for [`with_key`](Self::with_key).
+    #[inline]
+    pub(crate) unsafe fn with_value<R>(&self, f: impl FnOnce(&V) -> R) -> R {
+        // SAFETY: as in `with_key`.
+        self.value.with(|v| f(unsafe { (*v).assume_init_ref() }))
+    }
+
+    /// Stores an entry in a free slot.
+    ///
+    /// # Safety
+    /// The slot is `FREE` and no reader can reach it (it is not in the table, and any read that
+    /// found it before it was retired has ended).
+    pub(crate) unsafe fn fill(&self, key: K, value: V, weight: u32) {
+        // SAFETY: the caller guarantees exclusive access to the free slot's contents.
+        self.key.with_mut(|k| unsafe { (*k).write(key) });
+        // SAFETY: as above.
+        self.value.with_mut(|v| unsafe { (*v).write(value) });
+        self.freq.store(0, Ordering::Relaxed);
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// Drops the entry and marks the slot `FREE`.
+    ///
+    /// # Safety
+    /// The slot holds an entry and no reader can reach it any more (it was retired and its grace
+    /// period is over, or the caller has exclusive access to the whole slab).
+    pub(crate) unsafe fn clear(&self) {
+        // SAFETY: the caller guarantees the contents are initialized and unreachable by readers.
+        self.key.with_mut(|k| unsafe { (*k).assume_init_drop() });
+        // SAFETY: as above.
+        self.value.with_mut(|v| unsafe { (*v).assume_init_drop() });
+        self.set_state(FREE);
+    }
+}
+
+/// A pointer set once (by the writer) and read by anyone; freed with its owner.
+pub(crate) struct Published<T> {
+    ptr: AtomicPtr<T>,
+}
+
+// SAFETY: it owns a `T` that readers on other threads borrow.
+unsafe impl<T: Send + Sync> Sync for Published<T> {}
+// SAFETY: it owns a `T`.
+unsafe impl<T: Send> Send for Published<T> {}
+
+impl<T> Published<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            ptr: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&T> {
+        // Acquire pairs with the Release store in `set`: the `T` is initialized.
+        let p = self.ptr.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer came from `Box::into_raw` in `set` and is only freed by
+        // `Drop`, which needs `&mut self`.
+        unsafe { p.as_ref() }
+    }
+
+    /// Publishes `value`. Only the writer calls it, and only while nothing is published.
+    pub(crate) fn set(&self, value: Box<T>) -> &T {
+        debug_assert!(self.ptr.load(Ordering::Relaxed).is_null());
+        let p = Box::into_raw(value);
+        // Release pairs with the Acquire load in `get`.
+        self.ptr.store(p, Ordering::Release);
+        // SAFETY: just published from a live box; freed only by `Drop`.
+        unsafe { &*p }
+    }
+}
+
+impl<T> Drop for Published<T> {
+    fn drop(&mut self) {
+        let p = self.ptr.load(Ordering::Relaxed);
+        if !p.is_null() {
+            // SAFETY: came from `Box::into_raw` in `set`; `&mut self` means nobody borrows it.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+/// One segment: its slots and, once any entry of the shard has a deadline, their deadlines (a
+/// clock reading; `0` means never).
+struct Segment<K, V> {
+    slots: Box<[Slot<K, V>]>,
+    deadlines: Published<Box<[AtomicU64]>>,
+}
+
+/// The slots of one shard, in segments of `2^first_bits`, `2^first_bits`, `2^(first_bits + 1)`,
+/// ... slots, allocated as the writer needs them.
+pub(crate) struct Slab<K, V> {
+    first_bits: u32,
+    /// Segment 0, apart so that a hit in it (in most caches, every hit) needs no bounds check on
+    /// the segment list.
+    first: Published<Segment<K, V>>,
+    /// Segments 1 and up.
+    rest: Box<[Published<Segment<K, V>>]>,
+}
+
+impl<K, V> Slab<K, V> {
+    /// A slab whose first segment holds at least `expected` slots. Nothing is allocated yet.
+    pub(crate) fn new(expected: usize) -> Self {
+        let first_bits = expected
+            .clamp(16, 1 << 31)
+            .next_power_of_two()
+            .trailing_zeros();
+        Self {
+            first_bits,
+            first: Published::new(),
+            rest: (1..=32 - first_bits).map(|_| Published::new()).collect(),
+        }
+    }
+
+    /// Segment `s`'s cell.
+    fn segment(&self, s: usize) -> Option<&Published<Segment<K, V>>> {
+        match s {
+            0 => Some(&self.first),
+            s => self.rest.get(s - 1),
+        }
+    }
+
+    /// The number of segments a slab can have.
+    fn segments(&self) -> usize {
+        self.rest.len() + 1
+    }
+
+    /// The segment and offset of slot `idx`.
+    #[inline]
+    fn locate(&self, idx: u32) -> (usize, usize) {
+        let q = idx >> self.first_bits;
+        if q == 0 {
+            (0, idx as usize)
+        } else {
+            let s = 32 - q.leading_zeros();
+            (
+                s as usize,
+                (idx - (1 << (self.first_bits + s - 1))) as usize,
+            )
+        }
+    }
+
+    /// The number of slots in segment `s`.
+    fn segment_len(&self, s: usize) -> usize {
+        1 << (self.first_bits as usize + s.saturating_sub(1))
+    }
+
+    /// The segment holding slot `idx`, if allocated, and the slot's offset in it.
+    #[inline]
+    fn find_segment(&self, idx: u32) -> Option<(&Segment<K, V>, usize)> {
+        if idx >> self.first_bits == 0 {
+            return Some((self.first.get()?, idx as usize));
+        }
+        let (s, off) = self.locate(idx);
+        Some((self.segment(s)?.get()?, off))
+    }
+
+    /// Slot `idx`, if its segment exists.
+    #[inline]
+    pub(crate) fn get(&self, idx: u32) -> Option<&Slot<K, V>> {
+        let (segment, off) = self.find_segment(idx)?;
+        segment.slots.get(off)
+    }
+
+    /// Slot `idx` and its deadline cell (`None` while the shard has no deadlines), if its segment
+    /// exists: what a hit reads, found with one segment lookup.
+    #[inline]
+    pub(crate) fn entry(&self, idx: u32) -> Option<(&Slot<K, V>, Option<&AtomicU64>)> {
+        let (segment, off) = self.find_segment(idx)?;
+        let slot = segment.slots.get(off)?;
+        Some((slot, segment.deadlines.get().and_then(|d| d.get(off))))
+    }
+
+    /// Slot `idx`, which the writer knows exists.
+    pub(crate) fn slot(&self, idx: u32) -> &Slot<K, V> {
+        self.get(idx)
+            .expect("the writer only names slots it allocated")
+    }
+
+    /// Slot `idx`'s deadline (`0`: none).
+    #[inline]
+    pub(crate) fn deadline(&self, idx: u32) -> u64 {
+        let Some((segment, off)) = self.find_segment(idx) else {
+            return 0;
+        };
+        // Relaxed: the deadline was written before the slot was published (Release on the table
+        // bucket, which the reader loaded with Acquire).
+        segment
+            .deadlines
+            .get()
+            .and_then(|d| d.get(off))
+            .map_or(0, |d| d.load(Ordering::Relaxed))
+    }
+
+    /// Sets slot `idx`'s deadline; allocates deadline arrays the first time one is not `0`. Writer
+    /// only, before the slot is published.
+    pub(crate) fn set_deadline(&self, idx: u32, deadline: u64, with_deadlines: &mut bool) {
+        if !*with_deadlines {
+            if deadline == 0 {
+                return;
+            }
+            *with_deadlines = true;
+            for s in 0..self.segments() {
+                if let Some(segment) = self.segment(s).and_then(Published::get) {
+                    segment.deadlines.set(zeroed_u64s(self.segment_len(s)));
+                }
+            }
+        }
+        let (segment, off) = self.find_segment(idx).expect("allocated");
+        let deadlines = segment
+            .deadlines
+            .get()
+            .expect("allocated with the first deadline");
+        deadlines[off].store(deadline, Ordering::Relaxed);
+    }
+
+    /// The number of slots in the segments allocated so far.
+    pub(crate) fn allocated(&self) -> usize {
+        (0..self.segments())
+            .take_while(|&s| self.segment(s).and_then(Published::get).is_some())
+            .map(|s| self.segment_len(s))
+            .sum()
+    }
+
+    /// Makes sure slot `idx` exists, allocating its segment (and its deadlines, if the shard has
+    /// any) if needed. Writer only. Returns false when `idx` is past the last slot a `u32` names.
+    pub(crate) fn ensure(&self, idx: u32, with_deadlines: bool) -> bool {
+        let (s, _) = self.locate(idx);
+        let Some(segment) = self.segment(s) else {
+            return false;
+        };
+        if segment.get().is_none() {
+            let len = self.segment_len(s);
+            let seg = segment.set(Box::new(Segment {
+                slots: zeroed_slots(len),
+                deadlines: Published::new(),
+            }));
+            if with_deadlines {
+                seg.deadlines.set(zeroed_u64s(len));
+            }
+        }
+        true
+    }
+
+    /// Every allocated slot with its index, for the writer.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (u32, &Slot<K, V>)> {
+        std::iter::once(&self.first)
+            .chain(self.rest.iter())
+            .map_while(Published::get)
+            .flat_map(|seg| seg.slots.iter())
+            .enumerate()
+            .map(|(i, slot)| (i as u32, slot))
+    }
+}
+
+impl<K, V> Drop for Slab<K, V> {
+    fn drop(&mut self) {
+        for (_, slot) in self.slots() {
+            if slot.state() != FREE {
+                // SAFETY: `&mut self`: no reader or writer can reach the slab any more, and a
+                // slot that is not `FREE` holds an entry.
+                unsafe { slot.clear() };
+            }
+        }
+    }
+}
+
+/// `len` free slots. Zeroed memory is a valid `FREE` slot (uninitialized key and value, zero
+/// atomics), and a large zeroed allocation is not resident until touched, so a cache sized for
+/// many more entries than it holds does not pay for the slots it never uses.
+#[cfg(not(all(test, leasecache_loom)))]
+fn zeroed_slots<K, V>(len: usize) -> Box<[Slot<K, V>]> {
+    use std::alloc::{Layout, alloc_zeroed, handle_alloc_error};
+    let layout = Layout::array::<Slot<K, V>>(len).expect("a segment fits the address space");
+    // A slot has atomics, so it is never zero-sized, and `len > 0`: the layout is not empty.
+    debug_assert!(layout.size() > 0);
+    // SAFETY: `layout` has a non-zero size.
+    let ptr = unsafe { alloc_zeroed(layout) }.cast::<Slot<K, V>>();
+    if ptr.is_null() {
+        handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` is a fresh allocation for `len` slots with the layout `Box<[Slot]>` frees
+    // with, and every field of `Slot` is valid when all its bytes are zero: `MaybeUninit`
+    // contents may be anything, and the atomics are plain integers (`state` zero is `FREE`).
+    unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(ptr, len)) }
+}
+
+/// Loom's atomics are not plain integers: build each slot.
+#[cfg(all(test, leasecache_loom))]
+fn zeroed_slots<K, V>(len: usize) -> Box<[Slot<K, V>]> {
+    (0..len).map(|_| Slot::empty()).collect()
+}
+
+fn zeroed_u64s(len: usize) -> Box<Box<[AtomicU64]>> {
+    Box::new((0..len).map(|_| AtomicU64::new(0)).collect())
+}
+
+#[cfg(all(test, not(leasecache_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_u64_slot_is_32_bytes() {
+        // The hit path's second cache miss lands on this slot: keep two per cache line.
+        assert_eq!(std::mem::size_of::<Slot<u64, u64>>(), 32);
+    }
+
+    #[test]
+    fn segments_double_and_indices_map_onto_them() {
+        let slab: Slab<u64, u64> = Slab::new(16);
+        assert_eq!(slab.first_bits, 4);
+        assert_eq!(slab.locate(0), (0, 0));
+        assert_eq!(slab.locate(15), (0, 15));
+        assert_eq!(slab.locate(16), (1, 0));
+        assert_eq!(slab.locate(31), (1, 15));
+        assert_eq!(slab.locate(32), (2, 0));
+        assert_eq!(slab.locate(63), (2, 31));
+        assert_eq!(slab.locate(u32::MAX), (28, (1 << 31) - 1));
+        assert_eq!(slab.segments(), 29);
+        for idx in [0, 15, 16, 40, 100] {
+            assert!(slab.ensure(idx, false));
+            assert!(slab.get(idx).is_some());
+        }
+        assert_eq!(slab.allocated(), 128);
+        assert_eq!(slab.slots().count(), 128);
+    }
+
+    #[test]
+    fn deadlines_appear_with_the_first_one_and_cover_later_segments() {
+        let slab: Slab<u64, u64> = Slab::new(16);
+        let mut with = false;
+        assert!(slab.ensure(3, with));
+        slab.set_deadline(3, 0, &mut with);
+        assert!(!with);
+        assert_eq!(slab.deadline(3), 0);
+        slab.set_deadline(3, 9, &mut with);
+        assert!(with);
+        assert_eq!(slab.deadline(3), 9);
+        assert!(slab.ensure(20, with));
+        assert_eq!(slab.deadline(20), 0);
+        slab.set_deadline(20, 5, &mut with);
+        assert_eq!(slab.deadline(20), 5);
+    }
+
+    #[test]
+    fn filled_slots_are_dropped_with_the_slab() {
+        let value = std::sync::Arc::new(());
+        {
+            let slab: Slab<u64, std::sync::Arc<()>> = Slab::new(16);
+            for idx in 0..3 {
+                assert!(slab.ensure(idx, false));
+                let slot = slab.slot(idx);
+                // SAFETY: a fresh slot of a slab nothing else can reach.
+                unsafe { slot.fill(idx.into(), value.clone(), 1) };
+                slot.set_state(if idx == 2 { RETIRED } else { MAIN });
+            }
+            assert_eq!(std::sync::Arc::strong_count(&value), 4);
+        }
+        assert_eq!(std::sync::Arc::strong_count(&value), 1);
+    }
+}

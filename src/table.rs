@@ -1,0 +1,230 @@
+//! A shard's index: an open-addressing table of `u32` buckets that readers probe without a lock
+//! while the shard's writer changes it.
+//!
+//! A bucket holds a slot index and a tag (the top bits of the key's hash, never zero) packed in
+//! one `u32`, so a probe reads one cache line of buckets and touches a slot only when the tag
+//! matches: one shift and one comparison a bucket tell a live bucket with this key's tag from
+//! everything else (empty and tombstone buckets have tag zero).
+//! Linear probing; removal leaves a tombstone, so a probe never stops early at a bucket that
+//! used to be in its way (buckets go empty -> live -> tombstone -> live, never back to empty).
+//! Every change is a single atomic store, so a reader sees each bucket either before or after it:
+//! a key that stays present is always found. Tombstones are reused by later inserts, and when
+//! live buckets and tombstones fill three quarters of the table the writer builds a new one,
+//! publishes it, and retires the old one (readers still probing it see a consistent earlier
+//! state; see `reclaim.rs`).
+
+use crate::sync::{AtomicU32, Ordering};
+
+/// A bucket that never held an entry.
+const EMPTY: u32 = 0;
+/// A bucket whose entry was removed (tag zero, so it matches no key).
+const TOMBSTONE: u32 = 1;
+
+/// A table of `2^n` buckets.
+pub(crate) struct Table {
+    /// `2^n` buckets, `n >= 0`.
+    buckets: Box<[AtomicU32]>,
+    /// Bits of a bucket that hold the slot index (the low ones); the rest hold the tag.
+    index_bits: u32,
+    /// `(1 << index_bits) - 1`.
+    index_mask: u32,
+    /// `32 - index_bits`: a hash's tag is `hash >> 32 >> tag_shift`, with the lowest bit set.
+    tag_shift: u32,
+}
+
+/// The most slots a table can name: the tag keeps at least one bit.
+pub(crate) const MAX_SLOTS: usize = 1 << 31;
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("buckets", &self.buckets.len())
+            .field("index_bits", &self.index_bits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Table {
+    /// An empty table of `buckets` (a power of two) buckets, able to name slots below `slots`
+    /// (at most [`MAX_SLOTS`]).
+    pub(crate) fn new(buckets: usize, slots: usize) -> Self {
+        debug_assert!(buckets.is_power_of_two());
+        let index_bits = (usize::BITS - slots.saturating_sub(1).leading_zeros()).clamp(1, 31);
+        Self {
+            buckets: (0..buckets.max(1)).map(|_| AtomicU32::new(EMPTY)).collect(),
+            index_bits,
+            index_mask: (1 << index_bits) - 1,
+            tag_shift: index_bits,
+        }
+    }
+
+    /// The number of buckets.
+    pub(crate) fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// How many buckets (live or tombstones) the writer may use before it builds a new table.
+    pub(crate) fn max_used(&self) -> usize {
+        self.buckets() / 4 * 3
+    }
+
+    /// Whether slot `idx` can be named in this table.
+    pub(crate) fn names(&self, idx: u32) -> bool {
+        idx >> self.index_bits == 0
+    }
+
+    /// The tag of `hash`: its top `32 - index_bits` bits, lowest bit set so that no tag is zero.
+    #[inline]
+    fn tag(&self, hash: u64) -> u32 {
+        ((hash >> 32) as u32 >> self.tag_shift) | 1
+    }
+
+    #[inline]
+    fn encode(&self, hash: u64, idx: u32) -> u32 {
+        (self.tag(hash) << self.index_bits) | idx
+    }
+
+    /// The bucket and slot index of the entry for `hash` that `is_key` accepts.
+    ///
+    /// Lock-free: run by readers inside a read (`ReadGuard`) and by the writer. `is_key` is only
+    /// asked about slots whose tag matches.
+    #[inline]
+    pub(crate) fn find(
+        &self,
+        hash: u64,
+        mut is_key: impl FnMut(u32) -> bool,
+    ) -> Option<(usize, u32)> {
+        let tag = self.tag(hash);
+        let buckets = &*self.buckets;
+        // `buckets` is never empty, so `pos & mask` is always in bounds (and the compiler sees it).
+        let mask = buckets.len().wrapping_sub(1);
+        let mut pos = hash as usize;
+        // Ends within one lap: a table always has an empty bucket (the writer rebuilds it before
+        // three quarters are used), and empty buckets only become non-empty, so a probe that has
+        // passed every bucket has passed one that is empty now.
+        loop {
+            pos &= mask;
+            let bucket = buckets.get(pos)?;
+            // Acquire pairs with the Release stores in `insert` and `replace`: the slot a bucket
+            // names was filled before the bucket was written.
+            let bucket = bucket.load(Ordering::Acquire);
+            if bucket >> self.index_bits == tag {
+                if is_key(bucket & self.index_mask) {
+                    return Some((pos, bucket & self.index_mask));
+                }
+            } else if bucket == EMPTY {
+                return None;
+            }
+            pos += 1;
+        }
+    }
+
+    /// Adds `idx` for `hash`, whose key is not in the table. Writer only. Returns whether an
+    /// empty bucket was used (rather than a tombstone).
+    pub(crate) fn insert(&self, hash: u64, idx: u32) -> bool {
+        debug_assert!(self.names(idx));
+        let mask = self.buckets.len() - 1;
+        let mut pos = hash as usize & mask;
+        loop {
+            // Relaxed: only the writer stores buckets.
+            let bucket = self.buckets[pos].load(Ordering::Relaxed);
+            if bucket == EMPTY || bucket == TOMBSTONE {
+                // Release pairs with the Acquire load in `find`: readers that see the bucket see
+                // the slot's contents.
+                self.buckets[pos].store(self.encode(hash, idx), Ordering::Release);
+                return bucket == EMPTY;
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    /// Points bucket `pos` (found for `hash`) at slot `idx` instead. Writer only.
+    pub(crate) fn replace(&self, pos: usize, hash: u64, idx: u32) {
+        debug_assert!(self.names(idx));
+        // Release pairs with the Acquire load in `find`.
+        self.buckets[pos].store(self.encode(hash, idx), Ordering::Release);
+    }
+
+    /// Makes bucket `pos` a tombstone. Writer only.
+    pub(crate) fn remove(&self, pos: usize) {
+        // Release: a reader that sees the tombstone sees the generation mark the writer stored
+        // before it (`Cache::get_or_lease` validates a lock-free miss against the generation).
+        self.buckets[pos].store(TOMBSTONE, Ordering::Release);
+    }
+
+    /// The slot index in every live bucket. Writer only.
+    pub(crate) fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.buckets.iter().filter_map(move |b| {
+            let bucket = b.load(Ordering::Relaxed);
+            (bucket >> self.index_bits != 0).then_some(bucket & self.index_mask)
+        })
+    }
+}
+
+#[cfg(all(test, not(leasecache_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_what_it_holds_past_tombstones_and_reuses_them() {
+        let t = Table::new(8, 100);
+        // Four keys with the same home bucket and the same tag.
+        for idx in 0..4 {
+            assert!(t.insert(3, idx));
+        }
+        assert_eq!(t.find(3, |i| i == 2), Some((5, 2)));
+        t.remove(4); // slot 1
+        assert_eq!(
+            t.find(3, |i| i == 3),
+            Some((6, 3)),
+            "a tombstone stops no probe"
+        );
+        assert_eq!(t.find(3, |i| i == 1), None);
+        assert!(!t.insert(3, 9), "the tombstone is reused");
+        assert_eq!(t.find(3, |i| i == 9), Some((4, 9)));
+        t.replace(4, 3, 10);
+        assert_eq!(t.find(3, |i| i == 10), Some((4, 10)));
+        let mut live: Vec<u32> = t.live().collect();
+        live.sort_unstable();
+        assert_eq!(live, [0, 2, 3, 10]);
+    }
+
+    #[test]
+    fn tags_skip_other_keys_and_wrap_around() {
+        let t = Table::new(4, 10);
+        let (a, b) = (3u64 | (1 << 62), 3u64);
+        t.insert(a, 1);
+        t.insert(b, 2);
+        let mut asked = Vec::new();
+        assert_eq!(
+            t.find(b, |i| {
+                asked.push(i);
+                i == 2
+            }),
+            Some((0, 2))
+        );
+        assert_eq!(
+            asked,
+            [2],
+            "the other key's tag differs: its slot is not read"
+        );
+    }
+
+    #[test]
+    fn index_bits_grow_with_the_slots_and_the_tag_takes_the_rest() {
+        assert_eq!(Table::new(16, 16).index_bits, 4);
+        assert_eq!(Table::new(16, 17).index_bits, 5);
+        assert_eq!(Table::new(16, 1 << 20).index_bits, 20);
+        let t = Table::new(16, MAX_SLOTS);
+        assert_eq!(t.index_bits, 31);
+        let last = (MAX_SLOTS - 1) as u32;
+        assert!(t.names(last) && !t.names(last + 1));
+        // One tag bit left, always set: the tag only tells live buckets from the rest.
+        t.insert(5, last);
+        t.insert(5, 0);
+        assert_eq!(t.find(5, |i| i == last), Some((5, last)));
+        assert_eq!(t.find(5, |i| i == 0), Some((6, 0)));
+        t.remove(5);
+        assert_eq!(t.find(5, |i| i == 0), Some((6, 0)));
+    }
+}
