@@ -31,7 +31,7 @@
 
 #![allow(unsafe_code)]
 
-use crate::sync::{AtomicU64, Ordering, PerThread, fence, heavy_barrier, light_barrier};
+use crate::sync::{AtomicU64, Mutex, Ordering, PerThread, heavy_barrier, light_barrier};
 use crossbeam_utils::CachePadded;
 
 /// `Record::state`'s bit 0: the thread is inside a read. The epoch is `state >> 1`.
@@ -65,10 +65,25 @@ pub(crate) struct Readers {
     id: u64,
     epoch: CachePadded<AtomicU64>,
     records: PerThread<CachePadded<Record>>,
-    /// NEGATIVE CONTROL, compiled only for the loom models: reads that do not announce
-    /// themselves, so writers free what they still read. The model that sets it must fail.
+    /// Taken to add a record and to check the records: a writer's check either sees a new
+    /// record, or that record's thread takes it after the check and so reads the epoch the
+    /// writer published before it (see `quiescent`).
+    registry: Mutex<()>,
+    /// NEGATIVE CONTROLS, compiled only for the loom models: a deliberately broken protocol.
+    /// The models that set it must fail.
     #[cfg(all(test, leasecache_loom))]
-    pub(crate) broken_unannounced_reads: bool,
+    pub(crate) broken: Option<Broken>,
+}
+
+/// A way to break the reclamation protocol, for the loom models' negative controls.
+#[cfg(all(test, leasecache_loom))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Broken {
+    /// Reads do not announce themselves: writers free what they still read.
+    UnannouncedReads,
+    /// Writers trust a record that looks idle without the heavy barrier: an announcement still
+    /// in its thread's store buffer goes unseen.
+    NoBarrier,
 }
 
 #[cfg(not(all(test, leasecache_loom)))]
@@ -105,8 +120,9 @@ impl Readers {
             id: crate::sync::next_instance_id(),
             epoch: CachePadded::new(AtomicU64::new(0)),
             records: PerThread::new(),
+            registry: Mutex::new(()),
             #[cfg(all(test, leasecache_loom))]
-            broken_unannounced_reads: false,
+            broken: None,
         }
     }
 
@@ -132,14 +148,9 @@ impl Readers {
         let record: &Record = match self.records.get() {
             Some(record) => record,
             None => {
-                let record = self.records.get_or_default();
-                // A new record, in pair with the fence in `advance`: either a writer that
-                // published an epoch sees this record when it checks for readers, or this
-                // thread's first read loads that epoch (or a later one). Without it, a writer
-                // could miss a record created after its epoch and free what that first read
-                // still sees. Once per thread and cache.
-                fence(Ordering::SeqCst);
-                record
+                // Once per thread and cache; see `registry`.
+                let _registry = self.registry.lock();
+                self.records.get_or_default()
             }
         };
         #[cfg(not(all(test, leasecache_loom)))]
@@ -153,7 +164,7 @@ impl Readers {
     pub(crate) fn enter(&self) -> ReadGuard<'_> {
         let record = self.record();
         #[cfg(all(test, leasecache_loom))]
-        if self.broken_unannounced_reads {
+        if self.broken == Some(Broken::UnannouncedReads) {
             return ReadGuard {
                 record,
                 leave: None,
@@ -205,10 +216,7 @@ impl Readers {
     pub(crate) fn advance(&self) -> u64 {
         // AcqRel: the Release half publishes the caller's unlinking to every read that begins at
         // the new epoch or a later one (RMWs by other writers continue the release sequence).
-        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        // In pair with the fence after a record is created (`record_slow`).
-        fence(Ordering::SeqCst);
-        epoch
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// Whether no read can still see what was unlinked before `epoch` was published (see the
@@ -216,6 +224,9 @@ impl Readers {
     /// was published; one is issued (and `barrier` set) when only idle-looking records stand in
     /// the way.
     pub(crate) fn quiescent(&self, epoch: u64, barrier: &mut bool) -> bool {
+        // A record added after this check belongs to a thread that takes the registry after it,
+        // so after `epoch` was published: that thread's reads begin at `epoch` or later.
+        let _registry = self.registry.lock();
         let own = self.records.get().map(|r| &**r as *const Record);
         let mut idle_behind = false;
         for record in self.records.iter() {
@@ -238,6 +249,10 @@ impl Readers {
             }
         }
         if !idle_behind || *barrier {
+            return true;
+        }
+        #[cfg(all(test, leasecache_loom))]
+        if self.broken == Some(Broken::NoBarrier) {
             return true;
         }
         heavy_barrier();

@@ -329,3 +329,106 @@ fn teeth_unleased_reads_are_caught_serving_stale_data() {
     );
     assert!(stale > 0, "the oracle failed to catch the unleased race");
 }
+
+/// A value that knows its key and whether it is alive: dropping it marks it dead, and cloning a
+/// dead one fails. A read that cloned a value after its slot was freed, or from a slot refilled
+/// with another key's entry, would be caught here.
+#[derive(Debug)]
+struct Checked {
+    key: u64,
+    /// Atomic so that the store in `drop` is not optimized away as dead and the load in `clone`
+    /// looks at memory another thread may have just changed.
+    alive: AtomicU64,
+}
+
+const ALIVE: u64 = 0xA11C_E0F1_1FE0_A11C;
+const DEAD: u64 = 0xDEAD_DEAD_DEAD_DEAD;
+
+impl Checked {
+    fn new(key: u64) -> Self {
+        Self {
+            key,
+            alive: AtomicU64::new(ALIVE),
+        }
+    }
+}
+
+impl Clone for Checked {
+    fn clone(&self) -> Self {
+        let alive = self.alive.load(Ordering::Relaxed);
+        assert_eq!(alive, ALIVE, "cloned a dropped value of key {}", self.key);
+        Self::new(self.key)
+    }
+}
+
+impl Drop for Checked {
+    fn drop(&mut self) {
+        self.alive.store(DEAD, Ordering::Relaxed);
+    }
+}
+
+/// Lock-free reads race writers that replace, purge, evict and flush, so that the slots readers
+/// find are retired and freed (in batches of 32 in a cache this small) all the time. Every value a
+/// read returns must be alive and belong to the key asked for.
+#[test]
+fn lock_free_reads_never_see_a_freed_or_reused_slot() {
+    let cache = Arc::new(
+        Cache::<u64, Checked>::builder()
+            .max_capacity(16)
+            .shards(1)
+            .build(),
+    );
+    let until = Instant::now() + budget();
+    let reads = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for w in 0..2u64 {
+        let cache = cache.clone();
+        threads.push(thread::spawn(move || {
+            let mut rng = Rng(0xC0FFEE + w);
+            while Instant::now() < until {
+                let key = rng.below(64);
+                match rng.below(16) {
+                    0 => {
+                        cache.purge(&key);
+                    }
+                    1 if w == 0 => cache.flush(),
+                    _ => cache.insert(key, Checked::new(key)),
+                }
+            }
+        }));
+    }
+    for r in 0..2u64 {
+        let (cache, reads) = (cache.clone(), reads.clone());
+        threads.push(thread::spawn(move || {
+            let mut rng = Rng(0xFACE + r);
+            while Instant::now() < until {
+                let key = rng.below(64);
+                let value = match rng.below(3) {
+                    0 => cache.get(&key),
+                    1 => cache.get_or_lease(&key).hit(),
+                    _ => cache.contains_key(&key).then(|| Checked::new(key)),
+                };
+                if let Some(value) = value {
+                    assert_eq!(
+                        value.key, key,
+                        "a read of key {key} returned another key's value"
+                    );
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in threads {
+        t.join()
+            .expect("a reader saw a freed or reused slot, or a writer panicked");
+    }
+    let stats = cache.stats();
+    eprintln!(
+        "lock-free reads: {} reads; {stats:?}",
+        reads.load(Ordering::Relaxed)
+    );
+    assert!(
+        stats.hits > 0 && stats.evictions > 0,
+        "the test did nothing"
+    );
+}

@@ -6,21 +6,22 @@
 //! Under loom a shard frees retired slots in batches of one, so two writes in a model are enough
 //! for the first one's old slot to be freed. Slot contents live in loom's `UnsafeCell`, which
 //! fails the model if a slot is freed (written) while a read of it is not ordered before that:
-//! what a use-after-free would be in a real run. The negative control makes reads skip their
-//! announcement and must be caught.
+//! what a use-after-free would be in a real run. Two negative controls break the protocol (reads
+//! that skip their announcement; a writer that trusts an idle-looking record without the heavy
+//! barrier) and must be caught. Loom models both halves of the asymmetric fence as `SeqCst`
+//! fences, which order exactly what `membarrier` and a compiler fence order between them.
 
 use super::loom::{cache, model, model_with};
+use crate::reclaim::Broken;
 use crate::sync::Arc;
 use loom::thread;
 
 /// A reader gets key 1 while a writer replaces its value three times: each replacement retires
 /// the previous slot, and the later ones free it once no read can see it. The read returns one of
 /// the values, never a freed one.
-fn get_vs_replacements(broken: bool) {
+fn get_vs_replacements(broken: Option<Broken>) {
     let mut cache = cache(4);
-    if broken {
-        cache.readers.broken_unannounced_reads = true;
-    }
+    cache.readers.broken = broken;
     cache.insert(1, 10);
     let cache = Arc::new(cache);
     let reader = {
@@ -45,7 +46,7 @@ fn get_vs_replacements(broken: bool) {
 #[test]
 fn lock_free_get_vs_replacements() {
     model("lock_free_get_vs_replacements", || {
-        get_vs_replacements(false)
+        get_vs_replacements(None)
     });
 }
 
@@ -54,7 +55,17 @@ fn lock_free_get_vs_replacements() {
 #[should_panic(expected = "Causality violation")]
 fn negative_control_unannounced_read_is_caught() {
     model("negative_control_unannounced_read", || {
-        get_vs_replacements(true)
+        get_vs_replacements(Some(Broken::UnannouncedReads))
+    });
+}
+
+/// NEGATIVE CONTROL: a writer that takes an idle-looking record at its word, with no barrier,
+/// misses an announcement made just before and frees the slot that read is about to clone.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn negative_control_no_barrier_is_caught() {
+    model("negative_control_no_barrier", || {
+        get_vs_replacements(Some(Broken::NoBarrier))
     });
 }
 
