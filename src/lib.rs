@@ -45,9 +45,37 @@
 //! [`Cache::flush`] move the slot to a value it has never held (from the shard's monotonic clock)
 //! in the same critical section as their effect on the entry; [`Cache::save_with_lease`] compares
 //! the slot with the lease in the same critical section as its store. Reading the slot is one
-//! atomic load, so [`Cache::lease`] is lock-free. The table has a fixed size, so purging any
-//! number of absent keys costs no memory; keys that share a slot fence each other, which can only
-//! reject a save spuriously (one extra uncached read), never accept a stale one.
+//! atomic load, so [`Cache::lease`] is lock-free (a write marks the slot while it changes the
+//! shard, and a lease taken at that moment waits for the write to finish, so that a lease never
+//! runs ahead of what a lookup sees). The table has a fixed size, so purging any number of absent
+//! keys costs no memory; keys that share a slot fence each other, which can only reject a save
+//! spuriously (one extra uncached read), never accept a stale one.
+//!
+//! ## Lock-free reads
+//!
+//! [`Cache::get`], [`Cache::contains_key`] and the hits of [`Cache::get_or_lease`] and
+//! [`Cache::get_or_load`] take no lock and execute no locked instruction: a thread-local lookup,
+//! a probe of the shard's table, and two plain stores that announce the read to writers. Writes
+//! take a per-shard lock and never change anything a read can reach: a new or replaced value goes
+//! into a fresh slot, published by one atomic store, and what a write unlinks (a replaced, purged
+//! or evicted entry, an outgrown table) is *retired*. Retired entries are dropped in batches (up
+//! to 1,024 per shard) once no read that could see them is still running, which is
+//! epoch-based reclamation: each thread's announcement says which epoch its read began at, and a
+//! batch waits for every thread to have begun a read after it, or to be idle. Telling an idle
+//! thread from one whose announcement is still in its CPU's store buffer takes a process-wide
+//! barrier (Linux `membarrier`, a few microseconds), which busy readers make unnecessary; where
+//! `membarrier` is not available, reads issue a full fence instead.
+//!
+//! What this means for you:
+//! - a value is **not dropped by the call that removes it** (`purge`, `insert` over it, eviction,
+//!   `flush`) but a little later, by a later write to its shard, once no read can be cloning it;
+//! - a thread that stalls inside a `K::eq` or `V::clone` of a read delays dropping retired
+//!   entries of that cache (the cache then holds more than its capacity in retired entries); it
+//!   never blocks a writer.
+//!
+//! The protocol is checked by loom models, including negative controls that loom must catch
+//! (reads that do not announce themselves; a writer that trusts an idle-looking thread without
+//! the barrier), and by a stress test whose values mark themselves dead when dropped.
 //!
 //! ## Consistency
 //!
@@ -62,7 +90,7 @@
 //!   of an absent key or flush.
 //! - **Bounded bookkeeping (I5).** Generation state is a fixed table sized at build time.
 //! - **The hit path is a lookup (I6).** A present, unexpired value is current; `get` never reads
-//!   generations. Expired values are never returned.
+//!   generations and takes no lock. Expired values are never returned.
 //! - **Single-flight never leaks pre-write data forward (I7).** A `get_or_load` that starts after a
 //!   purge, insert or flush of its key *returned* never receives a value loaded under a lease
 //!   taken before that write. Callers that joined the load before the write may receive it: their
@@ -91,9 +119,10 @@
 //!
 //! ## Blocking
 //!
-//! Every method may block the calling thread briefly on a shard lock. `get_or_load` also
-//! *blocks the calling thread while it waits for or runs a load*; use `get_or_load_async` in async
-//! code, which never blocks on a load.
+//! `get` and `contains_key` never block; `lease` blocks only while a write to a key sharing its
+//! generation slot is half done (briefly, on that shard's lock). Every other method may block the
+//! calling thread briefly on a shard lock. `get_or_load` also *blocks the calling thread while it waits for or
+//! runs a load*; use `get_or_load_async` in async code, which never blocks on a load.
 //!
 //! ## Features
 //!

@@ -22,7 +22,7 @@
 //! - small caches get fewer shards (at least 128 entries each), since each shard runs its own
 //!   policy.
 //!
-//! Hits never touch the sketch (the hit path stays a read-locked map lookup plus a relaxed store of
+//! Hits never touch the sketch (the hit path stays a lock-free table lookup plus a relaxed store of
 //! the entry's 2-bit frequency); an entry's hits are folded into the sketch when the policy next
 //! looks at it.
 
