@@ -63,6 +63,9 @@ pub(crate) struct Readers {
     /// Unique in the process, never reused: names this `Readers` in `LAST`.
     #[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
     id: u64,
+    /// Whether reads may use a compiler fence as their half of the asymmetric fence (the heavy
+    /// half is `membarrier`); a full fence otherwise. Fixed when the cache is built.
+    fast_barrier: bool,
     epoch: CachePadded<AtomicU64>,
     records: PerThread<CachePadded<Record>>,
     /// Taken to add a record and to check the records: a writer's check either sees a new
@@ -108,15 +111,15 @@ impl std::fmt::Debug for Readers {
 #[must_use]
 pub(crate) struct ReadGuard<'a> {
     record: &'a Record,
-    /// The state to store when the read ends; `None` for a read nested in another one on the same
-    /// thread, which ends with the outer read.
-    leave: Option<u64>,
+    /// The state to store when the read ends: inactive at its epoch, or, for a read nested in
+    /// another one on the same thread, the outer read's (still active) announcement.
+    leave: u64,
 }
 
 impl Readers {
     pub(crate) fn new() -> Self {
-        crate::sync::init_barriers();
         Self {
+            fast_barrier: crate::sync::init_barriers(),
             id: crate::sync::next_instance_id(),
             epoch: CachePadded::new(AtomicU64::new(0)),
             records: PerThread::new(),
@@ -163,33 +166,33 @@ impl Readers {
     #[inline]
     pub(crate) fn enter(&self) -> ReadGuard<'_> {
         let record = self.record();
+        // Relaxed: only this thread writes its record.
+        let state = record.state.load(Ordering::Relaxed);
         #[cfg(all(test, leasecache_loom))]
         if self.broken == Some(Broken::UnannouncedReads) {
             return ReadGuard {
                 record,
-                leave: None,
-            };
-        }
-        // Relaxed: only this thread writes its record.
-        if record.state.load(Ordering::Relaxed) & ACTIVE != 0 {
-            return ReadGuard {
-                record,
-                leave: None,
+                leave: state,
             };
         }
         // Acquire pairs with the AcqRel `fetch_add` in `advance`: a read that begins at epoch `e`
         // sees every unlinking done before `e` was published.
         let epoch = self.epoch.load(Ordering::Acquire) << 1;
+        // A read nested in another one on this thread (a `V::clone` that reads the cache) keeps
+        // the outer read's announcement: it stores it again, which changes nothing, and so does
+        // its end. Chosen without a branch.
+        let (announce, leave) = if state & ACTIVE != 0 {
+            (state, state)
+        } else {
+            (epoch | ACTIVE, epoch)
+        };
         // Release: a writer that reads this announcement (Acquire, in `quiescent`) sees every
         // access of this thread's earlier reads as done.
-        record.state.store(epoch | ACTIVE, Ordering::Release);
+        record.state.store(announce, Ordering::Release);
         // Orders the announcement before the loads of the read, in pair with `heavy_barrier` in
         // `quiescent`.
-        light_barrier();
-        ReadGuard {
-            record,
-            leave: Some(epoch),
-        }
+        light_barrier(self.fast_barrier);
+        ReadGuard { record, leave }
     }
 
     /// Counts a lookup that found a live value, for the calling thread.
@@ -281,11 +284,9 @@ impl ReadGuard<'_> {
 impl Drop for ReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(state) = self.leave {
-            // Release pairs with the Acquire load in `Readers::quiescent`: this read's accesses
-            // happen before a writer that sees it ended frees anything.
-            self.record.state.store(state, Ordering::Release);
-        }
+        // Release pairs with the Acquire load in `Readers::quiescent`: this read's accesses
+        // happen before a writer that sees it ended frees anything.
+        self.record.state.store(self.leave, Ordering::Release);
     }
 }
 

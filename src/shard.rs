@@ -117,9 +117,9 @@ impl<K, V> Shared<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let (slot, deadline) = self.find(self.table(guard), hash, key)?;
+        let (idx, slot) = self.find(self.table(guard), hash, key)?;
         // SAFETY: found through the table inside a read (see `find`).
-        unsafe { Self::read_live(slot, deadline, now, f) }
+        unsafe { self.read_live(idx, slot, now, f) }
     }
 
     /// Whether `key` has a live value, without recording an access. Lock-free.
@@ -129,39 +129,45 @@ impl<K, V> Shared<K, V> {
         Q: Eq + ?Sized,
     {
         self.find(self.table(guard), hash, key)
-            .is_some_and(|(_, deadline)| !expired(deadline, || now))
+            .is_some_and(|(idx, slot)| !self.expired(idx, slot, || now))
     }
 
-    /// The slot holding `key` in `table`, with its deadline cell.
+    /// The slot holding `key` in `table`, with its index.
     ///
     /// The caller is inside a read in which `table` was loaded, or is the writer: then every slot
     /// the table names holds an entry that is not freed before the caller is done (slots are
     /// filled before they are published, and freed only after being unlinked and waiting out
     /// every read that began before).
     #[inline]
-    fn find<'t, Q>(
-        &'t self,
-        table: &Table,
-        hash: u64,
-        key: &Q,
-    ) -> Option<(&'t Slot<K, V>, Option<&'t crate::sync::AtomicU64>)>
+    fn find<'t, Q>(&'t self, table: &Table, hash: u64, key: &Q) -> Option<(u32, &'t Slot<K, V>)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
         let mut found = None;
-        table.find(hash, |idx| {
-            let Some(entry) = self.slab.entry(idx) else {
+        let (_, idx) = table.find(hash, |idx| {
+            let Some(slot) = self.slab.get(idx) else {
                 return false;
             };
             // SAFETY: a slot named by the table holds an entry that outlives this call (see above).
-            let matches = unsafe { entry.0.with_key(|k| k.borrow() == key) };
+            let matches = unsafe { slot.with_key(|k| k.borrow() == key) };
             if matches {
-                found = Some(entry);
+                found = Some(slot);
             }
             matches
         })?;
-        found
+        Some((idx, found?))
+    }
+
+    /// Whether the entry in slot `idx` has a deadline the clock has reached; `now` is only called
+    /// when it has one.
+    #[inline]
+    fn expired(&self, idx: u32, slot: &Slot<K, V>, now: impl FnOnce() -> u64) -> bool {
+        if !slot.timed() {
+            return false;
+        }
+        let deadline = self.slab.deadline(idx);
+        deadline != 0 && deadline <= now()
     }
 
     /// `f` of the slot's value unless its deadline has passed, bumping its frequency.
@@ -171,12 +177,13 @@ impl<K, V> Shared<K, V> {
     /// read, or by the writer.
     #[inline]
     unsafe fn read_live<R>(
+        &self,
+        idx: u32,
         slot: &Slot<K, V>,
-        deadline: Option<&crate::sync::AtomicU64>,
         now: impl FnOnce() -> u64,
         f: impl FnOnce(&V) -> R,
     ) -> Option<R> {
-        if expired(deadline, now) {
+        if self.expired(idx, slot, now) {
             return None;
         }
         // Relaxed: a heuristic for the policy that orders nothing.
@@ -186,16 +193,6 @@ impl<K, V> Shared<K, V> {
         }
         // SAFETY: the caller's contract.
         Some(unsafe { slot.with_value(f) })
-    }
-}
-
-/// Whether a deadline (`0` or absent: none) has passed; `now` is only called for a real one.
-#[inline]
-fn expired(deadline: Option<&crate::sync::AtomicU64>, now: impl FnOnce() -> u64) -> bool {
-    // Relaxed: written before the slot was published (see `Slab::deadline`).
-    match deadline.map(|d| d.load(Ordering::Relaxed)) {
-        Some(deadline) if deadline != 0 => deadline <= now(),
-        _ => false,
     }
 }
 
@@ -402,9 +399,9 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let (slot, deadline) = self.shared.find(self.table(), hash, key)?;
+        let (idx, slot) = self.shared.find(self.table(), hash, key)?;
         // SAFETY: found through the table by the writer.
-        unsafe { Shared::<K, V>::read_live(slot, deadline, now, f) }
+        unsafe { self.shared.read_live(idx, slot, now, f) }
     }
 
     /// [`insert_as`](Self::insert_as) for a fill, as the unit tests write it.
@@ -464,7 +461,7 @@ where
         };
         self.ensure_room(hash_of);
         // SAFETY: a slot from `alloc` is free and unreachable by readers.
-        unsafe { self.slot(idx).fill(key, value, weight) };
+        unsafe { self.slot(idx).fill(key, value, weight, expires_at != 0) };
         self.shared
             .slab
             .set_deadline(idx, expires_at, &mut self.w.deadlines);

@@ -24,6 +24,11 @@ pub(crate) const SMALL: u8 = 1;
 pub(crate) const MAIN: u8 = 2;
 /// Unlinked and waiting for its grace period; its key and value are still there.
 pub(crate) const RETIRED: u8 = 3;
+/// The bits of [`Slot::state`] that hold one of the states above.
+const QUEUE: u8 = 0b11;
+/// A flag in [`Slot::state`]: the entry has a deadline. Set before the slot is published, so a
+/// reader that finds the entry looks its deadline up only when it has one.
+const TIMED: u8 = 0b100;
 
 /// One entry: 32 bytes for `u64` keys and values, the same as a hash-map-only layout, because the
 /// policy's fields fill what alignment would waste anyway.
@@ -35,7 +40,7 @@ pub(crate) struct Slot<K, V> {
     value: UnsafeCell<MaybeUninit<V>>,
     /// Hits since the policy last looked at the entry: bumped by readers, relaxed (a heuristic).
     pub(crate) freq: AtomicU8,
-    /// `FREE`, `SMALL`, `MAIN` or `RETIRED`; written by the writer only.
+    /// `FREE`, `SMALL`, `MAIN` or `RETIRED`, and the `TIMED` flag; written by the writer only.
     state: AtomicU8,
     pub(crate) weight: AtomicU32,
     pub(crate) prev: AtomicU32,
@@ -64,12 +69,22 @@ impl<K, V> Slot<K, V> {
 
     /// `FREE`, `SMALL`, `MAIN` or `RETIRED`.
     pub(crate) fn state(&self) -> u8 {
-        // Relaxed: only the writer reads and writes it.
-        self.state.load(Ordering::Relaxed)
+        // Relaxed: only the writer writes it.
+        self.state.load(Ordering::Relaxed) & QUEUE
     }
 
+    /// Sets the state, keeping the `TIMED` flag. Writer only.
     pub(crate) fn set_state(&self, state: u8) {
-        self.state.store(state, Ordering::Relaxed);
+        let timed = self.state.load(Ordering::Relaxed) & TIMED;
+        self.state.store(timed | state, Ordering::Relaxed);
+    }
+
+    /// Whether the entry has a deadline. Read by readers of a published slot.
+    #[inline]
+    pub(crate) fn timed(&self) -> bool {
+        // Relaxed: set before the slot was published (Release on the table bucket, which the
+        // reader loaded with Acquire), and unchanged while it is.
+        self.state.load(Ordering::Relaxed) & TIMED != 0
     }
 
     /// Runs `f` on the key.
@@ -99,13 +114,15 @@ impl<K, V> Slot<K, V> {
     /// # Safety
     /// The slot is `FREE` and no reader can reach it (it is not in the table, and any read that
     /// found it before it was retired has ended).
-    pub(crate) unsafe fn fill(&self, key: K, value: V, weight: u32) {
+    pub(crate) unsafe fn fill(&self, key: K, value: V, weight: u32, timed: bool) {
         // SAFETY: the caller guarantees exclusive access to the free slot's contents.
         self.key.with_mut(|k| unsafe { (*k).write(key) });
         // SAFETY: as above.
         self.value.with_mut(|v| unsafe { (*v).write(value) });
         self.freq.store(0, Ordering::Relaxed);
         self.weight.store(weight, Ordering::Relaxed);
+        let timed = if timed { TIMED } else { 0 };
+        self.state.store(timed | FREE, Ordering::Relaxed);
     }
 
     /// Drops the entry and marks the slot `FREE`.
@@ -114,11 +131,13 @@ impl<K, V> Slot<K, V> {
     /// The slot holds an entry and no reader can reach it any more (it was retired and its grace
     /// period is over, or the caller has exclusive access to the whole slab).
     pub(crate) unsafe fn clear(&self) {
+        // `FREE` first: if a `Drop` below panics, the rest of the entry leaks rather than being
+        // dropped twice by the slab's own `Drop`.
+        self.state.store(FREE, Ordering::Relaxed);
         // SAFETY: the caller guarantees the contents are initialized and unreachable by readers.
         self.key.with_mut(|k| unsafe { (*k).assume_init_drop() });
         // SAFETY: as above.
         self.value.with_mut(|v| unsafe { (*v).assume_init_drop() });
-        self.set_state(FREE);
     }
 }
 
@@ -180,15 +199,15 @@ struct Segment<K, V> {
 /// ... slots, allocated as the writer needs them.
 pub(crate) struct Slab<K, V> {
     first_bits: u32,
-    /// Segment 0, apart so that a hit in it (in most caches, every hit) needs no bounds check on
-    /// the segment list.
-    first: Published<Segment<K, V>>,
+    /// Segment 0, allocated with the slab (zeroed memory costs nothing until touched) and apart
+    /// from the others, so that a hit in it (in most caches, every hit) looks up no segment.
+    first: Segment<K, V>,
     /// Segments 1 and up.
     rest: Box<[Published<Segment<K, V>>]>,
 }
 
 impl<K, V> Slab<K, V> {
-    /// A slab whose first segment holds at least `expected` slots. Nothing is allocated yet.
+    /// A slab whose first segment holds at least `expected` slots.
     pub(crate) fn new(expected: usize) -> Self {
         let first_bits = expected
             .clamp(16, 1 << 31)
@@ -196,16 +215,19 @@ impl<K, V> Slab<K, V> {
             .trailing_zeros();
         Self {
             first_bits,
-            first: Published::new(),
+            first: Segment {
+                slots: zeroed_slots(1 << first_bits),
+                deadlines: Published::new(),
+            },
             rest: (1..=32 - first_bits).map(|_| Published::new()).collect(),
         }
     }
 
-    /// Segment `s`'s cell.
-    fn segment(&self, s: usize) -> Option<&Published<Segment<K, V>>> {
+    /// Segment `s`, if allocated.
+    fn segment(&self, s: usize) -> Option<&Segment<K, V>> {
         match s {
             0 => Some(&self.first),
-            s => self.rest.get(s - 1),
+            s => self.rest.get(s - 1)?.get(),
         }
     }
 
@@ -238,26 +260,21 @@ impl<K, V> Slab<K, V> {
     #[inline]
     fn find_segment(&self, idx: u32) -> Option<(&Segment<K, V>, usize)> {
         if idx >> self.first_bits == 0 {
-            return Some((self.first.get()?, idx as usize));
+            return Some((&self.first, idx as usize));
         }
         let (s, off) = self.locate(idx);
-        Some((self.segment(s)?.get()?, off))
+        Some((self.segment(s)?, off))
     }
 
     /// Slot `idx`, if its segment exists.
     #[inline]
     pub(crate) fn get(&self, idx: u32) -> Option<&Slot<K, V>> {
-        let (segment, off) = self.find_segment(idx)?;
-        segment.slots.get(off)
-    }
-
-    /// Slot `idx` and its deadline cell (`None` while the shard has no deadlines), if its segment
-    /// exists: what a hit reads, found with one segment lookup.
-    #[inline]
-    pub(crate) fn entry(&self, idx: u32) -> Option<(&Slot<K, V>, Option<&AtomicU64>)> {
-        let (segment, off) = self.find_segment(idx)?;
-        let slot = segment.slots.get(off)?;
-        Some((slot, segment.deadlines.get().and_then(|d| d.get(off))))
+        // The first segment's bounds check is the test for being in it: one comparison on a hit.
+        if let Some(slot) = self.first.slots.get(idx as usize) {
+            return Some(slot);
+        }
+        let (s, off) = self.locate(idx);
+        self.segment(s)?.slots.get(off)
     }
 
     /// Slot `idx`, which the writer knows exists.
@@ -290,7 +307,7 @@ impl<K, V> Slab<K, V> {
             }
             *with_deadlines = true;
             for s in 0..self.segments() {
-                if let Some(segment) = self.segment(s).and_then(Published::get) {
+                if let Some(segment) = self.segment(s) {
                     segment.deadlines.set(zeroed_u64s(self.segment_len(s)));
                 }
             }
@@ -306,7 +323,7 @@ impl<K, V> Slab<K, V> {
     /// The number of slots in the segments allocated so far.
     pub(crate) fn allocated(&self) -> usize {
         (0..self.segments())
-            .take_while(|&s| self.segment(s).and_then(Published::get).is_some())
+            .take_while(|&s| self.segment(s).is_some())
             .map(|s| self.segment_len(s))
             .sum()
     }
@@ -315,7 +332,10 @@ impl<K, V> Slab<K, V> {
     /// any) if needed. Writer only. Returns false when `idx` is past the last slot a `u32` names.
     pub(crate) fn ensure(&self, idx: u32, with_deadlines: bool) -> bool {
         let (s, _) = self.locate(idx);
-        let Some(segment) = self.segment(s) else {
+        if s == 0 {
+            return true;
+        }
+        let Some(segment) = self.rest.get(s - 1) else {
             return false;
         };
         if segment.get().is_none() {
@@ -334,8 +354,7 @@ impl<K, V> Slab<K, V> {
     /// Every allocated slot with its index, for the writer.
     pub(crate) fn slots(&self) -> impl Iterator<Item = (u32, &Slot<K, V>)> {
         std::iter::once(&self.first)
-            .chain(self.rest.iter())
-            .map_while(Published::get)
+            .chain(self.rest.iter().map_while(Published::get))
             .flat_map(|seg| seg.slots.iter())
             .enumerate()
             .map(|(i, slot)| (i as u32, slot))
@@ -406,6 +425,12 @@ mod tests {
         assert_eq!(slab.locate(63), (2, 31));
         assert_eq!(slab.locate(u32::MAX), (28, (1 << 31) - 1));
         assert_eq!(slab.segments(), 29);
+        assert_eq!(
+            slab.allocated(),
+            16,
+            "the first segment comes with the slab"
+        );
+        assert!(slab.get(16).is_none());
         for idx in [0, 15, 16, 40, 100] {
             assert!(slab.ensure(idx, false));
             assert!(slab.get(idx).is_some());
@@ -440,7 +465,7 @@ mod tests {
                 assert!(slab.ensure(idx, false));
                 let slot = slab.slot(idx);
                 // SAFETY: a fresh slot of a slab nothing else can reach.
-                unsafe { slot.fill(idx.into(), value.clone(), 1) };
+                unsafe { slot.fill(idx.into(), value.clone(), 1, false) };
                 slot.set_state(if idx == 2 { RETIRED } else { MAIN });
             }
             assert_eq!(std::sync::Arc::strong_count(&value), 4);

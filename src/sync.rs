@@ -185,15 +185,15 @@ pub(crate) use imp::*;
 
 /// The reader's half of an asymmetric fence: orders the reader's preceding store (its
 /// announcement) before its following loads, in pair with [`heavy_barrier`]. A compiler fence
-/// where the heavy side is a process-wide barrier (Linux `membarrier`), a full fence elsewhere.
+/// where the heavy side is a process-wide barrier (`fast`, what [`init_barriers`] returned), a
+/// full fence otherwise.
 #[inline]
-pub(crate) fn light_barrier() {
-    #[cfg(not(all(test, leasecache_loom)))]
-    if membarrier::available() {
+pub(crate) fn light_barrier(fast: bool) {
+    if fast {
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        return;
+    } else {
+        fence(Ordering::SeqCst);
     }
-    fence(Ordering::SeqCst);
 }
 
 /// The writer's half of an asymmetric fence: when it returns, every thread of the process has
@@ -208,11 +208,18 @@ pub(crate) fn heavy_barrier() {
     fence(Ordering::SeqCst);
 }
 
-/// Registers the process for expedited `membarrier` once; [`light_barrier`] falls back to a full
-/// fence when that fails (old kernels, seccomp filters, other systems).
-pub(crate) fn init_barriers() {
+/// Registers the process for expedited `membarrier` once, and returns whether the heavy barrier
+/// is a process-wide one, so that readers may pass `true` to [`light_barrier`]. When registration
+/// fails (old kernels, seccomp filters, other systems) readers must issue full fences. Always
+/// `false` under loom, which models both halves as `SeqCst` fences.
+pub(crate) fn init_barriers() -> bool {
     #[cfg(not(all(test, leasecache_loom)))]
-    membarrier::init();
+    {
+        membarrier::init();
+        membarrier::available()
+    }
+    #[cfg(all(test, leasecache_loom))]
+    false
 }
 
 #[cfg(not(all(test, leasecache_loom)))]
@@ -222,10 +229,9 @@ mod membarrier {
     /// Set once, before any cache exists whose readers could rely on it, and never cleared.
     static AVAILABLE: AtomicBool = AtomicBool::new(false);
 
-    #[inline]
     pub(super) fn available() -> bool {
-        // Relaxed: written once by `init`, which runs when a cache is built; every reader of that
-        // cache reaches it through whatever published the cache, which orders the write before.
+        // Relaxed: written once by `init`, which runs before any cache is built (each reads it
+        // then, and whatever publishes the cache to other threads orders this write before).
         AVAILABLE.load(Ordering::Relaxed)
     }
 
