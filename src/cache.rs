@@ -20,6 +20,14 @@ pub(crate) type Weigher<K, V> = StdArc<dyn Fn(&K, &V) -> u32 + Send + Sync + 'st
 /// A bounded, concurrent, leased cache. See the [crate docs](crate) for a tour.
 ///
 /// `Cache` is `Send + Sync`; share it between threads with an `Arc`. Every method takes `&self`.
+/// Lookups hand out clones of values from other threads' inserts, so keys and values must be
+/// `Send + Sync` for the cache to be shared:
+///
+/// ```compile_fail
+/// fn shared<T: Sync>(_: &T) {}
+/// let cache: leasecache::Cache<u64, std::cell::Cell<u64>> = leasecache::Cache::new(10);
+/// shared(&cache); // error: `Cell<u64>` cannot be shared between threads safely
+/// ```
 ///
 /// ```
 /// use leasecache::{Cache, Lookup};

@@ -75,12 +75,6 @@ pub(crate) struct Shared<K, V> {
     slab: Slab<K, V>,
 }
 
-// The `Slot` impls give the slab its `Send`/`Sync`; the table pointer is shared the same way.
-// SAFETY: the table is `Send + Sync`, and every table this points to is owned by the shard.
-unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Shared<K, V> {}
-// SAFETY: as above.
-unsafe impl<K: Send, V: Send> Send for Shared<K, V> {}
-
 impl<K, V> Shared<K, V> {
     /// An empty shard's shared part, with slab segments sized for `expected_entries`.
     pub(crate) fn new(expected_entries: usize) -> Self {

@@ -48,7 +48,8 @@ pub(crate) struct Slot<K, V> {
 }
 
 // SAFETY: a slot hands out `&K` and `&V` to readers on other threads (hence `Sync` bounds) and moves
-// keys and values between threads (hence `Send`); everything else in it is atomic.
+// keys and values between threads (hence `Send`); everything else in it is atomic (`Cache`'s docs
+// hold a test that a cache of values that are not `Sync` is not `Sync`).
 unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Slot<K, V> {}
 // SAFETY: as above; a slot owns its key and value.
 unsafe impl<K: Send, V: Send> Send for Slot<K, V> {}
