@@ -301,11 +301,17 @@ impl<K, V> Slab<K, V> {
 
     /// Sets slot `idx`'s deadline; allocates deadline arrays the first time one is not `0`. Writer
     /// only, before the slot is published.
+    #[inline]
     pub(crate) fn set_deadline(&self, idx: u32, deadline: u64, with_deadlines: &mut bool) {
+        // A shard that never saw a deadline has no deadlines to keep up to date.
+        if *with_deadlines || deadline != 0 {
+            self.store_deadline(idx, deadline, with_deadlines);
+        }
+    }
+
+    #[cold]
+    fn store_deadline(&self, idx: u32, deadline: u64, with_deadlines: &mut bool) {
         if !*with_deadlines {
-            if deadline == 0 {
-                return;
-            }
             *with_deadlines = true;
             for s in 0..self.segments() {
                 if let Some(segment) = self.segment(s) {

@@ -119,6 +119,35 @@ impl Table {
         }
     }
 
+    /// The entry for `hash` that `is_key` accepts, as [`find`](Self::find); or, if there is none,
+    /// where to insert one (the first empty bucket or tombstone of its probe) and whether that
+    /// bucket is empty. Writer only: one probe for "replace or insert".
+    #[inline]
+    pub(crate) fn find_or_vacancy(
+        &self,
+        hash: u64,
+        mut is_key: impl FnMut(u32) -> bool,
+    ) -> Result<(usize, u32), (usize, bool)> {
+        let tag = self.tag(hash);
+        let mask = self.buckets.len() - 1;
+        let mut pos = hash as usize & mask;
+        let mut vacancy = None;
+        loop {
+            // Relaxed: only the writer stores buckets.
+            let bucket = self.buckets[pos].load(Ordering::Relaxed);
+            if bucket >> self.index_bits == tag {
+                if is_key(bucket & self.index_mask) {
+                    return Ok((pos, bucket & self.index_mask));
+                }
+            } else if bucket == EMPTY {
+                return Err(vacancy.unwrap_or((pos, true)));
+            } else if bucket == TOMBSTONE && vacancy.is_none() {
+                vacancy = Some((pos, false));
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
     /// Adds `idx` for `hash`, whose key is not in the table. Writer only. Returns whether an
     /// empty bucket was used (rather than a tombstone).
     pub(crate) fn insert(&self, hash: u64, idx: u32) -> bool {
@@ -138,21 +167,46 @@ impl Table {
         }
     }
 
-    /// Points bucket `pos` (found for `hash`) at slot `idx` instead. Writer only.
+    /// Points bucket `pos` (found for `hash`, or its vacancy) at slot `idx`. Writer only.
+    #[inline]
     pub(crate) fn replace(&self, pos: usize, hash: u64, idx: u32) {
         debug_assert!(self.names(idx));
         // Release pairs with the Acquire load in `find`.
         self.buckets[pos].store(self.encode(hash, idx), Ordering::Release);
     }
 
-    /// Makes bucket `pos` a tombstone. Writer only.
-    pub(crate) fn remove(&self, pos: usize) {
-        // Release: a reader that sees the tombstone sees the generation mark the writer stored
-        // before it (`Cache::get_or_lease` validates a lock-free miss against the generation).
-        self.buckets[pos].store(TOMBSTONE, Ordering::Release);
+    /// Removes the entry in bucket `pos`. Writer only. Returns how many buckets stopped being
+    /// used (live or tombstone): 0 when it leaves a tombstone.
+    ///
+    /// A bucket followed by an empty one becomes empty rather than a tombstone, and so do the
+    /// tombstones right before it, since no probe needs to pass them any more: a key's probe runs
+    /// through live buckets from its home to where it sits, so a present key always has a
+    /// non-empty bucket after every bucket its probe passes. That holds for readers probing at
+    /// the same moment too (they only stop earlier for keys that are not there). Without it,
+    /// churn fills a table with tombstones that every miss must probe past.
+    pub(crate) fn remove(&self, pos: usize) -> usize {
+        let mask = self.buckets.len() - 1;
+        // Relaxed: only the writer stores buckets.
+        if self.buckets[(pos + 1) & mask].load(Ordering::Relaxed) != EMPTY {
+            // Release (here and below): a reader that sees the removal sees the generation mark
+            // the writer stored before it (`Cache::get_or_lease` validates a lock-free miss
+            // against the generation).
+            self.buckets[pos].store(TOMBSTONE, Ordering::Release);
+            return 0;
+        }
+        self.buckets[pos].store(EMPTY, Ordering::Release);
+        let mut freed = 1;
+        let mut before = pos.wrapping_sub(1) & mask;
+        while self.buckets[before].load(Ordering::Relaxed) == TOMBSTONE {
+            self.buckets[before].store(EMPTY, Ordering::Release);
+            freed += 1;
+            before = before.wrapping_sub(1) & mask;
+        }
+        freed
     }
 
     /// The slot index in every live bucket. Writer only.
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn live(&self) -> impl Iterator<Item = u32> + '_ {
         self.buckets.iter().filter_map(move |b| {
             let bucket = b.load(Ordering::Relaxed);
@@ -173,7 +227,7 @@ mod tests {
             assert!(t.insert(3, idx));
         }
         assert_eq!(t.find(3, |i| i == 2), Some((5, 2)));
-        t.remove(4); // slot 1
+        assert_eq!(t.remove(4), 0, "slot 1 leaves a tombstone");
         assert_eq!(
             t.find(3, |i| i == 3),
             Some((6, 3)),
@@ -187,6 +241,43 @@ mod tests {
         let mut live: Vec<u32> = t.live().collect();
         live.sort_unstable();
         assert_eq!(live, [0, 2, 3, 10]);
+    }
+
+    #[test]
+    fn a_missing_key_gets_the_first_tombstone_of_its_probe() {
+        let t = Table::new(8, 100);
+        for idx in 0..4 {
+            t.insert(3, idx); // buckets 3, 4, 5, 6
+        }
+        assert_eq!(t.find_or_vacancy(3, |i| i == 2), Ok((5, 2)));
+        assert_eq!(t.find_or_vacancy(3, |_| false), Err((7, true)));
+        t.remove(5);
+        t.remove(4);
+        assert_eq!(t.find_or_vacancy(3, |_| false), Err((4, false)));
+        assert_eq!(
+            t.find_or_vacancy(3, |i| i == 3),
+            Ok((6, 3)),
+            "past the tombstones"
+        );
+    }
+
+    #[test]
+    fn removing_the_end_of_a_run_empties_it_and_the_tombstones_before() {
+        let t = Table::new(8, 100);
+        for idx in 0..4 {
+            t.insert(3, idx); // buckets 3, 4, 5, 6; 7 is empty
+        }
+        assert_eq!(t.remove(4), 0);
+        assert_eq!(t.remove(5), 0);
+        assert_eq!(
+            t.remove(6),
+            3,
+            "6 is followed by an empty bucket: 6, 5 and 4 empty out"
+        );
+        assert_eq!(t.find_or_vacancy(3, |_| false), Err((4, true)));
+        assert_eq!(t.find(3, |i| i == 0), Some((3, 0)));
+        assert_eq!(t.remove(3), 1);
+        assert_eq!(t.live().count(), 0);
     }
 
     #[test]
