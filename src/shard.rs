@@ -368,7 +368,7 @@ where
         Q: Eq + ?Sized,
     {
         let slab = &self.shared.slab;
-        self.table().find(hash, |idx| {
+        self.table().find_for_writer(hash, |idx| {
             // SAFETY: the writer; every slot the table names holds an entry.
             slab.get(idx)
                 .is_some_and(|s| unsafe { s.with_key(|k| k.borrow() == key) })
