@@ -20,7 +20,8 @@
 //!   still sitting in its thread's store buffer; the heavy half of the fence (`membarrier`) makes
 //!   every thread's earlier stores visible. Busy readers pass by (a) on their own, so the
 //!   barrier, which costs microseconds when other threads are running, is only paid for records
-//!   of threads that stopped reading this cache.
+//!   of threads that stopped reading this cache, and one barrier serves every shard's batch
+//!   published before it.
 //! - A record still active at an epoch before `e` holds the batch back until it moves on; the
 //!   writer never waits for it (retired slots stay allocated and the slab grows instead), so a
 //!   thread stuck inside a `K::eq` or `V::clone` of this cache only delays reclamation.
@@ -31,7 +32,7 @@
 
 #![allow(unsafe_code)]
 
-use crate::sync::{AtomicU64, Mutex, Ordering, PerThread, heavy_barrier, light_barrier};
+use crate::sync::{AtomicU64, Mutex, Ordering, PerThread, fence, heavy_barrier, light_barrier};
 use crossbeam_utils::CachePadded;
 
 /// `Record::state`'s bit 0: the thread is inside a read. The epoch is `state >> 1`.
@@ -67,6 +68,10 @@ pub(crate) struct Readers {
     /// half is `membarrier`); a full fence otherwise. Fixed when the cache is built.
     fast_barrier: bool,
     epoch: CachePadded<AtomicU64>,
+    /// The highest epoch published before a heavy barrier was issued. `membarrier` is
+    /// process-wide, so one barrier serves the batches of every shard whose epoch is at most
+    /// this: a cache of 8 shards issues an eighth of the barriers it would per shard.
+    barrier_epoch: AtomicU64,
     records: PerThread<CachePadded<Record>>,
     /// Taken to add a record and to check the records: a writer's check either sees a new
     /// record, or that record's thread takes it after the check and so reads the epoch the
@@ -122,6 +127,7 @@ impl Readers {
             fast_barrier: crate::sync::init_barriers(),
             id: crate::sync::next_instance_id(),
             epoch: CachePadded::new(AtomicU64::new(0)),
+            barrier_epoch: AtomicU64::new(0),
             records: PerThread::new(),
             registry: Mutex::new(()),
             #[cfg(all(test, leasecache_loom))]
@@ -223,13 +229,43 @@ impl Readers {
     }
 
     /// Whether no read can still see what was unlinked before `epoch` was published (see the
-    /// module docs). `barrier` records whether a heavy barrier was already issued after `epoch`
-    /// was published; one is issued (and `barrier` set) when only idle-looking records stand in
-    /// the way.
-    pub(crate) fn quiescent(&self, epoch: u64, barrier: &mut bool) -> bool {
+    /// module docs). Issues a heavy barrier when only idle-looking records stand in the way and
+    /// no barrier issued since `epoch` was published covers them.
+    pub(crate) fn quiescent(&self, epoch: u64) -> bool {
         // A record added after this check belongs to a thread that takes the registry after it,
         // so after `epoch` was published: that thread's reads begin at `epoch` or later.
         let _registry = self.registry.lock();
+        // Acquire pairs with the Release `fetch_max` below: the barrier that published it was
+        // issued before the records are read here.
+        let covered = self.barrier_epoch.load(Ordering::Acquire) >= epoch;
+        if covered {
+            // Orders this thread's reads of the records after that barrier for the memory model
+            // too (`SeqCst` fence rules are about the fencing thread); free next to a barrier.
+            fence(Ordering::SeqCst);
+        }
+        match self.scan(epoch, covered) {
+            Scan::Quiescent => return true,
+            Scan::Reading => return false,
+            Scan::IdleBehind => {}
+        }
+        #[cfg(all(test, leasecache_loom))]
+        if self.broken == Some(Broken::NoBarrier) {
+            return true;
+        }
+        // Acquire: the epochs published before this load (and their unlinking) happen before the
+        // barrier.
+        let published = self.epoch.load(Ordering::Acquire);
+        heavy_barrier();
+        // Release pairs with the Acquire load above, in later checks by any shard.
+        self.barrier_epoch.fetch_max(published, Ordering::Release);
+        // After the barrier, a record that still looks idle is idle: a read it begins from now on
+        // sees the unlinking. One that became active at an old epoch began before the barrier.
+        self.scan(epoch, true) == Scan::Quiescent
+    }
+
+    /// What the records say about reads that could see what was unlinked before `epoch`, where
+    /// `idle_is_idle` says whether a barrier issued since then makes an idle-looking record idle.
+    fn scan(&self, epoch: u64, idle_is_idle: bool) -> Scan {
         let own = self.records.get().map(|r| &**r as *const Record);
         let mut idle_behind = false;
         for record in self.records.iter() {
@@ -240,33 +276,34 @@ impl Readers {
                 // This thread: its reads ended before this write began, unless this write runs
                 // inside one of them.
                 if state & ACTIVE != 0 {
-                    return false;
+                    return Scan::Reading;
                 }
             } else if state >> 1 >= epoch {
                 // Its latest read began at `epoch` or later: it sees the unlinking.
             } else if state & ACTIVE != 0 {
                 // Reading since before `epoch`: it may hold what was unlinked.
-                return false;
-            } else {
+                return Scan::Reading;
+            } else if !idle_is_idle {
                 idle_behind = true;
             }
         }
-        if !idle_behind || *barrier {
-            return true;
+        if idle_behind {
+            Scan::IdleBehind
+        } else {
+            Scan::Quiescent
         }
-        #[cfg(all(test, leasecache_loom))]
-        if self.broken == Some(Broken::NoBarrier) {
-            return true;
-        }
-        heavy_barrier();
-        *barrier = true;
-        // After the barrier, a record that still looks idle is idle: a read it begins from now on
-        // sees the unlinking. One that became active at an old epoch began before the barrier.
-        self.records.iter().all(|record| {
-            let state = record.state.load(Ordering::Acquire);
-            state & ACTIVE == 0 || state >> 1 >= epoch
-        })
     }
+}
+
+/// What [`Readers::scan`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scan {
+    /// No read can see the unlinked items.
+    Quiescent,
+    /// A read that may see them is under way.
+    Reading,
+    /// Only threads that look idle, with no barrier to say they are, stand in the way.
+    IdleBehind,
 }
 
 impl ReadGuard<'_> {
@@ -298,8 +335,6 @@ pub(crate) struct Limbo<T> {
     waiting: Vec<T>,
     /// The epoch published after `waiting` was unlinked.
     epoch: u64,
-    /// Whether a heavy barrier was issued after `epoch` was published.
-    barrier: bool,
 }
 
 impl<T> Default for Limbo<T> {
@@ -308,7 +343,6 @@ impl<T> Default for Limbo<T> {
             pending: Vec::new(),
             waiting: Vec::new(),
             epoch: 0,
-            barrier: false,
         }
     }
 }
@@ -334,7 +368,7 @@ impl<T> Limbo<T> {
     /// waiting, makes the pending items the next batch and publishes its epoch.
     pub(crate) fn collect(&mut self, readers: &Readers, free: impl FnMut(T)) {
         if !self.waiting.is_empty() {
-            if !readers.quiescent(self.epoch, &mut self.barrier) {
+            if !readers.quiescent(self.epoch) {
                 return;
             }
             self.waiting.drain(..).for_each(free);
@@ -342,7 +376,6 @@ impl<T> Limbo<T> {
         if !self.pending.is_empty() {
             std::mem::swap(&mut self.pending, &mut self.waiting);
             self.epoch = readers.advance();
-            self.barrier = false;
         }
     }
 
@@ -412,10 +445,26 @@ mod tests {
         limbo.retire(7u32);
         let mut freed = Vec::new();
         limbo.collect(&readers, |i| freed.push(i));
-        assert!(!limbo.barrier);
+        assert_eq!(readers.barrier_epoch.load(Ordering::Relaxed), 0);
         limbo.collect(&readers, |i| freed.push(i));
-        assert!(limbo.barrier || freed == [7]);
         assert_eq!(freed, [7]);
+        assert_eq!(
+            readers.barrier_epoch.load(Ordering::Relaxed),
+            1,
+            "one barrier"
+        );
+        // Another shard publishes epoch 2. Its batches up to epoch 1 were published before that
+        // barrier and need none of their own (a new one would cover epoch 2); the next batch
+        // does.
+        assert_eq!(readers.advance(), 2);
+        assert!(readers.quiescent(1));
+        assert_eq!(
+            readers.barrier_epoch.load(Ordering::Relaxed),
+            1,
+            "no second barrier"
+        );
+        assert!(readers.quiescent(2));
+        assert_eq!(readers.barrier_epoch.load(Ordering::Relaxed), 2);
     }
 
     #[test]
