@@ -23,7 +23,7 @@ use crate::reclaim::{Limbo, ReadGuard, Readers};
 use crate::slab::FREE;
 use crate::slab::{MAIN, RETIRED, SMALL, Slab, Slot};
 use crate::sync::{AtomicPtr, Ordering};
-use crate::table::Table;
+use crate::table::{MIN_BUCKETS, Probe, Published as PublishedTable, Table};
 use std::borrow::Borrow;
 use std::ptr::NonNull;
 
@@ -42,8 +42,6 @@ const RARE_GHOST_HITS: u32 = GHOST_RATE_PERIOD * 3 / 10;
 /// than tie (see `Shard::admit_ghost`), and while returns are rare its small queue is a probation
 /// pool (see `Shard::evict_one`).
 const LARGE_SHARD_ENTRIES: usize = 8192;
-/// The smallest table.
-const MIN_BUCKETS: usize = 16;
 
 /// Something unlinked from the shard that a read may still be looking at.
 #[derive(Debug)]
@@ -73,6 +71,8 @@ impl Drop for RetiredTable {
 pub(crate) struct Shared<K, V> {
     /// Never null. Replaced (and the old table retired) only by the writer.
     table: AtomicPtr<Table>,
+    /// What readers probe: the current table's buckets and size, in one word.
+    probe: PublishedTable,
     slab: Slab<K, V>,
 }
 
@@ -82,21 +82,19 @@ impl<K, V> Shared<K, V> {
     /// every access; at 2,048 entries a shard they held a third of a churning shard's entries).
     pub(crate) fn new(expected_entries: usize) -> Self {
         let slab = Slab::new(expected_entries + 2 * retire_batch(expected_entries));
+        let table = Box::new(Table::new(MIN_BUCKETS));
         Self {
-            table: AtomicPtr::new(Box::into_raw(Box::new(Table::new(MIN_BUCKETS, 16)))),
+            probe: PublishedTable::new(&table),
+            table: AtomicPtr::new(Box::into_raw(table)),
             slab,
         }
     }
 
-    /// The current table, for a read: valid while `_guard` lives.
+    /// The current table, for a read: it stays allocated while `_guard` lives (a table is freed
+    /// only after it was replaced and every read that began before the replacement has ended).
     #[inline]
-    fn table<'g>(&'g self, _guard: &'g ReadGuard<'_>) -> &'g Table {
-        // Acquire pairs with the Release store in `Shard::rebuild`: the table's buckets are
-        // initialized.
-        let table = self.table.load(Ordering::Acquire);
-        // SAFETY: never null; a table is freed only after it was replaced and every read that
-        // began before the replacement has ended, and this read has not.
-        unsafe { &*table }
+    fn table(&self, _guard: &ReadGuard<'_>) -> Probe {
+        self.probe.load()
     }
 
     /// The live value of `key` mapped through `f`, recording the access for the eviction policy.
@@ -114,7 +112,8 @@ impl<K, V> Shared<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let (idx, slot) = self.find(self.table(guard), hash, key)?;
+        // SAFETY: the probe was loaded inside `guard`'s read, which outlives the call.
+        let (idx, slot) = unsafe { self.find(self.table(guard), hash, key) }?;
         // SAFETY: found through the table inside a read (see `find`).
         unsafe { self.read_live(idx, slot, now, f) }
     }
@@ -125,24 +124,31 @@ impl<K, V> Shared<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.find(self.table(guard), hash, key)
+        // SAFETY: the probe was loaded inside `guard`'s read, which outlives the call.
+        unsafe { self.find(self.table(guard), hash, key) }
             .is_some_and(|(idx, slot)| !self.expired(idx, slot, || now))
     }
 
     /// The slot holding `key` in `table`, with its index.
     ///
-    /// The caller is inside a read in which `table` was loaded, or is the writer: then every slot
-    /// the table names holds an entry that is not freed before the caller is done (slots are
-    /// filled before they are published, and freed only after being unlinked and waiting out
-    /// every read that began before).
+    /// # Safety
+    /// The caller is inside a read in which `table` was loaded, or is the writer: then the table
+    /// is not freed before the call returns, and every slot it names holds an entry that is not
+    /// freed before the caller is done (slots are filled before they are published, and freed
+    /// only after being unlinked and waiting out every read that began before).
     #[inline]
-    fn find<'t, Q>(&'t self, table: &Table, hash: u64, key: &Q) -> Option<(u32, &'t Slot<K, V>)>
+    unsafe fn find<'t, Q>(
+        &'t self,
+        table: Probe,
+        hash: u64,
+        key: &Q,
+    ) -> Option<(u32, &'t Slot<K, V>)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
         let mut found = None;
-        let (_, idx) = table.find(hash, |idx| {
+        let is_key = |idx| {
             let Some(slot) = self.slab.get(idx) else {
                 return false;
             };
@@ -152,7 +158,9 @@ impl<K, V> Shared<K, V> {
                 found = Some(slot);
             }
             matches
-        })?;
+        };
+        // SAFETY: the caller's contract.
+        let (_, idx) = unsafe { table.find(hash, is_key) }?;
         Some((idx, found?))
     }
 
@@ -396,7 +404,8 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let (idx, slot) = self.shared.find(self.table(), hash, key)?;
+        // SAFETY: the writer; the table is its current one.
+        let (idx, slot) = unsafe { self.shared.find(Probe::of(self.table()), hash, key) }?;
         // SAFETY: found through the table by the writer.
         unsafe { self.shared.read_live(idx, slot, now, f) }
     }
@@ -571,6 +580,7 @@ where
         }
         self.w.next_slot += 1;
         if !self.table().names(idx) {
+            // `rebuild` sizes the table to name every slot handed out.
             self.rebuild(self.table().buckets(), hash_of);
         }
         Some(idx)
@@ -594,7 +604,9 @@ where
     /// retires the old one.
     fn rebuild(&mut self, buckets: usize, hash_of: &impl Fn(&K) -> u64) {
         let old = self.table();
-        let new = Box::new(Table::new(buckets, self.shared.slab.allocated()));
+        // A table names slots below twice its buckets: enough for every slot handed out.
+        let buckets = buckets.max(Table::buckets_to_name(self.w.next_slot as usize));
+        let new = Box::new(Table::new(buckets));
         // The entries are the linked slots: walking the slab in order reads them sequentially,
         // where walking the old table's buckets read them at random (a rebuild of a 2,048-entry
         // shard took ~15 ns per insert in a stream of misses; with the walk in slab order, less).
@@ -605,11 +617,11 @@ where
         }
         self.w.used = self.w.len();
         let old = NonNull::from(old);
-        // Release pairs with the Acquire load in `Shared::table`: readers that see the new table
-        // see its buckets.
+        self.shared.probe.publish(&new);
+        // Relaxed: only the writer loads the table pointer (readers use `probe`).
         self.shared
             .table
-            .store(Box::into_raw(new), Ordering::Release);
+            .store(Box::into_raw(new), Ordering::Relaxed);
         self.retire_table(old);
     }
 
@@ -638,11 +650,13 @@ where
     /// and every entry retired.
     pub(crate) fn clear(&mut self) {
         let old = NonNull::from(self.table());
-        let new = Box::new(Table::new(MIN_BUCKETS, self.shared.slab.allocated()));
-        // Release pairs with the Acquire load in `Shared::table`.
+        // The same size: slots handed out before keep their numbers.
+        let new = Box::new(Table::new(self.table().buckets()));
+        self.shared.probe.publish(&new);
+        // Relaxed: only the writer loads the table pointer (readers use `probe`).
         self.shared
             .table
-            .store(Box::into_raw(new), Ordering::Release);
+            .store(Box::into_raw(new), Ordering::Relaxed);
         self.w.used = 0;
         for head in [self.w.small.head, self.w.main.head] {
             let mut idx = head;

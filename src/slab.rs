@@ -328,6 +328,7 @@ impl<K, V> Slab<K, V> {
     }
 
     /// The number of slots in the segments allocated so far.
+    #[cfg(test)]
     pub(crate) fn allocated(&self) -> usize {
         (0..self.segments())
             .take_while(|&s| self.segment(s).is_some())
