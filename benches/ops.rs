@@ -431,12 +431,20 @@ fn duel_value<V: Value>(keys: &Keys, rounds: usize, filter: &[String]) {
                     s[s.len() / 2]
                 })
                 .collect();
+            // A cache left out by `OPS_DUEL_ONLY` has no median: its cells read `-`.
+            let cell = |x: f64, digits: usize| {
+                if x.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{x:.digits$}")
+                }
+            };
             print!("| {workload} | {} | {threads} |", V::NAME);
             for m in &medians {
-                print!(" {m:.1} |");
+                print!(" {} |", cell(*m, 1));
             }
             for m in &medians[1..] {
-                print!(" {:.2} |", medians[0] / m);
+                print!(" {} |", cell(medians[0] / m, 2));
             }
             println!();
         }
