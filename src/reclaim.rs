@@ -32,14 +32,19 @@
 
 #![allow(unsafe_code)]
 
-use crate::sync::{AtomicU64, Mutex, Ordering, PerThread, fence, heavy_barrier, light_barrier};
+#[cfg(all(test, leasecache_loom))]
+use crate::sync::PerThread;
+use crate::sync::{
+    AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, fence, heavy_barrier, light_barrier,
+};
 use crossbeam_utils::CachePadded;
 
 /// `Record::state`'s bit 0: the thread is inside a read. The epoch is `state >> 1`.
 const ACTIVE: u64 = 1;
 
 /// One thread's view of one cache: its read announcement and its lookup counters, on a cache
-/// line that only that thread writes.
+/// line that only its owner writes. A record outlives its thread: the next thread to read the
+/// cache takes it over, counters and all.
 #[derive(Debug, Default)]
 pub(crate) struct Record {
     /// `epoch << 1 | ACTIVE` while reading, `epoch << 1` after, for the epoch the last read began
@@ -47,6 +52,11 @@ pub(crate) struct Record {
     state: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Whether a thread owns the record. Set under the registry lock by the thread that claims
+    /// it (Acquire), cleared by its owner (Release) when the thread exits, or when the one read
+    /// it was claimed for ends: what one owner wrote happens before the next owner's accesses.
+    #[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
+    owned: AtomicBool,
 }
 
 impl Record {
@@ -72,10 +82,16 @@ pub(crate) struct Readers {
     /// process-wide, so one barrier serves the batches of every shard whose epoch is at most
     /// this: a cache of 8 shards issues an eighth of the barriers it would per shard.
     barrier_epoch: AtomicU64,
+    /// Every record of this cache, owned or not; a record is never removed, so its address is
+    /// stable while the `Readers` lives. The lock is taken to claim a record and to check the
+    /// records: a writer's check either sees a new record, or that record's thread claims it
+    /// after the check and so reads the epoch the writer published before it (see `quiescent`).
+    #[cfg(not(all(test, leasecache_loom)))]
+    registry: Mutex<Vec<std::sync::Arc<CachePadded<Record>>>>,
+    /// Under loom: one record per modelled thread.
+    #[cfg(all(test, leasecache_loom))]
     records: PerThread<CachePadded<Record>>,
-    /// Taken to add a record and to check the records: a writer's check either sees a new
-    /// record, or that record's thread takes it after the check and so reads the epoch the
-    /// writer published before it (see `quiescent`).
+    #[cfg(all(test, leasecache_loom))]
     registry: Mutex<()>,
     /// NEGATIVE CONTROLS, compiled only for the loom models: a deliberately broken protocol.
     /// The models that set it must fail.
@@ -98,9 +114,50 @@ pub(crate) enum Broken {
 std::thread_local! {
     /// The record this thread used last and the id of the `Readers` it belongs to: a thread
     /// usually reads one cache many times in a row, and this finds its record with one
-    /// thread-local load instead of a per-object thread-local lookup.
+    /// thread-local load. It has no destructor, so it stays usable while the thread's other
+    /// thread-locals are destroyed; `OWNED`'s destructor empties it before giving the records up.
     static LAST: std::cell::Cell<(u64, *const Record)> =
         const { std::cell::Cell::new((0, std::ptr::null())) };
+
+    /// The records this thread owns, with the ids of their `Readers`.
+    static OWNED: Owned = const { Owned(std::cell::RefCell::new(Vec::new())) };
+}
+
+/// The records a thread owns; released when the thread exits.
+#[cfg(not(all(test, leasecache_loom)))]
+struct Owned(std::cell::RefCell<Vec<(u64, std::sync::Arc<CachePadded<Record>>)>>);
+
+#[cfg(not(all(test, leasecache_loom)))]
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // Forget the fast path first: a read in a thread-local destructor that runs after this
+        // one must not reach a record another thread may own by then (it borrows one for the
+        // read instead, see `Readers::record_slow`).
+        LAST.with(|last| last.set((0, std::ptr::null())));
+        for (_, record) in self.0.get_mut().drain(..) {
+            // Release pairs with the Acquire claim of the next owner.
+            record.owned.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// A thread's record for one read or one count: its own, or, in a thread whose thread-locals
+/// are being destroyed, one borrowed until [`Mine::done`].
+#[derive(Clone, Copy)]
+struct Mine<'a> {
+    record: &'a Record,
+    borrowed: bool,
+}
+
+impl Mine<'_> {
+    /// Gives a borrowed record back.
+    #[inline]
+    fn done(self) {
+        if self.borrowed {
+            // Release pairs with the Acquire claim of the next owner.
+            self.record.owned.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl std::fmt::Debug for Readers {
@@ -115,10 +172,12 @@ impl std::fmt::Debug for Readers {
 /// inside it panics).
 #[must_use]
 pub(crate) struct ReadGuard<'a> {
-    record: &'a Record,
+    mine: Mine<'a>,
     /// The state to store when the read ends: inactive at its epoch, or, for a read nested in
     /// another one on the same thread, the outer read's (still active) announcement.
     leave: u64,
+    /// A read ends on the thread that began it.
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Readers {
@@ -128,7 +187,11 @@ impl Readers {
             id: crate::sync::next_instance_id(),
             epoch: CachePadded::new(AtomicU64::new(0)),
             barrier_epoch: AtomicU64::new(0),
+            #[cfg(not(all(test, leasecache_loom)))]
+            registry: Mutex::new(Vec::new()),
+            #[cfg(all(test, leasecache_loom))]
             records: PerThread::new(),
+            #[cfg(all(test, leasecache_loom))]
             registry: Mutex::new(()),
             #[cfg(all(test, leasecache_loom))]
             broken: None,
@@ -137,23 +200,76 @@ impl Readers {
 
     /// This thread's record.
     #[inline]
-    fn record(&self) -> &Record {
+    fn record(&self) -> Mine<'_> {
         #[cfg(not(all(test, leasecache_loom)))]
         {
             let (id, record) = LAST.with(std::cell::Cell::get);
             if id == self.id {
-                // SAFETY: `LAST` holds `self.id` only with a pointer to this thread's record in
-                // `self.records` (set below); ids are never reused, so that `Readers` is `self`,
-                // alive for the returned borrow, and a record never moves or is freed before the
-                // `Readers` is dropped.
-                return unsafe { &*record };
+                // SAFETY: `LAST` holds `self.id` only with a pointer to a record of `self` that
+                // this thread owns (set in `record_slow`, cleared before the thread gives its
+                // records up); ids are never reused, so that `Readers` is `self`, alive for the
+                // returned borrow, and its records never move or are freed before it is dropped.
+                let record = unsafe { &*record };
+                return Mine {
+                    record,
+                    borrowed: false,
+                };
             }
         }
         self.record_slow()
     }
 
+    #[cfg(not(all(test, leasecache_loom)))]
     #[cold]
-    fn record_slow(&self) -> &Record {
+    fn record_slow(&self) -> Mine<'_> {
+        use std::sync::Arc;
+        let own = OWNED.try_with(|owned| {
+            let mut owned = owned.0.borrow_mut();
+            if let Some((_, record)) = owned.iter().find(|(id, _)| *id == self.id) {
+                return Arc::as_ptr(record);
+            }
+            // Records of caches dropped since then: this thread holds the last reference.
+            owned.retain(|(_, record)| Arc::strong_count(record) > 1);
+            let record = self.claim();
+            let ptr = Arc::as_ptr(&record);
+            owned.push((self.id, record));
+            ptr
+        });
+        let (record, borrowed) = match own {
+            Ok(record) => {
+                LAST.with(|last| last.set((self.id, record.cast())));
+                (record, false)
+            }
+            // The thread is exiting and has given its records up: borrow one for this read.
+            Err(_) => (Arc::as_ptr(&self.claim()), true),
+        };
+        // SAFETY: `self.registry` holds a reference to every record of `self` until `self` is
+        // dropped, so the record outlives the returned borrow.
+        let record: &Record = unsafe { &*record };
+        Mine { record, borrowed }
+    }
+
+    /// Claims a record nobody owns, or a new one.
+    #[cfg(not(all(test, leasecache_loom)))]
+    fn claim(&self) -> std::sync::Arc<CachePadded<Record>> {
+        let mut records = self.registry.lock();
+        for record in records.iter() {
+            // Under the lock no other thread claims; Acquire pairs with the owner's release.
+            if !record.owned.load(Ordering::Relaxed) && !record.owned.swap(true, Ordering::Acquire)
+            {
+                return record.clone();
+            }
+        }
+        let record = std::sync::Arc::new(CachePadded::new(Record {
+            owned: AtomicBool::new(true),
+            ..Record::default()
+        }));
+        records.push(record.clone());
+        record
+    }
+
+    #[cfg(all(test, leasecache_loom))]
+    fn record_slow(&self) -> Mine<'_> {
         let record: &Record = match self.records.get() {
             Some(record) => record,
             None => {
@@ -162,23 +278,60 @@ impl Readers {
                 self.records.get_or_default()
             }
         };
+        Mine {
+            record,
+            borrowed: false,
+        }
+    }
+
+    /// This thread's own record, if it has one; never claims.
+    fn own(&self) -> Option<*const Record> {
         #[cfg(not(all(test, leasecache_loom)))]
-        LAST.with(|last| last.set((self.id, record)));
-        record
+        {
+            OWNED
+                .try_with(|owned| {
+                    owned
+                        .0
+                        .borrow()
+                        .iter()
+                        .find(|(id, _)| *id == self.id)
+                        .map(|(_, record)| &***record as *const Record)
+                })
+                .ok()
+                .flatten()
+        }
+        #[cfg(all(test, leasecache_loom))]
+        {
+            self.records.get().map(|r| &**r as *const Record)
+        }
+    }
+
+    /// The records, under the registry lock.
+    fn registered(&self) -> Registered<'_> {
+        Registered {
+            #[cfg(not(all(test, leasecache_loom)))]
+            records: self.registry.lock(),
+            #[cfg(all(test, leasecache_loom))]
+            _lock: self.registry.lock(),
+            #[cfg(all(test, leasecache_loom))]
+            records: &self.records,
+        }
     }
 
     /// Begins a read on this thread. Lock-free: a thread-local lookup, a load of the epoch and a
     /// store to this thread's record.
     #[inline]
     pub(crate) fn enter(&self) -> ReadGuard<'_> {
-        let record = self.record();
-        // Relaxed: only this thread writes its record.
+        let mine = self.record();
+        let record = mine.record;
+        // Relaxed: only this thread writes its record (and it owns it since an Acquire claim).
         let state = record.state.load(Ordering::Relaxed);
         #[cfg(all(test, leasecache_loom))]
         if self.broken == Some(Broken::UnannouncedReads) {
             return ReadGuard {
-                record,
+                mine,
                 leave: state,
+                _not_send: std::marker::PhantomData,
             };
         }
         // Acquire pairs with the AcqRel `fetch_add` in `advance`: a read that begins at epoch `e`
@@ -198,22 +351,30 @@ impl Readers {
         // Orders the announcement before the loads of the read, in pair with `heavy_barrier` in
         // `quiescent`.
         light_barrier(self.fast_barrier);
-        ReadGuard { record, leave }
+        ReadGuard {
+            mine,
+            leave,
+            _not_send: std::marker::PhantomData,
+        }
     }
 
     /// Counts a lookup that found a live value, for the calling thread.
     pub(crate) fn hit(&self) {
-        Record::bump(&self.record().hits);
+        let mine = self.record();
+        Record::bump(&mine.record.hits);
+        mine.done();
     }
 
     /// Counts a lookup that found no live value, for the calling thread.
     pub(crate) fn miss(&self) {
-        Record::bump(&self.record().misses);
+        let mine = self.record();
+        Record::bump(&mine.record.misses);
+        mine.done();
     }
 
     /// Hits and misses counted so far, summed over threads.
     pub(crate) fn lookups(&self) -> (u64, u64) {
-        self.records.iter().fold((0, 0), |(h, m), r| {
+        self.registered().iter().fold((0, 0), |(h, m), r| {
             (
                 h + r.hits.load(Ordering::Relaxed),
                 m + r.misses.load(Ordering::Relaxed),
@@ -234,7 +395,7 @@ impl Readers {
     pub(crate) fn quiescent(&self, epoch: u64) -> bool {
         // A record added after this check belongs to a thread that takes the registry after it,
         // so after `epoch` was published: that thread's reads begin at `epoch` or later.
-        let _registry = self.registry.lock();
+        let records = self.registered();
         // Acquire pairs with the Release `fetch_max` below: the barrier that published it was
         // issued before the records are read here.
         let covered = self.barrier_epoch.load(Ordering::Acquire) >= epoch;
@@ -243,7 +404,7 @@ impl Readers {
             // too (`SeqCst` fence rules are about the fencing thread); free next to a barrier.
             fence(Ordering::SeqCst);
         }
-        match self.scan(epoch, covered) {
+        match self.scan(&records, epoch, covered) {
             Scan::Quiescent => return true,
             Scan::Reading => return false,
             Scan::IdleBehind => {}
@@ -260,19 +421,19 @@ impl Readers {
         self.barrier_epoch.fetch_max(published, Ordering::Release);
         // After the barrier, a record that still looks idle is idle: a read it begins from now on
         // sees the unlinking. One that became active at an old epoch began before the barrier.
-        self.scan(epoch, true) == Scan::Quiescent
+        self.scan(&records, epoch, true) == Scan::Quiescent
     }
 
     /// What the records say about reads that could see what was unlinked before `epoch`, where
     /// `idle_is_idle` says whether a barrier issued since then makes an idle-looking record idle.
-    fn scan(&self, epoch: u64, idle_is_idle: bool) -> Scan {
-        let own = self.records.get().map(|r| &**r as *const Record);
+    fn scan(&self, records: &Registered<'_>, epoch: u64, idle_is_idle: bool) -> Scan {
+        let own = self.own();
         let mut idle_behind = false;
-        for record in self.records.iter() {
+        for record in records.iter() {
             // Acquire pairs with the Release stores in `enter` and `ReadGuard::drop`: what that
             // thread's earlier reads accessed happens before this check.
             let state = record.state.load(Ordering::Acquire);
-            if own == Some(&**record as *const Record) {
+            if own == Some(record as *const Record) {
                 // This thread: its reads ended before this write began, unless this write runs
                 // inside one of them.
                 if state & ACTIVE != 0 {
@@ -306,15 +467,31 @@ enum Scan {
     IdleBehind,
 }
 
+/// The records of a [`Readers`], with its registry locked.
+struct Registered<'a> {
+    #[cfg(not(all(test, leasecache_loom)))]
+    records: MutexGuard<'a, Vec<std::sync::Arc<CachePadded<Record>>>>,
+    #[cfg(all(test, leasecache_loom))]
+    _lock: MutexGuard<'a, ()>,
+    #[cfg(all(test, leasecache_loom))]
+    records: &'a PerThread<CachePadded<Record>>,
+}
+
+impl Registered<'_> {
+    fn iter(&self) -> impl Iterator<Item = &Record> {
+        #[cfg(not(all(test, leasecache_loom)))]
+        return self.records.iter().map(|record| &***record);
+        #[cfg(all(test, leasecache_loom))]
+        return self.records.iter().map(|record| &**record);
+    }
+}
+
 impl ReadGuard<'_> {
     /// Ends the read, counting it as a lookup that found a live value (`hit`) or not.
     #[inline]
     pub(crate) fn count(self, hit: bool) {
-        Record::bump(if hit {
-            &self.record.hits
-        } else {
-            &self.record.misses
-        });
+        let record = self.mine.record;
+        Record::bump(if hit { &record.hits } else { &record.misses });
     }
 }
 
@@ -323,7 +500,8 @@ impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
         // Release pairs with the Acquire load in `Readers::quiescent`: this read's accesses
         // happen before a writer that sees it ended frees anything.
-        self.record.state.store(self.leave, Ordering::Release);
+        self.mine.record.state.store(self.leave, Ordering::Release);
+        self.mine.done();
     }
 }
 
@@ -482,5 +660,126 @@ mod tests {
         drop(guard);
         limbo.collect(&readers, |i| freed.push(i));
         assert_eq!(freed, [3]);
+    }
+
+    #[test]
+    fn a_thread_that_exits_hands_its_record_to_the_next() {
+        let readers = std::sync::Arc::new(Readers::new());
+        for _ in 0..50 {
+            // `join`, not a scope: a scope may return before the thread's thread-locals are gone.
+            let readers = readers.clone();
+            std::thread::spawn(move || readers.hit()).join().unwrap();
+        }
+        assert_eq!(readers.registry.lock().len(), 1, "one record, reused");
+        assert_eq!(readers.lookups(), (50, 0));
+        let owned = readers.registry.lock()[0].owned.load(Ordering::Relaxed);
+        assert!(!owned, "released by the last thread");
+    }
+
+    #[test]
+    fn records_of_dropped_caches_are_let_go() {
+        std::thread::spawn(|| {
+            for _ in 0..100 {
+                let readers = Readers::new();
+                drop(readers.enter());
+            }
+            let held = OWNED.with(|owned| owned.0.borrow().len());
+            assert!(held <= 1, "{held} records of dropped caches held");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A read in a thread-local destructor that runs after the thread gave its records up must
+    /// not use the record it had: another thread may own it by then.
+    #[test]
+    fn a_read_in_a_thread_local_destructor_never_shares_a_record() {
+        use std::cell::RefCell;
+        use std::sync::mpsc::{Sender, channel};
+        use std::sync::{Arc, Barrier};
+
+        /// Reads `readers` when destroyed, if `OWNED` was destroyed before it.
+        struct Probe {
+            readers: Arc<Readers>,
+            /// Tells the test that a read is about to be made, then which record it used.
+            report: Sender<usize>,
+            /// Passed once another thread holds a read.
+            go: Arc<Barrier>,
+        }
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                if OWNED.try_with(|_| ()).is_ok() {
+                    return; // destroyed before the records were given up
+                }
+                self.report.send(0).unwrap();
+                self.go.wait();
+                let guard = self.readers.enter();
+                let record = guard.mine.record as *const Record as usize;
+                drop(guard);
+                self.report.send(record).unwrap();
+            }
+        }
+        std::thread_local! {
+            static BEFORE: RefCell<Option<Probe>> = const { RefCell::new(None) };
+            static AFTER: RefCell<Option<Probe>> = const { RefCell::new(None) };
+        }
+
+        let readers = Arc::new(Readers::new());
+        let go = Arc::new(Barrier::new(2));
+        let (report, reports) = channel();
+        let exiting = {
+            let (readers, go) = (readers.clone(), go.clone());
+            std::thread::spawn(move || {
+                let probe = || Probe {
+                    readers: readers.clone(),
+                    report: report.clone(),
+                    go: go.clone(),
+                };
+                // One probe registered before the thread's records, one after: whatever the
+                // order thread-locals are destroyed in, one of them runs after `OWNED`'s.
+                BEFORE.with(|p| *p.borrow_mut() = Some(probe()));
+                let guard = readers.enter();
+                let had = guard.mine.record as *const Record as usize;
+                drop(guard);
+                AFTER.with(|p| *p.borrow_mut() = Some(probe()));
+                had
+            })
+        };
+        assert_eq!(
+            reports.recv().unwrap(),
+            0,
+            "a probe runs after OWNED is gone"
+        );
+        // The exiting thread has given its record up: another thread claims it and reads.
+        let (held_tx, held) = channel();
+        let end = Arc::new(Barrier::new(2));
+        let other = {
+            let (readers, end) = (readers.clone(), end.clone());
+            std::thread::spawn(move || {
+                let guard = readers.enter();
+                held_tx
+                    .send(guard.mine.record as *const Record as usize)
+                    .unwrap();
+                end.wait();
+                drop(guard);
+            })
+        };
+        let others = held.recv().unwrap();
+        go.wait();
+        let teardown = reports.recv().unwrap();
+        end.wait();
+        let had = exiting.join().unwrap();
+        other.join().unwrap();
+        assert_eq!(
+            others, had,
+            "the other thread took over the exiting thread's record"
+        );
+        assert_ne!(
+            teardown, others,
+            "a teardown read used a record another thread owns"
+        );
+        assert_eq!(readers.lookups(), (0, 0));
+        let records = readers.registry.lock();
+        assert!(records.iter().all(|r| !r.owned.load(Ordering::Relaxed)));
     }
 }

@@ -7,8 +7,9 @@
 //!
 //! Besides locks and atomics it holds the three things lock-free reads need (see `reclaim.rs`):
 //! [`UnsafeCell`] with loom's closure API (loom checks every access to slot contents against the
-//! reclamation protocol), per-thread records ([`PerThread`]), and the two halves of an asymmetric
-//! fence ([`light_barrier`], [`heavy_barrier`]).
+//! reclamation protocol), per-thread records under loom (`PerThread`; outside loom `reclaim.rs`
+//! keeps them in thread-locals), and the two halves of an asymmetric fence ([`light_barrier`],
+//! [`heavy_barrier`]).
 
 #[cfg(not(all(test, leasecache_loom)))]
 mod imp {
@@ -29,33 +30,6 @@ mod imp {
         #[inline]
         pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
             f(self.0.get())
-        }
-    }
-
-    /// One `T` per thread that uses it, kept until the `PerThread` is dropped (a thread that exits
-    /// leaves its `T` to the next thread that gets its id).
-    pub(crate) struct PerThread<T: Send>(thread_local::ThreadLocal<T>);
-
-    impl<T: Send> PerThread<T> {
-        pub(crate) fn new() -> Self {
-            Self(thread_local::ThreadLocal::new())
-        }
-        #[inline]
-        pub(crate) fn get_or_default(&self) -> &T
-        where
-            T: Default,
-        {
-            self.0.get_or_default()
-        }
-        #[inline]
-        pub(crate) fn get(&self) -> Option<&T> {
-            self.0.get()
-        }
-        pub(crate) fn iter(&self) -> impl Iterator<Item = &T>
-        where
-            T: Sync,
-        {
-            self.0.iter()
         }
     }
 
@@ -101,7 +75,7 @@ mod imp {
     };
     use std::cell::RefCell;
 
-    /// Loom runs every modelled thread on one OS thread, so `thread_local::ThreadLocal` would give
+    /// Loom runs every modelled thread on one OS thread, so std thread-locals would give
     /// them all the same `T`. Here each loom thread gets its own index (remembered in a loom
     /// thread-local) into a fixed set of `T`s: models have at most three threads.
     pub(crate) struct PerThread<T> {
