@@ -58,6 +58,24 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     /// Whether any entry may carry a deadline. Until one does, writes skip reading the clock.
     ttl_in_use: AtomicBool,
 }
+/// A write in progress on generation slots, marked busy by [`Cache::begin_write`] (or a flush):
+/// dropping it stores the write's generation unmarked, also when the write unwinds (user code
+/// runs inside it: `K::eq`, `Hash`, values' `Drop`), so that a panic leaves no slot marked busy
+/// (which would send every later lease of it to the shard's lock).
+#[must_use]
+pub(crate) struct WriteMark<'c> {
+    slots: &'c [AtomicU64],
+    generation: Generation,
+}
+
+impl Drop for WriteMark<'_> {
+    fn drop(&mut self) {
+        for slot in self.slots {
+            // Release pairs with the Acquire load in `generation_now`.
+            slot.store(self.generation.get(), Ordering::Release);
+        }
+    }
+}
 
 /// One shard: what readers use without a lock, the writers' lock-protected core, its part of the
 /// generation table and its counters.
@@ -182,7 +200,7 @@ where
     /// `hash`'s generation as its slot stands now, lock-free; `None` while a write is changing it.
     #[inline]
     fn generation_now(&self, cell: &ShardCell<K, V>, hash: u64) -> Option<Generation> {
-        // Acquire pairs with the Release store in `end_write`: a reader that sees a write's
+        // Acquire pairs with the Release store in `WriteMark::drop`: a reader that sees a write's
         // generation sees its change to the table, and every write the writing thread made before
         // it (the source update).
         let generation = Generation::from_raw(self.slot(cell, hash).load(Ordering::Acquire));
@@ -212,33 +230,31 @@ where
 
     /// Begins a write of `key`: moves `hash`'s generation to a value its slot never held, marked
     /// in progress, and detaches any load in flight for `key`. Must be called with the shard's
-    /// lock held, before the write changes the table; [`end_write`](Self::end_write) follows the
-    /// change, under the same lock.
-    pub(crate) fn begin_write<Q>(
+    /// lock held, before the write changes the table; the returned mark ends the write when it is
+    /// dropped, which must be under the same lock (declare it after the lock's guard).
+    pub(crate) fn begin_write<'c, Q>(
         &self,
-        cell: &ShardCell<K, V>,
+        cell: &'c ShardCell<K, V>,
         core: &mut Core<K, V>,
         hash: u64,
         key: &Q,
-    ) -> Generation
+    ) -> WriteMark<'c>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
         let generation = core.clock.mint();
+        let slot = self.slot(cell, hash);
         // Relaxed: ordered before the table change by that change's Release stores, so a reader
         // that sees the change sees the mark (or the final value).
-        self.slot(cell, hash)
-            .store(generation.busy(), Ordering::Relaxed);
+        slot.store(generation.busy(), Ordering::Relaxed);
+        let mark = WriteMark {
+            slots: std::slice::from_ref(slot),
+            generation,
+        };
+        // After the mark exists: `K::eq` may panic, and the write must still end.
         core.flights.detach(hash, key);
-        generation
-    }
-
-    /// Ends a write begun with [`begin_write`](Self::begin_write): stores its generation unmarked.
-    pub(crate) fn end_write(&self, cell: &ShardCell<K, V>, hash: u64, generation: Generation) {
-        // Release pairs with the Acquire load in `generation_now`.
-        self.slot(cell, hash)
-            .store(generation.get(), Ordering::Release);
+        mark
     }
 
     /// Whether `lease` is still good for `hash`. Call with the shard's lock held.
@@ -383,7 +399,9 @@ where
                 guard.count(true);
                 return Lookup::Hit(value);
             }
-            // Acquire fence: the table loads of the lookup happen before the slot load below.
+            // The lookup's loads must come before the slot load below. Its bucket and table loads
+            // are Acquire, which orders them already; the fence keeps that true should one of
+            // them become Relaxed (free on x86 and ARM next to those loads).
             fence(Ordering::Acquire);
             if self.generation_now(cell, hash) == Some(before) {
                 guard.count(false);
@@ -515,7 +533,7 @@ where
         let weight = self.weigh(&key, &value);
         let (now, expires_at) = self.write_times(ttl);
         let mut core = cell.core.lock();
-        let generation = self.begin_write(cell, &mut core, hash, &key);
+        let write = self.begin_write(cell, &mut core, hash, &key);
         self.store(
             cell,
             &mut core,
@@ -527,7 +545,7 @@ where
             expires_at,
             now,
         );
-        self.end_write(cell, hash, generation);
+        drop(write);
         core.counts.inserts += 1;
     }
 
@@ -550,10 +568,10 @@ where
         let cell = self.cell(hash);
         let (now, _) = self.write_times(None);
         let mut core = cell.core.lock();
-        let generation = self.begin_write(cell, &mut core, hash, key);
+        let write = self.begin_write(cell, &mut core, hash, key);
         core.counts.purges += 1;
         let removed = self.shard(cell, &mut core).remove(hash, key, now);
-        self.end_write(cell, hash, generation);
+        drop(write);
         removed == Removed::Live
     }
 
@@ -578,18 +596,19 @@ where
     }
 
     fn flush_shard(&self, cell: &ShardCell<K, V>, core: &mut MutexGuard<'_, Core<K, V>>) {
-        // A write to every key of the shard (see `begin_write` and `end_write`).
+        // A write to every key of the shard (see `begin_write`).
         let generation = core.clock.mint();
         for slot in cell.generations.iter() {
             // Relaxed: ordered before the new empty table by its Release publication.
             slot.store(generation.busy(), Ordering::Relaxed);
         }
+        let write = WriteMark {
+            slots: &cell.generations,
+            generation,
+        };
         core.flights.detach_all();
         self.shard(cell, core).clear();
-        for slot in cell.generations.iter() {
-            // Release pairs with the Acquire load in `generation_now`.
-            slot.store(generation.get(), Ordering::Release);
-        }
+        drop(write);
     }
 
     /// Entries held, including expired ones not yet removed (they are removed lazily, when their

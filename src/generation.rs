@@ -51,8 +51,9 @@ pub(crate) struct GenerationClock(u64);
 
 impl GenerationClock {
     /// A generation strictly greater than every one this clock minted before, and even (bit 0
-    /// is the in-progress mark). Saturates instead of wrapping (after 2^63 writes to one shard):
-    /// a clock stuck at the top could only cause spurious rejections, never revive a lease.
+    /// is the in-progress mark). Saturates instead of wrapping: wrapping would revive old leases.
+    /// At the top, writes would stop fencing the leases taken since, so "strictly greater" (and
+    /// I1) holds for the first 2^62 writes to a shard: 146 years at a billion writes a second.
     pub(crate) fn mint(&mut self) -> Generation {
         self.0 = self.0.saturating_add(2).min(u64::MAX - 1);
         Generation(self.0)

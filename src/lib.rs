@@ -55,7 +55,9 @@
 //!
 //! [`Cache::get`], [`Cache::contains_key`] and the hits of [`Cache::get_or_lease`] and
 //! [`Cache::get_or_load`] take no lock and execute no locked instruction: a thread-local lookup,
-//! a probe of the shard's table, and two plain stores that announce the read to writers. Writes
+//! a probe of the shard's table, and two plain stores that announce the read to writers (in a
+//! per-thread record of the cache, claimed under a short lock at the thread's first read of it
+//! and handed to another thread when the thread exits). Writes
 //! take a per-shard lock and never change anything a read can reach: a new or replaced value goes
 //! into a fresh slot, published by one atomic store, and what a write unlinks (a replaced, purged
 //! or evicted entry, an outgrown table) is *retired*. Retired entries are dropped in batches (up
@@ -119,10 +121,19 @@
 //!
 //! ## Blocking
 //!
-//! `get` and `contains_key` never block; `lease` blocks only while a write to a key sharing its
-//! generation slot is half done (briefly, on that shard's lock). Every other method may block the
-//! calling thread briefly on a shard lock. `get_or_load` also *blocks the calling thread while it waits for or
+//! `get` and `contains_key` never block, except at a thread's first read of a cache: claiming its
+//! record takes a lock that writers also hold while they check the records (at most one
+//! `membarrier` call). `lease` blocks only while a write to a key sharing its generation slot is
+//! half done (briefly, on that shard's lock). Every other method may block the calling thread
+//! briefly on a shard lock. `get_or_load` also *blocks the calling thread while it waits for or
 //! runs a load*; use `get_or_load_async` in async code, which never blocks on a load.
+//!
+//! Keys and values are dropped by a later write to their shard, on that writer's thread and
+//! under its shard's lock: a `Drop` of a key or value must not call into the same cache, which
+//! could deadlock. A panic in your `Hash`, `Eq`, `Drop` or weigher propagates to the caller and
+//! leaves the cache usable and memory-safe: the operation may be half done (an entry not removed,
+//! a shard over capacity until its next write) and some entries may be leaked, never dropped
+//! twice; a write that panics has still fenced its key's leases.
 //!
 //! ## Features
 //!

@@ -272,6 +272,8 @@ pub(crate) struct Writer {
     large: bool,
     /// Buckets of the current table that are live or tombstones.
     used: usize,
+    /// Tables built so far: tells an insert whether its bucket moved.
+    rebuilds: u64,
     /// Whether any entry ever had a deadline (then every segment has a deadline array).
     deadlines: bool,
     limbo: Limbo<Retired>,
@@ -298,6 +300,7 @@ impl Writer {
             returns_rare: false,
             large: expected_entries >= LARGE_SHARD_ENTRIES,
             used: 0,
+            rebuilds: 0,
             deadlines: false,
             limbo: Limbo::default(),
             batch: retire_batch(expected_entries),
@@ -491,14 +494,24 @@ where
                 }
             }
         };
-        // Everything that may rebuild the table happens before the entry is published; a rebuild
-        // moves buckets, so the key's is looked up again then.
-        let table = self.table();
+        // Everything that may rebuild the table (and run the caller's `Hash`, which may panic)
+        // happens before a slot is taken and the entry published; a rebuild moves buckets, so
+        // the key's is looked up again then.
+        let rebuilds = self.w.rebuilds;
+        self.ensure_room(hash_of);
         let Some(idx) = self.alloc(hash_of) else {
+            // No slot for the new value (`MAX_SLOT` slots are allocated or retired): the write
+            // still happened, so the old value must go.
+            if let Ok((pos, old)) = existing
+                && self.w.rebuilds == rebuilds
+            {
+                self.remove_at(pos, old);
+            } else if let Some((pos, old)) = self.find(hash, &key) {
+                self.remove_at(pos, old);
+            }
             return false;
         };
-        self.ensure_room(hash_of);
-        let existing = if std::ptr::eq(table, self.table()) {
+        let existing = if self.w.rebuilds == rebuilds {
             existing
         } else {
             self.find_or_vacancy(hash, &key)
@@ -578,11 +591,13 @@ where
         if idx > MAX_SLOT || !self.shared.slab.ensure(idx, self.w.deadlines) {
             return None;
         }
-        self.w.next_slot += 1;
         if !self.table().names(idx) {
-            // `rebuild` sizes the table to name every slot handed out.
-            self.rebuild(self.table().buckets(), hash_of);
+            // Before the slot is handed out, so that a `Hash` panicking in the rebuild loses
+            // nothing.
+            let buckets = Table::buckets_to_name(idx as usize + 1);
+            self.rebuild(buckets.max(self.table().buckets()), hash_of);
         }
+        self.w.next_slot += 1;
         Some(idx)
     }
 
@@ -616,6 +631,7 @@ where
             new.insert(unsafe { slot.with_key(hash_of) }, idx);
         }
         self.w.used = self.w.len();
+        self.w.rebuilds += 1;
         let old = NonNull::from(old);
         self.shared.probe.publish(&new);
         // Relaxed: only the writer loads the table pointer (readers use `probe`).
@@ -757,18 +773,22 @@ where
                 self.w.expirations += 1;
                 return true;
             }
-            self.unlink(idx);
-            if from_small {
-                // The small queue is a probation pool (see above), or drains into the main
-                // queue while there is room.
+            // The small queue is a probation pool (see above), or drains into the main queue
+            // while there is room. Decided before `idx` is unlinked: admission runs the caller's
+            // `Hash` on other keys, and if it panics the entry must still be in its queue.
+            let promote = from_small && {
                 let pool = self.w.large && self.w.returns_rare;
-                let promote = freq > 0
+                freq > 0
                     || if pool {
-                        self.w.small.len > 0 && self.w.sketch.estimate(hash) >= 2
+                        // Others wait in the pool behind `idx`.
+                        self.w.small.len > 1 && self.w.sketch.estimate(hash) >= 2
                     } else {
                         self.w.main.weight + u64::from(weight) <= self.w.capacity
                     }
-                    || self.admit_from_small(hash, now, hash_of);
+                    || self.admit_from_small(hash, now, hash_of)
+            };
+            self.unlink(idx);
+            if from_small {
                 if promote {
                     self.w.sketch.add(hash, freq);
                     slot.freq.store(0, Ordering::Relaxed);
@@ -952,7 +972,14 @@ where
     /// Takes an unlinked entry whose key hashes to `hash` out of the table and retires its slot.
     fn drop_unlinked(&mut self, idx: u32, hash: u64) {
         let table = self.table();
-        if let Some((pos, _)) = table.find(hash, |i| i == idx) {
+        // `hash` was recomputed from the key: a `Hash` that does not give the same hash as when
+        // the entry was stored (a logic error of the caller's) puts its bucket elsewhere, and a
+        // bucket must never outlive its slot, so the whole table is searched then.
+        let pos = table
+            .find_for_writer(hash, |i| i == idx)
+            .map(|(pos, _)| pos)
+            .or_else(|| table.position_of(idx));
+        if let Some(pos) = pos {
             self.w.used -= table.remove(pos);
         }
         self.retire_slot(idx);
@@ -1604,5 +1631,78 @@ mod tests {
         s.view().insert(3, 3, 3, 1, 0, 1, &id); // 11 > 10: something must go
         s.view().validate(&id);
         assert!(s.writer.weight() <= 10);
+    }
+
+    /// A `Hash` that gives another hash than when an entry was stored is the caller's bug, but it
+    /// must not leave a bucket naming a slot that eviction freed.
+    #[test]
+    fn an_entry_whose_key_hashes_differently_now_still_leaves_the_table() {
+        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let fickle = |k: &u64| hash(k) ^ 0x5555_5555_0000_0000;
+        let mut s = TestShard::new(8, 8);
+        for k in 0..64 {
+            // Explicit writes: stored whatever admission says, so eviction makes room.
+            let mut v = s.view();
+            v.insert_as(Admit::Keep, hash(&k), k, k, 1, 0, 1, &fickle);
+            assert_eq!(
+                v.table().live().count(),
+                v.w.len(),
+                "a bucket names a slot that is not an entry"
+            );
+        }
+    }
+
+    /// User code runs inside the writer: a `Hash` that panics at any of its calls during an insert
+    /// (admission, eviction, table rebuilds) leaves a shard whose structure holds, and the next
+    /// insert brings it back within capacity.
+    #[test]
+    fn a_hash_that_panics_anywhere_in_an_insert_leaves_the_shard_valid() {
+        use std::cell::Cell;
+        use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for capacity in [64, LARGE_SHARD_ENTRIES as u64] {
+            // The `nth` call to `Hash` panics, for every call the inserts make.
+            let mut nth = 1;
+            loop {
+                // Popular keys in the main queue, keys seen once in the small queue.
+                let mut s = TestShard::new(capacity, capacity as usize);
+                for _ in 0..3 {
+                    for k in 0..capacity {
+                        if s.get(hash(&k), &k, || 1).is_none() {
+                            s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
+                        }
+                    }
+                }
+                for k in capacity..capacity + capacity / 8 {
+                    // Explicit writes: stored whatever admission says.
+                    s.view()
+                        .insert_as(Admit::Keep, hash(&k), k, k, 1, 0, 1, &hash);
+                }
+                let calls = Cell::new(0);
+                let panicky = |k: &u64| {
+                    calls.set(calls.get() + 1);
+                    if calls.get() == nth {
+                        // Not `panic!`: no message from the panic hook.
+                        resume_unwind(Box::new(nth));
+                    }
+                    hash(k)
+                };
+                let mut panicked = false;
+                for key in (1u64 << 40)..(1 << 40) + 4 {
+                    let insert = || {
+                        s.view()
+                            .insert_as(Admit::Keep, hash(&key), key, key, 1, 0, 1, &panicky)
+                    };
+                    panicked |= catch_unwind(AssertUnwindSafe(insert)).is_err();
+                }
+                s.view().insert(hash(&7), 7, 7, 1, 0, 1, &hash);
+                s.view().validate(&hash);
+                if !panicked {
+                    break;
+                }
+                nth += 1;
+            }
+            assert!(nth > 4, "the inserts called `Hash` {} times", nth - 1);
+        }
     }
 }

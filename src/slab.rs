@@ -51,8 +51,6 @@ pub(crate) struct Slot<K, V> {
 // keys and values between threads (hence `Send`); everything else in it is atomic (`Cache`'s docs
 // hold a test that a cache of values that are not `Sync` is not `Sync`).
 unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Slot<K, V> {}
-// SAFETY: as above; a slot owns its key and value.
-unsafe impl<K: Send, V: Send> Send for Slot<K, V> {}
 
 impl<K, V> Slot<K, V> {
     #[cfg(all(test, leasecache_loom))]
@@ -328,7 +326,7 @@ impl<K, V> Slab<K, V> {
     }
 
     /// The number of slots in the segments allocated so far.
-    #[cfg(test)]
+    #[cfg(all(test, not(leasecache_loom)))]
     pub(crate) fn allocated(&self) -> usize {
         (0..self.segments())
             .take_while(|&s| self.segment(s).is_some())

@@ -28,7 +28,7 @@ const LINE: usize = 16;
 /// The smallest table.
 pub(crate) const MIN_BUCKETS: usize = LINE;
 /// The low bits of a [`Probe`] word that hold `log2` of the bucket count.
-const LOG2_BITS: usize = 63;
+const LOG2_MASK: usize = 63;
 
 /// Sixteen buckets, one cache line, aligned so that a pointer to the first line has its low six
 /// bits free.
@@ -86,7 +86,7 @@ impl Probe {
     /// The word to publish for `table`.
     pub(crate) fn of(table: &Table) -> Self {
         let lines = table.lines.as_ptr() as usize;
-        debug_assert_eq!(lines & LOG2_BITS, 0);
+        debug_assert_eq!(lines & LOG2_MASK, 0);
         Self(lines | table.log2 as usize)
     }
 
@@ -110,8 +110,8 @@ impl Probe {
         hash: u64,
         mut is_key: impl FnMut(u32) -> bool,
     ) -> Option<(usize, u32)> {
-        let lines = (self.0 & !LOG2_BITS) as *const Line;
-        let log2 = (self.0 & LOG2_BITS) as u32;
+        let lines = (self.0 & !LOG2_MASK) as *const Line;
+        let log2 = (self.0 & LOG2_MASK) as u32;
         let mask = (1usize << log2) - 1;
         let index_bits = index_bits(log2);
         let index_mask = (2u32 << log2) - 1;
@@ -235,8 +235,9 @@ impl Table {
         &self.lines[pos / LINE].0[pos % LINE]
     }
 
-    /// [`Probe::find`] on this table: safe for the writer, which owns it.
-    #[inline]
+    /// [`Probe::find`] on this table: safe for the writer, which owns it (tests use it to check
+    /// the readers' probe against the writer's).
+    #[cfg(all(test, not(leasecache_loom)))]
     pub(crate) fn find(&self, hash: u64, is_key: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
         // SAFETY: the probe is of `self`, borrowed for the whole call.
         unsafe { Probe::of(self).find(hash, is_key) }
@@ -279,7 +280,7 @@ impl Table {
         let (index_bits, index_mask) = (self.index_bits(), self.index_mask());
         let tag = tag(hash, index_bits);
         let mask = self.buckets() - 1;
-        let mut pos = hash as usize;
+        let mut pos = hash as usize & mask;
         let mut vacancy = None;
         // Only the writer stores buckets, and it is the caller: the table cannot change under
         // this probe, and it ends at an empty bucket (there always is one).
@@ -314,8 +315,21 @@ impl Table {
             if empty != 0 {
                 return Err(vacancy.unwrap_or((0, true)));
             }
-            pos += GROUP;
+            pos = (pos + GROUP) & mask;
         }
+    }
+
+    /// The bucket that names slot `idx`, found by reading every bucket. Writer only: for an entry
+    /// whose key no longer hashes to where it was put (see `Shard::drop_unlinked`).
+    #[cold]
+    pub(crate) fn position_of(&self, idx: u32) -> Option<usize> {
+        let (index_bits, index_mask) = (self.index_bits(), self.index_mask());
+        (0..self.buckets()).find(|&pos| {
+            // Relaxed: only the writer stores buckets.
+            let bucket = self.bucket(pos).load(Ordering::Relaxed);
+            // Live buckets have a tag, which is never zero.
+            bucket >> index_bits != 0 && bucket & index_mask == idx
+        })
     }
 
     /// Adds `idx` for `hash`, whose key is not in the table. Writer only. Returns whether an
@@ -457,6 +471,17 @@ mod tests {
     }
 
     #[test]
+    fn the_writers_probe_takes_any_hash() {
+        // Hashes near `u64::MAX` (an identity hasher's `u64::MAX`) must not overflow the probe.
+        let t = Table::new(16);
+        for hash in [u64::MAX, u64::MAX - 1, u64::MAX - 3] {
+            assert!(t.find_or_vacancy(hash, |_| false).is_err());
+            t.insert(hash, 5);
+            assert!(t.find_for_writer(hash, |i| i == 5).is_some());
+        }
+    }
+
+    #[test]
     fn tags_skip_other_keys_and_wrap_around() {
         let t = Table::new(16);
         let (a, b) = (15u64 | (1 << 62), 15u64);
@@ -496,7 +521,7 @@ mod tests {
         // A probe word carries the table's size.
         let big = Table::new(1 << 10);
         let word = Probe::of(&big).word();
-        assert_eq!(word & LOG2_BITS, 10);
+        assert_eq!(word & LOG2_MASK, 10);
         big.insert(7, 1000);
         // SAFETY: `big` lives for the whole call.
         let found = unsafe { Probe::from_word(word).find(7, |i| i == 1000) };

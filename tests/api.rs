@@ -558,3 +558,57 @@ fn an_insert_into_a_full_cache_is_readable_right_away() {
         }
     }
 }
+
+/// A key whose `Eq` panics on demand (on this thread only).
+#[derive(Debug)]
+struct Touchy(u64);
+
+impl std::hash::Hash for Touchy {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+std::thread_local! {
+    static EQ_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl PartialEq for Touchy {
+    fn eq(&self, other: &Self) -> bool {
+        if EQ_PANICS.with(std::cell::Cell::get) {
+            // Not `panic!`: no message from the panic hook.
+            std::panic::resume_unwind(Box::new("K::eq"));
+        }
+        self.0 == other.0
+    }
+}
+
+impl Eq for Touchy {}
+
+/// I4 and I1 when user code unwinds inside a write: a purge whose `K::eq` panics still fenced the
+/// leases taken before it, and leaves no write half done: later leases, saves and reads work.
+#[test]
+fn i4_a_purge_that_panics_in_key_eq_still_fences_and_leaves_leases_working() {
+    let cache: Cache<Touchy, u64> = Cache::new(100);
+    cache.insert(Touchy(1), 1);
+    let before = cache.lease(&Touchy(1));
+    EQ_PANICS.with(|p| p.set(true));
+    let purge = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.purge(&Touchy(1))));
+    EQ_PANICS.with(|p| p.set(false));
+    assert!(purge.is_err(), "K::eq was not called");
+    assert!(
+        matches!(
+            cache.save_with_lease(Touchy(1), 0, before),
+            Err(SaveError::Stale { .. })
+        ),
+        "a lease from before the purge was not fenced"
+    );
+    let lease = cache.lease(&Touchy(1));
+    cache.save_with_lease(Touchy(1), 2, lease).unwrap();
+    assert_eq!(cache.get(&Touchy(1)), Some(2));
+    match cache.get_or_lease(&Touchy(3)) {
+        Lookup::Miss(lease) => cache.save_with_lease(Touchy(3), 3, lease).unwrap(),
+        Lookup::Hit(_) => panic!("never stored"),
+    }
+    assert_eq!(cache.get(&Touchy(3)), Some(3));
+}
