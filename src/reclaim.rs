@@ -236,16 +236,16 @@ impl Readers {
             ptr
         });
         let (record, borrowed) = match own {
-            Ok(record) => {
-                LAST.with(|last| last.set((self.id, record.cast())));
-                (record, false)
-            }
+            Ok(record) => (record, false),
             // The thread is exiting and has given its records up: borrow one for this read.
             Err(_) => (Arc::as_ptr(&self.claim()), true),
         };
         // SAFETY: `self.registry` holds a reference to every record of `self` until `self` is
         // dropped, so the record outlives the returned borrow.
         let record: &Record = unsafe { &*record };
+        if !borrowed {
+            LAST.with(|last| last.set((self.id, record)));
+        }
         Mine { record, borrowed }
     }
 

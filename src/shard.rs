@@ -502,11 +502,12 @@ where
         let Some(idx) = self.alloc(hash_of) else {
             // No slot for the new value (`MAX_SLOT` slots are allocated or retired): the write
             // still happened, so the old value must go.
-            if let Ok((pos, old)) = existing
-                && self.w.rebuilds == rebuilds
-            {
-                self.remove_at(pos, old);
-            } else if let Some((pos, old)) = self.find(hash, &key) {
+            let existing = if self.w.rebuilds == rebuilds {
+                existing.ok()
+            } else {
+                self.find(hash, &key)
+            };
+            if let Some((pos, old)) = existing {
                 self.remove_at(pos, old);
             }
             return false;
@@ -674,6 +675,7 @@ where
             .table
             .store(Box::into_raw(new), Ordering::Relaxed);
         self.w.used = 0;
+        self.w.rebuilds += 1;
         for head in [self.w.small.head, self.w.main.head] {
             let mut idx = head;
             while idx != NIL {
