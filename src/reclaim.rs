@@ -32,12 +32,13 @@
 
 #![allow(unsafe_code)]
 
-#[cfg(all(test, leasecache_loom))]
-use crate::sync::PerThread;
 use crate::sync::{
     AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, fence, heavy_barrier, light_barrier,
+    thread_locals,
 };
 use crossbeam_utils::CachePadded;
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 
 /// `Record::state`'s bit 0: the thread is inside a read. The epoch is `state >> 1`.
 const ACTIVE: u64 = 1;
@@ -55,7 +56,6 @@ pub(crate) struct Record {
     /// Whether a thread owns the record. Set under the registry lock by the thread that claims
     /// it (Acquire), cleared by its owner (Release) when the thread exits, or when the one read
     /// it was claimed for ends: what one owner wrote happens before the next owner's accesses.
-    #[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
     owned: AtomicBool,
 }
 
@@ -72,7 +72,6 @@ impl Record {
 /// The readers of one cache: the epoch and one [`Record`] per thread that has read it.
 pub(crate) struct Readers {
     /// Unique in the process, never reused: names this `Readers` in `LAST`.
-    #[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
     id: u64,
     /// Whether reads may use a compiler fence as their half of the asymmetric fence (the heavy
     /// half is `membarrier`); a full fence otherwise. Fixed when the cache is built.
@@ -86,13 +85,7 @@ pub(crate) struct Readers {
     /// stable while the `Readers` lives. The lock is taken to claim a record and to check the
     /// records: a writer's check either sees a new record, or that record's thread claims it
     /// after the check and so reads the epoch the writer published before it (see `quiescent`).
-    #[cfg(not(all(test, leasecache_loom)))]
-    registry: Mutex<Vec<std::sync::Arc<CachePadded<Record>>>>,
-    /// Under loom: one record per modelled thread.
-    #[cfg(all(test, leasecache_loom))]
-    records: PerThread<CachePadded<Record>>,
-    #[cfg(all(test, leasecache_loom))]
-    registry: Mutex<()>,
+    registry: Mutex<Vec<Arc<CachePadded<Record>>>>,
     /// NEGATIVE CONTROLS, compiled only for the loom models: a deliberately broken protocol.
     /// The models that set it must fail.
     #[cfg(all(test, leasecache_loom))]
@@ -110,30 +103,33 @@ pub(crate) enum Broken {
     NoBarrier,
 }
 
-#[cfg(not(all(test, leasecache_loom)))]
-std::thread_local! {
+thread_locals! {
     /// The record this thread used last and the id of the `Readers` it belongs to: a thread
     /// usually reads one cache many times in a row, and this finds its record with one
     /// thread-local load. It has no destructor, so it stays usable while the thread's other
     /// thread-locals are destroyed; `OWNED`'s destructor empties it before giving the records up.
-    static LAST: std::cell::Cell<(u64, *const Record)> =
-        const { std::cell::Cell::new((0, std::ptr::null())) };
+    static LAST: Cell<(u64, *const Record)> = Cell::new((0, std::ptr::null()));
 
     /// The records this thread owns, with the ids of their `Readers`.
-    static OWNED: Owned = const { Owned(std::cell::RefCell::new(Vec::new())) };
+    static OWNED: Owned = Owned(RefCell::new(Vec::new()));
 }
 
 /// The records a thread owns; released when the thread exits.
-#[cfg(not(all(test, leasecache_loom)))]
-struct Owned(std::cell::RefCell<Vec<(u64, std::sync::Arc<CachePadded<Record>>)>>);
+struct Owned(RefCell<Vec<(u64, Arc<CachePadded<Record>>)>>);
 
-#[cfg(not(all(test, leasecache_loom)))]
 impl Drop for Owned {
     fn drop(&mut self) {
+        // A failing loom model drops its threads' locals while unwinding, outside the model,
+        // where loom's atomics cannot be touched.
+        #[cfg(all(test, leasecache_loom))]
+        if std::thread::panicking() {
+            return;
+        }
         // Forget the fast path first: a read in a thread-local destructor that runs after this
         // one must not reach a record another thread may own by then (it borrows one for the
-        // read instead, see `Readers::record_slow`).
-        LAST.with(|last| last.set((0, std::ptr::null())));
+        // read instead, see `Readers::record_slow`). (`LAST` is always there outside loom; a
+        // loom thread may have destroyed it already, which forgets it too.)
+        let _ = LAST.try_with(|last| last.set((0, std::ptr::null())));
         for (_, record) in self.0.get_mut().drain(..) {
             // Release pairs with the Acquire claim of the next owner.
             record.owned.store(false, Ordering::Release);
@@ -187,12 +183,7 @@ impl Readers {
             id: crate::sync::next_instance_id(),
             epoch: CachePadded::new(AtomicU64::new(0)),
             barrier_epoch: AtomicU64::new(0),
-            #[cfg(not(all(test, leasecache_loom)))]
             registry: Mutex::new(Vec::new()),
-            #[cfg(all(test, leasecache_loom))]
-            records: PerThread::new(),
-            #[cfg(all(test, leasecache_loom))]
-            registry: Mutex::new(()),
             #[cfg(all(test, leasecache_loom))]
             broken: None,
         }
@@ -201,28 +192,23 @@ impl Readers {
     /// This thread's record.
     #[inline]
     fn record(&self) -> Mine<'_> {
-        #[cfg(not(all(test, leasecache_loom)))]
-        {
-            let (id, record) = LAST.with(std::cell::Cell::get);
-            if id == self.id {
-                // SAFETY: `LAST` holds `self.id` only with a pointer to a record of `self` that
-                // this thread owns (set in `record_slow`, cleared before the thread gives its
-                // records up); ids are never reused, so that `Readers` is `self`, alive for the
-                // returned borrow, and its records never move or are freed before it is dropped.
-                let record = unsafe { &*record };
-                return Mine {
-                    record,
-                    borrowed: false,
-                };
-            }
+        let (id, record) = LAST.with(Cell::get);
+        if id == self.id {
+            // SAFETY: `LAST` holds `self.id` only with a pointer to a record of `self` that this
+            // thread owns (set in `record_slow`, cleared before the thread gives its records up);
+            // ids are never reused, so that `Readers` is `self`, alive for the returned borrow,
+            // and its records never move or are freed before it is dropped.
+            let record = unsafe { &*record };
+            return Mine {
+                record,
+                borrowed: false,
+            };
         }
         self.record_slow()
     }
 
-    #[cfg(not(all(test, leasecache_loom)))]
     #[cold]
     fn record_slow(&self) -> Mine<'_> {
-        use std::sync::Arc;
         let own = OWNED.try_with(|owned| {
             let mut owned = owned.0.borrow_mut();
             if let Some((_, record)) = owned.iter().find(|(id, _)| *id == self.id) {
@@ -250,8 +236,7 @@ impl Readers {
     }
 
     /// Claims a record nobody owns, or a new one.
-    #[cfg(not(all(test, leasecache_loom)))]
-    fn claim(&self) -> std::sync::Arc<CachePadded<Record>> {
+    fn claim(&self) -> Arc<CachePadded<Record>> {
         let mut records = self.registry.lock();
         for record in records.iter() {
             // Under the lock no other thread claims; Acquire pairs with the owner's release.
@@ -260,7 +245,7 @@ impl Readers {
                 return record.clone();
             }
         }
-        let record = std::sync::Arc::new(CachePadded::new(Record {
+        let record = Arc::new(CachePadded::new(Record {
             owned: AtomicBool::new(true),
             ..Record::default()
         }));
@@ -268,54 +253,24 @@ impl Readers {
         record
     }
 
-    #[cfg(all(test, leasecache_loom))]
-    fn record_slow(&self) -> Mine<'_> {
-        let record: &Record = match self.records.get() {
-            Some(record) => record,
-            None => {
-                // Once per thread and cache; see `registry`.
-                let _registry = self.registry.lock();
-                self.records.get_or_default()
-            }
-        };
-        Mine {
-            record,
-            borrowed: false,
-        }
-    }
-
     /// This thread's own record, if it has one; never claims.
     fn own(&self) -> Option<*const Record> {
-        #[cfg(not(all(test, leasecache_loom)))]
-        {
-            OWNED
-                .try_with(|owned| {
-                    owned
-                        .0
-                        .borrow()
-                        .iter()
-                        .find(|(id, _)| *id == self.id)
-                        .map(|(_, record)| &***record as *const Record)
-                })
-                .ok()
-                .flatten()
-        }
-        #[cfg(all(test, leasecache_loom))]
-        {
-            self.records.get().map(|r| &**r as *const Record)
-        }
+        OWNED
+            .try_with(|owned| {
+                owned
+                    .0
+                    .borrow()
+                    .iter()
+                    .find(|(id, _)| *id == self.id)
+                    .map(|(_, record)| &***record as *const Record)
+            })
+            .ok()
+            .flatten()
     }
 
     /// The records, under the registry lock.
     fn registered(&self) -> Registered<'_> {
-        Registered {
-            #[cfg(not(all(test, leasecache_loom)))]
-            records: self.registry.lock(),
-            #[cfg(all(test, leasecache_loom))]
-            _lock: self.registry.lock(),
-            #[cfg(all(test, leasecache_loom))]
-            records: &self.records,
-        }
+        Registered(self.registry.lock())
     }
 
     /// Begins a read on this thread. Lock-free: a thread-local lookup, a load of the epoch and a
@@ -370,6 +325,12 @@ impl Readers {
         let mine = self.record();
         Record::bump(&mine.record.misses);
         mine.done();
+    }
+
+    /// How many records the cache has (owned or not).
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> usize {
+        self.registry.lock().len()
     }
 
     /// Hits and misses counted so far, summed over threads.
@@ -468,21 +429,11 @@ enum Scan {
 }
 
 /// The records of a [`Readers`], with its registry locked.
-struct Registered<'a> {
-    #[cfg(not(all(test, leasecache_loom)))]
-    records: MutexGuard<'a, Vec<std::sync::Arc<CachePadded<Record>>>>,
-    #[cfg(all(test, leasecache_loom))]
-    _lock: MutexGuard<'a, ()>,
-    #[cfg(all(test, leasecache_loom))]
-    records: &'a PerThread<CachePadded<Record>>,
-}
+struct Registered<'a>(MutexGuard<'a, Vec<Arc<CachePadded<Record>>>>);
 
 impl Registered<'_> {
     fn iter(&self) -> impl Iterator<Item = &Record> {
-        #[cfg(not(all(test, leasecache_loom)))]
-        return self.records.iter().map(|record| &***record);
-        #[cfg(all(test, leasecache_loom))]
-        return self.records.iter().map(|record| &**record);
+        self.0.iter().map(|record| &***record)
     }
 }
 
@@ -670,7 +621,7 @@ mod tests {
             let readers = readers.clone();
             std::thread::spawn(move || readers.hit()).join().unwrap();
         }
-        assert_eq!(readers.registry.lock().len(), 1, "one record, reused");
+        assert_eq!(readers.records(), 1, "one record, reused");
         assert_eq!(readers.lookups(), (50, 0));
         let owned = readers.registry.lock()[0].owned.load(Ordering::Relaxed);
         assert!(!owned, "released by the last thread");

@@ -7,9 +7,8 @@
 //!
 //! Besides locks and atomics it holds the three things lock-free reads need (see `reclaim.rs`):
 //! [`UnsafeCell`] with loom's closure API (loom checks every access to slot contents against the
-//! reclamation protocol), per-thread records under loom (`PerThread`; outside loom `reclaim.rs`
-//! keeps them in thread-locals), and the two halves of an asymmetric fence ([`light_barrier`],
-//! [`heavy_barrier`]).
+//! reclamation protocol), thread-locals ([`thread_locals`]: loom runs every modelled thread on one
+//! OS thread), and the two halves of an asymmetric fence ([`light_barrier`], [`heavy_barrier`]).
 
 #[cfg(not(all(test, leasecache_loom)))]
 mod imp {
@@ -73,58 +72,6 @@ mod imp {
     pub(crate) use loom::sync::atomic::{
         AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
     };
-    use std::cell::RefCell;
-
-    /// Loom runs every modelled thread on one OS thread, so std thread-locals would give
-    /// them all the same `T`. Here each loom thread gets its own index (remembered in a loom
-    /// thread-local) into a fixed set of `T`s: models have at most three threads.
-    pub(crate) struct PerThread<T> {
-        values: [T; 4],
-        next: loom::sync::atomic::AtomicUsize,
-    }
-
-    loom::thread_local! {
-        /// The index of this loom thread in each `PerThread` it used, by address.
-        static INDICES: RefCell<Vec<(usize, usize)>> = RefCell::new(Vec::new());
-    }
-
-    impl<T: Default> PerThread<T> {
-        pub(crate) fn new() -> Self {
-            Self {
-                values: std::array::from_fn(|_| T::default()),
-                next: loom::sync::atomic::AtomicUsize::new(0),
-            }
-        }
-        fn index(&self, create: bool) -> Option<usize> {
-            let me = self as *const Self as usize;
-            INDICES.with(|indices| {
-                let found = indices
-                    .borrow()
-                    .iter()
-                    .find(|(at, _)| *at == me)
-                    .map(|e| e.1);
-                found.or_else(|| {
-                    create.then(|| {
-                        let i = self.next.fetch_add(1, Ordering::Relaxed);
-                        assert!(i < 4, "a loom model uses at most four threads");
-                        indices.borrow_mut().push((me, i));
-                        i
-                    })
-                })
-            })
-        }
-        pub(crate) fn get_or_default(&self) -> &T {
-            &self.values[self.index(true).expect("created")]
-        }
-        pub(crate) fn get(&self) -> Option<&T> {
-            self.index(false).map(|i| &self.values[i])
-        }
-        pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-            let used = self.next.load(Ordering::Acquire).min(4);
-            self.values[..used].iter()
-        }
-    }
-
     #[derive(Debug)]
     pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
 
@@ -156,6 +103,18 @@ mod imp {
 }
 
 pub(crate) use imp::*;
+
+/// `thread_local!` with `const` initialisers (no lazy-initialisation check on access), or loom's
+/// per-modelled-thread version, which runs destructors when a modelled thread ends.
+macro_rules! thread_locals {
+    ($($(#[$attr:meta])* static $name:ident: $t:ty = $init:expr;)*) => {
+        #[cfg(not(all(test, leasecache_loom)))]
+        std::thread_local! { $($(#[$attr])* static $name: $t = const { $init };)* }
+        #[cfg(all(test, leasecache_loom))]
+        loom::thread_local! { $($(#[$attr])* static $name: $t = $init;)* }
+    };
+}
+pub(crate) use thread_locals;
 
 /// The reader's half of an asymmetric fence: orders the reader's preceding store (its
 /// announcement) before its following loads, in pair with [`heavy_barrier`]. A compiler fence

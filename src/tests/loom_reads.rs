@@ -132,3 +132,47 @@ fn get_vs_table_rebuild() {
         cache.validate();
     });
 }
+
+/// A reader thread ends and gives its record up, and another reader, running at the same time,
+/// takes it over (with the state and counts the first one left) while a writer replaces and
+/// frees: the second read is protected like any other, and the counts stay exact. Only the
+/// record's ownership flag orders the two readers. (Only some executions hand the record over;
+/// the model checks that some do.)
+#[test]
+fn a_record_handed_to_the_next_thread_protects_its_reads() {
+    static HANDED_OVER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    model(
+        "a_record_handed_to_the_next_thread_protects_its_reads",
+        || {
+            let cache = Arc::new(cache(4));
+            cache.insert(1, 10);
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let cache = cache.clone();
+                    thread::spawn(move || cache.get(&1))
+                })
+                .collect();
+            let writer = {
+                let cache = cache.clone();
+                thread::spawn(move || {
+                    for value in [11, 12] {
+                        cache.insert(1, value);
+                    }
+                })
+            };
+            for reader in readers {
+                let read = reader.join().unwrap();
+                assert!(matches!(read, Some(10..=12)), "a read returned {read:?}");
+            }
+            writer.join().unwrap();
+            assert_eq!(cache.stats().hits, 2);
+            if cache.readers.records() == 1 {
+                HANDED_OVER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
+    );
+    assert!(
+        HANDED_OVER.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "never handed over"
+    );
+}
