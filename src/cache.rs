@@ -7,7 +7,7 @@ use crate::load::FlightTable;
 use crate::reclaim::Readers;
 use crate::shard::{Admit, Removed, Shard, Shared, Writer};
 use crate::stats::{Counters, Stats, WriteCounts};
-use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, fence};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering};
 use crossbeam_utils::CachePadded;
 use std::borrow::Borrow;
 use std::fmt;
@@ -58,14 +58,26 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     /// Whether any entry may carry a deadline. Until one does, writes skip reading the clock.
     ttl_in_use: AtomicBool,
 }
-/// A write in progress on generation slots, marked busy by [`Cache::begin_write`] (or a flush):
-/// dropping it stores the write's generation unmarked, also when the write unwinds (user code
-/// runs inside it: `K::eq`, `Hash`, values' `Drop`), so that a panic leaves no slot marked busy
-/// (which would send every later lease of it to the shard's lock).
+/// A write in progress on generation slots (one key's, or a whole shard's for a flush), under
+/// the shard's lock: [`begin`](Self::begin) marks them busy with the write's generation, and
+/// dropping the mark stores that generation unmarked, also when the write unwinds (user code runs
+/// inside it: `K::eq`, `Hash`, values' `Drop`), so that a panic leaves no slot marked busy (which
+/// would send every later lease of it to the shard's lock). Drop it before the lock's guard.
 #[must_use]
 pub(crate) struct WriteMark<'c> {
     slots: &'c [AtomicU64],
     generation: Generation,
+}
+
+impl<'c> WriteMark<'c> {
+    fn begin(slots: &'c [AtomicU64], generation: Generation) -> Self {
+        for slot in slots {
+            // Relaxed: ordered before the table change by that change's Release stores, so a
+            // reader that sees the change sees the mark (or the final value).
+            slot.store(generation.busy(), Ordering::Relaxed);
+        }
+        Self { slots, generation }
+    }
 }
 
 impl Drop for WriteMark<'_> {
@@ -243,15 +255,10 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let generation = core.clock.mint();
-        let slot = self.slot(cell, hash);
-        // Relaxed: ordered before the table change by that change's Release stores, so a reader
-        // that sees the change sees the mark (or the final value).
-        slot.store(generation.busy(), Ordering::Relaxed);
-        let mark = WriteMark {
-            slots: std::slice::from_ref(slot),
-            generation,
-        };
+        let mark = WriteMark::begin(
+            std::slice::from_ref(self.slot(cell, hash)),
+            core.clock.mint(),
+        );
         // After the mark exists: `K::eq` may panic, and the write must still end.
         core.flights.detach(hash, key);
         mark
@@ -399,10 +406,7 @@ where
                 guard.count(true);
                 return Lookup::Hit(value);
             }
-            // The lookup's loads must come before the slot load below. Its bucket and table loads
-            // are Acquire, which orders them already; the fence keeps that true should one of
-            // them become Relaxed (free on x86 and ARM next to those loads).
-            fence(Ordering::Acquire);
+            // The lookup's table and bucket loads are Acquire: the slot load below comes after them.
             if self.generation_now(cell, hash) == Some(before) {
                 guard.count(false);
                 return Lookup::Miss(Lease::new(self.id, hash, before));
@@ -597,15 +601,7 @@ where
 
     fn flush_shard(&self, cell: &ShardCell<K, V>, core: &mut MutexGuard<'_, Core<K, V>>) {
         // A write to every key of the shard (see `begin_write`).
-        let generation = core.clock.mint();
-        for slot in cell.generations.iter() {
-            // Relaxed: ordered before the new empty table by its Release publication.
-            slot.store(generation.busy(), Ordering::Relaxed);
-        }
-        let write = WriteMark {
-            slots: &cell.generations,
-            generation,
-        };
+        let write = WriteMark::begin(&cell.generations, core.clock.mint());
         core.flights.detach_all();
         self.shard(cell, core).clear();
         drop(write);
