@@ -155,3 +155,25 @@ impl<V, L> Lookup<V, L> {
         matches!(self, Self::Hit(_))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_generations_grow_and_are_never_marked_but_their_marks_are() {
+        let mut clock = GenerationClock::default();
+        let mut last = Generation::ZERO;
+        for _ in 0..4 {
+            let g = clock.mint();
+            assert!(g > last && !g.is_busy(), "{g:?} after {last:?}");
+            let marked = Generation::from_raw(g.busy());
+            assert!(marked.is_busy());
+            assert_ne!(
+                marked, g,
+                "a marked slot does not read as the write's generation"
+            );
+            last = g;
+        }
+    }
+}

@@ -272,10 +272,6 @@ pub(crate) struct Writer {
     large: bool,
     /// Buckets of the current table that are live or tombstones.
     used: usize,
-    /// Tables built so far: tells an insert whether its bucket moved.
-    rebuilds: u64,
-    /// Whether any entry ever had a deadline (then every segment has a deadline array).
-    deadlines: bool,
     limbo: Limbo<Retired>,
     /// Retired items that make a batch (see `reclaim.rs`).
     batch: usize,
@@ -300,8 +296,6 @@ impl Writer {
             returns_rare: false,
             large: expected_entries >= LARGE_SHARD_ENTRIES,
             used: 0,
-            rebuilds: 0,
-            deadlines: false,
             limbo: Limbo::default(),
             batch: retire_batch(expected_entries),
         }
@@ -379,19 +373,33 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
+        self.table().find_for_writer(hash, self.holds(key))
+    }
+
+    /// The bucket and slot of `key`, or the bucket to insert it in and whether that is empty.
+    fn find_or_vacancy(&self, hash: u64, key: &K) -> Result<(usize, u32), (usize, bool)> {
+        self.table().find_or_vacancy(hash, self.holds(key))
+    }
+
+    /// Whether the slot a bucket names holds `key`, for the writer's probes.
+    fn holds<'k, Q>(&self, key: &'k Q) -> impl FnMut(u32) -> bool + use<'a, 'k, K, V, Q>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         let slab = &self.shared.slab;
-        self.table().find_for_writer(hash, |idx| {
-            // SAFETY: the writer; every slot the table names holds an entry.
-            slab.get(idx)
-                .is_some_and(|s| unsafe { s.with_key(|k| k.borrow() == key) })
-        })
+        move |idx| {
+            slab.get(idx).is_some_and(|s| {
+                // SAFETY: the writer; every slot the table names holds an entry.
+                unsafe { s.with_key(|k| k.borrow() == key) }
+            })
+        }
     }
 
     /// Whether slot `idx` has a deadline the clock has reached. `now` is only called when the
     /// slot has a deadline.
     fn is_expired(&self, idx: u32, now: impl FnOnce() -> u64) -> bool {
-        let deadline = self.shared.slab.deadline(idx);
-        deadline != 0 && deadline <= now()
+        self.shared.expired(idx, self.slot(idx), now)
     }
 
     /// The live value of `key` mapped through `f`, recording the access, for a caller holding the
@@ -464,6 +472,10 @@ where
             }
             return false;
         }
+        // Everything that may rebuild the table (and run the caller's `Hash`, which may panic)
+        // happens before the key is looked up, so its bucket stays where it is found, and before
+        // a slot is taken.
+        self.ensure_room(hash_of);
         let existing = self.find_or_vacancy(hash, &key);
         let new_state = match existing {
             Ok(_) => None,
@@ -481,7 +493,8 @@ where
                 } else if admit == Admit::Policy
                     && self.faces_admission_at_once(weight, expires_at, now)
                 {
-                    if !self.admit_from_small(hash, now, hash_of) {
+                    // What `evict_one` decides for it at the head of the small queue, alone.
+                    if !self.promotes_from_small(hash, weight, 0, false, now, hash_of) {
                         // Refused: exactly what storing it in the small queue and evicting it
                         // again would have done, without publishing an entry no read would see.
                         self.w.ghost.push(hash);
@@ -494,35 +507,20 @@ where
                 }
             }
         };
-        // Everything that may rebuild the table (and run the caller's `Hash`, which may panic)
-        // happens before a slot is taken and the entry published; a rebuild moves buckets, so
-        // the key's is looked up again then.
-        let rebuilds = self.w.rebuilds;
-        self.ensure_room(hash_of);
-        let Some(idx) = self.alloc(hash_of) else {
+        let Some(idx) = self.alloc() else {
             // No slot for the new value (`MAX_SLOT` slots are allocated or retired): the write
             // still happened, so the old value must go.
-            let existing = if self.w.rebuilds == rebuilds {
-                existing.ok()
-            } else {
-                self.find(hash, &key)
-            };
-            if let Some((pos, old)) = existing {
+            if let Ok((pos, old)) = existing {
                 self.remove_at(pos, old);
             }
             return false;
         };
-        let existing = if self.w.rebuilds == rebuilds {
-            existing
-        } else {
-            self.find_or_vacancy(hash, &key)
-        };
         let table = self.table();
         // SAFETY: a slot from `alloc` is free and unreachable by readers.
         unsafe { self.slot(idx).fill(key, value, weight, expires_at != 0) };
-        self.shared
-            .slab
-            .set_deadline(idx, expires_at, &mut self.w.deadlines);
+        if expires_at != 0 {
+            self.shared.slab.set_deadline(idx, expires_at);
+        }
         match (existing, new_state) {
             (Ok((pos, old)), _) => {
                 // The new slot takes the old one's place in its queue, with its hits.
@@ -552,16 +550,6 @@ where
         matches!(self.slot(idx).state(), SMALL | MAIN)
     }
 
-    /// The bucket and slot of `key`, or the bucket to insert it in and whether that is empty.
-    fn find_or_vacancy(&self, hash: u64, key: &K) -> Result<(usize, u32), (usize, bool)> {
-        let slab = &self.shared.slab;
-        self.table().find_or_vacancy(hash, |i| {
-            // SAFETY: the writer; every slot the table names holds an entry.
-            slab.get(i)
-                .is_some_and(|s| unsafe { s.with_key(|k| k == key) })
-        })
-    }
-
     /// Whether a new entry of `weight` would be the first candidate of the eviction its own
     /// insert makes: it would enter an empty small queue of a shard it overfills (the small queue
     /// reserves no capacity), and its deadline would not have passed. `evict_one` would then take
@@ -573,39 +561,60 @@ where
             && (expires_at == 0 || expires_at > now)
     }
 
-    /// The decision `evict_one` makes for a new entry (no hits yet) at the small queue's head
-    /// when the main queue has no room for it: promote it if it passes admission.
-    fn admit_from_small(&mut self, hash: u64, now: u64, hash_of: &impl Fn(&K) -> u64) -> bool {
+    /// Whether the small queue's head, of `weight` and with `freq` hits since the policy last
+    /// looked at it, goes to the main queue when eviction reaches it (`others_waiting`: other
+    /// entries are behind it in the small queue). The small queue is a probation pool (see
+    /// `evict_one`) or drains into the main queue while there is room; else admission decides.
+    /// Used by `evict_one`, and by `insert_as` for a new entry that would be that head at once.
+    fn promotes_from_small(
+        &mut self,
+        hash: u64,
+        weight: u32,
+        freq: u8,
+        others_waiting: bool,
+        now: u64,
+        hash_of: &impl Fn(&K) -> u64,
+    ) -> bool {
+        let pool = self.w.large && self.w.returns_rare;
+        if freq > 0
+            || if pool {
+                others_waiting && self.w.sketch.estimate(hash) >= 2
+            } else {
+                self.w.main.weight + u64::from(weight) <= self.w.capacity
+            }
+        {
+            return true;
+        }
         if self.w.large {
             self.settle_main_head(now, hash_of);
         }
         self.admit_to_main(hash, hash_of)
     }
 
-    /// A free slot: a freed one, or the next new one (allocating its segment, and rebuilding the
-    /// table if it cannot name it yet). `None` past `MAX_SLOT` slots.
-    fn alloc(&mut self, hash_of: &impl Fn(&K) -> u64) -> Option<u32> {
+    /// A free slot: a freed one, or the next new one, allocating its segment (`ensure_room` made
+    /// the table able to name it). `None` past `MAX_SLOT` slots.
+    fn alloc(&mut self) -> Option<u32> {
         if let Some(idx) = self.w.free.pop() {
             return Some(idx);
         }
         let idx = self.w.next_slot;
-        if idx > MAX_SLOT || !self.shared.slab.ensure(idx, self.w.deadlines) {
+        if idx > MAX_SLOT {
             return None;
         }
-        if !self.table().names(idx) {
-            // Before the slot is handed out, so that a `Hash` panicking in the rebuild loses
-            // nothing.
-            let buckets = Table::buckets_to_name(idx as usize + 1);
-            self.rebuild(buckets.max(self.table().buckets()), hash_of);
-        }
+        self.shared.slab.ensure(idx);
+        debug_assert!(self.table().names(idx));
         self.w.next_slot += 1;
         Some(idx)
     }
 
-    /// Rebuilds the table when one more bucket would fill it past three quarters (counting
-    /// tombstones): larger if the entries need it, else the same size without tombstones.
+    /// Rebuilds the table ahead of an insert that may need a new bucket and a new slot: when one
+    /// more bucket would fill it past three quarters (counting tombstones), larger if the entries
+    /// need it, else the same size without tombstones; and when it cannot name the next new slot.
     fn ensure_room(&mut self, hash_of: &impl Fn(&K) -> u64) {
-        if self.w.used < self.table().max_used() {
+        let table = self.table();
+        let names_next =
+            !self.w.free.is_empty() || self.w.next_slot > MAX_SLOT || table.names(self.w.next_slot);
+        if self.w.used < table.max_used() && names_next {
             return;
         }
         // After a rebuild at most 5/8 of the buckets are live, so tombstones have at least an
@@ -619,9 +628,9 @@ where
     /// Replaces the table with a new one of `buckets` buckets holding the same entries, and
     /// retires the old one.
     fn rebuild(&mut self, buckets: usize, hash_of: &impl Fn(&K) -> u64) {
-        let old = self.table();
-        // A table names slots below twice its buckets: enough for every slot handed out.
-        let buckets = buckets.max(Table::buckets_to_name(self.w.next_slot as usize));
+        // A table names slots below twice its buckets: enough for every slot handed out and the
+        // next one.
+        let buckets = buckets.max(Table::buckets_to_name(self.w.next_slot as usize + 1));
         let new = Box::new(Table::new(buckets));
         // The entries are the linked slots: walking the slab in order reads them sequentially,
         // where walking the old table's buckets read them at random (a rebuild of a 2,048-entry
@@ -629,17 +638,22 @@ where
         let live = self.shared.slab.slots().take(self.w.next_slot as usize);
         for (idx, slot) in live.filter(|(_, slot)| matches!(slot.state(), SMALL | MAIN)) {
             // SAFETY: the writer; a linked slot holds an entry.
-            new.insert(unsafe { slot.with_key(hash_of) }, idx);
+            new.insert_fresh(unsafe { slot.with_key(hash_of) }, idx);
         }
         self.w.used = self.w.len();
-        self.w.rebuilds += 1;
-        let old = NonNull::from(old);
+        let old = self.publish(new);
+        self.retire_table(old);
+    }
+
+    /// Makes `new` the shard's table and returns the old one, for the caller to retire.
+    fn publish(&mut self, new: Box<Table>) -> NonNull<Table> {
+        let old = NonNull::from(self.table());
         self.shared.probe.publish(&new);
         // Relaxed: only the writer loads the table pointer (readers use `probe`).
         self.shared
             .table
             .store(Box::into_raw(new), Ordering::Relaxed);
-        self.retire_table(old);
+        old
     }
 
     /// Removes `key`.
@@ -666,23 +680,14 @@ where
     /// Drops every entry and the policy's memory of past accesses: a new empty table is published
     /// and every entry retired.
     pub(crate) fn clear(&mut self) {
-        let old = NonNull::from(self.table());
         // The same size: slots handed out before keep their numbers.
-        let new = Box::new(Table::new(self.table().buckets()));
-        self.shared.probe.publish(&new);
-        // Relaxed: only the writer loads the table pointer (readers use `probe`).
-        self.shared
-            .table
-            .store(Box::into_raw(new), Ordering::Relaxed);
+        let old = self.publish(Box::new(Table::new(self.table().buckets())));
         self.w.used = 0;
-        self.w.rebuilds += 1;
         for head in [self.w.small.head, self.w.main.head] {
             let mut idx = head;
             while idx != NIL {
-                let slot = self.slot(idx);
-                let next = slot.next.load(Ordering::Relaxed);
-                slot.set_state(RETIRED);
-                self.w.limbo.retire(Retired::Slot(idx));
+                let next = self.slot(idx).next.load(Ordering::Relaxed);
+                self.retire_slot(idx);
                 idx = next;
             }
         }
@@ -691,6 +696,7 @@ where
         self.w.ghost.clear();
         self.w.sketch.clear();
         (self.w.new_keys, self.w.ghost_hits, self.w.returns_rare) = (0, 0, false);
+        // With the entries, which then go in the same batch when no read stands in the way.
         self.retire_table(old);
     }
 
@@ -702,12 +708,6 @@ where
             self.w.returns_rare = self.w.ghost_hits <= RARE_GHOST_HITS;
             (self.w.new_keys, self.w.ghost_hits) = (0, 0);
         }
-    }
-
-    /// Entries held, including expired ones not yet removed.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.w.len()
     }
 
     /// Evicts until the shard fits its capacity, never choosing the entry at index `keep` (`NIL`
@@ -775,20 +775,10 @@ where
                 self.w.expirations += 1;
                 return true;
             }
-            // The small queue is a probation pool (see above), or drains into the main queue
-            // while there is room. Decided before `idx` is unlinked: admission runs the caller's
-            // `Hash` on other keys, and if it panics the entry must still be in its queue.
-            let promote = from_small && {
-                let pool = self.w.large && self.w.returns_rare;
-                freq > 0
-                    || if pool {
-                        // Others wait in the pool behind `idx`.
-                        self.w.small.len > 1 && self.w.sketch.estimate(hash) >= 2
-                    } else {
-                        self.w.main.weight + u64::from(weight) <= self.w.capacity
-                    }
-                    || self.admit_from_small(hash, now, hash_of)
-            };
+            // Decided before `idx` is unlinked: admission runs the caller's `Hash` on other keys,
+            // and if it panics the entry must still be in its queue.
+            let promote = from_small
+                && self.promotes_from_small(hash, weight, freq, small.len > 1, now, hash_of);
             self.unlink(idx);
             if from_small {
                 if promote {
@@ -1162,6 +1152,25 @@ mod tests {
         *k
     }
 
+    /// A multiplicative hash that spreads small keys over the table.
+    fn mix(k: &u64) -> u64 {
+        k.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// A full shard of keys `0..capacity`, each read often enough to be in the main queue: a new
+    /// key has no reason to be admitted.
+    fn popular(capacity: u64) -> TestShard {
+        let mut s = TestShard::new(capacity, capacity as usize);
+        for _ in 0..4 {
+            for k in 0..capacity {
+                if s.get(mix(&k), &k, || 1).is_none() {
+                    s.view().insert(mix(&k), k, k, 1, 0, 1, &mix);
+                }
+            }
+        }
+        s
+    }
+
     fn filled(capacity: u64, keys: impl IntoIterator<Item = u64>) -> TestShard {
         let mut s = TestShard::new(capacity, capacity as usize);
         for k in keys {
@@ -1198,14 +1207,17 @@ mod tests {
     fn deadlines_are_only_allocated_once_used_and_follow_slot_reuse() {
         let mut s = TestShard::new(4, 4);
         s.view().insert(1, 1, 1, 1, 0, 1, &id);
-        assert!(!s.writer.deadlines);
+        assert!(!s.shared.slab.has_deadlines());
         s.view().insert(2, 2, 2, 1, 9, 1, &id);
-        assert!(s.writer.deadlines);
+        assert!(s.shared.slab.has_deadlines());
         assert_eq!(s.view().remove(2, &2, 1), Removed::Live);
-        // Enough churn that key 2's slot is freed and reused: its deadline must not linger.
+        // Enough churn that key 2's slot is freed and reused: its deadline (9) must not count
+        // for the keys stored there since, for readers or for the writer.
         for k in 10..10 + 4 * s.writer.batch as u64 {
             assert!(s.view().insert_as(Admit::Keep, k, k, k, 1, 0, 1, &id));
             assert_eq!(s.get(k, &k, || 100), Some(k));
+            assert_eq!(s.view().remove(k, &k, 100), Removed::Live);
+            assert!(s.view().insert_as(Admit::Keep, k, k, k, 1, 0, 1, &id));
         }
         assert!(
             (s.writer.next_slot as usize) < 4 * s.writer.batch,
@@ -1221,7 +1233,7 @@ mod tests {
         assert_eq!(s.view().remove(3, &3, 1), Removed::Live);
         assert_eq!(s.view().remove(3, &3, 1), Removed::Absent);
         assert_eq!(s.get(3, &3, || 1), None);
-        assert_eq!(s.view().len(), 4);
+        assert_eq!(s.writer.len(), 4);
         s.view().validate(&id);
     }
 
@@ -1261,7 +1273,7 @@ mod tests {
     #[test]
     fn tables_grow_and_drop_their_tombstones() {
         let mut s = TestShard::new(10_000, 10_000);
-        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let hash = mix;
         for k in 0..5_000 {
             s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
         }
@@ -1293,7 +1305,7 @@ mod tests {
     fn tables_outgrown_without_reads_are_freed_at_once() {
         // Filling a cache nobody reads yet rebuilds its table a dozen times; each old table
         // must go when it is replaced, not wait for a batch of retired slots that never comes.
-        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let hash = mix;
         let mut s = TestShard::new(100_000, 100_000);
         for k in 0..50_000 {
             s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
@@ -1315,15 +1327,8 @@ mod tests {
     #[test]
     fn a_fill_refused_by_admission_is_never_published() {
         // A full shard of popular keys: a new key that enters an empty small queue is refused.
-        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut s = TestShard::new(64, 64);
-        for _ in 0..4 {
-            for k in 0..64 {
-                if s.get(hash(&k), &k, || 1).is_none() {
-                    s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
-                }
-            }
-        }
+        let hash = mix;
+        let mut s = popular(64);
         // The first new key goes through the small queue: the keys there move to the main
         // queue and it is refused after them, leaving the small queue empty.
         assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
@@ -1342,6 +1347,13 @@ mod tests {
         assert_eq!(s.writer.limbo.len(), retired);
         assert_eq!(s.writer.evictions, evictions + 100);
         s.view().validate(&hash);
+        // A fill already past its deadline is no refusal but an expiration, as eviction would
+        // count it, and its key is not remembered as evicted.
+        let expirations = s.writer.expirations;
+        assert!(!s.view().insert(hash(&1500), 1500, 0, 1, 5, 5, &hash));
+        assert_eq!(s.writer.expirations, expirations + 1);
+        assert_eq!(s.writer.evictions, evictions + 100);
+        assert!(!s.writer.ghost.contains(hash(&1500)));
         // An explicit write of the same kind of key is stored all the same.
         assert!(
             s.view()
@@ -1352,9 +1364,23 @@ mod tests {
     #[test]
     fn clear_retires_everything_and_keeps_working() {
         let mut s = filled(16, 0..16);
+        // Under a read, the entries wait: none is freed, and the value read stays intact.
+        let guard = s.readers.enter();
+        let value = s.shared.get(&guard, 3, &3, || 1, |v| v as *const u64);
+        Shard::new(&s.shared, &mut s.writer, &s.readers).clear();
+        assert!(s.writer.free.is_empty(), "freed under a read");
+        assert_eq!(
+            s.writer.limbo.len(),
+            16 + 1,
+            "the entries and the table wait"
+        );
+        // SAFETY: the slot is retired but not freed while `guard` lives.
+        assert_eq!(value.map(|v| unsafe { *v }), Some(30));
+        drop(guard);
         s.view().clear();
+        assert_eq!((s.writer.limbo.len(), s.writer.free.len()), (0, 16));
         s.view().validate(&id);
-        assert_eq!((s.view().len(), s.get(3, &3, || 1)), (0, None));
+        assert_eq!((s.writer.len(), s.get(3, &3, || 1)), (0, None));
         for k in 0..16 {
             s.view().insert(k, k, k, 1, 0, 1, &id);
         }
@@ -1558,16 +1584,8 @@ mod tests {
 
     #[test]
     fn an_explicit_write_survives_its_own_insert() {
-        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // A full shard whose keys are all popular: a new key has no reason to be admitted.
-        let mut s = TestShard::new(8, 8);
-        for _ in 0..4 {
-            for k in 0..8 {
-                if s.get(hash(&k), &k, || 1).is_none() {
-                    s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
-                }
-            }
-        }
+        let hash = mix;
+        let mut s = popular(8);
         for k in 100..120 {
             assert!(
                 s.view()
@@ -1639,7 +1657,7 @@ mod tests {
     /// must not leave a bucket naming a slot that eviction freed.
     #[test]
     fn an_entry_whose_key_hashes_differently_now_still_leaves_the_table() {
-        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let hash = mix;
         let fickle = |k: &u64| hash(k) ^ 0x5555_5555_0000_0000;
         let mut s = TestShard::new(8, 8);
         for k in 0..64 {
@@ -1661,25 +1679,36 @@ mod tests {
     fn a_hash_that_panics_anywhere_in_an_insert_leaves_the_shard_valid() {
         use std::cell::Cell;
         use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-        let hash = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for capacity in [64, LARGE_SHARD_ENTRIES as u64] {
+        let hash = mix;
+        // Popular keys in the main queue and keys seen once in the small queue, in a small and
+        // a large shard (eviction and admission); or a young table one bucket short of a rebuild.
+        let evicting = |capacity: u64| {
+            let mut s = popular(capacity);
+            for k in capacity..capacity + capacity / 8 {
+                // Explicit writes: stored whatever admission says.
+                s.view()
+                    .insert_as(Admit::Keep, hash(&k), k, k, 1, 0, 1, &hash);
+            }
+            s
+        };
+        let rebuilding = || {
+            let mut s = TestShard::new(64, 64);
+            for k in 0..12 {
+                s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
+            }
+            assert_eq!(s.view().table().buckets(), MIN_BUCKETS);
+            s
+        };
+        let setups: [&dyn Fn() -> TestShard; 3] = [
+            &|| evicting(64),
+            &|| evicting(LARGE_SHARD_ENTRIES as u64),
+            &rebuilding,
+        ];
+        for setup in setups {
             // The `nth` call to `Hash` panics, for every call the inserts make.
             let mut nth = 1;
             loop {
-                // Popular keys in the main queue, keys seen once in the small queue.
-                let mut s = TestShard::new(capacity, capacity as usize);
-                for _ in 0..3 {
-                    for k in 0..capacity {
-                        if s.get(hash(&k), &k, || 1).is_none() {
-                            s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
-                        }
-                    }
-                }
-                for k in capacity..capacity + capacity / 8 {
-                    // Explicit writes: stored whatever admission says.
-                    s.view()
-                        .insert_as(Admit::Keep, hash(&k), k, k, 1, 0, 1, &hash);
-                }
+                let mut s = setup();
                 let calls = Cell::new(0);
                 let panicky = |k: &u64| {
                     calls.set(calls.get() + 1);

@@ -258,7 +258,8 @@ impl<K, V> Slab<K, V> {
     /// The segment holding slot `idx`, if allocated, and the slot's offset in it.
     #[inline]
     fn find_segment(&self, idx: u32) -> Option<(&Segment<K, V>, usize)> {
-        if idx >> self.first_bits == 0 {
+        // The first segment's bounds check is the test for being in it: one comparison on a hit.
+        if (idx as usize) < self.first.slots.len() {
             return Some((&self.first, idx as usize));
         }
         let (s, off) = self.locate(idx);
@@ -268,12 +269,8 @@ impl<K, V> Slab<K, V> {
     /// Slot `idx`, if its segment exists.
     #[inline]
     pub(crate) fn get(&self, idx: u32) -> Option<&Slot<K, V>> {
-        // The first segment's bounds check is the test for being in it: one comparison on a hit.
-        if let Some(slot) = self.first.slots.get(idx as usize) {
-            return Some(slot);
-        }
-        let (s, off) = self.locate(idx);
-        self.segment(s)?.slots.get(off)
+        let (segment, off) = self.find_segment(idx)?;
+        segment.slots.get(off)
     }
 
     /// Slot `idx`, which the writer knows exists.
@@ -282,7 +279,7 @@ impl<K, V> Slab<K, V> {
             .expect("the writer only names slots it allocated")
     }
 
-    /// Slot `idx`'s deadline (`0`: none).
+    /// Slot `idx`'s deadline (`0`: none), which counts only while the slot is marked timed.
     #[inline]
     pub(crate) fn deadline(&self, idx: u32) -> u64 {
         let Some((segment, off)) = self.find_segment(idx) else {
@@ -297,20 +294,16 @@ impl<K, V> Slab<K, V> {
             .map_or(0, |d| d.load(Ordering::Relaxed))
     }
 
-    /// Sets slot `idx`'s deadline; allocates deadline arrays the first time one is not `0`. Writer
-    /// only, before the slot is published.
-    #[inline]
-    pub(crate) fn set_deadline(&self, idx: u32, deadline: u64, with_deadlines: &mut bool) {
-        // A shard that never saw a deadline has no deadlines to keep up to date.
-        if *with_deadlines || deadline != 0 {
-            self.store_deadline(idx, deadline, with_deadlines);
-        }
+    /// Whether any slot ever had a deadline (then every segment has a deadline array).
+    pub(crate) fn has_deadlines(&self) -> bool {
+        self.first.deadlines.get().is_some()
     }
 
-    #[cold]
-    fn store_deadline(&self, idx: u32, deadline: u64, with_deadlines: &mut bool) {
-        if !*with_deadlines {
-            *with_deadlines = true;
+    /// Sets slot `idx`'s deadline; the first one allocates every segment's deadline array. Writer
+    /// only, before the slot is published. A deadline counts only while its slot is marked timed
+    /// (`Slot::fill`), so a reused slot's old deadline needs no reset.
+    pub(crate) fn set_deadline(&self, idx: u32, deadline: u64) {
+        if !self.has_deadlines() {
             for s in 0..self.segments() {
                 if let Some(segment) = self.segment(s) {
                     segment.deadlines.set(zeroed_u64s(self.segment_len(s)));
@@ -335,29 +328,29 @@ impl<K, V> Slab<K, V> {
     }
 
     /// Makes sure slot `idx` exists, allocating its segment (and its deadlines, if the shard has
-    /// any) if needed. Writer only. Returns false when `idx` is past the last slot a `u32` names.
-    pub(crate) fn ensure(&self, idx: u32, with_deadlines: bool) -> bool {
+    /// any) if needed. Writer only, in order: the segments before `idx`'s exist (`slots` stops at
+    /// the first missing one).
+    pub(crate) fn ensure(&self, idx: u32) {
         let (s, _) = self.locate(idx);
         if s == 0 {
-            return true;
+            return;
         }
-        let Some(segment) = self.rest.get(s - 1) else {
-            return false;
-        };
+        debug_assert!(s == 1 || self.rest[s - 2].get().is_some());
+        // `rest` has a segment for every `u32` index.
+        let segment = &self.rest[s - 1];
         if segment.get().is_none() {
             let len = self.segment_len(s);
             let seg = segment.set(Box::new(Segment {
                 slots: zeroed_slots(len),
                 deadlines: Published::new(),
             }));
-            if with_deadlines {
+            if self.has_deadlines() {
                 seg.deadlines.set(zeroed_u64s(len));
             }
         }
-        true
     }
 
-    /// Every allocated slot with its index, for the writer.
+    /// Every allocated slot with its index, for the writer (segments are allocated in order).
     pub(crate) fn slots(&self) -> impl Iterator<Item = (u32, &Slot<K, V>)> {
         std::iter::once(&self.first)
             .chain(self.rest.iter().map_while(Published::get))
@@ -438,7 +431,7 @@ mod tests {
         );
         assert!(slab.get(16).is_none());
         for idx in [0, 15, 16, 40, 100] {
-            assert!(slab.ensure(idx, false));
+            slab.ensure(idx);
             assert!(slab.get(idx).is_some());
         }
         assert_eq!(slab.allocated(), 128);
@@ -448,18 +441,33 @@ mod tests {
     #[test]
     fn deadlines_appear_with_the_first_one_and_cover_later_segments() {
         let slab: Slab<u64, u64> = Slab::new(16);
-        let mut with = false;
-        assert!(slab.ensure(3, with));
-        slab.set_deadline(3, 0, &mut with);
-        assert!(!with);
+        // Segments allocated before the first deadline get theirs with it, later ones at once.
+        slab.ensure(20);
+        assert!(!slab.has_deadlines());
         assert_eq!(slab.deadline(3), 0);
-        slab.set_deadline(3, 9, &mut with);
-        assert!(with);
-        assert_eq!(slab.deadline(3), 9);
-        assert!(slab.ensure(20, with));
-        assert_eq!(slab.deadline(20), 0);
-        slab.set_deadline(20, 5, &mut with);
+        slab.set_deadline(3, 9);
+        assert!(slab.has_deadlines());
+        assert_eq!((slab.deadline(3), slab.deadline(20)), (9, 0));
+        slab.set_deadline(20, 5);
         assert_eq!(slab.deadline(20), 5);
+        slab.ensure(40);
+        slab.set_deadline(40, 7);
+        assert_eq!(slab.deadline(40), 7);
+    }
+
+    #[test]
+    fn a_reused_slot_starts_with_no_hits_and_no_deadline_flag() {
+        let slab: Slab<u64, u64> = Slab::new(16);
+        let slot = slab.slot(3);
+        // SAFETY: a fresh slot of a slab nothing else can reach.
+        unsafe { slot.fill(1, 1, 1, true) };
+        slot.freq.store(3, Ordering::Relaxed);
+        // SAFETY: filled above; nothing else can reach it.
+        unsafe { slot.clear() };
+        // SAFETY: cleared above.
+        unsafe { slot.fill(2, 2, 1, false) };
+        assert_eq!(slot.freq.load(Ordering::Relaxed), 0);
+        assert!(!slot.timed());
     }
 
     #[test]
@@ -467,12 +475,13 @@ mod tests {
         let value = std::sync::Arc::new(());
         {
             let slab: Slab<u64, std::sync::Arc<()>> = Slab::new(16);
-            for idx in 0..3 {
-                assert!(slab.ensure(idx, false));
+            // In the first segment and in later ones; linked and retired.
+            (0..=100).for_each(|idx| slab.ensure(idx));
+            for idx in [0, 20, 100] {
                 let slot = slab.slot(idx);
                 // SAFETY: a fresh slot of a slab nothing else can reach.
                 unsafe { slot.fill(idx.into(), value.clone(), 1, false) };
-                slot.set_state(if idx == 2 { RETIRED } else { MAIN });
+                slot.set_state(if idx == 20 { RETIRED } else { MAIN });
             }
             assert_eq!(std::sync::Arc::strong_count(&value), 4);
         }

@@ -6,9 +6,9 @@
 //! matches: one shift and one comparison a bucket tell a live bucket with this key's tag from
 //! everything else (empty and tombstone buckets have tag zero).
 //! Linear probing; removal leaves a tombstone, so a probe never stops early at a bucket that
-//! used to be in its way (buckets go empty -> live -> tombstone -> live, never back to empty).
-//! Every change is a single atomic store, so a reader sees each bucket either before or after it:
-//! a key that stays present is always found. Tombstones are reused by later inserts, and when
+//! used to be in its way, except at the end of a run, where no probe needs to pass (see
+//! [`Table::remove`]). Every change is a single atomic store, so a reader sees each bucket either
+//! before or after it: a key that stays present is always found. Tombstones are reused by later inserts, and when
 //! live buckets and tombstones fill three quarters of the table the writer builds a new one,
 //! publishes it, and retires the old one (readers still probing it see a consistent earlier
 //! state; see `reclaim.rs`).
@@ -90,14 +90,6 @@ impl Probe {
         Self(lines | table.log2 as usize)
     }
 
-    pub(crate) fn from_word(word: usize) -> Self {
-        Self(word)
-    }
-
-    pub(crate) fn word(self) -> usize {
-        self.0
-    }
-
     /// The bucket and slot index of the entry for `hash` that `is_key` accepts. One bucket at a
     /// time: on a hit the first bucket is usually the one (the writer probes four at a time).
     ///
@@ -126,7 +118,8 @@ impl Probe {
             let at = pos & mask;
             // SAFETY: `lines` holds `mask + 1` buckets (the caller's contract), and `at <= mask`.
             let bucket = unsafe { Self::bucket(lines, at) };
-            // Acquire pairs with the Release stores in `insert` and `replace`: the slot a bucket
+            // Acquire pairs with the Release stores in `replace` (and a new table's publication):
+            // the slot a bucket
             // names was filled before the bucket was written.
             let bucket = bucket.load(Ordering::Acquire);
             if bucket >> index_bits == tag {
@@ -166,20 +159,20 @@ pub(crate) struct Published(AtomicUsize);
 
 impl Published {
     pub(crate) fn new(table: &Table) -> Self {
-        Self(AtomicUsize::new(Probe::of(table).word()))
+        Self(AtomicUsize::new(Probe::of(table).0))
     }
 
     /// The current table, for a read.
     #[inline]
     pub(crate) fn load(&self) -> Probe {
         // Acquire pairs with the Release store in `publish`: the table's buckets are initialized.
-        Probe::from_word(self.0.load(Ordering::Acquire))
+        Probe(self.0.load(Ordering::Acquire))
     }
 
     /// Makes `table` the one readers probe. Writer only.
     pub(crate) fn publish(&self, table: &Table) {
         // Release pairs with the Acquire load in `load`.
-        self.0.store(Probe::of(table).word(), Ordering::Release);
+        self.0.store(Probe::of(table).0, Ordering::Release);
     }
 }
 
@@ -307,7 +300,9 @@ impl Table {
                 }
                 candidates &= candidates - 1;
             }
-            let free = (tombstone & before_empty) | empty;
+            // The first of them is the vacancy (tombstones past the first empty bucket come
+            // after it).
+            let free = tombstone | empty;
             if VACANCY && vacancy.is_none() && free != 0 {
                 let i = free.trailing_zeros() as usize;
                 vacancy = Some(((pos + i) & mask, empty >> i & 1 == 1));
@@ -332,24 +327,18 @@ impl Table {
         })
     }
 
-    /// Adds `idx` for `hash`, whose key is not in the table. Writer only. Returns whether an
-    /// empty bucket was used (rather than a tombstone).
-    pub(crate) fn insert(&self, hash: u64, idx: u32) -> bool {
+    /// Adds `idx` for `hash` to a table no reader can see yet (a rebuild's), whose key is not in
+    /// it and which has no tombstones.
+    pub(crate) fn insert_fresh(&self, hash: u64, idx: u32) {
         debug_assert!(self.names(idx));
         let mask = self.buckets() - 1;
         let mut pos = hash as usize & mask;
-        loop {
-            // Relaxed: only the writer stores buckets.
-            let bucket = self.bucket(pos).load(Ordering::Relaxed);
-            if bucket == EMPTY || bucket == TOMBSTONE {
-                // Release pairs with the Acquire load in `find`: readers that see the bucket see
-                // the slot's contents.
-                self.bucket(pos)
-                    .store(self.encode(hash, idx), Ordering::Release);
-                return bucket == EMPTY;
-            }
+        // Relaxed (here and below): the table's publication orders these stores for readers.
+        while self.bucket(pos).load(Ordering::Relaxed) != EMPTY {
             pos = (pos + 1) & mask;
         }
+        self.bucket(pos)
+            .store(self.encode(hash, idx), Ordering::Relaxed);
     }
 
     /// Points bucket `pos` (found for `hash`, or its vacancy) at slot `idx`. Writer only.
@@ -408,13 +397,22 @@ impl Table {
 #[cfg(all(test, not(leasecache_loom)))]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Adds `idx` for `hash` as the writer does: at the vacancy of its probe. Returns whether an
+    /// empty bucket was used (rather than a tombstone).
+    fn add(t: &Table, hash: u64, idx: u32) -> bool {
+        let (pos, empty) = t.find_or_vacancy(hash, |_| false).unwrap_err();
+        t.replace(pos, hash, idx);
+        empty
+    }
 
     #[test]
     fn finds_what_it_holds_past_tombstones_and_reuses_them() {
         let t = Table::new(16);
         // Four keys with the same home bucket and the same tag.
         for idx in 0..4 {
-            assert!(t.insert(3, idx));
+            assert!(add(&t, 3, idx));
         }
         assert_eq!(t.find(3, |i| i == 2), Some((5, 2)));
         assert_eq!(t.remove(4), 0, "slot 1 leaves a tombstone");
@@ -424,7 +422,7 @@ mod tests {
             "a tombstone stops no probe"
         );
         assert_eq!(t.find(3, |i| i == 1), None);
-        assert!(!t.insert(3, 9), "the tombstone is reused");
+        assert!(!add(&t, 3, 9), "the tombstone is reused");
         assert_eq!(t.find(3, |i| i == 9), Some((4, 9)));
         t.replace(4, 3, 10);
         assert_eq!(t.find(3, |i| i == 10), Some((4, 10)));
@@ -437,7 +435,7 @@ mod tests {
     fn a_missing_key_gets_the_first_tombstone_of_its_probe() {
         let t = Table::new(16);
         for idx in 0..4 {
-            t.insert(3, idx); // buckets 3, 4, 5, 6
+            add(&t, 3, idx); // buckets 3, 4, 5, 6
         }
         assert_eq!(t.find_or_vacancy(3, |i| i == 2), Ok((5, 2)));
         assert_eq!(t.find_or_vacancy(3, |_| false), Err((7, true)));
@@ -455,7 +453,7 @@ mod tests {
     fn removing_the_end_of_a_run_empties_it_and_the_tombstones_before() {
         let t = Table::new(16);
         for idx in 0..4 {
-            t.insert(3, idx); // buckets 3, 4, 5, 6; 7 is empty
+            add(&t, 3, idx); // buckets 3, 4, 5, 6; 7 is empty
         }
         assert_eq!(t.remove(4), 0);
         assert_eq!(t.remove(5), 0);
@@ -471,13 +469,59 @@ mod tests {
     }
 
     #[test]
-    fn the_writers_probe_takes_any_hash() {
-        // Hashes near `u64::MAX` (an identity hasher's `u64::MAX`) must not overflow the probe.
+    fn probes_take_any_hash() {
+        // Hashes near `u64::MAX` (an identity hasher's `u64::MAX`) must not overflow a probe; the
+        // three share a tag and run into each other from bucket 15, wrapping to 0 and 1.
         let t = Table::new(16);
-        for hash in [u64::MAX, u64::MAX - 1, u64::MAX - 3] {
-            assert!(t.find_or_vacancy(hash, |_| false).is_err());
-            t.insert(hash, 5);
-            assert!(t.find_for_writer(hash, |i| i == 5).is_some());
+        for (idx, hash) in [u64::MAX, u64::MAX - 16, u64::MAX - 32]
+            .into_iter()
+            .enumerate()
+        {
+            let idx = idx as u32;
+            assert!(add(&t, hash, idx));
+            let at = (15 + idx as usize) % 16;
+            assert_eq!(t.find_for_writer(hash, |i| i == idx), Some((at, idx)));
+            assert_eq!(t.find(hash, |i| i == idx), Some((at, idx)));
+        }
+    }
+
+    proptest! {
+        /// The readers' probe and the writer's agree on any sequence of inserts, replacements and
+        /// removals (with tombstones and emptied runs), for present and absent keys.
+        #[test]
+        fn the_readers_probe_agrees_with_the_writers(
+            ops in proptest::collection::vec((0u8..3, 0u64..24), 1..200),
+        ) {
+            let t = Table::new(16);
+            // Keys 0..24 with hashes that crowd a few home buckets and share tags.
+            let hash = |k: u64| (k % 5) | ((k % 3) << 40);
+            let mut present = std::collections::HashMap::new();
+            for (op, k) in ops {
+                // A slot index no present key uses (a table of 16 buckets names 32).
+                let next = (0..32).find(|i| !present.values().any(|v| v == i)).unwrap();
+                let found = t.find_or_vacancy(hash(k), |i| present.get(&k) == Some(&i));
+                match (op, found) {
+                    (0, Err(_)) if present.len() < 12 => {
+                        add(&t, hash(k), next);
+                        present.insert(k, next);
+                    }
+                    (1, Ok((pos, _))) => {
+                        t.replace(pos, hash(k), next);
+                        present.insert(k, next);
+                    }
+                    (2, Ok((pos, _))) => {
+                        t.remove(pos);
+                        present.remove(&k);
+                    }
+                    _ => {}
+                }
+                for k in 0..24 {
+                    let is_key = |i| present.get(&k) == Some(&i);
+                    let writer = t.find_for_writer(hash(k), is_key);
+                    prop_assert_eq!(t.find(hash(k), is_key), writer);
+                    prop_assert_eq!(writer.map(|(_, i)| i), present.get(&k).copied());
+                }
+            }
         }
     }
 
@@ -485,8 +529,8 @@ mod tests {
     fn tags_skip_other_keys_and_wrap_around() {
         let t = Table::new(16);
         let (a, b) = (15u64 | (1 << 62), 15u64);
-        t.insert(a, 1);
-        t.insert(b, 2);
+        add(&t, a, 1);
+        add(&t, b, 2);
         let mut asked = Vec::new();
         assert_eq!(
             t.find(b, |i| {
@@ -520,11 +564,11 @@ mod tests {
         assert_eq!(tag(0, 31), 1);
         // A probe word carries the table's size.
         let big = Table::new(1 << 10);
-        let word = Probe::of(&big).word();
-        assert_eq!(word & LOG2_MASK, 10);
-        big.insert(7, 1000);
+        let probe = Probe::of(&big);
+        assert_eq!(probe.0 & LOG2_MASK, 10);
+        add(&big, 7, 1000);
         // SAFETY: `big` lives for the whole call.
-        let found = unsafe { Probe::from_word(word).find(7, |i| i == 1000) };
+        let found = unsafe { probe.find(7, |i| i == 1000) };
         assert_eq!(found, Some((7, 1000)));
     }
 }
