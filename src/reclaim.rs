@@ -556,9 +556,11 @@ mod tests {
             let mut freed = Vec::new();
             limbo.collect(readers, |i| freed.push(i)); // forms the batch
             limbo.collect(readers, |i| freed.push(i));
-            assert!(freed.is_empty(), "freed under an active read");
+            let freed_under_the_read = freed.clone();
+            // Before asserting: a failed assertion must not leave the reader waiting forever.
             done_tx.send(()).unwrap();
             rx.recv().unwrap(); // the read ended
+            assert!(freed_under_the_read.is_empty(), "freed under an active read");
             limbo.collect(readers, |i| freed.push(i));
             assert_eq!(freed, [1]);
         });

@@ -113,8 +113,29 @@ impl<K, V> Shared<K, V> {
         Q: Eq + ?Sized,
     {
         // SAFETY: the probe was loaded inside `guard`'s read, which outlives the call.
-        let (idx, slot) = unsafe { self.find(self.table(guard), hash, key) }?;
-        // SAFETY: found through the table inside a read (see `find`).
+        unsafe { self.lookup(self.table(guard), hash, key, now, f) }
+    }
+
+    /// [`get`](Self::get) in `table`.
+    ///
+    /// # Safety
+    /// As for [`find`](Self::find).
+    #[inline]
+    unsafe fn lookup<Q, R>(
+        &self,
+        table: Probe,
+        hash: u64,
+        key: &Q,
+        now: impl FnOnce() -> u64,
+        f: impl FnOnce(&V) -> R,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        // SAFETY: the caller's contract.
+        let (idx, slot) = unsafe { self.find(table, hash, key) }?;
+        // SAFETY: found through the table by a reader inside a read, or by the writer.
         unsafe { self.read_live(idx, slot, now, f) }
     }
 
@@ -416,9 +437,10 @@ where
         Q: Eq + ?Sized,
     {
         // SAFETY: the writer; the table is its current one.
-        let (idx, slot) = unsafe { self.shared.find(Probe::of(self.table()), hash, key) }?;
-        // SAFETY: found through the table by the writer.
-        unsafe { self.shared.read_live(idx, slot, now, f) }
+        unsafe {
+            self.shared
+                .lookup(Probe::of(self.table()), hash, key, now, f)
+        }
     }
 
     /// [`insert_as`](Self::insert_as) for a fill, as the unit tests write it.
@@ -1051,6 +1073,11 @@ where
             seen += len;
         }
         let table = self.table();
+        assert_eq!(
+            self.shared.probe.load(),
+            Probe::of(table),
+            "readers probe another table than the writer's"
+        );
         assert_eq!(table.live().count(), seen, "table and queues disagree");
         assert!(
             self.w.used >= seen && self.w.used < table.buckets(),
@@ -1210,19 +1237,22 @@ mod tests {
         assert!(!s.shared.slab.has_deadlines());
         s.view().insert(2, 2, 2, 1, 9, 1, &id);
         assert!(s.shared.slab.has_deadlines());
+        let (_, timed) = s.view().find(2, &2).unwrap();
         assert_eq!(s.view().remove(2, &2, 1), Removed::Live);
-        // Enough churn that key 2's slot is freed and reused: its deadline (9) must not count
-        // for the keys stored there since, for readers or for the writer.
-        for k in 10..10 + 4 * s.writer.batch as u64 {
+        // Churn until key 2's slot is freed, then make it the next one handed out.
+        let mut k = 10;
+        while !s.writer.free.contains(&timed) {
             assert!(s.view().insert_as(Admit::Keep, k, k, k, 1, 0, 1, &id));
-            assert_eq!(s.get(k, &k, || 100), Some(k));
-            assert_eq!(s.view().remove(k, &k, 100), Removed::Live);
-            assert!(s.view().insert_as(Admit::Keep, k, k, k, 1, 0, 1, &id));
+            k += 1;
         }
-        assert!(
-            (s.writer.next_slot as usize) < 4 * s.writer.batch,
-            "slots were reused"
-        );
+        let at = s.writer.free.iter().position(|&i| i == timed).unwrap();
+        let last = s.writer.free.len() - 1;
+        s.writer.free.swap(at, last);
+        assert!(s.view().insert_as(Admit::Keep, 7, 7, 7, 1, 0, 1, &id));
+        assert_eq!(s.view().find(7, &7).map(|(_, i)| i), Some(timed));
+        // Its old deadline (9) counts neither for readers nor for the writer.
+        assert_eq!(s.get(7, &7, || 100), Some(7));
+        assert_eq!(s.view().remove(7, &7, 100), Removed::Live);
         s.view().validate(&id);
     }
 
@@ -1259,15 +1289,22 @@ mod tests {
 
     #[test]
     fn retired_slots_are_freed_in_batches_and_reused() {
-        let mut s = filled(64, 0..64);
+        // Every value shares one `Arc`: its count is the number of values not yet dropped.
+        let value = std::sync::Arc::new(());
+        let mut s = OwnedShard::<u64, std::sync::Arc<()>>::new(64, 64);
         let batch = s.writer.batch as u64;
-        for k in 0..3 * batch {
-            s.view().insert(k % 64, k % 64, k, 1, 0, 1, &id);
+        for k in 0..64 + 3 * batch {
+            s.view().insert(k % 64, k % 64, value.clone(), 1, 0, 1, &id);
         }
         s.view().validate(&id);
-        // Every replacement retired a slot; all but the last batch or two were freed and reused.
-        assert!(s.writer.limbo.len() <= 2 * batch as usize);
+        // Every replacement retired a slot; all but the last batch or two were freed and reused,
+        // and their values dropped.
+        let waiting = s.writer.limbo.len();
+        assert!(waiting <= 2 * batch as usize);
         assert!((s.writer.next_slot as u64) < 64 + 3 * batch);
+        assert_eq!(std::sync::Arc::strong_count(&value), 1 + 64 + waiting);
+        drop(s);
+        assert_eq!(std::sync::Arc::strong_count(&value), 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use leasecache::{Cache, Lookup};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -344,8 +344,12 @@ struct Checked {
 const ALIVE: u64 = 0xA11C_E0F1_1FE0_A11C;
 const DEAD: u64 = 0xDEAD_DEAD_DEAD_DEAD;
 
+/// `Checked` values alive now (made and not yet dropped).
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
 impl Checked {
     fn new(key: u64) -> Self {
+        LIVE.fetch_add(1, Ordering::Relaxed);
         Self {
             key,
             alive: AtomicU64::new(ALIVE),
@@ -363,13 +367,16 @@ impl Clone for Checked {
 
 impl Drop for Checked {
     fn drop(&mut self) {
-        self.alive.store(DEAD, Ordering::Relaxed);
+        let alive = self.alive.swap(DEAD, Ordering::Relaxed);
+        assert_eq!(alive, ALIVE, "dropped a value of key {} twice", self.key);
+        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Lock-free reads race writers that replace, purge, evict and flush, so that the slots readers
 /// find are retired and freed (in batches of 32 in a cache this small) all the time. Every value a
-/// read returns must be alive and belong to the key asked for.
+/// read returns must be alive and belong to the key asked for; every value is dropped exactly
+/// once, retired ones a batch or two after they were replaced, and the rest with the cache.
 #[test]
 fn lock_free_reads_never_see_a_freed_or_reused_slot() {
     let cache = Arc::new(
@@ -406,7 +413,10 @@ fn lock_free_reads_never_see_a_freed_or_reused_slot() {
                 let value = match rng.below(3) {
                     0 => cache.get(&key),
                     1 => cache.get_or_lease(&key).hit(),
-                    _ => cache.contains_key(&key).then(|| Checked::new(key)),
+                    _ => {
+                        cache.contains_key(&key);
+                        None
+                    }
                 };
                 if let Some(value) = value {
                     assert_eq!(
@@ -428,7 +438,19 @@ fn lock_free_reads_never_see_a_freed_or_reused_slot() {
         reads.load(Ordering::Relaxed)
     );
     assert!(
-        stats.hits > 0 && stats.evictions > 0,
+        stats.hits > 0 && stats.evictions > 0 && stats.inserts > 1_000,
         "the test did nothing"
+    );
+    // With no read under way, a flush drops every value at once: retired ones too.
+    cache.flush();
+    assert_eq!(LIVE.load(Ordering::Relaxed), 0, "values outlived a flush");
+    for key in 0..8 {
+        cache.insert(key, Checked::new(key));
+    }
+    drop(cache);
+    assert_eq!(
+        LIVE.load(Ordering::Relaxed),
+        0,
+        "values leaked with the cache"
     );
 }

@@ -10,6 +10,11 @@
 //! that skip their announcement; a writer that trusts an idle-looking record without the heavy
 //! barrier) and must be caught. Loom models both halves of the asymmetric fence as `SeqCst`
 //! fences, which order exactly what `membarrier` and a compiler fence order between them.
+//!
+//! What loom cannot see, for that reason: whether a check skipped the barrier because an earlier
+//! one covers it (`barrier_epoch`; `reclaim::tests::an_idle_reader_costs_one_barrier...` checks
+//! the bookkeeping), and whether the reader's epoch load needs to be Acquire (under loom its
+//! fence orders it anyway; outside loom that fence is a compiler fence, and Acquire is needed).
 
 use super::loom::{cache, model, model_with};
 use crate::reclaim::Broken;
@@ -97,6 +102,35 @@ fn get_or_lease_vs_purge_and_insert() {
         writer.join().unwrap();
         // The miss happened between the purge and the insert; the insert fenced its lease.
         assert_eq!(cache.get(&1), Some(11));
+    });
+}
+
+/// The race this crate exists for, on the lock-free lease: a reader misses, takes its lease
+/// without a lock and reads the source; a writer updates the source and purges. A lease taken
+/// before the purge must be fenced by it (nothing follows the purge to hide a missing fence), so
+/// a save that lands saved the new row.
+#[test]
+fn a_lock_free_lease_taken_before_a_purge_is_fenced() {
+    model("a_lock_free_lease_taken_before_a_purge_is_fenced", || {
+        let cache = Arc::new(cache(4));
+        let source = Arc::new(crate::sync::AtomicU64::new(1));
+        let reader = {
+            let (cache, source) = (cache.clone(), source.clone());
+            thread::spawn(move || match cache.get_or_lease(&1) {
+                crate::Lookup::Hit(_) => unreachable!("nothing is cached"),
+                crate::Lookup::Miss(lease) => {
+                    let row = source.load(crate::sync::Ordering::SeqCst);
+                    let _ = cache.save_with_lease(1, row, lease);
+                }
+            })
+        };
+        source.store(2, crate::sync::Ordering::SeqCst);
+        cache.purge(&1);
+        reader.join().unwrap();
+        assert!(
+            matches!(cache.get(&1), None | Some(2)),
+            "the old row was saved after the purge"
+        );
     });
 }
 
