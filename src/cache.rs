@@ -70,6 +70,7 @@ pub(crate) struct WriteMark<'c> {
 }
 
 impl<'c> WriteMark<'c> {
+    #[inline]
     fn begin(slots: &'c [AtomicU64], generation: Generation) -> Self {
         for slot in slots {
             // Relaxed: ordered before the table change by that change's Release stores, so a
@@ -81,6 +82,7 @@ impl<'c> WriteMark<'c> {
 }
 
 impl Drop for WriteMark<'_> {
+    #[inline]
     fn drop(&mut self) {
         for slot in self.slots {
             // Release pairs with the Acquire load in `generation_now`.
