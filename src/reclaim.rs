@@ -560,7 +560,10 @@ mod tests {
             // Before asserting: a failed assertion must not leave the reader waiting forever.
             done_tx.send(()).unwrap();
             rx.recv().unwrap(); // the read ended
-            assert!(freed_under_the_read.is_empty(), "freed under an active read");
+            assert!(
+                freed_under_the_read.is_empty(),
+                "freed under an active read"
+            );
             limbo.collect(readers, |i| freed.push(i));
             assert_eq!(freed, [1]);
         });
