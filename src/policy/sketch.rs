@@ -38,12 +38,29 @@ const COUNTERS_PER_BLOCK: usize = 16 * WORDS_PER_BLOCK;
 /// harness; 16 and up began to lose the loop.
 const SAMPLE_PER_ENTRY: u64 = 14;
 
-/// Where a hash's four counters are: its block, and each counter's word in the block and bit
-/// shift in the word.
+/// Where a hash's four counters are: its block, and the bits of the hash that pick each
+/// counter's word in the block and bit shift in the word (see [`Place::counter`]).
 #[derive(Clone, Copy)]
 struct Place {
     block: usize,
-    counters: [(usize, u32); 4],
+    bits: u64,
+}
+
+impl Place {
+    /// The word and bit shift of counter `row` (`0..4`): one word of the row's pair, and one of
+    /// its sixteen nibbles. With `row` a loop constant (the loops over rows unroll), the
+    /// compiler sees that the word is below `WORDS_PER_BLOCK`, and indexes without a check.
+    #[inline(always)]
+    fn counter(self, row: usize) -> (usize, u32) {
+        let bits = (self.bits >> (row * 8)) as usize;
+        (row * 2 + (bits & 1), ((bits >> 1) & 15) as u32 * 4)
+    }
+
+    /// Every counter's word and shift.
+    #[cfg(test)]
+    fn counters(self) -> [(usize, u32); 4] {
+        std::array::from_fn(|row| self.counter(row))
+    }
 }
 
 impl Sketch {
@@ -59,8 +76,7 @@ impl Sketch {
         }
     }
 
-    /// Where `hash`'s counters are. Word indices stay below `WORDS_PER_BLOCK` by construction,
-    /// so indexing a block needs no bounds check.
+    /// Where `hash`'s counters are.
     #[inline]
     fn place(&self, hash: u64) -> Place {
         let h = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -68,10 +84,7 @@ impl Sketch {
         Place {
             // Multiply-shift: the top half scaled to `0..blocks`, for any block count.
             block: (((h >> 32) * self.table.len() as u64) >> 32) as usize,
-            counters: std::array::from_fn(|row| {
-                let bits = (h >> (row * 8)) as usize;
-                (row * 2 + (bits & 1), ((bits >> 1) & 15) as u32 * 4)
-            }),
+            bits: h,
         }
     }
 
@@ -80,11 +93,12 @@ impl Sketch {
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
         let place = self.place(hash);
         let block = &self.table[place.block].0;
-        place
-            .counters
-            .iter()
-            .map(|&(word, shift)| (block[word] >> shift) & 15)
-            .fold(15, u64::min) as u8
+        let mut min = 15;
+        for row in 0..4 {
+            let (word, shift) = place.counter(row);
+            min = min.min((block[word] >> shift) & 15);
+        }
+        min as u8
     }
 
     /// Counts `times` more occurrences of `hash`, by conservative update: each counter is raised
@@ -98,12 +112,15 @@ impl Sketch {
         }
         let place = self.place(hash);
         let block = &mut self.table[place.block].0;
-        let counts = place
-            .counters
-            .map(|(word, shift)| (block[word] >> shift) & 15);
+        let mut counts = [0; 4];
+        for (row, count) in counts.iter_mut().enumerate() {
+            let (word, shift) = place.counter(row);
+            *count = (block[word] >> shift) & 15;
+        }
         let estimate = counts.iter().copied().fold(15, u64::min);
         let target = (estimate + u64::from(times)).min(15);
-        for ((word, shift), count) in place.counters.into_iter().zip(counts) {
+        for (row, count) in counts.into_iter().enumerate() {
+            let (word, shift) = place.counter(row);
             block[word] = (block[word] & !(15 << shift)) | (count.max(target) << shift);
         }
         if target > estimate {
@@ -172,7 +189,7 @@ mod tests {
             s.add(1, 1);
         }
         let heavy = s.place(1);
-        let counters_of = |p: Place| p.counters.map(|c| (p.block, c));
+        let counters_of = |p: Place| p.counters().map(|c| (p.block, c));
         // A key sharing some but not all of key 1's counters.
         let light = (2..u64::MAX)
             .find(|&h| {
@@ -232,7 +249,7 @@ mod tests {
         let s = Sketch::new(1 << 12);
         for h in [0u64, 1, 0xDEAD_BEEF, u64::MAX] {
             // One counter in each of the block's four word pairs: rows never share a word.
-            let pairs = s.place(h).counters.map(|(word, _)| word / 2);
+            let pairs = s.place(h).counters().map(|(word, _)| word / 2);
             assert_eq!(pairs, [0, 1, 2, 3]);
         }
     }
