@@ -130,7 +130,8 @@
 //!
 //! Keys and values are dropped by a later write to their shard, on that writer's thread and
 //! under its shard's lock: a `Drop` of a key or value must not call into the same cache, which
-//! could deadlock. A panic in your `Hash`, `Eq`, `Drop` or weigher propagates to the caller and
+//! could deadlock. The same holds for a key's `Hash` and `Eq`, which writes run under the lock,
+//! and for a value's `Clone` (a lookup that meets a half-done write finishes under the lock). A panic in your `Hash`, `Eq`, `Drop` or weigher propagates to the caller and
 //! leaves the cache usable and memory-safe: the operation may be half done (an entry not removed,
 //! a shard over capacity until its next write) and some entries may be leaked, never dropped
 //! twice; a write that panics has still fenced its key's leases.

@@ -494,13 +494,17 @@ impl<T> Limbo<T> {
     }
 
     /// Frees the waiting batch through `free` if its grace period is over, then, if nothing is
-    /// waiting, makes the pending items the next batch and publishes its epoch.
-    pub(crate) fn collect(&mut self, readers: &Readers, free: impl FnMut(T)) {
+    /// waiting, makes the pending items the next batch and publishes its epoch. If `free` panics
+    /// (a user `Drop`), the items it has not been given stay in the batch, whose grace period is
+    /// over, and the next call frees them.
+    pub(crate) fn collect(&mut self, readers: &Readers, mut free: impl FnMut(T)) {
         if !self.waiting.is_empty() {
             if !readers.quiescent(self.epoch) {
                 return;
             }
-            self.waiting.drain(..).for_each(free);
+            while let Some(item) = self.waiting.pop() {
+                free(item);
+            }
         }
         if !self.pending.is_empty() {
             std::mem::swap(&mut self.pending, &mut self.waiting);

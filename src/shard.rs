@@ -705,16 +705,23 @@ where
         // The same size: slots handed out before keep their numbers.
         let old = self.publish(Box::new(Table::new(self.table().buckets())));
         self.w.used = 0;
-        for head in [self.w.small.head, self.w.main.head] {
-            let mut idx = head;
+        // The shard is empty and consistent before any entry is dropped: every entry is unlinked
+        // and retired first, and only then collected (which runs the entries' `Drop`). A `Drop`
+        // that panicked while the queues still named retired slots left the shard hashing
+        // dropped keys and dropping them twice.
+        let queues = [
+            std::mem::take(&mut self.w.small),
+            std::mem::take(&mut self.w.main),
+        ];
+        for list in queues {
+            let mut idx = list.head;
             while idx != NIL {
                 let next = self.slot(idx).next.load(Ordering::Relaxed);
-                self.retire_slot(idx);
+                self.slot(idx).set_state(RETIRED);
+                self.w.limbo.retire(Retired::Slot(idx));
                 idx = next;
             }
         }
-        self.w.small = List::default();
-        self.w.main = List::default();
         self.w.ghost.clear();
         self.w.sketch.clear();
         (self.w.new_keys, self.w.ghost_hits, self.w.returns_rare) = (0, 0, false);
@@ -1030,10 +1037,12 @@ where
         let (slab, free) = (&self.shared.slab, &mut self.w.free);
         self.w.limbo.collect(self.readers, |item| match item {
             Retired::Slot(idx) => {
+                // Free before the entry's `Drop` runs: if it panics, the slot (marked `FREE`
+                // first by `clear`) is reused rather than lost; the rest of its entry leaks.
+                free.push(idx);
                 // SAFETY: retired (unlinked from the table and the queues) and past its grace
                 // period: no read can reach it.
                 unsafe { slab.slot(idx).clear() };
-                free.push(idx);
             }
             Retired::Table(table) => drop(table),
         });
@@ -1707,6 +1716,81 @@ mod tests {
                 "a bucket names a slot that is not an entry"
             );
         }
+    }
+
+    /// User code runs inside the writer: a value whose `Drop` panics, at any of the drops a clear
+    /// makes (the clear retires more than two batches, so entries are dropped while it runs),
+    /// leaves an empty shard whose structure holds, which drops no entry twice and takes and
+    /// evicts entries again.
+    #[test]
+    fn a_drop_that_panics_anywhere_in_a_clear_leaves_an_empty_valid_shard() {
+        use std::cell::{Cell, RefCell};
+        use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+        thread_local! {
+            static DROPPED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+            /// The drop, counted from 1, that panics (0: none).
+            static PANIC_AT: Cell<usize> = const { Cell::new(0) };
+        }
+        struct Loud(u64);
+        impl Drop for Loud {
+            fn drop(&mut self) {
+                let n = DROPPED.with(|d| {
+                    let mut d = d.borrow_mut();
+                    d.push(self.0);
+                    d.len()
+                });
+                if PANIC_AT.get() == n {
+                    // Not `panic!`: no message from the panic hook.
+                    resume_unwind(Box::new(n));
+                }
+            }
+        }
+        let hash = mix;
+        let capacity = 150;
+        assert!(capacity as usize > 2 * retire_batch(capacity as usize));
+        let mut nth = 1;
+        loop {
+            DROPPED.with(|d| d.borrow_mut().clear());
+            let mut s = OwnedShard::<u64, Loud>::new(capacity, capacity as usize);
+            for k in 0..capacity {
+                s.view()
+                    .insert_as(Admit::Keep, hash(&k), k, Loud(k), 1, 0, 1, &hash);
+            }
+            PANIC_AT.set(nth);
+            let panicked = catch_unwind(AssertUnwindSafe(|| s.view().clear())).is_err();
+            PANIC_AT.set(0);
+            s.view().validate(&hash);
+            assert_eq!(
+                s.writer.len(),
+                0,
+                "the clear left entries (drop {nth} panicked)"
+            );
+            // Keys the clear dropped, and more than fit: the shard stores and evicts again.
+            for k in 0..3 * capacity {
+                s.view()
+                    .insert_as(Admit::Keep, hash(&k), k, Loud(k + 1000), 1, 0, 1, &hash);
+            }
+            s.view().validate(&hash);
+            drop(s);
+            let mut dropped = DROPPED.with(|d| d.borrow().clone());
+            let all = dropped.len();
+            dropped.sort_unstable();
+            dropped.dedup();
+            assert_eq!(
+                dropped.len(),
+                all,
+                "a value was dropped twice (drop {nth} panicked)"
+            );
+            if !panicked {
+                break;
+            }
+            nth += 1;
+        }
+        assert!(
+            nth > capacity as usize / 2,
+            "the clear dropped {} values",
+            nth - 1
+        );
     }
 
     /// User code runs inside the writer: a `Hash` that panics at any of its calls during an insert
