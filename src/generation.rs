@@ -67,6 +67,13 @@ impl GenerationClock {
 /// [`SaveError::ForeignLease`](crate::SaveError::ForeignLease). It is cheap to clone, `Send`,
 /// `Sync` and `'static`, so it can cross threads and `.await` points.
 ///
+/// It names its key by the key's 64-bit hash under the cache's hasher, not by a copy of the key
+/// (which would cost an allocation on every miss and require `K: Clone + 'static`). So a lease
+/// presented for another key whose hash is the same is accepted: with the default hasher, whose
+/// seeds are random, that takes a 64-bit collision; a custom hasher that maps distinct keys to
+/// one hash (say, a hash of part of the key) makes them share leases, as it makes them share
+/// generations.
+///
 /// ```
 /// use leasecache::{Cache, Lookup};
 ///
