@@ -128,13 +128,14 @@
 //! briefly on a shard lock. `get_or_load` also *blocks the calling thread while it waits for or
 //! runs a load*; use `get_or_load_async` in async code, which never blocks on a load.
 //!
-//! Keys and values are dropped by a later write to their shard, on that writer's thread and
-//! under its shard's lock: a `Drop` of a key or value must not call into the same cache, which
-//! could deadlock. The same holds for a key's `Hash` and `Eq`, which writes run under the lock,
-//! and for a value's `Clone` (a lookup that meets a half-done write finishes under the lock). A panic in your `Hash`, `Eq`, `Drop` or weigher propagates to the caller and
-//! leaves the cache usable and memory-safe: the operation may be half done (an entry not removed,
-//! a shard over capacity until its next write) and some entries may be leaked, never dropped
-//! twice; a write that panics has still fenced its key's leases.
+//! Keys and values are dropped by a later write to their shard, on that writer's thread and under
+//! its shard's lock: a `Drop` of a key or value must not call into the same cache, which could
+//! deadlock. The same holds for a key's `Hash` and `Eq`, which writes run under the lock, and for a
+//! value's `Clone` (a lookup that meets a half-done write finishes under the lock). A panic in your
+//! `Hash`, `Eq`, `Drop` or weigher propagates to the caller and leaves the cache usable and
+//! memory-safe: the operation may be half done (an entry not removed, a shard over capacity until
+//! its next write) and some entries may be leaked, never dropped twice; a write that panics has
+//! still fenced its key's leases.
 //!
 //! ## Features
 //!

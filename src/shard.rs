@@ -1037,8 +1037,9 @@ where
         let (slab, free) = (&self.shared.slab, &mut self.w.free);
         self.w.limbo.collect(self.readers, |item| match item {
             Retired::Slot(idx) => {
-                // Free before the entry's `Drop` runs: if it panics, the slot (marked `FREE`
-                // first by `clear`) is reused rather than lost; the rest of its entry leaks.
+                // Free before the entry's `Drop` runs: if it panics, the slot (which
+                // `Slot::clear` marks `FREE` first) is reused rather than lost; the rest of its
+                // entry leaks.
                 free.push(idx);
                 // SAFETY: retired (unlinked from the table and the queues) and past its grace
                 // period: no read can reach it.
@@ -1719,9 +1720,9 @@ mod tests {
     }
 
     /// User code runs inside the writer: a value whose `Drop` panics, at any of the drops a clear
-    /// makes (the clear retires more than two batches, so entries are dropped while it runs),
-    /// leaves an empty shard whose structure holds, which drops no entry twice and takes and
-    /// evicts entries again.
+    /// makes, leaves an empty shard whose structure holds, which drops no entry twice and takes
+    /// and evicts entries again. (The shard holds more than two retire batches: a clear that
+    /// collected as it went dropped entries while its queues still named them.)
     #[test]
     fn a_drop_that_panics_anywhere_in_a_clear_leaves_an_empty_valid_shard() {
         use std::cell::{Cell, RefCell};
