@@ -53,7 +53,8 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
 
 impl<K, V, S> CacheBuilder<K, V, S> {
     /// The most the cache holds: entries, or total weight when a [`weigher`](Self::weigher) is set.
-    /// Unbounded when not called.
+    /// Unbounded when not called, except that a shard holds at most 671,088,640 entries whatever
+    /// the capacity and the weights (past that it evicts as if full: its index cannot grow).
     ///
     /// ```
     /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::builder().max_capacity(2).build();
@@ -68,7 +69,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 
     /// Weighs each entry (in any unit; the capacity is in the same unit). An entry heavier than
-    /// its shard's share of the capacity is not cached.
+    /// its shard's share of the capacity is not cached; entries of weight 0 count only towards
+    /// the per-shard bound on entries (see [`max_capacity`](Self::max_capacity)).
     ///
     /// ```
     /// let cache: leasecache::Cache<u32, String> = leasecache::Cache::builder()

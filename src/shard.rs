@@ -37,6 +37,13 @@ const GHOST_RATE_PERIOD: u32 = 128;
 /// Ghost hits per period up to which returning keys count as rare: 30 % of the new keys. At 20 %
 /// the 100k-entry Zipf columns lost 0.05 pp; at 40 % the loop at 1k entries lost 0.28 pp.
 const RARE_GHOST_HITS: u32 = GHOST_RATE_PERIOD * 3 / 10;
+/// The most entries a shard holds, whatever their weights (an unbounded cache, or entries of
+/// weight 0): five eighths of the largest table, the most a rebuild leaves live. Past it the
+/// table could not grow, rebuilds could not get under three quarters, and once no bucket was
+/// left empty the writer's probe would never end; the shard evicts as if full instead.
+pub(crate) const MAX_ENTRIES: usize = crate::table::MAX_BUCKETS / 8 * 5;
+const _: () = assert!(MAX_ENTRIES + 1 < crate::table::MAX_BUCKETS / 4 * 3);
+
 /// Expected entries from which a shard is large: it compares a candidate with the entry eviction
 /// would really take (see `Shard::settle_main_head`), a ghost hit must beat its victim rather
 /// than tie (see `Shard::admit_ghost`), and while returns are rare its small queue is a probation
@@ -282,6 +289,8 @@ pub(crate) struct Writer {
     ghost: Ghost,
     sketch: Sketch,
     capacity: u64,
+    /// [`MAX_ENTRIES`], lower in tests.
+    max_entries: usize,
     pub(crate) evictions: u64,
     pub(crate) expirations: u64,
     /// New keys and ghost hits among them in the current period of `GHOST_RATE_PERIOD` new keys.
@@ -310,6 +319,7 @@ impl Writer {
             ghost: Ghost::new(expected_entries),
             sketch: Sketch::new(expected_entries),
             capacity,
+            max_entries: MAX_ENTRIES,
             evictions: 0,
             expirations: 0,
             new_keys: 0,
@@ -739,10 +749,12 @@ where
         }
     }
 
-    /// Evicts until the shard fits its capacity, never choosing the entry at index `keep` (`NIL`
-    /// for none).
+    /// Evicts until the shard fits its capacity and holds at most `max_entries` entries, never
+    /// choosing the entry at index `keep` (`NIL` for none).
     fn evict_until_fits(&mut self, now: u64, keep: u32, hash_of: &impl Fn(&K) -> u64) {
-        while self.w.weight() > self.w.capacity && self.evict_one(now, keep, hash_of) {}
+        while (self.w.weight() > self.w.capacity || self.w.len() > self.w.max_entries)
+            && self.evict_one(now, keep, hash_of)
+        {}
     }
 
     /// Removes one entry chosen by S3-FIFO (see `policy`). Returns false when the shard is empty.
@@ -1717,6 +1729,39 @@ mod tests {
                 "a bucket names a slot that is not an entry"
             );
         }
+    }
+
+    /// A shard holds at most `max_entries` entries whatever their weights (an unbounded shard,
+    /// entries of weight 0), so its table stops growing: the largest table can only take so many
+    /// (see `MAX_ENTRIES`). An explicit insert past the bound still stays readable.
+    #[test]
+    fn a_shard_holds_at_most_max_entries_whatever_the_weights() {
+        let hash = mix;
+        let mut s = TestShard::new(u64::MAX, 64);
+        s.writer.max_entries = 40;
+        for k in 0..500u64 {
+            let (admit, weight) = if k % 3 == 0 {
+                (Admit::Keep, 0)
+            } else {
+                (Admit::Policy, 1)
+            };
+            s.view()
+                .insert_as(admit, hash(&k), k, k, weight, 0, 1, &hash);
+            assert!(
+                s.writer.len() <= 40,
+                "{} entries after key {k}",
+                s.writer.len()
+            );
+            if admit == Admit::Keep {
+                assert_eq!(s.get(hash(&k), &k, || 1), Some(k));
+            }
+        }
+        s.view().validate(&hash);
+        assert_eq!(s.writer.len(), 40);
+        assert!(
+            s.view().table().buckets() <= 128,
+            "the table grew past 41 entries' needs"
+        );
     }
 
     /// User code runs inside the writer: a value whose `Drop` panics, at any of the drops a clear

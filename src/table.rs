@@ -62,6 +62,8 @@ const fn index_bits(log2: u32) -> u32 {
 
 /// The most buckets a table has: its slot indices keep one bit for the tag.
 const MAX_LOG2: u32 = 30;
+/// [`MAX_LOG2`] as a bucket count.
+pub(crate) const MAX_BUCKETS: usize = 1 << MAX_LOG2;
 
 // A line is sixteen buckets and nothing else, so the buckets of a table are one contiguous
 // array of `AtomicU32` (readers index it directly). Not so under loom, whose atomics are larger.
