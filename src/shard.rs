@@ -41,7 +41,7 @@ const RARE_GHOST_HITS: u32 = GHOST_RATE_PERIOD * 3 / 10;
 /// weight 0): five eighths of the largest table, the most a rebuild leaves live. Past it the
 /// table could not grow, rebuilds could not get under three quarters, and once no bucket was
 /// left empty the writer's probe would never end; the shard evicts as if full instead.
-pub(crate) const MAX_ENTRIES: usize = crate::table::MAX_BUCKETS / 8 * 5;
+const MAX_ENTRIES: usize = crate::table::MAX_BUCKETS / 8 * 5;
 const _: () = assert!(MAX_ENTRIES + 1 < crate::table::MAX_BUCKETS / 4 * 3);
 
 /// Expected entries from which a shard is large: it compares a candidate with the entry eviction
@@ -727,8 +727,7 @@ where
             let mut idx = list.head;
             while idx != NIL {
                 let next = self.slot(idx).next.load(Ordering::Relaxed);
-                self.slot(idx).set_state(RETIRED);
-                self.w.limbo.retire(Retired::Slot(idx));
+                self.defer_slot(idx);
                 idx = next;
             }
         }
@@ -1019,8 +1018,15 @@ where
     }
 
     fn retire_slot(&mut self, idx: u32) {
+        self.defer_slot(idx);
+        self.collect_if_batch();
+    }
+
+    /// Marks an unlinked slot retired and queues it for reclamation, without collecting: runs no
+    /// user code.
+    fn defer_slot(&mut self, idx: u32) {
         self.slot(idx).set_state(RETIRED);
-        self.retire(Retired::Slot(idx));
+        self.w.limbo.retire(Retired::Slot(idx));
     }
 
     /// Retires a table the shard no longer uses and frees it right away if no read can be in
@@ -1035,10 +1041,8 @@ where
         self.collect();
     }
 
-    /// Retires an unlinked item and, once a batch has gathered, frees what is past its grace
-    /// period.
-    fn retire(&mut self, item: Retired) {
-        self.w.limbo.retire(item);
+    /// Once a batch of retired items has gathered, frees what is past its grace period.
+    fn collect_if_batch(&mut self) {
         if self.w.limbo.pending() >= self.w.batch {
             self.collect();
         }
