@@ -77,6 +77,15 @@ const fn tag(hash: u64, index_bits: u32) -> u32 {
     ((hash >> 32) as u32 >> index_bits) | 1
 }
 
+/// A live bucket of `hash` with slot index zero, in a table whose slot indices are the bits of
+/// `index_mask`: `tag(hash, index_bits) << index_bits`, computed from the mask alone. A bucket
+/// `b` is a live bucket of a key with this tag exactly when `b ^ tagged(..) <= index_mask`, and
+/// then that is its slot index: one `xor` gives both, and a reader needs no shift count.
+#[inline]
+const fn tagged(hash: u64, index_mask: u32) -> u32 {
+    ((hash >> 32) as u32 & !index_mask) | (index_mask + 1)
+}
+
 /// What a reader needs of a table, in one word: the address of its first line (64-byte aligned)
 /// with `log2` of its bucket count in the six low bits. Readers load it from the shard in one
 /// atomic load and reach the bucket without going through the table's header: one dependent
@@ -92,8 +101,15 @@ impl Probe {
         Self(lines | table.log2 as usize)
     }
 
-    /// The bucket and slot index of the entry for `hash` that `is_key` accepts. One bucket at a
-    /// time: on a hit the first bucket is usually the one (the writer probes four at a time).
+    /// The bucket and slot index of the entry for `hash` that `is_key` accepts.
+    ///
+    /// The home bucket and the next one are read first and the candidate chosen between them
+    /// without a branch. In linear probing at load 1/2 (a table's load after a rebuild; it is
+    /// rebuilt at 3/4) 76 % of the keys sit in their home bucket and 90 % in one of the first
+    /// two: a branch on "the home bucket matches" goes the other way on a quarter of the hits,
+    /// too often to predict, and a hit's time fell from 13.1-13.6 to 10.2-10.6 ns without it
+    /// (`get` of 64k cached `u64` keys, one thread; quick_cache 14.9-15.7 in the same runs).
+    /// Past those two buckets, one at a time.
     ///
     /// # Safety
     /// `self` is [`Probe::of`] a table that is not freed before this returns: the caller loaded
@@ -106,27 +122,43 @@ impl Probe {
     ) -> Option<(usize, u32)> {
         let lines = (self.0 & !LOG2_MASK) as *const Line;
         let log2 = (self.0 & LOG2_MASK) as u32;
-        let mask = (1usize << log2) - 1;
-        let index_bits = index_bits(log2);
         let index_mask = (2u32 << log2) - 1;
-        let tag = tag(hash, index_bits);
-        let mut pos = hash as usize;
-        // At most one lap. A key present all along is found before that: its probe runs through
-        // live buckets from its home to where it sits, and none of those becomes empty while it
-        // is there (see `remove`). So a probe that ends after a lap only misses a key that was
-        // absent, or removed, at some point during it.
-        let end = pos.wrapping_add(mask + 1);
+        let mask = (index_mask >> 1) as usize;
+        let tagged = tagged(hash, index_mask);
+        // Acquire pairs with the Release stores in `replace` (and a new table's publication):
+        // the slot a bucket names was filled before the bucket was written.
+        // SAFETY: `lines` holds `mask + 1` buckets (the caller's contract), and
+        // `pos & mask <= mask`.
+        let load = |pos: usize| unsafe { Self::bucket(lines, pos & mask) }.load(Ordering::Acquire);
+        let home = hash as usize;
+        let (first, second) = (load(home), load(home.wrapping_add(1)));
+        // A bucket read holding the key is a witness that the key was present then, whatever was
+        // read before it, so taking the second bucket needs no look at what the first one holds.
+        let (at, idx) = if first ^ tagged <= index_mask {
+            (home, first ^ tagged)
+        } else {
+            (home.wrapping_add(1), second ^ tagged)
+        };
+        if idx <= index_mask && is_key(idx) {
+            return Some((at & mask, idx));
+        }
+        if first == EMPTY {
+            return None;
+        }
+        // The first bucket was looked at; the probe goes on from the second (looked at again if
+        // the first one's tag matched another key's). At most one lap. A key present all along
+        // is found before that: its probe runs through live buckets from its home to where it
+        // sits, and none of those becomes empty while it is there (see `remove`). So a probe
+        // that ends after a lap only misses a key that was absent, or removed, at some point
+        // during it.
+        let mut pos = home.wrapping_add(1);
+        let end = home.wrapping_add(mask + 1);
         while pos != end {
-            let at = pos & mask;
-            // SAFETY: `lines` holds `mask + 1` buckets (the caller's contract), and `at <= mask`.
-            let bucket = unsafe { Self::bucket(lines, at) };
-            // Acquire pairs with the Release stores in `replace` (and a new table's publication):
-            // the slot a bucket
-            // names was filled before the bucket was written.
-            let bucket = bucket.load(Ordering::Acquire);
-            if bucket >> index_bits == tag {
-                if is_key(bucket & index_mask) {
-                    return Some((at, bucket & index_mask));
+            let bucket = load(pos);
+            let idx = bucket ^ tagged;
+            if idx <= index_mask {
+                if is_key(idx) {
+                    return Some((pos & mask, idx));
                 }
             } else if bucket == EMPTY {
                 return None;
@@ -488,6 +520,26 @@ mod tests {
     }
 
     proptest! {
+        /// The readers' match (`xor` with `tagged`, compared with the index mask) accepts exactly
+        /// the live buckets the writer encodes with the key's tag, and yields their slot index.
+        #[test]
+        fn a_bucket_matches_its_keys_tagged_word_and_nothing_else(
+            log2 in 4u32..=MAX_LOG2,
+            hash: u64,
+            other: u64,
+            idx: u32,
+        ) {
+            let (bits, mask) = (index_bits(log2), (2u32 << log2) - 1);
+            let idx = idx & mask;
+            let bucket = (tag(hash, bits) << bits) | idx;
+            prop_assert_eq!(bucket ^ tagged(hash, mask), idx);
+            let same_tag = tag(other, bits) == tag(hash, bits);
+            prop_assert_eq!(bucket ^ tagged(other, mask) <= mask, same_tag);
+            for free in [EMPTY, TOMBSTONE] {
+                prop_assert!(free ^ tagged(hash, mask) > mask);
+            }
+        }
+
         /// The readers' probe and the writer's agree on any sequence of inserts, replacements and
         /// removals (with tombstones and emptied runs), for present and absent keys.
         #[test]
