@@ -106,7 +106,11 @@ impl<K, V> Shared<K, V> {
 
     /// The live value of `key` mapped through `f`, recording the access for the eviction policy.
     /// `now` is only called when the entry has a deadline. Lock-free.
-    #[inline]
+    ///
+    /// This and what it calls on a hit (`lookup`, `find`, `Probe::find`, `read_live`) are
+    /// always inlined, so that `Cache::get` is one function: with `#[inline]` alone, the
+    /// benchmark binary kept one of them as a call, a different one from build to build.
+    #[inline(always)]
     pub(crate) fn get<Q, R>(
         &self,
         guard: &ReadGuard<'_>,
@@ -127,7 +131,7 @@ impl<K, V> Shared<K, V> {
     ///
     /// # Safety
     /// As for [`find`](Self::find).
-    #[inline]
+    #[inline(always)]
     unsafe fn lookup<Q, R>(
         &self,
         table: Probe,
@@ -164,7 +168,7 @@ impl<K, V> Shared<K, V> {
     /// is not freed before the call returns, and every slot it names holds an entry that is not
     /// freed before the caller is done (slots are filled before they are published, and freed
     /// only after being unlinked and waiting out every read that began before).
-    #[inline]
+    #[inline(always)]
     unsafe fn find<'t, Q>(
         &'t self,
         table: Probe,
@@ -208,7 +212,7 @@ impl<K, V> Shared<K, V> {
     /// # Safety
     /// As for [`Slot::with_value`]: the slot was found through the table by a reader inside a
     /// read, or by the writer.
-    #[inline]
+    #[inline(always)]
     unsafe fn read_live<R>(
         &self,
         idx: u32,

@@ -114,7 +114,7 @@ impl Probe {
     /// # Safety
     /// `self` is [`Probe::of`] a table that is not freed before this returns: the caller loaded
     /// it inside a read (`ReadGuard`) from the shard that publishes it, or is the writer.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn find(
         self,
         hash: u64,
