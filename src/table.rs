@@ -3,8 +3,9 @@
 //!
 //! A bucket holds a slot index and a tag (the top bits of the key's hash, never zero) packed in
 //! one `u32`, so a probe reads one cache line of buckets and touches a slot only when the tag
-//! matches: one shift and one comparison a bucket tell a live bucket with this key's tag from
-//! everything else (empty and tombstone buckets have tag zero).
+//! matches. For a reader, one `xor` with the key's tagged word and one comparison tell a live
+//! bucket with this key's tag from everything else (empty and tombstone buckets have tag zero)
+//! and give its slot; it looks at the home bucket and the next one together ([`Probe::find`]).
 //! Linear probing; removal leaves a tombstone, so a probe never stops early at a bucket that
 //! used to be in its way, except at the end of a run, where no probe needs to pass (see
 //! [`Table::remove`]). Every change is a single atomic store, so a reader sees each bucket either
@@ -270,7 +271,7 @@ impl Table {
         unsafe { Probe::of(self).find(hash, is_key) }
     }
 
-    /// The entry for `hash` that `is_key` accepts, as [`find`](Self::find); or, if there is none,
+    /// The entry for `hash` that `is_key` accepts, as [`Probe::find`]; or, if there is none,
     /// where to insert one (the first empty bucket or tombstone of its probe) and whether that
     /// bucket is empty. Writer only: one probe for "replace or insert".
     #[inline]
@@ -282,7 +283,7 @@ impl Table {
         self.probe::<true>(hash, is_key)
     }
 
-    /// [`find`](Self::find), for the writer (four buckets at a time; see `probe`).
+    /// [`Probe::find`], for the writer (four buckets at a time; see `probe`).
     #[inline]
     pub(crate) fn find_for_writer(
         &self,
