@@ -54,11 +54,11 @@ impl std::fmt::Debug for Table {
     }
 }
 
-/// Bits of a bucket that hold the slot index, in a table of `2^log2` buckets (`log2 <= 30`): it
-/// names slots below twice the bucket count (the rest of the bucket is the tag, at least one bit).
+/// The bits of a bucket that hold the slot index, in a table of `2^log2` buckets (`log2 <= 30`):
+/// it names slots below twice the bucket count; the bits above are the tag (at least one).
 #[inline]
-const fn index_bits(log2: u32) -> u32 {
-    log2 + 1
+const fn index_mask(log2: u32) -> u32 {
+    (2 << log2) - 1
 }
 
 /// The most buckets a table has: its slot indices keep one bit for the tag.
@@ -71,17 +71,12 @@ pub(crate) const MAX_BUCKETS: usize = 1 << MAX_LOG2;
 #[cfg(not(all(test, leasecache_loom)))]
 const _: () = assert!(std::mem::size_of::<Line>() == LINE * std::mem::size_of::<u32>());
 
-/// The tag of `hash` with `index_bits` index bits: its top `32 - index_bits` bits, lowest bit set
-/// so that no tag is zero.
-#[inline]
-const fn tag(hash: u64, index_bits: u32) -> u32 {
-    ((hash >> 32) as u32 >> index_bits) | 1
-}
-
-/// A live bucket of `hash` with slot index zero, in a table whose slot indices are the bits of
-/// `index_mask`: `tag(hash, index_bits) << index_bits`, computed from the mask alone. A bucket
-/// `b` is a live bucket of a key with this tag exactly when `b ^ tagged(..) <= index_mask`, and
-/// then that is its slot index: one `xor` gives both, and a reader needs no shift count.
+/// `hash`'s tag in place, over a slot index of zero, in a table whose slot indices are the bits
+/// of `index_mask`. The tag is the bits of the hash's upper half above the index, with its lowest
+/// bit set so that a live bucket is never `EMPTY` or a `TOMBSTONE` (live buckets are those above
+/// `index_mask`). The live bucket of slot `idx` is `tagged(..) | idx`, and a bucket `b` is a live
+/// bucket with this tag exactly when `b ^ tagged(..) <= index_mask`, which is then its slot
+/// index: one `xor` gives both.
 #[inline]
 const fn tagged(hash: u64, index_mask: u32) -> u32 {
     ((hash >> 32) as u32 & !index_mask) | (index_mask + 1)
@@ -123,7 +118,7 @@ impl Probe {
     ) -> Option<(usize, u32)> {
         let lines = (self.0 & !LOG2_MASK) as *const Line;
         let log2 = (self.0 & LOG2_MASK) as u32;
-        let index_mask = (2u32 << log2) - 1;
+        let index_mask = index_mask(log2);
         let mask = (index_mask >> 1) as usize;
         let tagged = tagged(hash, index_mask);
         // Acquire pairs with the Release stores in `replace` (and a new table's publication):
@@ -240,22 +235,18 @@ impl Table {
         self.buckets() / 4 * 3
     }
 
-    fn index_bits(&self) -> u32 {
-        index_bits(self.log2)
-    }
-
     fn index_mask(&self) -> u32 {
-        (2 << self.log2) - 1
+        index_mask(self.log2)
     }
 
     /// Whether slot `idx` can be named in this table.
     pub(crate) fn names(&self, idx: u32) -> bool {
-        idx >> self.index_bits() == 0
+        idx <= self.index_mask()
     }
 
     #[inline]
     fn encode(&self, hash: u64, idx: u32) -> u32 {
-        (tag(hash, self.index_bits()) << self.index_bits()) | idx
+        tagged(hash, self.index_mask()) | idx
     }
 
     #[inline]
@@ -305,8 +296,8 @@ impl Table {
         hash: u64,
         mut is_key: impl FnMut(u32) -> bool,
     ) -> Result<(usize, u32), (usize, bool)> {
-        let (index_bits, index_mask) = (self.index_bits(), self.index_mask());
-        let tag = tag(hash, index_bits);
+        let index_mask = self.index_mask();
+        let tagged = tagged(hash, index_mask);
         let mask = self.buckets() - 1;
         let mut pos = hash as usize & mask;
         let mut vacancy = None;
@@ -318,7 +309,7 @@ impl Table {
                 std::array::from_fn(|i| self.bucket((pos + i) & mask).load(Ordering::Relaxed));
             let (mut matches, mut empty, mut tombstone) = (0u32, 0u32, 0u32);
             for (i, &bucket) in group.iter().enumerate() {
-                matches |= u32::from(bucket >> index_bits == tag) << i;
+                matches |= u32::from(bucket ^ tagged <= index_mask) << i;
                 empty |= u32::from(bucket == EMPTY) << i;
                 if VACANCY {
                     tombstone |= u32::from(bucket == TOMBSTONE) << i;
@@ -329,7 +320,7 @@ impl Table {
             let mut candidates = matches & before_empty;
             while candidates != 0 {
                 let i = candidates.trailing_zeros() as usize;
-                let idx = group[i] & index_mask;
+                let idx = group[i] ^ tagged;
                 if is_key(idx) {
                     return Ok(((pos + i) & mask, idx));
                 }
@@ -353,12 +344,12 @@ impl Table {
     /// whose key no longer hashes to where it was put (see `Shard::drop_unlinked`).
     #[cold]
     pub(crate) fn position_of(&self, idx: u32) -> Option<usize> {
-        let (index_bits, index_mask) = (self.index_bits(), self.index_mask());
+        let index_mask = self.index_mask();
         (0..self.buckets()).find(|&pos| {
             // Relaxed: only the writer stores buckets.
             let bucket = self.bucket(pos).load(Ordering::Relaxed);
             // Live buckets have a tag, which is never zero.
-            bucket >> index_bits != 0 && bucket & index_mask == idx
+            bucket > index_mask && bucket & index_mask == idx
         })
     }
 
@@ -418,13 +409,13 @@ impl Table {
     /// The slot index in every live bucket. Writer only.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn live(&self) -> impl Iterator<Item = u32> + '_ {
-        let (index_bits, index_mask) = (self.index_bits(), self.index_mask());
+        let index_mask = self.index_mask();
         self.lines
             .iter()
             .flat_map(|line| line.0.iter())
             .filter_map(move |b| {
                 let bucket = b.load(Ordering::Relaxed);
-                (bucket >> index_bits != 0).then_some(bucket & index_mask)
+                (bucket > index_mask).then_some(bucket & index_mask)
             })
     }
 }
@@ -521,8 +512,10 @@ mod tests {
     }
 
     proptest! {
-        /// The readers' match (`xor` with `tagged`, compared with the index mask) accepts exactly
-        /// the live buckets the writer encodes with the key's tag, and yields their slot index.
+        /// A live bucket is the tag (the hash's upper bits above the `log2 + 1` index bits, lowest
+        /// bit set) over the slot index; the match (`xor` with `tagged`, compared with the index
+        /// mask) accepts exactly the buckets of keys with the same tag, yields their slot index,
+        /// and never accepts an empty bucket or a tombstone.
         #[test]
         fn a_bucket_matches_its_keys_tagged_word_and_nothing_else(
             log2 in 4u32..=MAX_LOG2,
@@ -530,12 +523,14 @@ mod tests {
             other: u64,
             idx: u32,
         ) {
-            let (bits, mask) = (index_bits(log2), (2u32 << log2) - 1);
+            let (bits, mask) = (log2 + 1, index_mask(log2));
+            let tag = |h: u64| ((h >> 32) as u32 >> bits) | 1;
             let idx = idx & mask;
-            let bucket = (tag(hash, bits) << bits) | idx;
+            let bucket = (tag(hash) << bits) | idx;
+            prop_assert_eq!(tagged(hash, mask) | idx, bucket);
+            prop_assert!(bucket > mask, "a live bucket is above the index mask");
             prop_assert_eq!(bucket ^ tagged(hash, mask), idx);
-            let same_tag = tag(other, bits) == tag(hash, bits);
-            prop_assert_eq!(bucket ^ tagged(other, mask) <= mask, same_tag);
+            prop_assert_eq!(bucket ^ tagged(other, mask) <= mask, tag(other) == tag(hash));
             for free in [EMPTY, TOMBSTONE] {
                 prop_assert!(free ^ tagged(hash, mask) > mask);
             }
@@ -609,14 +604,15 @@ mod tests {
         assert_eq!(Table::buckets_to_name(33), 32);
         assert_eq!(Table::buckets_to_name(1), MIN_BUCKETS);
         assert_eq!(
-            (index_bits(4), index_bits(20), index_bits(MAX_LOG2)),
-            (5, 21, 31)
+            (index_mask(4), index_mask(20), index_mask(MAX_LOG2)),
+            ((1 << 5) - 1, (1 << 21) - 1, (1 << 31) - 1)
         );
         assert_eq!((1usize << MAX_LOG2) * 2, MAX_SLOTS);
         // The largest table keeps one tag bit, always set: the tag then only tells live buckets
         // from the rest.
-        assert_eq!(tag(u64::MAX, 31), 1);
-        assert_eq!(tag(0, 31), 1);
+        let largest = index_mask(MAX_LOG2);
+        assert_eq!(tagged(u64::MAX, largest), 1 << 31);
+        assert_eq!(tagged(0, largest), 1 << 31);
         // A probe word carries the table's size.
         let big = Table::new(1 << 10);
         let probe = Probe::of(&big);
