@@ -32,6 +32,7 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     shards: Option<usize>,
     lease_slots: Option<usize>,
     clock: Option<ManualClock>,
+    hold_off: Option<Duration>,
     hasher: S,
     _types: PhantomData<fn(K, V)>,
 }
@@ -45,6 +46,7 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             shards: None,
             lease_slots: None,
             clock: None,
+            hold_off: None,
             hasher: ahash::RandomState::new(),
             _types: PhantomData,
         }
@@ -140,6 +142,39 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// A hold-off after every write (WANObjectCache's `HOLDOFF_TTL`): once a purge, insert or
+    /// flush of a key completes, saves under leases captured within `hold_off` of it are refused
+    /// ([`SaveError::Stale`](crate::SaveError::Stale), counted in
+    /// [`Stats::stale_rejected`](crate::Stats::stale_rejected)), however fresh the lease. A
+    /// reader in the window misses, serves what it read, and does not cache it.
+    ///
+    /// Use it when readers read a source that may lag the writes by up to `hold_off` (an
+    /// asynchronous replica): a lease cannot see that lag, a hold-off at least as long as the
+    /// lag covers it. Default: none. [`Cache::purge_with_hold_off`](crate::Cache::purge_with_hold_off)
+    /// sets one per purge. The deadlines live in a fixed table beside the generations (8 bytes
+    /// per lease slot, allocated at build time whether or not a hold-off is used).
+    ///
+    /// ```
+    /// use leasecache::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache: Cache<u32, &str> = Cache::builder()
+    ///     .hold_off(Duration::from_secs(1))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.purge(&1);
+    /// let lease = cache.lease(&1);
+    /// assert!(cache.save_with_lease(1, "old", lease).is_err()); // inside the hold-off
+    /// clock.advance(Duration::from_secs(1));
+    /// let lease = cache.lease(&1);
+    /// assert!(cache.save_with_lease(1, "new", lease).is_ok());
+    /// ```
+    pub fn hold_off(mut self, hold_off: Duration) -> Self {
+        self.hold_off = Some(hold_off);
+        self
+    }
+
     /// Uses `hasher` to hash keys (the default is `ahash`, randomly seeded per cache).
     ///
     /// ```
@@ -158,6 +193,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             shards: self.shards,
             lease_slots: self.lease_slots,
             clock: self.clock,
+            hold_off: self.hold_off,
             hasher,
             _types: PhantomData,
         }
@@ -171,7 +207,14 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     {
         let layout = self.layout();
         let clock = self.clock.map_or_else(Clock::system, Clock::Manual);
-        Cache::from_parts(layout, self.hasher, clock, self.ttl, self.weigher)
+        Cache::from_parts(
+            layout,
+            self.hasher,
+            clock,
+            self.ttl,
+            self.weigher,
+            self.hold_off,
+        )
     }
 
     fn layout(&self) -> Layout {

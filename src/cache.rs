@@ -2,6 +2,7 @@
 
 use crate::clock::Clock;
 use crate::error::SaveError;
+use crate::floors::{HoldOffs, LockedFloors, Raise};
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
 use crate::load::FlightTable;
 use crate::reclaim::Readers;
@@ -57,6 +58,10 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     pub(crate) readers: Readers,
     /// Whether any entry may carry a deadline. Until one does, writes skip reading the clock.
     ttl_in_use: AtomicBool,
+    /// The hold-off every write applies (`CacheBuilder::hold_off`).
+    hold_off: Option<Duration>,
+    /// Whether any write has raised a hold-off. Until one has, leases skip reading deadlines.
+    hold_offs_in_use: AtomicBool,
 }
 /// A write in progress on generation slots (one key's, or a whole shard's for a flush), under
 /// the shard's lock: [`begin`](Self::begin) marks them busy with the write's generation, and
@@ -99,6 +104,8 @@ pub(crate) struct ShardCell<K, V> {
     /// The generation slots this shard owns. Read lock-free by `lease`; written only under
     /// `core`'s lock, from `core.clock`, so each slot only grows.
     generations: Box<[AtomicU64]>,
+    /// The hold-off deadline of each generation slot (see `crate::floors`).
+    pub(crate) hold_offs: HoldOffs,
     pub(crate) counters: Counters,
 }
 
@@ -107,6 +114,8 @@ pub(crate) struct Core<K, V> {
     clock: GenerationClock,
     pub(crate) flights: FlightTable<K, V>,
     pub(crate) counts: WriteCounts,
+    /// Position floors and open write intents per generation slot (see `crate::floors`).
+    pub(crate) floors: LockedFloors,
 }
 
 /// The sizes a builder settled on.
@@ -149,6 +158,7 @@ where
         clock: Clock,
         ttl: Option<Duration>,
         weigher: Option<Weigher<K, V>>,
+        hold_off: Option<Duration>,
     ) -> Self {
         let n = layout.shards;
         debug_assert!(n.is_power_of_two() && layout.slots_per_shard.is_power_of_two());
@@ -163,10 +173,12 @@ where
                         clock: GenerationClock::default(),
                         flights: FlightTable::default(),
                         counts: WriteCounts::default(),
+                        floors: LockedFloors::default(),
                     }),
                     generations: (0..layout.slots_per_shard)
                         .map(|_| AtomicU64::new(Generation::ZERO.get()))
                         .collect(),
+                    hold_offs: HoldOffs::new(layout.slots_per_shard),
                     counters: Counters::default(),
                 })
             })
@@ -181,6 +193,38 @@ where
             ttl,
             weigher,
             readers: Readers::new(),
+            hold_off,
+            hold_offs_in_use: AtomicBool::new(false),
+        }
+    }
+
+    /// This cache instance's id (leases carry it, I8).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The index of `hash`'s generation slot (and floors) within its shard.
+    #[inline]
+    pub(crate) fn slot_index(&self, hash: u64) -> usize {
+        hash as usize & self.slot_mask
+    }
+
+    /// The hold-off every write applies, if the cache has one.
+    pub(crate) fn default_hold_off(&self) -> Option<Duration> {
+        self.hold_off
+    }
+
+    /// Whether a write has ever raised a hold-off deadline.
+    #[inline]
+    pub(crate) fn hold_offs_in_use(&self) -> bool {
+        // Relaxed: set before the first deadline is raised, inside a write whose Release store of
+        // its generation publishes both to a lease that Acquire-loaded that generation.
+        self.hold_offs_in_use.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_hold_offs_in_use(&self) {
+        if !self.hold_offs_in_use() {
+            self.hold_offs_in_use.store(true, Ordering::Relaxed);
         }
     }
 
@@ -208,7 +252,7 @@ where
 
     #[inline]
     fn slot<'a>(&self, cell: &'a ShardCell<K, V>, hash: u64) -> &'a AtomicU64 {
-        &cell.generations[hash as usize & self.slot_mask]
+        &cell.generations[self.slot_index(hash)]
     }
 
     /// `hash`'s generation as its slot stands now, lock-free; `None` while a write is changing it.
@@ -226,7 +270,7 @@ where
     #[inline]
     pub(crate) fn lease_for(&self, cell: &ShardCell<K, V>, hash: u64) -> Lease {
         match self.generation_now(cell, hash) {
-            Some(generation) => Lease::new(self.id, hash, generation),
+            Some(generation) => self.floored_lease(cell, hash, generation),
             None => {
                 let _core = cell.core.lock();
                 self.lease_locked(cell, hash)
@@ -239,14 +283,14 @@ where
         // Relaxed: every store to this slot happens under the lock the caller holds.
         let generation = Generation::from_raw(self.slot(cell, hash).load(Ordering::Relaxed));
         debug_assert!(!generation.is_busy());
-        Lease::new(self.id, hash, generation)
+        self.floored_lease(cell, hash, generation)
     }
 
     /// Begins a write of `key`: moves `hash`'s generation to a value its slot never held, marked
     /// in progress, and detaches any load in flight for `key`. Must be called with the shard's
     /// lock held, before the write changes the table; the returned mark ends the write when it is
     /// dropped, which must be under the same lock (declare it after the lock's guard).
-    pub(crate) fn begin_write<'c, Q>(
+    pub(crate) fn begin_key_write<'c, Q>(
         &self,
         cell: &'c ShardCell<K, V>,
         core: &mut Core<K, V>,
@@ -296,6 +340,15 @@ where
         let hash_of = |k: &K| self.hash(k);
         self.shard(cell, core)
             .insert_as(admit, hash, key, value, weight, expires_at, now, &hash_of)
+    }
+
+    /// What every write raises besides the generation: the cache's default hold-off.
+    #[inline]
+    pub(crate) fn default_raise(&self) -> Raise {
+        Raise {
+            hold_off: self.hold_off,
+            position: None,
+        }
     }
 
     pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
@@ -411,7 +464,7 @@ where
             // The lookup's table and bucket loads are Acquire: the slot load below comes after them.
             if self.generation_now(cell, hash) == Some(before) {
                 guard.count(false);
-                return Lookup::Miss(Lease::new(self.id, hash, before));
+                return Lookup::Miss(self.floored_lease(cell, hash, before));
             }
         }
         drop(guard);
@@ -475,6 +528,17 @@ where
     /// assert_eq!(cache.get(&1), Some("new"));
     /// ```
     pub fn save_with_lease(&self, key: K, value: V, lease: Lease) -> Result<(), SaveError<V>> {
+        self.save_inner(key, value, lease, None)
+    }
+
+    /// A save under `lease`, of a value read at source position `position` if given.
+    pub(crate) fn save_inner(
+        &self,
+        key: K,
+        value: V,
+        lease: Lease,
+        position: Option<u64>,
+    ) -> Result<(), SaveError<V>> {
         let hash = self.hash(&key);
         if !lease.is_for(self.id, hash) {
             return Err(SaveError::ForeignLease { value });
@@ -483,7 +547,7 @@ where
         let weight = self.weigh(&key, &value);
         let (now, expires_at) = self.default_write_times();
         let mut core = cell.core.lock();
-        if !self.lease_is_current(cell, &lease, hash) {
+        if !self.save_allowed(cell, &core, &lease, hash, position) {
             core.counts.stale_rejected += 1;
             drop(core);
             return Err(SaveError::Stale { value });
@@ -539,7 +603,8 @@ where
         let weight = self.weigh(&key, &value);
         let (now, expires_at) = self.write_times(ttl);
         let mut core = cell.core.lock();
-        let write = self.begin_write(cell, &mut core, hash, &key);
+        let write = self.begin_key_write(cell, &mut core, hash, &key);
+        self.raise_floors(cell, &mut core, hash, self.default_raise());
         self.store(
             cell,
             &mut core,
@@ -574,9 +639,10 @@ where
         let cell = self.cell(hash);
         let (now, _) = self.write_times(None);
         let mut core = cell.core.lock();
-        let write = self.begin_write(cell, &mut core, hash, key);
+        let write = self.begin_key_write(cell, &mut core, hash, key);
         core.counts.purges += 1;
         let removed = self.shard(cell, &mut core).remove(hash, key, now);
+        self.raise_floors(cell, &mut core, hash, self.default_raise());
         drop(write);
         removed == Removed::Live
     }
@@ -606,6 +672,9 @@ where
         let write = WriteMark::begin(&cell.generations, core.clock.mint());
         core.flights.detach_all();
         self.shard(cell, core).clear();
+        if self.hold_off.is_some() {
+            self.raise_floors_slow(cell, core, None, self.default_raise());
+        }
         drop(write);
     }
 

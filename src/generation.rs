@@ -91,6 +91,9 @@ pub struct Lease {
     cache: u64,
     key_hash: u64,
     generation: Generation,
+    /// Captured inside a hold-off window of its key (see [`crate::CacheBuilder::hold_off`]): a
+    /// save under it is refused whatever the generation.
+    held_off: bool,
 }
 
 impl Lease {
@@ -99,7 +102,19 @@ impl Lease {
             cache,
             key_hash,
             generation,
+            held_off: false,
         }
+    }
+
+    /// This lease, captured inside a hold-off window: no save under it lands.
+    pub(crate) const fn held_off(mut self) -> Self {
+        self.held_off = true;
+        self
+    }
+
+    /// Whether this lease was captured inside a hold-off window of its key.
+    pub(crate) const fn is_held_off(&self) -> bool {
+        self.held_off
     }
 
     /// The generation this lease was captured at.
@@ -123,6 +138,7 @@ impl fmt::Debug for Lease {
         f.debug_struct("Lease")
             .field("cache", &self.cache)
             .field("generation", &self.generation.0)
+            .field("held_off", &self.held_off)
             .finish_non_exhaustive()
     }
 }

@@ -231,7 +231,7 @@ where
         let (now, expires_at) = cache.default_write_times();
         let mut core = cell.core.lock();
         core.flights.unregister(self.hash, &self.flight);
-        if cache.lease_is_current(cell, &lease, self.hash) {
+        if cache.save_allowed(cell, &core, &lease, self.hash, None) {
             core.counts.saves += 1;
             cache.store(
                 cell,
