@@ -227,6 +227,16 @@ where
         self.end_write_of(key, raise, None)
     }
 
+    /// The write that opens (`open`) or closes an intent on `key`'s slot: what
+    /// [`begin_write`](Self::begin_write) and [`WriteIntent`]'s end do.
+    pub(crate) fn intent_write<Q>(&self, key: &Q, raise: Raise, open: bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.end_write_of(key, raise, Some(open))
+    }
+
     /// One write of `key` that removes its value, fences its leases, raises its floors and opens
     /// (`Some(true)`) or closes (`Some(false)`) an intent on its slot. Returns whether a live value
     /// was removed.
@@ -352,7 +362,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.end_write_of(key, Raise::default(), Some(true));
+        self.intent_write(key, Raise::default(), true);
         WriteIntent {
             cache: self,
             key,
@@ -404,7 +414,7 @@ where
     fn end(&mut self, hold_off: Option<Duration>, position: Option<u64>) -> bool {
         self.ended = true;
         self.cache
-            .end_write_of(self.key, Raise { hold_off, position }, Some(false))
+            .intent_write(self.key, Raise { hold_off, position }, false)
     }
 }
 

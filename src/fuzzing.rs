@@ -57,6 +57,25 @@ pub(crate) enum CacheOp {
         value: Option<u32>,
         asynchronous: bool,
     },
+    /// `purge_with_hold_off` with a hold-off of this many milliseconds.
+    PurgeWithHoldOff(u8, u8),
+    /// `purge_as_of` this source position.
+    PurgeAsOf(u8, u8),
+    /// `save_as_of` with the outstanding lease picked by index, for its own key, at `position`.
+    SaveAsOf {
+        lease: u16,
+        value: u32,
+        position: u8,
+    },
+    /// Opens a write intent on the key.
+    BeginWrite(u8),
+    /// Ends the open intent picked by index (nothing if none is open): a commit (as of
+    /// `position` if given) or a rollback.
+    EndWrite {
+        intent: u16,
+        commit: bool,
+        position: Option<u8>,
+    },
 }
 
 /// How the cache under test is built.
@@ -73,6 +92,8 @@ pub(crate) struct CacheConfig {
     pub(crate) lossy: bool,
     /// Weigh each entry `value % 8` (0 to 7; heavier than a shard's capacity is not stored).
     pub(crate) weighted: bool,
+    /// Default hold-off in milliseconds of the manual clock.
+    pub(crate) hold_off_ms: Option<u64>,
 }
 
 impl CacheConfig {
@@ -85,6 +106,7 @@ impl CacheConfig {
         ttl_ms: None,
         lossy: false,
         weighted: false,
+        hold_off_ms: None,
     };
     /// Exact comparison, 8 keys sharing 2 slots: the spec predicts every spurious rejection.
     pub(crate) const SHARED_SLOTS: Self = Self {
@@ -120,13 +142,20 @@ impl CacheConfig {
         weighted: true,
         ..Self::TTL
     };
-    pub(crate) const ALL: [Self; 6] = [
+    /// A 6 ms default hold-off after every write, on 4 slots shared by 8 keys, with a TTL.
+    pub(crate) const HOLD_OFF: Self = Self {
+        lease_slots: 4,
+        hold_off_ms: Some(6),
+        ..Self::TTL
+    };
+    pub(crate) const ALL: [Self; 7] = [
         Self::EXACT,
         Self::SHARED_SLOTS,
         Self::SHARDED,
         Self::TTL,
         Self::EVICTING,
         Self::WEIGHTED,
+        Self::HOLD_OFF,
     ];
 }
 
@@ -138,6 +167,8 @@ pub(crate) struct CacheRun {
     clock: ManualClock,
     spec: Spec<u8, u32>,
     leases: Vec<(Lease, SpecLease<u8>)>,
+    /// The keys of the write intents open, oldest first.
+    intents: Vec<u8>,
     /// Operations applied, for messages.
     step: usize,
 }
@@ -157,6 +188,10 @@ impl CacheRun {
             } else {
                 builder
             };
+            let builder = match config.hold_off_ms {
+                Some(ms) => builder.hold_off(Duration::from_millis(ms)),
+                None => builder,
+            };
             match config.ttl_ms {
                 Some(ms) => builder.time_to_live(Duration::from_millis(ms)).build(),
                 None => builder.build(),
@@ -167,8 +202,12 @@ impl CacheRun {
             cache: build(),
             other: build(),
             clock: clock.clone(),
-            spec: Spec::new(slots).lossy(config.lossy).ttl(config.ttl_ms),
+            spec: Spec::new(slots)
+                .lossy(config.lossy)
+                .ttl(config.ttl_ms)
+                .hold_off(config.hold_off_ms),
             leases: Vec::new(),
+            intents: Vec::new(),
             config,
             step: 0,
         }
@@ -278,6 +317,67 @@ impl CacheRun {
                 self.spec
                     .get_or_load(&k, loaded, observed.as_ref().map_err(|_| ()))
             }
+            CacheOp::PurgeWithHoldOff(k, ms) => {
+                let (k, ms) = (self.key(k), u64::from(ms));
+                let removed = self
+                    .cache
+                    .purge_with_hold_off(&k, Duration::from_millis(ms));
+                self.spec.purge_with_hold_off(&k, ms, removed)
+            }
+            CacheOp::PurgeAsOf(k, position) => {
+                let (k, position) = (self.key(k), u64::from(position));
+                let removed = self.cache.purge_as_of(&k, position);
+                self.spec.purge_as_of(&k, position, removed)
+            }
+            CacheOp::SaveAsOf {
+                lease,
+                value,
+                position,
+            } => {
+                if self.leases.is_empty() {
+                    return Ok(());
+                }
+                let (lease, spec_lease) =
+                    self.leases[usize::from(lease) % self.leases.len()].clone();
+                let (k, position) = (spec_lease.key, u64::from(position));
+                let result = self.cache.save_as_of(k, value, lease, position);
+                self.spec.save_as_of(
+                    k,
+                    value,
+                    &spec_lease,
+                    Some(position),
+                    SaveOutcome::of(&result),
+                )
+            }
+            CacheOp::BeginWrite(k) => {
+                // The intent's own operations, without its guard (which would borrow the cache
+                // from this struct): `WriteIntent` is a thin wrapper over them.
+                let k = self.key(k);
+                let removed = self.cache.intent_write(&k, Default::default(), true);
+                self.intents.push(k);
+                self.spec.begin_write(&k, removed)
+            }
+            CacheOp::EndWrite {
+                intent,
+                commit,
+                position,
+            } => {
+                if self.intents.is_empty() {
+                    return Ok(());
+                }
+                let k = self
+                    .intents
+                    .remove(usize::from(intent) % self.intents.len());
+                let position = position.map(u64::from);
+                let hold_off = if commit {
+                    self.config.hold_off_ms.map(Duration::from_millis)
+                } else {
+                    None
+                };
+                let raise = crate::floors::Raise { hold_off, position };
+                let removed = self.cache.intent_write(&k, raise, false);
+                self.spec.end_write(&k, commit, position, removed)
+            }
         }
     }
 
@@ -330,7 +430,7 @@ impl Bytes<'_> {
 }
 
 fn decode_cache_op(b: &mut Bytes<'_>) -> Option<CacheOp> {
-    Some(match b.u8()? % 12 {
+    Some(match b.u8()? % 17 {
         0 => CacheOp::Get(b.u8()?),
         1 => CacheOp::ContainsKey(b.u8()?),
         2 => CacheOp::GetOrLease(b.u8()?),
@@ -346,6 +446,22 @@ fn decode_cache_op(b: &mut Bytes<'_>) -> Option<CacheOp> {
         8 => CacheOp::Flush,
         9 => CacheOp::Advance(b.u8()? % 16),
         10 => CacheOp::InsertWithTtl(b.u8()?, b.u32()?, b.u8()? % 24),
+        12 => CacheOp::PurgeWithHoldOff(b.u8()?, b.u8()? % 16),
+        13 => CacheOp::PurgeAsOf(b.u8()?, b.u8()?),
+        14 => CacheOp::SaveAsOf {
+            lease: b.u16()?,
+            value: b.u32()?,
+            position: b.u8()?,
+        },
+        15 => CacheOp::BeginWrite(b.u8()?),
+        16 => {
+            let (intent, flags, position) = (b.u16()?, b.u8()?, b.u8()?);
+            CacheOp::EndWrite {
+                intent,
+                commit: flags & 1 == 0,
+                position: (flags & 2 != 0).then_some(position),
+            }
+        }
         _ => {
             let (key, flags, value) = (b.u8()?, b.u8()?, b.u32()?);
             CacheOp::GetOrLoad {
@@ -620,7 +736,7 @@ mod tests {
         // The first byte picks the configuration; make sure each one runs a varied sequence.
         for (i, _) in CacheConfig::ALL.iter().enumerate() {
             let mut data = vec![i as u8];
-            for tag in 0..12u8 {
+            for tag in 0..17u8 {
                 data.extend([tag, 1, 2, 3, 4, 5, 6, 7, 8]);
             }
             run_cache_ops(&data);

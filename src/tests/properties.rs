@@ -38,6 +38,13 @@ fn op() -> impl Strategy<Value = CacheOp> {
         2 => (0u8..8).prop_map(CacheOp::Advance),
         2 => (key(), prop::option::weighted(0.9, value()), any::<bool>())
             .prop_map(|(key, value, asynchronous)| CacheOp::GetOrLoad { key, value, asynchronous }),
+        2 => (key(), 0u8..8).prop_map(|(k, ms)| CacheOp::PurgeWithHoldOff(k, ms)),
+        2 => (key(), 0u8..20).prop_map(|(k, p)| CacheOp::PurgeAsOf(k, p)),
+        3 => (any::<u16>(), value(), 0u8..20)
+            .prop_map(|(lease, value, position)| CacheOp::SaveAsOf { lease, value, position }),
+        1 => key().prop_map(CacheOp::BeginWrite),
+        1 => (any::<u16>(), any::<bool>(), prop::option::of(0u8..20))
+            .prop_map(|(intent, commit, position)| CacheOp::EndWrite { intent, commit, position }),
     ]
 }
 
@@ -96,6 +103,14 @@ proptest! {
         check(CacheConfig::WEIGHTED, &ops)?;
     }
 
+    /// A default hold-off after every write, on shared slots with a TTL: leases captured inside a
+    /// slot's hold-off never save, per-call hold-offs and positions never lower a floor, intents
+    /// refuse saves until they end.
+    #[test]
+    fn hold_off(ops in ops()) {
+        check(CacheConfig::HOLD_OFF, &ops)?;
+    }
+
     /// Eviction pressure (capacity 2 for 8 keys) with a TTL: a lookup may miss, but never returns
     /// a value the spec does not hold, and lease outcomes still match exactly.
     #[test]
@@ -129,6 +144,31 @@ fn fixed_scenarios() {
         check(config, &[Lease(1), Purge(1), save(0, 10), Get(1)]).unwrap();
         check(config, &[GetOrLease(2), Insert(2, 5), save(0, 9), Get(2)]).unwrap();
         check(config, &[Lease(3), Flush, save(0, 9), Get(3)]).unwrap();
+        // Floors: a hold-off outlives its lease, a lower position never lowers the floor, an
+        // intent refuses a fresh lease and its end fences it.
+        let hold = PurgeWithHoldOff(1, 5);
+        check(config, &[hold, Lease(1), Advance(9), save(0, 1), Get(1)]).unwrap();
+        let (high, low) = (PurgeAsOf(2, 9), PurgeAsOf(2, 3));
+        let save_at = |position| SaveAsOf {
+            lease: 0,
+            value: 7,
+            position,
+        };
+        check(
+            config,
+            &[high, low, Lease(2), save_at(8), save_at(9), Get(2)],
+        )
+        .unwrap();
+        let end = EndWrite {
+            intent: 0,
+            commit: true,
+            position: None,
+        };
+        check(
+            config,
+            &[BeginWrite(3), Lease(3), save(0, 1), end, save(0, 2), Get(3)],
+        )
+        .unwrap();
         check(
             config,
             &[

@@ -122,6 +122,8 @@ pub(crate) struct SpecLease<K> {
     pub(crate) ours: bool,
     slot: u64,
     generation: (u64, u64),
+    /// Captured inside a hold-off of its slot: no save under it lands.
+    held: bool,
 }
 
 /// What `save_with_lease` did.
@@ -167,6 +169,15 @@ pub(crate) struct Spec<K: Ord, V> {
     ttl: Option<u64>,
     /// Eviction pressure: the cache may drop any value at any time.
     lossy: bool,
+    /// The hold-off every write applies, in spec time units.
+    hold_off: Option<u64>,
+    /// Hold-off deadlines per slot (spec time), and the latest one a flush set for every slot.
+    held_until: BTreeMap<u64, u64>,
+    all_held_until: u64,
+    /// The highest source position a write of the slot was made "as of".
+    positions: BTreeMap<u64, u64>,
+    /// Write intents open on the slot.
+    intents: BTreeMap<u64, u32>,
 }
 
 /// A mismatch between the cache and the spec, described for a human.
@@ -187,6 +198,44 @@ where
             now: 0,
             ttl: None,
             lossy: false,
+            hold_off: None,
+            held_until: BTreeMap::new(),
+            all_held_until: 0,
+            positions: BTreeMap::new(),
+            intents: BTreeMap::new(),
+        }
+    }
+
+    /// The cache's default hold-off, in spec time units.
+    pub(crate) fn hold_off(mut self, hold_off: Option<u64>) -> Self {
+        self.hold_off = hold_off;
+        self
+    }
+
+    /// Whether a lease on `slot` taken now is held off.
+    fn is_held(&self, slot: u64) -> bool {
+        let deadline = self.held_until.get(&slot).copied().unwrap_or(0);
+        self.now < deadline.max(self.all_held_until)
+    }
+
+    /// Whether a save to `slot` that passes its lease check lands: no intent is open and the
+    /// position (if given) clears the floor.
+    fn floors_allow(&self, slot: u64, position: Option<u64>) -> bool {
+        self.intents.get(&slot).copied().unwrap_or(0) == 0
+            && position.is_none_or(|p| p >= self.positions.get(&slot).copied().unwrap_or(0))
+    }
+
+    /// A write of `key` raises its slot's floors: a hold-off of `hold_off`, position `position`.
+    fn raise(&mut self, key: &K, hold_off: Option<u64>, position: Option<u64>) {
+        let slot = self.slots.of(key);
+        if let Some(d) = hold_off {
+            let deadline = self.now.saturating_add(d);
+            let held = self.held_until.entry(slot).or_insert(0);
+            *held = (*held).max(deadline);
+        }
+        if let Some(p) = position {
+            let floor = self.positions.entry(slot).or_insert(0);
+            *floor = (*floor).max(p);
         }
     }
 
@@ -286,6 +335,7 @@ where
             ours: true,
             slot,
             generation: self.generation(slot),
+            held: self.is_held(slot),
         }
     }
 
@@ -316,9 +366,25 @@ where
         lease: &SpecLease<K>,
         observed: SaveOutcome,
     ) -> Verdict {
+        self.save_as_of(key, value, lease, None, observed)
+    }
+
+    /// `save_as_of(key, value, lease, position)` (or `save_with_lease` for `None`) reported
+    /// `observed`.
+    pub(crate) fn save_as_of(
+        &mut self,
+        key: K,
+        value: V,
+        lease: &SpecLease<K>,
+        position: Option<u64>,
+        observed: SaveOutcome,
+    ) -> Verdict {
         let expected = if !lease.ours || lease.key != key {
             SaveOutcome::Foreign
-        } else if self.generation(lease.slot) != lease.generation {
+        } else if self.generation(lease.slot) != lease.generation
+            || lease.held
+            || !self.floors_allow(lease.slot, position)
+        {
             SaveOutcome::Stale
         } else {
             SaveOutcome::Saved
@@ -338,26 +404,89 @@ where
     /// `insert(key, value)`: stores and fences.
     pub(crate) fn insert(&mut self, key: K, value: V) {
         self.fence(&key);
+        self.raise(&key, self.hold_off, None);
         self.store(key, value);
     }
 
     /// `insert_with_ttl(key, value, ttl)`: stores with its own TTL and fences.
     pub(crate) fn insert_with_ttl(&mut self, key: K, value: V, ttl: u64) {
         self.fence(&key);
+        self.raise(&key, self.hold_off, None);
         self.store_for(key, value, Some(ttl));
     }
 
     /// `purge(key)` returned `observed` (whether a live value was removed).
     pub(crate) fn purge(&mut self, key: &K, observed: bool) -> Verdict {
+        self.purge_raising("purge", key, self.hold_off, None, 0, observed)
+    }
+
+    /// `purge_with_hold_off(key, hold_off)` returned `observed`.
+    pub(crate) fn purge_with_hold_off(
+        &mut self,
+        key: &K,
+        hold_off: u64,
+        observed: bool,
+    ) -> Verdict {
+        self.purge_raising(
+            "purge_with_hold_off",
+            key,
+            Some(hold_off),
+            None,
+            0,
+            observed,
+        )
+    }
+
+    /// `purge_as_of(key, position)` returned `observed`.
+    pub(crate) fn purge_as_of(&mut self, key: &K, position: u64, observed: bool) -> Verdict {
+        let hold_off = self.hold_off;
+        self.purge_raising("purge_as_of", key, hold_off, Some(position), 0, observed)
+    }
+
+    /// `begin_write(key)` (whose fencing purge returned `observed`).
+    pub(crate) fn begin_write(&mut self, key: &K, observed: bool) -> Verdict {
+        self.purge_raising("begin_write", key, None, None, 1, observed)
+    }
+
+    /// The end of an intent on `key` (opened by `begin_write`): a commit (with the default
+    /// hold-off, as of `position` if given) or a rollback; its fencing purge returned `observed`.
+    pub(crate) fn end_write(
+        &mut self,
+        key: &K,
+        commit: bool,
+        position: Option<u64>,
+        observed: bool,
+    ) -> Verdict {
+        let hold_off = if commit { self.hold_off } else { None };
+        self.purge_raising("end_write", key, hold_off, position, -1, observed)
+    }
+
+    /// A purge of `key` that raises its floors and opens (`intent` 1) or closes (-1) an intent.
+    fn purge_raising(
+        &mut self,
+        op: &str,
+        key: &K,
+        hold_off: Option<u64>,
+        position: Option<u64>,
+        intent: i32,
+        observed: bool,
+    ) -> Verdict {
         let expected = self.value(key).is_some();
         self.fence(key);
+        self.raise(key, hold_off, position);
+        let slot = self.slots.of(key);
+        let open = self.intents.entry(slot).or_insert(0);
+        *open = open.saturating_add_signed(intent);
+        if *open == 0 {
+            self.intents.remove(&slot);
+        }
         self.entries.remove(key);
         // Lossy: the value may have been evicted already, so "nothing removed" is allowed.
         if observed == expected || (self.lossy && !observed) {
             Ok(())
         } else {
             Err(format!(
-                "purge({key:?}) returned {observed}, the spec says {expected}"
+                "{op}({key:?}) returned {observed}, the spec says {expected}"
             ))
         }
     }
@@ -366,6 +495,9 @@ where
     pub(crate) fn flush(&mut self) {
         self.entries.clear();
         self.flushes += 1;
+        if let Some(d) = self.hold_off {
+            self.all_held_until = self.all_held_until.max(self.now.saturating_add(d));
+        }
     }
 
     /// The cache's clock moved forward by `by` spec time units.
@@ -376,7 +508,8 @@ where
 
     /// `get_or_load(key, loader)` returned `observed`, where the loader (if called) would have
     /// produced `loaded`: `Ok` for a value, `Err` for an error. Sequentially the leader's lease
-    /// cannot be fenced, so a miss stores what was loaded.
+    /// cannot be fenced, so a miss stores what was loaded, unless the key's floors refuse it (a
+    /// hold-off in force or an intent open).
     pub(crate) fn get_or_load(
         &mut self,
         key: &K,
@@ -414,8 +547,11 @@ where
                 "get_or_load({key:?}) missed and returned {observed:?}, the loader gave {loaded:?}"
             ));
         }
+        let slot = self.slots.of(key);
         if let Ok(v) = loaded {
-            self.store(key.clone(), v);
+            if !self.is_held(slot) && self.floors_allow(slot, None) {
+                self.store(key.clone(), v);
+            }
         }
         Ok(())
     }
