@@ -192,7 +192,21 @@ pub(crate) enum Op {
     Insert(u8, u32),
     Purge(u8),
     Flush,
+    /// `save_as_of(key, value, lease, position)`.
+    SaveAsOf(u8, u32, LeaseId, u64),
+    /// `purge_as_of(key, position)`.
+    PurgeAsOf(u8, u64),
+    /// `purge_with_hold_off(key, HOLD_OFF_MS)` on a clock that never moves: the key's slot is
+    /// held off for the rest of the history.
+    PurgeWithHoldOff(u8),
+    /// Opens a write intent on the key (its fencing purge returns whether a value was removed).
+    BeginWrite(u8),
+    /// Commits the intent this thread opened on the key.
+    EndWrite(u8),
 }
+
+/// The hold-off of [`Op::PurgeWithHoldOff`], in the spec's time units (the clock never moves).
+pub(crate) const HOLD_OFF_MS: u64 = 1000;
 
 impl Op {
     /// The key the operation is about; `None` for `flush`, which is about every key.
@@ -203,7 +217,12 @@ impl Op {
             | Op::Lease(k, _)
             | Op::Save(k, _, _)
             | Op::Insert(k, _)
-            | Op::Purge(k) => Some(k),
+            | Op::Purge(k)
+            | Op::SaveAsOf(k, _, _, _)
+            | Op::PurgeAsOf(k, _)
+            | Op::PurgeWithHoldOff(k)
+            | Op::BeginWrite(k)
+            | Op::EndWrite(k) => Some(k),
             Op::Flush => None,
         }
     }
@@ -272,6 +291,24 @@ impl Model for CacheModel {
             (Op::Flush, Ret::Done) => {
                 next.spec.flush();
                 true
+            }
+            (Op::SaveAsOf(k, v, id, p), Ret::Saved(outcome)) => match next.leases.remove(id) {
+                None => false,
+                Some(lease) => next
+                    .spec
+                    .save_as_of(*k, *v, &lease, Some(*p), *outcome)
+                    .is_ok(),
+            },
+            (Op::PurgeAsOf(k, p), Ret::Purged(removed)) => {
+                next.spec.purge_as_of(k, *p, *removed).is_ok()
+            }
+            (Op::PurgeWithHoldOff(k), Ret::Purged(removed)) => next
+                .spec
+                .purge_with_hold_off(k, HOLD_OFF_MS, *removed)
+                .is_ok(),
+            (Op::BeginWrite(k), Ret::Purged(removed)) => next.spec.begin_write(k, *removed).is_ok(),
+            (Op::EndWrite(k), Ret::Purged(removed)) => {
+                next.spec.end_write(k, true, None, *removed).is_ok()
             }
             _ => false,
         };
@@ -437,6 +474,7 @@ mod tests {
         use crate::tests::spec::TestHasher;
         use std::sync::atomic::{AtomicU64, Ordering};
         use std::sync::{Arc, Barrier, Mutex};
+        use std::time::Duration;
 
         /// A xorshift generator: deterministic per thread, no dependency.
         struct Rng(u64);
@@ -466,12 +504,26 @@ mod tests {
             capacity: u64,
             lease_slots: usize,
         ) -> History {
+            record_inner(threads, ops_per_thread, keys, capacity, lease_slots, false)
+        }
+
+        /// [`record_with_slots`], with `floors`: saves as of positions, purges as of positions
+        /// or with a hold-off (on a clock that never moves), and write intents join the mix.
+        fn record_inner(
+            threads: usize,
+            ops_per_thread: usize,
+            keys: u64,
+            capacity: u64,
+            lease_slots: usize,
+            floors: bool,
+        ) -> History {
             let cache: Arc<crate::Cache<u8, u32, TestHasher>> = Arc::new(
                 crate::Cache::builder()
                     .hasher(TestHasher)
                     .shards(1)
                     .lease_slots(lease_slots)
                     .max_capacity(capacity)
+                    .clock(crate::ManualClock::new())
                     .build(),
             );
             let clock = Arc::new(AtomicU64::new(1));
@@ -487,6 +539,8 @@ mod tests {
                         start.wait();
                         let mut local = History::new();
                         let mut pending: Option<(u8, LeaseId, crate::Lease)> = None;
+                        let mut intent: Option<u8> = None;
+                        let raise = crate::floors::Raise::default();
                         for seq in 0..ops_per_thread {
                             // Unique per thread and step, so equal values never hide a stale one.
                             let value = (t * ops_per_thread + seq) as u32;
@@ -497,8 +551,22 @@ mod tests {
                             if seq % 16 == 0 {
                                 std::thread::yield_now(); // let the other threads interleave
                             }
-                            let roll = rng.below(16);
+                            let roll = rng.below(if floors { 20 } else { 16 });
+                            let last = seq + 1 == ops_per_thread;
                             let (op, ret) = match pending.take() {
+                                // The intent left open at the end is committed in the last step.
+                                kept if last && intent.is_some() => {
+                                    pending = kept;
+                                    let k = intent.take().unwrap_or_default();
+                                    let removed = cache.intent_write(&k, raise, false);
+                                    (Op::EndWrite(k), Ret::Purged(removed))
+                                }
+                                Some((k, id, lease)) if floors && roll < 4 => {
+                                    let position = rng.below(8);
+                                    let r = cache.save_as_of(k, value, lease, position);
+                                    let outcome = SaveOutcome::of(&r);
+                                    (Op::SaveAsOf(k, value, id, position), Ret::Saved(outcome))
+                                }
                                 Some((k, id, lease)) if roll < 10 => {
                                     let r = cache.save_with_lease(k, value, lease);
                                     (Op::Save(k, value, id), Ret::Saved(SaveOutcome::of(&r)))
@@ -526,10 +594,31 @@ mod tests {
                                             (Op::Insert(k, value), Ret::Done)
                                         }
                                         12..=14 => (Op::Purge(k), Ret::Purged(cache.purge(&k))),
-                                        _ => {
+                                        15 => {
                                             cache.flush();
                                             (Op::Flush, Ret::Done)
                                         }
+                                        16 | 17 => {
+                                            let position = rng.below(8);
+                                            let removed = cache.purge_as_of(&k, position);
+                                            (Op::PurgeAsOf(k, position), Ret::Purged(removed))
+                                        }
+                                        18 if rng.below(8) == 0 => {
+                                            let hold = Duration::from_millis(HOLD_OFF_MS);
+                                            let removed = cache.purge_with_hold_off(&k, hold);
+                                            (Op::PurgeWithHoldOff(k), Ret::Purged(removed))
+                                        }
+                                        _ => match intent.take() {
+                                            Some(k) => {
+                                                let removed = cache.intent_write(&k, raise, false);
+                                                (Op::EndWrite(k), Ret::Purged(removed))
+                                            }
+                                            None => {
+                                                intent = Some(k);
+                                                let removed = cache.intent_write(&k, raise, true);
+                                                (Op::BeginWrite(k), Ret::Purged(removed))
+                                            }
+                                        },
                                     }
                                 }
                             };
@@ -612,6 +701,48 @@ mod tests {
             eprintln!(
                 "lincheck: {total} events checked, {overlapping} overlapping another thread's, \
                  saves landed/stale {saves:?}"
+            );
+        }
+
+        /// Hold-offs, positions and intents from real threads: every save outcome, including the
+        /// refusals only a floor explains, must match the spec.
+        #[test]
+        fn real_thread_histories_with_floors_are_linearizable() {
+            let mut refused_by_floors = 0;
+            let mut saved_as_of = 0;
+            for round in 0..3 {
+                let history = record_inner(4, 600, 4, 4, 256, true);
+                match check_per_key(&model(), SLOTS, &history) {
+                    Verdict::Linearizable(_) => {}
+                    other => panic!("round {round}: {other:?}"),
+                }
+                saved_as_of += history
+                    .iter()
+                    .filter(|e| {
+                        matches!(
+                            (&e.op, &e.ret),
+                            (Op::SaveAsOf(..), Ret::Saved(SaveOutcome::Saved))
+                        )
+                    })
+                    .count();
+                // Teeth: a spec that ignores floors rejects some of these histories.
+                let blind: History = history
+                    .iter()
+                    .map(|e| {
+                        let op = match e.op {
+                            Op::SaveAsOf(k, v, id, _) => Op::Save(k, v, id),
+                            ref op => op.clone(),
+                        };
+                        Event { op, ..e.clone() }
+                    })
+                    .collect();
+                refused_by_floors +=
+                    usize::from(!check_per_key(&model(), SLOTS, &blind).is_linearizable());
+            }
+            assert!(saved_as_of > 0, "no save as of a position landed");
+            assert!(
+                refused_by_floors > 0,
+                "no history needed the position floors"
             );
         }
 
