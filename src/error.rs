@@ -11,7 +11,9 @@ use std::fmt;
 #[non_exhaustive]
 pub enum SaveError<V> {
     /// A purge, insert or flush of the key (or of a key sharing its generation slot) completed
-    /// after the lease was captured.
+    /// after the lease was captured; or one of the key's floors refused the save: the lease was
+    /// captured inside a hold-off, a write intent is open on the key, or the save's source
+    /// position is below the key's position floor (see the crate docs, *Consistency*).
     Stale {
         /// The value that was not saved.
         value: V,

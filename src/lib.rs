@@ -101,6 +101,34 @@
 //! - Every operation on a single key is linearizable. `flush` is linearizable per key (shards are
 //!   flushed one after another).
 //!
+//! ### When the source itself hands out old data
+//!
+//! A lease proves that no write *to the cache* came between the lease and the save. It cannot see
+//! a source that returns data older than a write that already completed: an asynchronous replica
+//! that has not replayed the commit, or a purge issued before the commit (a pre-commit hook). Three
+//! opt-in floors close those races; each is kept per generation slot in fixed tables (bounded
+//! memory, I5), raised only by writes, and never lowered (no ABA: a later, shorter hold-off or a
+//! lower position leaves the floor where it was):
+//!
+//! - **Hold-off** ([`CacheBuilder::hold_off`] for every write, [`Cache::purge_with_hold_off`] per
+//!   purge). A save under a lease captured before the hold-off of the last write of its key ended
+//!   is refused ([`SaveError::Stale`], counted in [`Stats::stale_rejected`]), even after the
+//!   window, however fresh the lease. *Assumes* every read the saved value came from reflects
+//!   every write committed at least the hold-off before it (a replica lag bound): a reader whose
+//!   lease is younger than that read after the write. A reader inside the window misses and
+//!   serves what it read, uncached. Deadlines are read on the cache's clock (injectable with
+//!   [`ManualClock`]).
+//! - **Source positions** ([`Cache::purge_as_of`], [`Cache::save_as_of`]). A save "as of" a
+//!   position lower than the highest position its key was purged "as of" is refused, however
+//!   fresh its lease; equal or higher is accepted. Exact and without waiting. *Assumes* positions
+//!   are totally ordered as `u64`s across every source the readers read (one primary's WAL LSN,
+//!   binlog position or operation time), and that a reader's position is read no later than its
+//!   value (it claims no more than the read saw). A save that names no position is judged by its
+//!   lease and hold-off alone.
+//! - **Write intents** ([`Cache::begin_write`]). While an intent on a key is open, every save to
+//!   it is refused; its beginning and its end ([`WriteIntent::commit`], `rollback` or drop) each
+//!   fence like a purge. *Assumes* the intent ends after the source's commit (or rollback).
+//!
 //! Not guaranteed: that a saved value stays cached (capacity and TTL may evict it at any time, and
 //! in a full cache the policy usually declines a fill for a key with no history of requests), or
 //! that a save is accepted (a write to a key sharing its slot rejects it; retrying costs one read).
