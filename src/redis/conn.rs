@@ -30,6 +30,7 @@ pub(crate) struct Scripts {
     pub(crate) insert: Script,
     pub(crate) purge: Script,
     pub(crate) purge_field: Script,
+    pub(crate) floors: Script,
 }
 
 impl Scripts {
@@ -40,6 +41,7 @@ impl Scripts {
             insert: Script::new(include_str!("insert.lua")),
             purge: Script::new(include_str!("purge.lua")),
             purge_field: Script::new(include_str!("purge_field.lua")),
+            floors: Script::new(include_str!("floors.lua")),
         }
     }
 }

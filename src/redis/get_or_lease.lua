@@ -16,8 +16,8 @@ if not g then
   g = t[1] .. '.' .. t[2] .. '.' .. ARGV[2]
   redis.call('HSET', KEYS[1], '!g', g)
 end
-if redis.call('HLEN', KEYS[1]) == 1 then
-  -- Only the marker lives here: bound its lifetime by the maximum lease age (I5).
+if redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '!f') == 1 then
+  -- Only the marker (and the floors, which set their own lifetime) lives here: bound its lifetime by the maximum lease age (I5).
   local ms = tonumber(ARGV[3])
   if redis.call('PTTL', KEYS[1]) < ms then
     redis.call('PEXPIRE', KEYS[1], ms)

@@ -4,8 +4,19 @@
 -- The DEL comes first: it frees memory (so the HSET may run at maxmemory with noeviction once
 -- something was freed), drops the marker (fencing every outstanding lease) and drops sub-entries
 -- that predate this write.
+-- The floors (see floors.lua) survive it, and keep the key alive at least as long as they need.
+local f = redis.call('HGET', KEYS[1], '!f')
+local f_ms = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], '!v', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if f and f_ms > tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], '!f', f)
+  redis.call('PEXPIRE', KEYS[1], f_ms)
+else
+  if f and f_ms > 0 then
+    redis.call('HSET', KEYS[1], '!f', f)
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1

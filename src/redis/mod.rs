@@ -90,6 +90,7 @@
 mod codec;
 mod conn;
 mod error;
+mod floors;
 mod invalidation;
 mod lease;
 mod options;
@@ -106,6 +107,7 @@ use conn::{Conn, Scripts};
 
 pub use codec::{Codec, JsonCodec, PostcardCodec};
 pub use error::{CodecError, RedisStoreError};
+pub use floors::RedisWriteIntent;
 pub use invalidation::Invalidation;
 pub use lease::RedisLease;
 pub use options::RedisOptions;
@@ -165,6 +167,10 @@ struct Inner<V> {
     max_lease_age: Duration,
     max_value_bytes: usize,
     timeout: Duration,
+    /// The hold-off every purge and insert applies (`RedisOptions::hold_off`).
+    hold_off: Option<Duration>,
+    /// How long an intent whose writer never ends it refuses saves (`RedisOptions::intent_ttl`).
+    intent_ttl: Duration,
 }
 
 impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
@@ -209,6 +215,8 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                 max_lease_age: o.max_lease_age,
                 max_value_bytes: o.max_value_bytes,
                 timeout: o.command_timeout,
+                hold_off: o.hold_off,
+                intent_ttl: o.intent_ttl,
             }),
         }
     }
@@ -233,7 +241,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         value: &V,
         lease: &RedisLease,
     ) -> Result<Saved, RedisStoreError> {
-        self.save(key, None, value, lease).await
+        self.save(key, None, value, lease, None).await
     }
 
     /// Stores `value` under `key` unconditionally with the default TTL, replacing the key's
@@ -256,6 +264,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     /// Removes the key (its value and every sub-entry) and fences every outstanding lease on it,
     /// whether or not anything was cached. Returns whether a value or sub-entry was removed.
     pub async fn purge(&self, key: &str) -> Result<bool, RedisStoreError> {
+        if let Some(hold_off) = self.inner.hold_off {
+            return self.purge_with_hold_off(key, hold_off).await;
+        }
         let payload = Invalidation::key_payload(key);
         let args: [&[u8]; 2] = [self.inner.channel.as_bytes(), &payload];
         let reply = self.eval_on(key, Op::Purge, &args).await?;
@@ -319,7 +330,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         value: &V,
         lease: &RedisLease,
     ) -> Result<Saved, RedisStoreError> {
-        self.save(key, Some(field), value, lease).await
+        self.save(key, Some(field), value, lease, None).await
     }
 
     /// Removes sub-entry `field` of `key` and fences every outstanding lease on the **whole key**
@@ -443,6 +454,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         field: Option<&str>,
         value: &V,
         lease: &RedisLease,
+        position: Option<u64>,
     ) -> Result<Saved, RedisStoreError> {
         if !lease.is_for(&self.inner.namespace, key, field) {
             return Err(RedisStoreError::ForeignLease);
@@ -455,7 +467,8 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             .unwrap_or(u64::MAX)
             .to_string();
         let ttl = self.inner.default_ttl_ms.to_string();
-        let args: [&[u8]; 7] = [
+        let position = position.map_or_else(String::new, floors::position_arg);
+        let args: [&[u8]; 8] = [
             hash_field.as_bytes(),
             &bytes,
             lease.generation().as_bytes(),
@@ -463,6 +476,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             us.as_bytes(),
             max_age_us.as_bytes(),
             ttl.as_bytes(),
+            position.as_bytes(),
         ];
         let reply = self.eval_on(key, Op::Save, &args).await?;
         Ok(if int_reply(&reply)? == 1 {
@@ -474,6 +488,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
 
     async fn insert_ms(&self, key: &str, value: &V, ttl_ms: u64) -> Result<(), RedisStoreError> {
         let bytes = self.encode(value)?;
+        if self.inner.hold_off.is_some() {
+            return self.insert_holding_off(key, &bytes, ttl_ms).await;
+        }
         let ttl = ttl_ms.to_string();
         let payload = Invalidation::key_payload(key);
         let args: [&[u8]; 4] = [

@@ -29,6 +29,8 @@ pub struct RedisOptions<C = PostcardCodec> {
     pub(crate) max_value_bytes: usize,
     pub(crate) command_timeout: Duration,
     pub(crate) codec: C,
+    pub(crate) hold_off: Option<Duration>,
+    pub(crate) intent_ttl: Duration,
 }
 
 impl RedisOptions {
@@ -45,6 +47,8 @@ impl RedisOptions {
             max_value_bytes: 1 << 20,
             command_timeout: Duration::from_secs(5),
             codec: PostcardCodec,
+            hold_off: None,
+            intent_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -79,6 +83,24 @@ impl<C> RedisOptions<C> {
         self
     }
 
+    /// A hold-off after every purge and insert (as [`CacheBuilder::hold_off`](crate::CacheBuilder::hold_off)):
+    /// saves under leases issued (by the server's clock) before it ends are refused. Default:
+    /// none. It is kept in the key's hash, which lives at least until it ends. `flush` applies
+    /// none (it purges the keys it finds; an absent key has no hash to hold a deadline).
+    pub fn hold_off(mut self, hold_off: Duration) -> Self {
+        self.hold_off = Some(hold_off);
+        self
+    }
+
+    /// How long a write intent ([`RedisStore::begin_write`](super::RedisStore::begin_write))
+    /// whose writer never ends it (it crashed) keeps refusing saves: after that, saves under
+    /// leases issued later land again. Default: 60 s. Make it longer than your longest write
+    /// transaction.
+    pub fn intent_ttl(mut self, ttl: Duration) -> Self {
+        self.intent_ttl = ttl;
+        self
+    }
+
     /// The codec that turns values into bytes (default [`PostcardCodec`]).
     pub fn codec<D>(self, codec: D) -> RedisOptions<D> {
         RedisOptions {
@@ -88,6 +110,8 @@ impl<C> RedisOptions<C> {
             max_value_bytes: self.max_value_bytes,
             command_timeout: self.command_timeout,
             codec,
+            hold_off: self.hold_off,
+            intent_ttl: self.intent_ttl,
         }
     }
 
@@ -105,6 +129,10 @@ impl<C> RedisOptions<C> {
         }
         check_ttl("default_ttl", self.default_ttl)?;
         check_ttl("max_lease_age", self.max_lease_age)?;
+        check_ttl("intent_ttl", self.intent_ttl)?;
+        if let Some(hold_off) = self.hold_off {
+            check_ttl("hold_off", hold_off)?;
+        }
         if self.command_timeout.is_zero() {
             return Err("command_timeout must be positive".into());
         }

@@ -7,9 +7,19 @@ local n = redis.call('HLEN', KEYS[1])
 if n > 0 and redis.call('HEXISTS', KEYS[1], '!g') == 1 then
   n = n - 1
 end
+-- The floors (see floors.lua) survive the purge: lowering one would revive leases.
+local f = redis.call('HGET', KEYS[1], '!f')
+local f_ms = redis.call('PTTL', KEYS[1])
+if f then
+  n = n - 1
+end
 -- Deleting the marker fences: a save needs the marker equal to its lease, and a new marker is
 -- minted with a value never handed out before. An absent key has no marker, so nothing to do.
 redis.call('DEL', KEYS[1])
+if f and f_ms > 0 then
+  redis.call('HSET', KEYS[1], '!f', f)
+  redis.call('PEXPIRE', KEYS[1], f_ms)
+end
 if ARGV[1] ~= '' then
   redis.call('PUBLISH', ARGV[1], ARGV[2])
 end
