@@ -78,6 +78,9 @@
 
 mod breaker;
 mod feed;
+mod floors;
+
+pub use floors::TieredWriteIntent;
 
 use crate::redis::{RedisStore, RedisStoreError, Saved};
 use crate::stats::Stats;
