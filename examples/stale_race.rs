@@ -26,7 +26,20 @@
 //!   processes (the readers split between them, the writer purging through the first, which the
 //!   second learns from its invalidation feed).
 //!
+//! With `--source replica` or `--source precommit`, the races at the source instead (a replica
+//! that lags by `--lag-us`, or a purge issued before the commit): leases alone, then with a
+//! hold-off, source positions or write intents, on the L1 and (with `--redis`) the Redis tier.
+//! See `examples/support/source_races.rs`.
+//!
+//! ```text
+//! cargo run --release --example stale_race -- --source replica --lag-us 20000
+//! cargo run --release --features redis --example stale_race -- --source precommit --redis redis://127.0.0.1/
+//! ```
+//!
 //! The table goes to stdout, a progress bar to stderr.
+
+#[path = "support/source_races.rs"]
+mod source_races;
 
 use leasecache::{Cache, Lookup};
 use rand::rngs::SmallRng;
@@ -47,7 +60,10 @@ usage: stale_race [--checks N] [--readers N] [--keys N] [--latency-us N] [--redi
   --keys N        hot keys, each with its own writer lane          [default 8]
   --latency-us N  mean database read latency, microseconds (+-50%) [default 1000]
   --redis URL     also run the Redis tier and the tiered (L1 over Redis) modes
-                  (build with --features redis)";
+                  (build with --features redis)
+  --source S      run the races at the source instead: replica (readers read a
+                  lagging replica) or precommit (writers purge before committing)
+  --lag-us N      replica lag / purge-to-commit delay, microseconds   [default 20000]";
 
 /// What the command line asked for.
 struct Config {
@@ -56,6 +72,8 @@ struct Config {
     keys: usize,
     latency: Duration,
     redis: Option<String>,
+    source: Option<source_races::Scenario>,
+    lag: Duration,
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -65,6 +83,8 @@ fn parse_args() -> Result<Config, String> {
         keys: 8,
         latency: Duration::from_micros(1000),
         redis: None,
+        source: None,
+        lag: Duration::from_micros(20_000),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -87,6 +107,8 @@ fn parse_args() -> Result<Config, String> {
             "--keys" => config.keys = number()?.min(4096) as usize,
             "--latency-us" => config.latency = Duration::from_micros(number()?.min(1_000_000)),
             "--redis" => config.redis = Some(value),
+            "--source" => config.source = Some(source_races::Scenario::parse(&value)?),
+            "--lag-us" => config.lag = Duration::from_micros(number()?.min(10_000_000)),
             _ => return Err(format!("unknown flag {flag:?}")),
         }
     }
@@ -441,6 +463,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(scenario) = config.source {
+        return match source_races::main(scenario, &config, config.lag) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("stale_race: {message}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let progress = Progress {
         tty: std::io::stderr().is_terminal(),
     };
