@@ -108,6 +108,12 @@ impl LockedFloors {
         self.intents[i] = self.intents[i].saturating_add(1);
     }
 
+    /// The sizes of the position and intent tables (0 until first used).
+    #[cfg(test)]
+    pub(crate) fn table_sizes(&self) -> (usize, usize) {
+        (self.positions.len(), self.intents.len())
+    }
+
     fn close_intent(&mut self, i: usize) {
         if let Some(n) = self.intents.get_mut(i) {
             *n = n.saturating_sub(1);
@@ -441,5 +447,34 @@ where
         f.debug_struct("WriteIntent")
             .field("ended", &self.ended)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(leasecache_loom)))]
+mod tests {
+    use crate::Cache;
+    use std::time::Duration;
+
+    /// I5 for the floors: however many distinct keys are purged with hold-offs, positions and
+    /// intents, every shard's floor tables keep the size of its generation table.
+    #[test]
+    fn floors_stay_the_size_of_the_generation_table() {
+        let cache: Cache<u64, u64> = Cache::builder()
+            .shards(2)
+            .lease_slots(64)
+            .max_capacity(10)
+            .build();
+        for key in 0..20_000u64 {
+            cache.purge_with_hold_off(&key, Duration::from_secs(1));
+            cache.purge_as_of(&key, key);
+            cache.intent_write(&key, Default::default(), true);
+            cache.intent_write(&key, Default::default(), false);
+        }
+        for cell in cache.shards.iter() {
+            let core = cell.core.lock();
+            assert_eq!(cell.hold_offs.len(), 32);
+            assert_eq!(core.floors.table_sizes(), (32, 32));
+        }
+        assert_eq!(cache.entry_count(), 0);
     }
 }
