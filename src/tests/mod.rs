@@ -5,6 +5,8 @@ mod lincheck;
 #[cfg(leasecache_loom)]
 mod loom;
 #[cfg(leasecache_loom)]
+mod loom_floors;
+#[cfg(leasecache_loom)]
 mod loom_lincheck;
 #[cfg(leasecache_loom)]
 mod loom_reads;
