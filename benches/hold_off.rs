@@ -2,7 +2,7 @@
 //! beside the same cache without one (and moka / quick_cache on the hit path), in one run.
 //!
 //! `cargo bench --bench hold_off` (`-- ROUNDS` to change the 15 rounds). Rounds interleave the
-//! subjects, so a loaded machine slows all of them alike; the report gives each subject's median
+//! subjects (each round starting with the next one), so a loaded machine slows all of them alike; the report gives each subject's median
 //! ns/op and its ratio to plain leasecache's median. Single-threaded: the floors add per-call work,
 //! not contention.
 //!
@@ -104,14 +104,21 @@ fn main() {
     let mut hit: [Vec<f64>; 4] = Default::default();
     let mut miss: [Vec<f64>; 3] = Default::default();
     let mut next = [1u64 << 40, 2u64 << 40, 3u64 << 40];
-    for _ in 0..rounds {
-        hit[0].push(hits(&|k| plain.get(&k)));
-        hit[1].push(hits(&|k| held.get(&k)));
-        hit[2].push(hits(&|k| moka.get(&k)));
-        hit[3].push(hits(&|k| quick.get(&k)));
-        miss[0].push(misses(&plain, &mut next[0]));
-        miss[1].push(misses(&held, &mut next[1]));
-        miss[2].push(misses(&passed, &mut next[2]));
+    for round in 0..rounds {
+        // Each round starts with a different subject, so no subject always runs first.
+        for i in 0..4 {
+            match (i + round) % 4 {
+                0 => hit[0].push(hits(&|k| plain.get(&k))),
+                1 => hit[1].push(hits(&|k| held.get(&k))),
+                2 => hit[2].push(hits(&|k| moka.get(&k))),
+                _ => hit[3].push(hits(&|k| quick.get(&k))),
+            }
+        }
+        for i in 0..3 {
+            let which = (i + round) % 3;
+            let cache = [&plain, &held, &passed][which];
+            miss[which].push(misses(cache, &mut next[which]));
+        }
     }
     let report = |name: &str, subjects: &[&str], samples: &[Vec<f64>]| {
         let base = median(samples[0].clone());
