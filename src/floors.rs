@@ -218,7 +218,7 @@ where
         if core.floors.intents(i) > 0 || position.is_some_and(|p| p < core.floors.position(i)) {
             return false;
         }
-        if cell.hold_offs.deadline(i) != 0 {
+        if self.hold_offs_in_use() && cell.hold_offs.deadline(i) != 0 {
             cell.hold_offs.clear_if_passed(i, self.clock_now());
         }
         true
