@@ -129,6 +129,15 @@
 //!   it is refused; its beginning and its end ([`WriteIntent::commit`], `rollback` or drop) each
 //!   fence like a purge. *Assumes* the intent ends after the source's commit (or rollback).
 //!
+//! The Redis tier (`RedisStore::{purge_with_hold_off, purge_as_of, save_as_of, begin_write}`,
+//! `RedisOptions::{hold_off, intent_ttl}`) keeps the same floors in the key's hash beside its
+//! marker, checked atomically with it; hold-offs run on the server's clock. Two differences: an
+//! intent whose writer dies lapses after `intent_ttl` (leases issued while it was open stay
+//! refused), and a floor lives as long as its hash (at least the maximum lease age, and until
+//! its hold-off and intents end), so a position floor covers sources lagging a write by less
+//! than the maximum lease age, and `flush` raises no hold-off. `TieredCache` raises the floors in
+//! Redis and in its own L1; every other L1 fills only through Redis, whose floors guard it.
+//!
 //! Not guaranteed: that a saved value stays cached (capacity and TTL may evict it at any time, and
 //! in a full cache the policy usually declines a fill for a key with no history of requests), or
 //! that a save is accepted (a write to a key sharing its slot rejects it; retrying costs one read).
