@@ -7,7 +7,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Value};
 
-use super::error::RedisStoreError;
+use super::error::{ConfigError, RedisStoreError};
 
 /// A Lua script and its SHA1, invoked with EVALSHA and re-sent with EVAL on `NOSCRIPT`
 /// (scripts vanish on restart, failover and `SCRIPT FLUSH`).
@@ -30,6 +30,8 @@ pub(crate) struct Scripts {
     pub(crate) insert: Script,
     pub(crate) purge: Script,
     pub(crate) purge_field: Script,
+    pub(crate) get: Script,
+    pub(crate) list_fields: Script,
 }
 
 impl Scripts {
@@ -40,6 +42,8 @@ impl Scripts {
             insert: Script::new(include_str!("insert.lua")),
             purge: Script::new(include_str!("purge.lua")),
             purge_field: Script::new(include_str!("purge_field.lua")),
+            get: Script::new(include_str!("get.lua")),
+            list_fields: Script::new(include_str!("list_fields.lua")),
         }
     }
 }
@@ -53,7 +57,8 @@ pub(crate) enum Conn {
 
 impl Conn {
     pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Self, RedisStoreError> {
-        let client = redis::Client::open(url)?;
+        let client = redis::Client::open(url)
+            .map_err(|e| RedisStoreError::Config(ConfigError::url(url, &e)))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -70,6 +75,11 @@ impl Conn {
         urls: &[&str],
         timeout: Duration,
     ) -> Result<Self, RedisStoreError> {
+        for url in urls {
+            // Parse each URL here, so that a typo is reported as such, naming the URL.
+            redis::IntoConnectionInfo::into_connection_info(*url)
+                .map_err(|e| RedisStoreError::Config(ConfigError::url(url, &e)))?;
+        }
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)

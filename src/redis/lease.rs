@@ -8,17 +8,31 @@ use super::error::RedisStoreError;
 /// Permission to save one entry of a [`RedisStore`](super::RedisStore), captured **before**
 /// reading the source.
 ///
-/// It names its namespace, key and (for sub-entries) field, and carries the key's minted
-/// generation marker and the server time it was issued at. A save under it lands only if the
-/// key's marker is still the same value and the lease is younger than
-/// [`RedisOptions::max_lease_age`](super::RedisOptions::max_lease_age). Presenting it for
-/// another namespace, key or field is an error ([`RedisStoreError::ForeignLease`]).
+/// It names its namespace, key and (for sub-entries) field, and carries the server time it was
+/// issued at and a *proof*: a digest the server computed from the key's minted generation
+/// marker, the field and the issue time. The marker itself never leaves the server. A save
+/// under the lease lands only if the server, recomputing the proof from the key's *current*
+/// marker, the field saved to and the issue time presented, gets the same digest, and the lease
+/// is younger than [`RedisOptions::max_lease_age`](super::RedisOptions::max_lease_age) and not
+/// issued in the future. Presenting it for another namespace, key or field is an error
+/// ([`RedisStoreError::ForeignLease`]) before anything is sent.
 ///
 /// Cheap to clone, `Send`, `Sync` and `'static`. [`to_token`](Self::to_token) and
 /// [`from_token`](Self::from_token) carry it across processes (for example to a worker that
-/// reads the source); the token has a checksum that catches garbling, not a signature: anyone
-/// can craft a token, but a save still needs the server's current marker, which includes a
-/// random 64-bit nonce.
+/// reads the source).
+///
+/// # What a token proves
+///
+/// - Its checksum catches garbling and truncation; it is not a signature.
+/// - The proof is a MAC keyed by the marker, a value only the server knows (server time plus a
+///   random 64-bit nonce): whoever holds a token can save *that* entry (this key, this field)
+///   while no write has fenced the lease and its age allows, and nothing else. Rebinding it to
+///   another field, moving its issue time (to defeat the maximum age) or crafting a token for a
+///   key one holds no lease on makes the save [`Stale`](super::Saved::Stale). The digest is
+///   SHA-1 in an envelope (`sha1(marker, field, time, marker)`), which Redis's Lua offers.
+/// - It does not prove *who* loaded the value: a token holder may save any value for its entry
+///   within the lease. Hand tokens only to workers trusted to read the source faithfully.
+/// - [`Debug`](fmt::Debug) does not print the proof (it is a bearer credential); the token does.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RedisLease(Arc<Inner>);
 
@@ -32,7 +46,8 @@ struct Inner {
     issued_us: u64,
 }
 
-const PREFIX: &str = "lcr1.";
+/// Format 2: the token carries the proof, not the marker (format 1 tokens are refused).
+const PREFIX: &str = "lcr2.";
 /// Longest token accepted by [`RedisLease::from_token`] (keys and namespaces are bounded by it).
 const MAX_TOKEN: usize = 1 << 20;
 
@@ -60,7 +75,8 @@ impl RedisLease {
         self.0.namespace == namespace && self.0.key == key && self.0.field.as_deref() == field
     }
 
-    /// The key's generation marker this lease was issued at: an opaque string, for logs only.
+    /// The lease's proof (see *What a token proves*): an opaque string that differs between
+    /// leases issued under different markers. A bearer credential: do not log it.
     pub fn generation(&self) -> &str {
         &self.0.generation
     }
@@ -167,8 +183,8 @@ impl fmt::Debug for RedisLease {
             .field("namespace", &self.0.namespace)
             .field("key", &self.0.key)
             .field("field", &self.0.field)
-            .field("generation", &self.0.generation)
-            .finish()
+            .field("issued_s", &self.0.issued_s)
+            .finish_non_exhaustive()
     }
 }
 

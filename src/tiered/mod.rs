@@ -196,6 +196,9 @@ pub struct TieredStats {
     pub redis_errors: u64,
     /// Times the circuit breaker opened.
     pub breaker_opens: u64,
+    /// Values found in Redis that could not be used (undecodable, another value version, too
+    /// large) and were treated as misses ([`RedisStore::unreadable_values`]).
+    pub l2_unreadable_values: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -215,7 +218,8 @@ pub enum TieredError {
 impl fmt::Display for TieredError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Redis(e) => write!(f, "redis tier: {e}"),
+            // The cause is `source()`: printed once by whoever walks the chain.
+            Self::Redis(_) => f.write_str("redis tier failed"),
             Self::Unavailable => f.write_str("redis tier unavailable: the circuit breaker is open"),
             Self::NoRuntime => f.write_str("a TieredCache must be built inside a tokio runtime"),
         }
@@ -504,6 +508,7 @@ where
             bypassed_reads: read(&c.bypassed_reads),
             redis_errors: read(&c.redis_errors),
             breaker_opens: read(&c.breaker_opens),
+            l2_unreadable_values: s.l2.unreadable_values(),
             l1,
         }
     }
@@ -680,6 +685,9 @@ where
                                 bump(&self.counters.l2_stale);
                                 fill = false;
                             }
+                            // Refused before anything was sent: Redis is fine and the L1 lease
+                            // still guards the fill, so the value may be cached here.
+                            Err(RedisStoreError::TooLarge { .. }) => {}
                             Err(e) => {
                                 self.redis_failed(e);
                                 fill = false;
