@@ -59,12 +59,34 @@
 //!
 //! # Redis unreachable
 //!
-//! After `breaker_threshold` consecutive transient failures (server, network or timeout errors:
-//! [`RedisStoreError::is_transient`]) the breaker opens: the L1 is flushed
-//! and bypassed (it could miss other processes' purges), `get_or_load` goes straight to the
-//! loader (still single-flight), `get`, `insert`, `purge` and `flush` return
-//! [`TieredError::Unavailable`]. After `breaker_cooldown` one call probes Redis; its success
-//! closes the breaker.
+//! After `breaker_threshold` consecutive transient failures (connection, I/O and timeout errors,
+//! and `CLUSTERDOWN` / `TRYAGAIN` / `MASTERDOWN` / `LOADING`: [`RedisStoreError::is_transient`])
+//! the breaker opens: the L1 is flushed and bypassed (it could miss other processes' purges),
+//! `get_or_load` goes straight to the loader (still single-flight), and `get` returns
+//! [`TieredError::Unavailable`]. After `breaker_cooldown` one read probes Redis; its success (or
+//! any write's) closes the breaker. Other server errors (`WRONGTYPE` from a foreign key under the
+//! namespace, `NOPERM`, `OOM`, script errors) never open it: they are returned for that call
+//! ([`RedisStoreError::Server`]), and `get_or_load` answers from the loader without caching.
+//!
+//! # Writes are never lost
+//!
+//! [`purge`](TieredCache::purge), [`insert`](TieredCache::insert) and
+//! [`flush`](TieredCache::flush) always try Redis, even while the breaker is open (this process
+//! may have opened it on a blip of its own while Redis serves every other process), and always
+//! purge (flush) this process's L1 at once. A write that cannot reach Redis is queued and retried
+//! in order, with backoff, until it lands, and the call returns [`TieredError::Pending`]: pending,
+//! not done. Only removals are queued (a failed insert as a purge of its key), so a late retry is
+//! always safe. The queue is bounded ([`TieredBuilder::pending_capacity`]); when it is full it
+//! collapses into one flush of the namespace, and the L1 is bypassed until that lands. Counted in
+//! [`TieredStats`] (`pending_writes`, `pending_queued`, `pending_landed`, `pending_collapsed`).
+//!
+//! # Bad stored data
+//!
+//! A value in Redis that cannot be used (undecodable, another value version, too large; see
+//! the Redis tier's *Bad stored data*) is a miss for `get_or_load`: the loader runs and its value
+//! replaces the bad one in Redis and fills the L1 ([`TieredStats::l2_unreadable_values`]). A load
+//! whose value is too large for Redis is still returned and may fill the L1 (its L1 lease still
+//! guards the fill). [`get`](TieredCache::get) reports such a value as an error.
 //!
 //! # Leases across a slow source
 //!
@@ -78,6 +100,7 @@
 
 mod breaker;
 mod feed;
+mod pending;
 
 use crate::redis::{RedisStore, RedisStoreError, Saved};
 use crate::stats::Stats;
@@ -98,6 +121,8 @@ use tokio::sync::watch;
 const FEED_DOWN: u8 = 1;
 /// Bypass reason: the circuit breaker is open.
 const BREAKER_OPEN: u8 = 2;
+/// Bypass reason: the pending-write queue overflowed into a flush that has not landed yet.
+const PENDING_OVERFLOW: u8 = 4;
 
 /// An L1 [`Cache`] in front of a [`RedisStore`], kept coherent across processes by an
 /// invalidation feed. See the [module docs](self).
@@ -128,6 +153,8 @@ pub(crate) struct Shared<K, V> {
     hook: Option<FillHook>,
     feed_state: watch::Sender<bool>,
     max_lease_age: Duration,
+    /// Writes that failed, retried until they land (see `pending.rs`).
+    pending: Arc<pending::Pending>,
 }
 
 #[derive(Default)]
@@ -199,6 +226,15 @@ pub struct TieredStats {
     /// Values found in Redis that could not be used (undecodable, another value version, too
     /// large) and were treated as misses ([`RedisStore::unreadable_values`]).
     pub l2_unreadable_values: u64,
+    /// Writes waiting in the pending queue now (see [`TieredError::Pending`]).
+    pub pending_writes: u64,
+    /// Writes ever queued after failing to reach Redis.
+    pub pending_queued: u64,
+    /// Queued writes that landed on a retry.
+    pub pending_landed: u64,
+    /// Queued writes replaced by one flush of the namespace because the queue was full (not
+    /// lost: the flush removes at least what they would have).
+    pub pending_collapsed: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -211,6 +247,11 @@ pub enum TieredError {
     Redis(RedisStoreError),
     /// The circuit breaker is open: Redis was not tried.
     Unavailable,
+    /// A write (purge, insert or flush) did not reach Redis: it is *pending, not done*. It was
+    /// queued and is retried in the background until it lands (a failed insert as a purge of its
+    /// key); this process's L1 was purged at once. Other processes keep the old value until it
+    /// lands ([`TieredStats::pending_writes`]). The cause is the `source()`.
+    Pending(RedisStoreError),
     /// [`TieredBuilder::build`] was called outside a tokio runtime.
     NoRuntime,
 }
@@ -221,6 +262,9 @@ impl fmt::Display for TieredError {
             // The cause is `source()`: printed once by whoever walks the chain.
             Self::Redis(_) => f.write_str("redis tier failed"),
             Self::Unavailable => f.write_str("redis tier unavailable: the circuit breaker is open"),
+            Self::Pending(_) => f.write_str(
+                "redis write failed and is pending: it is retried in the background until it lands",
+            ),
             Self::NoRuntime => f.write_str("a TieredCache must be built inside a tokio runtime"),
         }
     }
@@ -229,7 +273,7 @@ impl fmt::Display for TieredError {
 impl std::error::Error for TieredError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Redis(e) => Some(e),
+            Self::Redis(e) | Self::Pending(e) => Some(e),
             Self::Unavailable | Self::NoRuntime => None,
         }
     }
@@ -259,6 +303,7 @@ pub struct TieredBuilder<K, V> {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     hook: Option<FillHook>,
+    pending: pending::PendingConfig,
 }
 
 impl<K, V> TieredBuilder<K, V>
@@ -298,6 +343,21 @@ where
         self
     }
 
+    /// How many failed writes the pending queue holds (default 10 000, at least 1) before it
+    /// collapses into one flush of the namespace; see [`TieredError::Pending`].
+    pub fn pending_capacity(mut self, writes: usize) -> Self {
+        self.pending.capacity = writes;
+        self
+    }
+
+    /// Delay before retrying a pending write after a failed attempt, doubled per failure up to
+    /// `max` (defaults 50 ms and 2 s).
+    pub fn pending_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.pending.backoff_min = min;
+        self.pending.backoff_max = max.max(min);
+        self
+    }
+
     /// TEST HOOK, not for production: `hook` runs after a Redis read hit or a Redis save landed,
     /// before the L1 fill. Tests use it to force interleavings (an invalidation, a purge or a
     /// feed loss between the two).
@@ -329,7 +389,13 @@ where
             counters: Counters::default(),
             hook: self.hook,
             feed_state: watch::Sender::new(false),
+            pending: Arc::new(pending::Pending::new(self.pending)),
         });
+        // The retry task holds the cache weakly: it ends once the cache is dropped.
+        runtime.spawn(pending::run(
+            Arc::downgrade(&shared),
+            Arc::clone(&shared.pending),
+        ));
         let feed = runtime.spawn(feed::run(Arc::clone(&shared), urls, channel, self.feed));
         Ok(TieredCache { shared, feed })
     }
@@ -361,6 +427,11 @@ where
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
             hook: None,
+            pending: pending::PendingConfig {
+                capacity: 10_000,
+                backoff_min: Duration::from_millis(50),
+                backoff_max: Duration::from_secs(2),
+            },
         }
     }
 
@@ -429,63 +500,71 @@ where
 
     /// Stores `value` in Redis unconditionally (fencing every Redis lease on `key` and publishing
     /// an invalidation), then purges `key` from this L1; the next read fills the L1 from Redis.
+    ///
+    /// Tries Redis even while the breaker is open. If Redis cannot be reached the L1 is purged
+    /// anyway and the call returns [`TieredError::Pending`]: a *purge* of the key is queued and
+    /// retried until it lands (the value itself is not retried: it could land after a later
+    /// write). If the value cannot be stored for another reason (too large, not encodable, a
+    /// server error reply such as `OOM`), the key is purged from Redis instead, so that the value
+    /// it replaced does not survive, and that error is returned.
     pub async fn insert(&self, key: &str, value: &V) -> Result<(), TieredError> {
         let s = &*self.shared;
-        let result = if s.breaker.permit() {
-            s.l2.insert(key, value).await
-        } else {
-            s.l1.purge(key);
-            return Err(TieredError::Unavailable);
-        };
+        let result = s.l2.insert(key, value).await;
         s.l1.purge(key);
-        match result {
+        let error = match result {
             Ok(()) => {
                 s.redis_ok();
-                Ok(())
+                return Ok(());
             }
-            Err(e) => Err(s.redis_failed(e)),
+            Err(e) if e.is_transient() => {
+                return Err(s.write_failed(e, pending::Op::Purge(key.to_owned())));
+            }
+            Err(e) => e,
+        };
+        // Purges free memory only: they run where the insert could not (OOM).
+        let purged = s.l2.purge(key).await;
+        s.l1.purge(key);
+        match purged {
+            Ok(_) => Err(s.redis_failed(error)),
+            Err(e) => Err(s.write_failed(e, pending::Op::Purge(key.to_owned()))),
         }
     }
 
     /// Purges `key` from Redis (fencing its Redis leases and publishing an invalidation), then
     /// from this L1. Other processes' L1s purge it when the invalidation reaches their feed.
     ///
-    /// Returns whether Redis held a value. On error the local L1 is purged anyway, and the caller
-    /// must treat the purge as not done (other processes were not told).
+    /// Returns whether Redis held a value. Tries Redis even while the breaker is open (a purge
+    /// is idempotent). The local L1 is purged in every case. If Redis cannot be reached the
+    /// purge is queued and retried until it lands, and the call returns
+    /// [`TieredError::Pending`]: pending, not done (other processes keep the old value until it
+    /// lands).
     pub async fn purge(&self, key: &str) -> Result<bool, TieredError> {
         let s = &*self.shared;
-        let result = if s.breaker.permit() {
-            s.l2.purge(key).await
-        } else {
-            s.l1.purge(key);
-            return Err(TieredError::Unavailable);
-        };
+        let result = s.l2.purge(key).await;
         s.l1.purge(key);
         match result {
             Ok(had) => {
                 s.redis_ok();
                 Ok(had)
             }
-            Err(e) => Err(s.redis_failed(e)),
+            Err(e) => Err(s.write_failed(e, pending::Op::Purge(key.to_owned()))),
         }
     }
 
-    /// Flushes the namespace in Redis (publishing a flush), then this L1.
+    /// Flushes the namespace in Redis (publishing a flush), then this L1. Tries Redis even while
+    /// the breaker is open; if Redis cannot be reached (including the final publish), the L1 is
+    /// flushed anyway and the flush is queued and retried until it lands
+    /// ([`TieredError::Pending`]).
     pub async fn flush(&self) -> Result<(), TieredError> {
         let s = &*self.shared;
-        let result = if s.breaker.permit() {
-            s.l2.flush().await
-        } else {
-            s.l1.flush();
-            return Err(TieredError::Unavailable);
-        };
+        let result = s.l2.flush().await;
         s.l1.flush();
         match result {
             Ok(()) => {
                 s.redis_ok();
                 Ok(())
             }
-            Err(e) => Err(s.redis_failed(e)),
+            Err(e) => Err(s.write_failed(e, pending::Op::Flush)),
         }
     }
 
@@ -509,6 +588,10 @@ where
             redis_errors: read(&c.redis_errors),
             breaker_opens: read(&c.breaker_opens),
             l2_unreadable_values: s.l2.unreadable_values(),
+            pending_writes: u64::try_from(s.pending.len()).unwrap_or(u64::MAX),
+            pending_queued: s.pending.counts().0,
+            pending_landed: s.pending.counts().1,
+            pending_collapsed: s.pending.counts().2,
             l1,
         }
     }
@@ -625,6 +708,36 @@ where
             }
         }
         TieredError::Redis(error)
+    }
+
+    /// A write failed: a transient failure queues `retry` and says the write is pending; any
+    /// other error (a server error reply, bad input) is the caller's to handle.
+    fn write_failed(&self, error: RedisStoreError, retry: pending::Op) -> TieredError {
+        if !error.is_transient() {
+            return self.redis_failed(error);
+        }
+        // Release of the bypass bit happens inside `set_bypass`, under the queue's lock.
+        self.pending
+            .push(retry, || self.set_bypass(PENDING_OVERFLOW));
+        match self.redis_failed(error) {
+            TieredError::Redis(e) => TieredError::Pending(e),
+            other => other,
+        }
+    }
+
+    /// The pending queue drained: the L1 may be used again (if nothing else bypasses it).
+    pub(crate) fn pending_drained(&self) {
+        self.clear_bypass(PENDING_OVERFLOW);
+    }
+
+    /// A pending write landed on a retry: Redis is reachable.
+    pub(crate) fn pending_landed(&self) {
+        self.redis_ok();
+    }
+
+    /// A retry of a pending write failed.
+    pub(crate) fn pending_retry_failed(&self, error: RedisStoreError) {
+        let _ = self.redis_failed(error);
     }
 
     async fn run_hook(&self, point: FillPoint, key: &K) {
