@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use leasecache::Lookup;
 use leasecache::redis::{RedisLease, RedisOptions, RedisStore, RedisStoreError, Saved};
-use support::RedisServer;
+use support::{RedisCluster, RedisServer};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -469,6 +469,48 @@ async fn invalidations_are_published_by_the_fencing_script_itself() {
         line.contains(" lua]"),
         "purge_field published outside its script: {line}"
     );
+}
+
+// ---------------------------------------------------------------- flush across a migration
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_reaches_keys_of_a_slot_in_migration() {
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let s: RedisStore<String> = RedisStore::connect_cluster(&urls, opts("c")).await.unwrap();
+    // Two keys of one slot (hash tag), and one elsewhere.
+    for k in ["{m}1", "{m}2", "other"] {
+        s.insert(k, &"v".into()).await.unwrap();
+    }
+    let from = cluster.node_for_key("c:{m}1");
+    let to = (from + 1) % cluster.len();
+    let slot = cluster.cli(from, &["CLUSTER", "KEYSLOT", "c:{m}1"]);
+    let id = |i: usize| cluster.cli(i, &["CLUSTER", "MYID"]);
+    let to_port = cluster.ports()[to].to_string();
+    // Halfway through moving the slot: one key already on the target, one still on the source.
+    assert_eq!(
+        cluster.cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &id(from)]),
+        "OK"
+    );
+    assert_eq!(
+        cluster.cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &id(to)]),
+        "OK"
+    );
+    assert_eq!(
+        cluster.cli(
+            from,
+            &["MIGRATE", "127.0.0.1", &to_port, "c:{m}1", "0", "5000"]
+        ),
+        "OK"
+    );
+
+    s.flush().await.unwrap();
+    for i in 0..cluster.len() {
+        assert_eq!(cluster.cli(i, &["DBSIZE"]), "0", "node {i} kept keys");
+    }
 }
 
 // ---------------------------------------------------------------- configuration and errors

@@ -148,19 +148,24 @@ impl Conn {
         }
     }
 
-    /// The nodes a namespace-wide SCAN must visit: the server, or every cluster master.
+    /// The nodes a namespace-wide SCAN must visit (the server, or every cluster master that
+    /// serves slots and is not flagged failed), and a signature of the slot layout: two calls
+    /// with equal signatures saw the same masters owning the same slots, with no slot migrating.
     pub(crate) async fn scan_nodes(
         &self,
         timeout: Duration,
-    ) -> Result<Vec<ScanNode>, RedisStoreError> {
+    ) -> Result<(Vec<ScanNode>, String), RedisStoreError> {
         match self {
-            Self::Single(_) => Ok(vec![ScanNode::Only]),
-            Self::Cluster(_) => Ok(self
-                .masters(timeout)
-                .await?
-                .into_iter()
-                .map(|(host, port)| ScanNode::Master { host, port })
-                .collect()),
+            Self::Single(_) => Ok((vec![ScanNode::Only], String::new())),
+            Self::Cluster(_) => {
+                let layout = self.masters(timeout).await?;
+                let nodes = layout
+                    .masters
+                    .into_iter()
+                    .map(|(host, port)| ScanNode::Master { host, port })
+                    .collect();
+                Ok((nodes, layout.signature))
+            }
         }
     }
 
@@ -200,10 +205,10 @@ impl Conn {
         redis::from_redis_value(reply).map_err(|e| RedisStoreError::Protocol(format!("SCAN: {e}")))
     }
 
-    /// `(host, port)` of every master that serves slots, from `CLUSTER NODES`.
-    async fn masters(&self, timeout: Duration) -> Result<Vec<(String, u16)>, RedisStoreError> {
+    /// Every master that serves slots, from `CLUSTER NODES`.
+    async fn masters(&self, timeout: Duration) -> Result<Layout, RedisStoreError> {
         let Self::Cluster(c) = self else {
-            return Ok(Vec::new());
+            return Ok(Layout::default());
         };
         let mut c = c.clone();
         let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
@@ -213,27 +218,58 @@ impl Conn {
             .map_err(|_| RedisStoreError::Timeout(timeout))??;
         let text: String = redis::from_redis_value(reply)
             .map_err(|e| RedisStoreError::Protocol(format!("CLUSTER NODES: {e}")))?;
-        let mut out = Vec::new();
-        for line in text.lines() {
-            // <id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slots>...
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            if parts.len() < 9 || !parts[2].split(',').any(|f| f == "master") {
-                continue;
-            }
-            let addr = parts[1].split('@').next().unwrap_or_default();
-            let Some((host, port)) = addr.rsplit_once(':') else {
-                continue;
-            };
-            let Ok(port) = port.parse() else { continue };
-            out.push((host.to_owned(), port));
-        }
-        if out.is_empty() {
+        let layout = parse_cluster_nodes(&text);
+        if layout.masters.is_empty() {
             return Err(RedisStoreError::Protocol(
-                "CLUSTER NODES lists no master with slots".into(),
+                "CLUSTER NODES lists no healthy master with slots".into(),
             ));
         }
-        Ok(out)
+        Ok(layout)
     }
+}
+
+/// The masters to scan and a signature of who owns which slots.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) masters: Vec<(String, u16)>,
+    /// Sorted `address slots...` lines of every master, healthy or not; a slot being migrated
+    /// shows as `[slot->-id]` / `[slot-<-id]`, so a layout in flux never equals a settled one.
+    pub(crate) signature: String,
+}
+
+/// Parses `CLUSTER NODES`. A master flagged `fail`, `fail?`, `noaddr` or `handshake` is left
+/// out of the scan: during a failover its slots are served by the replica that takes over (and
+/// listed as a master once it has), and a flush must not fail because the old one is gone.
+pub(crate) fn parse_cluster_nodes(text: &str) -> Layout {
+    let mut layout = Layout::default();
+    let mut owners = Vec::new();
+    for line in text.lines() {
+        // <id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slots>...
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 9 {
+            continue;
+        }
+        let flags: Vec<&str> = parts[2].split(',').collect();
+        if !flags.contains(&"master") {
+            continue;
+        }
+        let addr = parts[1].split('@').next().unwrap_or_default();
+        owners.push(format!("{addr} {}", parts[8..].join(" ")));
+        if flags
+            .iter()
+            .any(|f| matches!(*f, "fail" | "fail?" | "noaddr" | "handshake"))
+        {
+            continue;
+        }
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse() else { continue };
+        layout.masters.push((host.to_owned(), port));
+    }
+    owners.sort();
+    layout.signature = owners.join("\n");
+    layout
 }
 
 /// A node to SCAN during `flush`.
@@ -242,4 +278,38 @@ pub(crate) enum ScanNode {
     Only,
     /// One cluster master, by address.
     Master { host: String, port: u16 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_skip_failed_masters_and_sign_the_layout() {
+        let text = "\
+a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b 127.0.0.1:7001@17001 master,fail - 0 0 2 connected 5461-10922
+c 127.0.0.1:7002@17002 master - 0 0 3 connected 10923-16383
+d 127.0.0.1:7003@17003 slave a 0 0 1 connected
+e 127.0.0.1:7004@17004 master,fail? - 0 0 4 connected 100
+f 127.0.0.1:7005@17005 master - 0 0 5 connected
+";
+        let layout = parse_cluster_nodes(text);
+        assert_eq!(
+            layout.masters,
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7002)
+            ]
+        );
+        // A slot in migration changes the signature; so does a failover.
+        let migrating = text.replace("0-5460", "0-5460 [5460->-c]");
+        assert_ne!(parse_cluster_nodes(&migrating).signature, layout.signature);
+        let failed_over = text.replace("master,fail -", "slave c");
+        assert_ne!(
+            parse_cluster_nodes(&failed_over).signature,
+            layout.signature
+        );
+        assert_eq!(parse_cluster_nodes(text), layout);
+    }
 }

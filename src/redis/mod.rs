@@ -158,6 +158,9 @@ pub enum Saved {
     Stale,
 }
 
+/// Most scan passes of one `flush` while the cluster's slot layout keeps changing.
+const FLUSH_PASSES: usize = 3;
+
 /// Hash field of the key's own value.
 const VALUE_FIELD: &str = "!v";
 /// Prefix of every user sub-entry's hash field.
@@ -311,27 +314,28 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
 
     /// Purges every key of this store's namespace (never `FLUSHDB`), fencing every lease that was
     /// outstanding when it started, then publishes a flush on the invalidation channel. Scans
-    /// every master in cluster mode. Keys written while it runs may survive.
+    /// every master in cluster mode, skipping masters flagged failed (their slots are scanned on
+    /// the replica that takes over once it is listed as a master), and scans again if the slot
+    /// layout changed or a slot was migrating meanwhile (at most three passes), so keys that
+    /// migrate during the flush are flushed too. Keys written while it runs may survive. If the
+    /// final publish fails the call fails (and other processes' L1s were not told): retry it;
+    /// a [`TieredCache`](crate::tiered::TieredCache) does.
     pub async fn flush(&self) -> Result<(), RedisStoreError> {
         let pattern = format!("{}:*", glob_escape(&self.inner.namespace));
         let (conn, timeout) = (&self.inner.conn, self.inner.timeout);
-        for node in conn.scan_nodes(timeout).await? {
-            let mut cursor = 0;
-            loop {
-                let (next, keys) = conn.scan_step(&node, cursor, &pattern, timeout).await?;
-                let purges = keys.iter().map(|k| {
-                    let args: [&[u8]; 2] = [b"", b""];
-                    async move {
-                        conn.eval(&self.inner.scripts.purge, k, &args, timeout)
-                            .await
-                    }
-                });
-                futures_util::future::try_join_all(purges).await?;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+        let (mut nodes, mut layout) = conn.scan_nodes(timeout).await?;
+        // A key that migrates between masters while the scan runs may leave a master not yet
+        // scanned for one already scanned. So the pass is repeated until the slot layout was the
+        // same (and settled) before and after it, at most FLUSH_PASSES times.
+        for pass in 1..=FLUSH_PASSES {
+            for node in &nodes {
+                self.flush_node(node, &pattern).await?;
             }
+            let (next_nodes, next_layout) = conn.scan_nodes(timeout).await?;
+            if (next_layout == layout && !layout.contains("->-")) || pass == FLUSH_PASSES {
+                break;
+            }
+            (nodes, layout) = (next_nodes, next_layout);
         }
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&self.inner.channel).arg("F");
@@ -340,6 +344,31 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             .query::<Value>(&publish, self.inner.timeout)
             .await?;
         Ok(())
+    }
+
+    /// Purges every key of the namespace that one SCAN of `node` returns.
+    async fn flush_node(
+        &self,
+        node: &conn::ScanNode,
+        pattern: &str,
+    ) -> Result<(), RedisStoreError> {
+        let (conn, timeout) = (&self.inner.conn, self.inner.timeout);
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = conn.scan_step(node, cursor, pattern, timeout).await?;
+            let purges = keys.iter().map(|k| {
+                let args: [&[u8]; 2] = [b"", b""];
+                async move {
+                    conn.eval(&self.inner.scripts.purge, k, &args, timeout)
+                        .await
+                }
+            });
+            futures_util::future::try_join_all(purges).await?;
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// Sub-entry `field` of `key`, if cached.
