@@ -55,6 +55,8 @@ struct Token {
     proof: Vec<u8>,
     secs: u64,
     micros: u64,
+    /// The signature section (tag byte, then the MAC if signed), kept as it was.
+    signature: Vec<u8>,
 }
 
 impl Token {
@@ -83,6 +85,7 @@ impl Token {
         let proof = string(&mut take);
         let secs = u64::from_be_bytes(take(8).try_into().unwrap());
         let micros = u64::from_be_bytes(take(8).try_into().unwrap());
+        let signature = body.to_vec();
         Self {
             namespace,
             key,
@@ -90,6 +93,7 @@ impl Token {
             proof,
             secs,
             micros,
+            signature,
         }
     }
 
@@ -111,6 +115,7 @@ impl Token {
         put(&mut body, &self.proof);
         body.extend_from_slice(&self.secs.to_be_bytes());
         body.extend_from_slice(&self.micros.to_be_bytes());
+        body.extend_from_slice(&self.signature);
         let sum = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
@@ -255,6 +260,76 @@ async fn guessed_proofs_never_save() {
             .unwrap(),
         Saved::Stored
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_secret_refuses_altered_and_foreign_tokens_before_sending() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let secret = b"0123456789abcdef-secret".to_vec();
+    let with = |secret: &[u8]| opts("t").lease_secret(secret.to_vec());
+    let s: RedisStore<String> = RedisStore::connect(&server.url(), with(&secret))
+        .await
+        .unwrap();
+    let same: RedisStore<String> = RedisStore::connect(&server.url(), with(&secret))
+        .await
+        .unwrap();
+    let other: RedisStore<String> =
+        RedisStore::connect(&server.url(), with(b"another secret of 16+ bytes"))
+            .await
+            .unwrap();
+    let unsigned = store(&server, "t").await;
+    assert!(!format!("{:?}", with(&secret)).contains("0123456789abcdef"));
+
+    let l = lease_on(&s, "k", Some("a")).await;
+    assert!(format!("{l:?}").contains("signed: true"));
+    let invalid = |r: Result<Saved, RedisStoreError>| matches!(r, Err(RedisStoreError::InvalidLease(why)) if why.contains("secret"));
+    // Any alteration with a valid checksum: the field, the time, the proof.
+    let mut t = Token::parse(&l.to_token());
+    t.field = Some(b"b".to_vec());
+    let forged = RedisLease::from_token(&t.to_token()).unwrap();
+    assert!(invalid(
+        s.save_field_with_lease("k", "b", &"x".into(), &forged)
+            .await
+    ));
+    let mut t = Token::parse(&l.to_token());
+    t.secs -= 1;
+    let forged = RedisLease::from_token(&t.to_token()).unwrap();
+    assert!(invalid(
+        s.save_field_with_lease("k", "a", &"x".into(), &forged)
+            .await
+    ));
+    // An unsigned lease, and one signed with another secret.
+    let u = lease_on(&unsigned, "k", Some("a")).await;
+    assert!(invalid(
+        s.save_field_with_lease("k", "a", &"x".into(), &u).await
+    ));
+    assert!(invalid(
+        other.save_field_with_lease("k", "a", &"x".into(), &l).await
+    ));
+    // Nothing above reached Redis: the genuine lease, through its token, still saves on a store
+    // with the same secret.
+    let back = RedisLease::from_token(&l.to_token()).unwrap();
+    assert_eq!(
+        same.save_field_with_lease("k", "a", &"real".into(), &back)
+            .await
+            .unwrap(),
+        Saved::Stored
+    );
+    // A store without a secret accepts signed leases (the proof still binds them).
+    let l2 = lease_on(&s, "k2", None).await;
+    assert_eq!(
+        unsigned
+            .save_with_lease("k2", &"v".into(), &l2)
+            .await
+            .unwrap(),
+        Saved::Stored
+    );
+    let err = RedisStore::<String>::connect(&server.url(), opts("t").lease_secret("short"))
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err:?}");
 }
 
 // ---------------------------------------------------------------- bad stored data

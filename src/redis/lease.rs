@@ -3,6 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
 use super::error::RedisStoreError;
 
 /// Permission to save one entry of a [`RedisStore`](super::RedisStore), captured **before**
@@ -30,13 +33,18 @@ use super::error::RedisStoreError;
 ///   another field, moving its issue time (to defeat the maximum age) or crafting a token for a
 ///   key one holds no lease on makes the save [`Stale`](super::Saved::Stale). The digest is
 ///   SHA-1 in an envelope (`sha1(marker, field, time, marker)`), which Redis's Lua offers.
+/// - With a [lease secret](super::RedisOptions::lease_secret) the store also signs every lease
+///   it issues (HMAC-SHA256 over everything the token says) and refuses, before anything is
+///   sent, a lease without a valid signature ([`RedisStoreError::InvalidLease`]): a token
+///   altered in any way, or issued by a store with another secret, never reaches Redis. Use it
+///   when tokens travel through less trusted hands; it adds ~1 µs per lease.
 /// - It does not prove *who* loaded the value: a token holder may save any value for its entry
 ///   within the lease. Hand tokens only to workers trusted to read the source faithfully.
 /// - [`Debug`](fmt::Debug) does not print the proof (it is a bearer credential); the token does.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RedisLease(Arc<Inner>);
 
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Inner {
     namespace: String,
     key: String,
@@ -44,7 +52,12 @@ struct Inner {
     generation: String,
     issued_s: u64,
     issued_us: u64,
+    /// HMAC-SHA256 of the token body under the issuing store's lease secret, if it has one.
+    mac: Option<[u8; MAC_LEN]>,
 }
+
+/// Length of a lease MAC (HMAC-SHA256).
+const MAC_LEN: usize = 32;
 
 /// Format 2: the token carries the proof, not the marker (format 1 tokens are refused).
 const PREFIX: &str = "lcr2.";
@@ -67,7 +80,24 @@ impl RedisLease {
             generation,
             issued_s,
             issued_us,
+            mac: None,
         }))
+    }
+
+    /// This lease, authenticated under `secret` (see [`RedisOptions::lease_secret`](super::RedisOptions::lease_secret)).
+    pub(crate) fn signed(self, secret: &[u8]) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.0);
+        inner.mac = Some(mac(secret, &inner.body()).finalize().into_bytes().into());
+        Self(Arc::new(inner))
+    }
+
+    /// Whether this lease carries a MAC made with `secret` over its current contents.
+    pub(crate) fn verify(&self, secret: &[u8]) -> bool {
+        match &self.0.mac {
+            // Constant-time comparison.
+            Some(tag) => mac(secret, &self.0.body()).verify_slice(tag).is_ok(),
+            None => false,
+        }
     }
 
     /// Whether this lease was issued for `field` of `key` in `namespace`.
@@ -103,19 +133,14 @@ impl RedisLease {
     /// A printable (ASCII, URL-safe) token that [`from_token`](Self::from_token) turns back into
     /// an equal lease.
     pub fn to_token(&self) -> String {
-        let mut body = Vec::new();
-        put(&mut body, self.0.namespace.as_bytes());
-        put(&mut body, self.0.key.as_bytes());
-        match &self.0.field {
+        let mut body = self.0.body();
+        match &self.0.mac {
             None => body.push(0),
-            Some(f) => {
+            Some(tag) => {
                 body.push(1);
-                put(&mut body, f.as_bytes());
+                body.extend_from_slice(tag);
             }
         }
-        put(&mut body, self.0.generation.as_bytes());
-        body.extend_from_slice(&self.0.issued_s.to_be_bytes());
-        body.extend_from_slice(&self.0.issued_us.to_be_bytes());
         body.extend_from_slice(&fnv1a(&body).to_be_bytes());
         let mut token = String::with_capacity(PREFIX.len() + body.len() * 2);
         token.push_str(PREFIX);
@@ -160,6 +185,15 @@ impl RedisLease {
         let generation = r.string().ok_or(bad("truncated generation"))?;
         let issued_s = r.u64().ok_or(bad("truncated time"))?;
         let issued_us = r.u64().ok_or(bad("truncated time"))?;
+        let mac = match r.take(1).ok_or(bad("truncated signature"))? {
+            [0] => None,
+            [1] => Some(
+                r.take(MAC_LEN)
+                    .and_then(|t| t.try_into().ok())
+                    .ok_or(bad("truncated signature"))?,
+            ),
+            _ => return Err(bad("bad signature tag")),
+        };
         if !r.0.is_empty() {
             return Err(bad("trailing bytes"));
         }
@@ -173,8 +207,37 @@ impl RedisLease {
             generation,
             issued_s,
             issued_us,
+            mac,
         })))
     }
+}
+
+impl Inner {
+    /// Everything a token says about the lease, in token order (the MAC covers exactly this).
+    fn body(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        put(&mut body, self.namespace.as_bytes());
+        put(&mut body, self.key.as_bytes());
+        match &self.field {
+            None => body.push(0),
+            Some(f) => {
+                body.push(1);
+                put(&mut body, f.as_bytes());
+            }
+        }
+        put(&mut body, self.generation.as_bytes());
+        body.extend_from_slice(&self.issued_s.to_be_bytes());
+        body.extend_from_slice(&self.issued_us.to_be_bytes());
+        body
+    }
+}
+
+fn mac(secret: &[u8], body: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    m.update(body);
+    m
 }
 
 impl fmt::Debug for RedisLease {
@@ -184,6 +247,7 @@ impl fmt::Debug for RedisLease {
             .field("key", &self.0.key)
             .field("field", &self.0.field)
             .field("issued_s", &self.0.issued_s)
+            .field("signed", &self.0.mac.is_some())
             .finish_non_exhaustive()
     }
 }

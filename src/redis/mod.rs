@@ -204,6 +204,7 @@ struct Inner<V> {
     max_lease_age: Duration,
     max_value_bytes: usize,
     value_version: u16,
+    lease_secret: Option<Vec<u8>>,
     timeout: Duration,
     /// Stored values treated as misses: undecodable, another format or version, or too large.
     unreadable: AtomicU64,
@@ -257,6 +258,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                 max_lease_age: o.max_lease_age,
                 max_value_bytes: o.max_value_bytes,
                 value_version: o.value_version,
+                lease_secret: o.lease_secret.map(|s| s.0),
                 timeout: o.command_timeout,
                 unreadable: AtomicU64::new(0),
             }),
@@ -591,7 +593,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             [Value::Int(0), proof, s, us, skipped] => {
                 let proof = String::from_utf8(bytes_of(proof)?.to_vec())
                     .map_err(|_| RedisStoreError::Protocol("non-UTF-8 lease proof".into()))?;
-                let lease = RedisLease::new(
+                let mut lease = RedisLease::new(
                     &self.inner.namespace,
                     key,
                     field,
@@ -599,6 +601,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                     u64_of(s)?,
                     u64_of(us)?,
                 );
+                if let Some(secret) = &self.inner.lease_secret {
+                    lease = lease.signed(secret);
+                }
                 Ok(RawLookup::Miss {
                     lease,
                     skipped: u64_of(skipped)? > 0,
@@ -615,6 +620,13 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         value: &V,
         lease: &RedisLease,
     ) -> Result<Saved, RedisStoreError> {
+        if let Some(secret) = &self.inner.lease_secret {
+            if !lease.verify(secret) {
+                return Err(RedisStoreError::InvalidLease(
+                    "not signed with this store's lease secret",
+                ));
+            }
+        }
         if !lease.is_for(&self.inner.namespace, key, field) {
             return Err(RedisStoreError::ForeignLease);
         }

@@ -30,6 +30,17 @@ pub struct RedisOptions<C = PostcardCodec> {
     pub(crate) command_timeout: Duration,
     pub(crate) codec: C,
     pub(crate) value_version: u16,
+    pub(crate) lease_secret: Option<LeaseSecret>,
+}
+
+/// A lease secret; its `Debug` never prints it.
+#[derive(Clone)]
+pub(crate) struct LeaseSecret(pub(crate) Vec<u8>);
+
+impl std::fmt::Debug for LeaseSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseSecret(***)")
+    }
 }
 
 impl RedisOptions {
@@ -51,6 +62,7 @@ impl RedisOptions {
             command_timeout: Duration::from_secs(5),
             codec: PostcardCodec,
             value_version: 0,
+            lease_secret: None,
         }
     }
 }
@@ -95,7 +107,17 @@ impl<C> RedisOptions<C> {
             command_timeout: self.command_timeout,
             codec,
             value_version: self.value_version,
+            lease_secret: self.lease_secret,
         }
+    }
+
+    /// Signs every lease this store issues with `secret` (HMAC-SHA256, at least 16 bytes), and
+    /// refuses any lease without a valid signature before sending anything. Every store that
+    /// accepts the leases of another must have the same secret. See
+    /// [`RedisLease`](super::RedisLease), *What a token proves*.
+    pub fn lease_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.lease_secret = Some(LeaseSecret(secret.into()));
+        self
     }
 
     /// The schema version written into every stored value's header (default 0). Change it when
@@ -131,6 +153,9 @@ impl<C> RedisOptions<C> {
         }
         check_ttl("default_ttl", self.default_ttl)?;
         check_ttl("max_lease_age", self.max_lease_age)?;
+        if self.lease_secret.as_ref().is_some_and(|s| s.0.len() < 16) {
+            return Err("lease_secret must be at least 16 bytes".into());
+        }
         if self.command_timeout.is_zero() {
             return Err("command_timeout must be positive".into());
         }
