@@ -245,7 +245,8 @@ pub struct TieredStats {
 pub enum TieredError {
     /// Redis returned an error (the breaker counts connection failures).
     Redis(RedisStoreError),
-    /// The circuit breaker is open: Redis was not tried.
+    /// The circuit breaker is open: Redis was not tried. Only reads ([`TieredCache::get`]) return
+    /// it; writes always try Redis.
     Unavailable,
     /// A write (purge, insert or flush) did not reach Redis: it is *pending, not done*. It was
     /// queued and is retried in the background until it lands (a failed insert as a purge of its
