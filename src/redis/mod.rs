@@ -368,6 +368,12 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
 
     // ---- internals ----
 
+    /// Sends one command (routed by its first key on a cluster), bounded by the command timeout.
+    /// Used by the tiered cache's coherence scripts, which declare several keys of one slot.
+    pub(crate) async fn query_value(&self, cmd: &redis::Cmd) -> Result<Value, RedisStoreError> {
+        self.inner.conn.query(cmd, self.inner.timeout).await
+    }
+
     fn redis_key(&self, key: &str) -> Vec<u8> {
         let ns = self.inner.namespace.as_bytes();
         let mut k = Vec::with_capacity(ns.len() + 1 + key.len());

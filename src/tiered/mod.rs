@@ -77,7 +77,10 @@
 //! stopped when the cache is dropped.
 
 mod breaker;
+mod coherence;
 mod feed;
+
+pub use coherence::Coherence;
 
 use crate::redis::{RedisStore, RedisStoreError, Saved};
 use crate::stats::Stats;
@@ -128,6 +131,7 @@ pub(crate) struct Shared<K, V> {
     hook: Option<FillHook>,
     feed_state: watch::Sender<bool>,
     max_lease_age: Duration,
+    coherence: coherence::Coordinator,
 }
 
 #[derive(Default)]
@@ -142,6 +146,8 @@ struct Counters {
     bypassed_reads: AtomicU64,
     redis_errors: AtomicU64,
     breaker_opens: AtomicU64,
+    sequence_gaps: AtomicU64,
+    unacknowledged: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -196,6 +202,10 @@ pub struct TieredStats {
     pub redis_errors: u64,
     /// Times the circuit breaker opened.
     pub breaker_opens: u64,
+    /// Sequenced invalidations found missing or out of order (each flushed the L1).
+    pub sequence_gaps: u64,
+    /// Writes that returned [`TieredError::Unacknowledged`].
+    pub unacknowledged_writes: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -210,6 +220,14 @@ pub enum TieredError {
     Unavailable,
     /// [`TieredBuilder::build`] was called outside a tokio runtime.
     NoRuntime,
+    /// [`Coherence::Strict`]: the write took effect in Redis and in this L1, but `instances`
+    /// other instances neither acknowledged it nor let their member lease lapse within the
+    /// member lease: until they do, they may still serve the value it replaced. The write is not
+    /// undone; retry it, or treat its effect on those instances as unknown.
+    Unacknowledged {
+        /// How many instances did not answer in time.
+        instances: usize,
+    },
 }
 
 impl fmt::Display for TieredError {
@@ -218,6 +236,11 @@ impl fmt::Display for TieredError {
             Self::Redis(e) => write!(f, "redis tier: {e}"),
             Self::Unavailable => f.write_str("redis tier unavailable: the circuit breaker is open"),
             Self::NoRuntime => f.write_str("a TieredCache must be built inside a tokio runtime"),
+            Self::Unacknowledged { instances } => write!(
+                f,
+                "written, but {instances} instance(s) neither acknowledged the invalidation nor \
+                 lapsed within the member lease"
+            ),
         }
     }
 }
@@ -226,7 +249,7 @@ impl std::error::Error for TieredError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Redis(e) => Some(e),
-            Self::Unavailable | Self::NoRuntime => None,
+            Self::Unavailable | Self::NoRuntime | Self::Unacknowledged { .. } => None,
         }
     }
 }
@@ -255,6 +278,8 @@ pub struct TieredBuilder<K, V> {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     hook: Option<FillHook>,
+    coherence: Coherence,
+    member_lease: Duration,
 }
 
 impl<K, V> TieredBuilder<K, V>
@@ -279,6 +304,21 @@ where
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.feed.backoff_min = min;
         self.feed.backoff_max = max.max(min);
+        self
+    }
+
+    /// What a write guarantees about the other instances' L1s when it returns (default
+    /// [`Coherence::Strict`]). See the [module docs](self#coherence).
+    pub fn coherence(mut self, mode: Coherence) -> Self {
+        self.coherence = mode;
+        self
+    }
+
+    /// [`Coherence::Strict`]: the member lease (default 2 s, at least 10 ms). An instance whose
+    /// feed stops applying invalidations stops serving its L1 within it, and a write waits at
+    /// most this long for an instance that neither acknowledges nor lapses.
+    pub fn member_lease(mut self, lease: Duration) -> Self {
+        self.member_lease = lease.max(Duration::from_millis(10));
         self
     }
 
@@ -316,6 +356,7 @@ where
         self.l1.flush();
         let urls = self.l2.node_urls().to_vec();
         let channel = self.l2.invalidation_channel().to_owned();
+        let namespace = self.l2.namespace().to_owned();
         let shared = Arc::new(Shared {
             max_lease_age: self.l2.max_lease_age(),
             l1: self.l1,
@@ -325,6 +366,7 @@ where
             counters: Counters::default(),
             hook: self.hook,
             feed_state: watch::Sender::new(false),
+            coherence: coherence::Coordinator::new(self.coherence, self.member_lease, &namespace),
         });
         let feed = runtime.spawn(feed::run(Arc::clone(&shared), urls, channel, self.feed));
         Ok(TieredCache { shared, feed })
@@ -357,6 +399,8 @@ where
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
             hook: None,
+            coherence: Coherence::Strict,
+            member_lease: Duration::from_secs(2),
         }
     }
 
@@ -419,6 +463,11 @@ where
         Fut: Future<Output = Result<V, E>>,
     {
         let s = &*self.shared;
+        if !s.l1_active() {
+            // Not even a hit may be served: the L1 could hold what an unapplied invalidation
+            // replaced. `load_through` sees the bypass too and fills nothing.
+            return s.load_through(key, loader).await;
+        }
         s.l1.get_or_load_async(key, move |key| s.load_through(key, loader))
             .await
     }
@@ -437,7 +486,8 @@ where
         match result {
             Ok(()) => {
                 s.redis_ok();
-                Ok(())
+                s.cohere(&crate::redis::Invalidation::key_payload(key))
+                    .await
             }
             Err(e) => Err(s.redis_failed(e)),
         }
@@ -460,7 +510,9 @@ where
         match result {
             Ok(had) => {
                 s.redis_ok();
-                Ok(had)
+                s.cohere(&crate::redis::Invalidation::key_payload(key))
+                    .await
+                    .map(|()| had)
             }
             Err(e) => Err(s.redis_failed(e)),
         }
@@ -479,7 +531,7 @@ where
         match result {
             Ok(()) => {
                 s.redis_ok();
-                Ok(())
+                s.cohere(b"F").await
             }
             Err(e) => Err(s.redis_failed(e)),
         }
@@ -504,6 +556,8 @@ where
             bypassed_reads: read(&c.bypassed_reads),
             redis_errors: read(&c.redis_errors),
             breaker_opens: read(&c.breaker_opens),
+            sequence_gaps: read(&c.sequence_gaps),
+            unacknowledged_writes: read(&c.unacknowledged),
             l1,
         }
     }
@@ -539,6 +593,17 @@ where
 {
     fn drop(&mut self) {
         self.feed.abort();
+        if self.shared.coherence.mode == Coherence::Strict {
+            // Best effort, so that writers stop waiting for this instance at once. The feed task
+            // stops the L1 when it ends; a leave that never runs costs writers one member lease.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let shared = Arc::clone(&self.shared);
+                runtime.spawn(async move {
+                    shared.coherence.stop_serving();
+                    let _ = shared.coherence.leave(&shared.l2).await;
+                });
+            }
+        }
     }
 }
 
@@ -566,7 +631,7 @@ where
     /// postdates the flush comes with a view of the bit.
     fn l1_active(&self) -> bool {
         // Acquire pairs with the Release read-modify-writes in `set_bypass` / `clear_bypass`.
-        self.bypass.load(Ordering::Acquire) == 0
+        self.bypass.load(Ordering::Acquire) == 0 && self.coherence.serving()
     }
 
     /// Sets a bypass reason, then flushes the L1 (in that order; see `l1_active`).
@@ -587,12 +652,59 @@ where
     }
 
     pub(crate) fn feed_lost(&self) {
+        self.coherence.stop_serving();
         self.set_bypass(FEED_DOWN);
         bump(&self.counters.feed_losses);
         self.feed_state.send_replace(false);
     }
 
-    /// Applies one message from the invalidation channel.
+    /// The feed task ended (aborted, panicked, its runtime shut down): the L1 is never served again.
+    pub(crate) fn feed_dead(&self) {
+        self.coherence.stop_serving();
+        self.set_bypass(FEED_DOWN);
+        self.feed_state.send_replace(false);
+    }
+
+    /// Applies a sequenced invalidation (`#<seq> <payload>`) and advances `applied`; a gap flushes
+    /// the L1 and is counted.
+    pub(crate) fn apply_sequenced(&self, payload: &[u8], applied: &mut coherence::Applied) {
+        let Some((seq, invalidation)) = crate::redis::Invalidation::parse_sequenced(payload) else {
+            self.apply_invalidation(payload); // unreadable: flushes
+            return;
+        };
+        match invalidation {
+            crate::redis::Invalidation::Key(key) => {
+                self.l1.purge(key.as_str());
+            }
+            _ => self.l1.flush(),
+        }
+        if applied.step(seq) == coherence::Step::Gap {
+            bump(&self.counters.sequence_gaps);
+            self.l1.flush();
+        }
+        // Release pairs with the Acquire load in `stats`.
+        self.counters.invalidations.fetch_add(1, Ordering::Release);
+    }
+
+    /// After a write landed in Redis and in this L1: sequences its invalidation and, in Strict
+    /// mode, waits for the other members' acknowledgements or lapses.
+    async fn cohere(&self, invalidation: &[u8]) -> Result<(), TieredError> {
+        let c = &self.coherence;
+        let (seq, pending) = match c.publish(&self.l2, invalidation).await {
+            Ok(published) => published,
+            Err(e) => return Err(self.redis_failed(e)),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        c.wait_for_acks(&self.l2, seq, pending)
+            .await
+            .map_err(|instances| {
+                bump(&self.counters.unacknowledged);
+                TieredError::Unacknowledged { instances }
+            })
+    }
+
     /// Applies one message from the invalidation channel. Counted after it took effect, so a
     /// reader that sees the count knows the L1 no longer holds what the message invalidated.
     pub(crate) fn apply_invalidation(&self, payload: &[u8]) {
