@@ -295,8 +295,10 @@ impl Coordinator {
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
+        // `pending`'s lease times were read by the server before this point, so a lapse judged
+        // from here is never early. The bound leaves room for the last check's round trip.
         let start = Instant::now();
-        let give_up = start + self.lease;
+        let give_up = start + self.lease + RECHECK;
         let mut asked = start;
         loop {
             let mut notified = pin!(self.acked.notified());
@@ -326,11 +328,11 @@ impl Coordinator {
             if Instant::now() >= give_up {
                 continue; // one last look at the table above
             }
-            asked = Instant::now();
             // On an error (Redis unreachable) keep waiting on the feed until the bound.
             if let Ok(still) = self.check(store, seq, &pending).await {
                 pending = still;
             }
+            asked = Instant::now();
         }
     }
 
