@@ -22,6 +22,7 @@ use redis::AsyncCommands;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::RedisServer;
 use support::process::{self, Proc};
+use support::proxy::Proxy;
 
 type Tc = TieredCache<String, u64>;
 
@@ -53,6 +54,8 @@ struct Scenario {
     lease_ms: u64,
     purges: u64,
     readers: u64,
+    /// Latency (µs) of reader 0's link to Redis, through the test proxy (0: direct).
+    delay_us: u64,
 }
 
 impl Scenario {
@@ -72,6 +75,7 @@ impl Scenario {
             ("LC_LEASE_MS", self.lease_ms.to_string()),
             ("LC_PURGES", self.purges.to_string()),
             ("LC_READERS", self.readers.to_string()),
+            ("LC_DELAY_US", self.delay_us.to_string()),
         ]
     }
 
@@ -81,6 +85,7 @@ impl Scenario {
             lease_ms: env_u64("LC_LEASE_MS"),
             purges: env_u64("LC_PURGES"),
             readers: env_u64("LC_READERS"),
+            delay_us: env_u64("LC_DELAY_US"),
         }
     }
 }
@@ -126,7 +131,12 @@ fn writer() {
         let cache = cache(&url, &ns, sc).await;
         // Start once every reader is in (a member, or holding a token).
         let deadline = Instant::now() + CHILD_LIMIT;
-        while r.get::<_, Option<u64>>("ready").await.expect("GET ready").unwrap_or(0) < sc.readers
+        while r
+            .get::<_, Option<u64>>("ready")
+            .await
+            .expect("GET ready")
+            .unwrap_or(0)
+            < sc.readers
         {
             assert!(Instant::now() < deadline, "readers never became ready");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -178,7 +188,8 @@ fn reader() {
     let (url, ns, sc) = (env("LC_URL"), env("LC_NS"), Scenario::from_env());
     runtime().block_on(async move {
         let mut r = plain(&url).await;
-        let cache = cache(&url, &ns, sc).await;
+        // The cache's own connections may go through the proxy; the oracle's never do.
+        let cache = cache(&env("LC_CACHE_URL"), &ns, sc).await;
         // Bounded: ready once the first token came back (the L1 is in use).
         let deadline = Instant::now() + CHILD_LIMIT;
         while !cache.is_l1_active() {
@@ -188,7 +199,8 @@ fn reader() {
         let _: u64 = r.incr("ready", 1).await.expect("INCR ready");
         let (mut reads, mut stale, mut max_age_us) = (0u64, 0u64, 0u64);
         'outer: loop {
-            for i in 0..KEYS {
+            // Each key a few times in a row: the L1 then serves hits right after a fill.
+            for i in (0..KEYS * 4).map(|j| j / 4) {
                 let k = format!("k{i}");
                 let done: Option<u64> = r.get(format!("done:{k}")).await.expect("GET done");
                 let done = done.unwrap_or(0);
@@ -205,10 +217,8 @@ fn reader() {
                 if got < done {
                     stale += 1;
                     // Age: since the purge of the version that replaced `got` returned.
-                    let ret: Option<u64> = r
-                        .hget(format!("ret:{k}"), got + 1)
-                        .await
-                        .expect("HGET ret");
+                    let ret: Option<u64> =
+                        r.hget(format!("ret:{k}"), got + 1).await.expect("HGET ret");
                     let age = began.saturating_sub(ret.expect("replacing purge recorded"));
                     max_age_us = max_age_us.max(age);
                     eprintln!("reader: stale read of {k}: got {got}, purge of {done} returned");
@@ -227,6 +237,9 @@ fn reader() {
             ("l1_hits", s.l1_hits),
             ("gaps", s.sequence_gaps),
             ("feed_losses", s.feed_losses),
+            ("bypassed", s.bypassed_reads),
+            ("l2_hits", s.l2_hits),
+            ("l1_rejected", s.l1_stale_rejections),
         ]);
     });
 }
@@ -239,6 +252,8 @@ enum Fault {
     Pause,
     /// SIGKILL.
     Kill,
+    /// Its connections to Redis (through the proxy) black-holed for twice the member lease.
+    BlackHole,
 }
 
 /// Runs a scenario in `1 + readers` processes; returns the writer's and the surviving readers'
@@ -265,9 +280,21 @@ fn fleet(
     }
     let server = RedisServer::start()?;
     let url = server.url();
-    let env = sc.env(&url, "co");
+    let mut env = sc.env(&url, "co");
+    env.push(("LC_CACHE_URL", url.clone()));
+    let proxy = (sc.delay_us > 0 || fault == Fault::BlackHole).then(|| {
+        let proxy = Proxy::start(server.port());
+        proxy.set_delay(Duration::from_micros(sc.delay_us));
+        proxy
+    });
     let mut readers: Vec<Proc> = (0..sc.readers)
-        .map(|_| Proc::spawn(test, "reader", &env))
+        .map(|i| {
+            let mut env = env.clone();
+            if let (0, Some(proxy)) = (i, &proxy) {
+                env.push(("LC_CACHE_URL", proxy.url()));
+            }
+            Proc::spawn(test, "reader", &env)
+        })
         .collect();
     let writer = Proc::spawn(test, "writer", &env);
     let client = redis::Client::open(url.as_str()).expect("url");
@@ -293,12 +320,27 @@ fn fleet(
                 std::thread::sleep(Duration::from_millis(2 * sc.lease_ms));
                 let during = progress(&mut conn) - at;
                 readers[0].resume();
-                println!("reader 0 stopped for {} ms; {during} purges meanwhile", 2 * sc.lease_ms);
+                println!(
+                    "reader 0 stopped for {} ms; {during} purges meanwhile",
+                    2 * sc.lease_ms
+                );
             }
             Fault::Kill => {
                 readers[0].kill9();
                 readers.remove(0);
                 println!("reader 0 killed after {at} purges");
+            }
+            Fault::BlackHole => {
+                let proxy = proxy.as_ref().expect("reader 0 is proxied");
+                proxy.black_hole();
+                // The fault itself: silent for twice the member lease.
+                std::thread::sleep(Duration::from_millis(2 * sc.lease_ms));
+                let during = progress(&mut conn) - at;
+                proxy.forward();
+                println!(
+                    "reader 0 black-holed for {} ms; {during} purges meanwhile",
+                    2 * sc.lease_ms
+                );
             }
             Fault::None => unreachable!(),
         }
@@ -321,7 +363,10 @@ fn fleet(
     assert_eq!(w["errors"], 0, "no purge failed");
     for r in &reports {
         assert!(r["reads"] > 0, "the reader read");
-        assert!(r["l1_hits"] > 0, "the reader's L1 served hits (else the test proves nothing)");
+        assert!(
+            r["l1_hits"] > 0,
+            "the reader's L1 served hits (else the test proves nothing)"
+        );
     }
     Some((w, reports))
 }
@@ -331,6 +376,7 @@ const STRICT: Scenario = Scenario {
     lease_ms: 2_000,
     purges: 2_000,
     readers: 2,
+    delay_us: 0,
 };
 
 /// Strict, three processes, 2,000 purges: no read that began after a purge returned gets the
@@ -378,11 +424,17 @@ fn strict_sigstop_past_the_lease_then_resume_serves_nothing_stale() {
     let Some((w, readers)) = fleet(test, sc, Fault::Pause) else {
         return;
     };
-    assert_eq!(w["unacked"], 0, "the stopped reader lapsed: no purge gave up");
+    assert_eq!(
+        w["unacked"], 0,
+        "the stopped reader lapsed: no purge gave up"
+    );
     for r in &readers {
         assert_eq!(r["stale"], 0, "stale reads: {r:?}");
     }
-    assert!(readers[0]["feed_losses"] >= 1, "the resumed reader rejoined");
+    assert!(
+        readers[0]["feed_losses"] >= 1,
+        "the resumed reader rejoined"
+    );
 }
 
 /// Strict: a reader killed (SIGKILL) mid-run; every purge still returns (its lease lapses) and
@@ -397,7 +449,10 @@ fn strict_sigkill_of_a_reader_writer_returns_within_the_lease() {
     let Some((w, readers)) = fleet(test, sc, Fault::Kill) else {
         return;
     };
-    assert_eq!(w["unacked"], 0, "the killed reader lapsed: no purge gave up");
+    assert_eq!(
+        w["unacked"], 0,
+        "the killed reader lapsed: no purge gave up"
+    );
     assert_eq!(readers.len(), 1);
     assert_eq!(readers[0]["stale"], 0, "stale reads: {:?}", readers[0]);
     println!(
@@ -405,4 +460,47 @@ fn strict_sigkill_of_a_reader_writer_returns_within_the_lease() {
         w["max_us"] / 1_000,
         sc.lease_ms
     );
+}
+
+/// Strict with a slow consumer: reader 0's link to Redis delivers everything 2 ms late, so its
+/// invalidations land well after the writer's purge would have returned without waiting. Still
+/// no stale read: the writer waits for its acknowledgement.
+#[test]
+fn strict_slow_consumer_no_stale_read() {
+    let test = "strict_slow_consumer_no_stale_read";
+    let sc = Scenario {
+        purges: 400,
+        delay_us: 2_000,
+        ..STRICT
+    };
+    let Some((w, readers)) = fleet(test, sc, Fault::None) else {
+        return;
+    };
+    assert_eq!(w["unacked"], 0, "every purge was acknowledged");
+    for r in &readers {
+        assert_eq!(r["stale"], 0, "stale reads: {r:?}");
+    }
+}
+
+/// Strict: reader 0's connections are black-holed (open, silent) for twice its member lease.
+/// Its feed is declared lost, its lease lapses, the writer's purges continue once it lapsed, and
+/// no read anywhere is stale, before, during or after.
+#[test]
+fn strict_black_holed_subscriber_no_stale_read() {
+    let test = "strict_black_holed_subscriber_no_stale_read";
+    let sc = Scenario {
+        lease_ms: 500,
+        ..STRICT
+    };
+    let Some((w, readers)) = fleet(test, sc, Fault::BlackHole) else {
+        return;
+    };
+    assert_eq!(
+        w["unacked"], 0,
+        "the silent reader lapsed: no purge gave up"
+    );
+    for r in &readers {
+        assert_eq!(r["stale"], 0, "stale reads: {r:?}");
+    }
+    assert!(readers[0]["feed_losses"] >= 1, "the silence was noticed");
 }
