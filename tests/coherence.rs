@@ -25,6 +25,8 @@ use support::process::{self, Proc};
 use support::proxy::Proxy;
 
 type Tc = TieredCache<String, u64>;
+/// A child's `CHILD-RESULT` values.
+type Report = std::collections::HashMap<String, u64>;
 
 /// Keys the writer cycles through (few, so that readers hit their L1 between purges).
 const KEYS: u64 = 8;
@@ -258,14 +260,7 @@ enum Fault {
 
 /// Runs a scenario in `1 + readers` processes; returns the writer's and the surviving readers'
 /// reports.
-fn fleet(
-    test: &str,
-    sc: Scenario,
-    fault: Fault,
-) -> Option<(
-    std::collections::HashMap<String, u64>,
-    Vec<std::collections::HashMap<String, u64>>,
-)> {
+fn fleet(test: &str, sc: Scenario, fault: Fault) -> Option<(Report, Vec<Report>)> {
     match process::role().as_deref() {
         Some("writer") => {
             writer();
