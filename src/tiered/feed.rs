@@ -37,6 +37,9 @@ pub(crate) struct FeedConfig {
     pub(crate) backoff_max: Duration,
 }
 
+/// How long the L1 stays bypassed after the last unreadable message.
+pub(crate) const UNREADABLE_HOLD: Duration = Duration::from_millis(100);
+
 /// Runs the feed until the task is aborted (when its `TieredCache` is dropped).
 pub(crate) async fn run<K, V>(
     shared: Arc<Shared<K, V>>,
@@ -191,6 +194,8 @@ where
     let mut token: Option<(u64, u64)> = None;
     let mut sending: Pending<'_, ()> = None;
     let mut next_token = 0u64;
+    // When the L1 may be used again after the last unreadable message.
+    let mut unreadable_until: Option<tokio::time::Instant> = None;
     loop {
         if strict && renewal.is_none() && (due || acked != Some(applied.mark)) {
             due = false;
@@ -212,10 +217,16 @@ where
                     let name = msg.get_channel_name();
                     let payload = msg.get_payload_bytes();
                     if name == channel {
-                        shared.apply_invalidation(payload);
+                        if !shared.apply_invalidation(payload) {
+                            unreadable(shared, &mut unreadable_until);
+                        }
                     } else if name == c.channel {
                         match payload.split_first() {
-                            Some((b'#', _)) => shared.apply_sequenced(payload, &mut applied),
+                            Some((b'#', _)) => {
+                                if !shared.apply_sequenced(payload, &mut applied) {
+                                    unreadable(shared, &mut unreadable_until);
+                                }
+                            }
                             Some((b'A', body)) => c.on_ack(body),
                             Some((b'T', body)) => {
                                 if let (Some(n), Some((sent_n, sent))) = (c.own_token(body), token) {
@@ -225,7 +236,7 @@ where
                                     }
                                 }
                             }
-                            _ => shared.apply_invalidation(payload),
+                            _ => unreadable(shared, &mut unreadable_until),
                         }
                     }
                 }
@@ -242,8 +253,24 @@ where
                 sending = None;
             }
             _ = tick.tick() => due = true,
+            () = async { tokio::time::sleep_until(unreadable_until.expect("guarded")).await },
+                if unreadable_until.is_some() => {
+                unreadable_until = None;
+                shared.readable_again();
+            }
         }
     }
+}
+
+/// An unreadable message: bypass (the first of a burst also flushes) until `UNREADABLE_HOLD`
+/// after the last one.
+fn unreadable<K, V>(shared: &Shared<K, V>, until: &mut Option<tokio::time::Instant>)
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    shared.unreadable();
+    *until = Some(tokio::time::Instant::now() + UNREADABLE_HOLD);
 }
 
 /// PINGs the subscriber connection every `ping_interval`; returns when one is not answered in

@@ -36,26 +36,83 @@
 //! # Coherence
 //!
 //! Writes ([`purge`](TieredCache::purge), [`insert`](TieredCache::insert),
-//! [`flush`](TieredCache::flush)) go to Redis first, then to this L1. Redis's fencing scripts
-//! publish on the store's invalidation channel; every `TieredCache` subscribes on its own
-//! connection and purges (or flushes) its L1 on each message. A purge fences the L1 leases on its
-//! key, so an invalidation that overtakes the Redis reply it cancels still rejects the fill:
-//! correctness does not depend on the feed's timing, only on its delivery.
+//! [`flush`](TieredCache::flush)) go to Redis first (whose fencing script publishes an
+//! invalidation on the store's channel), then to this L1, then *sequence* the invalidation: one
+//! more script on the namespace's coherence keys advances the namespace's sequence and publishes
+//! the invalidation with it on the coherence channel. Every `TieredCache` subscribes to both
+//! channels on its own connection and purges (or flushes) its L1 on each message. A purge fences
+//! the L1 leases on its key, so an invalidation that overtakes the Redis reply it cancels still
+//! rejects the fill.
 //!
-//! Guarantee: once a purge (insert, flush) has returned in one process and its invalidation has
-//! been delivered to another process's feed, that process never serves the value the write
-//! replaced, from either tier.
+//! An instance tracks the highest sequence up to which it applied every sequenced invalidation;
+//! a gap (a message lost, say, on a cluster bus) or a sequence going backwards (a Redis restart)
+//! flushes its L1 at once and is counted in [`TieredStats::sequence_gaps`].
+//!
+//! Every L1 read (hit or fill) first checks, against the process's coarse monotonic clock, that
+//! the instance may serve its L1; a process paused past that point (SIGSTOP, a starved runtime)
+//! bypasses its L1 the moment it resumes. What grants that right depends on the mode
+//! ([`TieredBuilder::coherence`]):
+//!
+//! - **[`Coherence::Strict`]** (the default). Each instance holds a *member lease* in Redis
+//!   (default 2 s, [`TieredBuilder::member_lease`]), renewed by its feed task, and only while the
+//!   feed applies invalidations (a renewal carries the highest contiguous sequence applied, which
+//!   is also the acknowledgement writers wait for). An instance serves its L1 until a lease
+//!   minus a margin (a tenth, plus one clock tick) after it *sent* its last successful renewal.
+//!   A write returns only when every other instance that was a live member has acknowledged its
+//!   sequence, or has lapsed by the server's clock, waiting at most the member lease (plus
+//!   100 ms); an instance that did neither in time makes the write return
+//!   [`TieredError::Unacknowledged`], never silently.
+//!
+//!   Guarantee: once a write returned `Ok` in one process, no instance of the namespace serves
+//!   the value it replaced from its L1, as long as the machines' clocks *run at rates* within
+//!   the margin of each other (their readings never need to agree). Instances that join later
+//!   start with an empty L1 that they use only once they are members.
+//!
+//! - **[`Coherence::Bounded(d)`](Coherence::Bounded)**. Writes return after Redis and the
+//!   sequencing script. Every `d / 4` the feed publishes a token on the coherence channel
+//!   (through the node that sequences invalidations) and, when the token comes back through the
+//!   subscription, knows that every invalidation sequenced before it was sent has been applied.
+//!   An instance serves its L1 until `d` minus a margin after sending the last token that came
+//!   back. Guarantee: a read that begins after a write returned gets the value it replaced only
+//!   within `d` of that write's return. A stuck consumer, a dead feed task, a black-holed
+//!   connection or a lost message can keep an L1 stale for at most `d`.
+//!
+//! In both modes the L1 is also bypassed while the feed is not *confirmed* (Redis acknowledged
+//! the subscription and then answered a PING in subscribed mode, which an ACL refusal would not
+//! produce) and while the circuit breaker is open. Losing the feed (disconnect, a subscriber
+//! Redis dropped for falling behind, an unanswered PING) flushes the L1 and bypasses it until
+//! the subscription is confirmed (and, in Strict mode, the instance joined) again; an L1 lease
+//! captured while the L1 was bypassed never fills it. A feed task that ends for any reason (an
+//! abort, a panic, its runtime shutting down) stops the L1 at once.
+//!
+//! What the guarantees do **not** cover:
+//!
+//! - Writes made outside a `TieredCache` (a bare [`RedisStore`], `redis-cli`): their
+//!   invalidations are delivered best effort, unsequenced, and nobody waits for them.
+//! - Redis losing acknowledged writes. Replication is asynchronous, so a failover (or a restart
+//!   without fsync) can lose a purge, a sequence advance or a membership record. A lost purge is
+//!   as if it never happened, in Redis and so in every L1. A lost sequence makes later sequences
+//!   repeat, which instances detect as a gap once they have seen a sequence past their start. A
+//!   lost membership record is found at the member's next renewal (at most a quarter lease
+//!   later), which then flushes its L1 and joins again; writes in between do not wait for it.
+//! - On Redis Cluster, the coherence keys live in one slot (hash tag `{<namespace>}`), so one
+//!   master sequences every write of the namespace: while it is unreachable, writes fail
+//!   after Redis took them and every instance bypasses its L1. Invalidations use classic pub/sub
+//!   (delivered across the cluster bus); a message the bus drops is caught as a gap.
 //!
 //! Every instance also receives the invalidations of its own writes. Such an echo fences the L1
 //! leases on its key again, so a load of that key that starts in the writing process before the
 //! echo arrives (typically well under a millisecond) is served but not cached in the L1: the next
 //! read fills it from Redis. Safe, and cheap unless one process writes and reads a key in a loop.
 //!
-//! The L1 is used only while the feed is *confirmed* (Redis acknowledged the subscription and
-//! then answered a PING in subscribed mode, which an ACL refusal would not produce) and
-//! the circuit breaker is closed. Losing the feed (disconnect, a subscriber Redis dropped for
-//! falling behind, an unanswered PING) flushes the L1 and bypasses it until the subscription is
-//! confirmed again; an L1 lease captured while the L1 was bypassed never fills it.
+//! # Unreadable messages
+//!
+//! A message on either channel that this version cannot read may be an invalidation in a newer
+//! format, so it is never ignored: it is counted ([`TieredStats::unreadable_messages`]), and the
+//! L1 is bypassed until 100 ms have passed without another one. The first message of such a
+//! burst also flushes the L1 ([`TieredStats::unreadable_flushes`]); the rest cost nothing, since
+//! nothing fills a bypassed L1. A flood of garbage therefore costs one flush and a bypassed L1,
+//! not a flush per message.
 //!
 //! # Redis unreachable
 //!
@@ -101,6 +158,9 @@ use tokio::sync::watch;
 const FEED_DOWN: u8 = 1;
 /// Bypass reason: the circuit breaker is open.
 const BREAKER_OPEN: u8 = 2;
+/// Bypass reason: an unreadable message arrived on a channel less than
+/// [`feed::UNREADABLE_HOLD`] ago.
+const UNREADABLE: u8 = 4;
 
 /// An L1 [`Cache`] in front of a [`RedisStore`], kept coherent across processes by an
 /// invalidation feed. See the [module docs](self).
@@ -148,6 +208,8 @@ struct Counters {
     breaker_opens: AtomicU64,
     sequence_gaps: AtomicU64,
     unacknowledged: AtomicU64,
+    unreadable: AtomicU64,
+    unreadable_flushes: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -206,6 +268,10 @@ pub struct TieredStats {
     pub sequence_gaps: u64,
     /// Writes that returned [`TieredError::Unacknowledged`].
     pub unacknowledged_writes: u64,
+    /// Messages on the invalidation or coherence channel that this version cannot read.
+    pub unreadable_messages: u64,
+    /// L1 flushes those caused: one per burst (see the [module docs](self#unreadable-messages)).
+    pub unreadable_flushes: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -558,6 +624,8 @@ where
             breaker_opens: read(&c.breaker_opens),
             sequence_gaps: read(&c.sequence_gaps),
             unacknowledged_writes: read(&c.unacknowledged),
+            unreadable_messages: read(&c.unreadable),
+            unreadable_flushes: read(&c.unreadable_flushes),
             l1,
         }
     }
@@ -654,6 +722,8 @@ where
     pub(crate) fn feed_lost(&self) {
         self.coherence.stop_serving();
         self.set_bypass(FEED_DOWN);
+        // The flush above covers whatever an unreadable message may have meant.
+        self.clear_bypass(UNREADABLE);
         bump(&self.counters.feed_losses);
         self.feed_state.send_replace(false);
     }
@@ -666,11 +736,10 @@ where
     }
 
     /// Applies a sequenced invalidation (`#<seq> <payload>`) and advances `applied`; a gap flushes
-    /// the L1 and is counted.
-    pub(crate) fn apply_sequenced(&self, payload: &[u8], applied: &mut coherence::Applied) {
+    /// the L1 and is counted. `false` (nothing applied) if the message is unreadable.
+    pub(crate) fn apply_sequenced(&self, payload: &[u8], applied: &mut coherence::Applied) -> bool {
         let Some((seq, invalidation)) = crate::redis::Invalidation::parse_sequenced(payload) else {
-            self.apply_invalidation(payload); // unreadable: flushes
-            return;
+            return false;
         };
         match invalidation {
             crate::redis::Invalidation::Key(key) => {
@@ -684,6 +753,7 @@ where
         }
         // Release pairs with the Acquire load in `stats`.
         self.counters.invalidations.fetch_add(1, Ordering::Release);
+        true
     }
 
     /// After a write landed in Redis and in this L1: sequences its invalidation and, in Strict
@@ -707,16 +777,38 @@ where
 
     /// Applies one message from the invalidation channel. Counted after it took effect, so a
     /// reader that sees the count knows the L1 no longer holds what the message invalidated.
-    pub(crate) fn apply_invalidation(&self, payload: &[u8]) {
+    /// Returns `false` (and applies nothing) if the message is unreadable: the caller must then
+    /// call [`unreadable`](Self::unreadable).
+    pub(crate) fn apply_invalidation(&self, payload: &[u8]) -> bool {
         match crate::redis::Invalidation::parse(payload) {
             Some(crate::redis::Invalidation::Key(key)) => {
                 self.l1.purge(key.as_str());
             }
-            // `Flush`, and anything this version cannot read: flushing is always safe.
-            _ => self.l1.flush(),
+            Some(_) => self.l1.flush(),
+            None => return false,
         }
         // Release pairs with the Acquire load in `stats`.
         self.counters.invalidations.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// An unreadable message arrived: it may be an invalidation in a format this version does not
+    /// know, so the L1 must not serve anything it could have invalidated. The first one of a burst
+    /// bypasses and flushes the L1; later ones (until the feed calls
+    /// [`readable_again`](Self::readable_again)) find it bypassed already and cost nothing: no
+    /// fill lands while it is bypassed, so there is nothing more to flush.
+    pub(crate) fn unreadable(&self) {
+        bump(&self.counters.unreadable);
+        // Acquire pairs with the Release read-modify-writes in `set_bypass` / `clear_bypass`.
+        if self.bypass.load(Ordering::Acquire) & UNREADABLE == 0 {
+            bump(&self.counters.unreadable_flushes);
+            self.set_bypass(UNREADABLE);
+        }
+    }
+
+    /// No unreadable message for a while: the L1 may be used again.
+    pub(crate) fn readable_again(&self) {
+        self.clear_bypass(UNREADABLE);
     }
 
     fn redis_ok(&self) {
