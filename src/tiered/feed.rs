@@ -37,6 +37,9 @@ pub(crate) struct FeedConfig {
     pub(crate) backoff_max: Duration,
 }
 
+/// Bounded: tokens tracked while they travel.
+const MAX_TOKENS_OUT: usize = 16;
+
 /// How long the L1 stays bypassed after the last unreadable message.
 pub(crate) const UNREADABLE_HOLD: Duration = Duration::from_millis(100);
 
@@ -190,8 +193,9 @@ where
     let mut renewal: Pending<'_, Result<Renewed, crate::redis::RedisStoreError>> = None;
     let mut acked = None::<u64>;
     let mut due = true;
-    // Bounded: the token in flight (its number and when it was sent), and the next number.
-    let mut token: Option<(u64, u64)> = None;
+    // Bounded: the tokens sent and not yet back (number, coarse ms when sent), oldest first; a
+    // slow round trip must not let each token be superseded before it returns.
+    let mut tokens: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
     let mut sending: Pending<'_, ()> = None;
     let mut next_token = 0u64;
     // When the L1 may be used again after the last unreadable message.
@@ -206,7 +210,10 @@ where
             due = false;
             next_token += 1;
             let n = next_token;
-            token = Some((n, coherence::coarse_now_ms()));
+            if tokens.len() == MAX_TOKENS_OUT {
+                tokens.pop_front(); // lost, most likely
+            }
+            tokens.push_back((n, coherence::coarse_now_ms()));
             sending = Some(Box::pin(async move {
                 let _ = c.token(&shared.l2, Some(n)).await;
             }));
@@ -229,10 +236,16 @@ where
                             }
                             Some((b'A', body)) => c.on_ack(body),
                             Some((b'T', body)) => {
-                                if let (Some(n), Some((sent_n, sent))) = (c.own_token(body), token) {
-                                    if n == sent_n {
-                                        c.extend(sent, window);
-                                        token = None;
+                                if let Some(n) = c.own_token(body) {
+                                    // Tokens come back in the order sent: older ones are lost.
+                                    while let Some(&(sent_n, sent)) = tokens.front() {
+                                        if sent_n > n {
+                                            break;
+                                        }
+                                        tokens.pop_front();
+                                        if sent_n == n {
+                                            c.extend(sent, window);
+                                        }
                                     }
                                 }
                             }
