@@ -269,3 +269,47 @@ fn a_late_joiner_starts_empty() {
         .await;
     });
 }
+
+/// An L1 fill never outlives its Redis entry: a value inserted in Redis with a short TTL leaves
+/// the L1 no later than it leaves Redis, through `get` and through `get_or_load`.
+#[test]
+fn an_l1_entry_never_outlives_its_redis_entry() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let a = instance(&url, "ttl", |b| b).await;
+        let ttl = Duration::from_millis(300);
+        a.l2().insert_with_ttl("g", &1, ttl).await.expect("insert");
+        a.l2().insert_with_ttl("l", &2, ttl).await.expect("insert");
+        // The inserts' own invalidations reach this instance first (else they could fence the
+        // fills below).
+        wait_for("inserts' invalidations", || {
+            a.stats().invalidations_received == 2
+        })
+        .await;
+        assert_eq!(a.get("g").await.expect("get"), Some(1));
+        let got = a
+            .get_or_load("l".to_owned(), |_| async { Ok::<_, ()>(99) })
+            .await;
+        assert_eq!(got, Ok(2), "from Redis");
+        assert_eq!(a.l1().get("g"), Some(1), "filled");
+        assert_eq!(a.l1().get("l"), Some(2), "filled");
+        // Once Redis no longer has them, neither does the L1 (no invalidation is published for
+        // an expiry).
+        for key in ["g", "l"] {
+            let redis_key = format!("ttl:{key}");
+            wait_for("Redis expired the key", || {
+                server.cli(&["EXISTS", &redis_key]).trim() == "0"
+            })
+            .await;
+            assert_eq!(a.l1().get(key), None, "{key} outlived its Redis entry");
+        }
+        assert_eq!(
+            a.stats().invalidations_received,
+            2,
+            "an expiry publishes nothing"
+        );
+    });
+}

@@ -3,10 +3,10 @@
 -- ARGV[1] the entry's hash field ('!v' for the key's value, 'f:' .. name for a sub-entry)
 -- ARGV[2] a random client nonce (hex) used only if a marker must be minted
 -- ARGV[3] marker lifetime in ms (the maximum lease age) for a hash that holds only the marker
--- Returns {1, value} on a hit, {0, generation, issued_seconds, issued_micros} on a miss.
+-- Returns {1, value, pttl} on a hit, {0, generation, issued_seconds, issued_micros} on a miss.
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then
-  return {1, v}
+  return {1, v, redis.call('PTTL', KEYS[1])}
 end
 local t = redis.call('TIME')
 local g = redis.call('HGET', KEYS[1], '!g')

@@ -411,6 +411,48 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         key: &str,
         field: Option<&str>,
     ) -> Result<Lookup<V, RedisLease>, RedisStoreError> {
+        Ok(self.lookup_ttl(key, field).await?.0)
+    }
+
+    /// [`get_or_lease`](Self::get_or_lease), and on a hit the entry's remaining TTL in Redis
+    /// (`None`: it has none), which caps the tiered cache's L1 fill.
+    pub(crate) async fn get_or_lease_ttl(
+        &self,
+        key: &str,
+    ) -> Result<(Lookup<V, RedisLease>, Option<Duration>), RedisStoreError> {
+        self.lookup_ttl(key, None).await
+    }
+
+    /// The key's value and its remaining TTL in Redis (`None`: it has none). One round trip.
+    pub(crate) async fn get_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(V, Option<Duration>)>, RedisStoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(GET_TTL)
+            .arg(1)
+            .arg(self.redis_key(key))
+            .arg(VALUE_FIELD);
+        match self.inner.conn.query(&cmd, self.inner.timeout).await? {
+            Value::Array(items) => match items.as_slice() {
+                [v, ttl] => Ok(Some((self.decode(bytes_of(v)?)?, ttl_of(ttl)?))),
+                _ => Err(protocol("get", &Value::Array(items.clone()))),
+            },
+            Value::Nil | Value::Boolean(false) => Ok(None),
+            other => Err(protocol("get", &other)),
+        }
+    }
+
+    /// The TTL [`insert`](Self::insert) and a save give an entry.
+    pub(crate) fn default_ttl(&self) -> Duration {
+        Duration::from_millis(self.inner.default_ttl_ms)
+    }
+
+    async fn lookup_ttl(
+        &self,
+        key: &str,
+        field: Option<&str>,
+    ) -> Result<(Lookup<V, RedisLease>, Option<Duration>), RedisStoreError> {
         let hash_field = field.map_or_else(|| VALUE_FIELD.to_owned(), user_field);
         let nonce = format!("{:016x}", rand::random::<u64>());
         let marker_ms = options::millis(self.inner.max_lease_age).to_string();
@@ -425,7 +467,10 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             other => return Err(protocol("get_or_lease", &other)),
         };
         match items.as_slice() {
-            [Value::Int(1), v] => Ok(Lookup::Hit(self.decode(bytes_of(v)?)?)),
+            [Value::Int(1), v, ttl @ ..] => {
+                let ttl = ttl.first().map(ttl_of).transpose()?.flatten();
+                Ok((Lookup::Hit(self.decode(bytes_of(v)?)?), ttl))
+            }
             [Value::Int(0), g, s, us] => {
                 let generation = String::from_utf8(bytes_of(g)?.to_vec())
                     .map_err(|_| RedisStoreError::Protocol("non-UTF-8 marker".into()))?;
@@ -437,7 +482,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                     u64_of(s)?,
                     u64_of(us)?,
                 );
-                Ok(Lookup::Miss(lease))
+                Ok((Lookup::Miss(lease), None))
             }
             _ => Err(protocol("get_or_lease", &Value::Array(items.clone()))),
         }
@@ -561,6 +606,19 @@ fn bytes_of(v: &Value) -> Result<&[u8], RedisStoreError> {
         other => Err(protocol("script", other)),
     }
 }
+
+/// A `PTTL` reply: `Some(remaining)`, `None` for no TTL (-1), zero for a key gone meanwhile (-2).
+fn ttl_of(v: &Value) -> Result<Option<Duration>, RedisStoreError> {
+    match v {
+        Value::Int(-1) => Ok(None),
+        Value::Int(ms) => Ok(Some(Duration::from_millis(u64::try_from(*ms).unwrap_or(0)))),
+        other => Err(protocol("PTTL", other)),
+    }
+}
+
+/// `get_ttl`: the value and the key's `PTTL`, read atomically. One declared key.
+const GET_TTL: &str = "local v = redis.call('HGET', KEYS[1], ARGV[1]) \
+if v then return {v, redis.call('PTTL', KEYS[1])} end return false";
 
 fn u64_of(v: &Value) -> Result<u64, RedisStoreError> {
     match v {

@@ -496,15 +496,16 @@ where
             return Err(TieredError::Unavailable);
         }
         let key = key.to_owned();
-        match s.l2.get(key.borrow()).await {
-            Ok(Some(value)) => {
+        match s.l2.get_ttl(key.borrow()).await {
+            Ok(Some((value, ttl))) => {
                 s.redis_ok();
                 bump(&s.counters.l2_hits);
                 if fill {
                     s.run_hook(FillPoint::RedisHit, &key).await;
                     // A rejection means a write fenced the lease meanwhile: the value is still the
-                    // answer to this read, but must not be cached.
-                    let _ = s.l1.save_with_lease(key, value.clone(), lease);
+                    // answer to this read, but must not be cached. The L1 entry dies no later
+                    // than the Redis entry.
+                    let _ = s.l1.save_with_lease_within(key, value.clone(), lease, ttl);
                 }
                 Ok(Some(value))
             }
@@ -532,9 +533,9 @@ where
         if !s.l1_active() {
             // Not even a hit may be served: the L1 could hold what an unapplied invalidation
             // replaced. `load_through` sees the bypass too and fills nothing.
-            return s.load_through(key, loader).await;
+            return s.load_through(key, loader).await.map(|(value, _)| value);
         }
-        s.l1.get_or_load_async(key, move |key| s.load_through(key, loader))
+        s.l1.get_or_load_async_within(key, move |key| s.load_through(key, loader))
             .await
     }
 
@@ -847,7 +848,9 @@ where
     /// the Redis save was stale or the lease expired. The L1 offers no other way to stop a
     /// leader's fill; the purge may also drop a newer fill of the same key, which is safe and
     /// costs one Redis read, on paths that are rare while Redis and the feed are healthy.
-    async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<V, E>
+    ///
+    /// Also returns how long the L1 entry may live at most: the Redis entry's remaining TTL.
+    async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<(V, Option<Duration>), E>
     where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -856,19 +859,21 @@ where
         if !fill {
             bump(&self.counters.bypassed_reads);
         }
+        let mut ttl = None;
         let value = if !self.breaker.permit() {
             fill = false;
             self.call_loader(key.clone(), loader).await?
         } else {
             let asked = Instant::now();
-            match self.l2.get_or_lease(key.borrow()).await {
-                Ok(Lookup::Hit(value)) => {
+            match self.l2.get_or_lease_ttl(key.borrow()).await {
+                Ok((Lookup::Hit(value), remaining)) => {
                     self.redis_ok();
                     bump(&self.counters.l2_hits);
                     self.run_hook(FillPoint::RedisHit, &key).await;
+                    ttl = remaining;
                     value
                 }
-                Ok(Lookup::Miss(lease)) => {
+                Ok((Lookup::Miss(lease), _)) => {
                     self.redis_ok();
                     let value = self.call_loader(key.clone(), loader).await?;
                     if asked.elapsed() > self.max_lease_age {
@@ -879,6 +884,7 @@ where
                             Ok(Saved::Stored) => {
                                 self.redis_ok();
                                 self.run_hook(FillPoint::RedisSaved, &key).await;
+                                ttl = Some(self.l2.default_ttl());
                             }
                             Ok(_) => {
                                 bump(&self.counters.l2_stale);
@@ -903,6 +909,6 @@ where
             bump(&self.counters.suppressed_fills);
             self.l1.purge::<str>(key.borrow());
         }
-        Ok(value)
+        Ok((value, ttl))
     }
 }
