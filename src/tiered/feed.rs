@@ -1,18 +1,29 @@
 //! The invalidation feed: one subscriber connection per [`TieredCache`](super::TieredCache),
 //! kept alive by a task on the tokio runtime that built the cache.
 //!
-//! The task subscribes to the store's invalidation channel, marks the feed *confirmed* once Redis
-//! has acknowledged the subscription, and applies every message to the L1: `K<key>` purges the
-//! key (which fences its L1 leases, so a fill whose Redis read the purge overtook is rejected),
-//! `F` flushes. A message it cannot parse also flushes: it can only be an invalidation in a
-//! format this version does not know. A PING every `ping_interval`, answered within
-//! `ping_timeout`, proves the connection still delivers.
+//! The task subscribes to the store's invalidation channel and to the namespace's coherence
+//! channel on one connection, and proves the subscription with a PING answered in subscribed
+//! form. Then it starts from the current sequence: in Strict mode by joining as a member
+//! (`join.lua`), in Bounded mode by reading it (`token.lua` without a token); only then is the
+//! feed *confirmed*. It applies every message to the L1 in arrival order: `K<key>` purges the key
+//! (which fences its L1 leases, so a fill whose Redis read the purge overtook is rejected), `F`
+//! flushes, `#<seq> ...` does the same and advances the applied high-water mark (a gap flushes),
+//! `A<id> <w>` records another member's acknowledgement for waiting writers, `T<id> <n>` is a
+//! Bounded token coming back. Anything else is unreadable (see the module docs of
+//! [`tiered`](super)).
 //!
-//! Any loss (the stream ends because the connection dropped or Redis disconnected a subscriber
-//! that fell behind its output buffer limit, or a PING went unanswered) marks the feed down and
-//! flushes the L1, in that order, then reconnects with capped exponential backoff, rotating
-//! through the store's node URLs (on Redis Cluster, classic pub/sub reaches the subscribers of
-//! every node, so any node will do).
+//! Strict: whenever the mark moved (and every quarter lease when idle) the task sends one
+//! acknowledgement-and-renewal (`renew.lua`), one at a time; a reply saying the lease had lapsed
+//! makes it flush and join again on the same subscription. Bounded: it sends a token every
+//! quarter bound and extends the L1's proof when one comes back.
+//!
+//! A PING every `ping_interval`, answered within `ping_timeout`, proves the connection still
+//! delivers. Any loss (the stream ends because the connection dropped or Redis disconnected a
+//! subscriber that fell behind its output buffer limit, or a PING went unanswered) stops the L1,
+//! marks the feed down and flushes the L1, in that order; in Strict mode the task then leaves the
+//! membership (best effort) and reconnects with capped exponential backoff, rotating through the
+//! store's node URLs (on Redis Cluster, classic pub/sub reaches the subscribers of every node, so
+//! any node will do). However the task ends, a guard stops the L1 first.
 
 use super::Shared;
 use super::coherence::{self, Applied, Coherence, Renewed};

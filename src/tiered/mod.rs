@@ -324,11 +324,13 @@ impl std::error::Error for TieredError {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use leasecache::{Cache, redis::{RedisOptions, RedisStore}, tiered::TieredCache};
+/// use leasecache::{Cache, redis::{RedisOptions, RedisStore}, tiered::{Coherence, TieredCache}};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let l2 = RedisStore::<u64>::connect("redis://127.0.0.1/", RedisOptions::new("counts")).await?;
 /// let cache: TieredCache<String, u64> = TieredCache::builder(Cache::new(1_000), l2)
+///     .coherence(Coherence::Strict) // the default
+///     .member_lease(Duration::from_secs(2))
 ///     .ping_interval(Duration::from_millis(500))
 ///     .breaker_threshold(3)
 ///     .breaker_cooldown(Duration::from_secs(1))
@@ -381,8 +383,10 @@ where
     }
 
     /// [`Coherence::Strict`]: the member lease (default 2 s, at least 10 ms). An instance whose
-    /// feed stops applying invalidations stops serving its L1 within it, and a write waits at
-    /// most this long for an instance that neither acknowledges nor lapses.
+    /// feed stops applying invalidations stops serving its L1 within it (less a tenth), and a
+    /// write waits at most this long (plus 100 ms) for an instance that neither acknowledges nor
+    /// lapses, then returns [`TieredError::Unacknowledged`]. Every instance of a namespace should
+    /// use the same lease.
     pub fn member_lease(mut self, lease: Duration) -> Self {
         self.member_lease = lease.max(Duration::from_millis(10));
         self
