@@ -499,3 +499,47 @@ fn strict_black_holed_subscriber_no_stale_read() {
     }
     assert!(readers[0]["feed_losses"] >= 1, "the silence was noticed");
 }
+
+/// Bounded(100 ms) with a slow consumer (reader 0's link 2 ms late): stale reads happen, and
+/// none is older than the bound.
+#[test]
+fn bounded_slow_consumer_stale_reads_within_the_bound() {
+    let test = "bounded_slow_consumer_stale_reads_within_the_bound";
+    let sc = Scenario {
+        bounded_ms: 100,
+        purges: 400,
+        delay_us: 2_000,
+        ..STRICT
+    };
+    let Some((_, readers)) = fleet(test, sc, Fault::None) else {
+        return;
+    };
+    for r in &readers {
+        assert!(
+            r["max_age_us"] <= sc.bounded_ms * 1_000,
+            "a stale read older than the bound: {r:?}"
+        );
+    }
+}
+
+/// Bounded(100 ms): reader 0's connections black-holed for a second. Its tokens stop coming
+/// back, so within the bound it stops serving its L1: no stale read older than the bound.
+#[test]
+fn bounded_black_holed_subscriber_stale_reads_within_the_bound() {
+    let test = "bounded_black_holed_subscriber_stale_reads_within_the_bound";
+    let sc = Scenario {
+        bounded_ms: 100,
+        lease_ms: 500,
+        ..STRICT
+    };
+    let Some((w, readers)) = fleet(test, sc, Fault::BlackHole) else {
+        return;
+    };
+    assert_eq!(w["unacked"], 0, "Bounded writes never wait");
+    for r in &readers {
+        assert!(
+            r["max_age_us"] <= sc.bounded_ms * 1_000,
+            "a stale read older than the bound: {r:?}"
+        );
+    }
+}
