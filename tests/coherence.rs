@@ -366,6 +366,9 @@ fn fleet(test: &str, sc: Scenario, fault: Fault) -> Option<(Report, Vec<Report>)
     Some((w, reports))
 }
 
+/// Purges in the fault scenarios (the fault lands after a quarter of them).
+const FAULT_PURGES: u64 = 600;
+
 const STRICT: Scenario = Scenario {
     bounded_ms: 0,
     lease_ms: 2_000,
@@ -414,6 +417,7 @@ fn strict_sigstop_past_the_lease_then_resume_serves_nothing_stale() {
     let test = "strict_sigstop_past_the_lease_then_resume_serves_nothing_stale";
     let sc = Scenario {
         lease_ms: 500,
+        purges: FAULT_PURGES,
         ..STRICT
     };
     let Some((w, readers)) = fleet(test, sc, Fault::Pause) else {
@@ -439,6 +443,7 @@ fn strict_sigkill_of_a_reader_writer_returns_within_the_lease() {
     let test = "strict_sigkill_of_a_reader_writer_returns_within_the_lease";
     let sc = Scenario {
         lease_ms: 500,
+        purges: FAULT_PURGES,
         ..STRICT
     };
     let Some((w, readers)) = fleet(test, sc, Fault::Kill) else {
@@ -485,6 +490,7 @@ fn strict_black_holed_subscriber_no_stale_read() {
     let test = "strict_black_holed_subscriber_no_stale_read";
     let sc = Scenario {
         lease_ms: 500,
+        purges: FAULT_PURGES,
         ..STRICT
     };
     let Some((w, readers)) = fleet(test, sc, Fault::BlackHole) else {
@@ -530,6 +536,7 @@ fn bounded_black_holed_subscriber_stale_reads_within_the_bound() {
     let sc = Scenario {
         bounded_ms: 100,
         lease_ms: 500,
+        purges: FAULT_PURGES,
         ..STRICT
     };
     let Some((w, readers)) = fleet(test, sc, Fault::BlackHole) else {
