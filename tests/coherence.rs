@@ -550,3 +550,25 @@ fn bounded_black_holed_subscriber_stale_reads_within_the_bound() {
         );
     }
 }
+
+/// Bounded(100 ms): a reader stopped (SIGSTOP) for a second, then resumed. Its proof is stale
+/// when it resumes, so it serves nothing older than the bound.
+#[test]
+fn bounded_sigstop_then_resume_stale_reads_within_the_bound() {
+    let test = "bounded_sigstop_then_resume_stale_reads_within_the_bound";
+    let sc = Scenario {
+        bounded_ms: 100,
+        lease_ms: 500,
+        purges: FAULT_PURGES,
+        ..STRICT
+    };
+    let Some((_, readers)) = fleet(test, sc, Fault::Pause) else {
+        return;
+    };
+    for r in &readers {
+        assert!(
+            r["max_age_us"] <= sc.bounded_ms * 1_000,
+            "a stale read older than the bound: {r:?}"
+        );
+    }
+}
