@@ -47,11 +47,14 @@
 //! Either way, an instance whose feed task ended stops serving at once (a guard in the task),
 //! and in any case when its lease or proof runs out.
 
-use crate::redis::{RedisStore, RedisStoreError};
+use super::{Shared, TieredError, bump};
+use crate::redis::{Invalidation, RedisStore, RedisStoreError};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use redis::Value;
 use serde::{Serialize, de::DeserializeOwned};
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -449,6 +452,52 @@ impl Coordinator {
     /// Whether `T<id> <n>` (given without the `T`) is this instance's token; its number if so.
     pub(crate) fn own_token(&self, body: &[u8]) -> Option<u64> {
         split_id(body).and_then(|(id, n)| (id == self.id).then_some(n))
+    }
+}
+
+impl<K, V> Shared<K, V>
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Applies a sequenced invalidation (`#<seq> <payload>`) and advances `applied`; a gap flushes
+    /// the L1 and is counted. `false` (nothing applied) if the message is unreadable.
+    pub(crate) fn apply_sequenced(&self, payload: &[u8], applied: &mut Applied) -> bool {
+        let Some((seq, invalidation)) = Invalidation::parse_sequenced(payload) else {
+            return false;
+        };
+        match invalidation {
+            Invalidation::Key(key) => {
+                self.l1.purge(key.as_str());
+            }
+            _ => self.l1.flush(),
+        }
+        if applied.step(seq) == Step::Gap {
+            bump(&self.counters.sequence_gaps);
+            self.l1.flush();
+        }
+        // Release pairs with the Acquire load in `stats`.
+        self.counters.invalidations.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// After a write landed in Redis and in this L1: sequences its invalidation and, in Strict
+    /// mode, waits for the other members' acknowledgements or lapses.
+    pub(super) async fn cohere(&self, invalidation: &[u8]) -> Result<(), TieredError> {
+        let c = &self.coherence;
+        let (seq, pending) = match c.publish(&self.l2, invalidation).await {
+            Ok(published) => published,
+            Err(e) => return Err(self.redis_failed(e)),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        c.wait_for_acks(&self.l2, seq, pending)
+            .await
+            .map_err(|instances| {
+                bump(&self.counters.unacknowledged);
+                TieredError::Unacknowledged { instances }
+            })
     }
 }
 

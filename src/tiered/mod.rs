@@ -740,46 +740,6 @@ where
         self.feed_state.send_replace(false);
     }
 
-    /// Applies a sequenced invalidation (`#<seq> <payload>`) and advances `applied`; a gap flushes
-    /// the L1 and is counted. `false` (nothing applied) if the message is unreadable.
-    pub(crate) fn apply_sequenced(&self, payload: &[u8], applied: &mut coherence::Applied) -> bool {
-        let Some((seq, invalidation)) = crate::redis::Invalidation::parse_sequenced(payload) else {
-            return false;
-        };
-        match invalidation {
-            crate::redis::Invalidation::Key(key) => {
-                self.l1.purge(key.as_str());
-            }
-            _ => self.l1.flush(),
-        }
-        if applied.step(seq) == coherence::Step::Gap {
-            bump(&self.counters.sequence_gaps);
-            self.l1.flush();
-        }
-        // Release pairs with the Acquire load in `stats`.
-        self.counters.invalidations.fetch_add(1, Ordering::Release);
-        true
-    }
-
-    /// After a write landed in Redis and in this L1: sequences its invalidation and, in Strict
-    /// mode, waits for the other members' acknowledgements or lapses.
-    async fn cohere(&self, invalidation: &[u8]) -> Result<(), TieredError> {
-        let c = &self.coherence;
-        let (seq, pending) = match c.publish(&self.l2, invalidation).await {
-            Ok(published) => published,
-            Err(e) => return Err(self.redis_failed(e)),
-        };
-        if pending.is_empty() {
-            return Ok(());
-        }
-        c.wait_for_acks(&self.l2, seq, pending)
-            .await
-            .map_err(|instances| {
-                bump(&self.counters.unacknowledged);
-                TieredError::Unacknowledged { instances }
-            })
-    }
-
     /// Applies one message from the invalidation channel. Counted after it took effect, so a
     /// reader that sees the count knows the L1 no longer holds what the message invalidated.
     /// Returns `false` (and applies nothing) if the message is unreadable: the caller must then
