@@ -100,10 +100,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The oracle's own connection. No response timeout: a process resumed after SIGSTOP finds its
+/// timers expired, and a reply that arrived while it was stopped must not count as lost.
 async fn plain(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     redis::Client::open(url)
         .expect("url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("plain connection")
 }
