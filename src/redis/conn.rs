@@ -109,18 +109,21 @@ impl Conn {
             .map_err(|_| RedisStoreError::Timeout(timeout))??)
     }
 
-    /// Runs `script` on `key` with `args`: EVALSHA, and EVAL if the server answers `NOSCRIPT`.
+    /// Runs `script` on `keys` with `args`: EVALSHA, and EVAL if the server answers `NOSCRIPT`.
     /// The whole exchange is bounded by `timeout`.
     pub(crate) async fn eval(
         &self,
         script: &Script,
-        key: &[u8],
+        keys: &[&[u8]],
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, RedisStoreError> {
         let build = |name: &str, body: &str| {
             let mut cmd = redis::cmd(name);
-            cmd.arg(body).arg(1).arg(key);
+            cmd.arg(body).arg(keys.len());
+            for k in keys {
+                cmd.arg(*k);
+            }
             for a in args {
                 cmd.arg(*a);
             }

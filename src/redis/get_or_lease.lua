@@ -5,7 +5,7 @@
 -- ARGV[3] marker lifetime in ms (the maximum lease age) for a hash that holds only the marker
 -- ARGV[4] the largest stored value (bytes) the client accepts
 -- ARGV[5] '1' to ignore a present value (the client could not decode it): hand out a lease
--- Returns {1, value} on a hit, {0, proof, issued_seconds, issued_micros, skipped} on a miss,
+-- Returns {1, value, pttl} on a hit, {0, proof, issued_seconds, issued_micros, skipped} on a miss,
 -- where skipped is the size of a present value that was too large, or 0.
 local skipped = 0
 if ARGV[5] ~= '1' then
@@ -16,7 +16,7 @@ if ARGV[5] ~= '1' then
   else
     local v = redis.call('HGET', KEYS[1], ARGV[1])
     if v then
-      return {1, v}
+      return {1, v, redis.call('PTTL', KEYS[1])}
     end
   end
 end

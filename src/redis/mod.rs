@@ -123,6 +123,7 @@
 
 mod codec;
 mod conn;
+pub(crate) use conn::Script;
 mod error;
 mod invalidation;
 mod lease;
@@ -361,7 +362,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             let purges = keys.iter().map(|k| {
                 let args: [&[u8]; 2] = [b"", b""];
                 async move {
-                    conn.eval(&self.inner.scripts.purge, k, &args, timeout)
+                    conn.eval(&self.inner.scripts.purge, &[&k[..]], &args, timeout)
                         .await
                 }
             });
@@ -498,17 +499,40 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         let k = self.redis_key(key);
         self.inner
             .conn
-            .eval(script, &k, args, self.inner.timeout)
+            .eval(script, &[&k[..]], args, self.inner.timeout)
+            .await
+    }
+
+    /// Runs one of another module's scripts on `keys` (EVALSHA, EVAL on `NOSCRIPT`), bounded by
+    /// the command timeout.
+    pub(crate) async fn eval_keys(
+        &self,
+        script: &Script,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<Value, RedisStoreError> {
+        self.inner
+            .conn
+            .eval(script, keys, args, self.inner.timeout)
             .await
     }
 
     async fn hget(&self, key: &str, field: &str) -> Result<Option<V>, RedisStoreError> {
+        Ok(self.hget_ttl(key, field).await?.map(|(value, _)| value))
+    }
+
+    /// An entry's value and its key's remaining TTL (`None`: no TTL), if present.
+    async fn hget_ttl(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<(V, Option<Duration>)>, RedisStoreError> {
         let limit = self.stored_limit().to_string();
         let args: [&[u8]; 2] = [field.as_bytes(), limit.as_bytes()];
         let reply = self.eval_on(key, Op::Get, &args).await?;
         match &reply {
             Value::Array(items) => match items.as_slice() {
-                [Value::Int(1), v] => self.decode(bytes_of(v)?).map(Some),
+                [Value::Int(1), v, ttl] => Ok(Some((self.decode(bytes_of(v)?)?, ttl_of(ttl)?))),
                 [Value::Int(0)] => Ok(None),
                 [Value::Int(2), n] => Err(RedisStoreError::TooLarge {
                     size: usize::try_from(u64_of(n)?)
@@ -535,22 +559,52 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         key: &str,
         field: Option<&str>,
     ) -> Result<Lookup<V, RedisLease>, RedisStoreError> {
-        let reply = match self.lookup_raw(key, field, false).await? {
-            RawLookup::Hit(reply) => reply,
+        Ok(self.lookup_ttl(key, field).await?.0)
+    }
+
+    /// [`get_or_lease`](Self::get_or_lease), and on a hit the entry's remaining TTL in Redis
+    /// (`None`: it has none), which caps the tiered cache's L1 fill.
+    pub(crate) async fn get_or_lease_ttl(
+        &self,
+        key: &str,
+    ) -> Result<(Lookup<V, RedisLease>, Option<Duration>), RedisStoreError> {
+        self.lookup_ttl(key, None).await
+    }
+
+    /// The key's value and its remaining TTL in Redis (`None`: it has none). One round trip.
+    pub(crate) async fn get_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(V, Option<Duration>)>, RedisStoreError> {
+        self.hget_ttl(key, VALUE_FIELD).await
+    }
+
+    /// The TTL [`insert`](Self::insert) and a save give an entry.
+    pub(crate) fn default_ttl(&self) -> Duration {
+        Duration::from_millis(self.inner.default_ttl_ms)
+    }
+
+    async fn lookup_ttl(
+        &self,
+        key: &str,
+        field: Option<&str>,
+    ) -> Result<(Lookup<V, RedisLease>, Option<Duration>), RedisStoreError> {
+        let (reply, ttl) = match self.lookup_raw(key, field, false).await? {
+            RawLookup::Hit { value, ttl } => (value, ttl),
             RawLookup::Miss { lease, skipped } => {
                 if skipped {
                     self.count_unreadable();
                 }
-                return Ok(Lookup::Miss(lease));
+                return Ok((Lookup::Miss(lease), None));
             }
         };
         match self.decode(bytes_of(&reply)?) {
-            Ok(value) => Ok(Lookup::Hit(value)),
+            Ok(value) => Ok((Lookup::Hit(value), ttl)),
             Err(_) => {
                 self.count_unreadable();
                 match self.lookup_raw(key, field, true).await? {
-                    RawLookup::Miss { lease, .. } => Ok(Lookup::Miss(lease)),
-                    RawLookup::Hit(_) => Err(RedisStoreError::Protocol(
+                    RawLookup::Miss { lease, .. } => Ok((Lookup::Miss(lease), None)),
+                    RawLookup::Hit { .. } => Err(RedisStoreError::Protocol(
                         "get_or_lease returned a value when told to skip it".into(),
                     )),
                 }
@@ -585,9 +639,11 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             Value::Array(items) => items,
             other => return Err(protocol("get_or_lease", &other)),
         };
-        if let [Value::Int(1), v] = items.as_mut_slice() {
+        if let [Value::Int(1), v, ttl] = items.as_mut_slice() {
+            let ttl = ttl_of(ttl)?;
             // Moved out, not copied: the hit path decodes straight from the reply.
-            return Ok(RawLookup::Hit(std::mem::replace(v, Value::Nil)));
+            let value = std::mem::replace(v, Value::Nil);
+            return Ok(RawLookup::Hit { value, ttl });
         }
         match items.as_slice() {
             [Value::Int(0), proof, s, us, skipped] => {
@@ -700,7 +756,8 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
 
 /// What `get_or_lease.lua` answered, before decoding.
 enum RawLookup {
-    Hit(Value),
+    /// The stored bytes and the key's remaining TTL.
+    Hit { value: Value, ttl: Option<Duration> },
     Miss {
         lease: RedisLease,
         /// A present value was skipped because it was too large.
@@ -754,6 +811,15 @@ fn bytes_of(v: &Value) -> Result<&[u8], RedisStoreError> {
         Value::BulkString(b) => Ok(b),
         Value::SimpleString(s) => Ok(s.as_bytes()),
         other => Err(protocol("script", other)),
+    }
+}
+
+/// A `PTTL` reply: `Some(remaining)`, `None` for no TTL (-1), zero for a key gone meanwhile (-2).
+fn ttl_of(v: &Value) -> Result<Option<Duration>, RedisStoreError> {
+    match v {
+        Value::Int(-1) => Ok(None),
+        Value::Int(ms) => Ok(Some(Duration::from_millis(u64::try_from(*ms).unwrap_or(0)))),
+        other => Err(protocol("PTTL", other)),
     }
 }
 

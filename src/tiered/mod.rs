@@ -36,26 +36,83 @@
 //! # Coherence
 //!
 //! Writes ([`purge`](TieredCache::purge), [`insert`](TieredCache::insert),
-//! [`flush`](TieredCache::flush)) go to Redis first, then to this L1. Redis's fencing scripts
-//! publish on the store's invalidation channel; every `TieredCache` subscribes on its own
-//! connection and purges (or flushes) its L1 on each message. A purge fences the L1 leases on its
-//! key, so an invalidation that overtakes the Redis reply it cancels still rejects the fill:
-//! correctness does not depend on the feed's timing, only on its delivery.
+//! [`flush`](TieredCache::flush)) go to Redis first (whose fencing script publishes an
+//! invalidation on the store's channel), then to this L1, then *sequence* the invalidation: one
+//! more script on the namespace's coherence keys advances the namespace's sequence and publishes
+//! the invalidation with it on the coherence channel. Every `TieredCache` subscribes to both
+//! channels on its own connection and purges (or flushes) its L1 on each message. A purge fences
+//! the L1 leases on its key, so an invalidation that overtakes the Redis reply it cancels still
+//! rejects the fill.
 //!
-//! Guarantee: once a purge (insert, flush) has returned in one process and its invalidation has
-//! been delivered to another process's feed, that process never serves the value the write
-//! replaced, from either tier.
+//! An instance tracks the highest sequence up to which it applied every sequenced invalidation;
+//! a gap (a message lost, say, on a cluster bus) or a sequence going backwards (a Redis restart)
+//! flushes its L1 at once and is counted in [`TieredStats::sequence_gaps`].
+//!
+//! Every L1 read (hit or fill) first checks, against the process's coarse monotonic clock, that
+//! the instance may serve its L1; a process paused past that point (SIGSTOP, a starved runtime)
+//! bypasses its L1 the moment it resumes. What grants that right depends on the mode
+//! ([`TieredBuilder::coherence`]):
+//!
+//! - **[`Coherence::Strict`]** (the default). Each instance holds a *member lease* in Redis
+//!   (default 2 s, [`TieredBuilder::member_lease`]), renewed by its feed task, and only while the
+//!   feed applies invalidations (a renewal carries the highest contiguous sequence applied, which
+//!   is also the acknowledgement writers wait for). An instance serves its L1 until a lease
+//!   minus a margin (a tenth, plus one clock tick) after it *sent* its last successful renewal.
+//!   A write returns only when every other instance that was a live member has acknowledged its
+//!   sequence, or has lapsed by the server's clock, waiting at most the member lease (plus
+//!   100 ms); an instance that did neither in time makes the write return
+//!   [`TieredError::Unacknowledged`], never silently.
+//!
+//!   Guarantee: once a write returned `Ok` in one process, no instance of the namespace serves
+//!   the value it replaced from its L1, as long as the machines' clocks *run at rates* within
+//!   the margin of each other (their readings never need to agree). Instances that join later
+//!   start with an empty L1 that they use only once they are members.
+//!
+//! - **[`Coherence::Bounded(d)`](Coherence::Bounded)**. Writes return after Redis and the
+//!   sequencing script. Every `d / 4` the feed publishes a token on the coherence channel
+//!   (through the node that sequences invalidations) and, when the token comes back through the
+//!   subscription, knows that every invalidation sequenced before it was sent has been applied.
+//!   An instance serves its L1 until `d` minus a margin after sending the last token that came
+//!   back. Guarantee: a read that begins after a write returned gets the value it replaced only
+//!   within `d` of that write's return. A stuck consumer, a dead feed task, a black-holed
+//!   connection or a lost message can keep an L1 stale for at most `d`.
+//!
+//! In both modes the L1 is also bypassed while the feed is not *confirmed* (Redis acknowledged
+//! the subscription and then answered a PING in subscribed mode, which an ACL refusal would not
+//! produce) and while the circuit breaker is open. Losing the feed (disconnect, a subscriber
+//! Redis dropped for falling behind, an unanswered PING) flushes the L1 and bypasses it until
+//! the subscription is confirmed (and, in Strict mode, the instance joined) again; an L1 lease
+//! captured while the L1 was bypassed never fills it. A feed task that ends for any reason (an
+//! abort, a panic, its runtime shutting down) stops the L1 at once.
+//!
+//! What the guarantees do **not** cover:
+//!
+//! - Writes made outside a `TieredCache` (a bare [`RedisStore`], `redis-cli`): their
+//!   invalidations are delivered best effort, unsequenced, and nobody waits for them.
+//! - Redis losing acknowledged writes. Replication is asynchronous, so a failover (or a restart
+//!   without fsync) can lose a purge, a sequence advance or a membership record. A lost purge is
+//!   as if it never happened, in Redis and so in every L1. A lost sequence makes later sequences
+//!   repeat, which instances detect as a gap once they have seen a sequence past their start. A
+//!   lost membership record is found at the member's next renewal (at most a quarter lease
+//!   later), which then flushes its L1 and joins again; writes in between do not wait for it.
+//! - On Redis Cluster, the coherence keys live in one slot (hash tag `{<namespace>}`), so one
+//!   master sequences every write of the namespace: while it is unreachable, writes fail
+//!   after Redis took them and every instance bypasses its L1. Invalidations use classic pub/sub
+//!   (delivered across the cluster bus); a message the bus drops is caught as a gap.
 //!
 //! Every instance also receives the invalidations of its own writes. Such an echo fences the L1
 //! leases on its key again, so a load of that key that starts in the writing process before the
 //! echo arrives (typically well under a millisecond) is served but not cached in the L1: the next
 //! read fills it from Redis. Safe, and cheap unless one process writes and reads a key in a loop.
 //!
-//! The L1 is used only while the feed is *confirmed* (Redis acknowledged the subscription and
-//! then answered a PING in subscribed mode, which an ACL refusal would not produce) and
-//! the circuit breaker is closed. Losing the feed (disconnect, a subscriber Redis dropped for
-//! falling behind, an unanswered PING) flushes the L1 and bypasses it until the subscription is
-//! confirmed again; an L1 lease captured while the L1 was bypassed never fills it.
+//! # Unreadable messages
+//!
+//! A message on either channel that this version cannot read may be an invalidation in a newer
+//! format, so it is never ignored: it is counted ([`TieredStats::unreadable_messages`]), and the
+//! L1 is bypassed until 100 ms have passed without another one. The first message of such a
+//! burst also flushes the L1 ([`TieredStats::unreadable_flushes`]); the rest cost nothing, since
+//! nothing fills a bypassed L1. A flood of garbage therefore costs one flush and a bypassed L1,
+//! not a flush per message.
 //!
 //! # Redis unreachable
 //!
@@ -99,8 +156,11 @@
 //! stopped when the cache is dropped.
 
 mod breaker;
+mod coherence;
 mod feed;
 mod pending;
+
+pub use coherence::Coherence;
 
 use crate::redis::{RedisStore, RedisStoreError, Saved};
 use crate::stats::Stats;
@@ -123,6 +183,9 @@ const FEED_DOWN: u8 = 1;
 const BREAKER_OPEN: u8 = 2;
 /// Bypass reason: the pending-write queue overflowed into a flush that has not landed yet.
 const PENDING_OVERFLOW: u8 = 4;
+/// Bypass reason: an unreadable message arrived on a channel less than
+/// [`feed::UNREADABLE_HOLD`] ago.
+const UNREADABLE: u8 = 8;
 
 /// An L1 [`Cache`] in front of a [`RedisStore`], kept coherent across processes by an
 /// invalidation feed. See the [module docs](self).
@@ -155,6 +218,7 @@ pub(crate) struct Shared<K, V> {
     max_lease_age: Duration,
     /// Writes that failed, retried until they land (see `pending.rs`).
     pending: Arc<pending::Pending>,
+    coherence: coherence::Coordinator,
 }
 
 #[derive(Default)]
@@ -169,6 +233,10 @@ struct Counters {
     bypassed_reads: AtomicU64,
     redis_errors: AtomicU64,
     breaker_opens: AtomicU64,
+    sequence_gaps: AtomicU64,
+    unacknowledged: AtomicU64,
+    unreadable: AtomicU64,
+    unreadable_flushes: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -235,6 +303,14 @@ pub struct TieredStats {
     /// Queued writes replaced by one flush of the namespace because the queue was full (not
     /// lost: the flush removes at least what they would have).
     pub pending_collapsed: u64,
+    /// Sequenced invalidations found missing or out of order (each flushed the L1).
+    pub sequence_gaps: u64,
+    /// Writes that returned [`TieredError::Unacknowledged`].
+    pub unacknowledged_writes: u64,
+    /// Messages on the invalidation or coherence channel that this version cannot read.
+    pub unreadable_messages: u64,
+    /// L1 flushes those caused: one per burst (see the [module docs](self#unreadable-messages)).
+    pub unreadable_flushes: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -255,6 +331,14 @@ pub enum TieredError {
     Pending(RedisStoreError),
     /// [`TieredBuilder::build`] was called outside a tokio runtime.
     NoRuntime,
+    /// [`Coherence::Strict`]: the write took effect in Redis and in this L1, but `instances`
+    /// other instances neither acknowledged it nor let their member lease lapse within the
+    /// member lease: until they do, they may still serve the value it replaced. The write is not
+    /// undone; retry it, or treat its effect on those instances as unknown.
+    Unacknowledged {
+        /// How many instances did not answer in time.
+        instances: usize,
+    },
 }
 
 impl fmt::Display for TieredError {
@@ -267,6 +351,11 @@ impl fmt::Display for TieredError {
                 "redis write failed and is pending: it is retried in the background until it lands",
             ),
             Self::NoRuntime => f.write_str("a TieredCache must be built inside a tokio runtime"),
+            Self::Unacknowledged { instances } => write!(
+                f,
+                "written, but {instances} instance(s) neither acknowledged the invalidation nor \
+                 lapsed within the member lease"
+            ),
         }
     }
 }
@@ -275,7 +364,7 @@ impl std::error::Error for TieredError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Redis(e) | Self::Pending(e) => Some(e),
-            Self::Unavailable | Self::NoRuntime => None,
+            Self::Unavailable | Self::NoRuntime | Self::Unacknowledged { .. } => None,
         }
     }
 }
@@ -284,11 +373,13 @@ impl std::error::Error for TieredError {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use leasecache::{Cache, redis::{RedisOptions, RedisStore}, tiered::TieredCache};
+/// use leasecache::{Cache, redis::{RedisOptions, RedisStore}, tiered::{Coherence, TieredCache}};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let l2 = RedisStore::<u64>::connect("redis://127.0.0.1/", RedisOptions::new("counts")).await?;
 /// let cache: TieredCache<String, u64> = TieredCache::builder(Cache::new(1_000), l2)
+///     .coherence(Coherence::Strict) // the default
+///     .member_lease(Duration::from_secs(2))
 ///     .ping_interval(Duration::from_millis(500))
 ///     .breaker_threshold(3)
 ///     .breaker_cooldown(Duration::from_secs(1))
@@ -305,6 +396,8 @@ pub struct TieredBuilder<K, V> {
     breaker_cooldown: Duration,
     hook: Option<FillHook>,
     pending: pending::PendingConfig,
+    coherence: Coherence,
+    member_lease: Duration,
 }
 
 impl<K, V> TieredBuilder<K, V>
@@ -329,6 +422,23 @@ where
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.feed.backoff_min = min;
         self.feed.backoff_max = max.max(min);
+        self
+    }
+
+    /// What a write guarantees about the other instances' L1s when it returns (default
+    /// [`Coherence::Strict`]). See the [module docs](self#coherence).
+    pub fn coherence(mut self, mode: Coherence) -> Self {
+        self.coherence = mode;
+        self
+    }
+
+    /// [`Coherence::Strict`]: the member lease (default 2 s, at least 10 ms). An instance whose
+    /// feed stops applying invalidations stops serving its L1 within it (less a tenth), and a
+    /// write waits at most this long (plus 100 ms) for an instance that neither acknowledges nor
+    /// lapses, then returns [`TieredError::Unacknowledged`]. Every instance of a namespace should
+    /// use the same lease.
+    pub fn member_lease(mut self, lease: Duration) -> Self {
+        self.member_lease = lease.max(Duration::from_millis(10));
         self
     }
 
@@ -381,6 +491,7 @@ where
         self.l1.flush();
         let urls = self.l2.node_urls().to_vec();
         let channel = self.l2.invalidation_channel().to_owned();
+        let namespace = self.l2.namespace().to_owned();
         let shared = Arc::new(Shared {
             max_lease_age: self.l2.max_lease_age(),
             l1: self.l1,
@@ -391,6 +502,7 @@ where
             hook: self.hook,
             feed_state: watch::Sender::new(false),
             pending: Arc::new(pending::Pending::new(self.pending)),
+            coherence: coherence::Coordinator::new(self.coherence, self.member_lease, &namespace),
         });
         // The retry task holds the cache weakly: it ends once the cache is dropped.
         runtime.spawn(pending::run(
@@ -433,6 +545,8 @@ where
                 backoff_min: Duration::from_millis(50),
                 backoff_max: Duration::from_secs(2),
             },
+            coherence: Coherence::Strict,
+            member_lease: Duration::from_secs(2),
         }
     }
 
@@ -462,15 +576,16 @@ where
             return Err(TieredError::Unavailable);
         }
         let key = key.to_owned();
-        match s.l2.get(key.borrow()).await {
-            Ok(Some(value)) => {
+        match s.l2.get_ttl(key.borrow()).await {
+            Ok(Some((value, ttl))) => {
                 s.redis_ok();
                 bump(&s.counters.l2_hits);
                 if fill {
                     s.run_hook(FillPoint::RedisHit, &key).await;
                     // A rejection means a write fenced the lease meanwhile: the value is still the
-                    // answer to this read, but must not be cached.
-                    let _ = s.l1.save_with_lease(key, value.clone(), lease);
+                    // answer to this read, but must not be cached. The L1 entry dies no later
+                    // than the Redis entry.
+                    let _ = s.l1.save_with_lease_within(key, value.clone(), lease, ttl);
                 }
                 Ok(Some(value))
             }
@@ -495,7 +610,12 @@ where
         Fut: Future<Output = Result<V, E>>,
     {
         let s = &*self.shared;
-        s.l1.get_or_load_async(key, move |key| s.load_through(key, loader))
+        if !s.l1_active() {
+            // Not even a hit may be served: the L1 could hold what an unapplied invalidation
+            // replaced. `load_through` sees the bypass too and fills nothing.
+            return s.load_through(key, loader).await.map(|(value, _)| value);
+        }
+        s.l1.get_or_load_async_within(key, move |key| s.load_through(key, loader))
             .await
     }
 
@@ -515,7 +635,9 @@ where
         let error = match result {
             Ok(()) => {
                 s.redis_ok();
-                return Ok(());
+                return s
+                    .cohere(&crate::redis::Invalidation::key_payload(key))
+                    .await;
             }
             Err(e) if e.is_transient() => {
                 return Err(s.write_failed(e, pending::Op::Purge(key.to_owned())));
@@ -546,7 +668,9 @@ where
         match result {
             Ok(had) => {
                 s.redis_ok();
-                Ok(had)
+                s.cohere(&crate::redis::Invalidation::key_payload(key))
+                    .await
+                    .map(|()| had)
             }
             Err(e) => Err(s.write_failed(e, pending::Op::Purge(key.to_owned()))),
         }
@@ -563,7 +687,7 @@ where
         match result {
             Ok(()) => {
                 s.redis_ok();
-                Ok(())
+                s.cohere(b"F").await
             }
             Err(e) => Err(s.write_failed(e, pending::Op::Flush)),
         }
@@ -593,6 +717,10 @@ where
             pending_queued: s.pending.counts().0,
             pending_landed: s.pending.counts().1,
             pending_collapsed: s.pending.counts().2,
+            sequence_gaps: read(&c.sequence_gaps),
+            unacknowledged_writes: read(&c.unacknowledged),
+            unreadable_messages: read(&c.unreadable),
+            unreadable_flushes: read(&c.unreadable_flushes),
             l1,
         }
     }
@@ -628,6 +756,17 @@ where
 {
     fn drop(&mut self) {
         self.feed.abort();
+        if self.shared.coherence.mode == Coherence::Strict {
+            // Best effort, so that writers stop waiting for this instance at once. The feed task
+            // stops the L1 when it ends; a leave that never runs costs writers one member lease.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let shared = Arc::clone(&self.shared);
+                runtime.spawn(async move {
+                    shared.coherence.stop_serving();
+                    let _ = shared.coherence.leave(&shared.l2).await;
+                });
+            }
+        }
     }
 }
 
@@ -655,7 +794,7 @@ where
     /// postdates the flush comes with a view of the bit.
     fn l1_active(&self) -> bool {
         // Acquire pairs with the Release read-modify-writes in `set_bypass` / `clear_bypass`.
-        self.bypass.load(Ordering::Acquire) == 0
+        self.bypass.load(Ordering::Acquire) == 0 && self.coherence.serving()
     }
 
     /// Sets a bypass reason, then flushes the L1 (in that order; see `l1_active`).
@@ -676,24 +815,55 @@ where
     }
 
     pub(crate) fn feed_lost(&self) {
+        self.coherence.stop_serving();
         self.set_bypass(FEED_DOWN);
+        // The flush above covers whatever an unreadable message may have meant.
+        self.clear_bypass(UNREADABLE);
         bump(&self.counters.feed_losses);
         self.feed_state.send_replace(false);
     }
 
-    /// Applies one message from the invalidation channel.
+    /// The feed task ended (aborted, panicked, its runtime shut down): the L1 is never served again.
+    pub(crate) fn feed_dead(&self) {
+        self.coherence.stop_serving();
+        self.set_bypass(FEED_DOWN);
+        self.feed_state.send_replace(false);
+    }
+
     /// Applies one message from the invalidation channel. Counted after it took effect, so a
     /// reader that sees the count knows the L1 no longer holds what the message invalidated.
-    pub(crate) fn apply_invalidation(&self, payload: &[u8]) {
+    /// Returns `false` (and applies nothing) if the message is unreadable: the caller must then
+    /// call [`unreadable`](Self::unreadable).
+    pub(crate) fn apply_invalidation(&self, payload: &[u8]) -> bool {
         match crate::redis::Invalidation::parse(payload) {
             Some(crate::redis::Invalidation::Key(key)) => {
                 self.l1.purge(key.as_str());
             }
-            // `Flush`, and anything this version cannot read: flushing is always safe.
-            _ => self.l1.flush(),
+            Some(_) => self.l1.flush(),
+            None => return false,
         }
         // Release pairs with the Acquire load in `stats`.
         self.counters.invalidations.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// An unreadable message arrived: it may be an invalidation in a format this version does not
+    /// know, so the L1 must not serve anything it could have invalidated. The first one of a burst
+    /// bypasses and flushes the L1; later ones (until the feed calls
+    /// [`readable_again`](Self::readable_again)) find it bypassed already and cost nothing: no
+    /// fill lands while it is bypassed, so there is nothing more to flush.
+    pub(crate) fn unreadable(&self) {
+        bump(&self.counters.unreadable);
+        // Acquire pairs with the Release read-modify-writes in `set_bypass` / `clear_bypass`.
+        if self.bypass.load(Ordering::Acquire) & UNREADABLE == 0 {
+            bump(&self.counters.unreadable_flushes);
+            self.set_bypass(UNREADABLE);
+        }
+    }
+
+    /// No unreadable message for a while: the L1 may be used again.
+    pub(crate) fn readable_again(&self) {
+        self.clear_bypass(UNREADABLE);
     }
 
     fn redis_ok(&self) {
@@ -762,7 +932,9 @@ where
     /// the Redis save was stale or the lease expired. The L1 offers no other way to stop a
     /// leader's fill; the purge may also drop a newer fill of the same key, which is safe and
     /// costs one Redis read, on paths that are rare while Redis and the feed are healthy.
-    async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<V, E>
+    ///
+    /// Also returns how long the L1 entry may live at most: the Redis entry's remaining TTL.
+    async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<(V, Option<Duration>), E>
     where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -771,19 +943,21 @@ where
         if !fill {
             bump(&self.counters.bypassed_reads);
         }
+        let mut ttl = None;
         let value = if !self.breaker.permit() {
             fill = false;
             self.call_loader(key.clone(), loader).await?
         } else {
             let asked = Instant::now();
-            match self.l2.get_or_lease(key.borrow()).await {
-                Ok(Lookup::Hit(value)) => {
+            match self.l2.get_or_lease_ttl(key.borrow()).await {
+                Ok((Lookup::Hit(value), remaining)) => {
                     self.redis_ok();
                     bump(&self.counters.l2_hits);
                     self.run_hook(FillPoint::RedisHit, &key).await;
+                    ttl = remaining;
                     value
                 }
-                Ok(Lookup::Miss(lease)) => {
+                Ok((Lookup::Miss(lease), _)) => {
                     self.redis_ok();
                     let value = self.call_loader(key.clone(), loader).await?;
                     if asked.elapsed() > self.max_lease_age {
@@ -794,6 +968,7 @@ where
                             Ok(Saved::Stored) => {
                                 self.redis_ok();
                                 self.run_hook(FillPoint::RedisSaved, &key).await;
+                                ttl = Some(self.l2.default_ttl());
                             }
                             Ok(_) => {
                                 bump(&self.counters.l2_stale);
@@ -821,6 +996,6 @@ where
             bump(&self.counters.suppressed_fills);
             self.l1.purge::<str>(key.borrow());
         }
-        Ok(value)
+        Ok((value, ttl))
     }
 }
