@@ -375,9 +375,12 @@ where
         (now, Clock::deadline_from(now, ttl))
     }
 
-    /// [`write_times`](Self::write_times) for an entry with the cache's default TTL.
-    pub(crate) fn default_write_times(&self) -> (u64, u64) {
-        self.write_times(self.ttl)
+    /// The cache's TTL, shortened to `max_ttl` if that is shorter.
+    pub(crate) fn ttl_within(&self, max_ttl: Option<Duration>) -> Option<Duration> {
+        match (self.ttl, max_ttl) {
+            (Some(own), Some(max)) => Some(own.min(max)),
+            (own, max) => own.or(max),
+        }
     }
 
     /// The value of `key`, if cached and not expired.
@@ -528,16 +531,30 @@ where
     /// assert_eq!(cache.get(&1), Some("new"));
     /// ```
     pub fn save_with_lease(&self, key: K, value: V, lease: Lease) -> Result<(), SaveError<V>> {
-        self.save_inner(key, value, lease, None)
+        self.save_inner(key, value, lease, None, None)
     }
 
-    /// A save under `lease`, of a value read at source position `position` if given.
+    /// [`save_with_lease`](Self::save_with_lease), the entry living at most `max_ttl` (and at
+    /// most the cache's own TTL). The tiered cache caps an L1 fill by its Redis entry's TTL.
+    pub(crate) fn save_with_lease_within(
+        &self,
+        key: K,
+        value: V,
+        lease: Lease,
+        max_ttl: Option<Duration>,
+    ) -> Result<(), SaveError<V>> {
+        self.save_inner(key, value, lease, None, max_ttl)
+    }
+
+    /// A save under `lease`, of a value read at source position `position` if given, the entry
+    /// living at most `max_ttl` (and at most the cache's own TTL).
     pub(crate) fn save_inner(
         &self,
         key: K,
         value: V,
         lease: Lease,
         position: Option<u64>,
+        max_ttl: Option<Duration>,
     ) -> Result<(), SaveError<V>> {
         let hash = self.hash(&key);
         if !lease.is_for(self.id, hash) {
@@ -545,7 +562,7 @@ where
         }
         let cell = self.cell(hash);
         let weight = self.weigh(&key, &value);
-        let (now, expires_at) = self.default_write_times();
+        let (now, expires_at) = self.write_times(self.ttl_within(max_ttl));
         let mut core = cell.core.lock();
         if !self.save_allowed(cell, &core, &lease, hash, position) {
             core.counts.stale_rejected += 1;

@@ -344,7 +344,7 @@ where
         lease: Lease,
         position: u64,
     ) -> Result<(), SaveError<V>> {
-        self.save_inner(key, value, lease, Some(position))
+        self.save_inner(key, value, lease, Some(position), None)
     }
 
     /// Opens a write intent on `key`, for a writer that cannot purge after its commit: purge

@@ -84,7 +84,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         let k = self.redis_key(key);
         let reply: Value = inner
             .conn
-            .eval(&inner.scripts.floors, &k, &args, inner.timeout)
+            .eval(&inner.scripts.floors, &[&k[..]], &args, inner.timeout)
             .await?;
         Ok(int_reply(&reply)? == 1)
     }

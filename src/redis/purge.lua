@@ -13,9 +13,11 @@ local f_ms = redis.call('PTTL', KEYS[1])
 if f then
   n = n - 1
 end
--- Deleting the marker fences: a save needs the marker equal to its lease, and a new marker is
--- minted with a value never handed out before. An absent key has no marker, so nothing to do.
-redis.call('DEL', KEYS[1])
+-- Unlinking the key deletes the marker, which fences: a save needs the marker equal to its
+-- lease, and a new marker is minted with a value never handed out before. An absent key has no
+-- marker, so nothing to do. UNLINK, not DEL: a huge hash is freed in the background instead of
+-- blocking the server for every client.
+redis.call('UNLINK', KEYS[1])
 if f and f_ms > 0 then
   redis.call('HSET', KEYS[1], '!f', f)
   redis.call('PEXPIRE', KEYS[1], f_ms)

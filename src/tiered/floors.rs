@@ -24,25 +24,27 @@ where
     K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Runs `l2` if the breaker permits, then `l1` whatever happened, as `purge` does.
+    /// Runs `l2` whatever the breaker says, then `l1` whatever happened, as `purge` does: on
+    /// success the write is made coherent across the fleet (see [`Coherence`](super::Coherence));
+    /// if Redis cannot be reached a plain purge of `key` is queued and retried until it lands
+    /// ([`TieredError::Pending`]; the floors meant for Redis are then not raised there).
     async fn both_tiers<T>(
         &self,
+        key: &str,
         l2: impl Future<Output = Result<T, RedisStoreError>>,
         l1: impl FnOnce(&Shared<K, V>),
     ) -> Result<T, TieredError> {
         let s = &*self.shared;
-        if !s.breaker.permit() {
-            l1(s);
-            return Err(TieredError::Unavailable);
-        }
         let result = l2.await;
         l1(s);
         match result {
             Ok(t) => {
                 s.redis_ok();
+                s.cohere(&crate::redis::Invalidation::key_payload(key))
+                    .await?;
                 Ok(t)
             }
-            Err(e) => Err(s.redis_failed(e)),
+            Err(e) => Err(s.write_failed(e, super::pending::Op::Purge(key.to_owned()))),
         }
     }
 
@@ -56,16 +58,20 @@ where
         key: &str,
         hold_off: Duration,
     ) -> Result<bool, TieredError> {
-        self.both_tiers(self.shared.l2.purge_with_hold_off(key, hold_off), |s| {
-            s.l1.purge_with_hold_off(key, hold_off);
-        })
+        self.both_tiers(
+            key,
+            self.shared.l2.purge_with_hold_off(key, hold_off),
+            |s| {
+                s.l1.purge_with_hold_off(key, hold_off);
+            },
+        )
         .await
     }
 
     /// [`purge`](Self::purge) "as of" a source position, in Redis and in this L1 (see
     /// [`Cache::purge_as_of`](crate::Cache::purge_as_of)).
     pub async fn purge_as_of(&self, key: &str, position: u64) -> Result<bool, TieredError> {
-        self.both_tiers(self.shared.l2.purge_as_of(key, position), |s| {
+        self.both_tiers(key, self.shared.l2.purge_as_of(key, position), |s| {
             s.l1.purge_as_of(key, position);
         })
         .await
@@ -98,16 +104,18 @@ where
             bump(&s.counters.loads);
             return loader(key).await.map(|(value, _)| value);
         }
-        match s.l2.get_or_lease(key.borrow()).await {
-            Ok(Lookup::Hit(value)) => {
+        match s.l2.get_or_lease_ttl(key.borrow()).await {
+            Ok((Lookup::Hit(value), ttl)) => {
                 s.redis_ok();
                 bump(&s.counters.l2_hits);
                 if fill {
-                    let _ = s.l1.save_with_lease(key, value.clone(), l1_lease);
+                    // The L1 entry dies no later than the Redis entry.
+                    let _ =
+                        s.l1.save_with_lease_within(key, value.clone(), l1_lease, ttl);
                 }
                 Ok(value)
             }
-            Ok(Lookup::Miss(lease)) => {
+            Ok((Lookup::Miss(lease), _)) => {
                 s.redis_ok();
                 bump(&s.counters.loads);
                 let (value, position) = loader(key.clone()).await?;
@@ -119,7 +127,9 @@ where
                     Ok(Saved::Stored) => {
                         s.redis_ok();
                         if fill {
-                            let _ = s.l1.save_as_of(key, value.clone(), l1_lease, position);
+                            let ttl = Some(s.l2.default_ttl());
+                            let _ =
+                                s.l1.save_inner(key, value.clone(), l1_lease, Some(position), ttl);
                         }
                     }
                     Ok(_) => bump(&s.counters.l2_stale),
@@ -142,7 +152,7 @@ where
     /// process dies) and in this L1. Saves to `key` are refused in every process until it ends.
     pub async fn begin_write(&self, key: &str) -> Result<TieredWriteIntent<K, V>, TieredError> {
         let l2 = self
-            .both_tiers(self.shared.l2.begin_write(key), |s| {
+            .both_tiers(key, self.shared.l2.begin_write(key), |s| {
                 s.l1.intent_write(key, Raise::default(), true);
             })
             .await;
@@ -211,12 +221,15 @@ where
             None
         };
         self.close_l1(Raise { hold_off, position });
+        let s = &*self.shared;
         match result {
             Ok(removed) => {
-                self.shared.redis_ok();
+                s.redis_ok();
+                s.cohere(&crate::redis::Invalidation::key_payload(&self.key))
+                    .await?;
                 Ok(removed)
             }
-            Err(e) => Err(self.shared.redis_failed(e)),
+            Err(e) => Err(s.write_failed(e, super::pending::Op::Purge(self.key.clone()))),
         }
     }
 
