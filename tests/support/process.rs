@@ -43,6 +43,10 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Its own process group, whose parent (this test) is in another group of the session:
+        // the group is never orphaned while the test runs, so a SIGSTOPped child is not sent
+        // SIGHUP by the kernel when the shell that started the test has already exited.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().expect("spawn the test binary as a child");
         let mut out = child.stdout.take().expect("piped stdout");
         let stdout = std::thread::spawn(move || {
