@@ -196,7 +196,7 @@ impl Kind {
         match self {
             Kind::LeaseCache => "leasecache",
             Kind::Moka => "moka 0.12",
-            Kind::QuickCache => "quick_cache 0.6",
+            Kind::QuickCache => "quick_cache 0.7",
             Kind::BestFixed => "best fixed set (hindsight)",
         }
     }
