@@ -208,3 +208,20 @@ pub(crate) fn next_instance_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// A process-wide unique, nonzero token for the calling thread (under loom, the modelled thread),
+/// never reused: lets a thread recognise a mark it left itself (see `load.rs`).
+pub(crate) fn thread_token() -> u64 {
+    thread_locals! {
+        static TOKEN: std::cell::Cell<u64> = std::cell::Cell::new(0);
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    TOKEN.with(|token| {
+        if token.get() == 0 {
+            // Deliberately a plain `std` atomic, as in `next_instance_id`: it only hands out
+            // distinct numbers.
+            token.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        }
+        token.get()
+    })
+}
