@@ -683,13 +683,15 @@ where
 
     /// Makes `new` the shard's table and returns the old one, for the caller to retire.
     fn publish(&mut self, new: Box<Table>) -> NonNull<Table> {
-        let old = NonNull::from(self.table());
         self.shared.probe.publish(&new);
+        // The old table is taken from the atomic, whose pointer came from `Box::into_raw` and
+        // may free it, not from a shared reference to it (`self.table()`), which may not.
         // Relaxed: only the writer loads the table pointer (readers use `probe`).
-        self.shared
+        let old = self
+            .shared
             .table
-            .store(Box::into_raw(new), Ordering::Relaxed);
-        old
+            .swap(Box::into_raw(new), Ordering::Relaxed);
+        NonNull::new(old).expect("a shard's table pointer is never null")
     }
 
     /// Removes `key`.
