@@ -22,6 +22,14 @@
 //!   barrier, which costs microseconds when other threads are running, is only paid for records
 //!   of threads that stopped reading this cache, and one barrier serves every shard's batch
 //!   published before it.
+//! - A record that no thread owns (its thread exited after its reads) is idle without a barrier:
+//!   its owner released it after its last read ended. The registry lock is held while the
+//!   records are checked, never across the barrier.
+//! - If `membarrier` fails after the cache was built (a seccomp filter installed since), the cache
+//!   falls back to fences for good instead of aborting: reads issue full fences from the next
+//!   epoch on, and the writer's check, after a `SeqCst` fence of its own, counts an idle-looking
+//!   record as idle once its last read began at that epoch or later (a record from before holds
+//!   batches back until its thread reads again or exits).
 //! - A record still active at an epoch before `e` holds the batch back until it moves on; the
 //!   writer never waits for it (retired slots stay allocated and the slab grows instead), so a
 //!   thread stuck inside a `K::eq` or `V::clone` of this cache only delays reclamation.
@@ -74,8 +82,14 @@ pub(crate) struct Readers {
     /// Unique in the process, never reused: names this `Readers` in `LAST`.
     id: u64,
     /// Whether reads may use a compiler fence as their half of the asymmetric fence (the heavy
-    /// half is `membarrier`); a full fence otherwise. Fixed when the cache is built.
-    fast_barrier: bool,
+    /// half is `membarrier`); a full fence otherwise. Set when the cache is built; cleared, for
+    /// good, if a heavy barrier ever fails (see [`Readers::lose_barrier`]).
+    fast: AtomicBool,
+    /// The epoch from which every read issues a full fence: 0 if reads always did, `u64::MAX`
+    /// while they may use a compiler fence, the first epoch published after `fast` was cleared
+    /// otherwise. An idle-looking record whose last read began at this epoch or later, checked
+    /// after a `SeqCst` fence, is idle: the two fences order its announcement and the check.
+    fenced_from: AtomicU64,
     epoch: CachePadded<AtomicU64>,
     /// The highest epoch published before a heavy barrier was issued. `membarrier` is
     /// process-wide, so one barrier serves the batches of every shard whose epoch is at most
@@ -112,6 +126,12 @@ thread_locals! {
 
     /// The records this thread owns, with the ids of their `Readers`.
     static OWNED: Owned = Owned(RefCell::new(Vec::new()));
+}
+
+#[cfg(all(test, not(leasecache_loom)))]
+std::thread_local! {
+    /// Whether the registry could be locked when this thread last issued a heavy barrier.
+    static REGISTRY_FREE_AT_BARRIER: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// The records a thread owns; released when the thread exits.
@@ -178,8 +198,10 @@ pub(crate) struct ReadGuard<'a> {
 
 impl Readers {
     pub(crate) fn new() -> Self {
+        let fast = crate::sync::init_barriers();
         Self {
-            fast_barrier: crate::sync::init_barriers(),
+            fast: AtomicBool::new(fast),
+            fenced_from: AtomicU64::new(if fast { u64::MAX } else { 0 }),
             id: crate::sync::next_instance_id(),
             epoch: CachePadded::new(AtomicU64::new(0)),
             barrier_epoch: AtomicU64::new(0),
@@ -304,8 +326,9 @@ impl Readers {
         // access of this thread's earlier reads as done.
         record.state.store(announce, Ordering::Release);
         // Orders the announcement before the loads of the read, in pair with `heavy_barrier` in
-        // `quiescent`.
-        light_barrier(self.fast_barrier);
+        // `quiescent`. Relaxed: loaded after the epoch (Acquire), so a read that begins at
+        // `fenced_from` or later sees `fast` cleared (see `lose_barrier`).
+        light_barrier(self.fast.load(Ordering::Relaxed));
         ReadGuard {
             mine,
             leave,
@@ -353,19 +376,26 @@ impl Readers {
     /// Whether no read can still see what was unlinked before `epoch` was published (see the
     /// module docs). Issues a heavy barrier when only idle-looking records stand in the way and
     /// no barrier issued since `epoch` was published covers them.
+    ///
+    /// The registry lock is held for the checks, not across the barrier (which costs
+    /// microseconds and would hold up every other shard's check and every thread's first read).
     pub(crate) fn quiescent(&self, epoch: u64) -> bool {
-        // A record added after this check belongs to a thread that takes the registry after it,
-        // so after `epoch` was published: that thread's reads begin at `epoch` or later.
-        let records = self.registered();
         // Acquire pairs with the Release `fetch_max` below: the barrier that published it was
         // issued before the records are read here.
         let covered = self.barrier_epoch.load(Ordering::Acquire) >= epoch;
-        if covered {
-            // Orders this thread's reads of the records after that barrier for the memory model
-            // too (`SeqCst` fence rules are about the fencing thread); free next to a barrier.
-            fence(Ordering::SeqCst);
-        }
-        match self.scan(&records, epoch, covered) {
+        let scan = {
+            // A record added after this check belongs to a thread that takes the registry after
+            // it, so after `epoch` was published: that thread's reads begin at `epoch` or later.
+            let records = self.registered();
+            if covered {
+                // Orders this thread's reads of the records after that barrier for the memory
+                // model too (`SeqCst` fence rules are about the fencing thread); free next to a
+                // barrier.
+                fence(Ordering::SeqCst);
+            }
+            self.scan(&records, epoch, if covered { 0 } else { u64::MAX })
+        };
+        match scan {
             Scan::Quiescent => return true,
             Scan::Reading => return false,
             Scan::IdleBehind => {}
@@ -374,20 +404,51 @@ impl Readers {
         if self.broken == Some(Broken::NoBarrier) {
             return true;
         }
-        // Acquire: the epochs published before this load (and their unlinking) happen before the
-        // barrier.
-        let published = self.epoch.load(Ordering::Acquire);
-        heavy_barrier();
-        // Release pairs with the Acquire load above, in later checks by any shard.
-        self.barrier_epoch.fetch_max(published, Ordering::Release);
-        // After the barrier, a record that still looks idle is idle: a read it begins from now on
-        // sees the unlinking. One that became active at an old epoch began before the barrier.
-        self.scan(&records, epoch, true) == Scan::Quiescent
+        if self.fast.load(Ordering::Relaxed) {
+            // Acquire: the epochs published before this load (and their unlinking) happen before
+            // the barrier.
+            let published = self.epoch.load(Ordering::Acquire);
+            #[cfg(all(test, not(leasecache_loom)))]
+            REGISTRY_FREE_AT_BARRIER
+                .with(|seen| seen.set(Some(self.registry.try_lock().is_some())));
+            if heavy_barrier() {
+                // Release pairs with the Acquire load above, in later checks by any shard.
+                self.barrier_epoch.fetch_max(published, Ordering::Release);
+                // After the barrier, a record that still looks idle is idle: a read it begins from
+                // now on sees the unlinking. One that became active at an old epoch began before
+                // the barrier.
+                return self.scan(&self.registered(), epoch, 0) == Scan::Quiescent;
+            }
+            self.lose_barrier();
+        } else {
+            fence(Ordering::SeqCst);
+        }
+        // Readers fence fully from `fenced_from` on, and this thread has just issued a `SeqCst`
+        // fence (here or in `heavy_barrier`): idle records at that epoch or later are idle; older ones
+        // wait until their thread reads again (or exits).
+        let fenced_from = self.fenced_from.load(Ordering::Acquire);
+        self.scan(&self.registered(), epoch, fenced_from) == Scan::Quiescent
     }
 
-    /// What the records say about reads that could see what was unlinked before `epoch`, where
-    /// `idle_is_idle` says whether a barrier issued since then makes an idle-looking record idle.
-    fn scan(&self, records: &Registered<'_>, epoch: u64, idle_is_idle: bool) -> Scan {
+    /// The heavy barrier failed: from now on reads issue full fences, and idle-looking records
+    /// count as idle only from the epoch where that holds for every read.
+    #[cold]
+    fn lose_barrier(&self) {
+        // Relaxed: the `advance` below publishes it to every read that begins at its epoch or
+        // later (they load `fast` after the epoch, with Acquire).
+        if self.fast.swap(false, Ordering::Relaxed) {
+            let from = self.advance();
+            // Release pairs with the Acquire load in `quiescent`. Until it lands, other writers
+            // read `u64::MAX` and treat every idle-looking record as reading: safe.
+            self.fenced_from.store(from, Ordering::Release);
+        }
+    }
+
+    /// What the records say about reads that could see what was unlinked before `epoch`. A record
+    /// that looks idle is idle if its last read began at `idle_from` or later (a barrier or fence
+    /// makes its announcement visible), or if no thread owns it (its owner released it after its
+    /// reads ended); otherwise it may hide an announcement still in its thread's store buffer.
+    fn scan(&self, records: &Registered<'_>, epoch: u64, idle_from: u64) -> Scan {
         let own = self.own();
         let mut idle_behind = false;
         for record in records.iter() {
@@ -405,7 +466,13 @@ impl Readers {
             } else if state & ACTIVE != 0 {
                 // Reading since before `epoch`: it may hold what was unlinked.
                 return Scan::Reading;
-            } else if !idle_is_idle {
+            } else if state >> 1 >= idle_from {
+                // Idle, and a barrier says so.
+            } else if !record.owned.load(Ordering::Acquire) {
+                // Acquire pairs with the Release that gave the record up (`Owned::drop`,
+                // `Mine::done`): every read of its last owner ended before. No one claims it
+                // while the registry is locked.
+            } else {
                 idle_behind = true;
             }
         }
@@ -523,6 +590,128 @@ impl<T> Limbo<T> {
 #[cfg(all(test, not(leasecache_loom)))]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+
+    /// Whether this process has `membarrier`; says so loudly when it has not.
+    fn has_membarrier(readers: &Readers) -> bool {
+        let fast = readers.fast.load(Ordering::Relaxed);
+        if !fast {
+            eprintln!("SKIPPED: no membarrier here, reads always issue full fences");
+        }
+        fast
+    }
+
+    /// A thread that has read a cache and stays alive without reading (its record owned and
+    /// idle) until dropped; it reads once more on request.
+    struct IdleReader {
+        requests: mpsc::Sender<()>,
+        done: mpsc::Receiver<()>,
+    }
+
+    impl IdleReader {
+        fn start<'s>(s: &'s std::thread::Scope<'s, '_>, readers: &'s Readers) -> Self {
+            let (requests, requested) = mpsc::channel::<()>();
+            let (done_tx, done) = mpsc::channel();
+            s.spawn(move || {
+                drop(readers.enter());
+                done_tx.send(()).unwrap();
+                while requested.recv().is_ok() {
+                    drop(readers.enter());
+                    done_tx.send(()).unwrap();
+                }
+            });
+            done.recv().unwrap();
+            Self { requests, done }
+        }
+
+        fn read(&self) {
+            self.requests.send(()).unwrap();
+            self.done.recv().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_failed_barrier_falls_back_to_fences_without_freeing_early() {
+        let readers = Readers::new();
+        if !has_membarrier(&readers) {
+            return;
+        }
+        std::thread::scope(|s| {
+            let idle = IdleReader::start(s, &readers);
+            let mut limbo = Limbo::default();
+            let mut freed = Vec::new();
+            limbo.retire(1u32);
+            limbo.collect(&readers, |i| freed.push(i)); // forms the batch
+            crate::sync::FAIL_NEXT_BARRIER.with(|fail| fail.set(true));
+            // The idle reader's announcement might still be in its store buffer, and no barrier
+            // says otherwise: the batch waits (before the fix: the process aborted).
+            limbo.collect(&readers, |i| freed.push(i));
+            assert!(freed.is_empty(), "freed past an unverified idle reader");
+            assert!(
+                !readers.fast.load(Ordering::Relaxed),
+                "reads issue full fences from now on"
+            );
+            // Its next read issues a full fence at an epoch where all reads do: the batch goes.
+            idle.read();
+            limbo.collect(&readers, |i| freed.push(i));
+            assert_eq!(freed, [1]);
+            // And so do later batches, without a barrier: the idle record is now checked after
+            // a fence.
+            limbo.retire(2u32);
+            limbo.collect(&readers, |i| freed.push(i));
+            limbo.collect(&readers, |i| freed.push(i));
+            assert_eq!(freed, [1, 2]);
+            assert_eq!(readers.barrier_epoch.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn the_registry_is_not_locked_across_the_barrier() {
+        let readers = Readers::new();
+        if !has_membarrier(&readers) {
+            return;
+        }
+        std::thread::scope(|s| {
+            let _idle = IdleReader::start(s, &readers);
+            let mut limbo = Limbo::default();
+            let mut freed = Vec::new();
+            limbo.retire(1u32);
+            limbo.collect(&readers, |i| freed.push(i));
+            REGISTRY_FREE_AT_BARRIER.with(|seen| seen.set(None));
+            limbo.collect(&readers, |i| freed.push(i));
+            assert_eq!(freed, [1]);
+            assert_eq!(
+                REGISTRY_FREE_AT_BARRIER.with(Cell::get),
+                Some(true),
+                "the registry was locked while the barrier ran"
+            );
+        });
+    }
+
+    /// A thread that exited gave its record up after its last read: no barrier is needed to
+    /// know it is idle.
+    #[test]
+    fn an_exited_threads_record_needs_no_barrier() {
+        let readers = std::sync::Arc::new(Readers::new());
+        {
+            // `join`, not a scope: a scope may return before the thread's thread-locals are gone.
+            let readers = readers.clone();
+            std::thread::spawn(move || drop(readers.enter()))
+                .join()
+                .unwrap();
+        }
+        let mut limbo = Limbo::default();
+        let mut freed = Vec::new();
+        limbo.retire(1u32);
+        limbo.collect(&readers, |i| freed.push(i));
+        limbo.collect(&readers, |i| freed.push(i));
+        assert_eq!(freed, [1]);
+        assert_eq!(
+            readers.barrier_epoch.load(Ordering::Relaxed),
+            0,
+            "no barrier"
+        );
+    }
 
     #[test]
     fn counts_are_exact_per_thread() {
@@ -576,15 +765,22 @@ mod tests {
     #[test]
     fn an_idle_reader_costs_one_barrier_and_then_lets_the_batch_go() {
         let readers = Readers::new();
+        if !has_membarrier(&readers) {
+            return;
+        }
         std::thread::scope(|s| {
-            s.spawn(|| drop(readers.enter())).join().unwrap();
+            let _idle = IdleReader::start(s, &readers);
+            an_idle_reader_costs_one_barrier(&readers);
         });
+    }
+
+    fn an_idle_reader_costs_one_barrier(readers: &Readers) {
         let mut limbo = Limbo::default();
         limbo.retire(7u32);
         let mut freed = Vec::new();
-        limbo.collect(&readers, |i| freed.push(i));
+        limbo.collect(readers, |i| freed.push(i));
         assert_eq!(readers.barrier_epoch.load(Ordering::Relaxed), 0);
-        limbo.collect(&readers, |i| freed.push(i));
+        limbo.collect(readers, |i| freed.push(i));
         assert_eq!(freed, [7]);
         assert_eq!(
             readers.barrier_epoch.load(Ordering::Relaxed),
