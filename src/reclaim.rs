@@ -106,7 +106,8 @@ pub(crate) struct Readers {
     pub(crate) broken: Option<Broken>,
 }
 
-/// A way to break the reclamation protocol, for the loom models' negative controls.
+/// A way to break the reclamation protocol (or, for `src/tests/loom_writes.rs`, the write
+/// path), for the loom models' negative controls.
 #[cfg(all(test, leasecache_loom))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Broken {
@@ -115,6 +116,13 @@ pub(crate) enum Broken {
     /// Writers trust a record that looks idle without the heavy barrier: an announcement still
     /// in its thread's store buffer goes unseen.
     NoBarrier,
+    /// Writes do not detach the load in flight for their key (`Cache::begin_write`): a caller
+    /// that starts after a purge returned can join a load that read the source before it.
+    NoDetach,
+    /// Writes publish their generation unmarked from the start (`Cache::begin_write`): a
+    /// lock-free lease taken while the write is under way carries its generation before the
+    /// write is visible, and a save under it can land after the write.
+    NoBusyMark,
 }
 
 thread_locals! {
@@ -383,19 +391,15 @@ impl Readers {
         // Acquire pairs with the Release `fetch_max` below: the barrier that published it was
         // issued before the records are read here.
         let covered = self.barrier_epoch.load(Ordering::Acquire) >= epoch;
-        let scan = {
-            // A record added after this check belongs to a thread that takes the registry after
-            // it, so after `epoch` was published: that thread's reads begin at `epoch` or later.
-            let records = self.registered();
-            if covered {
-                // Orders this thread's reads of the records after that barrier for the memory
-                // model too (`SeqCst` fence rules are about the fencing thread); free next to a
-                // barrier.
-                fence(Ordering::SeqCst);
-            }
-            self.scan(&records, epoch, if covered { 0 } else { u64::MAX })
-        };
-        match scan {
+        // A record added after this check belongs to a thread that takes the registry after it,
+        // so after `epoch` was published: that thread's reads begin at `epoch` or later.
+        let records = self.registered();
+        if covered {
+            // Orders this thread's reads of the records after that barrier for the memory model
+            // too (`SeqCst` fence rules are about the fencing thread); free next to a barrier.
+            fence(Ordering::SeqCst);
+        }
+        match self.scan(&records, epoch, if covered { 0 } else { u64::MAX }) {
             Scan::Quiescent => return true,
             Scan::Reading => return false,
             Scan::IdleBehind => {}
@@ -405,6 +409,7 @@ impl Readers {
             return true;
         }
         if self.fast.load(Ordering::Relaxed) {
+            drop(records);
             // Acquire: the epochs published before this load (and their unlinking) happen before
             // the barrier.
             let published = self.epoch.load(Ordering::Acquire);
@@ -420,14 +425,21 @@ impl Readers {
                 return self.scan(&self.registered(), epoch, 0) == Scan::Quiescent;
             }
             self.lose_barrier();
-        } else {
             fence(Ordering::SeqCst);
+            return self.fenced_scan(&self.registered(), epoch);
         }
-        // Readers fence fully from `fenced_from` on, and this thread has just issued a `SeqCst`
-        // fence (here or in `heavy_barrier`): idle records at that epoch or later are idle; older ones
-        // wait until their thread reads again (or exits).
+        // A fence is cheap: no need to let the registry go for it.
+        fence(Ordering::SeqCst);
+        self.fenced_scan(&records, epoch)
+    }
+
+    /// The check after a `SeqCst` fence of this thread, for reads that issue full fences from
+    /// `fenced_from` on: idle records at that epoch or later are idle; older ones wait until
+    /// their thread reads again (or exits).
+    fn fenced_scan(&self, records: &Registered<'_>, epoch: u64) -> bool {
+        // Acquire pairs with the Release store in `lose_barrier`.
         let fenced_from = self.fenced_from.load(Ordering::Acquire);
-        self.scan(&self.registered(), epoch, fenced_from) == Scan::Quiescent
+        self.scan(records, epoch, fenced_from) == Scan::Quiescent
     }
 
     /// The heavy barrier failed: from now on reads issue full fences, and idle-looking records
@@ -442,6 +454,14 @@ impl Readers {
             // read `u64::MAX` and treat every idle-looking record as reading: safe.
             self.fenced_from.store(from, Ordering::Release);
         }
+    }
+
+    /// Whether records nobody owns are worth checking: they spare a cache that has (or had)
+    /// `membarrier` a barrier each; where reads always fence fully, the check would cost more
+    /// than the fence it spares (and, under loom, states to explore).
+    fn spares_barriers(&self) -> bool {
+        // Relaxed: set when the cache is built, then only moved from `u64::MAX` to an epoch.
+        self.fenced_from.load(Ordering::Relaxed) != 0
     }
 
     /// What the records say about reads that could see what was unlinked before `epoch`. A record
@@ -468,7 +488,7 @@ impl Readers {
                 return Scan::Reading;
             } else if state >> 1 >= idle_from {
                 // Idle, and a barrier says so.
-            } else if !record.owned.load(Ordering::Acquire) {
+            } else if self.spares_barriers() && !record.owned.load(Ordering::Acquire) {
                 // Acquire pairs with the Release that gave the record up (`Owned::drop`,
                 // `Mine::done`): every read of its last owner ended before. No one claims it
                 // while the registry is locked.

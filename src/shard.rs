@@ -97,6 +97,12 @@ impl<K, V> Shared<K, V> {
         }
     }
 
+    /// Starts loading `hash`'s home bucket, for a writer about to take the lock (a hint).
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        self.probe.load().prefetch(hash);
+    }
+
     /// The current table, for a read: it stays allocated while `_guard` lives (a table is freed
     /// only after it was replaced and every read that began before the replacement has ended).
     #[inline]

@@ -8,5 +8,7 @@ mod loom;
 mod loom_lincheck;
 #[cfg(leasecache_loom)]
 mod loom_reads;
+#[cfg(leasecache_loom)]
+mod loom_writes;
 mod properties;
 mod spec;
