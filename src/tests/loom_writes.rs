@@ -115,8 +115,9 @@ fn negative_control_no_busy_mark_is_caught() {
     });
 }
 
-/// A one-entry cache: a reader gets key 1 while a writer's inserts of new keys evict it (each
-/// eviction retires a slot, and under loom a batch of one is freed by the next write). The read
+/// A one-entry cache: a reader gets key 1 while a writer's inserts of new keys evict (each
+/// eviction retires a slot, and under loom a batch of one is freed by the next write); key 1
+/// goes first, or, if the read promoted it, key 2. The read
 /// returns key 1's value or nothing, and never reads a freed slot (loom's `UnsafeCell` checks).
 #[test]
 fn lock_free_get_vs_eviction() {
@@ -132,7 +133,11 @@ fn lock_free_get_vs_eviction() {
         }
         let read = reader.join().unwrap();
         assert!(matches!(read, None | Some(10)), "a read returned {read:?}");
-        assert_eq!(cache.get(&1), None, "evicted");
+        assert!(
+            cache.entry_count() <= 1,
+            "eviction kept the cache at capacity"
+        );
+        assert_eq!(cache.get(&3), Some(3), "an explicit insert is kept");
         cache.validate();
     });
 }
