@@ -65,8 +65,9 @@
 //! epoch-based reclamation: each thread's announcement says which epoch its read began at, and a
 //! batch waits for every thread to have begun a read after it, or to be idle. Telling an idle
 //! thread from one whose announcement is still in its CPU's store buffer takes a process-wide
-//! barrier (Linux `membarrier`, a few microseconds), which busy readers make unnecessary; where
-//! `membarrier` is not available, reads issue a full fence instead.
+//! barrier (Linux `membarrier`, a few microseconds), which busy readers and exited threads make
+//! unnecessary; where `membarrier` is not available, or stops working after the cache was built
+//! (a seccomp filter installed since), reads issue a full fence instead.
 //!
 //! What this means for you:
 //! - a value is **not dropped by the call that removes it** (`purge`, `insert` over it, eviction,
@@ -122,7 +123,7 @@
 //! ## Blocking
 //!
 //! `get` and `contains_key` never block, except at a thread's first read of a cache: claiming its
-//! record takes a lock that writers also hold while they check the records (at most one
+//! record takes a lock that writers also hold while they check the records (never across a
 //! `membarrier` call). `lease` blocks only while a write to a key sharing its generation slot is
 //! half done (briefly, on that shard's lock). Every other method may block the calling thread
 //! briefly on a shard lock. `get_or_load` also *blocks the calling thread while it waits for or
