@@ -746,6 +746,106 @@ mod tests {
         );
     }
 
+    /// Issue 17, point 2: what protecting one read costs with this module and with the two
+    /// crates that could replace it, side by side in one run (interleaved rounds, medians), at
+    /// one thread and two. Each read loads one word inside its guard. A measurement, not a check:
+    ///
+    /// ```text
+    /// cargo test --release --lib guard_costs_side_by_side -- --ignored --nocapture
+    /// ```
+    #[test]
+    #[ignore = "a measurement, not a check: run it with --release --ignored --nocapture"]
+    fn guard_costs_side_by_side() {
+        use std::hint::black_box;
+        use std::time::Instant;
+        const READS: u64 = 1 << 20;
+        const ROUNDS: usize = 15;
+        let ours = Readers::new();
+        let crossbeam = crossbeam_epoch::Collector::new();
+        let seize = seize::Collector::new();
+        let word = AtomicU64::new(7);
+        let word = &word;
+        type Scheme<'a> = (&'static str, Box<dyn Fn() + Sync + 'a>);
+        let schemes: [Scheme<'_>; 4] = [
+            (
+                "leasecache reclaim.rs",
+                Box::new(|| {
+                    for _ in 0..READS {
+                        let guard = ours.enter();
+                        black_box(word.load(Ordering::Relaxed));
+                        drop(guard);
+                    }
+                }),
+            ),
+            (
+                "crossbeam-epoch 0.9, global pin()",
+                Box::new(|| {
+                    for _ in 0..READS {
+                        let guard = crossbeam_epoch::pin();
+                        black_box(word.load(Ordering::Relaxed));
+                        drop(guard);
+                    }
+                }),
+            ),
+            (
+                "crossbeam-epoch 0.9, own collector",
+                Box::new(|| {
+                    let handle = crossbeam.register();
+                    for _ in 0..READS {
+                        let guard = handle.pin();
+                        black_box(word.load(Ordering::Relaxed));
+                        drop(guard);
+                    }
+                }),
+            ),
+            (
+                "seize 0.5, enter()",
+                Box::new(|| {
+                    for _ in 0..READS {
+                        let guard = seize.enter();
+                        black_box(word.load(Ordering::Relaxed));
+                        drop(guard);
+                    }
+                }),
+            ),
+        ];
+        println!(
+            "| scheme | threads | ns per protected read (median of {ROUNDS}) | vs leasecache |"
+        );
+        println!("|---|---:|---:|---:|");
+        for threads in [1, 2] {
+            let mut samples = vec![Vec::new(); schemes.len()];
+            for round in 0..ROUNDS {
+                for i in 0..schemes.len() {
+                    // Rotate the order, so no scheme always follows the same one.
+                    let c = (i + round) % schemes.len();
+                    let run = &schemes[c].1;
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        for _ in 0..threads {
+                            s.spawn(|| run());
+                        }
+                    });
+                    samples[c].push(start.elapsed().as_nanos() as f64 / READS as f64);
+                }
+            }
+            let medians: Vec<f64> = samples
+                .iter_mut()
+                .map(|s| {
+                    s.sort_by(f64::total_cmp);
+                    s[s.len() / 2]
+                })
+                .collect();
+            for (c, (name, _)) in schemes.iter().enumerate() {
+                println!(
+                    "| {name} | {threads} | {:.2} | {:.2} |",
+                    medians[c],
+                    medians[c] / medians[0]
+                );
+            }
+        }
+    }
+
     #[test]
     fn counts_are_exact_per_thread() {
         let readers = Readers::new();
