@@ -823,7 +823,7 @@ mod tests {
                     let start = Instant::now();
                     std::thread::scope(|s| {
                         for _ in 0..threads {
-                            s.spawn(|| run());
+                            s.spawn(run);
                         }
                     });
                     samples[c].push(start.elapsed().as_nanos() as f64 / READS as f64);
