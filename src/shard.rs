@@ -98,6 +98,8 @@ impl<K, V> Shared<K, V> {
     }
 
     /// Starts loading `hash`'s home bucket, for a writer about to take the lock (a hint).
+    // Writers prefetch outside loom only (see `Cache::prefetch_for_write`).
+    #[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
     #[inline]
     pub(crate) fn prefetch(&self, hash: u64) {
         self.probe.load().prefetch(hash);

@@ -169,6 +169,8 @@ impl Probe {
     /// Starts loading the line of `hash`'s home bucket into the cache, for a writer about to
     /// take the shard's lock: the miss overlaps the lock's acquisition instead of following it.
     /// A hint only: it reads nothing, so the table may even be replaced meanwhile.
+    // Writers prefetch outside loom only (see `Cache::prefetch_for_write`).
+    #[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
     #[inline]
     pub(crate) fn prefetch(self, hash: u64) {
         let lines = (self.0 & !LOG2_MASK) as *const Line;
@@ -180,6 +182,8 @@ impl Probe {
 
 /// Starts loading the line at `p` into the cache; a hint, which never faults and reads nothing
 /// (a no-op off x86-64).
+// Writers prefetch outside loom only (see `Cache::prefetch_for_write`).
+#[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]

@@ -1,6 +1,6 @@
 //! Loom models of the write path (issue 17): single-flight under a purge with three parties,
 //! the busy mark that makes a lock-free lease wait for a write under way, and retirement by
-//! eviction or by a table rebuild racing a lock-free read. Each protocol step the models lean on
+//! eviction, by expiry or by a table rebuild racing a lock-free read. Each protocol step the models lean on
 //! has a negative control that removes it and must fail.
 //!
 //! Run: `RUSTFLAGS="--cfg leasecache_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --profile loom --lib loom`
@@ -166,5 +166,57 @@ fn lock_free_miss_vs_table_rebuild() {
         assert_eq!(reader.join().unwrap(), None);
         assert_eq!(cache.get(&5), Some(50));
         cache.validate();
+    });
+}
+
+/// A one-entry cache whose entry has expired (a manual clock, moved before the threads start): a
+/// reader gets it while a writer's inserts make eviction reach it, remove it as expired and free
+/// its slot. The read returns nothing (an expired entry is never returned) and never reads a
+/// freed slot.
+fn get_vs_expiry(broken: Option<Broken>) {
+    let clock = crate::ManualClock::new();
+    let mut cache: Cache<u32, u64, _> = Cache::builder()
+        .max_capacity(1)
+        .shards(1)
+        .lease_slots(64)
+        .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+        .time_to_live(std::time::Duration::from_secs(1))
+        .clock(clock.clone())
+        .build();
+    cache.readers.broken = broken;
+    let cache = Arc::new(cache);
+    cache.insert(1, 10);
+    clock.advance(std::time::Duration::from_secs(2));
+    let reader = {
+        let cache = cache.clone();
+        thread::spawn(move || cache.get(&1))
+    };
+    for k in 2..4 {
+        cache.insert(k, u64::from(k));
+    }
+    assert_eq!(
+        reader.join().unwrap(),
+        None,
+        "an expired entry was returned"
+    );
+    assert!(
+        cache.stats().expirations >= 1,
+        "eviction removed it as expired"
+    );
+    cache.validate();
+}
+
+#[test]
+fn lock_free_get_vs_expiry() {
+    model("lock_free_get_vs_expiry", || get_vs_expiry(None));
+}
+
+/// NEGATIVE CONTROL: reads that do not announce themselves let the expired entry's slot be freed
+/// under them (loom's `UnsafeCell` reports the conflicting access).
+#[test]
+#[should_panic]
+fn negative_control_unannounced_read_vs_expiry_is_caught() {
+    model("negative_control_unannounced_read_vs_expiry", || {
+        get_vs_expiry(Some(Broken::UnannouncedReads))
     });
 }
