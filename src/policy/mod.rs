@@ -31,8 +31,10 @@
 //! the entry's 2-bit frequency); an entry's hits are folded into the sketch when the policy next
 //! looks at it.
 
+mod climber;
 mod ghost;
 mod sketch;
 
+pub(crate) use climber::Climber;
 pub(crate) use ghost::Ghost;
 pub(crate) use sketch::Sketch;
