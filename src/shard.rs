@@ -348,6 +348,12 @@ impl Writer {
         self
     }
 
+    /// The climber's window (see `policy::climber`).
+    #[cfg(test)]
+    pub(crate) fn window_for_test(&self) -> u64 {
+        self.climber.window()
+    }
+
     /// Entries held, including expired ones not yet removed.
     pub(crate) fn len(&self) -> usize {
         self.small.len + self.main.len
@@ -766,7 +772,9 @@ where
     /// none while most misses are ghost hits (a loop larger than the cache, where a window is
     /// capacity the loop cannot use: a climbing window cost the loop at 100k entries 4-30 points).
     fn window(&self) -> u64 {
-        if (self.w.large && self.w.returns_rare) || self.w.last_ghost_hits > GHOST_RATE_PERIOD / 2 {
+        if (self.w.large && self.w.returns_rare)
+            || self.w.last_ghost_hits > GHOST_RATE_PERIOD / 8 * 7
+        {
             0
         } else {
             self.w.climber.window()

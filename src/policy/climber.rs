@@ -296,4 +296,71 @@ mod tests {
         run(&mut c, 20, |w| 0.3 + w as f64 / 2_000.0);
         assert!(c.window() >= 500, "window {}", c.window());
     }
+
+    /// The mean window over a cache's shards.
+    fn mean_window(cache: &crate::Cache<u64, u64, ahash::RandomState>) -> u64 {
+        let windows: Vec<u64> = cache
+            .shards
+            .iter()
+            .map(|cell| cell.core.lock().writer.window_for_test())
+            .collect();
+        windows.iter().sum::<u64>() / windows.len() as u64
+    }
+
+    /// Cache-aside: a lookup, and a save on a miss.
+    fn replay(cache: &crate::Cache<u64, u64, ahash::RandomState>, keys: impl Iterator<Item = u64>) {
+        for k in keys {
+            if let crate::Lookup::Miss(lease) = cache.get_or_lease(&k) {
+                let _ = cache.save_with_lease(k, k, lease);
+            }
+        }
+    }
+
+    /// A cache's windows grow on a trace where recency predicts the next access (a sliding set
+    /// of recent keys, each read a few times and then never again, which admission at once
+    /// refuses) and shrink again on one where frequency does (a hot set among one-time keys). A
+    /// fixed window fails one of the two.
+    #[test]
+    fn a_caches_window_grows_on_recency_and_shrinks_on_frequency() {
+        let cache: crate::Cache<u64, u64, _> = crate::Cache::builder()
+            .max_capacity(1_000)
+            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+            .build();
+        let shard_capacity = 1_000 / cache.shards.len() as u64;
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Recency: the key at time t is one of the 300 newest, t / 2 - (0..300), so each is read
+        // about twice, hundreds of accesses apart.
+        replay(
+            &cache,
+            (0..240_000u64).map(|t| (t / 2 + 300) - random() % 300),
+        );
+        // Most of what 75 keys a shard (300 over 4 shards) need.
+        let grown = mean_window(&cache);
+        assert_eq!(cache.shards.len(), 4);
+        assert!(
+            grown >= shard_capacity / 6,
+            "window {grown} of {shard_capacity}"
+        );
+        // Frequency: half the accesses go to 300 hot keys, half to keys never seen again.
+        let mut fresh = 1u64 << 40;
+        replay(
+            &cache,
+            (0..240_000u64).map(|t| {
+                if t % 2 == 0 {
+                    (1 << 50) + random() % 300
+                } else {
+                    fresh += 1;
+                    fresh
+                }
+            }),
+        );
+        let shrunk = mean_window(&cache);
+        assert!(shrunk <= grown / 3, "window {shrunk}, was {grown}");
+    }
 }
