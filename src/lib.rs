@@ -110,8 +110,8 @@
 //! ## Capacity, eviction and TTL
 //!
 //! Capacity is counted in entries, or in any unit a [`CacheBuilder::weigher`] returns. Eviction
-//! is S3-FIFO (a probationary FIFO that reserves no capacity, a main FIFO with reinsertion, a
-//! ghost of recently evicted keys) with TinyLFU-style admission into the main queue, for
+//! is S3-FIFO (a probationary FIFO whose share adapts to the workload, a main FIFO with
+//! reinsertion, a ghost of recently evicted keys) with TinyLFU-style admission into the main queue, for
 //! returning ghosts too: scan-resistant, frequency-aware and loop-resistant, at or ahead of the
 //! better of moka and quick_cache on all 18 Zipf, scan and loop traces of the hit-ratio harness
 //! (see `BENCHMARKS.md`). TTLs are per cache ([`CacheBuilder::time_to_live`]) or

@@ -769,8 +769,9 @@ where
     /// (see `policy::climber`), except none while the small queue is a probation pool (a large
     /// shard while returns are rare: a window of 0.4 % there cost Zipf s = 0.7 at 100k entries
     /// 3.8 points, since keys that waited in it passed to the main queue without admission) and
-    /// none while most misses are ghost hits (a loop larger than the cache, where a window is
-    /// capacity the loop cannot use: a climbing window cost the loop at 100k entries 4-30 points).
+    /// none while seven in eight misses are ghost hits (a loop larger than the cache, where a
+    /// window is capacity the loop cannot use: a climbing window cost the loop at 100k entries
+    /// 4-30 points; at one in two, a recency trace whose keys come back once never got one).
     fn window(&self) -> u64 {
         if (self.w.large && self.w.returns_rare)
             || self.w.last_ghost_hits > GHOST_RATE_PERIOD / 8 * 7
