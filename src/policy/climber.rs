@@ -50,6 +50,9 @@ const STEP_DECAY: f64 = 0.98;
 /// to have changed, and the step starts over.
 const RESTART_CHANGE: f64 = 0.05;
 
+/// The hit ratio of the first sample below which the climber starts at rest.
+const MIN_FIRST_PROBE_RATIO: f64 = 0.01;
+
 /// Lookups of a shard per sample: a quarter of its expected entries, and at least `MIN_SAMPLE`.
 const SAMPLE_PER_ENTRY_QUARTERS: u64 = 1;
 const MIN_SAMPLE: u64 = 4_096;
@@ -164,7 +167,14 @@ impl Climber {
         let (departures, earning) = (self.departures, self.earning);
         (self.departures, self.earning) = (0, 0);
         let Some(last) = self.last_ratio.replace(ratio) else {
-            self.move_by(self.step);
+            // The first probe, unless the cache hits (almost) nothing: then every miss would be
+            // stored for nothing while the window is open (on a stream of keys never seen again
+            // that doubled the miss path's cost); a workload that later hits wakes the climber.
+            if ratio >= MIN_FIRST_PROBE_RATIO {
+                self.move_by(self.step);
+            } else {
+                self.step = 0.0;
+            }
             return;
         };
         if self.window > 0
