@@ -1,11 +1,15 @@
 //! Hit-ratio harness: replays access traces through leasecache, moka and quick_cache
 //! (single-threaded cache-aside: look up, on a miss insert) and prints markdown tables of hit
-//! ratios, one per capacity, with a "best fixed set in hindsight" reference row.
+//! ratios, one per capacity, with reference rows: plain LRU, Belady's MIN (the offline optimum:
+//! evict whichever of the cached keys and the missed key is next used farthest) and the "best
+//! fixed set in hindsight".
 //!
 //! ```text
 //! cargo bench --bench hit_ratio                          # full run (a few minutes on 2 cores)
 //! cargo bench --bench hit_ratio -- --quick               # CI smoke (or HIT_RATIO_QUICK=1)
 //! cargo bench --bench hit_ratio -- --trace keys.txt      # also replay a trace, one key per line
+//! cargo bench --bench hit_ratio -- --only-files --realish 1000000 \
+//!     --capacities 1000,5000,20000,50000                 # the generated real-like traces only
 //! ```
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it runs a small smoke test instead.
