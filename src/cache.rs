@@ -159,7 +159,7 @@ where
                 CachePadded::new(ShardCell {
                     shared: Shared::new(layout.expected_entries_per_shard),
                     core: Mutex::new(Core {
-                        writer: Writer::new(capacity, layout.expected_entries_per_shard),
+                        writer: Writer::new(capacity, layout.expected_entries_per_shard).one_of(n),
                         clock: GenerationClock::default(),
                         flights: FlightTable::default(),
                         counts: WriteCounts::default(),
