@@ -12,6 +12,14 @@
 //! | `tiered/l2_hit` | [`TieredCache::get_or_load`] after an L1-only purge: Redis hit + L1 fill |
 //! | `tiered/load` | [`TieredCache::get_or_load`] of a purged key: Redis miss, loader, Redis save, L1 fill |
 //! | `tiered/invalidation_delivery` | instance A purges; time until instance B's L1 applied it |
+//! | `tiered/coarse_clock` | the coarse monotonic clock read every L1 read makes (Linux) |
+//! | `tiered/instant_now` | `Instant::now()`, for reference |
+//!
+//! Then, outside criterion, **purge latency across processes**: this binary re-executes itself
+//! as 0, 1 or 3 member processes (each a `TieredCache` on the namespace, doing nothing but
+//! following the feed), and times 2,000 purges from this process in `Coherence::Strict` and
+//! `Coherence::Bounded(50 ms)`: p50 / p99 per mode and instance count, and Strict's p50 over
+//! Bounded's.
 //!
 //! Run: `cargo bench --features redis --bench tiered`; the ratios are printed at the end.
 
@@ -21,7 +29,7 @@ mod support;
 use criterion::Criterion;
 use leasecache::Cache;
 use leasecache::redis::{RedisOptions, RedisStore};
-use leasecache::tiered::TieredCache;
+use leasecache::tiered::{Coherence, TieredCache};
 use std::future::Future;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -31,6 +39,10 @@ use std::time::{Duration, Instant};
 type Tc = TieredCache<String, String>;
 
 fn main() {
+    if support::process::role().as_deref() == Some("member") {
+        member();
+        return;
+    }
     let Some(server) = support::RedisServer::start() else {
         return;
     };
@@ -126,11 +138,22 @@ fn main() {
             total
         })
     });
+    #[cfg(target_os = "linux")]
+    g.bench_function("coarse_clock", |bch| {
+        bch.iter(|| {
+            black_box(rustix::time::clock_gettime(
+                rustix::time::ClockId::MonotonicCoarse,
+            ))
+        })
+    });
+    g.bench_function("instant_now", |bch| bch.iter(|| black_box(Instant::now())));
     g.finish();
     c.final_summary();
+    drop((a, b));
     // Only a real measurement (`cargo bench` passes `--bench`) has fresh estimates to compare.
     if std::env::args().any(|a| a == "--bench") {
         print_ratios();
+        purge_latency(&rt, &url);
     }
 }
 
@@ -167,6 +190,8 @@ fn print_ratios() {
         "l2_hit",
         "load",
         "invalidation_delivery",
+        "coarse_clock",
+        "instant_now",
     ];
     let means: Vec<Option<f64>> = ids.iter().map(|id| mean_ns(id)).collect();
     let Some(hit) = means[0] else {
@@ -176,7 +201,140 @@ fn print_ratios() {
     println!("\ntiered: mean time and ratio to an L1 hit");
     for (id, mean) in ids.iter().zip(&means) {
         if let Some(m) = mean {
-            println!("  {id:<24} {:>12.0} ns   x{:.0}", m, m / hit);
+            println!("  {id:<24} {:>12.0} ns   x{:.2}", m, m / hit);
         }
+    }
+    if let Some(bare) = means[2] {
+        println!(
+            "  l1_hit / l1_cache_get (the coherence checks on the hit path): x{:.2}",
+            hit / bare
+        );
+    }
+}
+
+/// A member process: one `TieredCache` following the feed until it is killed.
+fn member() {
+    let url = std::env::var("LC_URL").expect("LC_URL");
+    let ns = std::env::var("LC_NS").expect("LC_NS");
+    let bounded = std::env::var("LC_BOUNDED").is_ok();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let l2 = RedisStore::connect(&url, RedisOptions::new(ns))
+            .await
+            .expect("connect");
+        let mode = if bounded {
+            Coherence::Bounded(Duration::from_millis(50))
+        } else {
+            Coherence::Strict
+        };
+        let cache: Tc = TieredCache::builder(Cache::new(1_000), l2)
+            .coherence(mode)
+            .build()
+            .expect("build");
+        cache.feed_confirmed().await;
+        let mut r = redis::Client::open(url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let _: u64 = redis::cmd("INCR")
+            .arg("bench:ready")
+            .query_async(&mut r)
+            .await
+            .expect("INCR");
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    });
+}
+
+/// Purge p50 / p99 from this process with 1, 2 and 4 instances (this one and member processes),
+/// Strict and Bounded.
+fn purge_latency(rt: &tokio::runtime::Runtime, url: &str) {
+    const PURGES: usize = 2_000;
+    println!("\npurge latency across processes ({PURGES} purges each; this process purges)");
+    println!(
+        "| instances | Strict p50 | Strict p99 | Bounded(50 ms) p50 | Bounded p99 | Strict p50 / Bounded p50 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (round, instances) in [1usize, 2, 4].into_iter().enumerate() {
+        let mut row = Vec::new();
+        for bounded in [false, true] {
+            let ns = format!("bench-purge-{round}-{bounded}");
+            let mut env = vec![("LC_URL", url.to_owned()), ("LC_NS", ns.clone())];
+            if bounded {
+                env.push(("LC_BOUNDED", "1".to_owned()));
+            }
+            let mut conn = redis::Client::open(url)
+                .expect("url")
+                .get_connection()
+                .expect("connect");
+            let _: () = redis::cmd("SET")
+                .arg("bench:ready")
+                .arg(0)
+                .query(&mut conn)
+                .expect("SET");
+            let members: Vec<support::process::Proc> = (1..instances)
+                .map(|_| support::process::Proc::spawn("member", "member", &env))
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let ready: usize = redis::cmd("GET")
+                    .arg("bench:ready")
+                    .query(&mut conn)
+                    .expect("GET");
+                if ready == instances - 1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "members not ready");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let lat = rt.block_on(async {
+                let l2 = RedisStore::connect(url, RedisOptions::new(ns))
+                    .await
+                    .expect("connect");
+                let mode = if bounded {
+                    Coherence::Bounded(Duration::from_millis(50))
+                } else {
+                    Coherence::Strict
+                };
+                let cache: Tc = TieredCache::builder(Cache::new(1_000), l2)
+                    .coherence(mode)
+                    .build()
+                    .expect("build");
+                cache.feed_confirmed().await;
+                for i in 0..200 {
+                    cache
+                        .purge(&format!("k{}", i % 64))
+                        .await
+                        .expect("warm-up purge");
+                }
+                let mut lat = Vec::with_capacity(PURGES);
+                for i in 0..PURGES {
+                    let t = Instant::now();
+                    cache.purge(&format!("k{}", i % 64)).await.expect("purge");
+                    lat.push(t.elapsed());
+                }
+                lat
+            });
+            drop(members); // SIGKILL
+            let mut lat = lat;
+            lat.sort();
+            let at = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+            row.push((at(0.5), at(0.99)));
+        }
+        let (s, b) = (row[0], row[1]);
+        println!(
+            "| {instances} | {:.0} us | {:.0} us | {:.0} us | {:.0} us | x{:.2} |",
+            s.0.as_secs_f64() * 1e6,
+            s.1.as_secs_f64() * 1e6,
+            b.0.as_secs_f64() * 1e6,
+            b.1.as_secs_f64() * 1e6,
+            s.0.as_secs_f64() / b.0.as_secs_f64(),
+        );
     }
 }

@@ -346,9 +346,12 @@ where
         (now, Clock::deadline_from(now, ttl))
     }
 
-    /// [`write_times`](Self::write_times) for an entry with the cache's default TTL.
-    pub(crate) fn default_write_times(&self) -> (u64, u64) {
-        self.write_times(self.ttl)
+    /// The cache's TTL, shortened to `max_ttl` if that is shorter.
+    pub(crate) fn ttl_within(&self, max_ttl: Option<Duration>) -> Option<Duration> {
+        match (self.ttl, max_ttl) {
+            (Some(own), Some(max)) => Some(own.min(max)),
+            (own, max) => own.or(max),
+        }
     }
 
     /// The value of `key`, if cached and not expired.
@@ -499,13 +502,25 @@ where
     /// assert_eq!(cache.get(&1), Some("new"));
     /// ```
     pub fn save_with_lease(&self, key: K, value: V, lease: Lease) -> Result<(), SaveError<V>> {
+        self.save_with_lease_within(key, value, lease, None)
+    }
+
+    /// [`save_with_lease`](Self::save_with_lease), the entry living at most `max_ttl` (and at
+    /// most the cache's own TTL). The tiered cache caps an L1 fill by its Redis entry's TTL.
+    pub(crate) fn save_with_lease_within(
+        &self,
+        key: K,
+        value: V,
+        lease: Lease,
+        max_ttl: Option<Duration>,
+    ) -> Result<(), SaveError<V>> {
         let hash = self.hash(&key);
         if !lease.is_for(self.id, hash) {
             return Err(SaveError::ForeignLease { value });
         }
         let cell = self.cell(hash);
         let weight = self.weigh(&key, &value);
-        let (now, expires_at) = self.default_write_times();
+        let (now, expires_at) = self.write_times(self.ttl_within(max_ttl));
         let mut core = cell.core.lock();
         if !self.lease_is_current(cell, &lease, hash) {
             core.counts.stale_rejected += 1;

@@ -143,7 +143,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | *(none)* | the in-process [`Cache`] |
-//! | `redis` | `leasecache::redis::RedisStore`: the same leases on Redis, Valkey and Redis Cluster (minted generation markers, single-key Lua scripts, sub-entries, an invalidation feed); `leasecache::tiered::TieredCache`: this cache in front of a `RedisStore`, coherent across processes (invalidation feed, L1 bypass on feed loss, circuit breaker) |
+//! | `redis` | `leasecache::redis::RedisStore`: the same leases on Redis, Valkey and Redis Cluster (minted generation markers, single-key Lua scripts, sub-entries, an invalidation feed); `leasecache::tiered::TieredCache`: this cache in front of a `RedisStore`, coherent across processes (`Coherence::Strict` member leases and acknowledged purges, or `Coherence::Bounded` staleness; sequenced invalidation feed, L1 bypass on feed loss, circuit breaker) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;

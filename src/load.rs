@@ -19,6 +19,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 /// The flights registered in one shard, found by key. Lives under the shard's lock.
 pub(crate) struct FlightTable<K, V> {
@@ -241,7 +242,13 @@ where
 
     /// Saves the loaded value under the lease, unregisters the flight and hands the result to the
     /// waiters, all in one critical section for the save and the unregistration.
-    fn finish<E>(mut self, key: K, result: Result<V, E>, lease: Lease) -> Result<V, E> {
+    fn finish<E>(
+        mut self,
+        key: K,
+        result: Result<V, E>,
+        lease: Lease,
+        max_ttl: Option<Duration>,
+    ) -> Result<V, E> {
         let cache = self.cache;
         let cell = cache.cell(self.hash);
         let value = match result {
@@ -252,7 +259,7 @@ where
             }
         };
         let weight = cache.weigh(&key, &value);
-        let (now, expires_at) = cache.default_write_times();
+        let (now, expires_at) = cache.write_times(cache.ttl_within(max_ttl));
         let mut core = cell.core.lock();
         core.flights.unregister(self.hash, &self.flight);
         if cache.lease_is_current(cell, &lease, self.hash) {
@@ -378,7 +385,7 @@ where
                 Begin::Lead(flight, lease) => {
                     let leader = Leader::new(self, hash, flight);
                     let result = leader.flight.loading(|| loader(&key));
-                    return leader.finish(key, result, lease);
+                    return leader.finish(key, result, lease, None);
                 }
             }
         }
@@ -404,6 +411,21 @@ where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
+        self.get_or_load_async_within(key, |k| async move { Ok((loader(k).await?, None)) })
+            .await
+    }
+
+    /// [`get_or_load_async`](Self::get_or_load_async) whose loader also says how long the value
+    /// may live at most (the entry gets the shorter of that and the cache's TTL).
+    pub(crate) async fn get_or_load_async_within<F, Fut, E>(
+        &self,
+        key: K,
+        loader: F,
+    ) -> Result<V, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<(V, Option<Duration>), E>>,
+    {
         let hash = self.hash(&key);
         loop {
             match self.begin_load(&key, hash) {
@@ -423,7 +445,11 @@ where
                     let result =
                         std::future::poll_fn(|cx| leader.flight.loading(|| load.as_mut().poll(cx)))
                             .await;
-                    return leader.finish(key, result, lease);
+                    let (result, max_ttl) = match result {
+                        Ok((value, max_ttl)) => (Ok(value), max_ttl),
+                        Err(e) => (Err(e), None),
+                    };
+                    return leader.finish(key, result, lease, max_ttl);
                 }
             }
         }

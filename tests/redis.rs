@@ -280,64 +280,6 @@ async fn leases_are_bound_to_key_field_and_namespace() {
     );
 }
 
-/// Rebuilds a token with a different generation and a *valid* checksum: what a forger would do.
-fn forge(token: &str, new_generation: &str) -> String {
-    let hex = token.strip_prefix("lcr1.").unwrap();
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    let body = &bytes[..bytes.len() - 8];
-    // namespace, key (length-prefixed), field tag 0, generation (length-prefixed), 16 time bytes
-    let mut at = 0;
-    for _ in 0..2 {
-        let len = u32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as usize;
-        at += 4 + len;
-    }
-    assert_eq!(body[at], 0, "key lease");
-    at += 1;
-    let old_len = u32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as usize;
-    let mut forged = body[..at].to_vec();
-    forged.extend_from_slice(&(new_generation.len() as u32).to_be_bytes());
-    forged.extend_from_slice(new_generation.as_bytes());
-    forged.extend_from_slice(&body[at + 4 + old_len..]);
-    let sum = forged.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    forged.extend_from_slice(&sum.to_be_bytes());
-    let mut out = String::from("lcr1.");
-    for b in forged {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_leases_never_save() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    let s = store(&server, "t").await;
-    let real = lease(&s, "k").await;
-    s.purge("k").await.unwrap();
-    let fresh = lease(&s, "k").await; // the marker a forger would need to guess
-    for guess in ["0.0.0000000000000000", "", "x", &"9".repeat(40)] {
-        match RedisLease::from_token(&forge(&real.to_token(), guess)) {
-            Ok(forged) => assert_eq!(
-                s.save_with_lease("k", &"forged".into(), &forged)
-                    .await
-                    .unwrap(),
-                Saved::Stale
-            ),
-            Err(e) => assert!(matches!(e, RedisStoreError::InvalidLease(_)), "{e}"),
-        }
-    }
-    assert_eq!(s.get("k").await.unwrap(), None);
-    // The forging helper itself is faithful: re-forging the real generation yields the lease.
-    let same = forge(&fresh.to_token(), fresh.generation());
-    assert_eq!(RedisLease::from_token(&same).unwrap(), fresh);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields() {
     let Some(server) = RedisServer::start() else {
@@ -424,20 +366,32 @@ async fn malformed_input_is_refused_and_changes_nothing() {
         Saved::Stored
     );
 
-    // A value that fails to decode is an error, and stays as it was.
+    // A value that fails to decode: `get` reports it; the lease-taking read treats it as a miss
+    // whose lease lets the next save replace it (bad data heals), and counts it.
     server.cli(&["HSET", "t:bad", "!v", "\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}"]);
     let err = s.get("bad").await.unwrap_err();
     assert!(matches!(err, RedisStoreError::Decode(_)), "{err}");
-    assert!(matches!(
-        s.get_or_lease("bad").await,
-        Err(RedisStoreError::Decode(_))
-    ));
-    assert_eq!(server.cli(&["HLEN", "t:bad"]), "1");
+    assert_eq!(
+        s.unreadable_values(),
+        0,
+        "get hands out no lease: not counted"
+    );
+    let heal = lease(&s, "bad").await;
+    assert_eq!(s.unreadable_values(), 1);
+    assert_eq!(
+        s.save_with_lease("bad", &"healed".into(), &heal)
+            .await
+            .unwrap(),
+        Saved::Stored
+    );
+    assert_eq!(s.get("bad").await.unwrap().as_deref(), Some("healed"));
 
-    // Invalid options and arguments.
+    // Invalid options are configuration errors, never transient; arguments are input errors.
     for bad in ["", "a:b"] {
         let r = RedisStore::<String>::connect(&server.url(), opts(bad)).await;
-        assert!(matches!(r, Err(RedisStoreError::InvalidInput(_))));
+        let err = r.unwrap_err();
+        assert!(matches!(err, RedisStoreError::Config(_)), "{err}");
+        assert!(!err.is_transient());
     }
     for ttl in [Duration::ZERO, Duration::from_secs(u64::MAX)] {
         let r = s.insert_with_ttl("k", &"v".into(), ttl).await;
@@ -445,15 +399,21 @@ async fn malformed_input_is_refused_and_changes_nothing() {
     }
     let r =
         RedisStore::<String>::connect(&server.url(), opts("t").default_ttl(Duration::ZERO)).await;
-    assert!(matches!(r, Err(RedisStoreError::InvalidInput(_))));
+    assert!(matches!(r, Err(RedisStoreError::Config(_))));
     assert_eq!(s.get("k").await.unwrap().as_deref(), Some("ok"));
 
-    // A key holding another type is a server error, not a panic.
+    // A key holding another type is a typed server error for that call, not a transport error.
     server.cli(&["SET", "t:str", "1"]);
-    assert!(matches!(
-        s.get_or_lease("str").await,
-        Err(RedisStoreError::Redis(_))
-    ));
+    for err in [
+        s.get_or_lease("str").await.unwrap_err(),
+        s.get("str").await.unwrap_err(),
+    ] {
+        match &err {
+            RedisStoreError::Server(e) => assert_eq!(e.code(), "WRONGTYPE", "{err}"),
+            other => panic!("expected a WRONGTYPE server error, got {other:?}"),
+        }
+        assert!(!err.is_transient(), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,8 +426,22 @@ async fn json_codec_interoperates() {
             .await
             .unwrap();
     s.insert("k", &vec![1, 2, 3]).await.unwrap();
-    assert_eq!(server.cli(&["HGET", "j:k", "!v"]), "[1,2,3]");
-    server.cli(&["HSET", "j:other", "!v", "[4,5]"]);
+    // The stored form: the three-byte header (format 0xA1, value version 0), then the JSON.
+    let raw = server.cli(&["--no-raw", "HGET", "j:k", "!v"]);
+    assert_eq!(raw, "\"\\xa1\\x00\\x00[1,2,3]\"");
+    // Another program writes the same header before its JSON.
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("j:other")
+        .arg("!v")
+        .arg(b"\xa1\x00\x00[4,5]".as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(s.get("other").await.unwrap(), Some(vec![4, 5]));
 }
 
@@ -616,21 +590,38 @@ async fn kill9_and_restart_rejects_old_leases_and_recovers() {
     );
 
     server.restart();
+    // Mint new markers first: the old leases must fail against a *present* marker, not only
+    // against a missing one.
+    let l2 = recover(|| async {
+        match s.get_or_lease("k").await? {
+            Lookup::Miss(l) => Ok(l),
+            Lookup::Hit(v) => panic!("hit after a restart without persistence: {v:?}"),
+        }
+    })
+    .await;
+    let lf2 = field_lease(&s, "kept", "f").await;
+    assert_ne!(l2.generation(), l.generation(), "a new marker was minted");
+    assert_ne!(lf2.generation(), lf.generation());
     let old = "stale".to_string();
-    let saved = recover(|| s.save_with_lease("k", &old, &l)).await;
     assert_eq!(
-        saved,
+        s.save_with_lease("k", &old, &l).await.unwrap(),
         Saved::Stale,
         "marker lost in the restart: the lease must not revive"
     );
+    s.insert("kept", &"v".into()).await.unwrap();
+    let lf3 = field_lease(&s, "kept", "f").await;
     assert_eq!(
         s.save_field_with_lease("kept", "f", &"stale".into(), &lf)
             .await
             .unwrap(),
         Saved::Stale
     );
-    let l2 = lease(&s, "k").await;
-    assert_ne!(l2.to_token(), l.to_token());
+    assert_eq!(
+        s.save_field_with_lease("kept", "f", &"new".into(), &lf3)
+            .await
+            .unwrap(),
+        Saved::Stored
+    );
     assert_eq!(
         s.save_with_lease("k", &"v2".into(), &l2).await.unwrap(),
         Saved::Stored
@@ -673,6 +664,13 @@ async fn flushall_rejects_outstanding_leases() {
     s.insert("h", &"v".into()).await.unwrap();
     let lf = field_lease(&s, "h", "f").await;
     assert_eq!(server.cli(&["FLUSHALL"]), "OK");
+    // New markers are minted first, never equal to the lost ones; the old leases fail against
+    // them (not only against an absent marker).
+    let l2 = lease(&s, "k").await;
+    assert_ne!(l2.generation(), l.generation());
+    s.insert("h", &"v".into()).await.unwrap();
+    let lf2 = field_lease(&s, "h", "f").await;
+    assert_ne!(lf2.generation(), lf.generation());
     assert_eq!(
         s.save_with_lease("k", &"v".into(), &l).await.unwrap(),
         Saved::Stale
@@ -683,9 +681,12 @@ async fn flushall_rejects_outstanding_leases() {
             .unwrap(),
         Saved::Stale
     );
-    // A new marker is minted, never equal to the lost one.
-    let l2 = lease(&s, "k").await;
-    assert_ne!(l2, l);
+    assert_eq!(
+        s.save_field_with_lease("h", "f", &"v".into(), &lf2)
+            .await
+            .unwrap(),
+        Saved::Stored
+    );
     assert_eq!(
         s.save_with_lease("k", &"v".into(), &l2).await.unwrap(),
         Saved::Stored
@@ -727,7 +728,14 @@ async fn purges_run_at_maxmemory_with_noeviction() {
 
     // Allocating operations fail with a clear error...
     let err = s.get_or_lease("fresh").await.unwrap_err();
-    assert!(matches!(err, RedisStoreError::Redis(_)), "{err}");
+    assert!(
+        matches!(&err, RedisStoreError::Server(e) if e.code() == "OOM"),
+        "{err:?}"
+    );
+    assert!(
+        !err.is_transient(),
+        "OOM is the server's answer, not an outage"
+    );
     // ...but every purge still runs and fences.
     assert!(s.purge("b").await.unwrap());
     assert!(!s.purge("absent").await.unwrap());
@@ -1064,7 +1072,8 @@ async fn cluster_leases_fields_flush_feed_and_node_restart() {
     let r = tokio::time::timeout(Duration::from_secs(15), s.save_with_lease("victim", &v, &l))
         .await
         .expect("no hang");
-    assert!(r.unwrap_err().is_transient());
+    let err = r.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
     cluster.restart_node(i);
     let saved = recover(|| s.save_with_lease("victim", &v, &l)).await;
     assert_eq!(saved, Saved::Stale);

@@ -59,3 +59,30 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for JsonCodec {
         serde_json::from_slice(b).map_err(CodecError::new)
     }
 }
+
+/// The first byte of every stored value: leasecache's value format 1, followed by the store's
+/// two-byte (big-endian) [`value_version`](super::RedisOptions::value_version), then the codec's
+/// bytes.
+pub(crate) const FORMAT_V1: u8 = 0xA1;
+/// Bytes before the codec's output in a stored value.
+pub(crate) const HEADER_LEN: usize = 3;
+
+/// The header of a stored value of schema version `version`.
+pub(crate) fn header(version: u16) -> [u8; HEADER_LEN] {
+    let [hi, lo] = version.to_be_bytes();
+    [FORMAT_V1, hi, lo]
+}
+
+/// The codec's bytes of a stored value, if its header says format 1 and schema `version`.
+pub(crate) fn strip_header(stored: &[u8], version: u16) -> Result<&[u8], CodecError> {
+    match stored.split_first_chunk::<HEADER_LEN>() {
+        Some((h, body)) if *h == header(version) => Ok(body),
+        Some(([FORMAT_V1, hi, lo], _)) => Err(CodecError::new(format!(
+            "stored value has schema version {}, this store reads version {version}",
+            u16::from_be_bytes([*hi, *lo])
+        ))),
+        _ => Err(CodecError::new(
+            "stored value has no leasecache header (written by another program?)",
+        )),
+    }
+}

@@ -7,7 +7,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Value};
 
-use super::error::RedisStoreError;
+use super::error::{ConfigError, RedisStoreError};
 
 /// A Lua script and its SHA1, invoked with EVALSHA and re-sent with EVAL on `NOSCRIPT`
 /// (scripts vanish on restart, failover and `SCRIPT FLUSH`).
@@ -30,6 +30,8 @@ pub(crate) struct Scripts {
     pub(crate) insert: Script,
     pub(crate) purge: Script,
     pub(crate) purge_field: Script,
+    pub(crate) get: Script,
+    pub(crate) list_fields: Script,
 }
 
 impl Scripts {
@@ -40,6 +42,8 @@ impl Scripts {
             insert: Script::new(include_str!("insert.lua")),
             purge: Script::new(include_str!("purge.lua")),
             purge_field: Script::new(include_str!("purge_field.lua")),
+            get: Script::new(include_str!("get.lua")),
+            list_fields: Script::new(include_str!("list_fields.lua")),
         }
     }
 }
@@ -53,7 +57,8 @@ pub(crate) enum Conn {
 
 impl Conn {
     pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Self, RedisStoreError> {
-        let client = redis::Client::open(url)?;
+        let client = redis::Client::open(url)
+            .map_err(|e| RedisStoreError::Config(ConfigError::url(url, &e)))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -70,6 +75,11 @@ impl Conn {
         urls: &[&str],
         timeout: Duration,
     ) -> Result<Self, RedisStoreError> {
+        for url in urls {
+            // Parse each URL here, so that a typo is reported as such, naming the URL.
+            redis::IntoConnectionInfo::into_connection_info(*url)
+                .map_err(|e| RedisStoreError::Config(ConfigError::url(url, &e)))?;
+        }
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
@@ -99,18 +109,21 @@ impl Conn {
             .map_err(|_| RedisStoreError::Timeout(timeout))??)
     }
 
-    /// Runs `script` on `key` with `args`: EVALSHA, and EVAL if the server answers `NOSCRIPT`.
+    /// Runs `script` on `keys` with `args`: EVALSHA, and EVAL if the server answers `NOSCRIPT`.
     /// The whole exchange is bounded by `timeout`.
     pub(crate) async fn eval(
         &self,
         script: &Script,
-        key: &[u8],
+        keys: &[&[u8]],
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, RedisStoreError> {
         let build = |name: &str, body: &str| {
             let mut cmd = redis::cmd(name);
-            cmd.arg(body).arg(1).arg(key);
+            cmd.arg(body).arg(keys.len());
+            for k in keys {
+                cmd.arg(*k);
+            }
             for a in args {
                 cmd.arg(*a);
             }
@@ -138,19 +151,24 @@ impl Conn {
         }
     }
 
-    /// The nodes a namespace-wide SCAN must visit: the server, or every cluster master.
+    /// The nodes a namespace-wide SCAN must visit (the server, or every cluster master that
+    /// serves slots and is not flagged failed), and a signature of the slot layout: two calls
+    /// with equal signatures saw the same masters owning the same slots, with no slot migrating.
     pub(crate) async fn scan_nodes(
         &self,
         timeout: Duration,
-    ) -> Result<Vec<ScanNode>, RedisStoreError> {
+    ) -> Result<(Vec<ScanNode>, String), RedisStoreError> {
         match self {
-            Self::Single(_) => Ok(vec![ScanNode::Only]),
-            Self::Cluster(_) => Ok(self
-                .masters(timeout)
-                .await?
-                .into_iter()
-                .map(|(host, port)| ScanNode::Master { host, port })
-                .collect()),
+            Self::Single(_) => Ok((vec![ScanNode::Only], String::new())),
+            Self::Cluster(_) => {
+                let layout = self.masters(timeout).await?;
+                let nodes = layout
+                    .masters
+                    .into_iter()
+                    .map(|(host, port)| ScanNode::Master { host, port })
+                    .collect();
+                Ok((nodes, layout.signature))
+            }
         }
     }
 
@@ -190,10 +208,10 @@ impl Conn {
         redis::from_redis_value(reply).map_err(|e| RedisStoreError::Protocol(format!("SCAN: {e}")))
     }
 
-    /// `(host, port)` of every master that serves slots, from `CLUSTER NODES`.
-    async fn masters(&self, timeout: Duration) -> Result<Vec<(String, u16)>, RedisStoreError> {
+    /// Every master that serves slots, from `CLUSTER NODES`.
+    async fn masters(&self, timeout: Duration) -> Result<Layout, RedisStoreError> {
         let Self::Cluster(c) = self else {
-            return Ok(Vec::new());
+            return Ok(Layout::default());
         };
         let mut c = c.clone();
         let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
@@ -203,27 +221,58 @@ impl Conn {
             .map_err(|_| RedisStoreError::Timeout(timeout))??;
         let text: String = redis::from_redis_value(reply)
             .map_err(|e| RedisStoreError::Protocol(format!("CLUSTER NODES: {e}")))?;
-        let mut out = Vec::new();
-        for line in text.lines() {
-            // <id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slots>...
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            if parts.len() < 9 || !parts[2].split(',').any(|f| f == "master") {
-                continue;
-            }
-            let addr = parts[1].split('@').next().unwrap_or_default();
-            let Some((host, port)) = addr.rsplit_once(':') else {
-                continue;
-            };
-            let Ok(port) = port.parse() else { continue };
-            out.push((host.to_owned(), port));
-        }
-        if out.is_empty() {
+        let layout = parse_cluster_nodes(&text);
+        if layout.masters.is_empty() {
             return Err(RedisStoreError::Protocol(
-                "CLUSTER NODES lists no master with slots".into(),
+                "CLUSTER NODES lists no healthy master with slots".into(),
             ));
         }
-        Ok(out)
+        Ok(layout)
     }
+}
+
+/// The masters to scan and a signature of who owns which slots.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) masters: Vec<(String, u16)>,
+    /// Sorted `address slots...` lines of every master, healthy or not; a slot being migrated
+    /// shows as `[slot->-id]` / `[slot-<-id]`, so a layout in flux never equals a settled one.
+    pub(crate) signature: String,
+}
+
+/// Parses `CLUSTER NODES`. A master flagged `fail`, `fail?`, `noaddr` or `handshake` is left
+/// out of the scan: during a failover its slots are served by the replica that takes over (and
+/// listed as a master once it has), and a flush must not fail because the old one is gone.
+pub(crate) fn parse_cluster_nodes(text: &str) -> Layout {
+    let mut layout = Layout::default();
+    let mut owners = Vec::new();
+    for line in text.lines() {
+        // <id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slots>...
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 9 {
+            continue;
+        }
+        let flags: Vec<&str> = parts[2].split(',').collect();
+        if !flags.contains(&"master") {
+            continue;
+        }
+        let addr = parts[1].split('@').next().unwrap_or_default();
+        owners.push(format!("{addr} {}", parts[8..].join(" ")));
+        if flags
+            .iter()
+            .any(|f| matches!(*f, "fail" | "fail?" | "noaddr" | "handshake"))
+        {
+            continue;
+        }
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse() else { continue };
+        layout.masters.push((host.to_owned(), port));
+    }
+    owners.sort();
+    layout.signature = owners.join("\n");
+    layout
 }
 
 /// A node to SCAN during `flush`.
@@ -232,4 +281,38 @@ pub(crate) enum ScanNode {
     Only,
     /// One cluster master, by address.
     Master { host: String, port: u16 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_skip_failed_masters_and_sign_the_layout() {
+        let text = "\
+a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b 127.0.0.1:7001@17001 master,fail - 0 0 2 connected 5461-10922
+c 127.0.0.1:7002@17002 master - 0 0 3 connected 10923-16383
+d 127.0.0.1:7003@17003 slave a 0 0 1 connected
+e 127.0.0.1:7004@17004 master,fail? - 0 0 4 connected 100
+f 127.0.0.1:7005@17005 master - 0 0 5 connected
+";
+        let layout = parse_cluster_nodes(text);
+        assert_eq!(
+            layout.masters,
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7002)
+            ]
+        );
+        // A slot in migration changes the signature; so does a failover.
+        let migrating = text.replace("0-5460", "0-5460 [5460->-c]");
+        assert_ne!(parse_cluster_nodes(&migrating).signature, layout.signature);
+        let failed_over = text.replace("master,fail -", "slave c");
+        assert_ne!(
+            parse_cluster_nodes(&failed_over).signature,
+            layout.signature
+        );
+        assert_eq!(parse_cluster_nodes(text), layout);
+    }
 }

@@ -30,6 +30,31 @@ impl Invalidation {
         }
     }
 
+    /// Decodes a message of a tiered cache's coherence channel that carries an invalidation:
+    /// `b"#" + sequence + b" " + payload`, where the sequence is the one the write advanced.
+    /// `None` for anything else (acknowledgements, tokens, garbage).
+    ///
+    /// ```
+    /// use leasecache::redis::Invalidation;
+    ///
+    /// assert_eq!(
+    ///     Invalidation::parse_sequenced(b"#42 Kuser:1"),
+    ///     Some((42, Invalidation::Key("user:1".into())))
+    /// );
+    /// assert_eq!(Invalidation::parse_sequenced(b"#7 F"), Some((7, Invalidation::Flush)));
+    /// assert_eq!(Invalidation::parse_sequenced(b"Kuser:1"), None);
+    /// ```
+    pub fn parse_sequenced(payload: &[u8]) -> Option<(u64, Invalidation)> {
+        let rest = payload.strip_prefix(b"#")?;
+        let space = rest.iter().position(|&b| b == b' ')?;
+        let (digits, body) = (&rest[..space], &rest[space + 1..]);
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let seq = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        Some((seq, Self::parse(body)?))
+    }
+
     pub(crate) fn key_payload(key: &str) -> Vec<u8> {
         let mut p = Vec::with_capacity(key.len() + 1);
         p.push(b'K');
@@ -53,5 +78,19 @@ mod tests {
         assert_eq!(Invalidation::parse(b"FF"), None);
         assert_eq!(Invalidation::parse(b""), None);
         assert_eq!(Invalidation::parse(b"K\xff"), None);
+        assert_eq!(
+            Invalidation::parse_sequenced(b"#18446744073709551615 F"),
+            Some((u64::MAX, Invalidation::Flush))
+        );
+        for bad in [
+            &b"#"[..],
+            b"# F",
+            b"#1F",
+            b"#x F",
+            b"#1 ?",
+            b"#18446744073709551616 F",
+        ] {
+            assert_eq!(Invalidation::parse_sequenced(bad), None, "{bad:?}");
+        }
     }
 }

@@ -3,26 +3,48 @@
 use std::fmt;
 use std::sync::Arc;
 
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
 use super::error::RedisStoreError;
 
 /// Permission to save one entry of a [`RedisStore`](super::RedisStore), captured **before**
 /// reading the source.
 ///
-/// It names its namespace, key and (for sub-entries) field, and carries the key's minted
-/// generation marker and the server time it was issued at. A save under it lands only if the
-/// key's marker is still the same value and the lease is younger than
-/// [`RedisOptions::max_lease_age`](super::RedisOptions::max_lease_age). Presenting it for
-/// another namespace, key or field is an error ([`RedisStoreError::ForeignLease`]).
+/// It names its namespace, key and (for sub-entries) field, and carries the server time it was
+/// issued at and a *proof*: a digest the server computed from the key's minted generation
+/// marker, the field and the issue time. The marker itself never leaves the server. A save
+/// under the lease lands only if the server, recomputing the proof from the key's *current*
+/// marker, the field saved to and the issue time presented, gets the same digest, and the lease
+/// is younger than [`RedisOptions::max_lease_age`](super::RedisOptions::max_lease_age) and not
+/// issued in the future. Presenting it for another namespace, key or field is an error
+/// ([`RedisStoreError::ForeignLease`]) before anything is sent.
 ///
 /// Cheap to clone, `Send`, `Sync` and `'static`. [`to_token`](Self::to_token) and
 /// [`from_token`](Self::from_token) carry it across processes (for example to a worker that
-/// reads the source); the token has a checksum that catches garbling, not a signature: anyone
-/// can craft a token, but a save still needs the server's current marker, which includes a
-/// random 64-bit nonce.
+/// reads the source).
+///
+/// # What a token proves
+///
+/// - Its checksum catches garbling and truncation; it is not a signature.
+/// - The proof is a MAC keyed by the marker, a value only the server knows (server time plus a
+///   random 64-bit nonce): whoever holds a token can save *that* entry (this key, this field)
+///   while no write has fenced the lease and its age allows, and nothing else. Rebinding it to
+///   another field, moving its issue time (to defeat the maximum age) or crafting a token for a
+///   key one holds no lease on makes the save [`Stale`](super::Saved::Stale). The digest is
+///   SHA-1 in an envelope (`sha1(marker, field, time, marker)`), which Redis's Lua offers.
+/// - With a [lease secret](super::RedisOptions::lease_secret) the store also signs every lease
+///   it issues (HMAC-SHA256 over everything the token says) and refuses, before anything is
+///   sent, a lease without a valid signature ([`RedisStoreError::InvalidLease`]): a token
+///   altered in any way, or issued by a store with another secret, never reaches Redis. Use it
+///   when tokens travel through less trusted hands; it adds ~1 µs per lease.
+/// - It does not prove *who* loaded the value: a token holder may save any value for its entry
+///   within the lease. Hand tokens only to workers trusted to read the source faithfully.
+/// - [`Debug`](fmt::Debug) does not print the proof (it is a bearer credential); the token does.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RedisLease(Arc<Inner>);
 
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Inner {
     namespace: String,
     key: String,
@@ -30,9 +52,15 @@ struct Inner {
     generation: String,
     issued_s: u64,
     issued_us: u64,
+    /// HMAC-SHA256 of the token body under the issuing store's lease secret, if it has one.
+    mac: Option<[u8; MAC_LEN]>,
 }
 
-const PREFIX: &str = "lcr1.";
+/// Length of a lease MAC (HMAC-SHA256).
+const MAC_LEN: usize = 32;
+
+/// Format 2: the token carries the proof, not the marker (format 1 tokens are refused).
+const PREFIX: &str = "lcr2.";
 /// Longest token accepted by [`RedisLease::from_token`] (keys and namespaces are bounded by it).
 const MAX_TOKEN: usize = 1 << 20;
 
@@ -52,7 +80,24 @@ impl RedisLease {
             generation,
             issued_s,
             issued_us,
+            mac: None,
         }))
+    }
+
+    /// This lease, authenticated under `secret` (see [`RedisOptions::lease_secret`](super::RedisOptions::lease_secret)).
+    pub(crate) fn signed(self, secret: &[u8]) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.0);
+        inner.mac = Some(mac(secret, &inner.body()).finalize().into_bytes().into());
+        Self(Arc::new(inner))
+    }
+
+    /// Whether this lease carries a MAC made with `secret` over its current contents.
+    pub(crate) fn verify(&self, secret: &[u8]) -> bool {
+        match &self.0.mac {
+            // Constant-time comparison.
+            Some(tag) => mac(secret, &self.0.body()).verify_slice(tag).is_ok(),
+            None => false,
+        }
     }
 
     /// Whether this lease was issued for `field` of `key` in `namespace`.
@@ -60,7 +105,8 @@ impl RedisLease {
         self.0.namespace == namespace && self.0.key == key && self.0.field.as_deref() == field
     }
 
-    /// The key's generation marker this lease was issued at: an opaque string, for logs only.
+    /// The lease's proof (see *What a token proves*): an opaque string that differs between
+    /// leases issued under different markers. A bearer credential: do not log it.
     pub fn generation(&self) -> &str {
         &self.0.generation
     }
@@ -87,19 +133,14 @@ impl RedisLease {
     /// A printable (ASCII, URL-safe) token that [`from_token`](Self::from_token) turns back into
     /// an equal lease.
     pub fn to_token(&self) -> String {
-        let mut body = Vec::new();
-        put(&mut body, self.0.namespace.as_bytes());
-        put(&mut body, self.0.key.as_bytes());
-        match &self.0.field {
+        let mut body = self.0.body();
+        match &self.0.mac {
             None => body.push(0),
-            Some(f) => {
+            Some(tag) => {
                 body.push(1);
-                put(&mut body, f.as_bytes());
+                body.extend_from_slice(tag);
             }
         }
-        put(&mut body, self.0.generation.as_bytes());
-        body.extend_from_slice(&self.0.issued_s.to_be_bytes());
-        body.extend_from_slice(&self.0.issued_us.to_be_bytes());
         body.extend_from_slice(&fnv1a(&body).to_be_bytes());
         let mut token = String::with_capacity(PREFIX.len() + body.len() * 2);
         token.push_str(PREFIX);
@@ -144,6 +185,15 @@ impl RedisLease {
         let generation = r.string().ok_or(bad("truncated generation"))?;
         let issued_s = r.u64().ok_or(bad("truncated time"))?;
         let issued_us = r.u64().ok_or(bad("truncated time"))?;
+        let mac = match r.take(1).ok_or(bad("truncated signature"))? {
+            [0] => None,
+            [1] => Some(
+                r.take(MAC_LEN)
+                    .and_then(|t| t.try_into().ok())
+                    .ok_or(bad("truncated signature"))?,
+            ),
+            _ => return Err(bad("bad signature tag")),
+        };
         if !r.0.is_empty() {
             return Err(bad("trailing bytes"));
         }
@@ -157,8 +207,37 @@ impl RedisLease {
             generation,
             issued_s,
             issued_us,
+            mac,
         })))
     }
+}
+
+impl Inner {
+    /// Everything a token says about the lease, in token order (the MAC covers exactly this).
+    fn body(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        put(&mut body, self.namespace.as_bytes());
+        put(&mut body, self.key.as_bytes());
+        match &self.field {
+            None => body.push(0),
+            Some(f) => {
+                body.push(1);
+                put(&mut body, f.as_bytes());
+            }
+        }
+        put(&mut body, self.generation.as_bytes());
+        body.extend_from_slice(&self.issued_s.to_be_bytes());
+        body.extend_from_slice(&self.issued_us.to_be_bytes());
+        body
+    }
+}
+
+fn mac(secret: &[u8], body: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    m.update(body);
+    m
 }
 
 impl fmt::Debug for RedisLease {
@@ -167,8 +246,9 @@ impl fmt::Debug for RedisLease {
             .field("namespace", &self.0.namespace)
             .field("key", &self.0.key)
             .field("field", &self.0.field)
-            .field("generation", &self.0.generation)
-            .finish()
+            .field("issued_s", &self.0.issued_s)
+            .field("signed", &self.0.mac.is_some())
+            .finish_non_exhaustive()
     }
 }
 

@@ -4,8 +4,8 @@
 //!
 //! | hash field | holds |
 //! |---|---|
-//! | `!v` | the key's value (codec-encoded) |
-//! | `f:<name>` | the sub-entry (field) `<name>`; a user field always starts with `f:`, so it can never collide with internal state |
+//! | `!v` | the key's value: a 3-byte header (format byte `0xA1`, then the big-endian [value version](RedisOptions::value_version)), then the codec's bytes |
+//! | `f:<name>` | the sub-entry (field) `<name>`, stored like `!v`; a user field always starts with `f:`, so it can never collide with internal state |
 //! | `!g` | the key's generation **marker**, present only while a lease may be outstanding |
 //!
 //! ## Leases on Redis
@@ -14,7 +14,9 @@
 //! marker if it is absent, with a value never handed out before (server `TIME` in microseconds
 //! plus a random 64-bit client nonce), and returns it in the lease, all in one script and one
 //! round trip. [`RedisStore::save_with_lease`] stores only if the marker exists and equals the
-//! lease (and the lease is younger than the maximum lease age). Every write that fences
+//! lease (and the lease is younger than the maximum lease age). The lease carries a proof
+//! computed from the marker, not the marker itself; see [`RedisLease`] for what a lease token
+//! does and does not prove. Every write that fences
 //! (`purge`, `insert`, `insert_with_ttl`, `purge_field`, `flush`) **deletes** the marker in the
 //! same script as its effect. So anything that destroys a marker (a fencing write, TTL, eviction,
 //! `FLUSHALL`, restart, failover) rejects every outstanding lease on that key; nothing can bring
@@ -31,12 +33,40 @@
 //! empty keys leased within the last `max_lease_age`*, about 180 bytes each on Redis 7 (10 000
 //! marker-only keys measured 1.7 MB), plus one marker field per cached key.
 //!
+//! ## Bad stored data
+//!
+//! A stored value this store cannot use is treated as absent by the lease-taking reads
+//! ([`get_or_lease`](RedisStore::get_or_lease), [`get_field_or_lease`](RedisStore::get_field_or_lease)):
+//! they hand out a lease, so the next save replaces the value and the key heals at once instead
+//! of sending every reader to the source until the TTL runs out. That covers a value the codec
+//! cannot decode (a changed value type, a foreign writer), a value without the header or with
+//! another [value version](RedisOptions::value_version) (bump it when the type changes in a way
+//! the codec would decode silently into wrong values, such as reordered struct fields), and a
+//! value larger than [`max_value_bytes`](RedisOptions::max_value_bytes) plus the header. The size
+//! is checked inside the script, so an oversized value never crosses the wire. Each such value
+//! is counted ([`RedisStore::unreadable_values`]). The plain reads ([`get`](RedisStore::get),
+//! [`get_field`](RedisStore::get_field)) have no lease to heal with: they report
+//! [`RedisStoreError::Decode`] or [`RedisStoreError::TooLarge`].
+//!
+//! Other programs that read or write the namespace must use the same header and codec.
+//!
+//! ## Errors
+//!
+//! [`RedisStoreError::is_transient`] is true only for failures to reach or use the server
+//! (connection, I/O, timeout, `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `LOADING`, a cluster
+//! redirect the client could not follow). An error reply to one call (`WRONGTYPE` from a foreign
+//! key under the namespace, `NOPERM`, `OOM`, a script error) is [`RedisStoreError::Server`] with
+//! the server's code; a configuration mistake (a URL that does not parse, an invalid option) is
+//! [`RedisStoreError::Config`], which names the input without its password. Every error's
+//! `Display` says only its own layer; the cause is its `source()`.
+//!
 //! ## Scripts
 //!
 //! Every script declares and touches exactly one key (cluster-safe, Valkey, Dragonfly), is sent
-//! with `EVALSHA` and re-sent with `EVAL` on `NOSCRIPT`. Purge scripts only free memory (`DEL`,
-//! `HDEL`), and `insert` frees before it allocates, so purges still run at `maxmemory` with
-//! `noeviction`. Every fencing script `PUBLISH`es on [`RedisStore::invalidation_channel`]
+//! with `EVALSHA` and re-sent with `EVAL` on `NOSCRIPT`. Purge scripts only free memory
+//! (`UNLINK`, `HDEL`), and `insert` frees before it allocates, so purges still run at `maxmemory`
+//! with `noeviction`; `UNLINK` frees a huge hash in the background instead of blocking the
+//! server. [`list_fields`](RedisStore::list_fields) walks the hash with `HSCAN`, names only. Every fencing script `PUBLISH`es on [`RedisStore::invalidation_channel`]
 //! atomically with its write ([`Invalidation`] decodes the payload); `flush` publishes once at
 //! the end.
 //!
@@ -50,8 +80,12 @@
 //! - Every single-key operation is atomic. `flush` is atomic per key: it scans the namespace (every
 //!   master in cluster mode) and purges key by key; every lease outstanding when it started is
 //!   fenced when it returns.
-//! - A failed call ([`RedisStoreError::Redis`], [`RedisStoreError::Timeout`]) may or may not have
-//!   taken effect; it never panics and never waits longer than the command timeout per round trip.
+//! - A failed call ([`RedisStoreError::Redis`], [`RedisStoreError::Timeout`],
+//!   [`RedisStoreError::Server`]) may or may not have taken effect; it never panics and never
+//!   waits longer than the command timeout per round trip.
+//! - A lease saves only the entry (key and field) it was issued for, and only while its issue
+//!   time is in the past and within `max_lease_age` by the server's clock; the script checks
+//!   both, whatever the token says.
 //!
 //! Not guaranteed: that Redis keeps a write it acknowledged. Replication is asynchronous and
 //! persistence may lag (`appendfsync everysec`), so a failover or crash can lose the last writes,
@@ -89,12 +123,14 @@
 
 mod codec;
 mod conn;
+pub(crate) use conn::Script;
 mod error;
 mod invalidation;
 mod lease;
 mod options;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Value;
@@ -102,10 +138,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Lookup;
+use codec::HEADER_LEN;
 use conn::{Conn, Scripts};
 
 pub use codec::{Codec, JsonCodec, PostcardCodec};
-pub use error::{CodecError, RedisStoreError};
+pub use error::{CodecError, ConfigError, RedisStoreError, ServerError};
 pub use invalidation::Invalidation;
 pub use lease::RedisLease;
 pub use options::RedisOptions;
@@ -121,6 +158,9 @@ pub enum Saved {
     /// value to the caller who loaded it if that is acceptable, or read again.
     Stale,
 }
+
+/// Most scan passes of one `flush` while the cluster's slot layout keeps changing.
+const FLUSH_PASSES: usize = 3;
 
 /// Hash field of the key's own value.
 const VALUE_FIELD: &str = "!v";
@@ -164,7 +204,11 @@ struct Inner<V> {
     default_ttl_ms: u64,
     max_lease_age: Duration,
     max_value_bytes: usize,
+    value_version: u16,
+    lease_secret: Option<Vec<u8>>,
     timeout: Duration,
+    /// Stored values treated as misses: undecodable, another format or version, or too large.
+    unreadable: AtomicU64,
 }
 
 impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
@@ -175,7 +219,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         url: &str,
         options: RedisOptions<C>,
     ) -> Result<Self, RedisStoreError> {
-        options.validate().map_err(RedisStoreError::InvalidInput)?;
+        options
+            .validate()
+            .map_err(|e| RedisStoreError::Config(ConfigError::new(e)))?;
         let conn = Conn::connect(url, options.command_timeout).await?;
         Ok(Self::with_conn(conn, vec![url.to_owned()], options))
     }
@@ -186,9 +232,13 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         urls: &[&str],
         options: RedisOptions<C>,
     ) -> Result<Self, RedisStoreError> {
-        options.validate().map_err(RedisStoreError::InvalidInput)?;
+        options
+            .validate()
+            .map_err(|e| RedisStoreError::Config(ConfigError::new(e)))?;
         if urls.is_empty() {
-            return Err(RedisStoreError::InvalidInput("no cluster node URL".into()));
+            return Err(RedisStoreError::Config(ConfigError::new(
+                "no cluster node URL",
+            )));
         }
         let conn = Conn::connect_cluster(urls, options.command_timeout).await?;
         let urls = urls.iter().map(|u| (*u).to_owned()).collect();
@@ -208,7 +258,10 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                 default_ttl_ms: options::millis(o.default_ttl),
                 max_lease_age: o.max_lease_age,
                 max_value_bytes: o.max_value_bytes,
+                value_version: o.value_version,
+                lease_secret: o.lease_secret.map(|s| s.0),
                 timeout: o.command_timeout,
+                unreadable: AtomicU64::new(0),
             }),
         }
     }
@@ -264,27 +317,28 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
 
     /// Purges every key of this store's namespace (never `FLUSHDB`), fencing every lease that was
     /// outstanding when it started, then publishes a flush on the invalidation channel. Scans
-    /// every master in cluster mode. Keys written while it runs may survive.
+    /// every master in cluster mode, skipping masters flagged failed (their slots are scanned on
+    /// the replica that takes over once it is listed as a master), and scans again if the slot
+    /// layout changed or a slot was migrating meanwhile (at most three passes), so keys that
+    /// migrate during the flush are flushed too. Keys written while it runs may survive. If the
+    /// final publish fails the call fails (and other processes' L1s were not told): retry it;
+    /// a [`TieredCache`](crate::tiered::TieredCache) does.
     pub async fn flush(&self) -> Result<(), RedisStoreError> {
         let pattern = format!("{}:*", glob_escape(&self.inner.namespace));
         let (conn, timeout) = (&self.inner.conn, self.inner.timeout);
-        for node in conn.scan_nodes(timeout).await? {
-            let mut cursor = 0;
-            loop {
-                let (next, keys) = conn.scan_step(&node, cursor, &pattern, timeout).await?;
-                let purges = keys.iter().map(|k| {
-                    let args: [&[u8]; 2] = [b"", b""];
-                    async move {
-                        conn.eval(&self.inner.scripts.purge, k, &args, timeout)
-                            .await
-                    }
-                });
-                futures_util::future::try_join_all(purges).await?;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+        let (mut nodes, mut layout) = conn.scan_nodes(timeout).await?;
+        // A key that migrates between masters while the scan runs may leave a master not yet
+        // scanned for one already scanned. So the pass is repeated until the slot layout was the
+        // same (and settled) before and after it, at most FLUSH_PASSES times.
+        for pass in 1..=FLUSH_PASSES {
+            for node in &nodes {
+                self.flush_node(node, &pattern).await?;
             }
+            let (next_nodes, next_layout) = conn.scan_nodes(timeout).await?;
+            if (next_layout == layout && !layout.contains("->-")) || pass == FLUSH_PASSES {
+                break;
+            }
+            (nodes, layout) = (next_nodes, next_layout);
         }
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&self.inner.channel).arg("F");
@@ -293,6 +347,31 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             .query::<Value>(&publish, self.inner.timeout)
             .await?;
         Ok(())
+    }
+
+    /// Purges every key of the namespace that one SCAN of `node` returns.
+    async fn flush_node(
+        &self,
+        node: &conn::ScanNode,
+        pattern: &str,
+    ) -> Result<(), RedisStoreError> {
+        let (conn, timeout) = (&self.inner.conn, self.inner.timeout);
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = conn.scan_step(node, cursor, pattern, timeout).await?;
+            let purges = keys.iter().map(|k| {
+                let args: [&[u8]; 2] = [b"", b""];
+                async move {
+                    conn.eval(&self.inner.scripts.purge, &[&k[..]], &args, timeout)
+                        .await
+                }
+            });
+            futures_util::future::try_join_all(purges).await?;
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// Sub-entry `field` of `key`, if cached.
@@ -333,16 +412,45 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     }
 
     /// The names of the key's cached sub-entries (never internal fields), in no particular order.
+    ///
+    /// Walks the hash with `HSCAN` (one round trip per step of about 1000 fields, names only),
+    /// so a huge hash neither blocks the server nor arrives in one reply. A name written by
+    /// another program that is not UTF-8 is reported as [`RedisStoreError::NonUtf8Field`]. A
+    /// sub-entry saved or purged while the walk runs may or may not be listed.
     pub async fn list_fields(&self, key: &str) -> Result<Vec<String>, RedisStoreError> {
-        let mut cmd = redis::cmd("HKEYS");
-        cmd.arg(self.redis_key(key));
-        let names: Vec<Vec<u8>> = self.inner.conn.query(&cmd, self.inner.timeout).await?;
-        Ok(names
-            .iter()
-            .filter_map(|n| n.strip_prefix(FIELD_PREFIX.as_bytes()))
-            .filter_map(|n| std::str::from_utf8(n).ok())
-            .map(str::to_owned)
-            .collect())
+        let mut names = Vec::new();
+        let mut cursor = b"0".to_vec();
+        loop {
+            let args: [&[u8]; 2] = [&cursor, b"1000"];
+            let reply = self.eval_on(key, Op::ListFields, &args).await?;
+            let Value::Array(items) = reply else {
+                return Err(protocol("list_fields", &reply));
+            };
+            let Some((next, batch)) = items.split_first() else {
+                return Err(protocol("list_fields", &Value::Array(items)));
+            };
+            for name in batch {
+                let raw = bytes_of(name)?;
+                let raw = raw.strip_prefix(FIELD_PREFIX.as_bytes()).unwrap_or(raw);
+                match std::str::from_utf8(raw) {
+                    Ok(name) => names.push(name.to_owned()),
+                    Err(_) => return Err(RedisStoreError::NonUtf8Field(raw.to_vec())),
+                }
+            }
+            cursor = bytes_of(next)?.to_vec();
+            if cursor == b"0" {
+                return Ok(names);
+            }
+        }
+    }
+
+    /// How many stored values this store treated as misses because they could not be used:
+    /// they did not decode, carried another format or [value
+    /// version](RedisOptions::value_version), or were larger than
+    /// [`max_value_bytes`](RedisOptions::max_value_bytes) (see *Bad stored data*).
+    pub fn unreadable_values(&self) -> u64 {
+        // Relaxed: a counter, orders nothing.
+        self.inner.unreadable.load(Ordering::Relaxed)
     }
 
     /// The namespace (key prefix) of this store.
@@ -385,53 +493,177 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             Op::Insert => &s.insert,
             Op::Purge => &s.purge,
             Op::PurgeField => &s.purge_field,
+            Op::Get => &s.get,
+            Op::ListFields => &s.list_fields,
         };
         let k = self.redis_key(key);
         self.inner
             .conn
-            .eval(script, &k, args, self.inner.timeout)
+            .eval(script, &[&k[..]], args, self.inner.timeout)
+            .await
+    }
+
+    /// Runs one of another module's scripts on `keys` (EVALSHA, EVAL on `NOSCRIPT`), bounded by
+    /// the command timeout.
+    pub(crate) async fn eval_keys(
+        &self,
+        script: &Script,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<Value, RedisStoreError> {
+        self.inner
+            .conn
+            .eval(script, keys, args, self.inner.timeout)
             .await
     }
 
     async fn hget(&self, key: &str, field: &str) -> Result<Option<V>, RedisStoreError> {
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.redis_key(key)).arg(field);
-        let bytes: Option<Vec<u8>> = self.inner.conn.query(&cmd, self.inner.timeout).await?;
-        bytes.map(|b| self.decode(&b)).transpose()
+        Ok(self.hget_ttl(key, field).await?.map(|(value, _)| value))
     }
 
+    /// An entry's value and its key's remaining TTL (`None`: no TTL), if present.
+    async fn hget_ttl(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<(V, Option<Duration>)>, RedisStoreError> {
+        let limit = self.stored_limit().to_string();
+        let args: [&[u8]; 2] = [field.as_bytes(), limit.as_bytes()];
+        let reply = self.eval_on(key, Op::Get, &args).await?;
+        match &reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(1), v, ttl] => Ok(Some((self.decode(bytes_of(v)?)?, ttl_of(ttl)?))),
+                [Value::Int(0)] => Ok(None),
+                [Value::Int(2), n] => Err(RedisStoreError::TooLarge {
+                    size: usize::try_from(u64_of(n)?)
+                        .unwrap_or(usize::MAX)
+                        .saturating_sub(HEADER_LEN),
+                    limit: self.inner.max_value_bytes,
+                }),
+                _ => Err(protocol("get", &reply)),
+            },
+            _ => Err(protocol("get", &reply)),
+        }
+    }
+
+    /// The largest stored value (header included) this store reads.
+    fn stored_limit(&self) -> usize {
+        self.inner.max_value_bytes.saturating_add(HEADER_LEN)
+    }
+
+    /// The value of the entry, else a lease. A value that cannot be used (too large, checked in
+    /// the script before it is sent; or undecodable, another format or version) is a miss: the
+    /// lease it hands out lets the next save replace it.
     async fn lookup(
         &self,
         key: &str,
         field: Option<&str>,
     ) -> Result<Lookup<V, RedisLease>, RedisStoreError> {
+        Ok(self.lookup_ttl(key, field).await?.0)
+    }
+
+    /// [`get_or_lease`](Self::get_or_lease), and on a hit the entry's remaining TTL in Redis
+    /// (`None`: it has none), which caps the tiered cache's L1 fill.
+    pub(crate) async fn get_or_lease_ttl(
+        &self,
+        key: &str,
+    ) -> Result<(Lookup<V, RedisLease>, Option<Duration>), RedisStoreError> {
+        self.lookup_ttl(key, None).await
+    }
+
+    /// The key's value and its remaining TTL in Redis (`None`: it has none). One round trip.
+    pub(crate) async fn get_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(V, Option<Duration>)>, RedisStoreError> {
+        self.hget_ttl(key, VALUE_FIELD).await
+    }
+
+    /// The TTL [`insert`](Self::insert) and a save give an entry.
+    pub(crate) fn default_ttl(&self) -> Duration {
+        Duration::from_millis(self.inner.default_ttl_ms)
+    }
+
+    async fn lookup_ttl(
+        &self,
+        key: &str,
+        field: Option<&str>,
+    ) -> Result<(Lookup<V, RedisLease>, Option<Duration>), RedisStoreError> {
+        let (reply, ttl) = match self.lookup_raw(key, field, false).await? {
+            RawLookup::Hit { value, ttl } => (value, ttl),
+            RawLookup::Miss { lease, skipped } => {
+                if skipped {
+                    self.count_unreadable();
+                }
+                return Ok((Lookup::Miss(lease), None));
+            }
+        };
+        match self.decode(bytes_of(&reply)?) {
+            Ok(value) => Ok((Lookup::Hit(value), ttl)),
+            Err(_) => {
+                self.count_unreadable();
+                match self.lookup_raw(key, field, true).await? {
+                    RawLookup::Miss { lease, .. } => Ok((Lookup::Miss(lease), None)),
+                    RawLookup::Hit { .. } => Err(RedisStoreError::Protocol(
+                        "get_or_lease returned a value when told to skip it".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn count_unreadable(&self) {
+        // Relaxed: a counter, orders nothing.
+        self.inner.unreadable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn lookup_raw(
+        &self,
+        key: &str,
+        field: Option<&str>,
+        skip_value: bool,
+    ) -> Result<RawLookup, RedisStoreError> {
         let hash_field = field.map_or_else(|| VALUE_FIELD.to_owned(), user_field);
         let nonce = format!("{:016x}", rand::random::<u64>());
         let marker_ms = options::millis(self.inner.max_lease_age).to_string();
-        let args: [&[u8]; 3] = [
+        let limit = self.stored_limit().to_string();
+        let args: [&[u8]; 5] = [
             hash_field.as_bytes(),
             nonce.as_bytes(),
             marker_ms.as_bytes(),
+            limit.as_bytes(),
+            if skip_value { b"1" } else { b"0" },
         ];
         let reply = self.eval_on(key, Op::GetOrLease, &args).await?;
-        let items = match reply {
+        let mut items = match reply {
             Value::Array(items) => items,
             other => return Err(protocol("get_or_lease", &other)),
         };
+        if let [Value::Int(1), v, ttl] = items.as_mut_slice() {
+            let ttl = ttl_of(ttl)?;
+            // Moved out, not copied: the hit path decodes straight from the reply.
+            let value = std::mem::replace(v, Value::Nil);
+            return Ok(RawLookup::Hit { value, ttl });
+        }
         match items.as_slice() {
-            [Value::Int(1), v] => Ok(Lookup::Hit(self.decode(bytes_of(v)?)?)),
-            [Value::Int(0), g, s, us] => {
-                let generation = String::from_utf8(bytes_of(g)?.to_vec())
-                    .map_err(|_| RedisStoreError::Protocol("non-UTF-8 marker".into()))?;
-                let lease = RedisLease::new(
+            [Value::Int(0), proof, s, us, skipped] => {
+                let proof = String::from_utf8(bytes_of(proof)?.to_vec())
+                    .map_err(|_| RedisStoreError::Protocol("non-UTF-8 lease proof".into()))?;
+                let mut lease = RedisLease::new(
                     &self.inner.namespace,
                     key,
                     field,
-                    generation,
+                    proof,
                     u64_of(s)?,
                     u64_of(us)?,
                 );
-                Ok(Lookup::Miss(lease))
+                if let Some(secret) = &self.inner.lease_secret {
+                    lease = lease.signed(secret);
+                }
+                Ok(RawLookup::Miss {
+                    lease,
+                    skipped: u64_of(skipped)? > 0,
+                })
             }
             _ => Err(protocol("get_or_lease", &Value::Array(items.clone()))),
         }
@@ -444,6 +676,13 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         value: &V,
         lease: &RedisLease,
     ) -> Result<Saved, RedisStoreError> {
+        if let Some(secret) = &self.inner.lease_secret {
+            if !lease.verify(secret) {
+                return Err(RedisStoreError::InvalidLease(
+                    "not signed with this store's lease secret",
+                ));
+            }
+        }
         if !lease.is_for(&self.inner.namespace, key, field) {
             return Err(RedisStoreError::ForeignLease);
         }
@@ -486,27 +725,44 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         Ok(())
     }
 
+    /// The stored form of `value`: the header, then the codec's bytes.
     fn encode(&self, value: &V) -> Result<Vec<u8>, RedisStoreError> {
-        let bytes = self
+        let body = self
             .inner
             .codec
             .encode(value)
             .map_err(RedisStoreError::Encode)?;
-        if bytes.len() > self.inner.max_value_bytes {
+        if body.len() > self.inner.max_value_bytes {
             return Err(RedisStoreError::TooLarge {
-                size: bytes.len(),
+                size: body.len(),
                 limit: self.inner.max_value_bytes,
             });
         }
-        Ok(bytes)
+        let mut stored = Vec::with_capacity(HEADER_LEN + body.len());
+        stored.extend_from_slice(&codec::header(self.inner.value_version));
+        stored.extend_from_slice(&body);
+        Ok(stored)
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<V, RedisStoreError> {
+    fn decode(&self, stored: &[u8]) -> Result<V, RedisStoreError> {
+        let body = codec::strip_header(stored, self.inner.value_version)
+            .map_err(RedisStoreError::Decode)?;
         self.inner
             .codec
-            .decode(bytes)
+            .decode(body)
             .map_err(RedisStoreError::Decode)
     }
+}
+
+/// What `get_or_lease.lua` answered, before decoding.
+enum RawLookup {
+    /// The stored bytes and the key's remaining TTL.
+    Hit { value: Value, ttl: Option<Duration> },
+    Miss {
+        lease: RedisLease,
+        /// A present value was skipped because it was too large.
+        skipped: bool,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -516,6 +772,8 @@ enum Op {
     Insert,
     Purge,
     PurgeField,
+    Get,
+    ListFields,
 }
 
 fn user_field(field: &str) -> String {
@@ -553,6 +811,15 @@ fn bytes_of(v: &Value) -> Result<&[u8], RedisStoreError> {
         Value::BulkString(b) => Ok(b),
         Value::SimpleString(s) => Ok(s.as_bytes()),
         other => Err(protocol("script", other)),
+    }
+}
+
+/// A `PTTL` reply: `Some(remaining)`, `None` for no TTL (-1), zero for a key gone meanwhile (-2).
+fn ttl_of(v: &Value) -> Result<Option<Duration>, RedisStoreError> {
+    match v {
+        Value::Int(-1) => Ok(None),
+        Value::Int(ms) => Ok(Some(Duration::from_millis(u64::try_from(*ms).unwrap_or(0)))),
+        other => Err(protocol("PTTL", other)),
     }
 }
 

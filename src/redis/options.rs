@@ -29,11 +29,27 @@ pub struct RedisOptions<C = PostcardCodec> {
     pub(crate) max_value_bytes: usize,
     pub(crate) command_timeout: Duration,
     pub(crate) codec: C,
+    pub(crate) value_version: u16,
+    pub(crate) lease_secret: Option<LeaseSecret>,
+}
+
+/// A lease secret; its `Debug` never prints it.
+#[derive(Clone)]
+pub(crate) struct LeaseSecret(pub(crate) Vec<u8>);
+
+impl std::fmt::Debug for LeaseSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseSecret(***)")
+    }
 }
 
 impl RedisOptions {
     /// Options for the namespace `namespace`: every Redis key of the store is
-    /// `"<namespace>:<key>"`. A namespace is 1 to 128 bytes and contains no `:`.
+    /// `"<namespace>:<key>"`. A namespace is 1 to 128 bytes and contains no `:`: with one,
+    /// namespaces `app` and `app:users` would share Redis keys (`app` + key `users:1` and
+    /// `app:users` + key `1` are both `app:users:1`) and a flush of `app` would empty `app:users`.
+    /// Use another separator inside the namespace (`app.users`, `app/users`); the Redis keys then
+    /// read `app.users:1`.
     ///
     /// Defaults: TTL 1 hour, maximum lease age 30 s, values up to 1 MiB encoded, command timeout
     /// 5 s, [`PostcardCodec`].
@@ -45,6 +61,8 @@ impl RedisOptions {
             max_value_bytes: 1 << 20,
             command_timeout: Duration::from_secs(5),
             codec: PostcardCodec,
+            value_version: 0,
+            lease_secret: None,
         }
     }
 }
@@ -88,7 +106,30 @@ impl<C> RedisOptions<C> {
             max_value_bytes: self.max_value_bytes,
             command_timeout: self.command_timeout,
             codec,
+            value_version: self.value_version,
+            lease_secret: self.lease_secret,
         }
+    }
+
+    /// Signs every lease this store issues with `secret` (HMAC-SHA256, at least 16 bytes), and
+    /// refuses any lease without a valid signature before sending anything. Every store that
+    /// accepts the leases of another must have the same secret. See
+    /// [`RedisLease`](super::RedisLease), *What a token proves*.
+    pub fn lease_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.lease_secret = Some(LeaseSecret(secret.into()));
+        self
+    }
+
+    /// The schema version written into every stored value's header (default 0). Change it when
+    /// the value type changes in a way the codec cannot tell (postcard decodes a struct whose
+    /// fields were reordered silently into wrong values): a value stored under another version
+    /// is then treated like one that does not decode, a miss that hands out a lease, so the
+    /// next save replaces it (see the module docs, *Bad stored data*). Processes with the old
+    /// and the new version can share the namespace during a rolling deploy; each replaces the
+    /// other's values, so expect more loads until it completes (or use a new namespace).
+    pub fn value_version(mut self, version: u16) -> Self {
+        self.value_version = version;
+        self
     }
 
     /// The namespace these options name.
@@ -98,13 +139,23 @@ impl<C> RedisOptions<C> {
 
     pub(crate) fn validate(&self) -> Result<(), String> {
         let ns = &self.namespace;
-        if ns.is_empty() || ns.len() > 128 || ns.contains(':') {
+        if ns.is_empty() || ns.len() > 128 {
+            return Err(format!("namespace {ns:?} must be 1 to 128 bytes"));
+        }
+        if ns.contains(':') {
+            let suggestion = ns.replace(':', ".");
             return Err(format!(
-                "namespace {ns:?} must be 1 to 128 bytes without ':'"
+                "namespace {ns:?} contains ':', the separator between namespace and key: \
+                 namespaces {ns:?} and {:?} would share Redis keys and a flush of one would \
+                 empty the other; use another separator, such as {suggestion:?}",
+                ns.split(':').next().unwrap_or_default()
             ));
         }
         check_ttl("default_ttl", self.default_ttl)?;
         check_ttl("max_lease_age", self.max_lease_age)?;
+        if self.lease_secret.as_ref().is_some_and(|s| s.0.len() < 16) {
+            return Err("lease_secret must be at least 16 bytes".into());
+        }
         if self.command_timeout.is_zero() {
             return Err("command_timeout must be positive".into());
         }

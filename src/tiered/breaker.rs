@@ -5,6 +5,13 @@
 //! success closes the breaker, its failure opens it for another cooldown. A probe that never
 //! reports (its future was dropped) is replaced by another after a cooldown, so the breaker cannot
 //! get stuck half-open.
+//!
+//! Only failures to reach or use Redis are recorded as failures
+//! ([`RedisStoreError::is_transient`](crate::redis::RedisStoreError::is_transient): connection,
+//! I/O, timeouts, `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `LOADING`). An error *reply* to one
+//! call (`WRONGTYPE`, `NOPERM`, `OOM`, a script error) proves the server is up and answering: it
+//! is returned to that call and never opens the breaker, so one foreign key under the namespace
+//! cannot send every read to the database.
 
 use crate::sync::Mutex;
 use std::time::{Duration, Instant};

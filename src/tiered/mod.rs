@@ -36,35 +36,114 @@
 //! # Coherence
 //!
 //! Writes ([`purge`](TieredCache::purge), [`insert`](TieredCache::insert),
-//! [`flush`](TieredCache::flush)) go to Redis first, then to this L1. Redis's fencing scripts
-//! publish on the store's invalidation channel; every `TieredCache` subscribes on its own
-//! connection and purges (or flushes) its L1 on each message. A purge fences the L1 leases on its
-//! key, so an invalidation that overtakes the Redis reply it cancels still rejects the fill:
-//! correctness does not depend on the feed's timing, only on its delivery.
+//! [`flush`](TieredCache::flush)) go to Redis first (whose fencing script publishes an
+//! invalidation on the store's channel), then to this L1, then *sequence* the invalidation: one
+//! more script on the namespace's coherence keys advances the namespace's sequence and publishes
+//! the invalidation with it on the coherence channel. Every `TieredCache` subscribes to both
+//! channels on its own connection and purges (or flushes) its L1 on each message. A purge fences
+//! the L1 leases on its key, so an invalidation that overtakes the Redis reply it cancels still
+//! rejects the fill.
 //!
-//! Guarantee: once a purge (insert, flush) has returned in one process and its invalidation has
-//! been delivered to another process's feed, that process never serves the value the write
-//! replaced, from either tier.
+//! An instance tracks the highest sequence up to which it applied every sequenced invalidation;
+//! a gap (a message lost, say, on a cluster bus) or a sequence going backwards (a Redis restart)
+//! flushes its L1 at once and is counted in [`TieredStats::sequence_gaps`].
+//!
+//! Every L1 read (hit or fill) first checks, against the process's coarse monotonic clock, that
+//! the instance may serve its L1; a process paused past that point (SIGSTOP, a starved runtime)
+//! bypasses its L1 the moment it resumes. What grants that right depends on the mode
+//! ([`TieredBuilder::coherence`]):
+//!
+//! - **[`Coherence::Strict`]** (the default). Each instance holds a *member lease* in Redis
+//!   (default 2 s, [`TieredBuilder::member_lease`]), renewed by its feed task, and only while the
+//!   feed applies invalidations (a renewal carries the highest contiguous sequence applied, which
+//!   is also the acknowledgement writers wait for). An instance serves its L1 until a lease
+//!   minus a margin (a tenth, plus one clock tick) after it *sent* its last successful renewal.
+//!   A write returns only when every other instance that was a live member has acknowledged its
+//!   sequence, or has lapsed by the server's clock, waiting at most the member lease (plus
+//!   100 ms); an instance that did neither in time makes the write return
+//!   [`TieredError::Unacknowledged`], never silently.
+//!
+//!   Guarantee: once a write returned `Ok` in one process, no instance of the namespace serves
+//!   the value it replaced from its L1, as long as the machines' clocks *run at rates* within
+//!   the margin of each other (their readings never need to agree). Instances that join later
+//!   start with an empty L1 that they use only once they are members.
+//!
+//! - **[`Coherence::Bounded(d)`](Coherence::Bounded)**. Writes return after Redis and the
+//!   sequencing script. Every `d / 4` the feed publishes a token on the coherence channel
+//!   (through the node that sequences invalidations) and, when the token comes back through the
+//!   subscription, knows that every invalidation sequenced before it was sent has been applied.
+//!   An instance serves its L1 until `d` minus a margin after sending the last token that came
+//!   back. Guarantee: a read that begins after a write returned gets the value it replaced only
+//!   within `d` of that write's return. A stuck consumer, a dead feed task, a black-holed
+//!   connection or a lost message can keep an L1 stale for at most `d`.
+//!
+//! In both modes the L1 is also bypassed while the feed is not *confirmed* (Redis acknowledged
+//! the subscription and then answered a PING in subscribed mode, which an ACL refusal would not
+//! produce) and while the circuit breaker is open. Losing the feed (disconnect, a subscriber
+//! Redis dropped for falling behind, an unanswered PING) flushes the L1 and bypasses it until
+//! the subscription is confirmed (and, in Strict mode, the instance joined) again; an L1 lease
+//! captured while the L1 was bypassed never fills it. A feed task that ends for any reason (an
+//! abort, a panic, its runtime shutting down) stops the L1 at once.
+//!
+//! What the guarantees do **not** cover:
+//!
+//! - Writes made outside a `TieredCache` (a bare [`RedisStore`], `redis-cli`): their
+//!   invalidations are delivered best effort, unsequenced, and nobody waits for them.
+//! - Redis losing acknowledged writes. Replication is asynchronous, so a failover (or a restart
+//!   without fsync) can lose a purge, a sequence advance or a membership record. A lost purge is
+//!   as if it never happened, in Redis and so in every L1. A lost sequence makes later sequences
+//!   repeat, which instances detect as a gap once they have seen a sequence past their start. A
+//!   lost membership record is found at the member's next renewal (at most a quarter lease
+//!   later), which then flushes its L1 and joins again; writes in between do not wait for it.
+//! - On Redis Cluster, the coherence keys live in one slot (hash tag `{<namespace>}`), so one
+//!   master sequences every write of the namespace: while it is unreachable, writes fail
+//!   after Redis took them and every instance bypasses its L1. Invalidations use classic pub/sub
+//!   (delivered across the cluster bus); a message the bus drops is caught as a gap.
 //!
 //! Every instance also receives the invalidations of its own writes. Such an echo fences the L1
 //! leases on its key again, so a load of that key that starts in the writing process before the
 //! echo arrives (typically well under a millisecond) is served but not cached in the L1: the next
 //! read fills it from Redis. Safe, and cheap unless one process writes and reads a key in a loop.
 //!
-//! The L1 is used only while the feed is *confirmed* (Redis acknowledged the subscription and
-//! then answered a PING in subscribed mode, which an ACL refusal would not produce) and
-//! the circuit breaker is closed. Losing the feed (disconnect, a subscriber Redis dropped for
-//! falling behind, an unanswered PING) flushes the L1 and bypasses it until the subscription is
-//! confirmed again; an L1 lease captured while the L1 was bypassed never fills it.
+//! # Unreadable messages
+//!
+//! A message on either channel that this version cannot read may be an invalidation in a newer
+//! format, so it is never ignored: it is counted ([`TieredStats::unreadable_messages`]), and the
+//! L1 is bypassed until 100 ms have passed without another one. The first message of such a
+//! burst also flushes the L1 ([`TieredStats::unreadable_flushes`]); the rest cost nothing, since
+//! nothing fills a bypassed L1. A flood of garbage therefore costs one flush and a bypassed L1,
+//! not a flush per message.
 //!
 //! # Redis unreachable
 //!
-//! After `breaker_threshold` consecutive transient failures (server, network or timeout errors:
-//! [`RedisStoreError::is_transient`]) the breaker opens: the L1 is flushed
-//! and bypassed (it could miss other processes' purges), `get_or_load` goes straight to the
-//! loader (still single-flight), `get`, `insert`, `purge` and `flush` return
-//! [`TieredError::Unavailable`]. After `breaker_cooldown` one call probes Redis; its success
-//! closes the breaker.
+//! After `breaker_threshold` consecutive transient failures (connection, I/O and timeout errors,
+//! and `CLUSTERDOWN` / `TRYAGAIN` / `MASTERDOWN` / `LOADING`: [`RedisStoreError::is_transient`])
+//! the breaker opens: the L1 is flushed and bypassed (it could miss other processes' purges),
+//! `get_or_load` goes straight to the loader (still single-flight), and `get` returns
+//! [`TieredError::Unavailable`]. After `breaker_cooldown` one read probes Redis; its success (or
+//! any write's) closes the breaker. Other server errors (`WRONGTYPE` from a foreign key under the
+//! namespace, `NOPERM`, `OOM`, script errors) never open it: they are returned for that call
+//! ([`RedisStoreError::Server`]), and `get_or_load` answers from the loader without caching.
+//!
+//! # Writes are never lost
+//!
+//! [`purge`](TieredCache::purge), [`insert`](TieredCache::insert) and
+//! [`flush`](TieredCache::flush) always try Redis, even while the breaker is open (this process
+//! may have opened it on a blip of its own while Redis serves every other process), and always
+//! purge (flush) this process's L1 at once. A write that cannot reach Redis is queued and retried
+//! in order, with backoff, until it lands, and the call returns [`TieredError::Pending`]: pending,
+//! not done. Only removals are queued (a failed insert as a purge of its key), so a late retry is
+//! always safe. The queue is bounded ([`TieredBuilder::pending_capacity`]); when it is full it
+//! collapses into one flush of the namespace, and the L1 is bypassed until that lands. Counted in
+//! [`TieredStats`] (`pending_writes`, `pending_queued`, `pending_landed`, `pending_collapsed`).
+//!
+//! # Bad stored data
+//!
+//! A value in Redis that cannot be used (undecodable, another value version, too large; see
+//! the Redis tier's *Bad stored data*) is a miss for `get_or_load`: the loader runs and its value
+//! replaces the bad one in Redis and fills the L1 ([`TieredStats::l2_unreadable_values`]). A load
+//! whose value is too large for Redis is still returned and may fill the L1 (its L1 lease still
+//! guards the fill). [`get`](TieredCache::get) reports such a value as an error.
 //!
 //! # Leases across a slow source
 //!
@@ -77,7 +156,11 @@
 //! stopped when the cache is dropped.
 
 mod breaker;
+mod coherence;
 mod feed;
+mod pending;
+
+pub use coherence::Coherence;
 
 use crate::redis::{RedisStore, RedisStoreError, Saved};
 use crate::stats::Stats;
@@ -98,6 +181,11 @@ use tokio::sync::watch;
 const FEED_DOWN: u8 = 1;
 /// Bypass reason: the circuit breaker is open.
 const BREAKER_OPEN: u8 = 2;
+/// Bypass reason: the pending-write queue overflowed into a flush that has not landed yet.
+const PENDING_OVERFLOW: u8 = 4;
+/// Bypass reason: an unreadable message arrived on a channel less than
+/// [`feed::UNREADABLE_HOLD`] ago.
+const UNREADABLE: u8 = 8;
 
 /// An L1 [`Cache`] in front of a [`RedisStore`], kept coherent across processes by an
 /// invalidation feed. See the [module docs](self).
@@ -128,6 +216,9 @@ pub(crate) struct Shared<K, V> {
     hook: Option<FillHook>,
     feed_state: watch::Sender<bool>,
     max_lease_age: Duration,
+    /// Writes that failed, retried until they land (see `pending.rs`).
+    pending: Arc<pending::Pending>,
+    coherence: coherence::Coordinator,
 }
 
 #[derive(Default)]
@@ -142,6 +233,10 @@ struct Counters {
     bypassed_reads: AtomicU64,
     redis_errors: AtomicU64,
     breaker_opens: AtomicU64,
+    sequence_gaps: AtomicU64,
+    unacknowledged: AtomicU64,
+    unreadable: AtomicU64,
+    unreadable_flushes: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -196,6 +291,26 @@ pub struct TieredStats {
     pub redis_errors: u64,
     /// Times the circuit breaker opened.
     pub breaker_opens: u64,
+    /// Values found in Redis that could not be used (undecodable, another value version, too
+    /// large) and were treated as misses ([`RedisStore::unreadable_values`]).
+    pub l2_unreadable_values: u64,
+    /// Writes waiting in the pending queue now (see [`TieredError::Pending`]).
+    pub pending_writes: u64,
+    /// Writes ever queued after failing to reach Redis.
+    pub pending_queued: u64,
+    /// Queued writes that landed on a retry.
+    pub pending_landed: u64,
+    /// Queued writes replaced by one flush of the namespace because the queue was full (not
+    /// lost: the flush removes at least what they would have).
+    pub pending_collapsed: u64,
+    /// Sequenced invalidations found missing or out of order (each flushed the L1).
+    pub sequence_gaps: u64,
+    /// Writes that returned [`TieredError::Unacknowledged`].
+    pub unacknowledged_writes: u64,
+    /// Messages on the invalidation or coherence channel that this version cannot read.
+    pub unreadable_messages: u64,
+    /// L1 flushes those caused: one per burst (see the [module docs](self#unreadable-messages)).
+    pub unreadable_flushes: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -206,18 +321,41 @@ pub struct TieredStats {
 pub enum TieredError {
     /// Redis returned an error (the breaker counts connection failures).
     Redis(RedisStoreError),
-    /// The circuit breaker is open: Redis was not tried.
+    /// The circuit breaker is open: Redis was not tried. Only reads ([`TieredCache::get`]) return
+    /// it; writes always try Redis.
     Unavailable,
+    /// A write (purge, insert or flush) did not reach Redis: it is *pending, not done*. It was
+    /// queued and is retried in the background until it lands (a failed insert as a purge of its
+    /// key); this process's L1 was purged at once. Other processes keep the old value until it
+    /// lands ([`TieredStats::pending_writes`]). The cause is the `source()`.
+    Pending(RedisStoreError),
     /// [`TieredBuilder::build`] was called outside a tokio runtime.
     NoRuntime,
+    /// [`Coherence::Strict`]: the write took effect in Redis and in this L1, but `instances`
+    /// other instances neither acknowledged it nor let their member lease lapse within the
+    /// member lease: until they do, they may still serve the value it replaced. The write is not
+    /// undone; retry it, or treat its effect on those instances as unknown.
+    Unacknowledged {
+        /// How many instances did not answer in time.
+        instances: usize,
+    },
 }
 
 impl fmt::Display for TieredError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Redis(e) => write!(f, "redis tier: {e}"),
+            // The cause is `source()`: printed once by whoever walks the chain.
+            Self::Redis(_) => f.write_str("redis tier failed"),
             Self::Unavailable => f.write_str("redis tier unavailable: the circuit breaker is open"),
+            Self::Pending(_) => f.write_str(
+                "redis write failed and is pending: it is retried in the background until it lands",
+            ),
             Self::NoRuntime => f.write_str("a TieredCache must be built inside a tokio runtime"),
+            Self::Unacknowledged { instances } => write!(
+                f,
+                "written, but {instances} instance(s) neither acknowledged the invalidation nor \
+                 lapsed within the member lease"
+            ),
         }
     }
 }
@@ -225,8 +363,8 @@ impl fmt::Display for TieredError {
 impl std::error::Error for TieredError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Redis(e) => Some(e),
-            Self::Unavailable | Self::NoRuntime => None,
+            Self::Redis(e) | Self::Pending(e) => Some(e),
+            Self::Unavailable | Self::NoRuntime | Self::Unacknowledged { .. } => None,
         }
     }
 }
@@ -235,11 +373,13 @@ impl std::error::Error for TieredError {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use leasecache::{Cache, redis::{RedisOptions, RedisStore}, tiered::TieredCache};
+/// use leasecache::{Cache, redis::{RedisOptions, RedisStore}, tiered::{Coherence, TieredCache}};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let l2 = RedisStore::<u64>::connect("redis://127.0.0.1/", RedisOptions::new("counts")).await?;
 /// let cache: TieredCache<String, u64> = TieredCache::builder(Cache::new(1_000), l2)
+///     .coherence(Coherence::Strict) // the default
+///     .member_lease(Duration::from_secs(2))
 ///     .ping_interval(Duration::from_millis(500))
 ///     .breaker_threshold(3)
 ///     .breaker_cooldown(Duration::from_secs(1))
@@ -255,6 +395,9 @@ pub struct TieredBuilder<K, V> {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     hook: Option<FillHook>,
+    pending: pending::PendingConfig,
+    coherence: Coherence,
+    member_lease: Duration,
 }
 
 impl<K, V> TieredBuilder<K, V>
@@ -282,6 +425,23 @@ where
         self
     }
 
+    /// What a write guarantees about the other instances' L1s when it returns (default
+    /// [`Coherence::Strict`]). See the [module docs](self#coherence).
+    pub fn coherence(mut self, mode: Coherence) -> Self {
+        self.coherence = mode;
+        self
+    }
+
+    /// [`Coherence::Strict`]: the member lease (default 2 s, at least 10 ms). An instance whose
+    /// feed stops applying invalidations stops serving its L1 within it (less a tenth), and a
+    /// write waits at most this long (plus 100 ms) for an instance that neither acknowledges nor
+    /// lapses, then returns [`TieredError::Unacknowledged`]. Every instance of a namespace should
+    /// use the same lease.
+    pub fn member_lease(mut self, lease: Duration) -> Self {
+        self.member_lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
     /// Consecutive connection failures that open the circuit breaker (default 3, at least 1).
     pub fn breaker_threshold(mut self, failures: u32) -> Self {
         self.breaker_threshold = failures;
@@ -291,6 +451,21 @@ where
     /// How long the open breaker skips Redis before letting a probe through (default 1 s).
     pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
         self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// How many failed writes the pending queue holds (default 10 000, at least 1) before it
+    /// collapses into one flush of the namespace; see [`TieredError::Pending`].
+    pub fn pending_capacity(mut self, writes: usize) -> Self {
+        self.pending.capacity = writes;
+        self
+    }
+
+    /// Delay before retrying a pending write after a failed attempt, doubled per failure up to
+    /// `max` (defaults 50 ms and 2 s).
+    pub fn pending_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.pending.backoff_min = min;
+        self.pending.backoff_max = max.max(min);
         self
     }
 
@@ -316,6 +491,7 @@ where
         self.l1.flush();
         let urls = self.l2.node_urls().to_vec();
         let channel = self.l2.invalidation_channel().to_owned();
+        let namespace = self.l2.namespace().to_owned();
         let shared = Arc::new(Shared {
             max_lease_age: self.l2.max_lease_age(),
             l1: self.l1,
@@ -325,7 +501,14 @@ where
             counters: Counters::default(),
             hook: self.hook,
             feed_state: watch::Sender::new(false),
+            pending: Arc::new(pending::Pending::new(self.pending)),
+            coherence: coherence::Coordinator::new(self.coherence, self.member_lease, &namespace),
         });
+        // The retry task holds the cache weakly: it ends once the cache is dropped.
+        runtime.spawn(pending::run(
+            Arc::downgrade(&shared),
+            Arc::clone(&shared.pending),
+        ));
         let feed = runtime.spawn(feed::run(Arc::clone(&shared), urls, channel, self.feed));
         Ok(TieredCache { shared, feed })
     }
@@ -357,6 +540,13 @@ where
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
             hook: None,
+            pending: pending::PendingConfig {
+                capacity: 10_000,
+                backoff_min: Duration::from_millis(50),
+                backoff_max: Duration::from_secs(2),
+            },
+            coherence: Coherence::Strict,
+            member_lease: Duration::from_secs(2),
         }
     }
 
@@ -386,15 +576,16 @@ where
             return Err(TieredError::Unavailable);
         }
         let key = key.to_owned();
-        match s.l2.get(key.borrow()).await {
-            Ok(Some(value)) => {
+        match s.l2.get_ttl(key.borrow()).await {
+            Ok(Some((value, ttl))) => {
                 s.redis_ok();
                 bump(&s.counters.l2_hits);
                 if fill {
                     s.run_hook(FillPoint::RedisHit, &key).await;
                     // A rejection means a write fenced the lease meanwhile: the value is still the
-                    // answer to this read, but must not be cached.
-                    let _ = s.l1.save_with_lease(key, value.clone(), lease);
+                    // answer to this read, but must not be cached. The L1 entry dies no later
+                    // than the Redis entry.
+                    let _ = s.l1.save_with_lease_within(key, value.clone(), lease, ttl);
                 }
                 Ok(Some(value))
             }
@@ -419,69 +610,86 @@ where
         Fut: Future<Output = Result<V, E>>,
     {
         let s = &*self.shared;
-        s.l1.get_or_load_async(key, move |key| s.load_through(key, loader))
+        if !s.l1_active() {
+            // Not even a hit may be served: the L1 could hold what an unapplied invalidation
+            // replaced. `load_through` sees the bypass too and fills nothing.
+            return s.load_through(key, loader).await.map(|(value, _)| value);
+        }
+        s.l1.get_or_load_async_within(key, move |key| s.load_through(key, loader))
             .await
     }
 
     /// Stores `value` in Redis unconditionally (fencing every Redis lease on `key` and publishing
     /// an invalidation), then purges `key` from this L1; the next read fills the L1 from Redis.
+    ///
+    /// Tries Redis even while the breaker is open. If Redis cannot be reached the L1 is purged
+    /// anyway and the call returns [`TieredError::Pending`]: a *purge* of the key is queued and
+    /// retried until it lands (the value itself is not retried: it could land after a later
+    /// write). If the value cannot be stored for another reason (too large, not encodable, a
+    /// server error reply such as `OOM`), the key is purged from Redis instead, so that the value
+    /// it replaced does not survive, and that error is returned.
     pub async fn insert(&self, key: &str, value: &V) -> Result<(), TieredError> {
         let s = &*self.shared;
-        let result = if s.breaker.permit() {
-            s.l2.insert(key, value).await
-        } else {
-            s.l1.purge(key);
-            return Err(TieredError::Unavailable);
-        };
+        let result = s.l2.insert(key, value).await;
         s.l1.purge(key);
-        match result {
+        let error = match result {
             Ok(()) => {
                 s.redis_ok();
-                Ok(())
+                return s
+                    .cohere(&crate::redis::Invalidation::key_payload(key))
+                    .await;
             }
-            Err(e) => Err(s.redis_failed(e)),
+            Err(e) if e.is_transient() => {
+                return Err(s.write_failed(e, pending::Op::Purge(key.to_owned())));
+            }
+            Err(e) => e,
+        };
+        // Purges free memory only: they run where the insert could not (OOM).
+        let purged = s.l2.purge(key).await;
+        s.l1.purge(key);
+        match purged {
+            Ok(_) => Err(s.redis_failed(error)),
+            Err(e) => Err(s.write_failed(e, pending::Op::Purge(key.to_owned()))),
         }
     }
 
     /// Purges `key` from Redis (fencing its Redis leases and publishing an invalidation), then
     /// from this L1. Other processes' L1s purge it when the invalidation reaches their feed.
     ///
-    /// Returns whether Redis held a value. On error the local L1 is purged anyway, and the caller
-    /// must treat the purge as not done (other processes were not told).
+    /// Returns whether Redis held a value. Tries Redis even while the breaker is open (a purge
+    /// is idempotent). The local L1 is purged in every case. If Redis cannot be reached the
+    /// purge is queued and retried until it lands, and the call returns
+    /// [`TieredError::Pending`]: pending, not done (other processes keep the old value until it
+    /// lands).
     pub async fn purge(&self, key: &str) -> Result<bool, TieredError> {
         let s = &*self.shared;
-        let result = if s.breaker.permit() {
-            s.l2.purge(key).await
-        } else {
-            s.l1.purge(key);
-            return Err(TieredError::Unavailable);
-        };
+        let result = s.l2.purge(key).await;
         s.l1.purge(key);
         match result {
             Ok(had) => {
                 s.redis_ok();
-                Ok(had)
+                s.cohere(&crate::redis::Invalidation::key_payload(key))
+                    .await
+                    .map(|()| had)
             }
-            Err(e) => Err(s.redis_failed(e)),
+            Err(e) => Err(s.write_failed(e, pending::Op::Purge(key.to_owned()))),
         }
     }
 
-    /// Flushes the namespace in Redis (publishing a flush), then this L1.
+    /// Flushes the namespace in Redis (publishing a flush), then this L1. Tries Redis even while
+    /// the breaker is open; if Redis cannot be reached (including the final publish), the L1 is
+    /// flushed anyway and the flush is queued and retried until it lands
+    /// ([`TieredError::Pending`]).
     pub async fn flush(&self) -> Result<(), TieredError> {
         let s = &*self.shared;
-        let result = if s.breaker.permit() {
-            s.l2.flush().await
-        } else {
-            s.l1.flush();
-            return Err(TieredError::Unavailable);
-        };
+        let result = s.l2.flush().await;
         s.l1.flush();
         match result {
             Ok(()) => {
                 s.redis_ok();
-                Ok(())
+                s.cohere(b"F").await
             }
-            Err(e) => Err(s.redis_failed(e)),
+            Err(e) => Err(s.write_failed(e, pending::Op::Flush)),
         }
     }
 
@@ -504,6 +712,15 @@ where
             bypassed_reads: read(&c.bypassed_reads),
             redis_errors: read(&c.redis_errors),
             breaker_opens: read(&c.breaker_opens),
+            l2_unreadable_values: s.l2.unreadable_values(),
+            pending_writes: u64::try_from(s.pending.len()).unwrap_or(u64::MAX),
+            pending_queued: s.pending.counts().0,
+            pending_landed: s.pending.counts().1,
+            pending_collapsed: s.pending.counts().2,
+            sequence_gaps: read(&c.sequence_gaps),
+            unacknowledged_writes: read(&c.unacknowledged),
+            unreadable_messages: read(&c.unreadable),
+            unreadable_flushes: read(&c.unreadable_flushes),
             l1,
         }
     }
@@ -539,6 +756,17 @@ where
 {
     fn drop(&mut self) {
         self.feed.abort();
+        if self.shared.coherence.mode == Coherence::Strict {
+            // Best effort, so that writers stop waiting for this instance at once. The feed task
+            // stops the L1 when it ends; a leave that never runs costs writers one member lease.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let shared = Arc::clone(&self.shared);
+                runtime.spawn(async move {
+                    shared.coherence.stop_serving();
+                    let _ = shared.coherence.leave(&shared.l2).await;
+                });
+            }
+        }
     }
 }
 
@@ -566,7 +794,7 @@ where
     /// postdates the flush comes with a view of the bit.
     fn l1_active(&self) -> bool {
         // Acquire pairs with the Release read-modify-writes in `set_bypass` / `clear_bypass`.
-        self.bypass.load(Ordering::Acquire) == 0
+        self.bypass.load(Ordering::Acquire) == 0 && self.coherence.serving()
     }
 
     /// Sets a bypass reason, then flushes the L1 (in that order; see `l1_active`).
@@ -587,24 +815,55 @@ where
     }
 
     pub(crate) fn feed_lost(&self) {
+        self.coherence.stop_serving();
         self.set_bypass(FEED_DOWN);
+        // The flush above covers whatever an unreadable message may have meant.
+        self.clear_bypass(UNREADABLE);
         bump(&self.counters.feed_losses);
         self.feed_state.send_replace(false);
     }
 
-    /// Applies one message from the invalidation channel.
+    /// The feed task ended (aborted, panicked, its runtime shut down): the L1 is never served again.
+    pub(crate) fn feed_dead(&self) {
+        self.coherence.stop_serving();
+        self.set_bypass(FEED_DOWN);
+        self.feed_state.send_replace(false);
+    }
+
     /// Applies one message from the invalidation channel. Counted after it took effect, so a
     /// reader that sees the count knows the L1 no longer holds what the message invalidated.
-    pub(crate) fn apply_invalidation(&self, payload: &[u8]) {
+    /// Returns `false` (and applies nothing) if the message is unreadable: the caller must then
+    /// call [`unreadable`](Self::unreadable).
+    pub(crate) fn apply_invalidation(&self, payload: &[u8]) -> bool {
         match crate::redis::Invalidation::parse(payload) {
             Some(crate::redis::Invalidation::Key(key)) => {
                 self.l1.purge(key.as_str());
             }
-            // `Flush`, and anything this version cannot read: flushing is always safe.
-            _ => self.l1.flush(),
+            Some(_) => self.l1.flush(),
+            None => return false,
         }
         // Release pairs with the Acquire load in `stats`.
         self.counters.invalidations.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// An unreadable message arrived: it may be an invalidation in a format this version does not
+    /// know, so the L1 must not serve anything it could have invalidated. The first one of a burst
+    /// bypasses and flushes the L1; later ones (until the feed calls
+    /// [`readable_again`](Self::readable_again)) find it bypassed already and cost nothing: no
+    /// fill lands while it is bypassed, so there is nothing more to flush.
+    pub(crate) fn unreadable(&self) {
+        bump(&self.counters.unreadable);
+        // Acquire pairs with the Release read-modify-writes in `set_bypass` / `clear_bypass`.
+        if self.bypass.load(Ordering::Acquire) & UNREADABLE == 0 {
+            bump(&self.counters.unreadable_flushes);
+            self.set_bypass(UNREADABLE);
+        }
+    }
+
+    /// No unreadable message for a while: the L1 may be used again.
+    pub(crate) fn readable_again(&self) {
+        self.clear_bypass(UNREADABLE);
     }
 
     fn redis_ok(&self) {
@@ -620,6 +879,36 @@ where
             }
         }
         TieredError::Redis(error)
+    }
+
+    /// A write failed: a transient failure queues `retry` and says the write is pending; any
+    /// other error (a server error reply, bad input) is the caller's to handle.
+    fn write_failed(&self, error: RedisStoreError, retry: pending::Op) -> TieredError {
+        if !error.is_transient() {
+            return self.redis_failed(error);
+        }
+        // Release of the bypass bit happens inside `set_bypass`, under the queue's lock.
+        self.pending
+            .push(retry, || self.set_bypass(PENDING_OVERFLOW));
+        match self.redis_failed(error) {
+            TieredError::Redis(e) => TieredError::Pending(e),
+            other => other,
+        }
+    }
+
+    /// The pending queue drained: the L1 may be used again (if nothing else bypasses it).
+    pub(crate) fn pending_drained(&self) {
+        self.clear_bypass(PENDING_OVERFLOW);
+    }
+
+    /// A pending write landed on a retry: Redis is reachable.
+    pub(crate) fn pending_landed(&self) {
+        self.redis_ok();
+    }
+
+    /// A retry of a pending write failed.
+    pub(crate) fn pending_retry_failed(&self, error: RedisStoreError) {
+        let _ = self.redis_failed(error);
     }
 
     async fn run_hook(&self, point: FillPoint, key: &K) {
@@ -643,7 +932,9 @@ where
     /// the Redis save was stale or the lease expired. The L1 offers no other way to stop a
     /// leader's fill; the purge may also drop a newer fill of the same key, which is safe and
     /// costs one Redis read, on paths that are rare while Redis and the feed are healthy.
-    async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<V, E>
+    ///
+    /// Also returns how long the L1 entry may live at most: the Redis entry's remaining TTL.
+    async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<(V, Option<Duration>), E>
     where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -652,19 +943,21 @@ where
         if !fill {
             bump(&self.counters.bypassed_reads);
         }
+        let mut ttl = None;
         let value = if !self.breaker.permit() {
             fill = false;
             self.call_loader(key.clone(), loader).await?
         } else {
             let asked = Instant::now();
-            match self.l2.get_or_lease(key.borrow()).await {
-                Ok(Lookup::Hit(value)) => {
+            match self.l2.get_or_lease_ttl(key.borrow()).await {
+                Ok((Lookup::Hit(value), remaining)) => {
                     self.redis_ok();
                     bump(&self.counters.l2_hits);
                     self.run_hook(FillPoint::RedisHit, &key).await;
+                    ttl = remaining;
                     value
                 }
-                Ok(Lookup::Miss(lease)) => {
+                Ok((Lookup::Miss(lease), _)) => {
                     self.redis_ok();
                     let value = self.call_loader(key.clone(), loader).await?;
                     if asked.elapsed() > self.max_lease_age {
@@ -675,11 +968,15 @@ where
                             Ok(Saved::Stored) => {
                                 self.redis_ok();
                                 self.run_hook(FillPoint::RedisSaved, &key).await;
+                                ttl = Some(self.l2.default_ttl());
                             }
                             Ok(_) => {
                                 bump(&self.counters.l2_stale);
                                 fill = false;
                             }
+                            // Refused before anything was sent: Redis is fine and the L1 lease
+                            // still guards the fill, so the value may be cached here.
+                            Err(RedisStoreError::TooLarge { .. }) => {}
                             Err(e) => {
                                 self.redis_failed(e);
                                 fill = false;
@@ -699,6 +996,6 @@ where
             bump(&self.counters.suppressed_fills);
             self.l1.purge::<str>(key.borrow());
         }
-        Ok(value)
+        Ok((value, ttl))
     }
 }

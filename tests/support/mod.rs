@@ -12,6 +12,9 @@
 //! `valkey-server` / `valkey-cli`); the defaults are `redis-server` / `redis-cli`.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,19 @@
+-- join: registers a member with a fresh lease and returns the sequence it starts from.
+-- KEYS[1] sequence   KEYS[2] members (zset)   KEYS[3] acks (hash)   KEYS[4] need (hash)
+-- ARGV[1] member id   ARGV[2] lease in ms
+-- The member subscribed (and saw the subscription confirmed) before this runs, so every
+-- invalidation sequenced after the returned value reaches it.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+-- Forget members whose lease ran out more than a minute ago (bounded bookkeeping).
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - 60000, 'LIMIT', 0, 100)
+for _, id in ipairs(dead) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], cur)
+redis.call('HSET', KEYS[4], ARGV[1], cur)
+return cur

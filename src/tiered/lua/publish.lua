@@ -1,0 +1,25 @@
+-- publish: a tiered write's sequenced invalidation, and (Strict) the members it must wait for.
+-- KEYS[1] sequence   KEYS[2] members (zset: id -> lease expiry, server ms)   KEYS[3] acks (hash)
+-- ARGV[1] coherence channel   ARGV[2] invalidation ('K' .. key or 'F')   ARGV[3] the writer's id
+-- ARGV[4] '1' to list the members to wait for
+-- Returns {seq, id1, remaining_ms1, id2, remaining_ms2, ...}: every member whose lease is live
+-- (by this server's clock), other than the writer, and the time left on its lease.
+local s = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], '#' .. s .. ' ' .. ARGV[2])
+local out = {s}
+if ARGV[4] ~= '1' then
+  return out
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES')
+for i = 1, #live, 2 do
+  if live[i] ~= ARGV[3] then
+    local a = tonumber(redis.call('HGET', KEYS[3], live[i]) or '0')
+    if a < s then
+      out[#out + 1] = live[i]
+      out[#out + 1] = tonumber(live[i + 1]) - now
+    end
+  end
+end
+return out

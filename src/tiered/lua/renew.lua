@@ -1,0 +1,23 @@
+-- renew: a member acknowledges the highest contiguous sequence it applied, and renews its lease
+-- if it keeps up.
+-- KEYS[1] sequence   KEYS[2] members (zset)   KEYS[3] acks (hash)   KEYS[4] need (hash)
+-- ARGV[1] member id   ARGV[2] applied sequence   ARGV[3] lease in ms   ARGV[4] coherence channel
+-- Returns 1 (renewed), 0 (acknowledged, not renewed: the member is behind what was published
+-- before its previous renewal) or -1 (the lease had lapsed: writers may have stopped waiting
+-- for this member, which must flush its L1 and join again).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local exp = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if (not exp) or tonumber(exp) <= now then
+  return -1
+end
+local w = tonumber(ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], w)
+redis.call('PUBLISH', ARGV[4], 'A' .. ARGV[1] .. ' ' .. ARGV[2])
+local need = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
+if w < need then
+  return 0
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], tonumber(redis.call('GET', KEYS[1]) or '0'))
+return 1

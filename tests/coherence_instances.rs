@@ -1,0 +1,315 @@
+//! Coherence machinery seen from one process: sequence gaps, unreadable messages, writers that
+//! give up, dead feed tasks, late joiners, L1 lifetimes capped by Redis. The multi-process proofs
+//! are in `tests/coherence.rs`.
+
+mod support;
+
+use leasecache::Cache;
+use leasecache::redis::{RedisOptions, RedisStore};
+use leasecache::tiered::{Coherence, TieredBuilder, TieredCache, TieredError};
+use std::future::Future;
+use std::time::{Duration, Instant};
+use support::RedisServer;
+
+type Tc = TieredCache<String, u64>;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn run<F: Future<Output = ()> + Send + 'static>(test: F) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        tokio::time::timeout(Duration::from_secs(60), test)
+            .await
+            .expect("test exceeded its time limit");
+    });
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn instance(
+    url: &str,
+    ns: &str,
+    configure: impl FnOnce(TieredBuilder<String, u64>) -> TieredBuilder<String, u64>,
+) -> Tc {
+    let store = RedisStore::connect(url, RedisOptions::new(ns))
+        .await
+        .expect("connect");
+    let builder = TieredCache::builder(Cache::new(1_000), store)
+        .ping_interval(Duration::from_millis(200))
+        .ping_timeout(Duration::from_millis(500));
+    let cache = configure(builder).build().expect("build");
+    tokio::time::timeout(WAIT, cache.feed_confirmed())
+        .await
+        .expect("feed confirmed");
+    wait_for("L1 active", || cache.is_l1_active()).await;
+    cache
+}
+
+async fn fill(c: &Tc, key: &str, value: u64) {
+    let got = c
+        .get_or_load(key.to_owned(), |_| async move { Ok::<_, ()>(value) })
+        .await;
+    assert_eq!(got, Ok(value));
+    assert_eq!(c.l1().get(key), Some(value), "{key} is in the L1");
+}
+
+/// A sequenced invalidation that skips sequences (as a message lost on a cluster bus would)
+/// flushes the L1 at once and is counted; the next in order is not a gap.
+#[test]
+fn a_sequence_gap_flushes_the_l1_and_is_counted() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let a = instance(&url, "gap", |b| b).await;
+        let b = instance(&url, "gap", |b| b).await;
+        fill(&a, "x", 1).await;
+        fill(&a, "y", 1).await;
+        // In order: B's purge of "y" is sequence n; A applies it without a gap.
+        b.purge("y").await.expect("purge");
+        assert_eq!(
+            a.l1().get("y"),
+            None,
+            "Strict: applied before the purge returned"
+        );
+        assert_eq!(a.stats().sequence_gaps, 0);
+        assert_eq!(a.l1().get("x"), Some(1));
+        // Sequence n + 5 arrives for another key: n + 1 ..= n + 4 were lost.
+        let seq = server.cli(&["GET", "leasecache:{gap}:seq"]);
+        let next: u64 = seq.trim().parse::<u64>().expect("sequence") + 5;
+        let channel = "leasecache:gap:coherence";
+        server.cli(&["PUBLISH", channel, &format!("#{next} Kunrelated")]);
+        wait_for("gap detected", || a.stats().sequence_gaps == 1).await;
+        assert_eq!(a.l1().get("x"), None, "the gap flushed the L1");
+        // The mark jumped to the gap's sequence: the next write is in order again.
+        fill(&a, "x", 1).await; // from Redis again
+        server.cli(&["SET", "leasecache:{gap}:seq", &next.to_string()]);
+        b.purge("z").await.expect("purge");
+        assert_eq!(a.stats().sequence_gaps, 1, "no second gap");
+        assert_eq!(
+            a.l1().get("x"),
+            Some(1),
+            "an in-order purge of another key keeps x"
+        );
+    });
+}
+
+/// A burst of unreadable messages: each counted, one flush, the L1 bypassed meanwhile and used
+/// again once the burst is over.
+#[test]
+fn unreadable_messages_are_counted_and_flush_once_per_burst() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let a = instance(&url, "junk", |b| b).await;
+        fill(&a, "x", 1).await;
+        let channel = a.l2().invalidation_channel().to_owned();
+        // One round trip for the whole burst, so it lands well inside the hold time.
+        let mut script =
+            String::from("for i = 1, 50 do redis.call('PUBLISH', KEYS[1], '?junk') end");
+        script.push_str(" return 1");
+        server.cli(&["EVAL", &script, "1", &channel]);
+        wait_for("all counted", || a.stats().unreadable_messages == 50).await;
+        assert_eq!(a.stats().unreadable_flushes, 1, "{:?}", a.stats());
+        assert_eq!(a.l1().get("x"), None, "flushed");
+        wait_for("L1 active again", || a.is_l1_active()).await;
+        fill(&a, "x", 1).await; // from Redis, into the L1 again
+        assert_eq!(
+            a.stats().invalidations_received,
+            0,
+            "junk is not an invalidation"
+        );
+    });
+}
+
+/// Strict: a member that holds a live lease but never acknowledges (registered by hand, as a
+/// process that renews without applying would look) makes the write give up after the member
+/// lease and say so.
+#[test]
+fn a_writer_that_gives_up_says_so() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let lease = Duration::from_millis(200);
+        let a = instance(&url, "mute", |b| b.member_lease(lease)).await;
+        server.cli(&[
+            "ZADD",
+            "leasecache:{mute}:members",
+            "99999999999999",
+            "mute-member",
+        ]);
+        let started = Instant::now();
+        let err = a.purge("k").await.expect_err("a member never acknowledged");
+        assert!(
+            matches!(err, TieredError::Unacknowledged { instances: 1 }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("1 instance"), "{err}");
+        assert_eq!(a.stats().unacknowledged_writes, 1);
+        println!("gave up after {:?} (lease {lease:?})", started.elapsed());
+        // Once it is gone, writes return Ok again.
+        server.cli(&["ZREM", "leasecache:{mute}:members", "mute-member"]);
+        a.purge("k").await.expect("nobody to wait for");
+    });
+}
+
+/// Strict: a member whose lease ran out on the server is not waited for: the write returns Ok.
+#[test]
+fn a_lapsed_member_is_not_waited_for() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let a = instance(&url, "lapsed", |b| b).await;
+        // Expired (score in the past, server milliseconds).
+        server.cli(&["ZADD", "leasecache:{lapsed}:members", "1", "gone"]);
+        a.purge("k").await.expect("the lapsed member is skipped");
+        assert_eq!(a.stats().unacknowledged_writes, 0);
+    });
+}
+
+/// A feed task that ended (here: its runtime shut down) stops the L1 at once: nothing is
+/// served from it, even a value planted there.
+#[test]
+fn a_dead_feed_task_bypasses_the_l1() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let feed_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let a = feed_rt.block_on(instance(&url, "dead", |b| b));
+    assert!(a.is_l1_active());
+    drop(feed_rt); // the feed task is dropped with its runtime
+    assert!(!a.is_l1_active(), "the L1 stopped with its feed");
+    a.l1().insert("k".to_owned(), 7); // planted after the stop: must not be served
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let got = other.block_on(a.get_or_load("k".to_owned(), |_| async { Ok::<_, ()>(8) }));
+    assert_eq!(got, Ok(8), "the planted L1 value was not served");
+    drop(a);
+}
+
+/// Bounded: an instance serves its L1 only while its token proof is fresh, and a write returns
+/// without waiting for anyone (a never-acknowledging member is ignored).
+#[test]
+fn bounded_writes_do_not_wait_and_the_l1_is_served_with_a_fresh_proof() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let bound = Coherence::Bounded(Duration::from_millis(200));
+        let a = instance(&url, "bnd", |b| b.coherence(bound)).await;
+        let b = instance(&url, "bnd", |b| b.coherence(bound)).await;
+        server.cli(&[
+            "ZADD",
+            "leasecache:{bnd}:members",
+            "99999999999999",
+            "mute-member",
+        ]);
+        fill(&a, "x", 1).await;
+        b.purge("x")
+            .await
+            .expect("Bounded does not wait for members");
+        wait_for("invalidation applied", || a.l1().get("x").is_none()).await;
+        // Proofs keep coming: the L1 stays in use well past the bound.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(a.is_l1_active(), "tokens renewed the proof");
+        assert_eq!(a.stats().unacknowledged_writes, 0);
+    });
+}
+
+/// A late joiner starts with an empty L1 and does not serve it before it is a member.
+#[test]
+fn a_late_joiner_starts_empty() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let store = RedisStore::connect(&url, RedisOptions::new("late"))
+            .await
+            .expect("connect");
+        let l1 = Cache::new(100);
+        l1.insert("k".to_owned(), 1); // whatever the L1 held before
+        let a: Tc = TieredCache::builder(l1, store).build().expect("build");
+        assert!(!a.is_l1_active(), "not a member yet");
+        assert_eq!(a.l1().get("k"), None, "started empty");
+        tokio::time::timeout(WAIT, a.feed_confirmed())
+            .await
+            .expect("joined");
+        let members = server.cli(&["ZCARD", "leasecache:{late}:members"]);
+        assert_eq!(members.trim(), "1");
+        drop(a);
+        wait_for("left on drop", || {
+            server.cli(&["ZCARD", "leasecache:{late}:members"]).trim() == "0"
+        })
+        .await;
+    });
+}
+
+/// An L1 fill never outlives its Redis entry: a value inserted in Redis with a short TTL leaves
+/// the L1 no later than it leaves Redis, through `get` and through `get_or_load`.
+#[test]
+fn an_l1_entry_never_outlives_its_redis_entry() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let a = instance(&url, "ttl", |b| b).await;
+        let ttl = Duration::from_millis(300);
+        a.l2().insert_with_ttl("g", &1, ttl).await.expect("insert");
+        a.l2().insert_with_ttl("l", &2, ttl).await.expect("insert");
+        // The inserts' own invalidations reach this instance first (else they could fence the
+        // fills below).
+        wait_for("inserts' invalidations", || {
+            a.stats().invalidations_received == 2
+        })
+        .await;
+        assert_eq!(a.get("g").await.expect("get"), Some(1));
+        let got = a
+            .get_or_load("l".to_owned(), |_| async { Ok::<_, ()>(99) })
+            .await;
+        assert_eq!(got, Ok(2), "from Redis");
+        assert_eq!(a.l1().get("g"), Some(1), "filled");
+        assert_eq!(a.l1().get("l"), Some(2), "filled");
+        // Once Redis no longer has them, neither does the L1 (no invalidation is published for
+        // an expiry).
+        for key in ["g", "l"] {
+            let redis_key = format!("ttl:{key}");
+            wait_for("Redis expired the key", || {
+                server.cli(&["EXISTS", &redis_key]).trim() == "0"
+            })
+            .await;
+            assert_eq!(a.l1().get(key), None, "{key} outlived its Redis entry");
+        }
+        assert_eq!(
+            a.stats().invalidations_received,
+            2,
+            "an expiry publishes nothing"
+        );
+    });
+}
