@@ -1,11 +1,15 @@
 //! Hit-ratio harness: replays access traces through leasecache, moka and quick_cache
 //! (single-threaded cache-aside: look up, on a miss insert) and prints markdown tables of hit
-//! ratios, one per capacity, with a "best fixed set in hindsight" reference row.
+//! ratios, one per capacity, with reference rows: plain LRU, Belady's MIN (the offline optimum:
+//! evict whichever of the cached keys and the missed key is next used farthest) and the "best
+//! fixed set in hindsight".
 //!
 //! ```text
 //! cargo bench --bench hit_ratio                          # full run (a few minutes on 2 cores)
 //! cargo bench --bench hit_ratio -- --quick               # CI smoke (or HIT_RATIO_QUICK=1)
 //! cargo bench --bench hit_ratio -- --trace keys.txt      # also replay a trace, one key per line
+//! cargo bench --bench hit_ratio -- --only-files --realish 1000000 \
+//!     --capacities 1000,5000,20000,50000                 # the generated real-like traces only
 //! ```
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it runs a small smoke test instead.
@@ -19,9 +23,10 @@
 //! cache can beat it when popularity shifts).
 
 mod common;
+mod traces;
 
 use leasecache::{Cache, Lookup};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -39,6 +44,10 @@ usage: hit_ratio [--quick] [--accesses N] [--keys N] [--seed N] [--capacities A,
   --capacities LIST capacities in entries, comma separated        [default 1000,10000,100000]
   --trace FILE      also replay FILE (one key per line; integers are used as is, other lines
                     are hashed); may be repeated
+  --realish N       also replay the generated real-like traces (db, storage, cdn, kv; see
+                    benches/traces), N accesses each
+  --only-files      replay only the --trace files and --realish traces (no Zipf, scan, loop)
+  --write-traces D  write the --realish traces to directory D (one key per line) and exit
 
   HIT_RATIO_ONLY=leasecache replays one cache only (label prefix: leasecache, moka, quick_cache)";
 
@@ -48,6 +57,9 @@ struct Config {
     seed: u64,
     capacities: Vec<u64>,
     files: Vec<String>,
+    realish: usize,
+    only_files: bool,
+    write_traces: Option<String>,
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -58,6 +70,9 @@ fn parse_args() -> Result<Config, String> {
         seed: 42,
         capacities: vec![1_000, 10_000, 100_000],
         files: Vec::new(),
+        realish: 0,
+        only_files: false,
+        write_traces: None,
     };
     let quick_config = |c: &mut Config| {
         c.accesses = 300_000;
@@ -102,6 +117,9 @@ fn parse_args() -> Result<Config, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--trace" => config.files.push(value()?),
+            "--realish" => config.realish = positive(&flag, &value()?)?.min(1 << 32) as usize,
+            "--only-files" => config.only_files = true,
+            "--write-traces" => config.write_traces = Some(value()?),
             // Filters and flags that cargo or criterion may pass to every bench.
             other if !other.starts_with('-') => {}
             other => return Err(format!("unknown flag {other:?}")),
@@ -140,6 +158,9 @@ fn columns(config: &Config, shared: &[Column], capacity: u64) -> Vec<Column> {
             trace: Arc::clone(&c.trace),
         })
         .collect();
+    if config.only_files {
+        return columns;
+    }
     // Zipf hot set with one-time scans.
     let hot = common::zipf_keys(config.keys, 1.0, config.accesses, config.seed ^ 0x5ca4);
     let (block, scan) = (16 * capacity as usize, 4 * capacity as usize);
@@ -181,14 +202,18 @@ enum Kind {
     LeaseCache,
     Moka,
     QuickCache,
+    Lru,
+    Belady,
     BestFixed,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [
+    const ALL: [Kind; 6] = [
         Kind::Moka,
         Kind::LeaseCache,
         Kind::QuickCache,
+        Kind::Lru,
+        Kind::Belady,
         Kind::BestFixed,
     ];
 
@@ -196,7 +221,9 @@ impl Kind {
         match self {
             Kind::LeaseCache => "leasecache",
             Kind::Moka => "moka 0.12",
-            Kind::QuickCache => "quick_cache 0.6",
+            Kind::QuickCache => "quick_cache 0.7",
+            Kind::Lru => "LRU",
+            Kind::Belady => "Belady MIN (offline optimum)",
             Kind::BestFixed => "best fixed set (hindsight)",
         }
     }
@@ -248,6 +275,8 @@ fn hits(kind: Kind, capacity: u64, trace: &[u64]) -> u64 {
                 }
             }
         }
+        Kind::Lru => hits = lru(capacity as usize, trace),
+        Kind::Belady => hits = belady(capacity as usize, trace),
         Kind::BestFixed => {
             let mut counts: HashMap<u64, u64, _> =
                 HashMap::with_capacity_and_hasher(trace.len() / 4, common::hasher());
@@ -257,6 +286,62 @@ fn hits(kind: Kind, capacity: u64, trace: &[u64]) -> u64 {
             let mut counts: Vec<u64> = counts.into_values().collect();
             counts.sort_unstable_by(|a, b| b.cmp(a));
             hits = counts.iter().take(capacity as usize).sum();
+        }
+    }
+    hits
+}
+
+/// Hits of a plain LRU cache of `capacity` entries (the recency reference).
+fn lru(capacity: usize, trace: &[u64]) -> u64 {
+    // Last use of each cached key, and the cached keys by last use.
+    let mut last: HashMap<u64, usize, _> =
+        HashMap::with_capacity_and_hasher(capacity + 1, common::hasher());
+    let mut by_age = BTreeMap::new();
+    let mut hits = 0;
+    for (t, &k) in trace.iter().enumerate() {
+        if let Some(old) = last.insert(k, t) {
+            hits += 1;
+            by_age.remove(&old);
+        } else if last.len() > capacity {
+            if let Some((_, victim)) = by_age.pop_first() {
+                last.remove(&victim);
+            }
+        }
+        by_age.insert(t, k);
+    }
+    hits
+}
+
+/// Hits of Belady's MIN (offline optimum with demand fetching): on a miss into a full cache,
+/// evict whichever of the cached keys and the missed key is next used farthest in the future.
+fn belady(capacity: usize, trace: &[u64]) -> u64 {
+    let mut next = vec![usize::MAX; trace.len()];
+    let mut seen: HashMap<u64, usize, _> =
+        HashMap::with_capacity_and_hasher(trace.len() / 4, common::hasher());
+    for (t, &k) in trace.iter().enumerate().rev() {
+        next[t] = seen.insert(k, t).unwrap_or(usize::MAX);
+    }
+    // The cached keys' next uses; the heap holds (next use, key), stale pairs skipped lazily.
+    let mut cached: HashMap<u64, usize, _> =
+        HashMap::with_capacity_and_hasher(capacity + 1, common::hasher());
+    let mut heap = BinaryHeap::new();
+    let mut hits = 0;
+    for (t, &k) in trace.iter().enumerate() {
+        if cached.insert(k, next[t]).is_some() {
+            hits += 1;
+        }
+        heap.push((next[t], k));
+        while cached.len() > capacity {
+            let Some((when, victim)) = heap.pop() else {
+                break;
+            };
+            if cached.get(&victim) == Some(&when) {
+                cached.remove(&victim);
+            }
+        }
+        if heap.len() > 4 * capacity + 64 {
+            // Drop the stale pairs.
+            heap = cached.iter().map(|(&k, &when)| (when, k)).collect();
         }
     }
     hits
@@ -275,8 +360,29 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
-    let mut shared: Vec<Column> = [0.7, 0.9, 1.0, 1.2]
-        .into_iter()
+    if let Some(dir) = &config.write_traces {
+        for name in traces::KINDS {
+            let trace = traces::generate(name, config.realish.max(1), config.seed);
+            let mut text = String::with_capacity(trace.len() * 21);
+            for k in trace {
+                let _ = writeln!(text, "{k}");
+            }
+            let path = format!("{dir}/{name}.keys");
+            if let Err(e) = std::fs::write(&path, text) {
+                eprintln!("hit_ratio: cannot write {path}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let zipfs: &[f64] = if config.only_files {
+        &[]
+    } else {
+        &[0.7, 0.9, 1.0, 1.2]
+    };
+    let mut shared: Vec<Column> = zipfs
+        .iter()
+        .copied()
         .enumerate()
         .map(|(i, s)| Column {
             name: format!("zipf {s:.1}"),
@@ -288,6 +394,14 @@ fn main() -> ExitCode {
             )),
         })
         .collect();
+    if config.realish > 0 {
+        for name in traces::KINDS {
+            shared.push(Column {
+                name: name.to_string(),
+                trace: Arc::new(traces::generate(name, config.realish, config.seed)),
+            });
+        }
+    }
     for path in &config.files {
         match read_trace(path) {
             Ok(trace) => shared.push(Column {
@@ -381,6 +495,8 @@ fn main() -> ExitCode {
             Kind::LeaseCache,
             Kind::Moka,
             Kind::QuickCache,
+            Kind::Lru,
+            Kind::Belady,
             Kind::BestFixed,
         ] {
             if !replayed(kind) {
@@ -396,9 +512,12 @@ fn main() -> ExitCode {
             out.push('\n');
             continue;
         }
-        let _ = write!(out, "| leasecache - best of others (pp) |");
+        let _ = write!(out, "| leasecache - best of moka, quick_cache, LRU (pp) |");
         for (c, col) in cols.iter().enumerate() {
-            let others = ratio(c, Kind::Moka).max(ratio(c, Kind::QuickCache));
+            let mut others = ratio(c, Kind::Moka).max(ratio(c, Kind::QuickCache));
+            if replayed(Kind::Lru) {
+                others = others.max(ratio(c, Kind::Lru));
+            }
             let delta = 100.0 * (ratio(c, Kind::LeaseCache) - others);
             let _ = write!(out, " {delta:+.2} |");
             if delta < 0.0 {
@@ -410,11 +529,11 @@ fn main() -> ExitCode {
     if !compared {
         out.push_str("(a partial replay, `HIT_RATIO_ONLY`: no comparison.)\n");
     } else if losses.is_empty() {
-        out.push_str("leasecache is at least the best of moka and quick_cache in every column.\n");
+        out.push_str("leasecache is at least the best of the others in every column.\n");
     } else {
         let _ = writeln!(
             out,
-            "leasecache trails the best of moka and quick_cache in: {}.",
+            "leasecache trails the best of the others in: {}.",
             losses.join("; ")
         );
     }

@@ -18,7 +18,9 @@
 //! - `purge`: purge / invalidate / remove of absent keys (most purges in production find nothing);
 //! - `zipf_read_mostly`: Zipf (s = 1.0) over 1M keys, capacity 100k: 98 % cache-aside reads
 //!   (filled on a miss as above), 2 % purges;
-//! - `write_heavy`: the same keys, 50 % cache-aside reads, 50 % unconditional inserts.
+//! - `write_heavy`: the same keys, 50 % cache-aside reads, 50 % unconditional inserts;
+//! - `replace`: the replacing-write mix of issue 17: 100k cached keys (capacity 200k), uniform,
+//!   50 % `insert` over an existing key, 50 % `get`.
 
 mod common;
 
@@ -36,6 +38,8 @@ const ZIPF_KEYS: u64 = 1_000_000;
 const ZIPF_STREAM: usize = 1 << 20;
 const HIT_KEYS: u64 = 1 << 16;
 const MISS_CAPACITY: u64 = 1 << 14;
+/// Keys of the `replace` workload, all cached (capacity twice as many).
+const REPLACE_KEYS: u64 = 100_000;
 
 /// A cached value type.
 trait Value: Clone + Send + Sync + 'static {
@@ -249,6 +253,13 @@ impl<'k, C> Prepared<'k, C> {
                 cache
             }
             "miss" => C::build(MISS_CAPACITY),
+            "replace" => {
+                let cache = C::build(2 * REPLACE_KEYS);
+                for k in 0..REPLACE_KEYS {
+                    cache.insert(common::scramble(k), V::make(k));
+                }
+                cache
+            }
             _ => {
                 let cache = C::build(ZIPF_KEYS / 10);
                 for &k in keys.zipf.iter().take(keys.warm) {
@@ -325,17 +336,29 @@ impl<'k, C> Prepared<'k, C> {
                     }
                 });
             }),
+            "replace" => timed(self.threads, &|t| {
+                self.stream(t, n, |i| {
+                    // A multiplicative hash of the position spreads the keys uniformly.
+                    let k = common::scramble(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % REPLACE_KEYS);
+                    if i % 2 == 0 {
+                        cache.insert(k, V::make(k));
+                    } else {
+                        black_box(cache.get(k));
+                    }
+                });
+            }),
             other => unreachable!("unknown workload {other}"),
         }
     }
 }
 
-const WORKLOADS: [&str; 5] = [
+const WORKLOADS: [&str; 6] = [
     "get_hit",
     "miss",
     "purge",
     "zipf_read_mostly",
     "write_heavy",
+    "replace",
 ];
 
 fn bench_one<V: Value, C: Subject<V>>(

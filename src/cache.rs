@@ -169,7 +169,7 @@ where
                 CachePadded::new(ShardCell {
                     shared: Shared::new(layout.expected_entries_per_shard),
                     core: Mutex::new(Core {
-                        writer: Writer::new(capacity, layout.expected_entries_per_shard),
+                        writer: Writer::new(capacity, layout.expected_entries_per_shard).one_of(n),
                         clock: GenerationClock::default(),
                         flights: FlightTable::default(),
                         counts: WriteCounts::default(),
@@ -305,9 +305,33 @@ where
             std::slice::from_ref(self.slot(cell, hash)),
             core.clock.mint(),
         );
+        #[cfg(all(test, leasecache_loom))]
+        if self.readers.broken == Some(crate::reclaim::Broken::NoBusyMark) {
+            self.slot(cell, hash)
+                .store(mark.generation.get(), Ordering::Relaxed);
+        }
+        #[cfg(all(test, leasecache_loom))]
+        if self.readers.broken == Some(crate::reclaim::Broken::NoDetach) {
+            return mark;
+        }
         // After the mark exists: `K::eq` may panic, and the write must still end.
         core.flights.detach(hash, key);
         mark
+    }
+
+    /// Starts loading what a write of `hash` touches first, its generation slot and its home
+    /// bucket, before the caller takes the shard's lock: both are at random places, and their
+    /// misses then overlap the lock's acquisition instead of following one another under it.
+    #[inline]
+    fn prefetch_for_write(&self, cell: &ShardCell<K, V>, hash: u64) {
+        // Not under loom: the probe's load would be one more step for every model to explore.
+        #[cfg(not(all(test, leasecache_loom)))]
+        {
+            crate::table::prefetch(self.slot(cell, hash));
+            cell.shared.prefetch(hash);
+        }
+        #[cfg(all(test, leasecache_loom))]
+        let _ = (cell, hash);
     }
 
     /// Whether `lease` is still good for `hash`. Call with the shard's lock held.
@@ -619,6 +643,7 @@ where
         let cell = self.cell(hash);
         let weight = self.weigh(&key, &value);
         let (now, expires_at) = self.write_times(ttl);
+        self.prefetch_for_write(cell, hash);
         let mut core = cell.core.lock();
         let write = self.begin_key_write(cell, &mut core, hash, &key);
         self.raise_floors(cell, &mut core, hash, self.default_raise());
@@ -655,6 +680,7 @@ where
         let hash = self.hash(key);
         let cell = self.cell(hash);
         let (now, _) = self.write_times(None);
+        self.prefetch_for_write(cell, hash);
         let mut core = cell.core.lock();
         let write = self.begin_key_write(cell, &mut core, hash, key);
         core.counts.purges += 1;

@@ -65,8 +65,9 @@
 //! epoch-based reclamation: each thread's announcement says which epoch its read began at, and a
 //! batch waits for every thread to have begun a read after it, or to be idle. Telling an idle
 //! thread from one whose announcement is still in its CPU's store buffer takes a process-wide
-//! barrier (Linux `membarrier`, a few microseconds), which busy readers make unnecessary; where
-//! `membarrier` is not available, reads issue a full fence instead.
+//! barrier (Linux `membarrier`, a few microseconds), which busy readers and exited threads make
+//! unnecessary; where `membarrier` is not available, or stops working after the cache was built
+//! (a seccomp filter installed since), reads issue a full fence instead.
 //!
 //! What this means for you:
 //! - a value is **not dropped by the call that removes it** (`purge`, `insert` over it, eviction,
@@ -147,11 +148,11 @@
 //! ## Capacity, eviction and TTL
 //!
 //! Capacity is counted in entries, or in any unit a [`CacheBuilder::weigher`] returns. Eviction
-//! is S3-FIFO (a probationary FIFO that reserves no capacity, a main FIFO with reinsertion, a
-//! ghost of recently evicted keys) with TinyLFU-style admission into the main queue, for
+//! is S3-FIFO (a probationary FIFO whose share adapts to the workload, a main FIFO with
+//! reinsertion, a ghost of recently evicted keys) with TinyLFU-style admission into the main queue, for
 //! returning ghosts too: scan-resistant, frequency-aware and loop-resistant, at or ahead of the
-//! better of moka and quick_cache on all 18 Zipf, scan and loop traces of the hit-ratio harness
-//! (see `BENCHMARKS.md`). TTLs are per cache ([`CacheBuilder::time_to_live`]) or
+//! better of moka and quick_cache on 17 of the 18 Zipf, scan and loop traces of the hit-ratio
+//! harness and 0.02 points behind in the 18th (see `BENCHMARKS.md`). TTLs are per cache ([`CacheBuilder::time_to_live`]) or
 //! per entry ([`Cache::insert_with_ttl`]); an expired entry is never returned. It is removed lazily: when its
 //! key is written or purged, or when eviction reaches it in queue order (then whatever its hits).
 //! Until then it counts towards capacity and [`Cache::entry_count`].
@@ -159,7 +160,7 @@
 //! ## Blocking
 //!
 //! `get` and `contains_key` never block, except at a thread's first read of a cache: claiming its
-//! record takes a lock that writers also hold while they check the records (at most one
+//! record takes a lock that writers also hold while they check the records (never across a
 //! `membarrier` call). `lease` blocks only while a write to a key sharing its generation slot is
 //! half done (briefly, on that shard's lock). Every other method may block the calling thread
 //! briefly on a shard lock. `get_or_load` also *blocks the calling thread while it waits for or

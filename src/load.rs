@@ -12,7 +12,7 @@ use crate::cache::Cache;
 use crate::generation::Lease;
 use crate::shard::Admit;
 use crate::stats::Counters;
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering, thread_token};
 use hashbrown::HashTable;
 use std::borrow::Borrow;
 use std::future::Future;
@@ -62,6 +62,10 @@ impl<K: Eq, V> FlightTable<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
+        // Every write detaches, and flights are rare: skip the probe when there is none.
+        if self.table.is_empty() {
+            return;
+        }
         if let Ok(entry) = self
             .table
             .find_entry(hash, |(h, k, _)| *h == hash && k.borrow() == key)
@@ -97,6 +101,10 @@ struct FlightState<V> {
 pub(crate) struct Flight<V> {
     state: Mutex<FlightState<V>>,
     done: Condvar,
+    /// The [`thread_token`] of the thread running the leader's loader right now (a sync loader
+    /// from start to end, an async one for each poll), 0 otherwise. A caller on that thread that
+    /// finds the flight is inside the loader: waiting for the flight would wait for itself.
+    loading_on: AtomicU64,
 }
 
 impl<V: Clone> Flight<V> {
@@ -108,7 +116,23 @@ impl<V: Clone> Flight<V> {
                 next_waiter: 0,
             }),
             done: Condvar::new(),
+            loading_on: AtomicU64::new(0),
         }
+    }
+
+    /// Runs `f` as (a part of) the leader's load, on the calling thread.
+    fn loading<R>(&self, f: impl FnOnce() -> R) -> R {
+        // Relaxed, here and in `runs_here`: a thread only compares the mark with its own token,
+        // and only it writes that token (it sees its own writes in program order).
+        self.loading_on.store(thread_token(), Ordering::Relaxed);
+        let result = f();
+        self.loading_on.store(0, Ordering::Relaxed);
+        result
+    }
+
+    /// Whether the calling thread is inside this flight's loader.
+    fn runs_here(&self) -> bool {
+        self.loading_on.load(Ordering::Relaxed) == thread_token()
     }
 
     fn complete(&self, outcome: Outcome<V>) {
@@ -255,8 +279,11 @@ where
             core.counts.stale_rejected += 1;
         }
         drop(core);
+        // Cloned before the flight counts as finished: a `V::clone` that panics here leaves it
+        // unfinished, and `Drop` abandons it so that its waiters retry instead of hanging.
+        let for_waiters = value.clone();
         self.finished = true;
-        self.flight.complete(Outcome::Done(value.clone()));
+        self.flight.complete(Outcome::Done(for_waiters));
         Ok(value)
     }
 }
@@ -303,12 +330,16 @@ where
             return Begin::Hit(v);
         }
         self.readers.miss();
-        if let Some(flight) = core.flights.find(hash, key) {
-            return Begin::Join(Arc::clone(flight));
-        }
         let flight = Arc::new(Flight::new());
-        core.flights
-            .register(hash, key.clone(), Arc::clone(&flight));
+        match core.flights.find(hash, key) {
+            // A loader that loads its own key, on the thread that runs it: it would wait for
+            // itself forever. It loads on its own instead, in a flight nobody can join.
+            Some(joined) if joined.runs_here() => {}
+            Some(joined) => return Begin::Join(Arc::clone(joined)),
+            None => core
+                .flights
+                .register(hash, key.clone(), Arc::clone(&flight)),
+        }
         // Captured in the same critical section that registered the flight: a write that detaches
         // the flight also fences this lease.
         let lease = self.lease_locked(cell, hash);
@@ -325,7 +356,12 @@ where
     /// returned start a fresh load and never receive the value read before it, and that value is
     /// not cached. If the loader returns an error, its caller gets the error; if it panics, the
     /// panic reaches its caller. Either way the waiters do not hang: one of them retries with its
-    /// own loader.
+    /// own loader (also when the leader's value cannot be handed to them because its `V::clone`
+    /// panics).
+    ///
+    /// A loader that itself calls `get_or_load` for the key it is loading does not wait for its
+    /// own load (that would never end): the inner call runs its loader on its own, outside
+    /// single-flight, and saves under its own lease.
     ///
     /// ```
     /// let cache: leasecache::Cache<u32, String> = leasecache::Cache::new(100);
@@ -348,7 +384,7 @@ where
                 }
                 Begin::Lead(flight, lease) => {
                     let leader = Leader::new(self, hash, flight);
-                    let result = loader(&key);
+                    let result = leader.flight.loading(|| loader(&key));
                     return leader.finish(key, result, lease, None);
                 }
             }
@@ -360,6 +396,8 @@ where
     ///
     /// Runtime-agnostic (no executor is assumed) and cancellation-safe: dropping the leading
     /// future hands the load to a waiter, and dropping a waiting future leaves the load alone.
+    /// A loader future that awaits `get_or_load_async` for its own key does not wait for itself:
+    /// as with [`get_or_load`](Self::get_or_load), the inner call loads on its own.
     ///
     /// ```
     /// let cache: leasecache::Cache<u32, String> = leasecache::Cache::new(100);
@@ -403,7 +441,10 @@ where
                 }
                 Begin::Lead(flight, lease) => {
                     let leader = Leader::new(self, hash, flight);
-                    let result = loader(key.clone()).await;
+                    let mut load = std::pin::pin!(loader(key.clone()));
+                    let result =
+                        std::future::poll_fn(|cx| leader.flight.loading(|| load.as_mut().poll(cx)))
+                            .await;
                     let (result, max_ttl) = match result {
                         Ok((value, max_ttl)) => (Ok(value), max_ttl),
                         Err(e) => (Err(e), None),
@@ -412,5 +453,150 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, not(leasecache_loom)))]
+mod tests {
+    use crate::Cache;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, mpsc};
+    use std::time::Duration;
+
+    /// How long a call may take before the test calls it a deadlock (a guard against hanging the
+    /// suite, not a timing assertion: the calls below return at once when they work).
+    const HUNG: Duration = Duration::from_secs(30);
+
+    /// Runs `f` on its own thread and returns its result, or fails the test if it never returns.
+    fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(f()).unwrap());
+        rx.recv_timeout(HUNG)
+            .unwrap_or_else(|_| panic!("{what} never returned"))
+    }
+
+    /// A value whose clone panics once, when the shared countdown goes from 1 to 0.
+    #[derive(Debug)]
+    struct Fragile(Arc<AtomicUsize>);
+
+    impl Clone for Fragile {
+        fn clone(&self) -> Self {
+            if self.0.fetch_sub(1, Ordering::Relaxed) == 1 {
+                panic!("V::clone panicked");
+            }
+            Fragile(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn a_panicking_clone_of_the_leaders_value_does_not_hang_its_waiters() {
+        let cache: Arc<Cache<u32, Fragile>> = Arc::new(Cache::new(100));
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let leader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.get_or_load(1, |_| {
+                    entered_tx.send(()).unwrap();
+                    released.recv().unwrap();
+                    // The first clone (saving it) works, the second (for the waiters) panics.
+                    Ok::<_, ()>(Fragile(Arc::new(AtomicUsize::new(2))))
+                })
+            })
+        };
+        entered.recv().unwrap();
+        let waiter = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.get_or_load(1, |_| Ok::<_, ()>(Fragile(Arc::new(AtomicUsize::new(0)))))
+            })
+        };
+        // The waiter looked the key up (and joined the flight, which it cannot leave).
+        while cache.stats().misses < 2 {
+            std::thread::yield_now();
+        }
+        release.send(()).unwrap();
+        assert!(
+            leader.join().is_err(),
+            "the clone's panic reaches the leader"
+        );
+        let got = returns("the waiter", move || waiter.join());
+        assert!(got.unwrap().is_ok(), "the waiter retried and got a value");
+    }
+
+    #[test]
+    fn a_loader_that_loads_its_own_key_does_not_wait_for_itself() {
+        let cache: Arc<Cache<u32, String>> = Arc::new(Cache::new(100));
+        let c = cache.clone();
+        let outer: Result<String, ()> = returns("the nested get_or_load", move || {
+            c.get_or_load(1, |_| {
+                let inner = c.get_or_load(1, |_| Ok::<_, ()>("inner".to_string()))?;
+                Ok(format!("outer over {inner}"))
+            })
+        });
+        assert_eq!(outer.unwrap(), "outer over inner");
+        assert_eq!(cache.get(&1).as_deref(), Some("outer over inner"));
+        assert_eq!(cache.stats().loads, 2, "the inner call loaded on its own");
+    }
+
+    #[test]
+    fn an_async_loader_that_loads_its_own_key_does_not_wait_for_itself() {
+        let cache: Arc<Cache<u32, String>> = Arc::new(Cache::new(100));
+        let c = cache.clone();
+        let outer: Result<String, ()> = returns("the nested get_or_load_async", move || {
+            futures_executor::block_on(c.get_or_load_async(1, |_| async {
+                let inner = c
+                    .get_or_load_async(1, |_| async { Ok::<_, ()>("inner".to_string()) })
+                    .await?;
+                Ok(format!("outer over {inner}"))
+            }))
+        });
+        assert_eq!(outer.unwrap(), "outer over inner");
+        assert_eq!(cache.stats().loads, 2, "the inner call loaded on its own");
+    }
+
+    /// Two tasks of one thread, the second looking the key up while the first is suspended
+    /// inside its loader: it joins the flight (the thread is not inside the loader then).
+    #[test]
+    fn a_task_on_the_leaders_thread_still_joins_its_flight() {
+        use std::cell::Cell;
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+
+        let cache: Cache<u32, String> = Cache::new(100);
+        let ready = Cell::new(false);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut leader = std::pin::pin!(cache.get_or_load_async(1, |_| async {
+            std::future::poll_fn(|_| {
+                if ready.get() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            Ok::<_, ()>("led".to_string())
+        }));
+        assert!(
+            leader.as_mut().poll(&mut cx).is_pending(),
+            "suspended in its loader"
+        );
+        let mut joiner = std::pin::pin!(
+            cache.get_or_load_async(1, |_| async { Ok::<_, ()>("own".to_string()) })
+        );
+        assert!(
+            joiner.as_mut().poll(&mut cx).is_pending(),
+            "joined the flight"
+        );
+        ready.set(true);
+        assert_eq!(
+            leader.as_mut().poll(&mut cx),
+            Poll::Ready(Ok("led".to_string()))
+        );
+        assert_eq!(
+            joiner.as_mut().poll(&mut cx),
+            Poll::Ready(Ok("led".to_string()))
+        );
+        assert_eq!(cache.stats().loads, 1);
     }
 }

@@ -45,6 +45,10 @@ mod imp {
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
         }
+        #[cfg(test)]
+        pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+            self.0.try_lock()
+        }
     }
 
     /// A condition variable paired with [`Mutex`].
@@ -129,16 +133,23 @@ pub(crate) fn light_barrier(fast: bool) {
     }
 }
 
-/// The writer's half of an asymmetric fence: when it returns, every thread of the process has
+/// The writer's half of an asymmetric fence. Returns `true` when every thread of the process has
 /// executed a full fence since it was called, so a reader's announcement made before that point
 /// is visible, and a reader's loads after it see what the caller stored before the call.
-pub(crate) fn heavy_barrier() {
+///
+/// Returns `false` when no process-wide barrier could be issued: the process never had one, or
+/// `membarrier` failed after registration succeeded (a seccomp filter installed after the first
+/// cache was built). The caller has then only issued a `SeqCst` fence of its own, which pairs with
+/// readers' full fences but not with their compiler fences; from then on [`init_barriers`] returns
+/// `false` for new caches, and existing ones switch their readers to full fences (see
+/// `reclaim.rs`).
+pub(crate) fn heavy_barrier() -> bool {
     #[cfg(not(all(test, leasecache_loom)))]
-    if membarrier::available() {
-        membarrier::barrier();
-        return;
+    if membarrier::available() && membarrier::barrier() {
+        return true;
     }
     fence(Ordering::SeqCst);
+    false
 }
 
 /// Registers the process for expedited `membarrier` once, and returns whether the heavy barrier
@@ -155,17 +166,38 @@ pub(crate) fn init_barriers() -> bool {
     false
 }
 
+#[cfg(all(test, not(leasecache_loom)))]
+pub(crate) use membarrier::FAIL_NEXT as FAIL_NEXT_BARRIER;
+
 #[cfg(not(all(test, leasecache_loom)))]
 mod membarrier {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// Set once, before any cache exists whose readers could rely on it, and never cleared.
+    /// Set once, before any cache exists whose readers could rely on it; cleared if a barrier
+    /// ever fails.
     static AVAILABLE: AtomicBool = AtomicBool::new(false);
 
     pub(super) fn available() -> bool {
-        // Relaxed: written once by `init`, which runs before any cache is built (each reads it
-        // then, and whatever publishes the cache to other threads orders this write before).
+        // Relaxed: set by `init`, which runs before any cache is built (each reads it then, and
+        // whatever publishes the cache to other threads orders this write before). A cache that
+        // misses the clearing after a failure finds out at its own first failed barrier.
         AVAILABLE.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    std::thread_local! {
+        /// Makes this thread's next barrier fail as if the system call had (a seccomp filter).
+        pub(crate) static FAIL_NEXT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Whether the next barrier of this thread was made to fail by a test; clears the request.
+    /// (A simulated failure leaves `AVAILABLE` set: the other tests of the process run on.)
+    fn simulated_failure() -> bool {
+        #[cfg(test)]
+        if FAIL_NEXT.with(|fail| fail.replace(false)) {
+            return true;
+        }
+        false
     }
 
     #[cfg(target_os = "linux")]
@@ -184,19 +216,26 @@ mod membarrier {
     #[cfg(not(target_os = "linux"))]
     pub(super) fn init() {}
 
+    /// Issues the barrier; `false` if it failed. Registered in `init`, so the documented
+    /// failures (not registered, not supported) should not happen, but a seccomp filter installed
+    /// since can make the call fail: then no cache built from now on relies on it.
     #[cfg(target_os = "linux")]
-    pub(super) fn barrier() {
+    pub(super) fn barrier() -> bool {
         use rustix::thread::{MembarrierCommand, membarrier};
-        // Registered in `init`, so the only documented failures (not registered, not supported)
-        // cannot happen; if one did, readers relying on the barrier would be unprotected.
-        if membarrier(MembarrierCommand::PrivateExpedited).is_err() {
-            std::process::abort();
+        if simulated_failure() {
+            return false;
         }
+        if membarrier(MembarrierCommand::PrivateExpedited).is_err() {
+            AVAILABLE.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn barrier() {
-        unreachable!("membarrier is never available off Linux");
+    pub(super) fn barrier() -> bool {
+        let _ = simulated_failure();
+        false
     }
 }
 
@@ -207,4 +246,21 @@ mod membarrier {
 pub(crate) fn next_instance_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A process-wide unique, nonzero token for the calling thread (under loom, the modelled thread),
+/// never reused: lets a thread recognise a mark it left itself (see `load.rs`).
+pub(crate) fn thread_token() -> u64 {
+    thread_locals! {
+        static TOKEN: std::cell::Cell<u64> = std::cell::Cell::new(0);
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    TOKEN.with(|token| {
+        if token.get() == 0 {
+            // Deliberately a plain `std` atomic, as in `next_instance_id`: it only hands out
+            // distinct numbers.
+            token.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        }
+        token.get()
+    })
 }

@@ -166,6 +166,38 @@ impl Probe {
 }
 
 impl Probe {
+    /// Starts loading the line of `hash`'s home bucket into the cache, for a writer about to
+    /// take the shard's lock: the miss overlaps the lock's acquisition instead of following it.
+    /// A hint only: it reads nothing, so the table may even be replaced meanwhile.
+    // Writers prefetch outside loom only (see `Cache::prefetch_for_write`).
+    #[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
+    #[inline]
+    pub(crate) fn prefetch(self, hash: u64) {
+        let lines = (self.0 & !LOG2_MASK) as *const Line;
+        let mask = (index_mask((self.0 & LOG2_MASK) as u32) >> 1) as usize;
+        // Not dereferenced: a pointer computed with `wrapping_add` needs no live table.
+        prefetch(lines.cast::<u32>().wrapping_add(hash as usize & mask));
+    }
+}
+
+/// Starts loading the line at `p` into the cache; a hint, which never faults and reads nothing
+/// (a no-op off x86-64).
+// Writers prefetch outside loom only (see `Cache::prefetch_for_write`).
+#[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` only hints the cache (it never faults, whatever the address, and
+    // reads nothing the program sees); SSE is part of x86-64. (Safe to call from Rust 1.87 on.)
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+impl Probe {
     /// Bucket `at` of the table whose first line is `lines`.
     ///
     /// # Safety

@@ -374,7 +374,8 @@ impl Drop for Checked {
 }
 
 /// Lock-free reads race writers that replace, purge, evict and flush, so that the slots readers
-/// find are retired and freed (in batches of 32 in a cache this small) all the time. Every value a
+/// find are retired and freed (in batches of 32 in a cache this small) all the time, past busy
+/// readers, idle ones (sleeping between reads) and ones whose threads have exited. Every value a
 /// read returns must be alive and belong to the key asked for; every value is dropped exactly
 /// once, retired ones a batch or two after they were replaced, and the rest with the cache.
 #[test]
@@ -404,11 +405,22 @@ fn lock_free_reads_never_see_a_freed_or_reused_slot() {
             }
         }));
     }
-    for r in 0..2u64 {
+    // Readers 0 and 1 read all the time; reader 2 sleeps between reads, so that writers find
+    // its record idle at an old epoch and take the barrier path to free past it; reader 3 is a
+    // series of short-lived threads, whose records are given up and taken over.
+    for r in 0..4u64 {
         let (cache, reads) = (cache.clone(), reads.clone());
         threads.push(thread::spawn(move || {
             let mut rng = Rng(0xFACE + r);
             while Instant::now() < until {
+                if r == 2 {
+                    thread::sleep(Duration::from_micros(200));
+                }
+                if r == 3 {
+                    let cache = cache.clone();
+                    let read = thread::spawn(move || cache.get(&0).map(|v| v.key));
+                    assert!(matches!(read.join().unwrap(), None | Some(0)));
+                }
                 let key = rng.below(64);
                 let value = match rng.below(3) {
                     0 => cache.get(&key),

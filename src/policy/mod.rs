@@ -1,11 +1,16 @@
 //! Eviction policy building blocks: S3-FIFO queues live in the shard; this module holds the
-//! frequency sketch (admission) and the ghost queue (recently evicted hashes).
+//! frequency sketch (admission), the ghost queue (recently evicted hashes) and the climber that
+//! sizes the window (`climber.rs`).
 //!
-//! The policy is S3-FIFO (Yang et al., SOSP 2023) with a small queue that reserves no capacity
-//! (S3-FIFO gives it 10 %, W-TinyLFU's window is 1 %; here a new entry faces admission as soon as
-//! the shard is full, except that an explicit `insert` is never the victim of its own eviction, so
-//! it can be read right back) and these additions, each measured on the hit-ratio harness
-//! (`cargo bench --bench hit_ratio`):
+//! The policy is S3-FIFO (Yang et al., SOSP 2023) with a small queue whose share of the capacity,
+//! the window, adapts while the cache runs (S3-FIFO gives it a fixed 10 %, W-TinyLFU 1 % that
+//! Caffeine's hill climber then moves). The window starts at zero, where a new entry faces
+//! admission as soon as the shard is full (except that an explicit `insert` is never the victim
+//! of its own eviction, so it can be read right back), and grows while growing it raises the hit
+//! ratio: on traces where recency predicts the next access (databases, storage, CDNs, key-value
+//! stores), a new key read again soon after its miss is kept. See `climber.rs` for the rules and
+//! `Shard::window` for where the window stays zero. The rest, each measured on the hit-ratio
+//! harness (`cargo bench --bench hit_ratio`), with the window at zero:
 //! - while the main queue has room, entries leaving the small queue move into it rather than being
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity; except in
 //!   shards of 8,192 entries and up while misses are rarely ghost hits, where the small queue is a
@@ -31,8 +36,10 @@
 //! the entry's 2-bit frequency); an entry's hits are folded into the sketch when the policy next
 //! looks at it.
 
+mod climber;
 mod ghost;
 mod sketch;
 
+pub(crate) use climber::Climber;
 pub(crate) use ghost::Ghost;
 pub(crate) use sketch::Sketch;

@@ -10,5 +10,7 @@ mod loom_floors;
 mod loom_lincheck;
 #[cfg(leasecache_loom)]
 mod loom_reads;
+#[cfg(leasecache_loom)]
+mod loom_writes;
 mod properties;
 mod spec;
