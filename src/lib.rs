@@ -145,6 +145,10 @@
 //! | `redis` | `leasecache::redis::RedisStore`: the same leases on Redis, Valkey and Redis Cluster (minted generation markers, single-key Lua scripts, sub-entries, an invalidation feed); `leasecache::tiered::TieredCache`: this cache in front of a `RedisStore`, coherent across processes (invalidation feed, L1 bypass on feed loss, circuit breaker) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// First: the logging macros are visible in every module declared after it.
+#[macro_use]
+mod log;
+
 mod builder;
 mod cache;
 mod clock;
@@ -173,6 +177,10 @@ pub mod redis;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod tiered;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
