@@ -196,7 +196,7 @@ pub async fn connect_db(url: &str) -> Result<tokio_postgres::Client, String> {
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| format!("timed out after {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| with_causes(&e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             eprintln!("postgres connection closed: {e}");
@@ -234,11 +234,24 @@ pub async fn connect_cache(
     let l2 = tokio::time::timeout(CONNECT_TIMEOUT, RedisStore::connect(redis_url, options))
         .await
         .map_err(|_| format!("timed out after {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
-    let cache = TieredCache::new(Cache::new(10_000), l2).map_err(|e| e.to_string())?;
+        .map_err(|e| with_causes(&e))?;
+    let cache = TieredCache::new(Cache::new(10_000), l2).map_err(|e| with_causes(&e))?;
     // Until the feed is confirmed every read goes to Redis; wait for it briefly.
     let _ = tokio::time::timeout(CONNECT_TIMEOUT, cache.feed_confirmed()).await;
     Ok(cache)
+}
+
+/// `error: cause: cause ...`: the whole chain, since the outer messages alone ("error connecting
+/// to server") do not say what went wrong.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -270,7 +283,7 @@ async fn main() {
     if let Err(e) = create_table(&db, TABLE, false).await {
         fail(
             &format!("cannot create the table {TABLE}"),
-            &e.to_string(),
+            &with_causes(&e),
             "the user needs CREATE on the database's public schema",
         );
     }

@@ -255,5 +255,12 @@ fn tiered_reports_every_documented_metric_and_logs_a_lost_redis() {
             logs.text().contains("pending writes drained")
         })
         .await;
+        // The landed retry proved Redis reachable: the breaker closed, at INFO.
+        let text = logs.text();
+        let closed = text
+            .lines()
+            .find(|l| l.contains("redis circuit breaker closed"))
+            .unwrap_or_else(|| panic!("no breaker-closed event in:\n{text}"));
+        assert!(closed.contains("INFO"), "{closed}");
     });
 }
