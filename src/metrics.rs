@@ -5,8 +5,8 @@
 //!
 //! The caches already count everything in cheap per-thread and per-shard counters (the hit path
 //! runs no facade call and takes no lock). Nothing is published until the application asks:
-//! [`Cache::report_metrics`], [`RedisStore::report_metrics`](crate::redis::RedisStore::report_metrics)
-//! and [`TieredCache::report_metrics`](crate::tiered::TieredCache::report_metrics) take a
+//! [`Cache::report_metrics`], `RedisStore::report_metrics`
+//! and `TieredCache::report_metrics` take a
 //! snapshot and set every metric to its current value (counters with
 //! [`Counter::absolute`](::metrics::Counter::absolute), gauges with
 //! [`Gauge::set`](::metrics::Gauge::set)). Call them on your scrape or push interval (every few
@@ -33,10 +33,10 @@
 //! Kinds: *counter* values only grow while the cache lives (they restart at 0 with a new
 //! instance, which exporters treat as a counter reset); *gauge* values are levels.
 //!
-//! [`Cache`] ([`Cache::report_metrics`]; [`TieredCache::report_metrics`](crate::tiered::TieredCache::report_metrics)
+//! [`Cache`] ([`Cache::report_metrics`]; `TieredCache::report_metrics`
 //! reports them for its L1 too, under the same `cache` label):
 //!
-//! | name | kind | unit | meaning ([`Stats`](crate::Stats) field) |
+//! | name | kind | unit | meaning ([`Stats`] field) |
 //! |---|---|---|---|
 //! | `leasecache_hits_total` | counter | count | lookups that found a live value (`hits`) |
 //! | `leasecache_misses_total` | counter | count | lookups that found none (`misses`) |
@@ -51,15 +51,15 @@
 //! | `leasecache_entries` | gauge | count | entries held, expired ones not yet removed included ([`Cache::entry_count`]) |
 //! | `leasecache_weighted_size` | gauge | count | total weight held ([`Cache::weighted_size`]) |
 //!
-//! [`RedisStore`](crate::redis::RedisStore) (feature `redis`; also reported by
-//! [`TieredCache::report_metrics`](crate::tiered::TieredCache::report_metrics) for its L2):
+//! `RedisStore` (feature `redis`; also reported by
+//! `TieredCache::report_metrics` for its L2):
 //!
 //! | name | kind | unit | meaning |
 //! |---|---|---|---|
-//! | `leasecache_redis_unreadable_values_total` | counter | count | stored values treated as misses because they could not be used ([`RedisStore::unreadable_values`](crate::redis::RedisStore::unreadable_values)) |
+//! | `leasecache_redis_unreadable_values_total` | counter | count | stored values treated as misses because they could not be used (`RedisStore::unreadable_values`) |
 //!
-//! [`TieredCache`](crate::tiered::TieredCache) (feature `redis`;
-//! [`TieredStats`](crate::tiered::TieredStats) field in parentheses):
+//! `TieredCache` (feature `redis`;
+//! `TieredStats` field in parentheses):
 //!
 //! | name | kind | unit | meaning |
 //! |---|---|---|---|
@@ -80,7 +80,7 @@
 //! | `leasecache_tiered_pending_writes` | gauge | count | writes waiting in the retry queue now (`pending_writes`) |
 //! | `leasecache_tiered_breaker_state` | gauge | - | the circuit breaker: 0 closed, 1 open, 2 half-open (one probe let through) |
 //! | `leasecache_tiered_feed_confirmed` | gauge | - | 1 while the invalidation feed is confirmed, else 0 |
-//! | `leasecache_tiered_l1_active` | gauge | - | 1 while the L1 is in use (feed confirmed, breaker closed, no collapsed flush pending), else 0 ([`TieredCache::is_l1_active`](crate::tiered::TieredCache::is_l1_active)) |
+//! | `leasecache_tiered_l1_active` | gauge | - | 1 while the L1 is in use (feed confirmed, breaker closed, no collapsed flush pending), else 0 (`TieredCache::is_l1_active`) |
 
 use crate::{Cache, Stats};
 use ::metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
