@@ -181,7 +181,39 @@
 //! |---|---|
 //! | *(none)* | the in-process [`Cache`] |
 //! | `redis` | `leasecache::redis::RedisStore`: the same leases on Redis, Valkey and Redis Cluster (minted generation markers, single-key Lua scripts, sub-entries, an invalidation feed); `leasecache::tiered::TieredCache`: this cache in front of a `RedisStore`, coherent across processes (`Coherence::Strict` member leases and acknowledged purges, or `Coherence::Bounded` staleness; sequenced invalidation feed, L1 bypass on feed loss, circuit breaker) |
+//! | `metrics` | `Cache::report_metrics` (and `RedisStore::report_metrics`, `TieredCache::report_metrics` with `redis`): the counters and gauges through the [`metrics`](https://docs.rs/metrics) facade; see `leasecache::metrics` for every name |
+//! | `tracing` | [`tracing`](https://docs.rs/tracing) events for what an operator must hear about; see *Observability* |
+//!
+//! ## Observability
+//!
+//! **Metrics** (feature `metrics`). Nothing is counted twice and the hit path calls no facade:
+//! the caches keep their cheap per-thread and per-shard counters, and your application publishes
+//! them on its scrape interval with `report_metrics(name)`, which sets absolute counter values and
+//! gauges labelled `cache = name`. The full list of names, kinds, units and labels is in the
+//! `leasecache::metrics` module docs (stale saves prevented, breaker state, feed state and pending
+//! writes among them).
+//!
+//! **Logs** (feature `tracing`, target `leasecache`; without the feature the calls compile to
+//! nothing). Events, all from the tiered cache; nothing is logged per read or per write that
+//! succeeds:
+//!
+//! | level | event | fields |
+//! |---|---|---|
+//! | WARN | the circuit breaker opened (L1 flushed and bypassed, reads go to the loader) | `error` |
+//! | INFO | the circuit breaker closed (the L1 is in use again) | |
+//! | WARN | the invalidation feed was lost (L1 flushed and bypassed until it is confirmed) | `channel` |
+//! | INFO | the invalidation feed was confirmed (at start and after each loss) | `channel` |
+//! | WARN | unreadable invalidation messages arrived (L1 flushed once per burst) | |
+//! | WARN | a sequenced invalidation was missing or out of order (L1 flushed) | `seq` |
+//! | WARN | a Strict write gave up waiting for instances that neither acknowledged nor lapsed | `instances` |
+//! | WARN | a write could not reach Redis and was queued for retry (pending, not done) | `write`, `error` |
+//! | ERROR | the pending-write queue was full and collapsed into one flush of the namespace (L1 bypassed until it lands) | `write` |
+//! | INFO | the pending-write queue drained: every failed write has landed | |
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// First: the logging macros are visible in every module declared after it.
+#[macro_use]
+mod log;
 
 mod builder;
 mod cache;
@@ -212,6 +244,10 @@ pub mod redis;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod tiered;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

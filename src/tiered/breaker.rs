@@ -74,6 +74,16 @@ impl Breaker {
         matches!(*self.state.lock(), State::Closed { .. })
     }
 
+    /// The state as a number for the metrics gauge: 0 closed, 1 open, 2 half-open (probing).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn state_code(&self) -> u8 {
+        match *self.state.lock() {
+            State::Closed { .. } => 0,
+            State::Open { .. } => 1,
+            State::HalfOpen { .. } => 2,
+        }
+    }
+
     /// Records a call that reached Redis. `on_close` runs under the breaker's lock if this closes
     /// the breaker, so that it cannot interleave with an `on_open` of a concurrent failure.
     pub(crate) fn success(&self, on_close: impl FnOnce()) -> Transition {

@@ -447,6 +447,7 @@ where
         if applied.step(seq) == Step::Gap {
             bump(&self.counters.sequence_gaps);
             self.l1.flush();
+            log_warn!(seq, "invalidations missing or out of order: L1 flushed");
         }
         // Release pairs with the Acquire load in `stats`.
         self.counters.invalidations.fetch_add(1, Ordering::Release);
@@ -468,6 +469,10 @@ where
             .await
             .map_err(|instances| {
                 bump(&self.counters.unacknowledged);
+                log_warn!(
+                    instances,
+                    "write not acknowledged by every instance within the member lease"
+                );
                 TieredError::Unacknowledged { instances }
             })
     }

@@ -161,6 +161,10 @@ mod feed;
 mod floors;
 
 pub use floors::TieredWriteIntent;
+#[cfg(feature = "metrics")]
+mod metrics;
+#[cfg(feature = "metrics")]
+pub(crate) use metrics::describe as describe_metrics;
 mod pending;
 
 pub use coherence::Coherence;
@@ -175,7 +179,6 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -216,6 +219,7 @@ pub(crate) struct Shared<K, V> {
     bypass: AtomicU8,
     breaker: Breaker,
     counters: Counters,
+    #[cfg(feature = "__test-hooks")]
     hook: Option<FillHook>,
     feed_state: watch::Sender<bool>,
     max_lease_age: Duration,
@@ -252,7 +256,10 @@ fn read(counter: &AtomicU64) -> u64 {
 }
 
 /// Where a test hook runs: after Redis answered, before the L1 fill is attempted.
+///
+/// Only with the unadvertised `__test-hooks` feature: not part of the public API.
 #[doc(hidden)]
+#[cfg_attr(not(feature = "__test-hooks"), allow(dead_code))]
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FillPoint {
@@ -264,8 +271,10 @@ pub enum FillPoint {
 
 /// A test hook: an async callback run between "Redis answered" and "L1 fill".
 #[doc(hidden)]
-pub type FillHook =
-    Arc<dyn Fn(FillPoint, String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+#[cfg(feature = "__test-hooks")]
+pub type FillHook = Arc<
+    dyn Fn(FillPoint, String) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
+>;
 
 /// A snapshot of a [`TieredCache`]'s counters (approximate while other tasks work).
 #[non_exhaustive]
@@ -397,6 +406,7 @@ pub struct TieredBuilder<K, V> {
     feed: feed::FeedConfig,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    #[cfg(feature = "__test-hooks")]
     hook: Option<FillHook>,
     pending: pending::PendingConfig,
     coherence: Coherence,
@@ -474,8 +484,9 @@ where
 
     /// TEST HOOK, not for production: `hook` runs after a Redis read hit or a Redis save landed,
     /// before the L1 fill. Tests use it to force interleavings (an invalidation, a purge or a
-    /// feed loss between the two).
+    /// feed loss between the two). Only with the unadvertised `__test-hooks` feature.
     #[doc(hidden)]
+    #[cfg(feature = "__test-hooks")]
     pub fn test_hook_before_l1_fill<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(FillPoint, String) -> Fut + Send + Sync + 'static,
@@ -502,6 +513,7 @@ where
             bypass: AtomicU8::new(FEED_DOWN),
             breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
             counters: Counters::default(),
+            #[cfg(feature = "__test-hooks")]
             hook: self.hook,
             feed_state: watch::Sender::new(false),
             pending: Arc::new(pending::Pending::new(self.pending)),
@@ -528,7 +540,7 @@ where
         Self::builder(l1, l2).build()
     }
 
-    /// A builder for the feed's timing, the circuit breaker and the test hook.
+    /// A builder for the feed's timing, the circuit breaker and the pending-write queue.
     pub fn builder(l1: Cache<K, V>, l2: RedisStore<V>) -> TieredBuilder<K, V> {
         TieredBuilder {
             l1,
@@ -542,6 +554,7 @@ where
             },
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
+            #[cfg(feature = "__test-hooks")]
             hook: None,
             pending: pending::PendingConfig {
                 capacity: 10_000,
@@ -815,6 +828,10 @@ where
     pub(crate) fn feed_confirmed(&self) {
         self.clear_bypass(FEED_DOWN);
         self.feed_state.send_replace(true);
+        log_info!(
+            channel = self.l2.invalidation_channel(),
+            "invalidation feed confirmed: the L1 is in use again"
+        );
     }
 
     pub(crate) fn feed_lost(&self) {
@@ -824,6 +841,10 @@ where
         self.clear_bypass(UNREADABLE);
         bump(&self.counters.feed_losses);
         self.feed_state.send_replace(false);
+        log_warn!(
+            channel = self.l2.invalidation_channel(),
+            "invalidation feed lost: L1 flushed and bypassed until the feed is confirmed again"
+        );
     }
 
     /// The feed task ended (aborted, panicked, its runtime shut down): the L1 is never served again.
@@ -861,6 +882,7 @@ where
         if self.bypass.load(Ordering::Acquire) & UNREADABLE == 0 {
             bump(&self.counters.unreadable_flushes);
             self.set_bypass(UNREADABLE);
+            log_warn!("unreadable invalidation messages: L1 flushed and bypassed for the burst");
         }
     }
 
@@ -870,7 +892,9 @@ where
     }
 
     fn redis_ok(&self) {
-        self.breaker.success(|| self.clear_bypass(BREAKER_OPEN));
+        if self.breaker.success(|| self.clear_bypass(BREAKER_OPEN)) == Transition::Closed {
+            log_info!("redis circuit breaker closed: the L1 is in use again");
+        }
     }
 
     fn redis_failed(&self, error: RedisStoreError) -> TieredError {
@@ -879,6 +903,10 @@ where
             let opened = self.breaker.failure(|| self.set_bypass(BREAKER_OPEN));
             if opened == Transition::Opened {
                 bump(&self.counters.breaker_opens);
+                log_warn!(
+                    error = %error,
+                    "redis circuit breaker opened: L1 flushed and bypassed, reads go to the loader"
+                );
             }
         }
         TieredError::Redis(error)
@@ -891,8 +919,22 @@ where
             return self.redis_failed(error);
         }
         // Release of the bypass bit happens inside `set_bypass`, under the queue's lock.
-        self.pending
-            .push(retry, || self.set_bypass(PENDING_OVERFLOW));
+        #[cfg(feature = "tracing")]
+        let what = retry.clone();
+        match self
+            .pending
+            .push(retry, || self.set_bypass(PENDING_OVERFLOW))
+        {
+            pending::Pushed::Collapsed => log_error!(
+                write = ?what,
+                "pending-write queue full: collapsed into one flush of the namespace, L1 bypassed until it lands"
+            ),
+            pending::Pushed::Queued => log_warn!(
+                write = ?what,
+                error = %error,
+                "redis write failed: queued and retried until it lands"
+            ),
+        }
         match self.redis_failed(error) {
             TieredError::Redis(e) => TieredError::Pending(e),
             other => other,
@@ -914,11 +956,16 @@ where
         let _ = self.redis_failed(error);
     }
 
+    #[cfg(feature = "__test-hooks")]
     async fn run_hook(&self, point: FillPoint, key: &K) {
         if let Some(hook) = &self.hook {
             hook(point, key.borrow().to_owned()).await;
         }
     }
+
+    /// Without the `__test-hooks` feature there is no hook: nothing to run.
+    #[cfg(not(feature = "__test-hooks"))]
+    async fn run_hook(&self, _point: FillPoint, _key: &K) {}
 
     async fn call_loader<F, Fut, E>(&self, key: K, loader: F) -> Result<V, E>
     where

@@ -201,7 +201,9 @@ where
         match attempt(&s, &op).await {
             Ok(()) => {
                 backoff = config.backoff_min;
-                pending.landed(&op, || s.pending_drained());
+                if pending.landed(&op, || s.pending_drained()) {
+                    log_info!("pending writes drained: every failed write has landed in redis");
+                }
             }
             Err(e) => {
                 s.pending_retry_failed(e);
