@@ -77,6 +77,10 @@
 //! | `leasecache_tiered_pending_queued_total` | counter | count | writes queued after failing to reach Redis (`pending_queued`) |
 //! | `leasecache_tiered_pending_landed_total` | counter | count | queued writes that landed on a retry (`pending_landed`) |
 //! | `leasecache_tiered_pending_collapsed_total` | counter | count | queued writes replaced by one namespace flush when the queue was full (`pending_collapsed`) |
+//! | `leasecache_tiered_sequence_gaps_total` | counter | count | sequenced invalidations found missing or out of order, each of which flushed the L1 (`sequence_gaps`) |
+//! | `leasecache_tiered_unacknowledged_writes_total` | counter | count | `Coherence::Strict` writes that returned `TieredError::Unacknowledged` (`unacknowledged_writes`) |
+//! | `leasecache_tiered_unreadable_messages_total` | counter | count | messages on the invalidation channels that this version cannot read (`unreadable_messages`) |
+//! | `leasecache_tiered_unreadable_flushes_total` | counter | count | L1 flushes those caused, one per burst (`unreadable_flushes`) |
 //! | `leasecache_tiered_pending_writes` | gauge | count | writes waiting in the retry queue now (`pending_writes`) |
 //! | `leasecache_tiered_breaker_state` | gauge | - | the circuit breaker: 0 closed, 1 open, 2 half-open (one probe let through) |
 //! | `leasecache_tiered_feed_confirmed` | gauge | - | 1 while the invalidation feed is confirmed, else 0 |

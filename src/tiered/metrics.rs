@@ -16,7 +16,7 @@ const REDIS_COUNTERS: [(&str, &str); 1] = [(
 )];
 
 /// `(name, description)` of the tiered counters.
-const TIERED_COUNTERS: [(&str, &str); 14] = [
+const TIERED_COUNTERS: [(&str, &str); 18] = [
     (
         "leasecache_tiered_l1_hits_total",
         "Reads answered by the L1.",
@@ -69,6 +69,22 @@ const TIERED_COUNTERS: [(&str, &str); 14] = [
     (
         "leasecache_tiered_pending_collapsed_total",
         "Queued writes replaced by one namespace flush because the queue was full.",
+    ),
+    (
+        "leasecache_tiered_sequence_gaps_total",
+        "Sequenced invalidations found missing or out of order (each flushed the L1).",
+    ),
+    (
+        "leasecache_tiered_unacknowledged_writes_total",
+        "Strict writes that gave up waiting for an instance's acknowledgement.",
+    ),
+    (
+        "leasecache_tiered_unreadable_messages_total",
+        "Messages on the invalidation channels that this version cannot read.",
+    ),
+    (
+        "leasecache_tiered_unreadable_flushes_total",
+        "L1 flushes caused by unreadable messages (one per burst).",
     ),
 ];
 
@@ -141,6 +157,10 @@ where
             stats.pending_queued,
             stats.pending_landed,
             stats.pending_collapsed,
+            stats.sequence_gaps,
+            stats.unacknowledged_writes,
+            stats.unreadable_messages,
+            stats.unreadable_flushes,
         ];
         set_counters(&TIERED_COUNTERS, counters, name);
         let feed_confirmed = *s.feed_state.borrow();
