@@ -145,6 +145,27 @@
 //! whose value is too large for Redis is still returned and may fill the L1 (its L1 lease still
 //! guards the fill). [`get`](TieredCache::get) reports such a value as an error.
 //!
+//! # Changing the value type
+//!
+//! Old values in Redis outlive a deployment. A new type that the codec cannot decode heals on
+//! its own (each such value is a miss that the next load replaces), but postcard, the default
+//! codec, is not self-describing: a struct whose fields were reordered or retyped compatibly
+//! decodes *silently into wrong values*. When the value type changes, either bump
+//! [`RedisOptions::value_version`](crate::redis::RedisOptions::value_version) (values of
+//! another version are misses that heal), or move to a versioned namespace (`users.v2`: the old
+//! keys expire with their TTL), or use a self-describing codec
+//! ([`JsonCodec`](crate::redis::JsonCodec)). Values such as `Arc<T>` need serde's `rc` feature
+//! to be serializable at all.
+//!
+//! # When a purge fails after the database committed
+//!
+//! The row is already written; the cache must not keep the old value. [`purge`](TieredCache::purge)
+//! has done what can be done at once (this L1 is purged) and returns
+//! [`TieredError::Pending`]: the purge is queued and retried until it lands (see *Writes are
+//! never lost*), and other processes may serve the old value until then. Retrying the purge
+//! yourself is safe too (purges are idempotent). With a bare `RedisStore` there is no queue:
+//! retry, or accept staleness up to the entry's TTL.
+//!
 //! # Leases across a slow source
 //!
 //! A load that took longer than the store's maximum lease age is returned to its caller but saved
@@ -153,7 +174,9 @@
 //! # Runtime
 //!
 //! A `TieredCache` must be built inside a tokio runtime: its feed task is spawned there, and is
-//! stopped when the cache is dropped.
+//! stopped when the cache is dropped. An L1 hit completes without yielding to the runtime (it
+//! never awaits): a task that reads hot keys in a loop should yield now and then
+//! (`tokio::task::yield_now`), or it starves the other tasks of its worker thread.
 
 mod breaker;
 mod coherence;
@@ -325,6 +348,21 @@ pub struct TieredStats {
     pub unreadable_flushes: u64,
     /// The L1's own counters.
     pub l1: Stats,
+}
+
+impl TieredStats {
+    /// The share of lookups answered by a cache tier (the L1 or Redis) rather than the loader:
+    /// `(l1_hits + l2_hits) / (l1_hits + l2_hits + loads)`, or 0 before any lookup. Callers that
+    /// joined another caller's load count once, with that load.
+    pub fn hit_ratio(&self) -> f64 {
+        let hits = self.l1_hits + self.l2_hits;
+        let total = hits + self.loads;
+        if total == 0 {
+            0.0
+        } else {
+            hits as f64 / total as f64
+        }
+    }
 }
 
 /// Why a [`TieredCache`] operation failed.
@@ -1047,5 +1085,22 @@ where
             self.l1.purge::<str>(key.borrow());
         }
         Ok((value, ttl))
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::TieredStats;
+
+    #[test]
+    fn hit_ratio_counts_both_tiers_against_loads() {
+        assert_eq!(TieredStats::default().hit_ratio(), 0.0);
+        let stats = TieredStats {
+            l1_hits: 6,
+            l2_hits: 2,
+            loads: 2,
+            ..TieredStats::default()
+        };
+        assert!((stats.hit_ratio() - 0.8).abs() < 1e-12);
     }
 }
