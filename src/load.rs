@@ -391,6 +391,24 @@ where
         }
     }
 
+    /// [`get_or_load`](Self::get_or_load) with a loader that cannot fail (moka's `get_with`
+    /// beside `try_get_with`). Same single-flight and lease guarantees.
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<u32, String> = leasecache::Cache::new(100);
+    /// assert_eq!(cache.get_with(7, |k| format!("row {k}")), "row 7");
+    /// assert_eq!(cache.get(&7).as_deref(), Some("row 7"));
+    /// ```
+    pub fn get_with<F>(&self, key: K, loader: F) -> V
+    where
+        F: FnOnce(&K) -> V,
+    {
+        match self.get_or_load(key, |k| Ok::<V, std::convert::Infallible>(loader(k))) {
+            Ok(value) => value,
+            Err(never) => match never {},
+        }
+    }
+
     /// [`get_or_load`](Self::get_or_load) for async code. The loader receives its own clone of
     /// the key and returns a future.
     ///

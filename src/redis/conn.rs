@@ -50,6 +50,16 @@ impl Scripts {
     }
 }
 
+/// How a single-server connection is made and re-made: each attempt bounded by `timeout`, two
+/// retries with exponential backoff up to 500 ms.
+fn manager_config(timeout: Duration) -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
+}
+
 /// One server (auto-reconnecting) or a cluster. Cloning shares the underlying connections.
 #[derive(Clone)]
 pub(crate) enum Conn {
@@ -61,15 +71,27 @@ impl Conn {
     pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Self, RedisStoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| RedisStoreError::Config(ConfigError::url(url, &e)))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let fut = ConnectionManager::new_with_config(client, config);
+        let fut = ConnectionManager::new_with_config(client, manager_config(timeout));
         let manager = tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| RedisStoreError::Timeout(timeout))??;
+        Ok(Self::Single(manager))
+    }
+
+    /// A connection to one server that is made on first use, not now: the server may be down.
+    /// redis-rs's `ConnectionManager` makes the connection when the first command needs it and,
+    /// after a connection error, starts a new attempt (with its own retries and exponential
+    /// backoff) in the background, so the store recovers on its own once the server is up.
+    /// Only a URL that does not parse fails here. Must be called inside a tokio runtime.
+    pub(crate) fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, RedisStoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| RedisStoreError::Config(ConfigError::url(url, &e)))?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(RedisStoreError::Config(ConfigError::new(
+                "RedisStore::connect_lazy must be called inside a tokio runtime",
+            )));
+        }
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config(timeout))?;
         Ok(Self::Single(manager))
     }
 

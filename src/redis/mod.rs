@@ -232,6 +232,31 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         Ok(Self::with_conn(conn, vec![url.to_owned()], options))
     }
 
+    /// A store on one server (`redis://host:port/db`) that does not need the server to be up:
+    /// returns at once, without a round trip, and connects on first use. While the server
+    /// cannot be reached every call fails with a transient error
+    /// ([`RedisStoreError::is_transient`]) after at most a few connection attempts, each bounded
+    /// by the command timeout; after a failure the next connection is attempted in the
+    /// background, with exponential backoff, so the store recovers on its own when the server
+    /// comes up. A [`TieredCache`](crate::tiered::TieredCache) built on it starts degraded
+    /// (reads served by the loader) and recovers with it: see
+    /// [Redis unreachable](crate::tiered#redis-unreachable).
+    ///
+    /// Fails at once, and never transiently, on invalid options or a URL that does not parse
+    /// ([`RedisStoreError::Config`], naming the URL without its password), and when called
+    /// outside a tokio runtime. Single server only: a cluster client needs a reachable node to
+    /// learn the slot map ([`connect_cluster`](Self::connect_cluster)).
+    pub fn connect_lazy<C: Codec<V>>(
+        url: &str,
+        options: RedisOptions<C>,
+    ) -> Result<Self, RedisStoreError> {
+        options
+            .validate()
+            .map_err(|e| RedisStoreError::Config(ConfigError::new(e)))?;
+        let conn = Conn::connect_lazy(url, options.command_timeout)?;
+        Ok(Self::with_conn(conn, vec![url.to_owned()], options))
+    }
+
     /// Connects to a Redis Cluster through any of its nodes (`redis://host:port/`); the slot map
     /// is discovered and followed through resharding and failover.
     pub async fn connect_cluster<C: Codec<V>>(

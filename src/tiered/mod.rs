@@ -308,15 +308,26 @@ pub struct TieredStats {
     /// Reads answered by Redis after an L1 miss.
     pub l2_hits: u64,
     /// Loader calls (one per single-flight group), including those made while Redis was
-    /// unreachable.
+    /// unreachable. Not the same count as `l1.loads`: the L1 counts every single-flight group
+    /// it led on an L1 miss, *including the groups Redis answered* (those are also in
+    /// `l2_hits`), and none of the loads made while the L1 was bypassed. To know how often the
+    /// database was read, use this field.
     pub loads: u64,
     /// L1 fills rejected because a purge, invalidation, insert or flush fenced the L1 lease.
+    /// Fills this cache suppressed on purpose (Redis failed, the Redis save was stale, the L1
+    /// was bypassed) are not counted. This process's own writes are counted twice over when they
+    /// race a fill: once by the local purge, and again when their invalidation comes back
+    /// through the feed (every process, the writer included, applies every invalidation it
+    /// receives; see `invalidations_received`). A busy key written by this process therefore
+    /// shows rejections even without other writers: they cost one uncached read each, never a
+    /// stale value.
     pub l1_stale_rejections: u64,
     /// Redis saves rejected because a write fenced the Redis lease (or the lease marker was lost).
     pub l2_stale_rejections: u64,
     /// Loads that outlived the maximum lease age and were saved in neither tier.
     pub expired_leases: u64,
-    /// Invalidation messages applied from the feed.
+    /// Invalidation messages applied from the feed, including the echoes of this process's own
+    /// purges, inserts and flushes (applied again: harmless, and the feed cannot tell them apart).
     pub invalidations_received: u64,
     /// Times the feed was lost (each flushed the L1).
     pub feed_losses: u64,
@@ -673,6 +684,27 @@ where
             .await
     }
 
+    /// [`get_or_load`](Self::get_or_load) with a loader that cannot fail (moka's `get_with`
+    /// beside `try_get_with`): the value of `key` from the L1, else from Redis, else from
+    /// `loader`, saved to both tiers under leases as `get_or_load` does. Single-flight per
+    /// process. Redis failures never fail it (the value then comes from the loader and is not
+    /// cached), so it also serves while Redis is down.
+    pub async fn get_with<F, Fut>(&self, key: K, loader: F) -> V
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = V>,
+    {
+        let loaded = self
+            .get_or_load(key, |k| async move {
+                Ok::<V, std::convert::Infallible>(loader(k).await)
+            })
+            .await;
+        match loaded {
+            Ok(value) => value,
+            Err(never) => match never {},
+        }
+    }
+
     /// Stores `value` in Redis unconditionally (fencing every Redis lease on `key` and publishing
     /// an invalidation), then purges `key` from this L1; the next read fills the L1 from Redis.
     ///
@@ -683,8 +715,39 @@ where
     /// server error reply such as `OOM`), the key is purged from Redis instead, so that the value
     /// it replaced does not survive, and that error is returned.
     pub async fn insert(&self, key: &str, value: &V) -> Result<(), TieredError> {
+        self.insert_ttl(key, value, None).await
+    }
+
+    /// [`insert`](Self::insert) with its own TTL in Redis (1 ms to 10 years) instead of the
+    /// store's default. The L1 entry never outlives the Redis entry: the insert purges the key
+    /// from this L1, and the read that fills it again takes the Redis entry's remaining TTL as
+    /// the L1 entry's deadline (or the L1's own TTL if that is shorter).
+    ///
+    /// An invalid TTL is refused before anything is sent, and changes nothing in either tier
+    /// ([`TieredError::Redis`] of [`RedisStoreError::InvalidInput`]). Otherwise as `insert`.
+    pub async fn insert_with_ttl(
+        &self,
+        key: &str,
+        value: &V,
+        ttl: Duration,
+    ) -> Result<(), TieredError> {
+        self.insert_ttl(key, value, Some(ttl)).await
+    }
+
+    async fn insert_ttl(
+        &self,
+        key: &str,
+        value: &V,
+        ttl: Option<Duration>,
+    ) -> Result<(), TieredError> {
         let s = &*self.shared;
-        let result = s.l2.insert(key, value).await;
+        let result = match ttl {
+            None => s.l2.insert(key, value).await,
+            Some(ttl) => match s.l2.insert_with_ttl(key, value, ttl).await {
+                Err(e @ RedisStoreError::InvalidInput(_)) => return Err(TieredError::Redis(e)),
+                other => other,
+            },
+        };
         s.l1.purge(key);
         let error = match result {
             Ok(()) => {

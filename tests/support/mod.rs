@@ -71,6 +71,38 @@ fn check_installed(what: &str) -> bool {
     false
 }
 
+/// Whether Redis is installed, for a test that must decide before it starts a server: `false`
+/// after a loud skip message; panics if Redis is required (`LEASECACHE_REQUIRE_REDIS=1`).
+pub fn redis_available(what: &str) -> bool {
+    check_installed(what)
+}
+
+/// `anyhow`'s `{:#}` report of `err` (every layer of the `source()` chain, joined by ": "),
+/// after asserting that each layer is printed once: the top layer's text and its cause's text
+/// occur once each, and no ": "-separated part repeats.
+pub fn report_with_each_cause_once<E>(err: E) -> String
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let top = err.to_string();
+    let cause = std::error::Error::source(&err)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(chain.matches(top.as_str()).count(), 1, "{chain}");
+    if !cause.is_empty() {
+        assert_eq!(chain.matches(cause.as_str()).count(), 1, "{chain}");
+    }
+    let parts: Vec<&str> = chain.split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(p),
+            "{p:?} printed twice in {chain}"
+        );
+    }
+    chain
+}
+
 /// A loopback port that was free a moment ago (bind port 0, read it, drop the listener).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -247,6 +279,33 @@ impl RedisServer {
             .tempdir()
             .expect("create temp dir");
         let node = start_node(dir.path().to_path_buf(), false, extra);
+        Some(Self { node, _dir: dir })
+    }
+
+    /// Starts a server on `port`: a port reserved with [`free_port`] that a client was pointed
+    /// at before any server listened there. Panics if it does not come up (the port was taken
+    /// meanwhile). `None` (after a loud skip message) if Redis is not installed and not required.
+    pub fn start_on(port: u16) -> Option<Self> {
+        if !check_installed("RedisServer::start_on") {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("leasecache-redis-")
+            .tempdir()
+            .expect("create temp dir");
+        let mut node = Node {
+            port,
+            bus_port: None,
+            dir: dir.path().to_path_buf(),
+            extra: Vec::new(),
+            child: None,
+        };
+        if !node.spawn_and_wait() {
+            panic!(
+                "redis-server did not come up on port {port}; log:\n{}",
+                node.log()
+            );
+        }
         Some(Self { node, _dir: dir })
     }
 
