@@ -125,6 +125,18 @@
 //! namespace, `NOPERM`, `OOM`, script errors) never open it: they are returned for that call
 //! ([`RedisStoreError::Server`]), and `get_or_load` answers from the loader without caching.
 //!
+//! **Starting while Redis is down.** Build the cache on
+//! [`RedisStore::connect_lazy`](crate::redis::RedisStore::connect_lazy), which returns without
+//! contacting the server (only a URL that does not parse, or invalid options, fail it). The cache
+//! starts as after an outage: the L1 bypassed, `get_or_load` and `get_with` served by the loader
+//! (each read reaches the loader: nothing is cached while Redis is down), `get` failing, writes
+//! queued as pending. The store reconnects in the background with backoff and the feed task
+//! re-subscribes with backoff ([`reconnect_backoff`](TieredBuilder::reconnect_backoff)); once
+//! Redis answers, the breaker closes on the next successful call and the L1 is used again when
+//! the feed is confirmed ([`feed_confirmed`](TieredCache::feed_confirmed)), with no action from
+//! the caller. [`RedisStore::connect`](crate::redis::RedisStore::connect) instead fails while
+//! Redis is unreachable: use it when a service must not start without Redis.
+//!
 //! # Writes are never lost
 //!
 //! [`purge`](TieredCache::purge), [`insert`](TieredCache::insert) and
