@@ -8,10 +8,16 @@
 //!
 //! - `hit`: `get` of 16k present keys in a scrambled order.
 //! - `miss`: `get_or_lease` + `save_with_lease` of keys never seen, in a cache at capacity (16k),
-//!   so every save also evicts. The hold-off subject has a 1 s hold-off configured and in use (a
-//!   purge raised one, so every lease reads its slot's deadline); its keys' slots have none.
-//! - `miss-after-hold-off`: the same, but first every slot of the table was purged with a hold-off
-//!   that has passed (so each miss also reads the clock, and its save clears the deadline).
+//!   so every save also evicts. The three miss subjects are caches of their own, filled alike (by
+//!   saves, which raise no floor) and fed the same key sequence, so they differ only in their
+//!   floors: the policy's state, and with it the work a save does, is the same in all three. (A
+//!   subject with another history, or whose saves a live hold-off refuses, measures the policy or
+//!   the refusal, not the floors.)
+//!   - `hold-off set`: the cache has a 1 s default hold-off and a purge raised one, so every
+//!     lease reads its slot's deadline; only that purge's slot carries a live one (1 in 4096).
+//!   - `passed deadlines`: the same, but first every slot of the table was purged with a hold-off
+//!     that has passed, so the first miss on each slot also reads the clock, and its save clears
+//!     the deadline.
 
 mod common;
 
@@ -75,12 +81,27 @@ fn main() {
         .unwrap_or(15);
     let plain = leasecache(None);
     let held = leasecache(Some(Duration::from_secs(1)));
-    let passed = leasecache(Some(Duration::from_secs(1)));
     held.purge_with_hold_off(&u64::MAX, Duration::from_secs(1));
+    let miss_subjects = [
+        leasecache(None),
+        leasecache(Some(Duration::from_secs(1))),
+        leasecache(Some(Duration::from_secs(1))),
+    ];
     // Every slot gets a deadline that passes at once: the purges below use a zero hold-off.
     for i in 0..(CAPACITY * 64) {
-        passed.purge_with_hold_off(&common::scramble(u64::MAX - i), Duration::ZERO);
+        miss_subjects[2].purge_with_hold_off(&common::scramble(u64::MAX - i), Duration::ZERO);
     }
+    for cache in &miss_subjects {
+        for i in 0..CAPACITY {
+            let k = common::scramble(i);
+            let lease = cache.lease(&k);
+            cache
+                .save_with_lease(k, k, lease)
+                .expect("a fill of a cache with no live hold-off is never refused");
+        }
+    }
+    // A hold-off in use: one slot (u64::MAX's) under a live 1 s deadline.
+    miss_subjects[1].purge(&u64::MAX);
     let moka: moka::sync::Cache<u64, u64, ahash::RandomState> = moka::sync::Cache::builder()
         .max_capacity(CAPACITY)
         .build_with_hasher(common::hasher());
@@ -103,7 +124,8 @@ fn main() {
 
     let mut hit: [Vec<f64>; 4] = Default::default();
     let mut miss: [Vec<f64>; 3] = Default::default();
-    let mut next = [1u64 << 40, 2u64 << 40, 3u64 << 40];
+    // The same key sequence for every miss subject.
+    let mut next = [1u64 << 40; 3];
     for round in 0..rounds {
         // Each round starts with a different subject, so no subject always runs first.
         for i in 0..4 {
@@ -116,8 +138,7 @@ fn main() {
         }
         for i in 0..3 {
             let which = (i + round) % 3;
-            let cache = [&plain, &held, &passed][which];
-            miss[which].push(misses(cache, &mut next[which]));
+            miss[which].push(misses(&miss_subjects[which], &mut next[which]));
         }
     }
     let report = |name: &str, subjects: &[&str], samples: &[Vec<f64>]| {
@@ -140,7 +161,7 @@ fn main() {
         "miss",
         &[
             "leasecache",
-            "leasecache+hold-off in use",
+            "leasecache+hold-off set",
             "leasecache+passed deadlines",
         ],
         &miss,
