@@ -9,32 +9,11 @@ use leasecache::redis::{RedisOptions, RedisStore};
 use leasecache::tiered::{Coherence, TieredBuilder, TieredCache, TieredError};
 use std::future::Future;
 use std::time::{Duration, Instant};
-use support::RedisServer;
+use support::{RedisServer, wait_for};
 
 type Tc = TieredCache<String, u64>;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn run<F: Future<Output = ()> + Send + 'static>(test: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        tokio::time::timeout(Duration::from_secs(60), test)
-            .await
-            .expect("test exceeded its time limit");
-    });
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
 
 async fn instance(
     url: &str,
@@ -65,6 +44,11 @@ async fn fill(c: &Tc, key: &str, value: u64) {
 
 /// A sequenced invalidation that skips sequences (as a message lost on a cluster bus would)
 /// flushes the L1 at once and is counted; the next in order is not a gap.
+/// Runs `test` on a 2-thread runtime, for at most a minute.
+fn run<F: Future<Output = ()> + Send + 'static>(test: F) {
+    support::run_tokio(2, Duration::from_secs(60), test);
+}
+
 #[test]
 fn a_sequence_gap_flushes_the_l1_and_is_counted() {
     let Some(server) = RedisServer::start() else {

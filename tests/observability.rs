@@ -16,8 +16,8 @@ use metrics_util::{CompositeKey, MetricKind};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use support::RedisServer;
+use std::time::Duration;
+use support::{RedisServer, wait_for};
 
 /// The metric tables of the `metrics` module docs: `name -> kind`, per table (Cache, RedisStore,
 /// TieredCache).
@@ -144,15 +144,6 @@ impl Write for Captured {
 impl Captured {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-/// Polls `cond` every millisecond (yielding to the runtime) until it holds, for at most 15 s.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

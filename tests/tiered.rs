@@ -14,36 +14,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use support::RedisServer;
+use support::{RedisServer, wait_for};
 
 type Tc = TieredCache<String, u64>;
 type Action = Box<dyn FnOnce(FillPoint, String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// How long any single wait in these tests may take before the test fails.
 const WAIT: Duration = Duration::from_secs(15);
-
-/// Runs `test` on a multi-threaded runtime with an overall deadline.
-fn run<F: Future<Output = ()> + Send + 'static>(limit: Duration, test: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        tokio::time::timeout(limit, test)
-            .await
-            .expect("test exceeded its time limit");
-    });
-}
-
-/// Polls `cond` (every millisecond) until it holds; panics naming `what` after [`WAIT`].
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
 
 async fn store(url: &str, ns: &str) -> RedisStore<u64> {
     RedisStore::connect(url, RedisOptions::new(ns))
@@ -98,6 +75,11 @@ fn loader(source: &Arc<Source>) -> impl FnOnce(String) -> std::future::Ready<Res
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs `test` on a 4-thread runtime with an overall deadline.
+fn run<F: Future<Output = ()> + Send + 'static>(limit: Duration, test: F) {
+    support::run_tokio(4, limit, test);
 }
 
 #[test]

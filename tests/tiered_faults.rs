@@ -14,35 +14,13 @@ use serde::{Serialize, de::DeserializeOwned};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-use support::RedisServer;
+use std::time::Duration;
+use support::{RedisServer, wait_for};
 
 /// How long any single wait may take before the test fails.
 const WAIT: Duration = Duration::from_secs(15);
 /// Command timeout of the stores whose server gets paused: faults surface within it.
 const SHORT: Duration = Duration::from_millis(300);
-
-fn run<F: Future<Output = ()> + Send + 'static>(limit: Duration, test: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        tokio::time::timeout(limit, test)
-            .await
-            .expect("test exceeded its time limit");
-    });
-}
-
-/// Polls `cond` every millisecond until it holds; panics naming `what` after [`WAIT`].
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
 
 /// One "process". `confirmed`: wait for its feed before returning.
 async fn instance<V>(
@@ -95,6 +73,11 @@ impl Source {
     fn loads(&self) -> u64 {
         self.loads.load(Ordering::SeqCst)
     }
+}
+
+/// Runs `test` on a 2-thread runtime with an overall deadline.
+fn run<F: Future<Output = ()> + Send + 'static>(limit: Duration, test: F) {
+    support::run_tokio(2, limit, test);
 }
 
 #[test]

@@ -524,3 +524,34 @@ impl RedisCluster {
         self.wait_ok();
     }
 }
+
+/// How long one [`wait_for`] of the async suites may take before the test fails.
+pub const ASYNC_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs `test` on a multi-threaded tokio runtime of `workers` threads; fails the test if it runs
+/// longer than `limit`.
+pub fn run_tokio<F>(workers: usize, limit: Duration, test: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        tokio::time::timeout(limit, test)
+            .await
+            .expect("test exceeded its time limit");
+    });
+}
+
+/// Polls `cond` every millisecond (yielding to the runtime) until it holds; panics naming `what`
+/// after [`ASYNC_WAIT`].
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + ASYNC_WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
