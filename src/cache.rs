@@ -6,7 +6,7 @@ use crate::floors::{HoldOffs, LockedFloors, Raise};
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
 use crate::load::FlightTable;
 use crate::reclaim::Readers;
-use crate::shard::{Admit, Removed, Shard, Shared, Writer};
+use crate::shard::{Admit, Shard, Shared, Writer};
 use crate::stats::{Counters, Stats, WriteCounts};
 use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering};
 use crossbeam_utils::CachePadded;
@@ -323,7 +323,7 @@ where
     /// bucket, before the caller takes the shard's lock: both are at random places, and their
     /// misses then overlap the lock's acquisition instead of following one another under it.
     #[inline]
-    fn prefetch_for_write(&self, cell: &ShardCell<K, V>, hash: u64) {
+    pub(crate) fn prefetch_for_write(&self, cell: &ShardCell<K, V>, hash: u64) {
         // Not under loom: the probe's load would be one more step for every model to explore.
         #[cfg(not(all(test, leasecache_loom)))]
         {
@@ -560,6 +560,7 @@ where
 
     /// [`save_with_lease`](Self::save_with_lease), the entry living at most `max_ttl` (and at
     /// most the cache's own TTL). The tiered cache caps an L1 fill by its Redis entry's TTL.
+    #[cfg(feature = "redis")]
     pub(crate) fn save_with_lease_within(
         &self,
         key: K,
@@ -677,17 +678,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
-        let cell = self.cell(hash);
-        let (now, _) = self.write_times(None);
-        self.prefetch_for_write(cell, hash);
-        let mut core = cell.core.lock();
-        let write = self.begin_key_write(cell, &mut core, hash, key);
-        core.counts.purges += 1;
-        let removed = self.shard(cell, &mut core).remove(hash, key, now);
-        self.raise_floors(cell, &mut core, hash, self.default_raise());
-        drop(write);
-        removed == Removed::Live
+        self.end_write_of(key, self.default_raise(), None)
     }
 
     /// Drops every entry and fences every outstanding lease.

@@ -232,15 +232,6 @@ where
         true
     }
 
-    /// Purges `key` and raises its floors: [`purge`](Self::purge) with a hold-off or a position.
-    fn purge_raising<Q>(&self, key: &Q, raise: Raise) -> bool
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.end_write_of(key, raise, None)
-    }
-
     /// The write that opens (`open`) or closes an intent on `key`'s slot: what
     /// [`begin_write`](Self::begin_write) and [`WriteIntent`]'s end do.
     pub(crate) fn intent_write<Q>(&self, key: &Q, raise: Raise, open: bool) -> bool
@@ -254,7 +245,9 @@ where
     /// One write of `key` that removes its value, fences its leases, raises its floors and opens
     /// (`Some(true)`) or closes (`Some(false)`) an intent on its slot. Returns whether a live value
     /// was removed.
-    fn end_write_of<Q>(&self, key: &Q, raise: Raise, intent: Option<bool>) -> bool
+    /// [`purge`](Self::purge) is this write with the cache's default floors and no intent.
+    #[inline]
+    pub(crate) fn end_write_of<Q>(&self, key: &Q, raise: Raise, intent: Option<bool>) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -262,6 +255,7 @@ where
         let hash = self.hash(key);
         let cell = self.cell(hash);
         let (now, _) = self.write_times(None);
+        self.prefetch_for_write(cell, hash);
         let mut core = cell.core.lock();
         let write = self.begin_key_write(cell, &mut core, hash, key);
         core.counts.purges += 1;
@@ -301,12 +295,13 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.purge_raising(
+        self.end_write_of(
             key,
             Raise {
                 hold_off: Some(hold_off),
                 position: None,
             },
+            None,
         )
     }
 
@@ -331,12 +326,13 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.purge_raising(
+        self.end_write_of(
             key,
             Raise {
                 hold_off: self.default_hold_off(),
                 position: Some(position),
             },
+            None,
         )
     }
 

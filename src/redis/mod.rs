@@ -132,7 +132,7 @@ mod options;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 use serde::Serialize;
@@ -565,10 +565,13 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     ) -> Result<Option<(V, Option<Duration>)>, RedisStoreError> {
         let limit = self.stored_limit().to_string();
         let args: [&[u8]; 2] = [field.as_bytes(), limit.as_bytes()];
+        let sent = Instant::now();
         let reply = self.eval_on(key, Op::Get, &args).await?;
         match &reply {
             Value::Array(items) => match items.as_slice() {
-                [Value::Int(1), v, ttl] => Ok(Some((self.decode(bytes_of(v)?)?, ttl_of(ttl)?))),
+                [Value::Int(1), v, ttl] => {
+                    Ok(Some((self.decode(bytes_of(v)?)?, ttl_since(ttl, sent)?)))
+                }
                 [Value::Int(0)] => Ok(None),
                 [Value::Int(2), n] => Err(RedisStoreError::TooLarge {
                     size: usize::try_from(u64_of(n)?)
@@ -670,13 +673,14 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             limit.as_bytes(),
             if skip_value { b"1" } else { b"0" },
         ];
+        let sent = Instant::now();
         let reply = self.eval_on(key, Op::GetOrLease, &args).await?;
         let mut items = match reply {
             Value::Array(items) => items,
             other => return Err(protocol("get_or_lease", &other)),
         };
         if let [Value::Int(1), v, ttl] = items.as_mut_slice() {
-            let ttl = ttl_of(ttl)?;
+            let ttl = ttl_since(ttl, sent)?;
             // Moved out, not copied: the hit path decodes straight from the reply.
             let value = std::mem::replace(v, Value::Nil);
             return Ok(RawLookup::Hit { value, ttl });
@@ -854,6 +858,12 @@ fn bytes_of(v: &Value) -> Result<&[u8], RedisStoreError> {
         Value::SimpleString(s) => Ok(s.as_bytes()),
         other => Err(protocol("script", other)),
     }
+}
+
+/// A `PTTL` reply read by a request sent at `sent`, as the TTL left from now: less the time the
+/// reply took to arrive, so that an entry capped by it never outlives the Redis entry.
+fn ttl_since(v: &Value, sent: Instant) -> Result<Option<Duration>, RedisStoreError> {
+    Ok(ttl_of(v)?.map(|ttl| ttl.saturating_sub(sent.elapsed())))
 }
 
 /// A `PTTL` reply: `Some(remaining)`, `None` for no TTL (-1), zero for a key gone meanwhile (-2).

@@ -17,37 +17,13 @@ use serde::de::DeserializeOwned;
 use super::{Shared, TieredCache, TieredError, bump};
 use crate::Lookup;
 use crate::floors::Raise;
-use crate::redis::{RedisStoreError, RedisWriteIntent, Saved};
+use crate::redis::{RedisWriteIntent, Saved};
 
 impl<K, V> TieredCache<K, V>
 where
     K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Runs `l2` whatever the breaker says, then `l1` whatever happened, as `purge` does: on
-    /// success the write is made coherent across the fleet (see [`Coherence`](super::Coherence));
-    /// if Redis cannot be reached a plain purge of `key` is queued and retried until it lands
-    /// ([`TieredError::Pending`]; the floors meant for Redis are then not raised there).
-    async fn both_tiers<T>(
-        &self,
-        key: &str,
-        l2: impl Future<Output = Result<T, RedisStoreError>>,
-        l1: impl FnOnce(&Shared<K, V>),
-    ) -> Result<T, TieredError> {
-        let s = &*self.shared;
-        let result = l2.await;
-        l1(s);
-        match result {
-            Ok(t) => {
-                s.redis_ok();
-                s.cohere(&crate::redis::Invalidation::key_payload(key))
-                    .await?;
-                Ok(t)
-            }
-            Err(e) => Err(s.write_failed(e, super::pending::Op::Purge(key.to_owned()))),
-        }
-    }
-
     /// [`purge`](Self::purge) with a hold-off, in Redis
     /// ([`RedisStore::purge_with_hold_off`](crate::redis::RedisStore::purge_with_hold_off)) and in
     /// this L1 ([`Cache::purge_with_hold_off`](crate::Cache::purge_with_hold_off)). Other
@@ -58,7 +34,7 @@ where
         key: &str,
         hold_off: Duration,
     ) -> Result<bool, TieredError> {
-        self.both_tiers(
+        self.write_key(
             key,
             self.shared.l2.purge_with_hold_off(key, hold_off),
             |s| {
@@ -71,7 +47,7 @@ where
     /// [`purge`](Self::purge) "as of" a source position, in Redis and in this L1 (see
     /// [`Cache::purge_as_of`](crate::Cache::purge_as_of)).
     pub async fn purge_as_of(&self, key: &str, position: u64) -> Result<bool, TieredError> {
-        self.both_tiers(key, self.shared.l2.purge_as_of(key, position), |s| {
+        self.write_key(key, self.shared.l2.purge_as_of(key, position), |s| {
             s.l1.purge_as_of(key, position);
         })
         .await
@@ -152,7 +128,7 @@ where
     /// process dies) and in this L1. Saves to `key` are refused in every process until it ends.
     pub async fn begin_write(&self, key: &str) -> Result<TieredWriteIntent<K, V>, TieredError> {
         let l2 = self
-            .both_tiers(key, self.shared.l2.begin_write(key), |s| {
+            .write_key(key, self.shared.l2.begin_write(key), |s| {
                 s.l1.intent_write(key, Raise::default(), true);
             })
             .await;

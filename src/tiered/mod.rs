@@ -791,15 +791,31 @@ where
     /// [`TieredError::Pending`]: pending, not done (other processes keep the old value until it
     /// lands).
     pub async fn purge(&self, key: &str) -> Result<bool, TieredError> {
+        self.write_key(key, self.shared.l2.purge(key), |s| {
+            s.l1.purge(key);
+        })
+        .await
+    }
+
+    /// The write path of every removal of one key: runs `l2` whatever the breaker says, then `l1`
+    /// whatever happened; on success the write is made coherent across the fleet (see
+    /// [`Coherence`]); if Redis cannot be reached a plain purge of `key` is queued and retried
+    /// until it lands ([`TieredError::Pending`]; floors meant for Redis are then not raised there).
+    async fn write_key<T>(
+        &self,
+        key: &str,
+        l2: impl Future<Output = Result<T, RedisStoreError>>,
+        l1: impl FnOnce(&Shared<K, V>),
+    ) -> Result<T, TieredError> {
         let s = &*self.shared;
-        let result = s.l2.purge(key).await;
-        s.l1.purge(key);
+        let result = l2.await;
+        l1(s);
         match result {
-            Ok(had) => {
+            Ok(t) => {
                 s.redis_ok();
                 s.cohere(&crate::redis::Invalidation::key_payload(key))
-                    .await
-                    .map(|()| had)
+                    .await?;
+                Ok(t)
             }
             Err(e) => Err(s.write_failed(e, pending::Op::Purge(key.to_owned()))),
         }
