@@ -176,12 +176,16 @@ const FIELD_PREFIX: &str = "f:";
 /// the server does not answer within the command timeout.
 pub struct RedisStore<V> {
     inner: Arc<Inner<V>>,
+    /// Whether fencing writes publish on the invalidation channel (a tiered cache writes through
+    /// a handle that does not: it sequences its own invalidations).
+    broadcast: bool,
 }
 
 impl<V> Clone for RedisStore<V> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            broadcast: self.broadcast,
         }
     }
 }
@@ -296,6 +300,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                 intent_ttl: o.intent_ttl,
                 unreadable: AtomicU64::new(0),
             }),
+            broadcast: true,
         }
     }
 
@@ -346,7 +351,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             return self.purge_with_hold_off(key, hold_off).await;
         }
         let payload = Invalidation::key_payload(key);
-        let args: [&[u8]; 2] = [self.inner.channel.as_bytes(), &payload];
+        let args: [&[u8]; 2] = [self.broadcast_channel(), &payload];
         let reply = self.eval_on(key, Op::Purge, &args).await?;
         Ok(int_reply(&reply)? == 1)
     }
@@ -376,12 +381,14 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             }
             (nodes, layout) = (next_nodes, next_layout);
         }
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(&self.inner.channel).arg("F");
-        self.inner
-            .conn
-            .query::<Value>(&publish, self.inner.timeout)
-            .await?;
+        if self.broadcast {
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(&self.inner.channel).arg("F");
+            self.inner
+                .conn
+                .query::<Value>(&publish, self.inner.timeout)
+                .await?;
+        }
         Ok(())
     }
 
@@ -442,7 +449,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     pub async fn purge_field(&self, key: &str, field: &str) -> Result<bool, RedisStoreError> {
         let f = user_field(field);
         let payload = Invalidation::key_payload(key);
-        let args: [&[u8]; 3] = [f.as_bytes(), self.inner.channel.as_bytes(), &payload];
+        let args: [&[u8]; 3] = [f.as_bytes(), self.broadcast_channel(), &payload];
         let reply = self.eval_on(key, Op::PurgeField, &args).await?;
         Ok(int_reply(&reply)? == 1)
     }
@@ -550,6 +557,36 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         self.inner
             .conn
             .eval(script, keys, args, self.inner.timeout)
+            .await
+    }
+
+    /// A handle on the same store whose fencing writes publish nothing on the invalidation
+    /// channel (a tiered cache sequences and delivers its own invalidations; on a cluster a
+    /// classic PUBLISH would be broadcast to every node).
+    pub(crate) fn without_broadcast(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            broadcast: false,
+        }
+    }
+
+    /// The channel fencing scripts publish on: empty (publish nothing) without broadcast.
+    pub(crate) fn broadcast_channel(&self) -> &[u8] {
+        if self.broadcast {
+            self.inner.channel.as_bytes()
+        } else {
+            b""
+        }
+    }
+
+    /// The master serving the hash slot of raw key `key` (`None` on a single server).
+    pub(crate) async fn master_for_key(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(String, u16)>, RedisStoreError> {
+        self.inner
+            .conn
+            .master_for_key(key, self.inner.timeout)
             .await
     }
 
@@ -761,12 +798,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         }
         let ttl = ttl_ms.to_string();
         let payload = Invalidation::key_payload(key);
-        let args: [&[u8]; 4] = [
-            &bytes,
-            ttl.as_bytes(),
-            self.inner.channel.as_bytes(),
-            &payload,
-        ];
+        let args: [&[u8]; 4] = [&bytes, ttl.as_bytes(), self.broadcast_channel(), &payload];
         self.eval_on(key, Op::Insert, &args).await?;
         Ok(())
     }

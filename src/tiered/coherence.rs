@@ -180,7 +180,8 @@ impl Coordinator {
             // (whose readings lag true time by up to a tick).
             margin_ms: window_ms / 10 + coarse_tick_ms(),
             serve_until: AtomicU64::new(0),
-            channel: format!("leasecache:{namespace}:coherence"),
+            // Starts with the keys' hash tag: a shard channel in their slot (see `publish.lua`).
+            channel: format!("{tag}:coherence"),
             seq_key: format!("{tag}:seq"),
             members_key: format!("{tag}:members"),
             acks_key: format!("{tag}:acks"),
@@ -328,8 +329,9 @@ impl Coordinator {
         pairs(&array(reply)?)
     }
 
-    /// Registers this instance as a member; returns the sequence it starts from.
-    pub(crate) async fn join<V>(&self, store: &RedisStore<V>) -> Result<u64, RedisStoreError>
+    /// Registers this instance as a member; returns the sequence it starts from and whether the
+    /// server publishes coherence messages as shard messages ([`Start`]).
+    pub(crate) async fn join<V>(&self, store: &RedisStore<V>) -> Result<Start, RedisStoreError>
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
@@ -342,9 +344,9 @@ impl Coordinator {
         let lease = self.lease.as_millis().to_string();
         let args = [self.id.as_bytes(), lease.as_bytes()];
         let sent = coarse_now_ms();
-        let cur = int(&self.eval(store, &self.scripts.join, &keys, &args).await?)?;
+        let start = Start::parse(self.eval(store, &self.scripts.join, &keys, &args).await?)?;
         self.extend(sent, self.lease);
-        Ok(cur)
+        Ok(start)
     }
 
     /// Acknowledges `applied` and renews the lease if the member keeps up.
@@ -395,20 +397,26 @@ impl Coordinator {
     }
 
     /// Publishes token `n` (none if `n` is `None`) on the coherence channel from the sequencing
-    /// node; returns the current sequence.
+    /// node; returns the current sequence and how that node publishes.
     pub(crate) async fn token<V>(
         &self,
         store: &RedisStore<V>,
         n: Option<u64>,
-    ) -> Result<u64, RedisStoreError>
+    ) -> Result<Start, RedisStoreError>
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let payload = n.map_or_else(String::new, |n| format!("T{} {n}", self.id));
         let args = [self.channel.as_bytes(), payload.as_bytes()];
-        int(&self
-            .eval(store, &self.scripts.token, &[&*self.seq_key], &args)
-            .await?)
+        Start::parse(
+            self.eval(store, &self.scripts.token, &[&*self.seq_key], &args)
+                .await?,
+        )
+    }
+
+    /// The key whose hash slot holds every coherence key and the coherence channel.
+    pub(crate) fn slot_key(&self) -> &str {
+        &self.seq_key
     }
 
     /// Records an acknowledgement `A<id> <w>` seen on the coherence channel; wakes waiting
@@ -483,6 +491,26 @@ fn split_id(body: &[u8]) -> Option<(&str, u64)> {
     let text = std::str::from_utf8(body).ok()?;
     let (id, n) = text.split_once(' ')?;
     Some((id, n.parse().ok()?))
+}
+
+/// What `join.lua` and `token.lua` report: the current sequence, and whether the server that
+/// runs the coherence scripts publishes with SPUBLISH (Redis 7 and later) or PUBLISH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub(crate) seq: u64,
+    pub(crate) sharded: bool,
+}
+
+impl Start {
+    fn parse(reply: Value) -> Result<Self, RedisStoreError> {
+        match array(reply)?.as_slice() {
+            [seq, sharded] => Ok(Self {
+                seq: int(seq)?,
+                sharded: int(sharded)? == 1,
+            }),
+            other => Err(protocol(&format!("expected [seq, sharded], got {other:?}"))),
+        }
+    }
 }
 
 /// Where a sequenced invalidation leaves the feed's applied high-water mark.

@@ -242,6 +242,9 @@ where
 {
     shared: Arc<Shared<K, V>>,
     feed: tokio::task::JoinHandle<()>,
+    /// The store as given, for [`l2`](Self::l2): its writes still publish on the invalidation
+    /// channel, unlike those of `shared.l2`.
+    store: RedisStore<V>,
 }
 
 /// The state the cache shares with its feed task.
@@ -570,7 +573,9 @@ where
         let shared = Arc::new(Shared {
             max_lease_age: self.l2.max_lease_age(),
             l1: self.l1,
-            l2: self.l2,
+            // Tiered writes sequence their own invalidations (see `cohere`): the fencing scripts
+            // need not broadcast another one.
+            l2: self.l2.without_broadcast(),
             bypass: AtomicU8::new(FEED_DOWN),
             breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
             counters: Counters::default(),
@@ -586,7 +591,11 @@ where
             Arc::clone(&shared.pending),
         ));
         let feed = runtime.spawn(feed::run(Arc::clone(&shared), urls, channel, self.feed));
-        Ok(TieredCache { shared, feed })
+        Ok(TieredCache {
+            shared,
+            feed,
+            store: self.l2,
+        })
     }
 }
 
@@ -888,9 +897,11 @@ where
         &self.shared.l1
     }
 
-    /// The Redis tier.
+    /// The Redis tier. Writes made through it directly are a bare store's (see the [module
+    /// docs](self#coherence)): delivered to the L1s best effort, unsequenced, waited for by
+    /// nobody.
     pub fn l2(&self) -> &RedisStore<V> {
-        &self.shared.l2
+        &self.store
     }
 }
 
