@@ -1,0 +1,395 @@
+//! Fleet coherence on a Redis Cluster (Redis 7 and later: sharded pub/sub). Several
+//! `TieredCache` instances in one process, each with its own cluster connection and feed.
+//!
+//! The oracle (as in `tests/coherence.rs`, in process): the source of truth is a counter per key.
+//! The writer bumps it, purges the key through its `TieredCache` and, only after the purge
+//! returned `Ok`, records the version as *done*. A reader loads `done` first, then reads the key
+//! through its own `TieredCache` (whose loader reads the counter): that read began after the
+//! purge of version `done` returned, so a value below it is a stale read. Strict: none.
+
+mod support;
+
+use leasecache::Cache;
+use leasecache::redis::{RedisOptions, RedisStore};
+use leasecache::tiered::{Coherence, TieredCache};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use support::{RedisCluster, wait_for};
+
+type Tc = TieredCache<String, u64>;
+
+/// Keys the writer cycles through (few, so that readers hit their L1 between purges).
+const KEYS: usize = 8;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn run<F: Future<Output = ()> + Send + 'static>(test: F) {
+    support::run_tokio(2, Duration::from_secs(120), test);
+}
+
+/// The cluster's coherence keys and channel for namespace `ns` share this hash tag.
+fn coherence_channel(ns: &str) -> String {
+    format!("leasecache:{{{ns}}}:coherence")
+}
+
+async fn instance(urls: &[String], ns: &str, mode: Coherence) -> Tc {
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::connect_cluster(&urls, RedisOptions::new(ns))
+        .await
+        .expect("connect");
+    let cache: Tc = TieredCache::builder(Cache::new(1_000), store)
+        .coherence(mode)
+        .member_lease(Duration::from_millis(1_000))
+        .ping_interval(Duration::from_millis(100))
+        .ping_timeout(Duration::from_millis(300))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .build()
+        .expect("build");
+    tokio::time::timeout(WAIT, cache.feed_confirmed())
+        .await
+        .expect("feed confirmed");
+    cache
+}
+
+/// The source of truth and the versions whose purge returned.
+#[derive(Default)]
+struct Oracle {
+    truth: [AtomicU64; KEYS],
+    done: [AtomicU64; KEYS],
+    purged: AtomicU64,
+    failed: AtomicU64,
+    stale: AtomicU64,
+    reads: AtomicU64,
+    stop: AtomicBool,
+}
+
+fn key(i: usize) -> String {
+    format!("k{i}")
+}
+
+/// `purges` purges through `w`, round robin over the keys.
+async fn writer(w: Tc, oracle: Arc<Oracle>, purges: u64) -> Tc {
+    for n in 0..purges {
+        let i = usize::try_from(n).expect("fits") % KEYS;
+        // SeqCst throughout the oracle: a reader's view of `done` must order its read after
+        // the purge that `done` records.
+        let v = oracle.truth[i].fetch_add(1, Ordering::SeqCst) + 1;
+        match w.purge(&key(i)).await {
+            Ok(_) => {
+                oracle.done[i].fetch_max(v, Ordering::SeqCst);
+                oracle.purged.fetch_add(1, Ordering::SeqCst);
+            }
+            // A purge that failed guarantees nothing; it is not recorded as done.
+            Err(_) => {
+                oracle.failed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    w
+}
+
+/// Reads every key in turn through `r` until told to stop; counts stale reads.
+async fn reader(r: Tc, oracle: Arc<Oracle>) -> Tc {
+    let mut i = 0;
+    while !oracle.stop.load(Ordering::SeqCst) {
+        let done = oracle.done[i].load(Ordering::SeqCst);
+        let o = Arc::clone(&oracle);
+        let got = r
+            .get_or_load(key(i), move |_| async move {
+                Ok::<_, ()>(o.truth[i].load(Ordering::SeqCst))
+            })
+            .await
+            .expect("loader never fails");
+        if got < done {
+            oracle.stale.fetch_add(1, Ordering::SeqCst);
+        }
+        oracle.reads.fetch_add(1, Ordering::Relaxed);
+        i = (i + 1) % KEYS;
+        tokio::task::yield_now().await;
+    }
+    r
+}
+
+/// Runs one writer (`purges` purges) and `readers` readers on namespace `ns`; `during` runs on a
+/// blocking thread once half the purges returned. Returns the oracle and the readers.
+async fn fleet(
+    urls: Vec<String>,
+    ns: &'static str,
+    readers: usize,
+    purges: u64,
+    during: impl FnOnce() + Send + 'static,
+) -> (Arc<Oracle>, Vec<Tc>) {
+    let oracle = Arc::new(Oracle::default());
+    let w = instance(&urls, ns, Coherence::Strict).await;
+    let mut rs = Vec::new();
+    for _ in 0..readers {
+        rs.push(instance(&urls, ns, Coherence::Strict).await);
+    }
+    let reading: Vec<_> = rs
+        .into_iter()
+        .map(|r| tokio::spawn(reader(r, Arc::clone(&oracle))))
+        .collect();
+    let writing = tokio::spawn(writer(w, Arc::clone(&oracle), purges));
+    let o = Arc::clone(&oracle);
+    wait_for("half the purges", || {
+        o.purged.load(Ordering::SeqCst) + o.failed.load(Ordering::SeqCst) >= purges / 2
+    })
+    .await;
+    tokio::task::spawn_blocking(during)
+        .await
+        .expect("fault injection");
+    let w = tokio::time::timeout(Duration::from_secs(90), writing)
+        .await
+        .expect("writer finished")
+        .expect("writer task");
+    oracle.stop.store(true, Ordering::SeqCst);
+    let mut rs = Vec::new();
+    for r in reading {
+        rs.push(r.await.expect("reader task"));
+    }
+    drop(w);
+    (oracle, rs)
+}
+
+/// The index of the node serving the coherence slot of `ns`.
+fn coherence_node(cluster: &RedisCluster, ns: &str) -> usize {
+    cluster.node_for_key(&format!("leasecache:{{{ns}}}:seq"))
+}
+
+/// `PUBSUB SHARDNUMSUB <channel>` on node `i`: how many connections of that node subscribe.
+fn shard_subscribers(cluster: &RedisCluster, i: usize, channel: &str) -> u64 {
+    let out = cluster.cli(i, &["PUBSUB", "SHARDNUMSUB", channel]);
+    out.lines()
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sum over nodes of the pub/sub messages sent over the cluster bus
+/// (`cluster_stats_messages_publish_sent`, which classic PUBLISH increments once per peer).
+fn bus_publishes(cluster: &RedisCluster) -> u64 {
+    (0..cluster.len())
+        .map(|i| {
+            let info = cluster.cli(i, &["CLUSTER", "INFO"]);
+            info.lines()
+                .find_map(|l| l.strip_prefix("cluster_stats_messages_publish_sent:"))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Strict mode on a 3-master cluster: every instance subscribes with SSUBSCRIBE on the master of
+/// the coherence slot (and only there), and no read that begins after a purge returned gets the
+/// value it replaced, over 1,000 purges.
+#[test]
+fn sharded_strict_purges_no_stale_read() {
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let urls = cluster.urls();
+    let c = Arc::clone(&cluster);
+    run(async move {
+        let ns = "shard";
+        let channel = coherence_channel(ns);
+        let owner = coherence_node(&c, ns);
+        let check = Arc::clone(&c);
+        let (oracle, readers) = fleet(urls, ns, 3, 1_000, move || {
+            for i in 0..check.len() {
+                let expected = if i == owner { 4 } else { 0 };
+                assert_eq!(
+                    shard_subscribers(&check, i, &channel),
+                    expected,
+                    "node {i}: the writer and 3 readers subscribe on the slot's master only"
+                );
+            }
+        })
+        .await;
+        let stale = oracle.stale.load(Ordering::SeqCst);
+        let purged = oracle.purged.load(Ordering::SeqCst);
+        let hits: u64 = readers.iter().map(|r| r.stats().l1_hits).sum();
+        let acked: u64 = readers
+            .iter()
+            .map(|r| r.stats().invalidations_received)
+            .sum();
+        eprintln!(
+            "purges ok {purged}, failed {}, reads {}, L1 hits {hits}, stale {stale}",
+            oracle.failed.load(Ordering::SeqCst),
+            oracle.reads.load(Ordering::SeqCst)
+        );
+        assert_eq!(
+            stale, 0,
+            "Strict: a read after a returned purge got the old value"
+        );
+        assert_eq!(purged, 1_000, "no purge failed on a healthy cluster");
+        assert!(
+            hits > 0,
+            "the readers served from their L1s (else the test proves nothing)"
+        );
+        assert!(
+            acked >= 3 * 1_000,
+            "each reader applied every sequenced invalidation: {acked}"
+        );
+    });
+}
+
+/// Tiered purges travel by SPUBLISH on the coherence slot's shard: nothing crosses the cluster
+/// bus (with no replicas, a shard message has nobody to go to), and a plain classic subscriber
+/// on another node receives nothing. A bare `RedisStore` purge still broadcasts (the control).
+#[test]
+fn tiered_purges_are_not_broadcast() {
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let ns = "quiet";
+    let owner = coherence_node(&cluster, ns);
+    let other = (owner + 1) % cluster.len();
+    let other_url = urls[other].clone();
+    let cluster = Arc::new(cluster);
+    let c = Arc::clone(&cluster);
+    run(async move {
+        let a = instance(&urls, ns, Coherence::Strict).await;
+        let b = instance(&urls, ns, Coherence::Strict).await;
+        // A plain subscriber on a node that does not sequence: both channels, classic.
+        let client = redis::Client::open(other_url.as_str()).expect("url");
+        let mut ps = client.get_async_pubsub().await.expect("pubsub");
+        let store_channel = a.l2().invalidation_channel().to_owned();
+        ps.subscribe(&[store_channel.as_str(), coherence_channel(ns).as_str()])
+            .await
+            .expect("subscribe");
+        let mut messages = ps.into_on_message();
+
+        b.get_or_load("x".to_owned(), |_| async { Ok::<_, ()>(1) })
+            .await
+            .expect("load");
+        let before = bus_publishes(&c);
+        for _ in 0..50 {
+            a.purge("x").await.expect("purge");
+        }
+        wait_for("b applied all 50", || {
+            b.stats().invalidations_received >= 50
+        })
+        .await;
+        assert_eq!(b.l1().get("x"), None, "b's L1 dropped x");
+        assert_eq!(
+            bus_publishes(&c),
+            before,
+            "a tiered purge sends nothing over the cluster bus"
+        );
+
+        // The control: a bare store purge broadcasts, and reaches the plain subscriber.
+        a.l2().purge("x").await.expect("bare purge");
+        let first = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut messages))
+            .await
+            .expect("the bare purge's message arrives")
+            .expect("stream open");
+        assert_eq!(first.get_channel_name(), store_channel);
+        assert_eq!(
+            first.get_payload_bytes(),
+            b"Kx",
+            "the first message this subscriber saw is the bare purge's: no tiered purge reached it"
+        );
+        assert!(
+            bus_publishes(&c) > before,
+            "the bare purge went over the bus"
+        );
+    });
+}
+
+/// The coherence slot migrates to another master while purges run (CLUSTER SETSLOT IMPORTING /
+/// MIGRATING, MIGRATE of its keys, SETSLOT NODE): the old master unsubscribes the feeds
+/// (`sunsubscribe`), which flush, find the new master and subscribe there; no read after a
+/// returned purge gets the value it replaced.
+#[test]
+fn feeds_follow_a_migration_of_the_coherence_slot() {
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    let ns = "moving";
+    let urls = cluster.urls();
+    let source = coherence_node(&cluster, ns);
+    let target = (source + 1) % cluster.len();
+    let cluster = Arc::new(cluster);
+    let c = Arc::clone(&cluster);
+    run(async move {
+        let migrate = {
+            let c = Arc::clone(&c);
+            move || migrate_slot(&c, &format!("leasecache:{{{ns}}}:seq"), source, target)
+        };
+        let (oracle, readers) = fleet(urls, ns, 3, 1_000, migrate).await;
+        let stale = oracle.stale.load(Ordering::SeqCst);
+        let purged = oracle.purged.load(Ordering::SeqCst);
+        let losses: Vec<u64> = readers.iter().map(|r| r.stats().feed_losses).collect();
+        let hits: u64 = readers.iter().map(|r| r.stats().l1_hits).sum();
+        eprintln!(
+            "purges ok {purged}, failed {}, reads {}, L1 hits {hits}, feed losses {losses:?}, stale {stale}",
+            oracle.failed.load(Ordering::SeqCst),
+            oracle.reads.load(Ordering::SeqCst)
+        );
+        assert_eq!(
+            stale, 0,
+            "Strict: a read after a returned purge got the old value"
+        );
+        assert_eq!(coherence_node(&c, ns), target, "the slot moved");
+        assert!(
+            losses.iter().all(|&l| l >= 1),
+            "every reader lost its subscription on the old master: {losses:?}"
+        );
+        for r in &readers {
+            tokio::time::timeout(WAIT, r.feed_confirmed())
+                .await
+                .expect("re-subscribed");
+        }
+        let channel = coherence_channel(ns);
+        assert_eq!(shard_subscribers(&c, source, &channel), 0);
+        assert!(
+            shard_subscribers(&c, target, &channel) >= 3,
+            "the readers subscribe on the new master"
+        );
+        assert!(purged > 500, "purges kept working: {purged}");
+        assert!(hits > 0, "the readers served from their L1s");
+    });
+}
+
+/// Moves the slot of `key` from node `from` to node `to`, keys and all, the way
+/// `redis-cli --cluster reshard` does.
+fn migrate_slot(cluster: &RedisCluster, key: &str, from: usize, to: usize) {
+    let slot = cluster.cli(from, &["CLUSTER", "KEYSLOT", key]);
+    let from_id = cluster.cli(from, &["CLUSTER", "MYID"]);
+    let to_id = cluster.cli(to, &["CLUSTER", "MYID"]);
+    let to_port = cluster.ports()[to].to_string();
+    assert_eq!(
+        cluster.cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]),
+        "OK"
+    );
+    assert_eq!(
+        cluster.cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]),
+        "OK"
+    );
+    loop {
+        let keys = cluster.cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+        args.extend(keys);
+        let out = cluster.cli(from, &args);
+        assert!(out == "OK" || out == "NOKEY", "MIGRATE: {out}");
+    }
+    for node in [to, from] {
+        assert_eq!(
+            cluster.cli(node, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+            "OK"
+        );
+    }
+    for node in 0..cluster.len() {
+        if node != to && node != from {
+            let _ = cluster.cli(node, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+    }
+    cluster.wait_ok();
+}
