@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Value};
 
 use super::error::{ConfigError, RedisStoreError};
@@ -156,7 +156,21 @@ impl Conn {
         let fut = async {
             let evalsha = build("EVALSHA", &script.sha);
             let mut conn = self.clone();
-            match conn.send(&evalsha).await {
+            let first = conn.send(&evalsha).await;
+            // redis-rs sends READONLY on every cluster connection, and Redis serves a script not
+            // flagged as writing (ours: no shebang, for Redis 6) on a replica of the slot's
+            // master for such a connection, instead of answering MOVED. So after a failover
+            // demoted the master redis-rs still routes to, every write script fails there with
+            // READONLY (the replica refused its first write, so it changed nothing). Clearing
+            // the flag makes that node answer MOVED, which redis-rs follows, refreshing its
+            // slot map.
+            let first = match first {
+                Err(e) if e.code() == Some("READONLY") && conn.read_write().await => {
+                    conn.send(&evalsha).await
+                }
+                other => other,
+            };
+            match first {
                 Err(e) if e.code() == Some("NOSCRIPT") => {
                     conn.send(&build("EVAL", script.src)).await
                 }
@@ -166,6 +180,16 @@ impl Conn {
         Ok(tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| RedisStoreError::Timeout(timeout))??)
+    }
+
+    /// Sends `READWRITE` to every node of a cluster (see `eval`); `false` on a single server.
+    async fn read_write(&mut self) -> bool {
+        let Self::Cluster(c) = self else {
+            return false;
+        };
+        let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+        let _ = c.route_command(redis::cmd("READWRITE"), route).await;
+        true
     }
 
     async fn send(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {

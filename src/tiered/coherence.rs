@@ -468,7 +468,16 @@ where
         let c = &self.coherence;
         let (seq, pending) = match c.publish(&self.l2, invalidation).await {
             Ok(published) => published,
-            Err(e) => return Err(self.redis_failed(e)),
+            // The write landed but no other instance was told: a transient failure queues the
+            // removal again (its retry sequences the invalidation; see `pending.rs`), so that
+            // no L1 keeps the old value for want of a message.
+            Err(e) => {
+                let retry = match Invalidation::parse(invalidation) {
+                    Some(Invalidation::Key(key)) => super::pending::Op::Purge(key),
+                    _ => super::pending::Op::Flush,
+                };
+                return Err(self.write_failed(e, retry));
+            }
         };
         if pending.is_empty() {
             return Ok(());

@@ -389,8 +389,17 @@ impl RedisCluster {
     /// slots and waits until every node reports `cluster_state:ok`. `None` (after a loud skip
     /// message) if Redis is not installed and not required.
     pub fn start(n: usize) -> Option<Self> {
+        Self::start_replicated(n, 0, &[])
+    }
+
+    /// Starts `masters` (>= 3) masters with `replicas` replicas each (every node started with
+    /// the `extra` server arguments), joined by `redis-cli --cluster create --cluster-replicas`;
+    /// waits until every node reports `cluster_state:ok` and every replica's link to its master
+    /// is up. `None` (after a loud skip message) if Redis is not installed and not required.
+    pub fn start_replicated(masters: usize, replicas: usize, extra: &[&str]) -> Option<Self> {
+        let n = masters * (1 + replicas);
         assert!(
-            n >= 3,
+            masters >= 3,
             "redis-cli --cluster create needs at least 3 masters"
         );
         if !check_installed("RedisCluster::start") {
@@ -404,7 +413,7 @@ impl RedisCluster {
             .map(|i| {
                 let d = dir.path().join(format!("node{i}"));
                 std::fs::create_dir_all(&d).expect("create node dir");
-                start_node(d, true, &[])
+                start_node(d, true, extra)
             })
             .collect();
         let addrs: Vec<String> = nodes
@@ -414,7 +423,7 @@ impl RedisCluster {
         let out = Command::new(cli_bin())
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -426,7 +435,39 @@ impl RedisCluster {
         );
         let cluster = Self { nodes, _dir: dir };
         cluster.wait_ok();
+        let synced = wait_until(READY_TIMEOUT, || {
+            cluster.nodes.iter().all(|node| {
+                let info = cli_at(node.port, &["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        });
+        assert!(synced, "replicas did not sync with their masters");
         Some(cluster)
+    }
+
+    /// Whether node `i` is a master now.
+    pub fn is_master(&self, i: usize) -> bool {
+        cli_at(self.nodes[i].port, &["ROLE"]).starts_with("master")
+    }
+
+    /// The index of a replica of node `i` (a master), by `CLUSTER NODES` as node `i` sees it.
+    pub fn replica_of(&self, i: usize) -> Option<usize> {
+        let id = cli_at(self.nodes[i].port, &["CLUSTER", "MYID"]);
+        let nodes = cli_at(self.nodes[i].port, &["CLUSTER", "NODES"]);
+        let line = nodes.lines().find(|line| {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            parts.len() > 3 && parts[2].contains("slave") && parts[3] == id
+        })?;
+        let port: u16 = line
+            .split_whitespace()
+            .nth(1)?
+            .split('@')
+            .next()?
+            .rsplit_once(':')?
+            .1
+            .parse()
+            .ok()?;
+        self.nodes.iter().position(|n| n.port == port)
     }
 
     /// Waits until every node reports `cluster_state:ok` and knows every other node.
@@ -463,8 +504,11 @@ impl RedisCluster {
 
     /// The index of the node that serves `key`'s hash slot.
     pub fn node_for_key(&self, key: &str) -> usize {
-        let slot: u16 = cli_at(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
-            .parse()
+        // Asked of the first node that answers (one may have been killed).
+        let slot: u16 = self
+            .nodes
+            .iter()
+            .find_map(|n| cli_at(n.port, &["CLUSTER", "KEYSLOT", key]).parse().ok())
             .expect("CLUSTER KEYSLOT reply");
         let me_of = |port: u16| cli_at(port, &["CLUSTER", "MYID"]);
         for (i, node) in self.nodes.iter().enumerate() {
