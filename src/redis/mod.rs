@@ -68,7 +68,9 @@
 //! with `noeviction`; `UNLINK` frees a huge hash in the background instead of blocking the
 //! server. [`list_fields`](RedisStore::list_fields) walks the hash with `HSCAN`, names only. Every fencing script `PUBLISH`es on [`RedisStore::invalidation_channel`]
 //! atomically with its write ([`Invalidation`] decodes the payload); `flush` publishes once at
-//! the end.
+//! the end. Writes made by a [`TieredCache`](crate::tiered::TieredCache) are the exception: it
+//! sequences and publishes its own invalidations on its coherence channel (see the tiered
+//! module's *Coherence*), so its fencing scripts publish nothing here.
 //!
 //! ## Consistency
 //!
@@ -508,6 +510,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
 
     /// The pub/sub channel every fencing write of this namespace publishes on
     /// (`leasecache:<namespace>:invalidations`); decode messages with [`Invalidation::parse`].
+    /// Writes made through a [`TieredCache`](crate::tiered::TieredCache) do not publish here
+    /// (they travel, sequenced, on its coherence channel); writes through this store, including
+    /// [`TieredCache::l2`](crate::tiered::TieredCache::l2), do.
     pub fn invalidation_channel(&self) -> &str {
         &self.inner.channel
     }

@@ -2,12 +2,20 @@
 //!
 //! # The protocol, top-down
 //!
-//! Every tiered write (`purge`, `insert`, `flush`) runs its fencing script on Redis (which
-//! publishes an unsequenced invalidation, as a bare [`RedisStore`] does), purges the writer's own
-//! L1, then runs `publish.lua` on the namespace's *coherence keys* (one hash slot, so one node on
-//! a cluster): it advances the namespace's **sequence** and publishes `#<seq> <invalidation>` on
-//! the coherence channel, in one script. Every instance's feed subscribes to both channels on one
-//! connection, so messages reach it in the order that server published them.
+//! Every tiered write (`purge`, `insert`, `flush`) runs its fencing script on Redis (through a
+//! store handle whose scripts publish nothing, unlike a bare [`RedisStore`]'s), purges the
+//! writer's own L1, then runs `publish.lua` on the namespace's *coherence keys* (one hash slot,
+//! so one node on a cluster): it advances the namespace's **sequence** and publishes
+//! `#<seq> <invalidation>` on the coherence channel, in one script. If that script fails, the
+//! write is queued as pending, and its retry runs the fencing script and `publish.lua` again.
+//!
+//! The coherence channel `leasecache:{<namespace>}:coherence` shares the keys' hash tag. Every
+//! script that publishes on it (`publish`, `renew`, `token`) uses `SPUBLISH` when the server
+//! running it is Redis 7 or later (`redis.REDIS_VERSION_NUM`), else `PUBLISH`; `join` and
+//! `token` report which, and the feed subscribes to match (see `feed.rs`): sharded messages
+//! come from the slot's master alone, never over the cluster bus. Each instance's feed
+//! subscribes to the coherence channel and to the store's channel (bare stores' writes) on one
+//! connection, so the coherence messages reach it in the order that server published them.
 //!
 //! An instance's feed applies sequenced invalidations in order and tracks `w`, the highest
 //! sequence up to which it applied *every* one. A gap (or a sequence going backwards after the

@@ -1,16 +1,32 @@
 //! The invalidation feed: one subscriber connection per [`TieredCache`](super::TieredCache),
 //! kept alive by a task on the tokio runtime that built the cache.
 //!
-//! The task subscribes to the store's invalidation channel and to the namespace's coherence
-//! channel on one connection, and proves the subscription with a PING answered in subscribed
-//! form. Then it starts from the current sequence: in Strict mode by joining as a member
-//! (`join.lua`), in Bounded mode by reading it (`token.lua` without a token); only then is the
-//! feed *confirmed*. It applies every message to the L1 in arrival order: `K<key>` purges the key
-//! (which fences its L1 leases, so a fill whose Redis read the purge overtook is rejected), `F`
-//! flushes, `#<seq> ...` does the same and advances the applied high-water mark (a gap flushes),
-//! `A<id> <w>` records another member's acknowledgement for waiting writers, `T<id> <n>` is a
-//! Bounded token coming back. Anything else is unreadable (see the module docs of
-//! [`tiered`](super)).
+//! Each (re)subscription first asks the server that runs the coherence scripts how it publishes
+//! (`token.lua` without a token): Redis 7 and later publish coherence messages with `SPUBLISH`.
+//! Then the task subscribes on one connection to the store's invalidation channel (bare stores'
+//! writes) and to the namespace's coherence channel:
+//!
+//! - **Sharded** (Redis 7+): a RESP3 connection to the master that serves the coherence slot
+//!   (`CLUSTER NODES` through the store's cluster connection; on a single server, the server),
+//!   `SUBSCRIBE` for the store's channel and `SSUBSCRIBE` for the coherence channel, each
+//!   confirmed by its own reply (`MOVED` from a node that no longer serves the slot fails it).
+//!   redis-rs 1.2's `PubSub` has no `SSUBSCRIBE`, so this is a multiplexed connection whose
+//!   pushes go to a channel. Redis unsubscribes shard subscribers (`sunsubscribe`) when the
+//!   slot migrates away or its master turns replica; that push, a disconnect push, or any push a
+//!   subscription never sees ends the subscription: a feed loss.
+//! - **Classic** (older servers): a RESP2 `PubSub` on the node of the next store URL (classic
+//!   messages reach every node's subscribers), proven by a PING answered in subscribed form after
+//!   the `SUBSCRIBE` reply (redis-rs does not check that reply).
+//!
+//! Then it starts from the current sequence: in Strict mode by joining as a member
+//! (`join.lua`), in Bounded mode by reading it (`token.lua` without a token); both report again
+//! how the server publishes, and a mismatch (a failover between the two questions) means
+//! subscribing again. Only then is the feed *confirmed*. It applies every message to the L1 in
+//! arrival order: `K<key>` purges the key (which fences its L1 leases, so a fill whose Redis read
+//! the purge overtook is rejected), `F` flushes, `#<seq> ...` does the same and advances the
+//! applied high-water mark (a gap flushes), `A<id> <w>` records another member's acknowledgement
+//! for waiting writers, `T<id> <n>` is a Bounded token coming back. Anything else is unreadable
+//! (see the module docs of [`tiered`](super)).
 //!
 //! Strict: whenever the mark moved (and every quarter lease when idle) the task sends one
 //! acknowledgement-and-renewal (`renew.lua`), one at a time; a reply saying the lease had lapsed
@@ -18,12 +34,12 @@
 //! quarter bound and extends the L1's proof when one comes back.
 //!
 //! A PING every `ping_interval`, answered within `ping_timeout`, proves the connection still
-//! delivers. Any loss (the stream ends because the connection dropped or Redis disconnected a
-//! subscriber that fell behind its output buffer limit, or a PING went unanswered) stops the L1,
-//! marks the feed down and flushes the L1, in that order; in Strict mode the task then leaves the
-//! membership (best effort) and reconnects with capped exponential backoff, rotating through the
-//! store's node URLs (on Redis Cluster, classic pub/sub reaches the subscribers of every node, so
-//! any node will do). However the task ends, a guard stops the L1 first.
+//! delivers. Any loss (the stream ends because the connection dropped, Redis disconnected a
+//! subscriber that fell behind its output buffer limit or unsubscribed it, or a PING went
+//! unanswered) stops the L1, marks the feed down and flushes the L1, in that order; in Strict
+//! mode the task then leaves the membership (best effort) and subscribes again with capped
+//! exponential backoff, looking the slot's master up again (sharded) or rotating through the
+//! store's node URLs (classic). However the task ends, a guard stops the L1 first.
 
 use super::Shared;
 use super::coherence::{self, Applied, Coherence, Renewed};
