@@ -12,10 +12,11 @@ mod support;
 use leasecache::Cache;
 use leasecache::redis::{RedisOptions, RedisStore};
 use leasecache::tiered::{Coherence, TieredCache};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use support::{RedisCluster, wait_for};
 
 type Tc = TieredCache<String, u64>;
@@ -57,6 +58,10 @@ struct Oracle {
     keys: Vec<String>,
     truth: Vec<AtomicU64>,
     done: Vec<AtomicU64>,
+    /// Per key: when the purge of each version returned `Ok`.
+    returned: Vec<Mutex<BTreeMap<u64, Instant>>>,
+    /// The oldest stale read: microseconds since the purge that replaced its value returned.
+    max_age_us: AtomicU64,
     purged: AtomicU64,
     failed: AtomicU64,
     stale: AtomicU64,
@@ -70,6 +75,8 @@ impl Oracle {
         Self {
             truth: zeros(),
             done: zeros(),
+            returned: keys.iter().map(|_| Mutex::default()).collect(),
+            max_age_us: AtomicU64::new(0),
             keys,
             purged: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -97,6 +104,10 @@ async fn writer(w: Tc, oracle: Arc<Oracle>, purges: u64) -> Tc {
         let v = oracle.truth[i].fetch_add(1, Ordering::SeqCst) + 1;
         match w.purge(&oracle.keys[i]).await {
             Ok(_) => {
+                oracle.returned[i]
+                    .lock()
+                    .expect("returned")
+                    .insert(v, Instant::now());
                 oracle.done[i].fetch_max(v, Ordering::SeqCst);
                 oracle.purged.fetch_add(1, Ordering::SeqCst);
             }
@@ -115,6 +126,7 @@ async fn reader(r: Tc, oracle: Arc<Oracle>) -> Tc {
     let mut i = 0;
     while !oracle.stop.load(Ordering::SeqCst) {
         let done = oracle.done[i].load(Ordering::SeqCst);
+        let began = Instant::now();
         let o = Arc::clone(&oracle);
         let got = r
             .get_or_load(oracle.keys[i].clone(), move |_| async move {
@@ -124,6 +136,17 @@ async fn reader(r: Tc, oracle: Arc<Oracle>) -> Tc {
             .expect("loader never fails");
         if got < done {
             oracle.stale.fetch_add(1, Ordering::SeqCst);
+            // Its age: since the first purge that returned after replacing `got`.
+            let replaced = oracle.returned[i]
+                .lock()
+                .expect("returned")
+                .range(got + 1..)
+                .next()
+                .map(|(_, &at)| at)
+                .expect("the replacing purge returned");
+            let age =
+                u64::try_from(began.saturating_duration_since(replaced).as_micros()).expect("fits");
+            oracle.max_age_us.fetch_max(age, Ordering::SeqCst);
         }
         oracle.reads.fetch_add(1, Ordering::Relaxed);
         i = (i + 1) % oracle.keys.len();
@@ -137,16 +160,17 @@ async fn reader(r: Tc, oracle: Arc<Oracle>) -> Tc {
 async fn fleet(
     urls: Vec<String>,
     ns: &'static str,
+    mode: Coherence,
     keys: Vec<String>,
     readers: usize,
     purges: u64,
     during: impl FnOnce() + Send + 'static,
 ) -> (Arc<Oracle>, Vec<Tc>) {
     let oracle = Arc::new(Oracle::new(keys));
-    let w = instance(&urls, ns, Coherence::Strict).await;
+    let w = instance(&urls, ns, mode).await;
     let mut rs = Vec::new();
     for _ in 0..readers {
-        rs.push(instance(&urls, ns, Coherence::Strict).await);
+        rs.push(instance(&urls, ns, mode).await);
     }
     let reading: Vec<_> = rs
         .into_iter()
@@ -218,7 +242,7 @@ fn sharded_strict_purges_no_stale_read() {
         let channel = coherence_channel(ns);
         let owner = coherence_node(&c, ns);
         let check = Arc::clone(&c);
-        let (oracle, readers) = fleet(urls, ns, keys(), 3, 1_000, move || {
+        let (oracle, readers) = fleet(urls, ns, Coherence::Strict, keys(), 3, 1_000, move || {
             for i in 0..check.len() {
                 let expected = if i == owner { 4 } else { 0 };
                 assert_eq!(
@@ -341,7 +365,7 @@ fn feeds_follow_a_migration_of_the_coherence_slot() {
             let c = Arc::clone(&c);
             move || migrate_slot(&c, &format!("leasecache:{{{ns}}}:seq"), source, target)
         };
-        let (oracle, readers) = fleet(urls, ns, keys(), 3, 1_000, migrate).await;
+        let (oracle, readers) = fleet(urls, ns, Coherence::Strict, keys(), 3, 1_000, migrate).await;
         let stale = oracle.stale.load(Ordering::SeqCst);
         let purged = oracle.purged.load(Ordering::SeqCst);
         let losses: Vec<u64> = readers.iter().map(|r| r.stats().feed_losses).collect();
@@ -495,7 +519,8 @@ fn feeds_follow_a_manual_failover_of_the_coherence_master() {
                 c.wait_ok();
             }
         };
-        let (oracle, readers) = fleet(urls, ns, keys(), 3, 1_000, fail_over).await;
+        let (oracle, readers) =
+            fleet(urls, ns, Coherence::Strict, keys(), 3, 1_000, fail_over).await;
         // `fleet` returned: all 1,000 purges returned Ok, so writes recovered after the failover.
         after_failover(&c, ns, &oracle, &readers, old, new).await;
     });
@@ -530,8 +555,109 @@ fn feeds_follow_a_sigkill_failover_of_the_coherence_master() {
                 );
             }
         };
-        let (oracle, readers) = fleet(urls, ns, keys, 3, 1_000, kill).await;
+        let (oracle, readers) = fleet(urls, ns, Coherence::Strict, keys, 3, 1_000, kill).await;
         let c = c.lock().await;
         after_failover(&c, ns, &oracle, &readers, old, new).await;
     });
+}
+
+/// One node's cluster bus is black-holed (its announced bus port is a proxy that stops
+/// delivering, without closing anything) while purges run: every bus message sent to that node
+/// is silently lost. The node keeps sending its own, so the cluster does not even notice (no
+/// PFAIL: Redis 7 counts data received on either link of a pair), which is the worst case for
+/// classic pub/sub: a subscriber there misses broadcasts forever. Shown by a plain classic
+/// subscriber on that node: a PUBLISH made elsewhere during the partition never reaches it (the
+/// first message it gets after the bus is restored is a later one). With sharded pub/sub no
+/// invalidation travels the bus, so the feeds never notice; purges of keys on the cut-off node
+/// still work (clients reach it directly).
+fn bus_partition(mode: Coherence, ns: &'static str) -> Option<(Arc<Oracle>, Vec<u64>)> {
+    let cluster = RedisCluster::start_with_bus_proxies(3, &[])?;
+    let urls = cluster.urls();
+    let owner = coherence_node(&cluster, ns);
+    let cut = (owner + 1) % cluster.len();
+    let cut_url = urls[cut].clone();
+    let cluster = Arc::new(cluster);
+    let c = Arc::clone(&cluster);
+    let result = Arc::new(Mutex::new(None));
+    let out = Arc::clone(&result);
+    run(async move {
+        let probe = format!("probe:{ns}");
+        let client = redis::Client::open(cut_url.as_str()).expect("url");
+        let mut ps = client.get_async_pubsub().await.expect("pubsub");
+        ps.subscribe(&probe).await.expect("subscribe");
+        let mut messages = ps.into_on_message();
+        let partition = {
+            let c = Arc::clone(&c);
+            let probe = probe.clone();
+            move || {
+                c.bus_proxy(cut).black_hole();
+                c.cli(owner, &["PUBLISH", &probe, "during"]);
+            }
+        };
+        let (oracle, readers) = fleet(urls, ns, mode, keys(), 3, 1_000, partition).await;
+        let losses = readers.iter().map(|r| r.stats().feed_losses).collect();
+        // The bus back: the first message published on the owner that reaches the subscriber
+        // on the cut-off node is one published after the partition ended.
+        c.bus_proxy(cut).forward();
+        let deadline = Instant::now() + WAIT;
+        let first = loop {
+            assert!(Instant::now() < deadline, "the bus never recovered");
+            c.cli(owner, &["PUBLISH", &probe, "after"]);
+            let next = futures_util::StreamExt::next(&mut messages);
+            if let Ok(msg) = tokio::time::timeout(Duration::from_millis(200), next).await {
+                break msg.expect("subscriber open");
+            }
+        };
+        assert_eq!(
+            first.get_payload_bytes(),
+            b"after",
+            "the classic message published during the partition was lost"
+        );
+        *out.lock().expect("result") = Some((oracle, losses));
+    });
+    result.lock().expect("result").take()
+}
+
+/// Strict through a cluster-bus partition: no stale read, no feed noticed anything.
+#[test]
+fn strict_survives_a_cluster_bus_partition() {
+    let Some((oracle, losses)) = bus_partition(Coherence::Strict, "cut") else {
+        return;
+    };
+    eprintln!(
+        "purges ok {}, failed {}, reads {}, feed losses {losses:?}, stale {}",
+        oracle.purged.load(Ordering::SeqCst),
+        oracle.failed.load(Ordering::SeqCst),
+        oracle.reads.load(Ordering::SeqCst),
+        oracle.stale.load(Ordering::SeqCst)
+    );
+    assert_eq!(oracle.stale.load(Ordering::SeqCst), 0, "Strict: stale read");
+    assert!(
+        losses.iter().all(|&l| l == 0),
+        "the invalidations do not travel the bus: {losses:?}"
+    );
+}
+
+/// Bounded(100 ms) through a cluster-bus partition: no stale read older than the bound.
+#[test]
+fn bounded_survives_a_cluster_bus_partition() {
+    let bound = Duration::from_millis(100);
+    let Some((oracle, losses)) = bus_partition(Coherence::Bounded(bound), "cutb") else {
+        return;
+    };
+    let max_age = oracle.max_age_us.load(Ordering::SeqCst);
+    eprintln!(
+        "purges ok {}, reads {}, feed losses {losses:?}, stale {}, oldest {max_age} us",
+        oracle.purged.load(Ordering::SeqCst),
+        oracle.reads.load(Ordering::SeqCst),
+        oracle.stale.load(Ordering::SeqCst)
+    );
+    assert!(
+        max_age <= u64::try_from(bound.as_micros()).expect("fits"),
+        "a stale read older than the bound: {max_age} us"
+    );
+    assert!(
+        losses.iter().all(|&l| l == 0),
+        "the invalidations do not travel the bus: {losses:?}"
+    );
 }

@@ -381,6 +381,9 @@ impl RedisServer {
 /// `redis-cli --cluster create`. Dropping it kills every node and removes their directories.
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    /// With [`start_with_bus_proxies`](Self::start_with_bus_proxies): node `i`'s cluster bus,
+    /// as every other node reaches it.
+    bus_proxies: Vec<proxy::Proxy>,
     _dir: tempfile::TempDir,
 }
 
@@ -397,6 +400,25 @@ impl RedisCluster {
     /// waits until every node reports `cluster_state:ok` and every replica's link to its master
     /// is up. `None` (after a loud skip message) if Redis is not installed and not required.
     pub fn start_replicated(masters: usize, replicas: usize, extra: &[&str]) -> Option<Self> {
+        Self::create(masters, replicas, extra, false)
+    }
+
+    /// Starts `masters` masters (no replicas) whose cluster buses are reached through a
+    /// [`Proxy`](proxy::Proxy) each: every node announces its proxy's port as its bus port
+    /// (`cluster-announce-bus-port`), so [`bus_proxy`](Self::bus_proxy)`(i).black_hole()`
+    /// silently drops every bus message sent to node `i` (its own messages to the others still
+    /// go through: a one-way partition, as a misconfigured firewall makes).
+    pub fn start_with_bus_proxies(masters: usize, extra: &[&str]) -> Option<Self> {
+        Self::create(masters, 0, extra, true)
+    }
+
+    /// The proxy in front of node `i`'s cluster bus (see
+    /// [`start_with_bus_proxies`](Self::start_with_bus_proxies)).
+    pub fn bus_proxy(&self, i: usize) -> &proxy::Proxy {
+        &self.bus_proxies[i]
+    }
+
+    fn create(masters: usize, replicas: usize, extra: &[&str], proxied: bool) -> Option<Self> {
         let n = masters * (1 + replicas);
         assert!(
             masters >= 3,
@@ -416,6 +438,20 @@ impl RedisCluster {
                 start_node(d, true, extra)
             })
             .collect();
+        let mut bus_proxies = Vec::new();
+        if proxied {
+            for node in &nodes {
+                let bus = node.bus_port.expect("a cluster node has a bus port");
+                let proxy = proxy::Proxy::start(bus);
+                let port = proxy.port().to_string();
+                let set = cli_at(
+                    node.port,
+                    &["CONFIG", "SET", "cluster-announce-bus-port", &port],
+                );
+                assert_eq!(set, "OK", "announce the proxied bus port");
+                bus_proxies.push(proxy);
+            }
+        }
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -433,7 +469,11 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = Self { nodes, _dir: dir };
+        let cluster = Self {
+            nodes,
+            bus_proxies,
+            _dir: dir,
+        };
         cluster.wait_ok();
         let synced = wait_until(READY_TIMEOUT, || {
             cluster.nodes.iter().all(|node| {
