@@ -35,11 +35,23 @@ fn coherence_channel(ns: &str) -> String {
 }
 
 async fn instance(urls: &[String], ns: &str, mode: Coherence) -> Tc {
+    instance_with(urls, ns, mode, false).await
+}
+
+/// `classic`: classic pub/sub even on Redis 7+ (a test hook: the path of older servers).
+async fn instance_with(urls: &[String], ns: &str, mode: Coherence, classic: bool) -> Tc {
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let store = RedisStore::connect_cluster(&urls, RedisOptions::new(ns))
-        .await
-        .expect("connect");
-    let cache: Tc = TieredCache::builder(Cache::new(1_000), store)
+    let store = if urls.len() == 1 {
+        RedisStore::connect(urls[0], RedisOptions::new(ns)).await
+    } else {
+        RedisStore::connect_cluster(&urls, RedisOptions::new(ns)).await
+    }
+    .expect("connect");
+    let mut builder = TieredCache::builder(Cache::new(1_000), store);
+    if classic {
+        builder = builder.test_hook_classic_pubsub();
+    }
+    let cache: Tc = builder
         .coherence(mode)
         .member_lease(Duration::from_millis(1_000))
         .ping_interval(Duration::from_millis(100))
@@ -62,6 +74,8 @@ struct Oracle {
     returned: Vec<Mutex<BTreeMap<u64, Instant>>>,
     /// The oldest stale read: microseconds since the purge that replaced its value returned.
     max_age_us: AtomicU64,
+    /// How long each purge that returned `Ok` took, in microseconds (printed, never asserted).
+    latencies_us: Mutex<Vec<u64>>,
     purged: AtomicU64,
     failed: AtomicU64,
     stale: AtomicU64,
@@ -70,6 +84,13 @@ struct Oracle {
 }
 
 impl Oracle {
+    /// The median purge latency in microseconds.
+    fn purge_p50_us(&self) -> u64 {
+        let mut l = self.latencies_us.lock().expect("latencies").clone();
+        l.sort_unstable();
+        l.get(l.len() / 2).copied().unwrap_or(0)
+    }
+
     fn new(keys: Vec<String>) -> Self {
         let zeros = || keys.iter().map(|_| AtomicU64::new(0)).collect();
         Self {
@@ -77,6 +98,7 @@ impl Oracle {
             done: zeros(),
             returned: keys.iter().map(|_| Mutex::default()).collect(),
             max_age_us: AtomicU64::new(0),
+            latencies_us: Mutex::default(),
             keys,
             purged: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -102,8 +124,11 @@ async fn writer(w: Tc, oracle: Arc<Oracle>, purges: u64) -> Tc {
         // SeqCst throughout the oracle: a reader's view of `done` must order its read after
         // the purge that `done` records.
         let v = oracle.truth[i].fetch_add(1, Ordering::SeqCst) + 1;
+        let started = Instant::now();
         match w.purge(&oracle.keys[i]).await {
             Ok(_) => {
+                let took = u64::try_from(started.elapsed().as_micros()).expect("fits");
+                oracle.latencies_us.lock().expect("latencies").push(took);
                 oracle.returned[i]
                     .lock()
                     .expect("returned")
@@ -160,17 +185,17 @@ async fn reader(r: Tc, oracle: Arc<Oracle>) -> Tc {
 async fn fleet(
     urls: Vec<String>,
     ns: &'static str,
-    mode: Coherence,
+    (mode, classic): (Coherence, bool),
     keys: Vec<String>,
     readers: usize,
     purges: u64,
     during: impl FnOnce() + Send + 'static,
 ) -> (Arc<Oracle>, Vec<Tc>) {
     let oracle = Arc::new(Oracle::new(keys));
-    let w = instance(&urls, ns, mode).await;
+    let w = instance_with(&urls, ns, mode, classic).await;
     let mut rs = Vec::new();
     for _ in 0..readers {
-        rs.push(instance(&urls, ns, mode).await);
+        rs.push(instance_with(&urls, ns, mode, classic).await);
     }
     let reading: Vec<_> = rs
         .into_iter()
@@ -242,16 +267,24 @@ fn sharded_strict_purges_no_stale_read() {
         let channel = coherence_channel(ns);
         let owner = coherence_node(&c, ns);
         let check = Arc::clone(&c);
-        let (oracle, readers) = fleet(urls, ns, Coherence::Strict, keys(), 3, 1_000, move || {
-            for i in 0..check.len() {
-                let expected = if i == owner { 4 } else { 0 };
-                assert_eq!(
-                    shard_subscribers(&check, i, &channel),
-                    expected,
-                    "node {i}: the writer and 3 readers subscribe on the slot's master only"
-                );
-            }
-        })
+        let (oracle, readers) = fleet(
+            urls,
+            ns,
+            (Coherence::Strict, false),
+            keys(),
+            3,
+            1_000,
+            move || {
+                for i in 0..check.len() {
+                    let expected = if i == owner { 4 } else { 0 };
+                    assert_eq!(
+                        shard_subscribers(&check, i, &channel),
+                        expected,
+                        "node {i}: the writer and 3 readers subscribe on the slot's master only"
+                    );
+                }
+            },
+        )
         .await;
         let stale = oracle.stale.load(Ordering::SeqCst);
         let purged = oracle.purged.load(Ordering::SeqCst);
@@ -261,7 +294,8 @@ fn sharded_strict_purges_no_stale_read() {
             .map(|r| r.stats().invalidations_received)
             .sum();
         eprintln!(
-            "purges ok {purged}, failed {}, reads {}, L1 hits {hits}, stale {stale}",
+            "sharded: purges ok {purged} (p50 {} us), failed {}, reads {}, L1 hits {hits}, stale {stale}",
+            oracle.purge_p50_us(),
             oracle.failed.load(Ordering::SeqCst),
             oracle.reads.load(Ordering::SeqCst)
         );
@@ -365,7 +399,16 @@ fn feeds_follow_a_migration_of_the_coherence_slot() {
             let c = Arc::clone(&c);
             move || migrate_slot(&c, &format!("leasecache:{{{ns}}}:seq"), source, target)
         };
-        let (oracle, readers) = fleet(urls, ns, Coherence::Strict, keys(), 3, 1_000, migrate).await;
+        let (oracle, readers) = fleet(
+            urls,
+            ns,
+            (Coherence::Strict, false),
+            keys(),
+            3,
+            1_000,
+            migrate,
+        )
+        .await;
         let stale = oracle.stale.load(Ordering::SeqCst);
         let purged = oracle.purged.load(Ordering::SeqCst);
         let losses: Vec<u64> = readers.iter().map(|r| r.stats().feed_losses).collect();
@@ -519,8 +562,16 @@ fn feeds_follow_a_manual_failover_of_the_coherence_master() {
                 c.wait_ok();
             }
         };
-        let (oracle, readers) =
-            fleet(urls, ns, Coherence::Strict, keys(), 3, 1_000, fail_over).await;
+        let (oracle, readers) = fleet(
+            urls,
+            ns,
+            (Coherence::Strict, false),
+            keys(),
+            3,
+            1_000,
+            fail_over,
+        )
+        .await;
         // `fleet` returned: all 1,000 purges returned Ok, so writes recovered after the failover.
         after_failover(&c, ns, &oracle, &readers, old, new).await;
     });
@@ -555,7 +606,8 @@ fn feeds_follow_a_sigkill_failover_of_the_coherence_master() {
                 );
             }
         };
-        let (oracle, readers) = fleet(urls, ns, Coherence::Strict, keys, 3, 1_000, kill).await;
+        let (oracle, readers) =
+            fleet(urls, ns, (Coherence::Strict, false), keys, 3, 1_000, kill).await;
         let c = c.lock().await;
         after_failover(&c, ns, &oracle, &readers, old, new).await;
     });
@@ -594,7 +646,7 @@ fn bus_partition(mode: Coherence, ns: &'static str) -> Option<(Arc<Oracle>, Vec<
                 c.cli(owner, &["PUBLISH", &probe, "during"]);
             }
         };
-        let (oracle, readers) = fleet(urls, ns, mode, keys(), 3, 1_000, partition).await;
+        let (oracle, readers) = fleet(urls, ns, (mode, false), keys(), 3, 1_000, partition).await;
         let losses = readers.iter().map(|r| r.stats().feed_losses).collect();
         // The bus back: the first message published on the owner that reaches the subscriber
         // on the cut-off node is one published after the partition ended.
@@ -660,4 +712,66 @@ fn bounded_survives_a_cluster_bus_partition() {
         losses.iter().all(|&l| l == 0),
         "the invalidations do not travel the bus: {losses:?}"
     );
+}
+
+/// `PUBSUB NUMSUB <channel>` on node `i`: classic subscribers of that node.
+fn classic_subscribers(cluster: &RedisCluster, i: usize, channel: &str) -> u64 {
+    let out = cluster.cli(i, &["PUBSUB", "NUMSUB", channel]);
+    out.lines()
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The classic path (what servers older than 7 get), forced on this server by a test hook:
+/// coherence messages by PUBLISH, broadcast over the bus to subscribers on any node; no shard
+/// subscription anywhere; the strict oracle at 0 stale. Fewer purges than the sharded tests:
+/// each waits for acknowledgements that cross the cluster bus, tens of milliseconds on a loaded
+/// machine (the median is printed beside the sharded test's).
+#[test]
+fn classic_pubsub_strict_purges_no_stale_read() {
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let urls = cluster.urls();
+    let c = Arc::clone(&cluster);
+    run(async move {
+        let ns = "classic";
+        let channel = coherence_channel(ns);
+        let check = Arc::clone(&c);
+        let (oracle, readers) = fleet(
+            urls,
+            ns,
+            (Coherence::Strict, true),
+            keys(),
+            3,
+            120,
+            move || {
+                let classic: u64 = (0..check.len())
+                    .map(|i| classic_subscribers(&check, i, &channel))
+                    .sum();
+                let sharded: u64 = (0..check.len())
+                    .map(|i| shard_subscribers(&check, i, &channel))
+                    .sum();
+                assert_eq!(
+                    classic, 4,
+                    "the writer and 3 readers subscribe with SUBSCRIBE"
+                );
+                assert_eq!(sharded, 0, "and not with SSUBSCRIBE");
+            },
+        )
+        .await;
+        let hits: u64 = readers.iter().map(|r| r.stats().l1_hits).sum();
+        eprintln!(
+            "classic: purges ok {} (p50 {} us), reads {}, L1 hits {hits}, stale {}",
+            oracle.purged.load(Ordering::SeqCst),
+            oracle.purge_p50_us(),
+            oracle.reads.load(Ordering::SeqCst),
+            oracle.stale.load(Ordering::SeqCst)
+        );
+        assert_eq!(oracle.stale.load(Ordering::SeqCst), 0, "Strict: stale read");
+        assert_eq!(oracle.purged.load(Ordering::SeqCst), 120);
+        assert!(hits > 0, "the readers served from their L1s");
+    });
 }

@@ -159,6 +159,9 @@ pub(crate) struct Coordinator {
     /// Coarse-clock millisecond until which the L1 may be served; 0 = not serving.
     serve_until: AtomicU64,
     pub(crate) channel: String,
+    /// `b"1"`: the scripts publish with PUBLISH even on Redis 7+ (a test hook, so that the
+    /// classic path of older servers is tested on a new one); `b"0"`: by the server's version.
+    classic: &'static [u8],
     seq_key: String,
     members_key: String,
     acks_key: String,
@@ -190,6 +193,7 @@ impl Coordinator {
             serve_until: AtomicU64::new(0),
             // Starts with the keys' hash tag: a shard channel in their slot (see `publish.lua`).
             channel: format!("{tag}:coherence"),
+            classic: b"0",
             seq_key: format!("{tag}:seq"),
             members_key: format!("{tag}:members"),
             acks_key: format!("{tag}:acks"),
@@ -198,6 +202,12 @@ impl Coordinator {
             acks: Mutex::new(HashMap::new()),
             acked: Notify::new(),
         }
+    }
+
+    /// Makes every coherence script publish with PUBLISH, whatever the server's version.
+    #[cfg(feature = "__test-hooks")]
+    pub(crate) fn force_classic(&mut self) {
+        self.classic = b"1";
     }
 
     /// Whether the L1 may be served now (checked on every L1 read, against the clock).
@@ -257,6 +267,7 @@ impl Coordinator {
             invalidation,
             self.id.as_bytes(),
             strict,
+            self.classic,
         ];
         let reply = self
             .eval(store, &self.scripts.publish, &keys, &args)
@@ -350,7 +361,7 @@ impl Coordinator {
             &*self.need_key,
         ];
         let lease = self.lease.as_millis().to_string();
-        let args = [self.id.as_bytes(), lease.as_bytes()];
+        let args = [self.id.as_bytes(), lease.as_bytes(), self.classic];
         let sent = coarse_now_ms();
         let start = Start::parse(self.eval(store, &self.scripts.join, &keys, &args).await?)?;
         self.extend(sent, self.lease);
@@ -378,6 +389,7 @@ impl Coordinator {
             w.as_bytes(),
             lease.as_bytes(),
             self.channel.as_bytes(),
+            self.classic,
         ];
         let sent = coarse_now_ms();
         let reply = self.eval(store, &self.scripts.renew, &keys, &args).await?;
@@ -415,7 +427,7 @@ impl Coordinator {
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let payload = n.map_or_else(String::new, |n| format!("T{} {n}", self.id));
-        let args = [self.channel.as_bytes(), payload.as_bytes()];
+        let args = [self.channel.as_bytes(), payload.as_bytes(), self.classic];
         Start::parse(
             self.eval(store, &self.scripts.token, &[&*self.seq_key], &args)
                 .await?,

@@ -502,6 +502,8 @@ pub struct TieredBuilder<K, V> {
     breaker_cooldown: Duration,
     #[cfg(feature = "__test-hooks")]
     hook: Option<FillHook>,
+    #[cfg(feature = "__test-hooks")]
+    classic_pubsub: bool,
     pending: pending::PendingConfig,
     coherence: Coherence,
     member_lease: Duration,
@@ -590,6 +592,17 @@ where
         self
     }
 
+    /// TEST HOOK, not for production: coherence messages use classic pub/sub (PUBLISH /
+    /// SUBSCRIBE) even on Redis 7 and later, as on older servers, so that path is tested on a
+    /// new server. Every instance of the namespace must use it. Only with the unadvertised
+    /// `__test-hooks` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "__test-hooks")]
+    pub fn test_hook_classic_pubsub(mut self) -> Self {
+        self.classic_pubsub = true;
+        self
+    }
+
     /// Builds the cache and spawns its feed task on the current tokio runtime.
     ///
     /// The L1 is flushed first (it may hold values no feed has kept current) and is bypassed
@@ -600,6 +613,13 @@ where
         let urls = self.l2.node_urls().to_vec();
         let channel = self.l2.invalidation_channel().to_owned();
         let namespace = self.l2.namespace().to_owned();
+        #[allow(unused_mut)] // mutated only by a test hook
+        let mut coherence =
+            coherence::Coordinator::new(self.coherence, self.member_lease, &namespace);
+        #[cfg(feature = "__test-hooks")]
+        if self.classic_pubsub {
+            coherence.force_classic();
+        }
         let shared = Arc::new(Shared {
             max_lease_age: self.l2.max_lease_age(),
             l1: self.l1,
@@ -613,7 +633,7 @@ where
             hook: self.hook,
             feed_state: watch::Sender::new(false),
             pending: Arc::new(pending::Pending::new(self.pending)),
-            coherence: coherence::Coordinator::new(self.coherence, self.member_lease, &namespace),
+            coherence,
         });
         // The retry task holds the cache weakly: it ends once the cache is dropped.
         runtime.spawn(pending::run(
@@ -656,6 +676,8 @@ where
             breaker_cooldown: Duration::from_secs(1),
             #[cfg(feature = "__test-hooks")]
             hook: None,
+            #[cfg(feature = "__test-hooks")]
+            classic_pubsub: false,
             pending: pending::PendingConfig {
                 capacity: 10_000,
                 backoff_min: Duration::from_millis(50),
