@@ -264,6 +264,17 @@ impl Conn {
         key: &[u8],
         timeout: Duration,
     ) -> Result<Option<(String, u16)>, RedisStoreError> {
+        let Some(text) = self.cluster_nodes(timeout).await? else {
+            return Ok(None);
+        };
+        let slot = key_slot(key);
+        slot_owner(&text, slot).map(Some).ok_or_else(|| {
+            RedisStoreError::Protocol(format!("no healthy master serves slot {slot}"))
+        })
+    }
+
+    /// `CLUSTER NODES` as one master sees it; `None` on a single server.
+    async fn cluster_nodes(&self, timeout: Duration) -> Result<Option<String>, RedisStoreError> {
         let Self::Cluster(c) = self else {
             return Ok(None);
         };
@@ -273,27 +284,16 @@ impl Conn {
         let reply = tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| RedisStoreError::Timeout(timeout))??;
-        let text: String = redis::from_redis_value(reply)
-            .map_err(|e| RedisStoreError::Protocol(format!("CLUSTER NODES: {e}")))?;
-        let slot = key_slot(key);
-        slot_owner(&text, slot).map(Some).ok_or_else(|| {
-            RedisStoreError::Protocol(format!("no healthy master serves slot {slot}"))
-        })
+        redis::from_redis_value(reply)
+            .map(Some)
+            .map_err(|e| RedisStoreError::Protocol(format!("CLUSTER NODES: {e}")))
     }
 
     /// Every master that serves slots, from `CLUSTER NODES`.
     async fn masters(&self, timeout: Duration) -> Result<Layout, RedisStoreError> {
-        let Self::Cluster(c) = self else {
+        let Some(text) = self.cluster_nodes(timeout).await? else {
             return Ok(Layout::default());
         };
-        let mut c = c.clone();
-        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
-        let fut = c.route_command(redis::cmd("CLUSTER").arg("NODES").clone(), route);
-        let reply = tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| RedisStoreError::Timeout(timeout))??;
-        let text: String = redis::from_redis_value(reply)
-            .map_err(|e| RedisStoreError::Protocol(format!("CLUSTER NODES: {e}")))?;
         let layout = parse_cluster_nodes(&text);
         if layout.masters.is_empty() {
             return Err(RedisStoreError::Protocol(
