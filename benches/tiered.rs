@@ -22,6 +22,8 @@
 //! Bounded's.
 //!
 //! Run: `cargo bench --features redis --bench tiered`; the ratios are printed at the end.
+//! `LEASECACHE_BENCH_PURGES_ONLY=1 cargo bench --features redis --bench tiered` prints only the
+//! purge-latency table.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -52,6 +54,11 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let url = server.url();
+    // `LEASECACHE_BENCH_PURGES_ONLY=1`: only the purge-latency table (quick to iterate on).
+    if std::env::var_os("LEASECACHE_BENCH_PURGES_ONLY").is_some() {
+        purge_latency(&rt, &url);
+        return;
+    }
     let (a, b) = rt.block_on(async {
         let make = || async {
             let l2 = RedisStore::connect(&url, RedisOptions::new("bench-tiered"))

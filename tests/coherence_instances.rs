@@ -72,8 +72,9 @@ fn a_sequence_gap_flushes_the_l1_and_is_counted() {
         // Sequence n + 5 arrives for another key: n + 1 ..= n + 4 were lost.
         let seq = server.cli(&["GET", "leasecache:{gap}:seq"]);
         let next: u64 = seq.trim().parse::<u64>().expect("sequence") + 5;
-        let channel = "leasecache:gap:coherence";
-        server.cli(&["PUBLISH", channel, &format!("#{next} Kunrelated")]);
+        // Redis 7 and later: a shard channel in the coherence keys' slot.
+        let channel = "leasecache:{gap}:coherence";
+        server.cli(&["SPUBLISH", channel, &format!("#{next} Kunrelated")]);
         wait_for("gap detected", || a.stats().sequence_gaps == 1).await;
         assert_eq!(a.l1().get("x"), None, "the gap flushed the L1");
         // The mark jumped to the gap's sequence: the next write is in order again.
@@ -238,9 +239,13 @@ fn a_late_joiner_starts_empty() {
             .expect("connect");
         let l1 = Cache::new(100);
         l1.insert("k".to_owned(), 1); // whatever the L1 held before
+        // Redis paused: the feed cannot join before the assertions below (on a loaded machine
+        // it otherwise may, between `build` and them).
+        server.pause();
         let a: Tc = TieredCache::builder(l1, store).build().expect("build");
         assert!(!a.is_l1_active(), "not a member yet");
         assert_eq!(a.l1().get("k"), None, "started empty");
+        server.resume();
         tokio::time::timeout(WAIT, a.feed_confirmed())
             .await
             .expect("joined");

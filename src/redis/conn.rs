@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Value};
 
 use super::error::{ConfigError, RedisStoreError};
@@ -156,7 +156,21 @@ impl Conn {
         let fut = async {
             let evalsha = build("EVALSHA", &script.sha);
             let mut conn = self.clone();
-            match conn.send(&evalsha).await {
+            let first = conn.send(&evalsha).await;
+            // redis-rs sends READONLY on every cluster connection, and Redis serves a script not
+            // flagged as writing (ours: no shebang, for Redis 6) on a replica of the slot's
+            // master for such a connection, instead of answering MOVED. So after a failover
+            // demoted the master redis-rs still routes to, every write script fails there with
+            // READONLY (the replica refused its first write, so it changed nothing). Clearing
+            // the flag makes that node answer MOVED, which redis-rs follows, refreshing its
+            // slot map.
+            let first = match first {
+                Err(e) if e.code() == Some("READONLY") && conn.read_write().await => {
+                    conn.send(&evalsha).await
+                }
+                other => other,
+            };
+            match first {
                 Err(e) if e.code() == Some("NOSCRIPT") => {
                     conn.send(&build("EVAL", script.src)).await
                 }
@@ -166,6 +180,16 @@ impl Conn {
         Ok(tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| RedisStoreError::Timeout(timeout))??)
+    }
+
+    /// Sends `READWRITE` to every node of a cluster (see `eval`); `false` on a single server.
+    async fn read_write(&mut self) -> bool {
+        let Self::Cluster(c) = self else {
+            return false;
+        };
+        let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+        let _ = c.route_command(redis::cmd("READWRITE"), route).await;
+        true
     }
 
     async fn send(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
@@ -232,10 +256,27 @@ impl Conn {
         redis::from_redis_value(reply).map_err(|e| RedisStoreError::Protocol(format!("SCAN: {e}")))
     }
 
-    /// Every master that serves slots, from `CLUSTER NODES`.
-    async fn masters(&self, timeout: Duration) -> Result<Layout, RedisStoreError> {
+    /// The address of the master that serves `key`'s hash slot, by `CLUSTER NODES` as one
+    /// master sees it (it may be behind a migration or failover: a command sent there is then
+    /// answered `MOVED`). `None` on a single server.
+    pub(crate) async fn master_for_key(
+        &self,
+        key: &[u8],
+        timeout: Duration,
+    ) -> Result<Option<(String, u16)>, RedisStoreError> {
+        let Some(text) = self.cluster_nodes(timeout).await? else {
+            return Ok(None);
+        };
+        let slot = key_slot(key);
+        slot_owner(&text, slot).map(Some).ok_or_else(|| {
+            RedisStoreError::Protocol(format!("no healthy master serves slot {slot}"))
+        })
+    }
+
+    /// `CLUSTER NODES` as one master sees it; `None` on a single server.
+    async fn cluster_nodes(&self, timeout: Duration) -> Result<Option<String>, RedisStoreError> {
         let Self::Cluster(c) = self else {
-            return Ok(Layout::default());
+            return Ok(None);
         };
         let mut c = c.clone();
         let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
@@ -243,8 +284,16 @@ impl Conn {
         let reply = tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| RedisStoreError::Timeout(timeout))??;
-        let text: String = redis::from_redis_value(reply)
-            .map_err(|e| RedisStoreError::Protocol(format!("CLUSTER NODES: {e}")))?;
+        redis::from_redis_value(reply)
+            .map(Some)
+            .map_err(|e| RedisStoreError::Protocol(format!("CLUSTER NODES: {e}")))
+    }
+
+    /// Every master that serves slots, from `CLUSTER NODES`.
+    async fn masters(&self, timeout: Duration) -> Result<Layout, RedisStoreError> {
+        let Some(text) = self.cluster_nodes(timeout).await? else {
+            return Ok(Layout::default());
+        };
         let layout = parse_cluster_nodes(&text);
         if layout.masters.is_empty() {
             return Err(RedisStoreError::Protocol(
@@ -299,6 +348,58 @@ pub(crate) fn parse_cluster_nodes(text: &str) -> Layout {
     layout
 }
 
+/// The hash slot of a Redis Cluster key: CRC16 (XMODEM) of its hash tag (the part between the
+/// first `{` and the next `}`, if not empty) or of the whole key, modulo 16384.
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(key) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// The healthy master whose slot ranges in `CLUSTER NODES` contain `slot` (a slot being
+/// migrated away still belongs to its source until the migration ends).
+pub(crate) fn slot_owner(text: &str, slot: u16) -> Option<(String, u16)> {
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 9 {
+            continue;
+        }
+        let flags: Vec<&str> = parts[2].split(',').collect();
+        if !flags.contains(&"master")
+            || flags
+                .iter()
+                .any(|f| matches!(*f, "fail" | "fail?" | "noaddr" | "handshake"))
+        {
+            continue;
+        }
+        let serves = parts[8..].iter().any(|range| {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+        });
+        if !serves {
+            continue;
+        }
+        let addr = parts[1].split('@').next().unwrap_or_default();
+        let (host, port) = addr.rsplit_once(':')?;
+        return Some((host.to_owned(), port.parse().ok()?));
+    }
+    None
+}
+
 /// A node to SCAN during `flush`.
 pub(crate) enum ScanNode {
     /// The only server of a standalone connection.
@@ -338,5 +439,23 @@ f 127.0.0.1:7005@17005 master - 0 0 5 connected
             layout.signature
         );
         assert_eq!(parse_cluster_nodes(text), layout);
+    }
+
+    #[test]
+    fn key_slots_follow_hash_tags_and_owners_skip_failed_masters() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{ns}"), 9937);
+        assert_eq!(key_slot(b"leasecache:{ns}:seq"), 9937);
+        assert_eq!(key_slot(b"leasecache:{ns}:coherence"), 9937);
+        assert_eq!(key_slot(b"a{}b"), 13694, "an empty tag: the whole key");
+        let text = "\
+a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 [5460->-c]
+b 127.0.0.1:7001@17001 master,fail - 0 0 2 connected 5461-10922
+c 127.0.0.1:7002@17002 master - 0 0 3 connected 10923-16382 16383
+";
+        assert_eq!(slot_owner(text, 5460), Some(("127.0.0.1".into(), 7000)));
+        assert_eq!(slot_owner(text, 16383), Some(("127.0.0.1".into(), 7002)));
+        assert_eq!(slot_owner(text, 6000), None, "its master failed");
     }
 }

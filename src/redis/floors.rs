@@ -76,7 +76,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             position.as_bytes(),
             intent_us.as_bytes(),
             keep_ms.as_bytes(),
-            inner.channel.as_bytes(),
+            self.broadcast_channel(),
             &payload,
             value,
             ttl.as_bytes(),

@@ -1,6 +1,7 @@
 -- insert: unconditional write that fences. One declared key.
 -- KEYS[1] the cache key's hash
--- ARGV[1] the encoded value   ARGV[2] TTL in ms   ARGV[3] invalidation channel   ARGV[4] payload
+-- ARGV[1] the encoded value   ARGV[2] TTL in ms   ARGV[3] invalidation channel ('' publishes nothing)
+-- ARGV[4] payload
 -- The UNLINK comes first: it frees memory (so the HSET may run at maxmemory with noeviction once
 -- something was freed), drops the marker (fencing every outstanding lease) and drops sub-entries
 -- that predate this write.
@@ -18,5 +19,7 @@ else
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+if ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
 return 1

@@ -68,7 +68,9 @@
 //! with `noeviction`; `UNLINK` frees a huge hash in the background instead of blocking the
 //! server. [`list_fields`](RedisStore::list_fields) walks the hash with `HSCAN`, names only. Every fencing script `PUBLISH`es on [`RedisStore::invalidation_channel`]
 //! atomically with its write ([`Invalidation`] decodes the payload); `flush` publishes once at
-//! the end.
+//! the end. Writes made by a [`TieredCache`](crate::tiered::TieredCache) are the exception: it
+//! sequences and publishes its own invalidations on its coherence channel (see the tiered
+//! module's *Coherence*), so its fencing scripts publish nothing here.
 //!
 //! ## Consistency
 //!
@@ -176,12 +178,16 @@ const FIELD_PREFIX: &str = "f:";
 /// the server does not answer within the command timeout.
 pub struct RedisStore<V> {
     inner: Arc<Inner<V>>,
+    /// Whether fencing writes publish on the invalidation channel (a tiered cache writes through
+    /// a handle that does not: it sequences its own invalidations).
+    broadcast: bool,
 }
 
 impl<V> Clone for RedisStore<V> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            broadcast: self.broadcast,
         }
     }
 }
@@ -296,6 +302,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                 intent_ttl: o.intent_ttl,
                 unreadable: AtomicU64::new(0),
             }),
+            broadcast: true,
         }
     }
 
@@ -346,7 +353,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             return self.purge_with_hold_off(key, hold_off).await;
         }
         let payload = Invalidation::key_payload(key);
-        let args: [&[u8]; 2] = [self.inner.channel.as_bytes(), &payload];
+        let args: [&[u8]; 2] = [self.broadcast_channel(), &payload];
         let reply = self.eval_on(key, Op::Purge, &args).await?;
         Ok(int_reply(&reply)? == 1)
     }
@@ -376,12 +383,14 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             }
             (nodes, layout) = (next_nodes, next_layout);
         }
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(&self.inner.channel).arg("F");
-        self.inner
-            .conn
-            .query::<Value>(&publish, self.inner.timeout)
-            .await?;
+        if self.broadcast {
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(&self.inner.channel).arg("F");
+            self.inner
+                .conn
+                .query::<Value>(&publish, self.inner.timeout)
+                .await?;
+        }
         Ok(())
     }
 
@@ -442,7 +451,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     pub async fn purge_field(&self, key: &str, field: &str) -> Result<bool, RedisStoreError> {
         let f = user_field(field);
         let payload = Invalidation::key_payload(key);
-        let args: [&[u8]; 3] = [f.as_bytes(), self.inner.channel.as_bytes(), &payload];
+        let args: [&[u8]; 3] = [f.as_bytes(), self.broadcast_channel(), &payload];
         let reply = self.eval_on(key, Op::PurgeField, &args).await?;
         Ok(int_reply(&reply)? == 1)
     }
@@ -501,6 +510,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
 
     /// The pub/sub channel every fencing write of this namespace publishes on
     /// (`leasecache:<namespace>:invalidations`); decode messages with [`Invalidation::parse`].
+    /// Writes made through a [`TieredCache`](crate::tiered::TieredCache) do not publish here
+    /// (they travel, sequenced, on its coherence channel); writes through this store, including
+    /// [`TieredCache::l2`](crate::tiered::TieredCache::l2), do.
     pub fn invalidation_channel(&self) -> &str {
         &self.inner.channel
     }
@@ -550,6 +562,36 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         self.inner
             .conn
             .eval(script, keys, args, self.inner.timeout)
+            .await
+    }
+
+    /// A handle on the same store whose fencing writes publish nothing on the invalidation
+    /// channel (a tiered cache sequences and delivers its own invalidations; on a cluster a
+    /// classic PUBLISH would be broadcast to every node).
+    pub(crate) fn without_broadcast(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            broadcast: false,
+        }
+    }
+
+    /// The channel fencing scripts publish on: empty (publish nothing) without broadcast.
+    pub(crate) fn broadcast_channel(&self) -> &[u8] {
+        if self.broadcast {
+            self.inner.channel.as_bytes()
+        } else {
+            b""
+        }
+    }
+
+    /// The master serving the hash slot of raw key `key` (`None` on a single server).
+    pub(crate) async fn master_for_key(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(String, u16)>, RedisStoreError> {
+        self.inner
+            .conn
+            .master_for_key(key, self.inner.timeout)
             .await
     }
 
@@ -761,12 +803,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         }
         let ttl = ttl_ms.to_string();
         let payload = Invalidation::key_payload(key);
-        let args: [&[u8]; 4] = [
-            &bytes,
-            ttl.as_bytes(),
-            self.inner.channel.as_bytes(),
-            &payload,
-        ];
+        let args: [&[u8]; 4] = [&bytes, ttl.as_bytes(), self.broadcast_channel(), &payload];
         self.eval_on(key, Op::Insert, &args).await?;
         Ok(())
     }

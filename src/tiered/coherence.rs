@@ -2,12 +2,20 @@
 //!
 //! # The protocol, top-down
 //!
-//! Every tiered write (`purge`, `insert`, `flush`) runs its fencing script on Redis (which
-//! publishes an unsequenced invalidation, as a bare [`RedisStore`] does), purges the writer's own
-//! L1, then runs `publish.lua` on the namespace's *coherence keys* (one hash slot, so one node on
-//! a cluster): it advances the namespace's **sequence** and publishes `#<seq> <invalidation>` on
-//! the coherence channel, in one script. Every instance's feed subscribes to both channels on one
-//! connection, so messages reach it in the order that server published them.
+//! Every tiered write (`purge`, `insert`, `flush`) runs its fencing script on Redis (through a
+//! store handle whose scripts publish nothing, unlike a bare [`RedisStore`]'s), purges the
+//! writer's own L1, then runs `publish.lua` on the namespace's *coherence keys* (one hash slot,
+//! so one node on a cluster): it advances the namespace's **sequence** and publishes
+//! `#<seq> <invalidation>` on the coherence channel, in one script. If that script fails, the
+//! write is queued as pending, and its retry runs the fencing script and `publish.lua` again.
+//!
+//! The coherence channel `leasecache:{<namespace>}:coherence` shares the keys' hash tag. Every
+//! script that publishes on it (`publish`, `renew`, `token`) uses `SPUBLISH` when the server
+//! running it is Redis 7 or later (`redis.REDIS_VERSION_NUM`), else `PUBLISH`; `join` and
+//! `token` report which, and the feed subscribes to match (see `feed.rs`): sharded messages
+//! come from the slot's master alone, never over the cluster bus. Each instance's feed
+//! subscribes to the coherence channel and to the store's channel (bare stores' writes) on one
+//! connection, so the coherence messages reach it in the order that server published them.
 //!
 //! An instance's feed applies sequenced invalidations in order and tracks `w`, the highest
 //! sequence up to which it applied *every* one. A gap (or a sequence going backwards after the
@@ -151,6 +159,9 @@ pub(crate) struct Coordinator {
     /// Coarse-clock millisecond until which the L1 may be served; 0 = not serving.
     serve_until: AtomicU64,
     pub(crate) channel: String,
+    /// `b"1"`: the scripts publish with PUBLISH even on Redis 7+ (a test hook, so that the
+    /// classic path of older servers is tested on a new one); `b"0"`: by the server's version.
+    classic: &'static [u8],
     seq_key: String,
     members_key: String,
     acks_key: String,
@@ -180,7 +191,9 @@ impl Coordinator {
             // (whose readings lag true time by up to a tick).
             margin_ms: window_ms / 10 + coarse_tick_ms(),
             serve_until: AtomicU64::new(0),
-            channel: format!("leasecache:{namespace}:coherence"),
+            // Starts with the keys' hash tag: a shard channel in their slot (see `publish.lua`).
+            channel: format!("{tag}:coherence"),
+            classic: b"0",
             seq_key: format!("{tag}:seq"),
             members_key: format!("{tag}:members"),
             acks_key: format!("{tag}:acks"),
@@ -189,6 +202,12 @@ impl Coordinator {
             acks: Mutex::new(HashMap::new()),
             acked: Notify::new(),
         }
+    }
+
+    /// Makes every coherence script publish with PUBLISH, whatever the server's version.
+    #[cfg(feature = "__test-hooks")]
+    pub(crate) fn force_classic(&mut self) {
+        self.classic = b"1";
     }
 
     /// Whether the L1 may be served now (checked on every L1 read, against the clock).
@@ -248,6 +267,7 @@ impl Coordinator {
             invalidation,
             self.id.as_bytes(),
             strict,
+            self.classic,
         ];
         let reply = self
             .eval(store, &self.scripts.publish, &keys, &args)
@@ -328,8 +348,9 @@ impl Coordinator {
         pairs(&array(reply)?)
     }
 
-    /// Registers this instance as a member; returns the sequence it starts from.
-    pub(crate) async fn join<V>(&self, store: &RedisStore<V>) -> Result<u64, RedisStoreError>
+    /// Registers this instance as a member; returns the sequence it starts from and whether the
+    /// server publishes coherence messages as shard messages ([`Start`]).
+    pub(crate) async fn join<V>(&self, store: &RedisStore<V>) -> Result<Start, RedisStoreError>
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
@@ -340,11 +361,11 @@ impl Coordinator {
             &*self.need_key,
         ];
         let lease = self.lease.as_millis().to_string();
-        let args = [self.id.as_bytes(), lease.as_bytes()];
+        let args = [self.id.as_bytes(), lease.as_bytes(), self.classic];
         let sent = coarse_now_ms();
-        let cur = int(&self.eval(store, &self.scripts.join, &keys, &args).await?)?;
+        let start = Start::parse(self.eval(store, &self.scripts.join, &keys, &args).await?)?;
         self.extend(sent, self.lease);
-        Ok(cur)
+        Ok(start)
     }
 
     /// Acknowledges `applied` and renews the lease if the member keeps up.
@@ -368,6 +389,7 @@ impl Coordinator {
             w.as_bytes(),
             lease.as_bytes(),
             self.channel.as_bytes(),
+            self.classic,
         ];
         let sent = coarse_now_ms();
         let reply = self.eval(store, &self.scripts.renew, &keys, &args).await?;
@@ -395,20 +417,26 @@ impl Coordinator {
     }
 
     /// Publishes token `n` (none if `n` is `None`) on the coherence channel from the sequencing
-    /// node; returns the current sequence.
+    /// node; returns the current sequence and how that node publishes.
     pub(crate) async fn token<V>(
         &self,
         store: &RedisStore<V>,
         n: Option<u64>,
-    ) -> Result<u64, RedisStoreError>
+    ) -> Result<Start, RedisStoreError>
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let payload = n.map_or_else(String::new, |n| format!("T{} {n}", self.id));
-        let args = [self.channel.as_bytes(), payload.as_bytes()];
-        int(&self
-            .eval(store, &self.scripts.token, &[&*self.seq_key], &args)
-            .await?)
+        let args = [self.channel.as_bytes(), payload.as_bytes(), self.classic];
+        Start::parse(
+            self.eval(store, &self.scripts.token, &[&*self.seq_key], &args)
+                .await?,
+        )
+    }
+
+    /// The key whose hash slot holds every coherence key and the coherence channel.
+    pub(crate) fn slot_key(&self) -> &str {
+        &self.seq_key
     }
 
     /// Records an acknowledgement `A<id> <w>` seen on the coherence channel; wakes waiting
@@ -460,7 +488,16 @@ where
         let c = &self.coherence;
         let (seq, pending) = match c.publish(&self.l2, invalidation).await {
             Ok(published) => published,
-            Err(e) => return Err(self.redis_failed(e)),
+            // The write landed but no other instance was told: a transient failure queues the
+            // removal again (its retry sequences the invalidation; see `pending.rs`), so that
+            // no L1 keeps the old value for want of a message.
+            Err(e) => {
+                let retry = match Invalidation::parse(invalidation) {
+                    Some(Invalidation::Key(key)) => super::pending::Op::Purge(key),
+                    _ => super::pending::Op::Flush,
+                };
+                return Err(self.write_failed(e, retry));
+            }
         };
         if pending.is_empty() {
             return Ok(());
@@ -483,6 +520,26 @@ fn split_id(body: &[u8]) -> Option<(&str, u64)> {
     let text = std::str::from_utf8(body).ok()?;
     let (id, n) = text.split_once(' ')?;
     Some((id, n.parse().ok()?))
+}
+
+/// What `join.lua` and `token.lua` report: the current sequence, and whether the server that
+/// runs the coherence scripts publishes with SPUBLISH (Redis 7 and later) or PUBLISH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub(crate) seq: u64,
+    pub(crate) sharded: bool,
+}
+
+impl Start {
+    fn parse(reply: Value) -> Result<Self, RedisStoreError> {
+        match array(reply)?.as_slice() {
+            [seq, sharded] => Ok(Self {
+                seq: int(seq)?,
+                sharded: int(sharded)? == 1,
+            }),
+            other => Err(protocol(&format!("expected [seq, sharded], got {other:?}"))),
+        }
+    }
 }
 
 /// Where a sequenced invalidation leaves the feed's applied high-water mark.

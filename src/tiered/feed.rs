@@ -1,16 +1,32 @@
 //! The invalidation feed: one subscriber connection per [`TieredCache`](super::TieredCache),
 //! kept alive by a task on the tokio runtime that built the cache.
 //!
-//! The task subscribes to the store's invalidation channel and to the namespace's coherence
-//! channel on one connection, and proves the subscription with a PING answered in subscribed
-//! form. Then it starts from the current sequence: in Strict mode by joining as a member
-//! (`join.lua`), in Bounded mode by reading it (`token.lua` without a token); only then is the
-//! feed *confirmed*. It applies every message to the L1 in arrival order: `K<key>` purges the key
-//! (which fences its L1 leases, so a fill whose Redis read the purge overtook is rejected), `F`
-//! flushes, `#<seq> ...` does the same and advances the applied high-water mark (a gap flushes),
-//! `A<id> <w>` records another member's acknowledgement for waiting writers, `T<id> <n>` is a
-//! Bounded token coming back. Anything else is unreadable (see the module docs of
-//! [`tiered`](super)).
+//! Each (re)subscription first asks the server that runs the coherence scripts how it publishes
+//! (`token.lua` without a token): Redis 7 and later publish coherence messages with `SPUBLISH`.
+//! Then the task subscribes on one connection to the store's invalidation channel (bare stores'
+//! writes) and to the namespace's coherence channel:
+//!
+//! - **Sharded** (Redis 7+): a RESP3 connection to the master that serves the coherence slot
+//!   (`CLUSTER NODES` through the store's cluster connection; on a single server, the server),
+//!   `SUBSCRIBE` for the store's channel and `SSUBSCRIBE` for the coherence channel, each
+//!   confirmed by its own reply (`MOVED` from a node that no longer serves the slot fails it).
+//!   redis-rs 1.2's `PubSub` has no `SSUBSCRIBE`, so this is a multiplexed connection whose
+//!   pushes go to a channel. Redis unsubscribes shard subscribers (`sunsubscribe`) when the
+//!   slot migrates away or its master turns replica; that push, a disconnect push, or any push a
+//!   subscription never sees ends the subscription: a feed loss.
+//! - **Classic** (older servers): a RESP2 `PubSub` on the node of the next store URL (classic
+//!   messages reach every node's subscribers), proven by a PING answered in subscribed form after
+//!   the `SUBSCRIBE` reply (redis-rs does not check that reply).
+//!
+//! Then it starts from the current sequence: in Strict mode by joining as a member
+//! (`join.lua`), in Bounded mode by reading it (`token.lua` without a token); both report again
+//! how the server publishes, and a mismatch (a failover between the two questions) means
+//! subscribing again. Only then is the feed *confirmed*. It applies every message to the L1 in
+//! arrival order: `K<key>` purges the key (which fences its L1 leases, so a fill whose Redis read
+//! the purge overtook is rejected), `F` flushes, `#<seq> ...` does the same and advances the
+//! applied high-water mark (a gap flushes), `A<id> <w>` records another member's acknowledgement
+//! for waiting writers, `T<id> <n>` is a Bounded token coming back. Anything else is unreadable
+//! (see the module docs of [`tiered`](super)).
 //!
 //! Strict: whenever the mark moved (and every quarter lease when idle) the task sends one
 //! acknowledgement-and-renewal (`renew.lua`), one at a time; a reply saying the lease had lapsed
@@ -18,18 +34,18 @@
 //! quarter bound and extends the L1's proof when one comes back.
 //!
 //! A PING every `ping_interval`, answered within `ping_timeout`, proves the connection still
-//! delivers. Any loss (the stream ends because the connection dropped or Redis disconnected a
-//! subscriber that fell behind its output buffer limit, or a PING went unanswered) stops the L1,
-//! marks the feed down and flushes the L1, in that order; in Strict mode the task then leaves the
-//! membership (best effort) and reconnects with capped exponential backoff, rotating through the
-//! store's node URLs (on Redis Cluster, classic pub/sub reaches the subscribers of every node, so
-//! any node will do). However the task ends, a guard stops the L1 first.
+//! delivers. Any loss (the stream ends because the connection dropped, Redis disconnected a
+//! subscriber that fell behind its output buffer limit or unsubscribed it, or a PING went
+//! unanswered) stops the L1, marks the feed down and flushes the L1, in that order; in Strict
+//! mode the task then leaves the membership (best effort) and subscribes again with capped
+//! exponential backoff, looking the slot's master up again (sharded) or rotating through the
+//! store's node URLs (classic). However the task ends, a guard stops the L1 first.
 
 use super::Shared;
 use super::coherence::{self, Applied, Coherence, Renewed};
 use futures_util::StreamExt;
-use redis::Value;
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{PushInfo, PushKind, Value};
 use serde::{Serialize, de::DeserializeOwned};
 use std::borrow::Borrow;
 use std::future::Future;
@@ -37,6 +53,7 @@ use std::hash::Hash;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// Timing of the feed task.
 #[derive(Clone, Copy, Debug)]
@@ -66,30 +83,40 @@ pub(crate) async fn run<K, V>(
 {
     // Whatever ends this task (an abort, a panic, its runtime shutting down) stops the L1 first.
     let _guard = DeadFeed(&*shared);
-    let coherence = shared.coherence.channel.clone();
     let mut next_url = 0usize;
     let mut backoff = config.backoff_min;
     loop {
         let url = urls.get(next_url % urls.len().max(1)).cloned();
         let subscribed = match url {
-            Some(url) => subscribe(&url, &[&channel, &coherence], config.connect_timeout).await,
+            Some(url) => connect(&shared, &url, &channel, config).await,
             None => Err(()),
         };
         match subscribed {
-            Ok((mut sink, mut stream)) => {
+            Ok((mut pinger, mut messages)) => {
                 backoff = config.backoff_min;
+                let sharded = matches!(messages, Messages::Sharded(_));
                 loop {
-                    let Some(applied) = start(&shared).await else {
+                    let Some(applied) = start(&shared, sharded).await else {
                         break;
                     };
                     shared.feed_confirmed();
-                    let end =
-                        pump(&shared, &channel, &mut sink, &mut stream, config, applied).await;
+                    let end = pump(
+                        &shared,
+                        &channel,
+                        &mut pinger,
+                        &mut messages,
+                        config,
+                        applied,
+                    )
+                    .await;
                     shared.feed_lost();
                     if end == End::Lost {
                         break;
                     }
                 }
+                // Not confirmed again (the subscription is gone, or of the wrong kind): the L1
+                // must not be served on a lease this subscription earned.
+                shared.coherence.stop_serving();
                 if shared.coherence.mode == Coherence::Strict {
                     // Best effort: writers then stop waiting for this instance at once instead of
                     // when its lease runs out. Its L1 is already bypassed and flushed.
@@ -101,6 +128,67 @@ pub(crate) async fn run<K, V>(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(config.backoff_max);
     }
+}
+
+/// Subscribes the way the server that runs the coherence scripts publishes: asks it first
+/// (`token.lua` without a token reports it), then subscribes to the store's channel and the
+/// coherence channel on one connection, classic (`SUBSCRIBE` both, on the node of `url`) or
+/// sharded (`SUBSCRIBE` the store's channel and `SSUBSCRIBE` the coherence channel, on the
+/// master that serves the coherence slot). `start` checks the answer again once subscribed.
+async fn connect<K, V>(
+    shared: &Shared<K, V>,
+    url: &str,
+    channel: &str,
+    config: FeedConfig,
+) -> Result<(Pinger, Messages), ()>
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let c = &shared.coherence;
+    let probe = tokio::time::timeout(config.connect_timeout, c.token(&shared.l2, None));
+    let sharded = match probe.await {
+        Ok(Ok(start)) => start.sharded,
+        _ => return Err(()),
+    };
+    if !sharded {
+        return subscribe(url, &[channel, &c.channel], config.connect_timeout).await;
+    }
+    let owner = tokio::time::timeout(
+        config.connect_timeout,
+        shared.l2.master_for_key(c.slot_key().as_bytes()),
+    );
+    let node = match owner.await {
+        Ok(Ok(owner)) => owner,
+        _ => return Err(()),
+    };
+    let info = node_info(url, node).ok_or(())?;
+    subscribe_sharded(info, channel, &c.channel, config.connect_timeout).await
+}
+
+/// The connection info of `url`, with its address replaced by `node` (same credentials, TLS and
+/// database) if given.
+fn node_info(url: &str, node: Option<(String, u16)>) -> Option<redis::ConnectionInfo> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url).ok()?;
+    let Some((host, port)) = node else {
+        return Some(info);
+    };
+    let addr = match info.addr().clone() {
+        redis::ConnectionAddr::Tcp(..) => redis::ConnectionAddr::Tcp(host, port),
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            tls_params,
+        },
+        // A cluster is not reached over a Unix socket.
+        _ => return None,
+    };
+    Some(info.set_addr(addr))
 }
 
 /// Stops the L1 when the feed task ends, however it ends.
@@ -120,8 +208,10 @@ where
 }
 
 /// With the subscription confirmed: joins (Strict) or reads the current sequence (Bounded).
-/// `None` if Redis did not answer.
-async fn start<K, V>(shared: &Shared<K, V>) -> Option<Applied>
+/// `None` if Redis did not answer, or if the server that runs the coherence scripts publishes
+/// the other way than `sharded` (a failover or an upgrade between the probe and now): then the
+/// feed subscribes again.
+async fn start<K, V>(shared: &Shared<K, V>, sharded: bool) -> Option<Applied>
 where
     K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -131,15 +221,85 @@ where
         Coherence::Strict => c.join(&shared.l2).await,
         Coherence::Bounded(_) => c.token(&shared.l2, None).await,
     };
-    baseline.ok().map(Applied::start)
+    match baseline {
+        Ok(start) if start.sharded == sharded => Some(Applied::start(start.seq)),
+        _ => None,
+    }
 }
 
-/// Opens a subscriber connection and waits for Redis to acknowledge the subscriptions.
+/// The receiving half of a subscribed connection.
+enum Messages {
+    /// Classic pub/sub (RESP2).
+    Classic(PubSubStream),
+    /// RESP3 pushes: messages, shard messages, and what ends the subscription.
+    Sharded(mpsc::UnboundedReceiver<PushInfo>),
+}
+
+impl Messages {
+    /// The next message's channel and payload; `None` once the subscription is lost: the
+    /// connection dropped, or the server unsubscribed this connection (it sends `sunsubscribe`
+    /// when the coherence slot migrates away or the node turns replica).
+    async fn next(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        match self {
+            Self::Classic(stream) => {
+                let msg = stream.next().await?;
+                Some((
+                    msg.get_channel_name().as_bytes().to_vec(),
+                    msg.get_payload_bytes().to_vec(),
+                ))
+            }
+            Self::Sharded(rx) => loop {
+                let push = rx.recv().await?;
+                match push.kind {
+                    PushKind::Message | PushKind::SMessage => {
+                        let mut data = push.data.into_iter();
+                        match (data.next(), data.next()) {
+                            (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) => {
+                                return Some((name, payload));
+                            }
+                            // Not something a server sends: treat the stream as broken.
+                            _ => return None,
+                        }
+                    }
+                    // Copies of the replies to our own SUBSCRIBE and SSUBSCRIBE.
+                    PushKind::Subscribe | PushKind::SSubscribe => {}
+                    // Disconnect, (s)unsubscribe, or anything else a subscription never sees.
+                    _ => return None,
+                }
+            },
+        }
+    }
+}
+
+/// The half of a subscribed connection that PINGs it.
+enum Pinger {
+    Classic(PubSubSink),
+    Sharded(MultiplexedConnection),
+}
+
+impl Pinger {
+    /// Whether a PING was answered, as a subscribed connection answers it.
+    async fn ping(&mut self) -> bool {
+        match self {
+            Self::Classic(sink) => sink
+                .ping::<Value>()
+                .await
+                .is_ok_and(|pong| is_subscribed_pong(&pong)),
+            // RESP3 answers a PING in subscribed mode as it does outside it.
+            Self::Sharded(conn) => matches!(
+                redis::cmd("PING").query_async::<Value>(conn).await,
+                Ok(Value::SimpleString(pong)) if pong.eq_ignore_ascii_case("pong")
+            ),
+        }
+    }
+}
+
+/// Opens a classic subscriber connection and waits for Redis to acknowledge the subscriptions.
 async fn subscribe(
     url: &str,
     channels: &[&str],
     timeout: Duration,
-) -> Result<(PubSubSink, PubSubStream), ()> {
+) -> Result<(Pinger, Messages), ()> {
     let connect = async {
         // Always RESP2, whatever the URL asks for: the subscribed-mode PING check below relies
         // on RESP2's `["pong", ""]` reply.
@@ -156,11 +316,56 @@ async fn subscribe(
         sink.subscribe(channels).await.map_err(drop)?;
         // ...so prove it: a PING answered after that reply, in the subscribed form, shows the
         // subscription took effect. Every PUBLISH Redis runs from now on reaches this connection.
-        let pong = sink.ping::<Value>().await.map_err(drop)?;
-        if !is_subscribed_pong(&pong) {
+        let mut pinger = Pinger::Classic(sink);
+        if !pinger.ping().await {
             return Err(());
         }
-        Ok((sink, stream))
+        Ok((pinger, Messages::Classic(stream)))
+    };
+    tokio::time::timeout(timeout, connect)
+        .await
+        .unwrap_or(Err(()))
+}
+
+/// Opens a RESP3 connection to `node`, `SUBSCRIBE`s `channel` and `SSUBSCRIBE`s `shard_channel`,
+/// each confirmed by its own reply (an error, such as `MOVED` from a node that no longer serves
+/// the slot, or an ACL refusal, fails it). redis-rs 1.2's `PubSub` cannot send `SSUBSCRIBE`, so
+/// this is a multiplexed connection whose pushes go to a channel.
+async fn subscribe_sharded(
+    node: redis::ConnectionInfo,
+    channel: &str,
+    shard_channel: &str,
+    timeout: Duration,
+) -> Result<(Pinger, Messages), ()> {
+    let connect = async {
+        let resp3 = node
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(node.set_redis_settings(resp3)).map_err(drop)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_push_sender(tx);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(drop)?;
+        for (command, name, kind) in [
+            ("SUBSCRIBE", channel, PushKind::Subscribe),
+            ("SSUBSCRIBE", shard_channel, PushKind::SSubscribe),
+        ] {
+            let reply = redis::cmd(command)
+                .arg(name)
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(drop)?;
+            if !matches!(reply, Value::Push { kind: k, .. } if k == kind) {
+                return Err(());
+            }
+        }
+        Ok((Pinger::Sharded(conn), Messages::Sharded(rx)))
     };
     tokio::time::timeout(timeout, connect)
         .await
@@ -183,8 +388,8 @@ type Pending<'a, T> = Option<Pin<Box<dyn Future<Output = T> + Send + 'a>>>;
 async fn pump<K, V>(
     shared: &Shared<K, V>,
     channel: &str,
-    sink: &mut PubSubSink,
-    stream: &mut PubSubStream,
+    pinger: &mut Pinger,
+    messages: &mut Messages,
     config: FeedConfig,
     mut applied: Applied,
 ) -> End
@@ -199,7 +404,7 @@ where
     };
     let mut tick = tokio::time::interval((window / 4).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat = pin!(heartbeat(sink, config));
+    let mut heartbeat = pin!(heartbeat(pinger, config));
     // Strict: the acknowledgement in flight and the mark it carries; the last mark acknowledged.
     let mut renewal: Pending<'_, Result<Renewed, crate::redis::RedisStoreError>> = None;
     let mut acked = None::<u64>;
@@ -230,15 +435,14 @@ where
             }));
         }
         tokio::select! {
-            msg = stream.next() => match msg {
-                Some(msg) => {
-                    let name = msg.get_channel_name();
-                    let payload = msg.get_payload_bytes();
-                    if name == channel {
+            msg = messages.next() => match msg {
+                Some((name, payload)) => {
+                    let payload = &payload[..];
+                    if name == channel.as_bytes() {
                         if !shared.apply_invalidation(payload) {
                             unreadable(shared, &mut unreadable_until);
                         }
-                    } else if name == c.channel {
+                    } else if name == c.channel.as_bytes() {
                         match payload.split_first() {
                             Some((b'#', _)) => {
                                 if !shared.apply_sequenced(payload, &mut applied) {
@@ -299,13 +503,12 @@ where
 
 /// PINGs the subscriber connection every `ping_interval`; returns when one is not answered in
 /// time (a silent feed).
-async fn heartbeat(sink: &mut PubSubSink, config: FeedConfig) {
+async fn heartbeat(pinger: &mut Pinger, config: FeedConfig) {
     loop {
         tokio::time::sleep(config.ping_interval).await;
-        let ping = sink.ping::<Value>();
-        match tokio::time::timeout(config.ping_timeout, ping).await {
-            Ok(Ok(pong)) if is_subscribed_pong(&pong) => {}
-            Ok(_) | Err(_) => return,
+        match tokio::time::timeout(config.ping_timeout, pinger.ping()).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return,
         }
     }
 }

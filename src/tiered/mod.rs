@@ -36,13 +36,29 @@
 //! # Coherence
 //!
 //! Writes ([`purge`](TieredCache::purge), [`insert`](TieredCache::insert),
-//! [`flush`](TieredCache::flush)) go to Redis first (whose fencing script publishes an
-//! invalidation on the store's channel), then to this L1, then *sequence* the invalidation: one
-//! more script on the namespace's coherence keys advances the namespace's sequence and publishes
-//! the invalidation with it on the coherence channel. Every `TieredCache` subscribes to both
-//! channels on its own connection and purges (or flushes) its L1 on each message. A purge fences
-//! the L1 leases on its key, so an invalidation that overtakes the Redis reply it cancels still
-//! rejects the fill.
+//! [`flush`](TieredCache::flush)) go to Redis first (their fencing script publishes nothing,
+//! unlike a bare [`RedisStore`]'s: see [`l2`](TieredCache::l2)), then to this L1, then
+//! *sequence* the invalidation: one more script on the namespace's coherence keys advances the
+//! namespace's sequence and publishes the invalidation with it on the coherence channel
+//! (`leasecache:{<namespace>}:coherence`). Every `TieredCache` subscribes, on its own
+//! connection, to the coherence channel and to the store's
+//! [invalidation channel](RedisStore::invalidation_channel) (where bare stores' writes arrive),
+//! and purges (or flushes) its L1 on each message. A purge fences the L1 leases on its key, so
+//! an invalidation that overtakes the Redis reply it cancels still rejects the fill.
+//!
+//! **Pub/sub flavour.** The coherence scripts ask the server that runs them: on Redis 7 and
+//! later they publish with `SPUBLISH` (sharded pub/sub: the channel hashes to the coherence
+//! keys' slot), on older servers with `PUBLISH`. The feed asks first and subscribes to match:
+//! `SSUBSCRIBE` on the master that serves the coherence slot (on a single server, the server),
+//! or classic `SUBSCRIBE` on any node. Having joined, it checks the answer again (a failover to a
+//! server of another version in between makes it subscribe again). On a cluster a sharded
+//! message is delivered by the slot's master to its own subscribers (and replicated to its
+//! replicas), never broadcast over the cluster bus, so a purge costs the same on 3 nodes or 300,
+//! and a lossy or partitioned bus cannot drop an invalidation. The feed follows the slot: when
+//! it migrates, or its master fails over or turns replica, Redis unsubscribes the shard
+//! subscribers (`sunsubscribe`) or drops their connection, which is a feed loss (below): the
+//! feed flushes its L1, looks up the slot's master again (`CLUSTER NODES`), subscribes there and
+//! joins again.
 //!
 //! An instance tracks the highest sequence up to which it applied every sequenced invalidation;
 //! a gap (a message lost, say, on a cluster bus) or a sequence going backwards (a Redis restart)
@@ -90,15 +106,29 @@
 //! - Writes made outside a `TieredCache` (a bare [`RedisStore`], `redis-cli`): their
 //!   invalidations are delivered best effort, unsequenced, and nobody waits for them.
 //! - Redis losing acknowledged writes. Replication is asynchronous, so a failover (or a restart
-//!   without fsync) can lose a purge, a sequence advance or a membership record. A lost purge is
-//!   as if it never happened, in Redis and so in every L1. A lost sequence makes later sequences
-//!   repeat, which instances detect as a gap once they have seen a sequence past their start. A
-//!   lost membership record is found at the member's next renewal (at most a quarter lease
-//!   later), which then flushes its L1 and joins again; writes in between do not wait for it.
+//!   without fsync) can lose what the old master acknowledged but had not yet sent to the
+//!   replica that took over:
+//!   - *the purge itself* (on the master of the key's slot): as if it never happened, in Redis
+//!     and so in every L1, which may refill with the old value from Redis. No cache protocol can
+//!     see this; a purge that must survive a failover needs `WAIT` semantics from Redis, which
+//!     this crate does not use. Strict's promise is only as durable as Redis's write.
+//!   - *a sequence advance, acknowledgements or membership records* (on the master of the
+//!     coherence slot): harmless for the L1s. The failover drops every feed subscribed there
+//!     (connection lost or `sunsubscribe`), so every instance flushes its L1 and stops serving
+//!     it before it subscribes to the new master and joins again from the sequence found there,
+//!     even if that went backwards. A writer waiting for acknowledgements meanwhile returns
+//!     once each member has rejoined (its acknowledgement is then the sequence it starts from)
+//!     or lapsed; if the sequence went back below the writer's, it cannot tell, and returns
+//!     [`TieredError::Unacknowledged`] after the member lease (those members did flush). A sequence that goes backwards under a feed that did *not* lose its subscription
+//!     (a restart too quick to notice) is detected as a gap once it has seen a sequence past
+//!     its start. A lost membership record is found at the member's next renewal (at most a
+//!     quarter lease later), which then flushes its L1 and joins again.
 //! - On Redis Cluster, the coherence keys live in one slot (hash tag `{<namespace>}`), so one
-//!   master sequences every write of the namespace: while it is unreachable, writes fail
-//!   after Redis took them and every instance bypasses its L1. Invalidations use classic pub/sub
-//!   (delivered across the cluster bus); a message the bus drops is caught as a gap.
+//!   master sequences every write of the namespace: while it is unreachable (until its replica
+//!   takes over), writes fail after Redis took them (they are queued as pending, see *Writes are
+//!   never lost*) and every instance bypasses its L1. On servers older than 7, invalidations use
+//!   classic pub/sub, broadcast over the cluster bus to every node; a message the bus drops is
+//!   caught as a gap, or (Strict) as a member falling behind, which lapses.
 //!
 //! Every instance also receives the invalidations of its own writes. Such an echo fences the L1
 //! leases on its key again, so a load of that key that starts in the writing process before the
@@ -242,6 +272,9 @@ where
 {
     shared: Arc<Shared<K, V>>,
     feed: tokio::task::JoinHandle<()>,
+    /// The store as given, for [`l2`](Self::l2): its writes still publish on the invalidation
+    /// channel, unlike those of `shared.l2`.
+    store: RedisStore<V>,
 }
 
 /// The state the cache shares with its feed task.
@@ -469,6 +502,8 @@ pub struct TieredBuilder<K, V> {
     breaker_cooldown: Duration,
     #[cfg(feature = "__test-hooks")]
     hook: Option<FillHook>,
+    #[cfg(feature = "__test-hooks")]
+    classic_pubsub: bool,
     pending: pending::PendingConfig,
     coherence: Coherence,
     member_lease: Duration,
@@ -557,6 +592,17 @@ where
         self
     }
 
+    /// TEST HOOK, not for production: coherence messages use classic pub/sub (PUBLISH /
+    /// SUBSCRIBE) even on Redis 7 and later, as on older servers, so that path is tested on a
+    /// new server. Every instance of the namespace must use it. Only with the unadvertised
+    /// `__test-hooks` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "__test-hooks")]
+    pub fn test_hook_classic_pubsub(mut self) -> Self {
+        self.classic_pubsub = true;
+        self
+    }
+
     /// Builds the cache and spawns its feed task on the current tokio runtime.
     ///
     /// The L1 is flushed first (it may hold values no feed has kept current) and is bypassed
@@ -567,10 +613,19 @@ where
         let urls = self.l2.node_urls().to_vec();
         let channel = self.l2.invalidation_channel().to_owned();
         let namespace = self.l2.namespace().to_owned();
+        #[allow(unused_mut)] // mutated only by a test hook
+        let mut coherence =
+            coherence::Coordinator::new(self.coherence, self.member_lease, &namespace);
+        #[cfg(feature = "__test-hooks")]
+        if self.classic_pubsub {
+            coherence.force_classic();
+        }
         let shared = Arc::new(Shared {
             max_lease_age: self.l2.max_lease_age(),
             l1: self.l1,
-            l2: self.l2,
+            // Tiered writes sequence their own invalidations (see `cohere`): the fencing scripts
+            // need not broadcast another one.
+            l2: self.l2.without_broadcast(),
             bypass: AtomicU8::new(FEED_DOWN),
             breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
             counters: Counters::default(),
@@ -578,7 +633,7 @@ where
             hook: self.hook,
             feed_state: watch::Sender::new(false),
             pending: Arc::new(pending::Pending::new(self.pending)),
-            coherence: coherence::Coordinator::new(self.coherence, self.member_lease, &namespace),
+            coherence,
         });
         // The retry task holds the cache weakly: it ends once the cache is dropped.
         runtime.spawn(pending::run(
@@ -586,7 +641,11 @@ where
             Arc::clone(&shared.pending),
         ));
         let feed = runtime.spawn(feed::run(Arc::clone(&shared), urls, channel, self.feed));
-        Ok(TieredCache { shared, feed })
+        Ok(TieredCache {
+            shared,
+            feed,
+            store: self.l2,
+        })
     }
 }
 
@@ -617,6 +676,8 @@ where
             breaker_cooldown: Duration::from_secs(1),
             #[cfg(feature = "__test-hooks")]
             hook: None,
+            #[cfg(feature = "__test-hooks")]
+            classic_pubsub: false,
             pending: pending::PendingConfig {
                 capacity: 10_000,
                 backoff_min: Duration::from_millis(50),
@@ -888,9 +949,11 @@ where
         &self.shared.l1
     }
 
-    /// The Redis tier.
+    /// The Redis tier. Writes made through it directly are a bare store's (see the [module
+    /// docs](self#coherence)): delivered to the L1s best effort, unsequenced, waited for by
+    /// nobody.
     pub fn l2(&self) -> &RedisStore<V> {
-        &self.shared.l2
+        &self.store
     }
 }
 

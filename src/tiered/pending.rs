@@ -16,8 +16,10 @@
 //! One task retries the queue front to back: each operation until it lands, with exponential
 //! backoff between failed attempts (`backoff_min` doubling to `backoff_max`). A landed purge
 //! (or flush) also purges this process's L1 again, since an L1 read may have refilled the key
-//! from Redis's old value meanwhile; other processes learn it from the invalidation the landed
-//! script publishes.
+//! from Redis's old value meanwhile; then its invalidation is sequenced and published on the
+//! coherence channel (`publish.lua`, as for any tiered write, but without waiting for
+//! acknowledgements), which is how other processes learn it. An operation counts as landed
+//! only once both ran.
 //!
 //! The queue is bounded (`capacity` operations; a key already queued is not queued twice). When a
 //! new operation would overflow it, the whole queue is replaced by one flush of the namespace,
@@ -221,16 +223,22 @@ where
     K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    match op {
+    let invalidation = match op {
         Op::Purge(key) => {
             s.l2.purge(key).await?;
             s.l1.purge(key.as_str());
+            crate::redis::Invalidation::key_payload(key)
         }
         Op::Flush => {
             s.l2.flush().await?;
             s.l1.flush();
+            b"F".to_vec()
         }
-    }
+    };
+    // The other processes learn it from the sequenced invalidation (the fencing scripts of a
+    // tiered cache publish none); nobody waits for their acknowledgements. If it fails, the
+    // whole removal is retried (it is idempotent).
+    s.coherence.publish(&s.l2, &invalidation).await?;
     s.pending_landed();
     Ok(())
 }

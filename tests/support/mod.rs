@@ -381,6 +381,9 @@ impl RedisServer {
 /// `redis-cli --cluster create`. Dropping it kills every node and removes their directories.
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    /// With [`start_with_bus_proxies`](Self::start_with_bus_proxies): node `i`'s cluster bus,
+    /// as every other node reaches it.
+    bus_proxies: Vec<proxy::Proxy>,
     _dir: tempfile::TempDir,
 }
 
@@ -389,8 +392,36 @@ impl RedisCluster {
     /// slots and waits until every node reports `cluster_state:ok`. `None` (after a loud skip
     /// message) if Redis is not installed and not required.
     pub fn start(n: usize) -> Option<Self> {
+        Self::start_replicated(n, 0, &[])
+    }
+
+    /// Starts `masters` (>= 3) masters with `replicas` replicas each (every node started with
+    /// the `extra` server arguments), joined by `redis-cli --cluster create --cluster-replicas`;
+    /// waits until every node reports `cluster_state:ok` and every replica's link to its master
+    /// is up. `None` (after a loud skip message) if Redis is not installed and not required.
+    pub fn start_replicated(masters: usize, replicas: usize, extra: &[&str]) -> Option<Self> {
+        Self::create(masters, replicas, extra, false)
+    }
+
+    /// Starts `masters` masters (no replicas) whose cluster buses are reached through a
+    /// [`Proxy`](proxy::Proxy) each: every node announces its proxy's port as its bus port
+    /// (`cluster-announce-bus-port`), so [`bus_proxy`](Self::bus_proxy)`(i).black_hole()`
+    /// silently drops every bus message sent to node `i` (its own messages to the others still
+    /// go through: a one-way partition, as a misconfigured firewall makes).
+    pub fn start_with_bus_proxies(masters: usize, extra: &[&str]) -> Option<Self> {
+        Self::create(masters, 0, extra, true)
+    }
+
+    /// The proxy in front of node `i`'s cluster bus (see
+    /// [`start_with_bus_proxies`](Self::start_with_bus_proxies)).
+    pub fn bus_proxy(&self, i: usize) -> &proxy::Proxy {
+        &self.bus_proxies[i]
+    }
+
+    fn create(masters: usize, replicas: usize, extra: &[&str], proxied: bool) -> Option<Self> {
+        let n = masters * (1 + replicas);
         assert!(
-            n >= 3,
+            masters >= 3,
             "redis-cli --cluster create needs at least 3 masters"
         );
         if !check_installed("RedisCluster::start") {
@@ -404,9 +435,23 @@ impl RedisCluster {
             .map(|i| {
                 let d = dir.path().join(format!("node{i}"));
                 std::fs::create_dir_all(&d).expect("create node dir");
-                start_node(d, true, &[])
+                start_node(d, true, extra)
             })
             .collect();
+        let mut bus_proxies = Vec::new();
+        if proxied {
+            for node in &nodes {
+                let bus = node.bus_port.expect("a cluster node has a bus port");
+                let proxy = proxy::Proxy::start(bus);
+                let port = proxy.port().to_string();
+                let set = cli_at(
+                    node.port,
+                    &["CONFIG", "SET", "cluster-announce-bus-port", &port],
+                );
+                assert_eq!(set, "OK", "announce the proxied bus port");
+                bus_proxies.push(proxy);
+            }
+        }
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -414,7 +459,7 @@ impl RedisCluster {
         let out = Command::new(cli_bin())
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -424,9 +469,45 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = Self { nodes, _dir: dir };
+        let cluster = Self {
+            nodes,
+            bus_proxies,
+            _dir: dir,
+        };
         cluster.wait_ok();
+        let synced = wait_until(READY_TIMEOUT, || {
+            cluster.nodes.iter().all(|node| {
+                let info = cli_at(node.port, &["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        });
+        assert!(synced, "replicas did not sync with their masters");
         Some(cluster)
+    }
+
+    /// Whether node `i` is a master now.
+    pub fn is_master(&self, i: usize) -> bool {
+        cli_at(self.nodes[i].port, &["ROLE"]).starts_with("master")
+    }
+
+    /// The index of a replica of node `i` (a master), by `CLUSTER NODES` as node `i` sees it.
+    pub fn replica_of(&self, i: usize) -> Option<usize> {
+        let id = cli_at(self.nodes[i].port, &["CLUSTER", "MYID"]);
+        let nodes = cli_at(self.nodes[i].port, &["CLUSTER", "NODES"]);
+        let line = nodes.lines().find(|line| {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            parts.len() > 3 && parts[2].contains("slave") && parts[3] == id
+        })?;
+        let port: u16 = line
+            .split_whitespace()
+            .nth(1)?
+            .split('@')
+            .next()?
+            .rsplit_once(':')?
+            .1
+            .parse()
+            .ok()?;
+        self.nodes.iter().position(|n| n.port == port)
     }
 
     /// Waits until every node reports `cluster_state:ok` and knows every other node.
@@ -463,8 +544,11 @@ impl RedisCluster {
 
     /// The index of the node that serves `key`'s hash slot.
     pub fn node_for_key(&self, key: &str) -> usize {
-        let slot: u16 = cli_at(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
-            .parse()
+        // Asked of the first node that answers (one may have been killed).
+        let slot: u16 = self
+            .nodes
+            .iter()
+            .find_map(|n| cli_at(n.port, &["CLUSTER", "KEYSLOT", key]).parse().ok())
             .expect("CLUSTER KEYSLOT reply");
         let me_of = |port: u16| cli_at(port, &["CLUSTER", "MYID"]);
         for (i, node) in self.nodes.iter().enumerate() {

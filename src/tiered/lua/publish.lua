@@ -2,10 +2,14 @@
 -- KEYS[1] sequence   KEYS[2] members (zset: id -> lease expiry, server ms)   KEYS[3] acks (hash)
 -- ARGV[1] coherence channel   ARGV[2] invalidation ('K' .. key or 'F')   ARGV[3] the writer's id
 -- ARGV[4] '1' to list the members to wait for
+-- ARGV[5] '1' to use PUBLISH whatever the version (tests of the classic path on a new server)
+-- Redis 7 and later: SPUBLISH, so the message is delivered by this shard (the channel hashes to
+-- the coherence keys' slot), not broadcast over the cluster bus; older servers: PUBLISH.
 -- Returns {seq, id1, remaining_ms1, id2, remaining_ms2, ...}: every member whose lease is live
 -- (by this server's clock), other than the writer, and the time left on its lease.
 local s = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], '#' .. s .. ' ' .. ARGV[2])
+local sharded = ARGV[5] ~= '1' and (redis.REDIS_VERSION_NUM or 0) >= 458752
+redis.call(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[1], '#' .. s .. ' ' .. ARGV[2])
 local out = {s}
 if ARGV[4] ~= '1' then
   return out

@@ -2,6 +2,8 @@
 -- if it keeps up.
 -- KEYS[1] sequence   KEYS[2] members (zset)   KEYS[3] acks (hash)   KEYS[4] need (hash)
 -- ARGV[1] member id   ARGV[2] applied sequence   ARGV[3] lease in ms   ARGV[4] coherence channel
+-- ARGV[5] '1' to use PUBLISH whatever the version (see publish.lua)
+-- The acknowledgement goes out with SPUBLISH on Redis 7 and later (see publish.lua), else PUBLISH.
 -- Returns 1 (renewed), 0 (acknowledged, not renewed: the member is behind what was published
 -- before its previous renewal) or -1 (the lease had lapsed: writers may have stopped waiting
 -- for this member, which must flush its L1 and join again).
@@ -13,7 +15,8 @@ if (not exp) or tonumber(exp) <= now then
 end
 local w = tonumber(ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], w)
-redis.call('PUBLISH', ARGV[4], 'A' .. ARGV[1] .. ' ' .. ARGV[2])
+local sharded = ARGV[5] ~= '1' and (redis.REDIS_VERSION_NUM or 0) >= 458752
+redis.call(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[4], 'A' .. ARGV[1] .. ' ' .. ARGV[2])
 local need = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
 if w < need then
   return 0
