@@ -235,7 +235,9 @@ where
                     let name = msg.get_channel_name();
                     let payload = msg.get_payload_bytes();
                     if name == channel {
-                        if !shared.apply_invalidation(payload) {
+                        if shared.apply_fill_announcement(payload) {
+                            // The end of a fill this process may wait for (issue 18).
+                        } else if !shared.apply_invalidation(payload) {
                             unreadable(shared, &mut unreadable_until);
                         }
                     } else if name == c.channel {

@@ -33,6 +33,30 @@
 //! only if the Redis save landed. [`get_or_load`](TieredCache::get_or_load) is single-flight per
 //! process (through the L1's [`Cache::get_or_load_async`]).
 //!
+//! # Hot keys: one filler per fleet
+//!
+//! On a Redis miss the leader of the L1 flight asks for the key's *fill lease*
+//! ([`RedisStore::get_or_fill`](crate::redis::RedisStore::get_or_fill)), which Redis hands to
+//! one caller of the whole fleet at a time. Every other process that misses meanwhile waits for
+//! that fill instead of reading the source: until the fill's end is announced on the
+//! invalidation channel (published by the filler's save only because a waiter asked for it),
+//! until an invalidation of the key arrives (a purge voided the fill), or until a backoff poll
+//! (25 ms doubling to 500 ms, never past the filler's lapse). Then it reads Redis again; it never
+//! takes an announced value on trust. So a purge of a hot key read by N processes costs one
+//! source read, not N ([`TieredStats::fill_waits`]).
+//!
+//! Leases keep every guarantee: a purge during the fill fences the filler's save and ends the
+//! fill, so the waiters start a fresh fill and never receive the value the purge replaced. A
+//! filler that dies or stalls is replaced when its lease lapses (the store's
+//! [`max_lease_age`](crate::redis::RedisOptions::max_lease_age): keep it short where fills are
+//! fast, since that is how long waiters wait for a dead filler); one whose load fails gives the
+//! fill up at once ([`TieredStats::fill_takeovers`]). A wait is bounded by the lease age per
+//! filler. [`TieredBuilder::one_filler`]`(false)` restores one source read per process.
+//!
+//! Mixed versions: an instance of a version before fill announcements counts the announcement
+//! (`W<key>`) as an unreadable message (see *Unreadable messages*). Upgrade every instance, or
+//! build the new ones with `one_filler(false)` until then.
+//!
 //! # Coherence
 //!
 //! Writes ([`purge`](TieredCache::purge), [`insert`](TieredCache::insert),
@@ -193,6 +217,7 @@
 mod breaker;
 mod coherence;
 mod feed;
+mod fill;
 mod floors;
 
 pub use floors::TieredWriteIntent;
@@ -204,10 +229,10 @@ mod pending;
 
 pub use coherence::Coherence;
 
+use crate::Cache;
 use crate::redis::{RedisStore, RedisStoreError, Saved};
 use crate::stats::Stats;
 use crate::sync::{AtomicU8, AtomicU64, Ordering};
-use crate::{Cache, Lookup};
 use breaker::{Breaker, Transition};
 use serde::{Serialize, de::DeserializeOwned};
 use std::borrow::Borrow;
@@ -215,7 +240,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Bypass reason: the invalidation feed is not confirmed.
@@ -261,6 +286,10 @@ pub(crate) struct Shared<K, V> {
     /// Writes that failed, retried until they land (see `pending.rs`).
     pending: Arc<pending::Pending>,
     coherence: coherence::Coordinator,
+    /// Reads waiting for another process's fill (see `fill.rs`).
+    fills: fill::Waiters,
+    /// One filler per key across processes (`TieredBuilder::one_filler`).
+    one_filler: bool,
 }
 
 #[derive(Default)]
@@ -279,6 +308,8 @@ struct Counters {
     unacknowledged: AtomicU64,
     unreadable: AtomicU64,
     unreadable_flushes: AtomicU64,
+    fill_waits: AtomicU64,
+    fill_takeovers: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -369,6 +400,12 @@ pub struct TieredStats {
     pub unreadable_messages: u64,
     /// L1 flushes those caused: one per burst (see the [module docs](self#unreadable-messages)).
     pub unreadable_flushes: u64,
+    /// Reads that found another process filling the key in Redis and waited for its fill
+    /// instead of reading the source (see the [module docs](self#hot-keys-one-filler-per-fleet)).
+    pub fill_waits: u64,
+    /// Of those, the reads that then filled the key themselves: the filler's lease lapsed (it
+    /// died or stalled), it gave the fill up (its load failed), or a write voided the fill.
+    pub fill_takeovers: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -472,6 +509,7 @@ pub struct TieredBuilder<K, V> {
     pending: pending::PendingConfig,
     coherence: Coherence,
     member_lease: Duration,
+    one_filler: bool,
 }
 
 impl<K, V> TieredBuilder<K, V>
@@ -513,6 +551,16 @@ where
     /// use the same lease.
     pub fn member_lease(mut self, lease: Duration) -> Self {
         self.member_lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Whether a missing key is filled by one process of the fleet at a time, the others waiting
+    /// for its value (default `true`; see the [module docs](self#hot-keys-one-filler-per-fleet)).
+    /// `false` gives every process that misses its own Redis lease and its own source read (one
+    /// per process per purge), as before issue 18: for comparisons, or for a fleet in which some
+    /// instances run a version that does not understand fill announcements.
+    pub fn one_filler(mut self, on: bool) -> Self {
+        self.one_filler = on;
         self
     }
 
@@ -579,6 +627,8 @@ where
             feed_state: watch::Sender::new(false),
             pending: Arc::new(pending::Pending::new(self.pending)),
             coherence: coherence::Coordinator::new(self.coherence, self.member_lease, &namespace),
+            fills: fill::Waiters::default(),
+            one_filler: self.one_filler,
         });
         // The retry task holds the cache weakly: it ends once the cache is dropped.
         runtime.spawn(pending::run(
@@ -624,6 +674,7 @@ where
             },
             coherence: Coherence::Strict,
             member_lease: Duration::from_secs(2),
+            one_filler: true,
         }
     }
 
@@ -866,6 +917,8 @@ where
             unacknowledged_writes: read(&c.unacknowledged),
             unreadable_messages: read(&c.unreadable),
             unreadable_flushes: read(&c.unreadable_flushes),
+            fill_waits: read(&c.fill_waits),
+            fill_takeovers: read(&c.fill_takeovers),
             l1,
         }
     }
@@ -991,13 +1044,30 @@ where
         match crate::redis::Invalidation::parse(payload) {
             Some(crate::redis::Invalidation::Key(key)) => {
                 self.l1.purge(key.as_str());
+                // A fill this process waits for may have been voided: read again.
+                self.fills.wake(&key);
             }
-            Some(_) => self.l1.flush(),
+            Some(_) => {
+                self.l1.flush();
+                self.fills.wake_all();
+            }
             None => return false,
         }
         // Release pairs with the Acquire load in `stats`.
         self.counters.invalidations.fetch_add(1, Ordering::Release);
         true
+    }
+
+    /// Applies a message of the invalidation channel if it announces the end of a fill (waking
+    /// this process's waiters of the key); returns `false` for any other message.
+    pub(crate) fn apply_fill_announcement(&self, payload: &[u8]) -> bool {
+        match crate::redis::fill_announced_key(payload) {
+            Some(key) => {
+                self.fills.wake(key);
+                true
+            }
+            None => false,
+        }
     }
 
     /// An unreadable message arrived: it may be an invalidation in a format this version does not
@@ -1127,18 +1197,24 @@ where
             fill = false;
             self.call_loader(key.clone(), loader).await?
         } else {
-            let asked = Instant::now();
-            match self.l2.get_or_lease_ttl(key.borrow()).await {
-                Ok((Lookup::Hit(value), remaining)) => {
+            match fill::lookup(self, key.borrow()).await {
+                Ok(fill::Found::Hit(value, remaining)) => {
                     self.redis_ok();
                     bump(&self.counters.l2_hits);
                     self.run_hook(FillPoint::RedisHit, &key).await;
                     ttl = remaining;
                     value
                 }
-                Ok((Lookup::Miss(lease), _)) => {
+                Ok(fill::Found::Fill(lease, asked)) => {
                     self.redis_ok();
-                    let value = self.call_loader(key.clone(), loader).await?;
+                    let value = match self.call_loader(key.clone(), loader).await {
+                        Ok(value) => value,
+                        Err(e) => {
+                            // Let a waiting process take the fill over now, not at the lapse.
+                            let _ = self.l2.release_fill(key.borrow(), &lease).await;
+                            return Err(e);
+                        }
+                    };
                     if asked.elapsed() > self.max_lease_age {
                         bump(&self.counters.expired_leases);
                         fill = false;

@@ -1,0 +1,308 @@
+//! The thundering herd on one hot key, across real processes (issue 18).
+//!
+//! 4 reader processes x 16 tasks read one hot key through `TieredCache::get_or_load`, each task
+//! every 2 ms; the source read takes 20 ms. A writer (this process) bumps the source and purges
+//! the key every 50 ms. Run twice in one go, side by side: with one filler per key across the
+//! fleet (the default) and with `one_filler(false)` (every process that misses reads the source:
+//! the behaviour before issue 18). Prints source reads per purge (mean and max), and the readers'
+//! latency p50/p99 overall and for reads that began within 10 ms after a purge began.
+//!
+//! ```text
+//! cargo run --release --features redis --example herd              # starts its own redis-server
+//! cargo run --release --features redis --example herd -- --url redis://127.0.0.1:7777/ --secs 10
+//! ```
+//!
+//! Readers and writer share one machine's wall clock, which places each read against the purges.
+
+use leasecache::Cache;
+use leasecache::redis::{RedisOptions, RedisStore};
+use leasecache::tiered::TieredCache;
+use redis::AsyncCommands;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+type Tc = TieredCache<String, u64>;
+
+const PROCESSES: usize = 4;
+const TASKS: usize = 16;
+const PURGE_EVERY: Duration = Duration::from_millis(50);
+const SOURCE_LATENCY: Duration = Duration::from_millis(20);
+const READ_EVERY: Duration = Duration::from_millis(2);
+/// Reads that began this soon after a purge began are "around the purge".
+const AROUND: u64 = 10_000;
+const HOT: &str = "hot";
+
+fn now_us() -> u64 {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+    u64::try_from(d.as_micros()).expect("fits")
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis")
+}
+
+async fn cache(url: &str, ns: &str, one_filler: bool) -> Tc {
+    let store = RedisStore::connect(url, RedisOptions::new(ns))
+        .await
+        .expect("connect");
+    let cache: Tc = TieredCache::builder(Cache::new(1_000), store)
+        .one_filler(one_filler)
+        .build()
+        .expect("inside a runtime");
+    tokio::time::timeout(Duration::from_secs(10), cache.feed_confirmed())
+        .await
+        .expect("feed confirmed");
+    cache
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// One reader process: `TASKS` tasks read the hot key until the writer says stop.
+async fn reader(url: String, ns: String, one_filler: bool) {
+    let mut r = conn(&url).await;
+    let cache = Arc::new(cache(&url, &ns, one_filler).await);
+    let _: u64 = r.incr("ready", 1).await.expect("INCR");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (cache, stop, r) = (Arc::clone(&cache), Arc::clone(&stop), r.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut tick = tokio::time::interval(READ_EVERY);
+                // Relaxed: a flag polled in a loop; it orders nothing else.
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let began = now_us();
+                    let t = Instant::now();
+                    let mut c = r.clone();
+                    let _ = cache
+                        .get_or_load(HOT.to_owned(), |_| async move {
+                            let v: u64 = c.get("truth").await?;
+                            let _: u64 = c.incr(format!("loads:{v}"), 1).await?;
+                            tokio::time::sleep(SOURCE_LATENCY).await;
+                            Ok::<_, redis::RedisError>(v)
+                        })
+                        .await;
+                    samples.push((began, u64::try_from(t.elapsed().as_micros()).unwrap_or(0)));
+                }
+                samples
+            })
+        })
+        .collect();
+    loop {
+        let s: Option<u64> = r.get("stop").await.expect("GET stop");
+        if s.is_some() {
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.expect("task"));
+    }
+    let purges: Vec<u64> = r.lrange("purges", 0, -1).await.expect("LRANGE");
+    let mut all: Vec<u64> = samples.iter().map(|&(_, l)| l).collect();
+    let mut around: Vec<u64> = samples
+        .iter()
+        .filter(|&&(began, _)| {
+            // The latest purge that began at or before this read.
+            let i = purges.partition_point(|&p| p <= began);
+            i > 0 && began - purges[i - 1] <= AROUND
+        })
+        .map(|&(_, l)| l)
+        .collect();
+    all.sort_unstable();
+    around.sort_unstable();
+    let s = cache.stats();
+    println!(
+        "HERD reads={} p50={} p99={} around={} around_p50={} around_p99={} fill_waits={} takeovers={}",
+        all.len(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        around.len(),
+        percentile(&around, 0.5),
+        percentile(&around, 0.99),
+        s.fill_waits,
+        s.fill_takeovers
+    );
+}
+
+/// Starts a throwaway `redis-server` on a free port.
+fn start_redis() -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server (or pass --url)");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "redis-server did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, url)
+}
+
+/// One side of the comparison: returns (purges, mean loads per purge, max, readers' lines).
+async fn round(url: &str, ns: &str, one_filler: bool, secs: u64) -> (u64, f64, u64, Vec<String>) {
+    let mut r = conn(url).await;
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut r)
+        .await
+        .expect("FLUSHDB");
+    let _: () = r.set("truth", 0u64).await.expect("SET");
+    let exe = std::env::current_exe().expect("exe");
+    let children: Vec<Child> = (0..PROCESSES)
+        .map(|_| {
+            Command::new(&exe)
+                .env("HERD_ROLE", "reader")
+                .env("HERD_URL", url)
+                .env("HERD_NS", ns)
+                .env("HERD_ONE_FILLER", if one_filler { "1" } else { "0" })
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn reader")
+        })
+        .collect();
+    let writer = cache(url, ns, one_filler).await;
+    while r
+        .get::<_, Option<usize>>("ready")
+        .await
+        .expect("GET")
+        .unwrap_or(0)
+        < PROCESSES
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Warm up: the key cached everywhere.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    let mut purges = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        // The source changes, then the cache is purged (the purge's start is what readers see).
+        let _: u64 = r.incr("truth", 1).await.expect("INCR");
+        let _: u64 = r.rpush("purges", now_us()).await.expect("RPUSH");
+        writer.purge(HOT).await.expect("purge");
+        purges += 1;
+    }
+    // Let the last fill finish before stopping the readers.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _: () = r.set("stop", 1).await.expect("SET stop");
+    let mut lines = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().expect("reader");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        lines.extend(
+            text.lines()
+                .filter(|l| l.starts_with("HERD"))
+                .map(str::to_owned),
+        );
+    }
+    // Source reads per purge: the loads of each version of the source, versions 1..=purges.
+    let mut max = 0;
+    let mut total = 0;
+    for v in 1..=purges {
+        let n: Option<u64> = r.get(format!("loads:{v}")).await.expect("GET");
+        let n = n.unwrap_or(0);
+        max = max.max(n);
+        total += n;
+    }
+    (purges, total as f64 / purges as f64, max, lines)
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if std::env::var("HERD_ROLE").is_ok() {
+        let var = |n: &str| std::env::var(n).expect("reader env");
+        rt.block_on(reader(
+            var("HERD_URL"),
+            var("HERD_NS"),
+            var("HERD_ONE_FILLER") == "1",
+        ));
+        return;
+    }
+    let secs: u64 = arg("--secs").and_then(|s| s.parse().ok()).unwrap_or(5);
+    let (mut server, url) = match arg("--url") {
+        Some(url) => (None, url),
+        None => {
+            let (child, url) = start_redis();
+            (Some(child), url)
+        }
+    };
+    println!(
+        "{PROCESSES} processes x {TASKS} tasks, one read per task every {READ_EVERY:?}, source \
+         read {SOURCE_LATENCY:?}, purge every {PURGE_EVERY:?}, {secs} s per side"
+    );
+    println!(
+        "| filler | purges | loads/purge (mean) | max | p50 us | p99 us | around-purge p50 us | around-purge p99 us | waits |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (name, one_filler) in [("per process (before)", false), ("one per fleet", true)] {
+        let (purges, mean, max, lines) = rt.block_on(round(&url, "herd", one_filler, secs));
+        let worst = |f: &str| lines.iter().map(|l| field(l, f)).max().unwrap_or(0);
+        let median = |f: &str| {
+            let mut v: Vec<u64> = lines.iter().map(|l| field(l, f)).collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0)
+        };
+        let waits: u64 = lines.iter().map(|l| field(l, "fill_waits")).sum();
+        println!(
+            "| {name} | {purges} | {mean:.2} | {max} | {} | {} | {} | {} | {waits} |",
+            median("p50"),
+            worst("p99"),
+            median("around_p50"),
+            worst("around_p99"),
+        );
+    }
+    println!("(p50: median over the processes; p99: worst process)");
+    if let Some(server) = server.as_mut() {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}

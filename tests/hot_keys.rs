@@ -1,0 +1,521 @@
+//! Hot keys across the fleet (issue 18): one filler per key across processes.
+//!
+//! The cross-process tests re-execute this binary as children (see `support::process`), each
+//! with its own `TieredCache` on one `redis-server` started by the test. The source of truth is
+//! a Redis counter (`truth`); every loader call increments `loads` (per round where it matters),
+//! so the number of source reads is counted across processes.
+
+mod support;
+
+use leasecache::Cache;
+use leasecache::redis::{FillLookup, RedisOptions, RedisStore, Saved};
+use leasecache::tiered::TieredCache;
+use redis::AsyncCommands;
+use std::time::{Duration, Instant};
+use support::RedisServer;
+use support::process::{self, Proc};
+
+type Tc = TieredCache<String, u64>;
+
+/// Namespace of every test here.
+const NS: &str = "hk";
+/// The hot key, and its Redis hash.
+const HOT: &str = "hot";
+const HOT_HASH: &str = "hk:hot";
+/// How long a child may run.
+const CHILD_LIMIT: Duration = Duration::from_secs(60);
+/// The simulated latency of one source read: long enough that the processes' misses overlap.
+const SOURCE_LATENCY: Duration = Duration::from_millis(200);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("child needs {name}"))
+}
+
+fn env_u64(name: &str) -> u64 {
+    env(name).parse().expect("integer")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn plain(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("plain connection")
+}
+
+async fn store(url: &str, lease_age_ms: u64) -> RedisStore<u64> {
+    let options = RedisOptions::new(NS).max_lease_age(Duration::from_millis(lease_age_ms));
+    RedisStore::connect(url, options).await.expect("connect")
+}
+
+async fn tiered(url: &str, lease_age_ms: u64) -> Tc {
+    let cache: Tc = TieredCache::builder(Cache::new(1_000), store(url, lease_age_ms).await)
+        .member_lease(Duration::from_millis(500))
+        .ping_interval(Duration::from_millis(100))
+        .ping_timeout(Duration::from_millis(300))
+        .build()
+        .expect("build");
+    tokio::time::timeout(CHILD_LIMIT, cache.feed_confirmed())
+        .await
+        .expect("feed confirmed");
+    cache
+}
+
+/// Polls a Redis counter until it reaches `at_least` (a condition with a deadline).
+async fn wait_counter(r: &mut redis::aio::MultiplexedConnection, key: &str, at_least: u64) {
+    let deadline = Instant::now() + CHILD_LIMIT;
+    loop {
+        let v: Option<u64> = r.get(key).await.expect("GET");
+        if v.unwrap_or(0) >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {key} >= {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Whether a process waits for the fill of the hot key (the waiters flag in its marker field).
+async fn someone_waits(r: &mut redis::aio::MultiplexedConnection) -> bool {
+    let g: Option<String> = r.hget(HOT_HASH, "!g").await.expect("HGET !g");
+    g.is_some_and(|g| g.ends_with("|1"))
+}
+
+/// A loader that counts itself in `loads_key`, reads the truth, and takes `SOURCE_LATENCY`.
+async fn counted_load(mut r: redis::aio::MultiplexedConnection, loads_key: String) -> u64 {
+    let _: u64 = r.incr(&loads_key, 1).await.expect("INCR loads");
+    let v: Option<u64> = r.get("truth").await.expect("GET truth");
+    tokio::time::sleep(SOURCE_LATENCY).await;
+    v.unwrap_or(0)
+}
+
+// ---- children ----
+
+/// `rounds` times: wait for the round to open, read the hot key, check it against the round.
+fn child_rounds() {
+    let (url, rounds) = (env("LC_URL"), env_u64("LC_ROUNDS"));
+    runtime().block_on(async move {
+        let mut r = plain(&url).await;
+        let cache = tiered(&url, 30_000).await;
+        let _: u64 = r.incr("ready", 1).await.expect("INCR ready");
+        let mut wrong = 0;
+        for round in 1..=rounds {
+            wait_counter(&mut r, "round", round).await;
+            let conn = r.clone();
+            let got = cache
+                .get_or_load(HOT.to_owned(), |_| async move {
+                    Ok::<_, std::convert::Infallible>(
+                        counted_load(conn, format!("loads:{round}")).await,
+                    )
+                })
+                .await
+                .expect("infallible");
+            if got != round {
+                eprintln!("round {round}: got {got}");
+                wrong += 1;
+            }
+            let _: u64 = r.incr(format!("arrived:{round}"), 1).await.expect("INCR");
+        }
+        let s = cache.stats();
+        process::report(&[
+            ("wrong", wrong),
+            ("fill_waits", s.fill_waits),
+            ("fill_takeovers", s.fill_takeovers),
+            ("loads", s.loads),
+        ]);
+    });
+}
+
+/// A filler that takes the fill and never finishes its load (it is SIGKILLed meanwhile).
+fn child_stuck_filler() {
+    let url = env("LC_URL");
+    runtime().block_on(async move {
+        let mut r = plain(&url).await;
+        let cache = tiered(&url, env_u64("LC_LEASE_AGE_MS")).await;
+        let _ = cache
+            .get_or_load(HOT.to_owned(), |_| async move {
+                let _: u64 = r.incr("loads", 1).await.expect("INCR loads");
+                let _: () = r.set("filling", 1).await.expect("SET filling");
+                std::future::pending::<Result<u64, std::convert::Infallible>>().await
+            })
+            .await;
+        unreachable!("the stuck filler's load never ends");
+    });
+}
+
+/// A filler whose load reads the truth, then holds its value until the test says `release`.
+fn child_slow_filler() {
+    let url = env("LC_URL");
+    runtime().block_on(async move {
+        let mut r = plain(&url).await;
+        let cache = tiered(&url, 30_000).await;
+        let got = cache
+            .get_or_load(HOT.to_owned(), |_| async move {
+                let _: u64 = r.incr("loads", 1).await.expect("INCR loads");
+                let v: Option<u64> = r.get("truth").await.expect("GET truth");
+                let _: () = r.set("filling", 1).await.expect("SET filling");
+                wait_counter(&mut r, "release", 1).await;
+                Ok::<_, std::convert::Infallible>(v.unwrap_or(0))
+            })
+            .await
+            .expect("infallible");
+        let s = cache.stats();
+        process::report(&[("got", got), ("l2_stale", s.l2_stale_rejections)]);
+    });
+}
+
+/// A reader that arrives while another process fills: counts its own load, if it makes one.
+fn child_waiter() {
+    let url = env("LC_URL");
+    runtime().block_on(async move {
+        let mut r = plain(&url).await;
+        let cache = tiered(&url, env_u64("LC_LEASE_AGE_MS")).await;
+        let _: u64 = r.incr("started", 1).await.expect("INCR started");
+        let conn = r.clone();
+        let got = cache
+            .get_or_load(HOT.to_owned(), |_| async move {
+                Ok::<_, std::convert::Infallible>(counted_load(conn, "loads".into()).await)
+            })
+            .await
+            .expect("infallible");
+        let s = cache.stats();
+        process::report(&[
+            ("got", got),
+            ("fill_waits", s.fill_waits),
+            ("fill_takeovers", s.fill_takeovers),
+            ("loads", s.loads),
+        ]);
+    });
+}
+
+/// Runs this process's role if it is a child; `true` if it was one.
+fn run_child() -> bool {
+    match process::role().as_deref() {
+        None => return false,
+        Some("rounds") => child_rounds(),
+        Some("stuck_filler") => child_stuck_filler(),
+        Some("slow_filler") => child_slow_filler(),
+        Some("waiter") => child_waiter(),
+        Some(other) => panic!("unknown role {other}"),
+    }
+    true
+}
+
+fn sync_conn(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_connection()
+        .expect("parent connection")
+}
+
+fn counter(conn: &mut redis::Connection, key: &str) -> u64 {
+    redis::cmd("GET")
+        .arg(key)
+        .query::<Option<u64>>(conn)
+        .expect("GET")
+        .unwrap_or(0)
+}
+
+fn wait_sync(conn: &mut redis::Connection, key: &str, at_least: u64) {
+    assert!(
+        support::wait_until(CHILD_LIMIT, || counter(conn, key) >= at_least),
+        "timed out waiting for {key} >= {at_least}"
+    );
+}
+
+// ---- cross-process tests ----
+
+#[test]
+fn one_load_per_purge_across_three_processes() {
+    let test = "one_load_per_purge_across_three_processes";
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    const CHILDREN: u64 = 3;
+    const ROUNDS: u64 = 5;
+    let env = vec![("LC_URL", url.clone()), ("LC_ROUNDS", ROUNDS.to_string())];
+    let children: Vec<Proc> = (0..CHILDREN)
+        .map(|_| Proc::spawn(test, "rounds", &env))
+        .collect();
+    let mut conn = sync_conn(&url);
+    wait_sync(&mut conn, "ready", CHILDREN);
+    let rt = runtime();
+    // The writer: a TieredCache too, so that each purge returns once every child's L1 dropped
+    // the key (Strict coherence); the children then all miss.
+    let writer = rt.block_on(tiered(&url, 30_000));
+    for round in 1..=ROUNDS {
+        let _: () = redis::cmd("SET")
+            .arg("truth")
+            .arg(round)
+            .query(&mut conn)
+            .expect("SET truth");
+        rt.block_on(writer.purge(HOT)).expect("purge");
+        let _: () = redis::cmd("SET")
+            .arg("round")
+            .arg(round)
+            .query(&mut conn)
+            .expect("SET round");
+        wait_sync(&mut conn, &format!("arrived:{round}"), CHILDREN);
+        assert_eq!(
+            counter(&mut conn, &format!("loads:{round}")),
+            1,
+            "round {round}: source reads across {CHILDREN} processes for one purge"
+        );
+    }
+    let mut waits = 0;
+    for child in children {
+        let (status, report) = child.finish(CHILD_LIMIT);
+        assert!(status.success(), "child failed: {report:?}");
+        assert_eq!(
+            report["wrong"], 0,
+            "a child read a value other than the truth"
+        );
+        waits += report["fill_waits"];
+    }
+    // 2 of 3 processes wait in each round: the fills really overlapped.
+    assert!(
+        waits >= ROUNDS,
+        "the children never waited for another's fill: {waits}"
+    );
+}
+
+#[test]
+fn a_sigkilled_filler_is_replaced_after_its_lease() {
+    let test = "a_sigkilled_filler_is_replaced_after_its_lease";
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let env = vec![("LC_URL", url.clone()), ("LC_LEASE_AGE_MS", "1000".into())];
+    let mut conn = sync_conn(&url);
+    let _: () = redis::cmd("SET")
+        .arg("truth")
+        .arg(7)
+        .query(&mut conn)
+        .expect("SET truth");
+    let mut filler = Proc::spawn(test, "stuck_filler", &env);
+    wait_sync(&mut conn, "filling", 1);
+    let waiter = Proc::spawn(test, "waiter", &env);
+    // The waiter is waiting once it set the waiters flag in the key's marker.
+    let rt = runtime();
+    let mut r = rt.block_on(plain(&url));
+    assert!(
+        support::wait_until(CHILD_LIMIT, || rt.block_on(someone_waits(&mut r))),
+        "the second process never waited for the fill"
+    );
+    filler.kill9();
+    let (status, report) = waiter.finish(CHILD_LIMIT);
+    assert!(status.success(), "waiter failed: {report:?}");
+    assert_eq!(report["got"], 7);
+    assert_eq!(report["fill_waits"], 1, "{report:?}");
+    assert_eq!(
+        report["fill_takeovers"], 1,
+        "the waiter took the fill over: {report:?}"
+    );
+    assert_eq!(
+        counter(&mut conn, "loads"),
+        2,
+        "the dead filler's load and the takeover's"
+    );
+    let cached = rt.block_on(async {
+        let s = store(&url, 1000).await;
+        s.get(HOT).await.expect("get")
+    });
+    assert_eq!(cached, Some(7), "the takeover's value is in Redis");
+}
+
+#[test]
+fn a_purge_during_a_fill_sends_waiters_to_a_fresh_fill() {
+    let test = "a_purge_during_a_fill_sends_waiters_to_a_fresh_fill";
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let env = vec![("LC_URL", url.clone()), ("LC_LEASE_AGE_MS", "30000".into())];
+    let mut conn = sync_conn(&url);
+    let _: () = redis::cmd("SET")
+        .arg("truth")
+        .arg(1)
+        .query(&mut conn)
+        .expect("SET truth");
+    let filler = Proc::spawn(test, "slow_filler", &env);
+    wait_sync(&mut conn, "filling", 1);
+    let waiters: Vec<Proc> = (0..2).map(|_| Proc::spawn(test, "waiter", &env)).collect();
+    wait_sync(&mut conn, "started", 2);
+    let rt = runtime();
+    let mut r = rt.block_on(plain(&url));
+    assert!(
+        support::wait_until(CHILD_LIMIT, || rt.block_on(someone_waits(&mut r))),
+        "nobody waited for the fill"
+    );
+    // The writer: update the source, purge (a bare store: its invalidation still reaches the
+    // children's feeds), then let the filler finish with the value it read before the purge.
+    let _: () = redis::cmd("SET")
+        .arg("truth")
+        .arg(2)
+        .query(&mut conn)
+        .expect("SET truth");
+    rt.block_on(async {
+        let s = store(&url, 30_000).await;
+        s.purge(HOT).await.expect("purge");
+    });
+    let _: () = redis::cmd("SET")
+        .arg("release")
+        .arg(1)
+        .query(&mut conn)
+        .expect("SET release");
+    let (status, f) = filler.finish(CHILD_LIMIT);
+    assert!(status.success(), "filler failed: {f:?}");
+    assert_eq!(f["got"], 1, "the filler read before the purge");
+    assert_eq!(f["l2_stale"], 1, "the purge fenced the filler's save");
+    for w in waiters {
+        let (status, report) = w.finish(CHILD_LIMIT);
+        assert!(status.success(), "waiter failed: {report:?}");
+        assert_eq!(
+            report["got"], 2,
+            "a waiter got the value the purge replaced: {report:?}"
+        );
+    }
+    assert_eq!(
+        counter(&mut conn, "loads"),
+        2,
+        "the fenced fill and exactly one fresh fill"
+    );
+    let cached = rt.block_on(async { store(&url, 30_000).await.get(HOT).await.expect("get") });
+    assert_eq!(cached, Some(2));
+}
+
+// ---- the store's fill outcome, in one process ----
+
+#[test]
+fn store_hands_the_fill_to_one_caller_and_every_end_releases_it() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        let s = store(&url, 30_000).await;
+        let lease = match s.get_or_fill("k").await.expect("fill") {
+            FillLookup::Fill(lease) => lease,
+            other => panic!("first caller must fill: {other:?}"),
+        };
+        // Every other caller is told a fill is in progress, for at most the lease age.
+        match s.get_or_fill("k").await.expect("fill") {
+            FillLookup::InProgress { lapses_in } => {
+                assert!(lapses_in <= Duration::from_secs(30) && lapses_in > Duration::ZERO)
+            }
+            other => panic!("second caller must wait: {other:?}"),
+        }
+        // The plain lease API is unchanged: it still hands out a lease.
+        assert!(!s.get_or_lease("k").await.expect("lease").is_hit());
+        // The filler's save ends the fill: the value is there.
+        assert_eq!(
+            s.save_with_lease("k", &1, &lease).await.unwrap(),
+            Saved::Stored
+        );
+        assert_eq!(s.get_or_fill("k").await.unwrap(), FillLookup::Hit(1));
+
+        // A purge during a fill fences it and ends it: the next caller fills afresh.
+        s.purge("k").await.unwrap();
+        let stale = s.get_or_fill("k").await.unwrap();
+        let FillLookup::Fill(stale) = stale else {
+            panic!("after a purge the next caller fills: {stale:?}")
+        };
+        s.purge("k").await.unwrap();
+        let fresh = s.get_or_fill("k").await.unwrap();
+        let FillLookup::Fill(fresh) = fresh else {
+            panic!("a purge during a fill ends it: {fresh:?}")
+        };
+        assert_eq!(
+            s.save_with_lease("k", &9, &stale).await.unwrap(),
+            Saved::Stale
+        );
+        assert!(matches!(
+            s.get_or_fill("k").await.unwrap(),
+            FillLookup::InProgress { .. }
+        ));
+
+        // A release hands the fill to the next caller at once; the released lease still saves.
+        assert!(s.release_fill("k", &fresh).await.unwrap());
+        assert!(!s.release_fill("k", &fresh).await.unwrap(), "released once");
+        let FillLookup::Fill(next) = s.get_or_fill("k").await.unwrap() else {
+            panic!("a released fill goes to the next caller")
+        };
+        assert!(
+            !s.release_fill("k", &fresh).await.unwrap(),
+            "not the filler any more"
+        );
+        assert_eq!(
+            s.save_with_lease("k", &3, &fresh).await.unwrap(),
+            Saved::Stored
+        );
+        assert_eq!(
+            s.save_with_lease("k", &4, &next).await.unwrap(),
+            Saved::Stored
+        );
+        assert_eq!(s.get("k").await.unwrap(), Some(4));
+    });
+}
+
+#[test]
+fn store_fill_lapses_with_the_lease_age() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        let s = store(&url, 300).await;
+        let FillLookup::Fill(dead) = s.get_or_fill("k").await.unwrap() else {
+            panic!("first caller fills")
+        };
+        let taken = Instant::now();
+        // Poll until the fill lapses (a condition with a deadline; the lapse is the server's).
+        let next = loop {
+            match s.get_or_fill("k").await.unwrap() {
+                FillLookup::Fill(lease) => break lease,
+                FillLookup::InProgress { lapses_in } => {
+                    assert!(lapses_in <= Duration::from_millis(300));
+                    tokio::time::sleep(lapses_in).await;
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(taken.elapsed() < CHILD_LIMIT, "the fill never lapsed");
+        };
+        // The lapsed filler could not save anyway (its lease is too old); the new one can.
+        assert_eq!(
+            s.save_with_lease("k", &1, &dead).await.unwrap(),
+            Saved::Stale
+        );
+        assert_eq!(
+            s.save_with_lease("k", &2, &next).await.unwrap(),
+            Saved::Stored
+        );
+        assert_eq!(s.get("k").await.unwrap(), Some(2));
+    });
+}
