@@ -519,3 +519,207 @@ fn store_fill_lapses_with_the_lease_age() {
         assert_eq!(s.get("k").await.unwrap(), Some(2));
     });
 }
+
+// ---- refresh ahead of expiry (tiered) ----
+
+/// A tiered cache with refresh ahead of expiry.
+async fn refreshing(url: &str, ttl_ms: u64, after_ms: u64) -> Tc {
+    let options = RedisOptions::new(NS).default_ttl(Duration::from_millis(ttl_ms));
+    let store = RedisStore::connect(url, options).await.expect("connect");
+    let cache: Tc = TieredCache::builder(Cache::new(1_000), store)
+        .refresh_after(Duration::from_millis(after_ms))
+        .build()
+        .expect("build");
+    tokio::time::timeout(CHILD_LIMIT, cache.feed_confirmed())
+        .await
+        .expect("feed confirmed");
+    cache
+}
+
+/// Reads the hot key; a load records whether Redis still held the value when it began.
+async fn logged_read(
+    c: &Tc,
+    truth: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    loads: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+    mut r: redis::aio::MultiplexedConnection,
+) -> Result<u64, std::convert::Infallible> {
+    c.get_or_load(HOT.to_owned(), move |_| async move {
+        let present: bool = r.hexists(HOT_HASH, "!v").await.expect("HEXISTS");
+        loads.lock().unwrap().push(present);
+        Ok(truth.load(std::sync::atomic::Ordering::SeqCst))
+    })
+    .await
+}
+
+#[test]
+fn refresh_ahead_reloads_once_per_fleet_while_readers_keep_the_value() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        let a = refreshing(&url, 1_500, 300).await;
+        let b = refreshing(&url, 1_500, 300).await;
+        let truth = Arc::new(AtomicU64::new(1));
+        // Per load: whether Redis still held the value when the load began (a refresh ahead
+        // of expiry), or not (a miss).
+        let loads = Arc::new(std::sync::Mutex::new(Vec::<bool>::new()));
+        let r = plain(&url).await;
+        let read = |c| logged_read(c, Arc::clone(&truth), Arc::clone(&loads), r.clone());
+        assert_eq!(read(&a).await.unwrap(), 1);
+        truth.store(2, SeqCst);
+        let deadline = Instant::now() + CHILD_LIMIT;
+        let (mut a_new, mut b_new) = (false, false);
+        while !(a_new && b_new) {
+            assert!(Instant::now() < deadline, "never refreshed");
+            for (c, new) in [(&a, &mut a_new), (&b, &mut b_new)] {
+                let v = read(c).await.unwrap();
+                assert!(v == 1 || v == 2, "{v}");
+                *new |= v == 2;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let loads = loads.lock().unwrap().clone();
+        assert_eq!(
+            loads,
+            [false, true],
+            "one miss, then one refresh while the value was there"
+        );
+        let refreshes = a.stats().refreshes + b.stats().refreshes;
+        assert_eq!(refreshes, 1);
+        assert_eq!(a.l2().get(HOT).await.unwrap(), Some(2));
+    });
+}
+
+#[test]
+fn a_failing_refresh_keeps_the_value_until_its_ttl() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        let a = refreshing(&url, 800, 200).await;
+        let v = a
+            .get_or_load(HOT.to_owned(), |_| async { Ok::<u64, String>(1) })
+            .await;
+        assert_eq!(v, Ok(1));
+        let deadline = Instant::now() + CHILD_LIMIT;
+        let mut kept_after_failure = 0;
+        loop {
+            assert!(Instant::now() < deadline, "the entry never expired");
+            let failures_before = a.stats().refresh_failures;
+            match a
+                .get_or_load(HOT.to_owned(), |_| async {
+                    Err::<u64, _>("source down".to_owned())
+                })
+                .await
+            {
+                Ok(v) => {
+                    assert_eq!(v, 1, "only the loaded value exists");
+                    if failures_before > 0 {
+                        kept_after_failure += 1;
+                    }
+                }
+                // Expired at its TTL: the miss's load failed.
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(a.stats().refresh_failures >= 1, "a refresh was tried");
+        assert!(
+            kept_after_failure >= 1,
+            "the value was served after a failed refresh"
+        );
+        assert_eq!(a.l2().get(HOT).await.unwrap(), None, "gone at its TTL");
+    });
+}
+
+#[test]
+fn a_purge_during_a_refresh_discards_it() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        let a = Arc::new(refreshing(&url, 2_000, 100).await);
+        let truth = Arc::new(AtomicU64::new(1));
+        let t = Arc::clone(&truth);
+        let v = a
+            .get_or_load(HOT.to_owned(), |_| async move {
+                Ok::<_, std::convert::Infallible>(t.load(SeqCst))
+            })
+            .await;
+        assert_eq!(v, Ok(1));
+        truth.store(2, SeqCst);
+        let started = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let refresher = {
+            let (a, truth) = (Arc::clone(&a), Arc::clone(&truth));
+            let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+            tokio::spawn(async move {
+                // Read until a read triggers the refresh; its load reads the source, then
+                // holds the value until released.
+                loop {
+                    let (truth, started, release) = (
+                        Arc::clone(&truth),
+                        Arc::clone(&started),
+                        Arc::clone(&release),
+                    );
+                    let called = Arc::new(AtomicU64::new(0));
+                    let c = Arc::clone(&called);
+                    let v = a
+                        .get_or_load(HOT.to_owned(), move |_| async move {
+                            c.store(1, SeqCst);
+                            let v = truth.load(SeqCst);
+                            started.notify_one();
+                            release.notified().await;
+                            Ok::<_, std::convert::Infallible>(v)
+                        })
+                        .await
+                        .unwrap();
+                    if called.load(SeqCst) == 1 {
+                        return v;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        started.notified().await;
+        // The writer: the source changes, then the key is purged, while the refresh loads.
+        truth.store(3, SeqCst);
+        a.purge(HOT).await.expect("purge");
+        release.notify_one();
+        assert_eq!(
+            refresher.await.unwrap(),
+            2,
+            "the refreshing caller gets what it loaded"
+        );
+        let s = a.stats();
+        assert_eq!((s.refreshes, s.refresh_failures), (0, 1), "{s:?}");
+        assert_eq!(
+            a.l2().get(HOT).await.unwrap(),
+            None,
+            "the fenced refresh stored nothing"
+        );
+        let t = Arc::clone(&truth);
+        let v = a
+            .get_or_load(HOT.to_owned(), |_| async move {
+                Ok::<_, std::convert::Infallible>(t.load(SeqCst))
+            })
+            .await;
+        assert_eq!(v, Ok(3), "never the value the purge replaced");
+    });
+}

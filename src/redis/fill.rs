@@ -99,6 +99,31 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         Ok(self.lookup_mode(key, None, FillMode::Fill).await?.0)
     }
 
+    /// The fill lease of a key whose value is present, for a refresh ahead of its expiry: one
+    /// caller at a time gets [`FillLookup::Fill`], the others [`FillLookup::InProgress`] (never
+    /// a hit). A write during the refresh fences the lease like any other.
+    pub(crate) async fn refresh_lease(&self, key: &str) -> Result<FillLookup<V>, RedisStoreError> {
+        match self.lookup_raw(key, None, true, FillMode::Fill).await? {
+            super::RawLookup::Miss { lease, .. } => Ok(FillLookup::Fill(lease)),
+            super::RawLookup::Busy { left } => Ok(FillLookup::InProgress { lapses_in: left }),
+            super::RawLookup::Hit { .. } => Err(RedisStoreError::Protocol(
+                "get_or_lease returned a value when told to skip it".into(),
+            )),
+        }
+    }
+
+    /// Saves a refreshed value under a [`refresh_lease`](Self::refresh_lease): as
+    /// [`save_with_lease`](Self::save_with_lease), and the key's TTL starts again (if the value
+    /// is the key's only entry: sub-entries never outlive their TTL).
+    pub(crate) async fn save_refreshed(
+        &self,
+        key: &str,
+        value: &V,
+        lease: &RedisLease,
+    ) -> Result<super::Saved, RedisStoreError> {
+        self.save_as(key, None, value, lease, None, true).await
+    }
+
     /// Gives up the fill that `lease` (from [`get_or_fill`](Self::get_or_fill)) holds on `key`,
     /// so that the next caller takes it over at once instead of when the lease lapses; call it
     /// when reading the source failed. Returns whether `lease` was the filler's (`false` if the

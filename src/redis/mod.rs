@@ -758,6 +758,20 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         lease: &RedisLease,
         position: Option<u64>,
     ) -> Result<Saved, RedisStoreError> {
+        self.save_as(key, field, value, lease, position, false)
+            .await
+    }
+
+    /// `save`; `refresh` restarts the key's TTL (a refresh ahead of expiry, see `fill.rs`).
+    async fn save_as(
+        &self,
+        key: &str,
+        field: Option<&str>,
+        value: &V,
+        lease: &RedisLease,
+        position: Option<u64>,
+        refresh: bool,
+    ) -> Result<Saved, RedisStoreError> {
         if let Some(secret) = &self.inner.lease_secret {
             if !lease.verify(secret) {
                 return Err(RedisStoreError::InvalidLease(
@@ -778,7 +792,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         let ttl = self.inner.default_ttl_ms.to_string();
         let position = position.map_or_else(String::new, floors::position_arg);
         let announce = fill::announcement(key);
-        let args: [&[u8]; 10] = [
+        let args: [&[u8]; 11] = [
             hash_field.as_bytes(),
             &bytes,
             lease.generation().as_bytes(),
@@ -789,6 +803,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             position.as_bytes(),
             self.inner.channel.as_bytes(),
             &announce,
+            if refresh { b"1" } else { b"0" },
         ];
         let reply = self.eval_on(key, Op::Save, &args).await?;
         Ok(if int_reply(&reply)? == 1 {

@@ -5,6 +5,8 @@
 -- ARGV[6] maximum lease age in microseconds   ARGV[7] TTL in ms
 -- ARGV[8] (optional) the source position the value was read at, 20 decimal digits ('' for none)
 -- ARGV[9] (optional) channel to announce a fill's end on   ARGV[10] its payload
+-- ARGV[11] (optional) '1' for a refresh ahead of expiry: the key's TTL starts again at ARGV[7]
+--          if the refreshed entry is the key's only entry
 -- Returns 1 if stored, 0 if stale (marker gone or changed, the lease is too old, was issued in
 -- the future, or was issued for another field, or a floor refuses it).
 --
@@ -63,7 +65,9 @@ local had_data = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '!
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ms = tonumber(ARGV[7])
 local p = redis.call('PTTL', KEYS[1])
-if (not had_data) or p < 0 or p > ms then
+local renew = ARGV[11] == '1' and ARGV[1] == '!v'
+  and redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '!f') == 2
+if renew or (not had_data) or p < 0 or p > ms then
   redis.call('PEXPIRE', KEYS[1], ms)
 end
 end_fill(true)

@@ -129,3 +129,90 @@ where
         }
     }
 }
+
+/// The loader and refresh lease a read hands back to its caller when it triggered a refresh
+/// ahead of expiry: the caller runs the refresh after its flight, so that the flight's other
+/// callers get the current value at once.
+pub(crate) struct RefreshSlot<F>(Mutex<Option<(F, RedisLease)>>);
+
+impl<F> RefreshSlot<F> {
+    pub(crate) fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+
+    pub(crate) fn put(&self, loader: F, lease: RedisLease) {
+        *self.0.lock() = Some((loader, lease));
+    }
+
+    pub(crate) fn take(&self) -> Option<(F, RedisLease)> {
+        self.0.lock().take()
+    }
+}
+
+impl<K, V> Shared<K, V>
+where
+    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// With refresh ahead of expiry on: how long until an entry with `remaining` TTL in Redis
+    /// is due (zero: due now). `None` if refresh is off, never fires (`refresh_after` at or past
+    /// the default TTL), or the entry has no TTL.
+    pub(crate) fn refresh_due_in(&self, remaining: Option<Duration>) -> Option<Duration> {
+        let after = self.refresh_after?;
+        let window = self.l2.default_ttl().checked_sub(after)?;
+        if window.is_zero() {
+            return None;
+        }
+        Some(remaining?.saturating_sub(window))
+    }
+
+    /// Runs a refresh this caller's read triggered: reloads under the refresh lease (and an L1
+    /// lease taken before the source read), saves to Redis (restarting its TTL), then fills the
+    /// L1 if the Redis save landed. Returns the refreshed value, or `current` if the load failed
+    /// (the entry keeps its value until its TTL).
+    pub(crate) async fn refresh<F, Fut, E>(
+        &self,
+        key: K,
+        loader: F,
+        lease: RedisLease,
+        current: V,
+    ) -> V
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: std::future::Future<Output = Result<V, E>>,
+    {
+        let l1_lease = self.l1.lease::<str>(key.borrow());
+        let value = match self.call_loader(key.clone(), loader).await {
+            Ok(value) => value,
+            Err(_) => {
+                super::bump(&self.counters.refresh_failures);
+                // Another process may try now rather than when the lease lapses.
+                let _ = self.l2.release_fill(key.borrow(), &lease).await;
+                return current;
+            }
+        };
+        match self.l2.save_refreshed(key.borrow(), &value, &lease).await {
+            Ok(crate::redis::Saved::Stored) => {
+                self.redis_ok();
+                super::bump(&self.counters.refreshes);
+                // The lease first, then the bypass check (see `l1_active`).
+                if self.l1_active() {
+                    let ttl = self.refresh_due_in(Some(self.l2.default_ttl()));
+                    let _ = self
+                        .l1
+                        .save_with_lease_within(key, value.clone(), l1_lease, ttl);
+                }
+            }
+            Ok(_) => {
+                // A write fenced the refresh: the value is stored nowhere.
+                super::bump(&self.counters.refresh_failures);
+                super::bump(&self.counters.l2_stale);
+            }
+            Err(e) => {
+                super::bump(&self.counters.refresh_failures);
+                let _ = self.redis_failed(e);
+            }
+        }
+        value
+    }
+}

@@ -290,6 +290,8 @@ pub(crate) struct Shared<K, V> {
     fills: fill::Waiters,
     /// One filler per key across processes (`TieredBuilder::one_filler`).
     one_filler: bool,
+    /// Refresh ahead of expiry (`TieredBuilder::refresh_after`).
+    refresh_after: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -310,6 +312,8 @@ struct Counters {
     unreadable_flushes: AtomicU64,
     fill_waits: AtomicU64,
     fill_takeovers: AtomicU64,
+    refreshes: AtomicU64,
+    refresh_failures: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -406,6 +410,11 @@ pub struct TieredStats {
     /// Of those, the reads that then filled the key themselves: the filler's lease lapsed (it
     /// died or stalled), it gave the fill up (its load failed), or a write voided the fill.
     pub fill_takeovers: u64,
+    /// Refreshes ahead of expiry that landed in Redis ([`TieredBuilder::refresh_after`]).
+    pub refreshes: u64,
+    /// Refreshes whose load failed or whose save a write fenced: the entry kept its value (and
+    /// its TTL), or was purged.
+    pub refresh_failures: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -510,6 +519,7 @@ pub struct TieredBuilder<K, V> {
     coherence: Coherence,
     member_lease: Duration,
     one_filler: bool,
+    refresh_after: Option<Duration>,
 }
 
 impl<K, V> TieredBuilder<K, V>
@@ -561,6 +571,21 @@ where
     /// instances run a version that does not understand fill announcements.
     pub fn one_filler(mut self, on: bool) -> Self {
         self.one_filler = on;
+        self
+    }
+
+    /// Refresh ahead of expiry: a [`get_or_load`](TieredCache::get_or_load) that finds the key's
+    /// Redis entry older than `after` (by its TTL left: less than the store's
+    /// [`default_ttl`](crate::redis::RedisOptions::default_ttl) minus `after`) reloads it under
+    /// a fill lease taken at that moment, one caller in the whole fleet at a time, while every
+    /// other reader keeps getting the current value. The refreshing caller pays the load and
+    /// gets the new value; the save restarts the entry's TTL in Redis. A write during the
+    /// refresh fences it (the refreshed value is stored nowhere), and a refresh that fails
+    /// leaves the current value, which still expires at its TTL. L1 entries live at most until
+    /// their Redis entry is due, so that a read reaches Redis then. Default: off. An `after` at
+    /// or past the default TTL never refreshes. See the [module docs](self#refresh-ahead-of-expiry).
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.refresh_after = Some(after.max(Duration::from_millis(1)));
         self
     }
 
@@ -629,6 +654,7 @@ where
             coherence: coherence::Coordinator::new(self.coherence, self.member_lease, &namespace),
             fills: fill::Waiters::default(),
             one_filler: self.one_filler,
+            refresh_after: self.refresh_after,
         });
         // The retry task holds the cache weakly: it ends once the cache is dropped.
         runtime.spawn(pending::run(
@@ -675,6 +701,7 @@ where
             coherence: Coherence::Strict,
             member_lease: Duration::from_secs(2),
             one_filler: true,
+            refresh_after: None,
         }
     }
 
@@ -738,13 +765,23 @@ where
         Fut: Future<Output = Result<V, E>>,
     {
         let s = &*self.shared;
-        if !s.l1_active() {
+        // A refresh this call must run after its flight, if its read triggered one.
+        let due = fill::RefreshSlot::new();
+        let refresh_key = s.refresh_after.map(|_| key.clone());
+        let value = if !s.l1_active() {
             // Not even a hit may be served: the L1 could hold what an unapplied invalidation
             // replaced. `load_through` sees the bypass too and fills nothing.
-            return s.load_through(key, loader).await.map(|(value, _)| value);
+            s.load_through(key, loader, &due)
+                .await
+                .map(|(value, _)| value)?
+        } else {
+            s.l1.get_or_load_async_within(key, |key| s.load_through(key, loader, &due))
+                .await?
+        };
+        match (due.take(), refresh_key) {
+            (Some((loader, lease)), Some(key)) => Ok(s.refresh(key, loader, lease, value).await),
+            _ => Ok(value),
         }
-        s.l1.get_or_load_async_within(key, move |key| s.load_through(key, loader))
-            .await
     }
 
     /// [`get_or_load`](Self::get_or_load) with a loader that cannot fail (moka's `get_with`
@@ -919,6 +956,8 @@ where
             unreadable_flushes: read(&c.unreadable_flushes),
             fill_waits: read(&c.fill_waits),
             fill_takeovers: read(&c.fill_takeovers),
+            refreshes: read(&c.refreshes),
+            refresh_failures: read(&c.refresh_failures),
             l1,
         }
     }
@@ -1183,7 +1222,12 @@ where
     /// costs one Redis read, on paths that are rare while Redis and the feed are healthy.
     ///
     /// Also returns how long the L1 entry may live at most: the Redis entry's remaining TTL.
-    async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<(V, Option<Duration>), E>
+    async fn load_through<F, Fut, E>(
+        &self,
+        key: K,
+        loader: F,
+        due: &fill::RefreshSlot<F>,
+    ) -> Result<(V, Option<Duration>), E>
     where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -1203,6 +1247,20 @@ where
                     bump(&self.counters.l2_hits);
                     self.run_hook(FillPoint::RedisHit, &key).await;
                     ttl = remaining;
+                    match self.refresh_due_in(remaining) {
+                        // Due: the L1 stays out until the refresh lands, and the caller that
+                        // gets the refresh lease reloads after its flight.
+                        Some(Duration::ZERO) => {
+                            fill = false;
+                            if let Ok(crate::redis::FillLookup::Fill(lease)) =
+                                self.l2.refresh_lease(key.borrow()).await
+                            {
+                                due.put(loader, lease);
+                            }
+                        }
+                        Some(in_) => ttl = Some(in_),
+                        None => {}
+                    }
                     value
                 }
                 Ok(fill::Found::Fill(lease, asked)) => {
@@ -1224,6 +1282,9 @@ where
                                 self.redis_ok();
                                 self.run_hook(FillPoint::RedisSaved, &key).await;
                                 ttl = Some(self.l2.default_ttl());
+                                if let Some(in_) = self.refresh_due_in(ttl) {
+                                    ttl = Some(in_);
+                                }
                             }
                             Ok(_) => {
                                 bump(&self.counters.l2_stale);
