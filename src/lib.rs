@@ -224,6 +224,7 @@ mod generation;
 mod load;
 mod policy;
 mod reclaim;
+mod refresh;
 mod shard;
 mod slab;
 mod stats;
