@@ -7,6 +7,9 @@
 //! the behaviour before issue 18). Prints source reads per purge (mean and max), and the readers'
 //! latency p50/p99 overall and for reads that began within 10 ms after a purge began.
 //!
+//! Then the expiry side: no purges, the hot key has a 1 s TTL in Redis, with and without
+//! `refresh_after(600 ms)`: source reads per second, reads slower than 5 ms, p99 and p99.9.
+//!
 //! ```text
 //! cargo run --release --features redis --example herd              # starts its own redis-server
 //! cargo run --release --features redis --example herd -- --url redis://127.0.0.1:7777/ --secs 10
@@ -54,14 +57,52 @@ async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("connect to redis")
 }
 
-async fn cache(url: &str, ns: &str, one_filler: bool) -> Tc {
-    let store = RedisStore::connect(url, RedisOptions::new(ns))
-        .await
-        .expect("connect");
-    let cache: Tc = TieredCache::builder(Cache::new(1_000), store)
-        .one_filler(one_filler)
-        .build()
-        .expect("inside a runtime");
+/// Redis TTL of the hot key on the expiry side.
+const EXPIRY_TTL: Duration = Duration::from_secs(1);
+const REFRESH_AFTER: Duration = Duration::from_millis(600);
+/// Reads slower than this waited for a load.
+const SLOW_NS: u64 = 5_000_000;
+
+/// How one side of the comparison runs.
+#[derive(Clone, Copy)]
+struct Side {
+    one_filler: bool,
+    /// Purge every `PURGE_EVERY` (else: let the key expire).
+    purge: bool,
+    refresh: bool,
+}
+
+impl Side {
+    fn env(self) -> String {
+        format!(
+            "{}{}{}",
+            u8::from(self.one_filler),
+            u8::from(self.purge),
+            u8::from(self.refresh)
+        )
+    }
+
+    fn from_env(s: &str) -> Self {
+        let b = s.as_bytes();
+        Self {
+            one_filler: b[0] == b'1',
+            purge: b[1] == b'1',
+            refresh: b[2] == b'1',
+        }
+    }
+}
+
+async fn cache(url: &str, ns: &str, side: Side) -> Tc {
+    let mut options = RedisOptions::new(ns);
+    if !side.purge {
+        options = options.default_ttl(EXPIRY_TTL);
+    }
+    let store = RedisStore::connect(url, options).await.expect("connect");
+    let mut builder = TieredCache::builder(Cache::new(1_000), store).one_filler(side.one_filler);
+    if side.refresh {
+        builder = builder.refresh_after(REFRESH_AFTER);
+    }
+    let cache: Tc = builder.build().expect("inside a runtime");
     tokio::time::timeout(Duration::from_secs(10), cache.feed_confirmed())
         .await
         .expect("feed confirmed");
@@ -76,9 +117,9 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// One reader process: `TASKS` tasks read the hot key until the writer says stop.
-async fn reader(url: String, ns: String, one_filler: bool) {
+async fn reader(url: String, ns: String, side: Side) {
     let mut r = conn(&url).await;
-    let cache = Arc::new(cache(&url, &ns, one_filler).await);
+    let cache = Arc::new(cache(&url, &ns, side).await);
     let _: u64 = r.incr("ready", 1).await.expect("INCR");
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..TASKS)
@@ -101,7 +142,7 @@ async fn reader(url: String, ns: String, one_filler: bool) {
                             Ok::<_, redis::RedisError>(v)
                         })
                         .await;
-                    samples.push((began, u64::try_from(t.elapsed().as_micros()).unwrap_or(0)));
+                    samples.push((began, u64::try_from(t.elapsed().as_nanos()).unwrap_or(0)));
                 }
                 samples
             })
@@ -134,15 +175,18 @@ async fn reader(url: String, ns: String, one_filler: bool) {
     around.sort_unstable();
     let s = cache.stats();
     println!(
-        "HERD reads={} p50={} p99={} around={} around_p50={} around_p99={} fill_waits={} takeovers={}",
+        "HERD reads={} p50={} p99={} p999={} slow={} around={} around_p50={} around_p99={} fill_waits={} takeovers={} refreshes={}",
         all.len(),
         percentile(&all, 0.5),
         percentile(&all, 0.99),
+        percentile(&all, 0.999),
+        all.iter().filter(|&&l| l > SLOW_NS).count(),
         around.len(),
         percentile(&around, 0.5),
         percentile(&around, 0.99),
         s.fill_waits,
-        s.fill_takeovers
+        s.fill_takeovers,
+        s.refreshes
     );
 }
 
@@ -176,8 +220,9 @@ fn start_redis() -> (Child, String) {
     (child, url)
 }
 
-/// One side of the comparison: returns (purges, mean loads per purge, max, readers' lines).
-async fn round(url: &str, ns: &str, one_filler: bool, secs: u64) -> (u64, f64, u64, Vec<String>) {
+/// One side of the comparison: returns (purges, source reads, most for one version, readers'
+/// lines).
+async fn round(url: &str, ns: &str, side: Side, secs: u64) -> (u64, u64, u64, Vec<String>) {
     let mut r = conn(url).await;
     let _: () = redis::cmd("FLUSHDB")
         .query_async(&mut r)
@@ -191,13 +236,13 @@ async fn round(url: &str, ns: &str, one_filler: bool, secs: u64) -> (u64, f64, u
                 .env("HERD_ROLE", "reader")
                 .env("HERD_URL", url)
                 .env("HERD_NS", ns)
-                .env("HERD_ONE_FILLER", if one_filler { "1" } else { "0" })
+                .env("HERD_SIDE", side.env())
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("spawn reader")
         })
         .collect();
-    let writer = cache(url, ns, one_filler).await;
+    let writer = cache(url, ns, side).await;
     while r
         .get::<_, Option<usize>>("ready")
         .await
@@ -212,13 +257,16 @@ async fn round(url: &str, ns: &str, one_filler: bool, secs: u64) -> (u64, f64, u
     let end = Instant::now() + Duration::from_secs(secs);
     let mut tick = tokio::time::interval(PURGE_EVERY);
     let mut purges = 0u64;
-    while Instant::now() < end {
+    while side.purge && Instant::now() < end {
         tick.tick().await;
         // The source changes, then the cache is purged (the purge's start is what readers see).
         let _: u64 = r.incr("truth", 1).await.expect("INCR");
         let _: u64 = r.rpush("purges", now_us()).await.expect("RPUSH");
         writer.purge(HOT).await.expect("purge");
         purges += 1;
+    }
+    if !side.purge {
+        tokio::time::sleep_until(end.into()).await;
     }
     // Let the last fill finish before stopping the readers.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -233,16 +281,27 @@ async fn round(url: &str, ns: &str, one_filler: bool, secs: u64) -> (u64, f64, u
                 .map(str::to_owned),
         );
     }
-    // Source reads per purge: the loads of each version of the source, versions 1..=purges.
+    // Source reads per purge: the loads of each version of the source, versions 1..=purges
+    // (the expiry side: of version 0, the only one).
     let mut max = 0;
     let mut total = 0;
-    for v in 1..=purges {
+    for v in (if side.purge { 1 } else { 0 })..=purges {
         let n: Option<u64> = r.get(format!("loads:{v}")).await.expect("GET");
         let n = n.unwrap_or(0);
         max = max.max(n);
         total += n;
     }
-    (purges, total as f64 / purges as f64, max, lines)
+    (purges, total, max, lines)
+}
+
+fn worst(lines: &[String], f: &str) -> u64 {
+    lines.iter().map(|l| field(l, f)).max().unwrap_or(0)
+}
+
+fn median(lines: &[String], f: &str) -> u64 {
+    let mut v: Vec<u64> = lines.iter().map(|l| field(l, f)).collect();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 fn field(line: &str, name: &str) -> u64 {
@@ -263,7 +322,7 @@ fn main() {
         rt.block_on(reader(
             var("HERD_URL"),
             var("HERD_NS"),
-            var("HERD_ONE_FILLER") == "1",
+            Side::from_env(&var("HERD_SIDE")),
         ));
         return;
     }
@@ -279,28 +338,56 @@ fn main() {
         "{PROCESSES} processes x {TASKS} tasks, one read per task every {READ_EVERY:?}, source \
          read {SOURCE_LATENCY:?}, purge every {PURGE_EVERY:?}, {secs} s per side"
     );
+    let us = |ns: u64| ns as f64 / 1000.0;
     println!(
         "| filler | purges | loads/purge (mean) | max | p50 us | p99 us | around-purge p50 us | around-purge p99 us | waits |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, one_filler) in [("per process (before)", false), ("one per fleet", true)] {
-        let (purges, mean, max, lines) = rt.block_on(round(&url, "herd", one_filler, secs));
-        let worst = |f: &str| lines.iter().map(|l| field(l, f)).max().unwrap_or(0);
-        let median = |f: &str| {
-            let mut v: Vec<u64> = lines.iter().map(|l| field(l, f)).collect();
-            v.sort_unstable();
-            v.get(v.len() / 2).copied().unwrap_or(0)
+        let side = Side {
+            one_filler,
+            purge: true,
+            refresh: false,
         };
+        let (purges, total, max, lines) = rt.block_on(round(&url, "herd", side, secs));
+        let mean = total as f64 / purges.max(1) as f64;
         let waits: u64 = lines.iter().map(|l| field(l, "fill_waits")).sum();
         println!(
-            "| {name} | {purges} | {mean:.2} | {max} | {} | {} | {} | {} | {waits} |",
-            median("p50"),
-            worst("p99"),
-            median("around_p50"),
-            worst("around_p99"),
+            "| {name} | {purges} | {mean:.2} | {max} | {:.1} | {:.1} | {:.1} | {:.1} | {waits} |",
+            us(median(&lines, "p50")),
+            us(worst(&lines, "p99")),
+            us(median(&lines, "around_p50")),
+            us(worst(&lines, "around_p99")),
         );
     }
     println!("(p50: median over the processes; p99: worst process)");
+    println!();
+    println!(
+        "expiry: TTL {EXPIRY_TTL:?} in Redis, no purges; refresh_after {REFRESH_AFTER:?} or none"
+    );
+    println!(
+        "| refresh | source reads/s | reads > 5 ms | of reads | p50 us | p99 us | p99.9 us | refreshes |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, refresh) in [("none (expire, then miss)", false), ("refresh_after", true)] {
+        let side = Side {
+            one_filler: true,
+            purge: false,
+            refresh,
+        };
+        let (_, total, _, lines) = rt.block_on(round(&url, "herd", side, secs));
+        let sum = |f: &str| lines.iter().map(|l| field(l, f)).sum::<u64>();
+        println!(
+            "| {name} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {} |",
+            total as f64 / secs as f64,
+            sum("slow"),
+            sum("reads"),
+            us(median(&lines, "p50")),
+            us(worst(&lines, "p99")),
+            us(worst(&lines, "p999")),
+            sum("refreshes"),
+        );
+    }
     if let Some(server) = server.as_mut() {
         let _ = server.kill();
         let _ = server.wait();

@@ -99,13 +99,21 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         Ok(self.lookup_mode(key, None, FillMode::Fill).await?.0)
     }
 
-    /// The fill lease of a key whose value is present, for a refresh ahead of its expiry: one
-    /// caller at a time gets [`FillLookup::Fill`], the others [`FillLookup::InProgress`] (never
-    /// a hit). A write during the refresh fences the lease like any other.
-    pub(crate) async fn refresh_lease(&self, key: &str) -> Result<FillLookup<V>, RedisStoreError> {
-        match self.lookup_raw(key, None, true, FillMode::Fill).await? {
-            super::RawLookup::Miss { lease, .. } => Ok(FillLookup::Fill(lease)),
-            super::RawLookup::Busy { left } => Ok(FillLookup::InProgress { lapses_in: left }),
+    /// The fill lease of a key whose value is present, for a refresh ahead of its expiry, if
+    /// the key is still due (has at most `due_within` of its TTL left: another caller may have
+    /// refreshed it since it was read) and nobody else fills it. A write during the refresh
+    /// fences the lease like any other.
+    pub(crate) async fn refresh_lease(
+        &self,
+        key: &str,
+        due_within: Duration,
+    ) -> Result<Option<RedisLease>, RedisStoreError> {
+        let raw = self
+            .lookup_raw_due(key, None, true, FillMode::Fill, Some(due_within))
+            .await?;
+        match raw {
+            super::RawLookup::Miss { lease, .. } => Ok(Some(lease)),
+            super::RawLookup::Busy { .. } | super::RawLookup::NotDue => Ok(None),
             super::RawLookup::Hit { .. } => Err(RedisStoreError::Protocol(
                 "get_or_lease returned a value when told to skip it".into(),
             )),

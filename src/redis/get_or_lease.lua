@@ -9,6 +9,8 @@
 -- ARGV[6] (optional) fill mode: '0' (or absent) hands every caller a lease; '1' hands the lease
 --         to one filler at a time and answers "fill in progress" to the others; '2' does the same
 --         and sets the waiters flag, so that the fill's end is announced (see save.lua)
+-- ARGV[7] (optional, with ARGV[5] = '1': a refresh ahead of expiry) the refresh point in ms:
+--         if the key has more TTL left than that, it is not due (any more): returns {4}
 -- Returns {1, value, pttl} on a hit, {0, proof, issued_seconds, issued_micros, skipped} on a miss,
 -- where skipped is the size of a present value that was too large, or 0, and (fill modes only)
 -- {3, ms} while another caller's fill lease is younger than the maximum lease age, ms being how
@@ -19,6 +21,10 @@
 -- fill's end to be announced. The filler lives inside the marker's field, so everything that
 -- fences (deleting the marker) also ends the fill, and the hash holds no extra field.
 local skipped = 0
+if ARGV[7] and ARGV[7] ~= '' and redis.call('PTTL', KEYS[1]) > tonumber(ARGV[7]) then
+  -- Another caller refreshed it meanwhile.
+  return {4}
+end
 if ARGV[5] ~= '1' then
   -- The size first: a value over the limit never crosses the wire.
   local n = redis.call('HSTRLEN', KEYS[1], ARGV[1])

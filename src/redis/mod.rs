@@ -669,6 +669,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             RawLookup::Busy { left } => {
                 return Ok((FillLookup::InProgress { lapses_in: left }, None));
             }
+            RawLookup::NotDue => return Err(not_due()),
         };
         match self.decode(bytes_of(&reply)?) {
             Ok(value) => Ok((FillLookup::Hit(value), ttl)),
@@ -682,6 +683,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                     RawLookup::Hit { .. } => Err(RedisStoreError::Protocol(
                         "get_or_lease returned a value when told to skip it".into(),
                     )),
+                    RawLookup::NotDue => Err(not_due()),
                 }
             }
         }
@@ -699,17 +701,33 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         skip_value: bool,
         mode: FillMode,
     ) -> Result<RawLookup, RedisStoreError> {
+        self.lookup_raw_due(key, field, skip_value, mode, None)
+            .await
+    }
+
+    /// `lookup_raw`; with `due_within`, a refresh ahead of expiry that answers
+    /// [`RawLookup::NotDue`] if the key has more TTL left than that.
+    async fn lookup_raw_due(
+        &self,
+        key: &str,
+        field: Option<&str>,
+        skip_value: bool,
+        mode: FillMode,
+        due_within: Option<Duration>,
+    ) -> Result<RawLookup, RedisStoreError> {
         let hash_field = field.map_or_else(|| VALUE_FIELD.to_owned(), user_field);
         let nonce = format!("{:016x}", rand::random::<u64>());
         let marker_ms = options::millis(self.inner.max_lease_age).to_string();
         let limit = self.stored_limit().to_string();
-        let args: [&[u8]; 6] = [
+        let due = due_within.map_or_else(String::new, |d| options::millis(d).to_string());
+        let args: [&[u8]; 7] = [
             hash_field.as_bytes(),
             nonce.as_bytes(),
             marker_ms.as_bytes(),
             limit.as_bytes(),
             if skip_value { b"1" } else { b"0" },
             mode.arg(),
+            due.as_bytes(),
         ];
         let sent = Instant::now();
         let reply = self.eval_on(key, Op::GetOrLease, &args).await?;
@@ -724,6 +742,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             return Ok(RawLookup::Hit { value, ttl });
         }
         match items.as_slice() {
+            [Value::Int(4)] => Ok(RawLookup::NotDue),
             [Value::Int(3), ms] => Ok(RawLookup::Busy {
                 left: Duration::from_millis(u64_of(ms)?),
             }),
@@ -870,6 +889,8 @@ enum RawLookup {
     },
     /// Another caller's fill lease has this long left.
     Busy { left: Duration },
+    /// A refresh ahead of expiry found the key not due (another caller refreshed it).
+    NotDue,
 }
 
 #[derive(Clone, Copy)]
@@ -900,6 +921,11 @@ fn glob_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// A "not due" reply to a lookup that asked no refresh question.
+fn not_due() -> RedisStoreError {
+    RedisStoreError::Protocol("get_or_lease answered \"not due\" to a plain lookup".into())
 }
 
 fn protocol(what: &str, v: &Value) -> RedisStoreError {

@@ -158,12 +158,18 @@ where
     /// is due (zero: due now). `None` if refresh is off, never fires (`refresh_after` at or past
     /// the default TTL), or the entry has no TTL.
     pub(crate) fn refresh_due_in(&self, remaining: Option<Duration>) -> Option<Duration> {
-        let after = self.refresh_after?;
-        let window = self.l2.default_ttl().checked_sub(after)?;
+        let window = self.refresh_window();
         if window.is_zero() {
             return None;
         }
         Some(remaining?.saturating_sub(window))
+    }
+
+    /// How much TTL an entry has left when it becomes due (zero: refresh never fires).
+    pub(crate) fn refresh_window(&self) -> Duration {
+        self.refresh_after
+            .and_then(|after| self.l2.default_ttl().checked_sub(after))
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Runs a refresh this caller's read triggered: reloads under the refresh lease (and an L1

@@ -53,6 +53,18 @@
 //! fill up at once ([`TieredStats::fill_takeovers`]). A wait is bounded by the lease age per
 //! filler. [`TieredBuilder::one_filler`]`(false)` restores one source read per process.
 //!
+//! # Refresh ahead of expiry
+//!
+//! With [`TieredBuilder::refresh_after`], a [`get_or_load`](TieredCache::get_or_load) whose
+//! Redis read finds the entry past its refresh point (less than the store's default TTL minus
+//! `refresh_after` left) asks for the key's fill lease over the present value. One caller of the
+//! fleet gets it: after its flight has returned the current value to every other caller of this
+//! process, it runs its loader, saves under the lease (restarting the Redis TTL), fills its L1
+//! and returns the new value. Everybody else keeps getting the current value, from Redis (an L1
+//! entry never lives past its Redis entry's refresh point). A write during the refresh fences it
+//! (the refreshing caller gets what it loaded, stored nowhere: [`TieredStats::refresh_failures`]);
+//! a loader error keeps the current value, which expires at its TTL if refreshes keep failing.
+//!
 //! Mixed versions: an instance of a version before fill announcements counts the announcement
 //! (`W<key>`) as an unreadable message (see *Unreadable messages*). Upgrade every instance, or
 //! build the new ones with `one_filler(false)` until then.
@@ -1252,8 +1264,10 @@ where
                         // gets the refresh lease reloads after its flight.
                         Some(Duration::ZERO) => {
                             fill = false;
-                            if let Ok(crate::redis::FillLookup::Fill(lease)) =
-                                self.l2.refresh_lease(key.borrow()).await
+                            if let Ok(Some(lease)) = self
+                                .l2
+                                .refresh_lease(key.borrow(), self.refresh_window())
+                                .await
                             {
                                 due.put(loader, lease);
                             }
