@@ -130,6 +130,10 @@ where
     }
 }
 
+/// While a key is due and another caller refreshes it, an L1 entry lives at most the refresh
+/// window divided by this.
+pub(crate) const REFRESH_RETRY: u32 = 8;
+
 /// The loader and refresh lease a read hands back to its caller when it triggered a refresh
 /// ahead of expiry: the caller runs the refresh after its flight, so that the flight's other
 /// callers get the current value at once.

@@ -60,8 +60,10 @@
 //! `refresh_after` left) asks for the key's fill lease over the present value. One caller of the
 //! fleet gets it: after its flight has returned the current value to every other caller of this
 //! process, it runs its loader, saves under the lease (restarting the Redis TTL), fills its L1
-//! and returns the new value. Everybody else keeps getting the current value, from Redis (an L1
-//! entry never lives past its Redis entry's refresh point). A write during the refresh fences it
+//! and returns the new value. Everybody else keeps getting the current value: an L1 entry lives
+//! until its Redis entry's refresh point, and while the key is due and another caller refreshes
+//! it, for an eighth of the refresh window at a time (a refresh replaces a value that is still
+//! current, so no L1 has to drop it when the refresh lands). A write during the refresh fences it
 //! (the refreshing caller gets what it loaded, stored nowhere: [`TieredStats::refresh_failures`]);
 //! a loader error keeps the current value, which expires at its TTL if refreshes keep failing.
 //!
@@ -246,6 +248,7 @@ use crate::redis::{RedisStore, RedisStoreError, Saved};
 use crate::stats::Stats;
 use crate::sync::{AtomicU8, AtomicU64, Ordering};
 use breaker::{Breaker, Transition};
+use fill::REFRESH_RETRY;
 use serde::{Serialize, de::DeserializeOwned};
 use std::borrow::Borrow;
 use std::fmt;
@@ -1260,16 +1263,19 @@ where
                     self.run_hook(FillPoint::RedisHit, &key).await;
                     ttl = remaining;
                     match self.refresh_due_in(remaining) {
-                        // Due: the L1 stays out until the refresh lands, and the caller that
-                        // gets the refresh lease reloads after its flight.
+                        // Due: the caller that gets the refresh lease reloads after its flight
+                        // (and fills the L1 then). Everybody else keeps the current value, in
+                        // the L1 too but briefly, so that a read asks again soon if the refresh
+                        // fails. (A refresh replaces a value that is still current: no L1 must
+                        // drop it when it lands.)
                         Some(Duration::ZERO) => {
-                            fill = false;
-                            if let Ok(Some(lease)) = self
-                                .l2
-                                .refresh_lease(key.borrow(), self.refresh_window())
-                                .await
-                            {
-                                due.put(loader, lease);
+                            let window = self.refresh_window();
+                            match self.l2.refresh_lease(key.borrow(), window).await {
+                                Ok(Some(lease)) => {
+                                    fill = false;
+                                    due.put(loader, lease);
+                                }
+                                _ => ttl = ttl.map(|left| left.min(window / REFRESH_RETRY)),
                             }
                         }
                         Some(in_) => ttl = Some(in_),
