@@ -226,6 +226,14 @@ fn counter(conn: &mut redis::Connection, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+fn set(conn: &mut redis::Connection, key: &str, value: u64) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query(conn)
+        .expect("SET");
+}
+
 fn wait_sync(conn: &mut redis::Connection, key: &str, at_least: u64) {
     assert!(
         support::wait_until(CHILD_LIMIT, || counter(conn, key) >= at_least),
@@ -258,17 +266,9 @@ fn one_load_per_purge_across_three_processes() {
     // the key (Strict coherence); the children then all miss.
     let writer = rt.block_on(tiered(&url, 30_000));
     for round in 1..=ROUNDS {
-        let _: () = redis::cmd("SET")
-            .arg("truth")
-            .arg(round)
-            .query(&mut conn)
-            .expect("SET truth");
+        set(&mut conn, "truth", round);
         rt.block_on(writer.purge(HOT)).expect("purge");
-        let _: () = redis::cmd("SET")
-            .arg("round")
-            .arg(round)
-            .query(&mut conn)
-            .expect("SET round");
+        set(&mut conn, "round", round);
         wait_sync(&mut conn, &format!("arrived:{round}"), CHILDREN);
         assert_eq!(
             counter(&mut conn, &format!("loads:{round}")),
@@ -305,11 +305,7 @@ fn a_sigkilled_filler_is_replaced_after_its_lease() {
     let url = server.url();
     let env = vec![("LC_URL", url.clone()), ("LC_LEASE_AGE_MS", "1000".into())];
     let mut conn = sync_conn(&url);
-    let _: () = redis::cmd("SET")
-        .arg("truth")
-        .arg(7)
-        .query(&mut conn)
-        .expect("SET truth");
+    set(&mut conn, "truth", 7);
     let mut filler = Proc::spawn(test, "stuck_filler", &env);
     wait_sync(&mut conn, "filling", 1);
     let waiter = Proc::spawn(test, "waiter", &env);
@@ -353,11 +349,7 @@ fn a_purge_during_a_fill_sends_waiters_to_a_fresh_fill() {
     let url = server.url();
     let env = vec![("LC_URL", url.clone()), ("LC_LEASE_AGE_MS", "30000".into())];
     let mut conn = sync_conn(&url);
-    let _: () = redis::cmd("SET")
-        .arg("truth")
-        .arg(1)
-        .query(&mut conn)
-        .expect("SET truth");
+    set(&mut conn, "truth", 1);
     let filler = Proc::spawn(test, "slow_filler", &env);
     wait_sync(&mut conn, "filling", 1);
     let waiters: Vec<Proc> = (0..2).map(|_| Proc::spawn(test, "waiter", &env)).collect();
@@ -370,20 +362,12 @@ fn a_purge_during_a_fill_sends_waiters_to_a_fresh_fill() {
     );
     // The writer: update the source, purge (a bare store: its invalidation still reaches the
     // children's feeds), then let the filler finish with the value it read before the purge.
-    let _: () = redis::cmd("SET")
-        .arg("truth")
-        .arg(2)
-        .query(&mut conn)
-        .expect("SET truth");
+    set(&mut conn, "truth", 2);
     rt.block_on(async {
         let s = store(&url, 30_000).await;
         s.purge(HOT).await.expect("purge");
     });
-    let _: () = redis::cmd("SET")
-        .arg("release")
-        .arg(1)
-        .query(&mut conn)
-        .expect("SET release");
+    set(&mut conn, "release", 1);
     let (status, f) = filler.finish(CHILD_LIMIT);
     assert!(status.success(), "filler failed: {f:?}");
     assert_eq!(f["got"], 1, "the filler read before the purge");
