@@ -707,3 +707,57 @@ fn a_purge_during_a_refresh_discards_it() {
         assert_eq!(v, Ok(3), "never the value the purge replaced");
     });
 }
+
+#[test]
+fn a_filler_whose_load_fails_hands_the_fill_over_at_once() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        use std::sync::Arc;
+        // A lease age far past the test's limit: only the release can hand the fill over.
+        let a = Arc::new(tiered(&url, 600_000).await);
+        let b = Arc::new(tiered(&url, 600_000).await);
+        let started = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let filler = {
+            let (a, started, release) =
+                (Arc::clone(&a), Arc::clone(&started), Arc::clone(&release));
+            tokio::spawn(async move {
+                a.get_or_load(HOT.to_owned(), |_| async move {
+                    started.notify_one();
+                    release.notified().await;
+                    Err::<u64, _>("source down")
+                })
+                .await
+            })
+        };
+        started.notified().await;
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                b.get_or_load(HOT.to_owned(), |_| async { Ok::<u64, &str>(5) })
+                    .await
+            })
+        };
+        let mut r = plain(&url).await;
+        let deadline = Instant::now() + CHILD_LIMIT;
+        while !someone_waits(&mut r).await {
+            assert!(Instant::now() < deadline, "b never waited");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        release.notify_one();
+        assert_eq!(filler.await.unwrap(), Err("source down"));
+        assert_eq!(waiter.await.unwrap(), Ok(5));
+        let s = b.stats();
+        assert_eq!(
+            (s.fill_waits, s.fill_takeovers, s.loads),
+            (1, 1, 1),
+            "{s:?}"
+        );
+    });
+}
