@@ -33,6 +33,7 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     lease_slots: Option<usize>,
     clock: Option<ManualClock>,
     hold_off: Option<Duration>,
+    refresh_after: Option<Duration>,
     hasher: S,
     _types: PhantomData<fn(K, V)>,
 }
@@ -47,6 +48,7 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             lease_slots: None,
             clock: None,
             hold_off: None,
+            refresh_after: None,
             hasher: ahash::RandomState::new(),
             _types: PhantomData,
         }
@@ -194,9 +196,42 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             lease_slots: self.lease_slots,
             clock: self.clock,
             hold_off: self.hold_off,
+            refresh_after: self.refresh_after,
             hasher,
             _types: PhantomData,
         }
+    }
+
+    /// Refresh ahead of expiry: a [`get_or_load`](Cache::get_or_load) (or
+    /// [`get_or_load_async`](Cache::get_or_load_async)) that finds its entry older than `after`
+    /// reloads it, one caller per key at a time, under a lease taken at that moment, while
+    /// every other caller keeps getting the current value at once. The refreshing caller gets
+    /// the reloaded value, which replaces the entry with a fresh TTL. A purge, insert or flush
+    /// during the refresh fences it (the reloaded value is stored nowhere); a loader error
+    /// keeps the current value, which still expires at its deadline. The age is read from the
+    /// entry's TTL deadline, so this needs a [`time_to_live`](Self::time_to_live) longer than
+    /// `after`; otherwise nothing is refreshed. [`get`](Cache::get) never refreshes (it has no
+    /// loader).
+    ///
+    /// ```
+    /// use leasecache::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache: Cache<u32, &str> = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .refresh_after(Duration::from_secs(6))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// assert_eq!(cache.get_with(1, |_| "v1"), "v1");
+    /// clock.advance(Duration::from_secs(7)); // older than 6 s: the next load refreshes
+    /// assert_eq!(cache.get_with(1, |_| "v2"), "v2");
+    /// clock.advance(Duration::from_secs(7)); // 14 s after the first load: the refresh's TTL
+    /// assert_eq!(cache.get(&1), Some("v2"));
+    /// ```
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.refresh_after = Some(after);
+        self
     }
 
     /// Builds the cache (see the example on [`CacheBuilder`]).
@@ -207,14 +242,16 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     {
         let layout = self.layout();
         let clock = self.clock.map_or_else(Clock::system, Clock::Manual);
-        Cache::from_parts(
+        let mut cache = Cache::from_parts(
             layout,
             self.hasher,
             clock,
             self.ttl,
             self.weigher,
             self.hold_off,
-        )
+        );
+        cache.refresh = crate::refresh::Refresh::new(self.refresh_after, self.ttl);
+        cache
     }
 
     fn layout(&self) -> Layout {

@@ -62,6 +62,8 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     hold_off: Option<Duration>,
     /// Whether any write has raised a hold-off. Until one has, leases skip reading deadlines.
     hold_offs_in_use: AtomicBool,
+    /// Refresh ahead of expiry (`CacheBuilder::refresh_after`, see `crate::refresh`).
+    pub(crate) refresh: crate::refresh::Refresh,
 }
 /// A write in progress on generation slots (one key's, or a whole shard's for a flush), under
 /// the shard's lock: [`begin`](Self::begin) marks them busy with the write's generation, and
@@ -195,6 +197,7 @@ where
             readers: Readers::new(),
             hold_off,
             hold_offs_in_use: AtomicBool::new(false),
+            refresh: crate::refresh::Refresh::default(),
         }
     }
 

@@ -376,7 +376,10 @@ where
         let hash = self.hash(&key);
         loop {
             match self.begin_load(&key, hash) {
-                Begin::Hit(v) => return Ok(v),
+                Begin::Hit(v) => match self.refresh_claim(&key, hash) {
+                    Some(claim) => return Ok(claim.run(key, v, loader)),
+                    None => return Ok(v),
+                },
                 Begin::Join(flight) => {
                     if let Some(v) = flight.wait() {
                         return Ok(v);
@@ -429,6 +432,14 @@ where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
+        if self.refresh.is_on() {
+            let hash = self.hash(&key);
+            if let Some(claim) = self.refresh_claim(&key, hash) {
+                if let Some(current) = self.get(&key) {
+                    return Ok(claim.run_async(key, current, loader).await);
+                }
+            }
+        }
         self.get_or_load_async_within(key, |k| async move { Ok((loader(k).await?, None)) })
             .await
     }

@@ -158,6 +158,31 @@ impl<K, V> Shared<K, V> {
         unsafe { self.read_live(idx, slot, now, f) }
     }
 
+    /// The deadline of `key`'s entry (0: it has none), if present and live at `now`, without
+    /// recording an access. Lock-free. For refresh ahead of expiry (`crate::refresh`).
+    pub(crate) fn deadline_of<Q>(
+        &self,
+        guard: &ReadGuard<'_>,
+        hash: u64,
+        key: &Q,
+        now: u64,
+    ) -> Option<u64>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        // SAFETY: the probe was loaded inside `guard`'s read, which outlives the call.
+        let (idx, slot) = unsafe { self.find(self.table(guard), hash, key) }?;
+        if self.expired(idx, slot, || now) {
+            return None;
+        }
+        Some(if slot.timed() {
+            self.slab.deadline(idx)
+        } else {
+            0
+        })
+    }
+
     /// Whether `key` has a live value, without recording an access. Lock-free.
     pub(crate) fn contains<Q>(&self, guard: &ReadGuard<'_>, hash: u64, key: &Q, now: u64) -> bool
     where

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `!v` | the key's value: a 3-byte header (format byte `0xA1`, then the big-endian [value version](RedisOptions::value_version)), then the codec's bytes |
 //! | `f:<name>` | the sub-entry (field) `<name>`, stored like `!v`; a user field always starts with `f:`, so it can never collide with internal state |
-//! | `!g` | the key's generation **marker**, present only while a lease may be outstanding |
+//! | `!g` | the key's generation **marker**, present only while a lease may be outstanding; while a [fill](RedisStore::get_or_fill) is in progress, followed by `\|<filler's issue time>\|<waiters flag>` |
 //!
 //! ## Leases on Redis
 //!
@@ -22,6 +22,15 @@
 //! `FLUSHALL`, restart, failover) rejects every outstanding lease on that key; nothing can bring
 //! the old value back (I1, I3). Purging an absent key fences too (I4): if no marker exists, no
 //! outstanding lease can match anything ever again.
+//!
+//! ## Hot keys
+//!
+//! [`get_or_lease`](RedisStore::get_or_lease) hands every caller that misses a lease, so N
+//! processes that miss a hot key together read the source N times.
+//! [`get_or_fill`](RedisStore::get_or_fill) hands the lease to one *filler* at a time and tells
+//! the others that a fill is in progress ([`FillLookup::InProgress`]) until the filler saves,
+//! [releases](RedisStore::release_fill) the fill, a write fences it, or its lease lapses. See
+//! the [`fill`] module for the protocol.
 //!
 //! ## Bounded memory (I5)
 //!
@@ -127,6 +136,7 @@ mod codec;
 mod conn;
 pub(crate) use conn::Script;
 mod error;
+pub mod fill;
 mod floors;
 mod invalidation;
 mod lease;
@@ -146,6 +156,9 @@ use conn::{Conn, Scripts};
 
 pub use codec::{Codec, JsonCodec, PostcardCodec};
 pub use error::{CodecError, ConfigError, RedisStoreError, ServerError};
+pub use fill::FillLookup;
+pub(crate) use fill::FillMode;
+pub(crate) use fill::announced_key as fill_announced_key;
 pub use floors::RedisWriteIntent;
 pub use invalidation::Invalidation;
 pub use lease::RedisLease;
@@ -670,24 +683,49 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         key: &str,
         field: Option<&str>,
     ) -> Result<(Lookup<V, RedisLease>, Option<Duration>), RedisStoreError> {
-        let (reply, ttl) = match self.lookup_raw(key, field, false).await? {
+        match self.lookup_mode(key, field, FillMode::Lease).await? {
+            (FillLookup::Hit(value), ttl) => Ok((Lookup::Hit(value), ttl)),
+            (FillLookup::Fill(lease), _) => Ok((Lookup::Miss(lease), None)),
+            (FillLookup::InProgress { .. }, _) => Err(RedisStoreError::Protocol(
+                "get_or_lease reported a fill in progress when asked for a lease".into(),
+            )),
+        }
+    }
+
+    /// The entry's value and remaining TTL, else a lease or (in the fill modes) "fill in
+    /// progress". A value that cannot be used is a miss (see *Bad stored data*).
+    pub(crate) async fn lookup_mode(
+        &self,
+        key: &str,
+        field: Option<&str>,
+        mode: FillMode,
+    ) -> Result<(FillLookup<V>, Option<Duration>), RedisStoreError> {
+        let (reply, ttl) = match self.lookup_raw(key, field, false, mode).await? {
             RawLookup::Hit { value, ttl } => (value, ttl),
             RawLookup::Miss { lease, skipped } => {
                 if skipped {
                     self.count_unreadable();
                 }
-                return Ok((Lookup::Miss(lease), None));
+                return Ok((FillLookup::Fill(lease), None));
             }
+            RawLookup::Busy { left } => {
+                return Ok((FillLookup::InProgress { lapses_in: left }, None));
+            }
+            RawLookup::NotDue => return Err(not_due()),
         };
         match self.decode(bytes_of(&reply)?) {
-            Ok(value) => Ok((Lookup::Hit(value), ttl)),
+            Ok(value) => Ok((FillLookup::Hit(value), ttl)),
             Err(_) => {
                 self.count_unreadable();
-                match self.lookup_raw(key, field, true).await? {
-                    RawLookup::Miss { lease, .. } => Ok((Lookup::Miss(lease), None)),
+                match self.lookup_raw(key, field, true, mode).await? {
+                    RawLookup::Miss { lease, .. } => Ok((FillLookup::Fill(lease), None)),
+                    RawLookup::Busy { left } => {
+                        Ok((FillLookup::InProgress { lapses_in: left }, None))
+                    }
                     RawLookup::Hit { .. } => Err(RedisStoreError::Protocol(
                         "get_or_lease returned a value when told to skip it".into(),
                     )),
+                    RawLookup::NotDue => Err(not_due()),
                 }
             }
         }
@@ -703,17 +741,35 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         key: &str,
         field: Option<&str>,
         skip_value: bool,
+        mode: FillMode,
+    ) -> Result<RawLookup, RedisStoreError> {
+        self.lookup_raw_due(key, field, skip_value, mode, None)
+            .await
+    }
+
+    /// `lookup_raw`; with `due_within`, a refresh ahead of expiry that answers
+    /// [`RawLookup::NotDue`] if the key has more TTL left than that.
+    async fn lookup_raw_due(
+        &self,
+        key: &str,
+        field: Option<&str>,
+        skip_value: bool,
+        mode: FillMode,
+        due_within: Option<Duration>,
     ) -> Result<RawLookup, RedisStoreError> {
         let hash_field = field.map_or_else(|| VALUE_FIELD.to_owned(), user_field);
         let nonce = format!("{:016x}", rand::random::<u64>());
         let marker_ms = options::millis(self.inner.max_lease_age).to_string();
         let limit = self.stored_limit().to_string();
-        let args: [&[u8]; 5] = [
+        let due = due_within.map_or_else(String::new, |d| options::millis(d).to_string());
+        let args: [&[u8]; 7] = [
             hash_field.as_bytes(),
             nonce.as_bytes(),
             marker_ms.as_bytes(),
             limit.as_bytes(),
             if skip_value { b"1" } else { b"0" },
+            mode.arg(),
+            due.as_bytes(),
         ];
         let sent = Instant::now();
         let reply = self.eval_on(key, Op::GetOrLease, &args).await?;
@@ -728,6 +784,10 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             return Ok(RawLookup::Hit { value, ttl });
         }
         match items.as_slice() {
+            [Value::Int(4)] => Ok(RawLookup::NotDue),
+            [Value::Int(3), ms] => Ok(RawLookup::Busy {
+                left: Duration::from_millis(u64_of(ms)?),
+            }),
             [Value::Int(0), proof, s, us, skipped] => {
                 let proof = String::from_utf8(bytes_of(proof)?.to_vec())
                     .map_err(|_| RedisStoreError::Protocol("non-UTF-8 lease proof".into()))?;
@@ -759,6 +819,20 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         lease: &RedisLease,
         position: Option<u64>,
     ) -> Result<Saved, RedisStoreError> {
+        self.save_as(key, field, value, lease, position, false)
+            .await
+    }
+
+    /// `save`; `refresh` restarts the key's TTL (a refresh ahead of expiry, see `fill.rs`).
+    async fn save_as(
+        &self,
+        key: &str,
+        field: Option<&str>,
+        value: &V,
+        lease: &RedisLease,
+        position: Option<u64>,
+        refresh: bool,
+    ) -> Result<Saved, RedisStoreError> {
         if let Some(secret) = &self.inner.lease_secret {
             if !lease.verify(secret) {
                 return Err(RedisStoreError::InvalidLease(
@@ -778,7 +852,8 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             .to_string();
         let ttl = self.inner.default_ttl_ms.to_string();
         let position = position.map_or_else(String::new, floors::position_arg);
-        let args: [&[u8]; 8] = [
+        let announce = fill::announcement(key);
+        let args: [&[u8]; 11] = [
             hash_field.as_bytes(),
             &bytes,
             lease.generation().as_bytes(),
@@ -787,6 +862,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             max_age_us.as_bytes(),
             ttl.as_bytes(),
             position.as_bytes(),
+            self.inner.channel.as_bytes(),
+            &announce,
+            if refresh { b"1" } else { b"0" },
         ];
         let reply = self.eval_on(key, Op::Save, &args).await?;
         Ok(if int_reply(&reply)? == 1 {
@@ -846,6 +924,10 @@ enum RawLookup {
         /// A present value was skipped because it was too large.
         skipped: bool,
     },
+    /// Another caller's fill lease has this long left.
+    Busy { left: Duration },
+    /// A refresh ahead of expiry found the key not due (another caller refreshed it).
+    NotDue,
 }
 
 #[derive(Clone, Copy)]
@@ -876,6 +958,11 @@ fn glob_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// A "not due" reply to a lookup that asked no refresh question.
+fn not_due() -> RedisStoreError {
+    RedisStoreError::Protocol("get_or_lease answered \"not due\" to a plain lookup".into())
 }
 
 fn protocol(what: &str, v: &Value) -> RedisStoreError {

@@ -439,7 +439,9 @@ where
                 Some((name, payload)) => {
                     let payload = &payload[..];
                     if name == channel.as_bytes() {
-                        if !shared.apply_invalidation(payload) {
+                        if shared.apply_fill_announcement(payload) {
+                            // The end of a fill this process may wait for (issue 18).
+                        } else if !shared.apply_invalidation(payload) {
                             unreadable(shared, &mut unreadable_until);
                         }
                     } else if name == c.channel.as_bytes() {

@@ -33,6 +33,44 @@
 //! only if the Redis save landed. [`get_or_load`](TieredCache::get_or_load) is single-flight per
 //! process (through the L1's [`Cache::get_or_load_async`]).
 //!
+//! # Hot keys: one filler per fleet
+//!
+//! On a Redis miss the leader of the L1 flight asks for the key's *fill lease*
+//! ([`RedisStore::get_or_fill`](crate::redis::RedisStore::get_or_fill)), which Redis hands to
+//! one caller of the whole fleet at a time. Every other process that misses meanwhile waits for
+//! that fill instead of reading the source: until the fill's end is announced on the
+//! invalidation channel (published by the filler's save only because a waiter asked for it),
+//! until an invalidation of the key arrives (a purge voided the fill), or until a backoff poll
+//! (25 ms doubling to 500 ms, never past the filler's lapse). Then it reads Redis again; it never
+//! takes an announced value on trust. So a purge of a hot key read by N processes costs one
+//! source read, not N ([`TieredStats::fill_waits`]).
+//!
+//! Leases keep every guarantee: a purge during the fill fences the filler's save and ends the
+//! fill, so the waiters start a fresh fill and never receive the value the purge replaced. A
+//! filler that dies or stalls is replaced when its lease lapses (the store's
+//! [`max_lease_age`](crate::redis::RedisOptions::max_lease_age): keep it short where fills are
+//! fast, since that is how long waiters wait for a dead filler); one whose load fails gives the
+//! fill up at once ([`TieredStats::fill_takeovers`]). A wait is bounded by the lease age per
+//! filler. [`TieredBuilder::one_filler`]`(false)` restores one source read per process.
+//!
+//! # Refresh ahead of expiry
+//!
+//! With [`TieredBuilder::refresh_after`], a [`get_or_load`](TieredCache::get_or_load) whose
+//! Redis read finds the entry past its refresh point (less than the store's default TTL minus
+//! `refresh_after` left) asks for the key's fill lease over the present value. One caller of the
+//! fleet gets it: after its flight has returned the current value to every other caller of this
+//! process, it runs its loader, saves under the lease (restarting the Redis TTL), fills its L1
+//! and returns the new value. Everybody else keeps getting the current value: an L1 entry lives
+//! until its Redis entry's refresh point, and while the key is due and another caller refreshes
+//! it, for an eighth of the refresh window at a time (a refresh replaces a value that is still
+//! current, so no L1 has to drop it when the refresh lands). A write during the refresh fences it
+//! (the refreshing caller gets what it loaded, stored nowhere: [`TieredStats::refresh_failures`]);
+//! a loader error keeps the current value, which expires at its TTL if refreshes keep failing.
+//!
+//! Mixed versions: an instance of a version before fill announcements counts the announcement
+//! (`W<key>`) as an unreadable message (see *Unreadable messages*). Upgrade every instance, or
+//! build the new ones with `one_filler(false)` until then.
+//!
 //! # Coherence
 //!
 //! Writes ([`purge`](TieredCache::purge), [`insert`](TieredCache::insert),
@@ -223,6 +261,7 @@
 mod breaker;
 mod coherence;
 mod feed;
+mod fill;
 mod floors;
 
 pub use floors::TieredWriteIntent;
@@ -234,18 +273,19 @@ mod pending;
 
 pub use coherence::Coherence;
 
+use crate::Cache;
 use crate::redis::{RedisStore, RedisStoreError, Saved};
 use crate::stats::Stats;
 use crate::sync::{AtomicU8, AtomicU64, Ordering};
-use crate::{Cache, Lookup};
 use breaker::{Breaker, Transition};
+use fill::REFRESH_RETRY;
 use serde::{Serialize, de::DeserializeOwned};
 use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Bypass reason: the invalidation feed is not confirmed.
@@ -294,6 +334,12 @@ pub(crate) struct Shared<K, V> {
     /// Writes that failed, retried until they land (see `pending.rs`).
     pending: Arc<pending::Pending>,
     coherence: coherence::Coordinator,
+    /// Reads waiting for another process's fill (see `fill.rs`).
+    fills: fill::Waiters,
+    /// One filler per key across processes (`TieredBuilder::one_filler`).
+    one_filler: bool,
+    /// Refresh ahead of expiry (`TieredBuilder::refresh_after`).
+    refresh_after: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -312,6 +358,10 @@ struct Counters {
     unacknowledged: AtomicU64,
     unreadable: AtomicU64,
     unreadable_flushes: AtomicU64,
+    fill_waits: AtomicU64,
+    fill_takeovers: AtomicU64,
+    refreshes: AtomicU64,
+    refresh_failures: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -402,6 +452,17 @@ pub struct TieredStats {
     pub unreadable_messages: u64,
     /// L1 flushes those caused: one per burst (see the [module docs](self#unreadable-messages)).
     pub unreadable_flushes: u64,
+    /// Reads that found another process filling the key in Redis and waited for its fill
+    /// instead of reading the source (see the [module docs](self#hot-keys-one-filler-per-fleet)).
+    pub fill_waits: u64,
+    /// Of those, the reads that then filled the key themselves: the filler's lease lapsed (it
+    /// died or stalled), it gave the fill up (its load failed), or a write voided the fill.
+    pub fill_takeovers: u64,
+    /// Refreshes ahead of expiry that landed in Redis ([`TieredBuilder::refresh_after`]).
+    pub refreshes: u64,
+    /// Refreshes whose load failed or whose save a write fenced: the entry kept its value (and
+    /// its TTL), or was purged.
+    pub refresh_failures: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -507,6 +568,8 @@ pub struct TieredBuilder<K, V> {
     pending: pending::PendingConfig,
     coherence: Coherence,
     member_lease: Duration,
+    one_filler: bool,
+    refresh_after: Option<Duration>,
 }
 
 impl<K, V> TieredBuilder<K, V>
@@ -548,6 +611,31 @@ where
     /// use the same lease.
     pub fn member_lease(mut self, lease: Duration) -> Self {
         self.member_lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Whether a missing key is filled by one process of the fleet at a time, the others waiting
+    /// for its value (default `true`; see the [module docs](self#hot-keys-one-filler-per-fleet)).
+    /// `false` gives every process that misses its own Redis lease and its own source read (one
+    /// per process per purge), as before issue 18: for comparisons, or for a fleet in which some
+    /// instances run a version that does not understand fill announcements.
+    pub fn one_filler(mut self, on: bool) -> Self {
+        self.one_filler = on;
+        self
+    }
+
+    /// Refresh ahead of expiry: a [`get_or_load`](TieredCache::get_or_load) that finds the key's
+    /// Redis entry older than `after` (by its TTL left: less than the store's
+    /// [`default_ttl`](crate::redis::RedisOptions::default_ttl) minus `after`) reloads it under
+    /// a fill lease taken at that moment, one caller in the whole fleet at a time, while every
+    /// other reader keeps getting the current value. The refreshing caller pays the load and
+    /// gets the new value; the save restarts the entry's TTL in Redis. A write during the
+    /// refresh fences it (the refreshed value is stored nowhere), and a refresh that fails
+    /// leaves the current value, which still expires at its TTL. L1 entries live at most until
+    /// their Redis entry is due, so that a read reaches Redis then. Default: off. An `after` at
+    /// or past the default TTL never refreshes. See the [module docs](self#refresh-ahead-of-expiry).
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.refresh_after = Some(after.max(Duration::from_millis(1)));
         self
     }
 
@@ -634,6 +722,9 @@ where
             feed_state: watch::Sender::new(false),
             pending: Arc::new(pending::Pending::new(self.pending)),
             coherence,
+            fills: fill::Waiters::default(),
+            one_filler: self.one_filler,
+            refresh_after: self.refresh_after,
         });
         // The retry task holds the cache weakly: it ends once the cache is dropped.
         runtime.spawn(pending::run(
@@ -685,6 +776,8 @@ where
             },
             coherence: Coherence::Strict,
             member_lease: Duration::from_secs(2),
+            one_filler: true,
+            refresh_after: None,
         }
     }
 
@@ -748,13 +841,23 @@ where
         Fut: Future<Output = Result<V, E>>,
     {
         let s = &*self.shared;
-        if !s.l1_active() {
+        // A refresh this call must run after its flight, if its read triggered one.
+        let due = fill::RefreshSlot::new();
+        let refresh_key = s.refresh_after.map(|_| key.clone());
+        let value = if !s.l1_active() {
             // Not even a hit may be served: the L1 could hold what an unapplied invalidation
             // replaced. `load_through` sees the bypass too and fills nothing.
-            return s.load_through(key, loader).await.map(|(value, _)| value);
+            s.load_through(key, loader, &due)
+                .await
+                .map(|(value, _)| value)?
+        } else {
+            s.l1.get_or_load_async_within(key, |key| s.load_through(key, loader, &due))
+                .await?
+        };
+        match (due.take(), refresh_key) {
+            (Some((loader, lease)), Some(key)) => Ok(s.refresh(key, loader, lease, value).await),
+            _ => Ok(value),
         }
-        s.l1.get_or_load_async_within(key, move |key| s.load_through(key, loader))
-            .await
     }
 
     /// [`get_or_load`](Self::get_or_load) with a loader that cannot fail (moka's `get_with`
@@ -927,6 +1030,10 @@ where
             unacknowledged_writes: read(&c.unacknowledged),
             unreadable_messages: read(&c.unreadable),
             unreadable_flushes: read(&c.unreadable_flushes),
+            fill_waits: read(&c.fill_waits),
+            fill_takeovers: read(&c.fill_takeovers),
+            refreshes: read(&c.refreshes),
+            refresh_failures: read(&c.refresh_failures),
             l1,
         }
     }
@@ -1054,13 +1161,30 @@ where
         match crate::redis::Invalidation::parse(payload) {
             Some(crate::redis::Invalidation::Key(key)) => {
                 self.l1.purge(key.as_str());
+                // A fill this process waits for may have been voided: read again.
+                self.fills.wake(&key);
             }
-            Some(_) => self.l1.flush(),
+            Some(_) => {
+                self.l1.flush();
+                self.fills.wake_all();
+            }
             None => return false,
         }
         // Release pairs with the Acquire load in `stats`.
         self.counters.invalidations.fetch_add(1, Ordering::Release);
         true
+    }
+
+    /// Applies a message of the invalidation channel if it announces the end of a fill (waking
+    /// this process's waiters of the key); returns `false` for any other message.
+    pub(crate) fn apply_fill_announcement(&self, payload: &[u8]) -> bool {
+        match crate::redis::fill_announced_key(payload) {
+            Some(key) => {
+                self.fills.wake(key);
+                true
+            }
+            None => false,
+        }
     }
 
     /// An unreadable message arrived: it may be an invalidation in a format this version does not
@@ -1176,7 +1300,12 @@ where
     /// costs one Redis read, on paths that are rare while Redis and the feed are healthy.
     ///
     /// Also returns how long the L1 entry may live at most: the Redis entry's remaining TTL.
-    async fn load_through<F, Fut, E>(&self, key: K, loader: F) -> Result<(V, Option<Duration>), E>
+    async fn load_through<F, Fut, E>(
+        &self,
+        key: K,
+        loader: F,
+        due: &fill::RefreshSlot<F>,
+    ) -> Result<(V, Option<Duration>), E>
     where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -1190,18 +1319,43 @@ where
             fill = false;
             self.call_loader(key.clone(), loader).await?
         } else {
-            let asked = Instant::now();
-            match self.l2.get_or_lease_ttl(key.borrow()).await {
-                Ok((Lookup::Hit(value), remaining)) => {
+            match fill::lookup(self, key.borrow()).await {
+                Ok(fill::Found::Hit(value, remaining)) => {
                     self.redis_ok();
                     bump(&self.counters.l2_hits);
                     self.run_hook(FillPoint::RedisHit, &key).await;
                     ttl = remaining;
+                    match self.refresh_due_in(remaining) {
+                        // Due: the caller that gets the refresh lease reloads after its flight
+                        // (and fills the L1 then). Everybody else keeps the current value, in
+                        // the L1 too but briefly, so that a read asks again soon if the refresh
+                        // fails. (A refresh replaces a value that is still current: no L1 must
+                        // drop it when it lands.)
+                        Some(Duration::ZERO) => {
+                            let window = self.refresh_window();
+                            match self.l2.refresh_lease(key.borrow(), window).await {
+                                Ok(Some(lease)) => {
+                                    fill = false;
+                                    due.put(loader, lease);
+                                }
+                                _ => ttl = ttl.map(|left| left.min(window / REFRESH_RETRY)),
+                            }
+                        }
+                        Some(in_) => ttl = Some(in_),
+                        None => {}
+                    }
                     value
                 }
-                Ok((Lookup::Miss(lease), _)) => {
+                Ok(fill::Found::Fill(lease, asked)) => {
                     self.redis_ok();
-                    let value = self.call_loader(key.clone(), loader).await?;
+                    let value = match self.call_loader(key.clone(), loader).await {
+                        Ok(value) => value,
+                        Err(e) => {
+                            // Let a waiting process take the fill over now, not at the lapse.
+                            let _ = self.l2.release_fill(key.borrow(), &lease).await;
+                            return Err(e);
+                        }
+                    };
                     if asked.elapsed() > self.max_lease_age {
                         bump(&self.counters.expired_leases);
                         fill = false;
@@ -1211,6 +1365,9 @@ where
                                 self.redis_ok();
                                 self.run_hook(FillPoint::RedisSaved, &key).await;
                                 ttl = Some(self.l2.default_ttl());
+                                if let Some(in_) = self.refresh_due_in(ttl) {
+                                    ttl = Some(in_);
+                                }
                             }
                             Ok(_) => {
                                 bump(&self.counters.l2_stale);

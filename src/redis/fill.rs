@@ -1,0 +1,176 @@
+//! One filler per key across processes: the fill lease and the "fill in progress" outcome.
+//!
+//! [`RedisStore::get_or_fill`] hands the lease of a missing key to one caller at a time, the
+//! *filler*; every other caller learns that a fill is in progress ([`FillLookup::InProgress`])
+//! until the filler saves, gives the fill up ([`RedisStore::release_fill`]), a write fences it,
+//! or its lease lapses ([`max_lease_age`](super::RedisOptions::max_lease_age) after it was
+//! issued: a filler that died is replaced then). The fill lease is an ordinary [`RedisLease`]
+//! with every guarantee of one: a purge, insert or flush during the fill fences it (its save is
+//! [`Stale`](super::Saved::Stale)) and ends the fill, so the next caller starts a fresh one.
+//!
+//! The filler is recorded inside the key's marker field, so whatever deletes the marker (every
+//! fencing write, TTL, eviction, `FLUSHALL`) ends the fill too; nothing else is stored.
+//!
+//! [`get_or_lease`](RedisStore::get_or_lease) is unchanged: it hands every caller a lease and
+//! never reports a fill in progress (its lease is not recorded as the filler's, but its save
+//! ends a fill in progress like any save: the value is there).
+//!
+//! # Announcements
+//!
+//! A waiter that listens to the store's [invalidation
+//! channel](RedisStore::invalidation_channel) (a [`TieredCache`](crate::tiered::TieredCache)
+//! does) asks for the fill's end to be announced: the script then sets a *waiters* flag, and the
+//! save (or release) that ends a flagged fill publishes `b"W" + key` on the channel, once. A
+//! fill nobody waits for publishes nothing. [`Invalidation::parse`](super::Invalidation::parse)
+//! returns `None` for it: it invalidates nothing. An announcement is a hint to read again,
+//! never a value: a purge may come between it and the read.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::conn::Script;
+use super::{RedisLease, RedisStore, RedisStoreError, VALUE_FIELD, int_reply};
+
+/// What [`RedisStore::get_or_fill`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FillLookup<V> {
+    /// The key is cached; here is its value.
+    Hit(V),
+    /// The key is not cached and this caller is its filler: read the source, then save under
+    /// this lease (or [release](RedisStore::release_fill) it if the read failed).
+    Fill(RedisLease),
+    /// Another caller is filling the key. Read again when it is done: after an announcement
+    /// (see the [module docs](self)) or after a backoff, and no later than `lapses_in`, when the
+    /// filler's lease lapses and the next caller takes the fill over.
+    InProgress {
+        /// How long the current filler's lease has left (rounded up to a millisecond).
+        lapses_in: Duration,
+    },
+}
+
+/// How `get_or_lease.lua` hands out leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FillMode {
+    /// Every caller gets a lease (plain `get_or_lease`).
+    Lease,
+    /// One filler at a time; the others get "fill in progress".
+    Fill,
+    /// As `Fill`, and the fill's end is announced on the invalidation channel.
+    FillAnnounced,
+}
+
+impl FillMode {
+    pub(crate) fn arg(self) -> &'static [u8] {
+        match self {
+            Self::Lease => b"0",
+            Self::Fill => b"1",
+            Self::FillAnnounced => b"2",
+        }
+    }
+}
+
+/// The announcement of the end of a fill of `key`.
+pub(crate) fn announcement(key: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(key.len() + 1);
+    p.push(b'W');
+    p.extend_from_slice(key.as_bytes());
+    p
+}
+
+/// The key of a fill announcement (`None` if `payload` is not one).
+pub(crate) fn announced_key(payload: &[u8]) -> Option<&str> {
+    std::str::from_utf8(payload.strip_prefix(b"W")?).ok()
+}
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release_fill.lua")));
+
+impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
+    /// The key's value if cached; else, if no other caller is filling it, a lease that makes
+    /// this caller its filler; else [`FillLookup::InProgress`]. One round trip. See the [module
+    /// docs](self) for what ends a fill.
+    ///
+    /// Use it instead of [`get_or_lease`](Self::get_or_lease) for hot keys read by many
+    /// processes: a purge then costs one source read instead of one per process that missed.
+    pub async fn get_or_fill(&self, key: &str) -> Result<FillLookup<V>, RedisStoreError> {
+        Ok(self.lookup_mode(key, None, FillMode::Fill).await?.0)
+    }
+
+    /// The fill lease of a key whose value is present, for a refresh ahead of its expiry, if
+    /// the key is still due (has at most `due_within` of its TTL left: another caller may have
+    /// refreshed it since it was read) and nobody else fills it. A write during the refresh
+    /// fences the lease like any other.
+    pub(crate) async fn refresh_lease(
+        &self,
+        key: &str,
+        due_within: Duration,
+    ) -> Result<Option<RedisLease>, RedisStoreError> {
+        let raw = self
+            .lookup_raw_due(key, None, true, FillMode::Fill, Some(due_within))
+            .await?;
+        match raw {
+            super::RawLookup::Miss { lease, .. } => Ok(Some(lease)),
+            super::RawLookup::Busy { .. } | super::RawLookup::NotDue => Ok(None),
+            super::RawLookup::Hit { .. } => Err(RedisStoreError::Protocol(
+                "get_or_lease returned a value when told to skip it".into(),
+            )),
+        }
+    }
+
+    /// Saves a refreshed value under a [`refresh_lease`](Self::refresh_lease): as
+    /// [`save_with_lease`](Self::save_with_lease), and the key's TTL starts again (if the value
+    /// is the key's only entry: sub-entries never outlive their TTL).
+    pub(crate) async fn save_refreshed(
+        &self,
+        key: &str,
+        value: &V,
+        lease: &RedisLease,
+    ) -> Result<super::Saved, RedisStoreError> {
+        self.save_as(key, None, value, lease, None, true).await
+    }
+
+    /// Gives up the fill that `lease` (from [`get_or_fill`](Self::get_or_fill)) holds on `key`,
+    /// so that the next caller takes it over at once instead of when the lease lapses; call it
+    /// when reading the source failed. Returns whether `lease` was the filler's (`false` if the
+    /// fill had already ended: saved, fenced, lapsed or taken over). The lease itself stays
+    /// usable until a write fences it.
+    pub async fn release_fill(
+        &self,
+        key: &str,
+        lease: &RedisLease,
+    ) -> Result<bool, RedisStoreError> {
+        if !lease.is_for(&self.inner.namespace, key, None) {
+            return Err(RedisStoreError::ForeignLease);
+        }
+        let (s, us) = lease.issued();
+        let (s, us) = (s.to_string(), us.to_string());
+        let announce = announcement(key);
+        let args: [&[u8]; 6] = [
+            VALUE_FIELD.as_bytes(),
+            lease.generation().as_bytes(),
+            s.as_bytes(),
+            us.as_bytes(),
+            self.inner.channel.as_bytes(),
+            &announce,
+        ];
+        let k = self.redis_key(key);
+        let reply = self.eval_keys(&RELEASE, &[&k[..]], &args).await?;
+        Ok(int_reply(&reply)? == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_round_trip_and_are_not_invalidations() {
+        let p = announcement("user:1");
+        assert_eq!(announced_key(&p), Some("user:1"));
+        assert_eq!(announced_key(b"Kuser:1"), None);
+        assert_eq!(super::super::Invalidation::parse(&p), None);
+    }
+}
