@@ -52,7 +52,7 @@ use crate::redis::{Invalidation, RedisStore, RedisStoreError, Script};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use redis::Value;
 use serde::{Serialize, de::DeserializeOwned};
-use std::borrow::Borrow;
+use super::TieredKey;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::pin::pin;
@@ -429,7 +429,7 @@ impl Coordinator {
 
 impl<K, V> Shared<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Applies a sequenced invalidation (`#<seq> <payload>`) and advances `applied`; a gap flushes
@@ -439,9 +439,7 @@ where
             return false;
         };
         match invalidation {
-            Invalidation::Key(key) => {
-                self.l1.purge(key.as_str());
-            }
+            Invalidation::Key(key) => self.purge_l1_redis_key(&key),
             _ => self.l1.flush(),
         }
         if applied.step(seq) == Step::Gap {

@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use redis::Value;
 use redis::aio::{PubSubSink, PubSubStream};
 use serde::{Serialize, de::DeserializeOwned};
-use std::borrow::Borrow;
+use super::TieredKey;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::{Pin, pin};
@@ -61,7 +61,7 @@ pub(crate) async fn run<K, V>(
     channel: String,
     config: FeedConfig,
 ) where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     // Whatever ends this task (an abort, a panic, its runtime shutting down) stops the L1 first.
@@ -106,12 +106,12 @@ pub(crate) async fn run<K, V>(
 /// Stops the L1 when the feed task ends, however it ends.
 struct DeadFeed<'a, K, V>(&'a Shared<K, V>)
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
 
 impl<K, V> Drop for DeadFeed<'_, K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn drop(&mut self) {
@@ -123,7 +123,7 @@ where
 /// `None` if Redis did not answer.
 async fn start<K, V>(shared: &Shared<K, V>) -> Option<Applied>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let c = &shared.coherence;
@@ -189,7 +189,7 @@ async fn pump<K, V>(
     mut applied: Applied,
 ) -> End
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let c = &shared.coherence;
@@ -290,7 +290,7 @@ where
 /// after the last one.
 fn unreadable<K, V>(shared: &Shared<K, V>, until: &mut Option<tokio::time::Instant>)
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     shared.unreadable();
