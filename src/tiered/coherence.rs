@@ -47,12 +47,12 @@
 //! Either way, an instance whose feed task ended stops serving at once (a guard in the task),
 //! and in any case when its lease or proof runs out.
 
+use super::TieredKey;
 use super::{Shared, TieredError, bump};
 use crate::redis::{Invalidation, RedisStore, RedisStoreError, Script};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use redis::Value;
 use serde::{Serialize, de::DeserializeOwned};
-use super::TieredKey;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::pin::pin;

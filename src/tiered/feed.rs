@@ -26,12 +26,12 @@
 //! any node will do). However the task ends, a guard stops the L1 first.
 
 use super::Shared;
+use super::TieredKey;
 use super::coherence::{self, Applied, Coherence, Renewed};
 use futures_util::StreamExt;
 use redis::Value;
 use redis::aio::{PubSubSink, PubSubStream};
 use serde::{Serialize, de::DeserializeOwned};
-use super::TieredKey;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::{Pin, pin};

@@ -107,11 +107,7 @@ where
                 s.redis_ok();
                 bump(&s.counters.loads);
                 let (value, position) = loader(key.clone()).await?;
-                match s
-                    .l2
-                    .save_as_of(&redis_key, &value, &lease, position)
-                    .await
-                {
+                match s.l2.save_as_of(&redis_key, &value, &lease, position).await {
                     Ok(Saved::Stored) => {
                         s.redis_ok();
                         if fill {
@@ -120,7 +116,7 @@ where
                                 s.l1.save_inner(key, value.clone(), l1_lease, Some(position), ttl);
                         }
                     }
-                    Ok(_) => bump(&s.counters.l2_stale),
+                    Ok(Saved::Stale) => bump(&s.counters.l2_stale),
                     Err(e) => {
                         s.redis_failed(e);
                     }

@@ -2,11 +2,11 @@
 //! the [`metrics`](crate::metrics) module docs).
 
 use super::TieredCache;
+use super::TieredKey;
 use crate::metrics::{report_cache, set_counters, set_gauges};
 use crate::redis::RedisStore;
 use ::metrics::{Unit, describe_counter, describe_gauge};
 use serde::{Serialize, de::DeserializeOwned};
-use super::TieredKey;
 use std::hash::Hash;
 
 /// `(name, description)` of the Redis tier's counters.
@@ -146,8 +146,8 @@ where
             stats.l1_hits,
             stats.l2_hits,
             stats.loads,
-            stats.l1_stale_rejections,
-            stats.l2_stale_rejections,
+            stats.l1_stale_rejected,
+            stats.l2_stale_rejected,
             stats.expired_leases,
             stats.invalidations_received,
             stats.feed_losses,

@@ -7,23 +7,34 @@
 //! use leasecache::tiered::TieredCache;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let l2 = RedisStore::<String>::connect("redis://127.0.0.1/", RedisOptions::new("users")).await?;
-//! let cache: TieredCache<String, String> = TieredCache::new(Cache::new(10_000), l2)?;
-//! cache.feed_confirmed().await; // optional: until then every read goes to Redis
+//! // `connect_lazy` never waits for Redis: the cache starts degraded if Redis is down (see
+//! // *Redis unreachable*). `RedisStore::connect` instead fails until Redis answers.
+//! let l2 = RedisStore::<String>::connect_lazy("redis://127.0.0.1/", RedisOptions::new("users"))?;
+//! let cache: TieredCache<u64, String> = TieredCache::new(Cache::new(10_000), l2)?;
 //!
 //! let name = cache
-//!     .get_or_load("user:7".to_string(), |id| async move {
-//!         Ok::<_, std::io::Error>(format!("row for {id}")) // read the database
+//!     .get_or_load(7, |id| async move {
+//!         Ok::<_, std::io::Error>(format!("row {id}")) // read the database
 //!     })
 //!     .await?;
-//! assert_eq!(name, "row for user:7");
+//! assert_eq!(name, "row 7");
 //!
 //! // A writer updates the database, then purges: Redis first, then this L1, then (through the
 //! // invalidation feed) every other process's L1.
-//! cache.purge("user:7").await?;
+//! cache.purge(&7).await?;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Keys
+//!
+//! The L1 is keyed by `K` itself; Redis and the invalidation feed by a string. `K` implements
+//! [`TieredKey`]: [`EncodeKey::write_redis_key`] writes it as its Redis key (`7u64` as `"7"`, a
+//! `String` as itself), only when Redis is reached, so an L1 hit never encodes or allocates; and
+//! [`TieredKey::from_redis_key`] reads one back, for the feed to purge the keys other processes
+//! wrote. It is implemented for strings and integers; a struct key implements it by hand (see
+//! [`TieredKey`]). Lookups and writes take any `&Q` that `K` borrows as (`get("user:7")` on
+//! `String` keys), encoded the same way as `K`.
 //!
 //! # Read path
 //!
@@ -342,9 +353,9 @@ pub struct TieredStats {
     /// receives; see `invalidations_received`). A busy key written by this process therefore
     /// shows rejections even without other writers: they cost one uncached read each, never a
     /// stale value.
-    pub l1_stale_rejections: u64,
+    pub l1_stale_rejected: u64,
     /// Redis saves rejected because a write fenced the Redis lease (or the lease marker was lost).
-    pub l2_stale_rejections: u64,
+    pub l2_stale_rejected: u64,
     /// Loads that outlived the maximum lease age and were saved in neither tier.
     pub expired_leases: u64,
     /// Invalidation messages applied from the feed, including the echoes of this process's own
@@ -884,8 +895,8 @@ where
             l2_hits: read(&c.l2_hits),
             loads: read(&c.loads),
             // Fills this cache suppressed on purpose (by purging the key) are not rejections.
-            l1_stale_rejections: l1.stale_rejected.saturating_sub(read(&c.suppressed_fills)),
-            l2_stale_rejections: read(&c.l2_stale),
+            l1_stale_rejected: l1.stale_rejected.saturating_sub(read(&c.suppressed_fills)),
+            l2_stale_rejected: read(&c.l2_stale),
             expired_leases: read(&c.expired_leases),
             // Acquire pairs with the Release increment in `apply_invalidation`.
             invalidations_received: c.invalidations.load(Ordering::Acquire),
@@ -1200,7 +1211,7 @@ where
                                 self.run_hook(FillPoint::RedisSaved, &key).await;
                                 ttl = Some(self.l2.default_ttl());
                             }
-                            Ok(_) => {
+                            Ok(Saved::Stale) => {
                                 bump(&self.counters.l2_stale);
                                 fill = false;
                             }

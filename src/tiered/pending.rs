@@ -27,10 +27,10 @@
 //! cache is dropped are lost with it.
 
 use super::Shared;
+use super::TieredKey;
 use crate::redis::RedisStoreError;
 use crate::sync::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
-use super::TieredKey;
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::Weak;
