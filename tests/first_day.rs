@@ -237,9 +237,13 @@ struct OrderKey {
     order: u64,
 }
 
+/// How many times an `OrderKey` was encoded (only the struct-key test uses `OrderKey`).
+static ORDER_KEY_ENCODES: AtomicUsize = AtomicUsize::new(0);
+
 impl EncodeKey for OrderKey {
     fn write_redis_key(&self, out: &mut String) {
         use std::fmt::Write as _;
+        ORDER_KEY_ENCODES.fetch_add(1, Ordering::SeqCst);
         let _ = write!(out, "{}/{}", self.tenant, self.order);
     }
 }
@@ -349,6 +353,23 @@ async fn a_struct_keyed_tiered_cache_round_trips_its_key_through_redis_and_the_f
         b.get(&key).await.unwrap().is_some() && b.l1().get(&key).is_some()
     })
     .await;
+
+    // L1 hits never encode the key (nor allocate for it): only a trip to Redis does.
+    let encodes = ORDER_KEY_ENCODES.load(Ordering::SeqCst);
+    let hits = b.stats().l1_hits;
+    for _ in 0..100 {
+        assert_eq!(b.get(&key).await.unwrap(), Some(row.clone()));
+        let loaded = b
+            .get_or_load(key.clone(), |_| async { unreachable!("cached") })
+            .await;
+        assert_eq!(loaded.unwrap_or_else(|()| unreachable!()), row);
+    }
+    assert_eq!(b.stats().l1_hits, hits + 200, "every read was an L1 hit");
+    assert_eq!(
+        ORDER_KEY_ENCODES.load(Ordering::SeqCst),
+        encodes,
+        "a hit encoded the key"
+    );
 
     // A writer in process a: its invalidation names "3/42", which b decodes to purge its L1.
     a.insert(&key, &"updated".to_string()).await.unwrap();
