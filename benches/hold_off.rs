@@ -95,9 +95,13 @@ fn main() {
         for i in 0..CAPACITY {
             let k = common::scramble(i);
             let lease = cache.lease(&k);
-            cache
+            let saved = cache
                 .save_with_lease(k, k, lease)
-                .expect("a fill of a cache with no live hold-off is never refused");
+                .expect("this cache's lease");
+            assert!(
+                saved.is_stored(),
+                "a fill of a cache with no live hold-off is never refused"
+            );
         }
     }
     // A hold-off in use: one slot (u64::MAX's) under a live 1 s deadline.

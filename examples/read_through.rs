@@ -49,7 +49,7 @@ fn main() {
     thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| {
-                let row = cache.get_or_load(7, |id| db.read(*id));
+                let row = cache.get_or_load(7, |id| db.read(id));
                 assert_eq!(row.as_deref(), Ok("Ada v1"));
             });
         }
@@ -63,12 +63,12 @@ fn main() {
     db.write(7, "Ada v2");
     cache.purge(&7);
 
-    let row = cache.get_or_load(7, |id| db.read(*id));
+    let row = cache.get_or_load(7, |id| db.read(id));
     println!("after the write: {row:?}");
     assert_eq!(row.as_deref(), Ok("Ada v2"));
 
     // A failing load returns its error and caches nothing.
-    let missing = cache.get_or_load(8, |id| db.read(*id));
+    let missing = cache.get_or_load(8, |id| db.read(id));
     println!("a missing row: {missing:?}");
     assert!(missing.is_err() && cache.get(&8).is_none());
     println!("stats: {:?}", cache.stats());

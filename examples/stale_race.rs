@@ -218,7 +218,7 @@ impl Target {
                 }
             },
             Target::GetOrLoad(c) => c
-                .get_or_load(key, |k| Ok::<_, Infallible>(db.read(*k, rng)))
+                .get_or_load(key, |k| Ok::<_, Infallible>(db.read(k, rng)))
                 .unwrap_or_else(|never| match never {}),
             Target::Moka(c) => c.get_with(key, || db.read(key, rng)),
             Target::Quick(c) => c
@@ -753,8 +753,8 @@ mod redis_tier {
                     s.l2_hits,
                     s.loads,
                     s.invalidations_received,
-                    s.l1_stale_rejections,
-                    s.l2_stale_rejections,
+                    s.l1_stale_rejected,
+                    s.l2_stale_rejected,
                     s.bypassed_reads,
                     s.feed_losses,
                     s.redis_errors,

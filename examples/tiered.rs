@@ -106,8 +106,8 @@ async fn main() {
             s.l2_hits,
             s.loads,
             s.invalidations_received,
-            s.l1_stale_rejections,
-            s.l2_stale_rejections
+            s.l1_stale_rejected,
+            s.l2_stale_rejected
         );
     }
 }

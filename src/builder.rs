@@ -146,7 +146,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
 
     /// A hold-off after every write (WANObjectCache's `HOLDOFF_TTL`): once a purge, insert or
     /// flush of a key completes, saves under leases captured within `hold_off` of it are refused
-    /// ([`SaveError::Stale`](crate::SaveError::Stale), counted in
+    /// ([`Saved::Stale`](crate::Saved::Stale), counted in
     /// [`Stats::stale_rejected`](crate::Stats::stale_rejected)), however fresh the lease. A
     /// reader in the window misses, serves what it read, and does not cache it.
     ///
@@ -167,10 +167,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     ///     .build();
     /// cache.purge(&1);
     /// let lease = cache.lease(&1);
-    /// assert!(cache.save_with_lease(1, "old", lease).is_err()); // inside the hold-off
+    /// assert!(cache.save_with_lease(1, "old", lease).is_ok_and(leasecache::Saved::is_stale)); // inside the hold-off
     /// clock.advance(Duration::from_secs(1));
     /// let lease = cache.lease(&1);
-    /// assert!(cache.save_with_lease(1, "new", lease).is_ok());
+    /// assert!(cache.save_with_lease(1, "new", lease).is_ok_and(leasecache::Saved::is_stored));
     /// ```
     pub fn hold_off(mut self, hold_off: Duration) -> Self {
         self.hold_off = Some(hold_off);

@@ -6,6 +6,7 @@ use crate::floors::{HoldOffs, LockedFloors, Raise};
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
 use crate::load::FlightTable;
 use crate::reclaim::Readers;
+use crate::saved::Saved;
 use crate::shard::{Admit, Shard, Shared, Writer};
 use crate::stats::{Counters, Stats, WriteCounts};
 use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering};
@@ -462,7 +463,7 @@ where
     ///
     /// let cache: Cache<u32, &str> = Cache::new(10);
     /// let Lookup::Miss(lease) = cache.get_or_lease(&1) else { unreachable!() };
-    /// cache.save_with_lease(1, "one", lease).unwrap();
+    /// assert_eq!(cache.save_with_lease(1, "one", lease).unwrap(), leasecache::Saved::Stored);
     /// assert_eq!(cache.get_or_lease(&1), Lookup::Hit("one"));
     /// ```
     pub fn get_or_lease<Q>(&self, key: &Q) -> Lookup<V>
@@ -522,7 +523,7 @@ where
     /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
     /// let lease = cache.lease(&7);
     /// let row = 70; // read the database
-    /// assert!(cache.save_with_lease(7, row, lease).is_ok());
+    /// assert!(cache.save_with_lease(7, row, lease).is_ok_and(leasecache::Saved::is_stored));
     /// ```
     #[inline]
     pub fn lease<Q>(&self, key: &Q) -> Lease
@@ -535,10 +536,10 @@ where
     }
 
     /// Saves `value` for `key` if no purge, insert or flush of `key` completed since `lease` was
-    /// captured; otherwise hands the value back in [`SaveError::Stale`]. A lease issued for another
-    /// key or by another cache is rejected with [`SaveError::ForeignLease`].
+    /// captured ([`Saved::Stored`]); otherwise drops it and returns [`Saved::Stale`]. A lease
+    /// issued for another key or by another cache is rejected with [`SaveError::ForeignLease`].
     ///
-    /// `Ok` means the save was not stale. It is a fill, which the eviction policy may decline: in a
+    /// `Saved::Stored` means the save was not stale. It is a fill, which the eviction policy may decline: in a
     /// full cache a key with no history of requests is usually not kept (admission compares its
     /// request count with the entry it would displace), and the next lookup misses again until the
     /// key has been asked for often enough. Use [`insert`](Self::insert) for a value that must be
@@ -548,16 +549,20 @@ where
     /// other. The entry gets the cache's default TTL.
     ///
     /// ```
-    /// use leasecache::{Cache, SaveError};
+    /// use leasecache::{Cache, Saved};
     ///
     /// let cache: Cache<u32, &str> = Cache::new(10);
     /// let lease = cache.lease(&1);
     /// cache.insert(1, "new"); // a writer wins the race
-    /// let err = cache.save_with_lease(1, "old", lease).unwrap_err();
-    /// assert!(matches!(err, SaveError::Stale { .. }));
+    /// assert_eq!(cache.save_with_lease(1, "old", lease), Ok(Saved::Stale));
     /// assert_eq!(cache.get(&1), Some("new"));
     /// ```
-    pub fn save_with_lease(&self, key: K, value: V, lease: Lease) -> Result<(), SaveError<V>> {
+    ///
+    /// Returns [`Saved::Stale`] (and drops the value) if a write fenced the lease or a floor
+    /// refused the save: clone the value first if the caller still needs it. The only error is a
+    /// lease issued for another key or by another cache ([`SaveError::ForeignLease`], which hands
+    /// the value back).
+    pub fn save_with_lease(&self, key: K, value: V, lease: Lease) -> Result<Saved, SaveError<V>> {
         self.save_inner(key, value, lease, None, None)
     }
 
@@ -570,7 +575,7 @@ where
         value: V,
         lease: Lease,
         max_ttl: Option<Duration>,
-    ) -> Result<(), SaveError<V>> {
+    ) -> Result<Saved, SaveError<V>> {
         self.save_inner(key, value, lease, None, max_ttl)
     }
 
@@ -583,7 +588,7 @@ where
         lease: Lease,
         position: Option<u64>,
         max_ttl: Option<Duration>,
-    ) -> Result<(), SaveError<V>> {
+    ) -> Result<Saved, SaveError<V>> {
         let hash = self.hash(&key);
         if !lease.is_for(self.id, hash) {
             return Err(SaveError::ForeignLease { value });
@@ -595,7 +600,7 @@ where
         if !self.save_allowed(cell, &core, &lease, hash, position) {
             core.counts.stale_rejected += 1;
             drop(core);
-            return Err(SaveError::Stale { value });
+            return Ok(Saved::Stale);
         }
         self.store(
             cell,
@@ -609,7 +614,7 @@ where
             now,
         );
         core.counts.saves += 1;
-        Ok(())
+        Ok(Saved::Stored)
     }
 
     /// Stores `value` unconditionally (with the cache's default TTL) and fences every outstanding
@@ -623,7 +628,7 @@ where
     /// let lease = cache.lease(&1);
     /// cache.insert(1, 2);
     /// assert_eq!(cache.get(&1), Some(2));
-    /// assert!(cache.save_with_lease(1, 1, lease).is_err()); // the older read is fenced
+    /// assert!(cache.save_with_lease(1, 1, lease).is_ok_and(leasecache::Saved::is_stale)); // the older read is fenced
     /// ```
     pub fn insert(&self, key: K, value: V) {
         self.insert_inner(key, value, self.ttl);
@@ -674,7 +679,7 @@ where
     /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
     /// let lease = cache.lease(&1);
     /// assert!(!cache.purge(&1)); // nothing was cached...
-    /// assert!(cache.save_with_lease(1, 1, lease).is_err()); // ...but the lease is fenced
+    /// assert!(cache.save_with_lease(1, 1, lease).is_ok_and(leasecache::Saved::is_stale)); // ...but the lease is fenced
     /// ```
     pub fn purge<Q>(&self, key: &Q) -> bool
     where
@@ -695,7 +700,7 @@ where
     /// let lease = cache.lease(&2);
     /// cache.flush();
     /// assert_eq!(cache.get(&1), None);
-    /// assert!(cache.save_with_lease(2, 2, lease).is_err());
+    /// assert!(cache.save_with_lease(2, 2, lease).is_ok_and(leasecache::Saved::is_stale));
     /// ```
     pub fn flush(&self) {
         for cell in self.shards.iter() {

@@ -30,6 +30,7 @@ use crate::cache::{Cache, Core, ShardCell};
 use crate::clock::Clock;
 use crate::error::SaveError;
 use crate::generation::{Generation, Lease};
+use crate::saved::Saved;
 use crate::shard::Removed;
 use crate::sync::{AtomicU64, Ordering};
 use std::borrow::Borrow;
@@ -272,7 +273,7 @@ where
     }
 
     /// [`purge`](Self::purge) followed by a hold-off of `hold_off`: saves under leases captured
-    /// before the hold-off ends are refused ([`SaveError::Stale`]), however fresh the lease. Use
+    /// before the hold-off ends are refused ([`Saved::Stale`](crate::Saved::Stale)), however fresh the lease. Use
     /// it when readers may read a source that lags the write (a replica) by up to `hold_off`.
     /// It replaces the cache's default hold-off for this purge, and never shortens a hold-off
     /// already in force on the key. Returns whether a live value was removed.
@@ -285,10 +286,10 @@ where
     /// let cache: Cache<u32, &str> = Cache::builder().clock(clock.clone()).build();
     /// cache.purge_with_hold_off(&1, Duration::from_secs(5));
     /// let lease = cache.lease(&1); // a fresh lease, but the replica may not have the write yet
-    /// assert!(cache.save_with_lease(1, "maybe old", lease).unwrap_err().is_stale());
+    /// assert!(cache.save_with_lease(1, "maybe old", lease).unwrap().is_stale());
     /// clock.advance(Duration::from_secs(5));
     /// let lease = cache.lease(&1); // after the hold-off: the replica has replayed the write
-    /// assert!(cache.save_with_lease(1, "new", lease).is_ok());
+    /// assert!(cache.save_with_lease(1, "new", lease).is_ok_and(leasecache::Saved::is_stored));
     /// ```
     pub fn purge_with_hold_off<Q>(&self, key: &Q, hold_off: Duration) -> bool
     where
@@ -318,8 +319,8 @@ where
     /// cache.purge_as_of(&1, 120); // the write committed at position 120
     /// let lease = cache.lease(&1);
     /// // A replica that had replayed up to 110 when we read it: older than the write.
-    /// assert!(cache.save_as_of(1, "old", lease.clone(), 110).unwrap_err().is_stale());
-    /// assert!(cache.save_as_of(1, "new", lease, 120).is_ok());
+    /// assert!(cache.save_as_of(1, "old", lease.clone(), 110).unwrap().is_stale());
+    /// assert!(cache.save_as_of(1, "new", lease, 120).is_ok_and(leasecache::Saved::is_stored));
     /// ```
     pub fn purge_as_of<Q>(&self, key: &Q, position: u64) -> bool
     where
@@ -339,7 +340,7 @@ where
     /// [`save_with_lease`](Self::save_with_lease) for a value read at source position `position`
     /// (PostgreSQL's `pg_last_wal_replay_lsn()` on the replica, read in the same snapshot as the
     /// value or *before* it: a position that claims more than the read saw defeats the check).
-    /// Refused with [`SaveError::Stale`] if `position` is lower than the key's position floor,
+    /// Refused with [`Saved::Stale`](crate::Saved::Stale) if `position` is lower than the key's position floor,
     /// even with a current lease; equal or higher is accepted.
     pub fn save_as_of(
         &self,
@@ -347,7 +348,7 @@ where
         value: V,
         lease: Lease,
         position: u64,
-    ) -> Result<(), SaveError<V>> {
+    ) -> Result<Saved, SaveError<V>> {
         self.save_inner(key, value, lease, Some(position), None)
     }
 
@@ -362,10 +363,10 @@ where
     /// let cache: leasecache::Cache<u32, &str> = leasecache::Cache::new(10);
     /// let intent = cache.begin_write(&1); // in a pre-commit hook
     /// let lease = cache.lease(&1); // a reader misses before the commit...
-    /// assert!(cache.save_with_lease(1, "uncommitted's old row", lease).is_err()); // ...refused
+    /// assert!(cache.save_with_lease(1, "uncommitted's old row", lease).is_ok_and(leasecache::Saved::is_stale)); // ...refused
     /// intent.commit(); // after the commit
     /// let lease = cache.lease(&1);
-    /// assert!(cache.save_with_lease(1, "new row", lease).is_ok());
+    /// assert!(cache.save_with_lease(1, "new row", lease).is_ok_and(leasecache::Saved::is_stored));
     /// ```
     pub fn begin_write<'a, Q>(&'a self, key: &'a Q) -> WriteIntent<'a, K, V, S, Q>
     where

@@ -83,7 +83,7 @@ impl GenerationClock {
 ///     Lookup::Miss(lease) => lease,
 /// };
 /// let value = 42; // read from the database *after* taking the lease
-/// assert!(cache.save_with_lease("answer", value, lease).is_ok());
+/// assert!(cache.save_with_lease("answer", value, lease).is_ok_and(leasecache::Saved::is_stored));
 /// assert_eq!(cache.get("answer"), Some(42));
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -13,7 +13,7 @@
 //! ## Usage
 //!
 //! ```
-//! use leasecache::{Cache, Lookup};
+//! use leasecache::{Cache, Lookup, Saved};
 //!
 //! let cache: Cache<u64, String> = Cache::new(100_000);
 //! # let db_read = |id: u64| format!("row {id}");
@@ -22,10 +22,11 @@
 //!     Lookup::Hit(row) => row,
 //!     Lookup::Miss(lease) => {
 //!         let row = db_read(7);
-//!         // Rejected (and handed back) if a purge, insert or flush of key 7 completed since
-//!         // the lease was taken: the row we read may be older than that write.
-//!         let _ = cache.save_with_lease(7, row.clone(), lease);
-//!         row
+//!         // Stale (not cached) if a purge, insert or flush of key 7 completed since the lease
+//!         // was taken: the row we read may be older than that write.
+//!         match cache.save_with_lease(7, row.clone(), lease).expect("this cache's lease") {
+//!             Saved::Stored | Saved::Stale => row,
+//!         }
 //!     }
 //! };
 //! assert_eq!(row, "row 7");
@@ -33,9 +34,33 @@
 //! // Writers update the source, then purge: this fences every outstanding lease on the key.
 //! cache.purge(&7);
 //!
-//! // Or let the cache do it: read-through, single-flight, leased.
-//! let row = cache.get_or_load(7, |id| Ok::<_, std::io::Error>(db_read(*id))).unwrap();
+//! // Or let the cache do it: read-through, single-flight, leased. The loader gets the key.
+//! let row = cache.get_or_load(7, |id| Ok::<_, std::io::Error>(db_read(id))).unwrap();
 //! assert_eq!(row, "row 7");
+//! ```
+//!
+//! The three layers share these shapes: `get_or_lease` returns a [`Lookup`], `save_with_lease`
+//! returns [`Saved::Stored`] or [`Saved::Stale`] (a stale save is never an error), every loader
+//! receives the key by value, and `get` / `purge` take the key by reference. With feature
+//! `redis`, the tiered cache (this cache in front of Redis) takes keys of any type that
+//! implements `tiered::TieredKey` (strings, integers, your own structs, which say how they are
+//! written as a Redis key), and starts while Redis is down:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use leasecache::{Cache, redis::{RedisOptions, RedisStore}, tiered::TieredCache};
+//! # async fn read_user(id: u64) -> Result<String, std::io::Error> { Ok(format!("user {id}")) }
+//!
+//! // Returns without contacting Redis: until Redis answers, reads are served by the loader
+//! // (uncached) and writes are queued; then the cache recovers on its own.
+//! let l2 = RedisStore::<String>::connect_lazy("redis://127.0.0.1/", RedisOptions::new("users"))?;
+//! let cache: TieredCache<u64, String> = TieredCache::new(Cache::new(10_000), l2)?;
+//! let user = cache.get_or_load(7, read_user).await?; // Redis key "7"; an L1 hit never encodes it
+//! cache.purge(&7).await?; // after the database update: Redis, this L1, then every other L1
+//! # let _ = user;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! ## Leases
@@ -113,7 +138,7 @@
 //!
 //! - **Hold-off** ([`CacheBuilder::hold_off`] for every write, [`Cache::purge_with_hold_off`] per
 //!   purge). A save under a lease captured before the hold-off of the last write of its key ended
-//!   is refused ([`SaveError::Stale`], counted in [`Stats::stale_rejected`]), even after the
+//!   is refused ([`Saved::Stale`], counted in [`Stats::stale_rejected`]), even after the
 //!   window, however fresh the lease. *Assumes* every read the saved value came from reflects
 //!   every write committed at least the hold-off before it (a replica lag bound): a reader whose
 //!   lease is younger than that read after the write. A reader inside the window misses and
@@ -239,6 +264,7 @@ mod load;
 mod policy;
 mod reclaim;
 mod refresh;
+mod saved;
 mod shard;
 mod slab;
 mod stats;
@@ -275,4 +301,5 @@ pub use clock::ManualClock;
 pub use error::SaveError;
 pub use floors::WriteIntent;
 pub use generation::{Generation, Lease, Lookup};
+pub use saved::Saved;
 pub use stats::Stats;

@@ -349,6 +349,7 @@ where
     }
 
     /// The cached value of `key`, or the value `loader` reads from the source, saved under a lease.
+    /// The loader receives its own clone of the key (as in every layer's loaders).
     ///
     /// Single-flight: while one caller loads a key, other callers of `get_or_load` for that key
     /// wait for its value (this call blocks the calling thread while it waits or loads). A purge,
@@ -371,7 +372,7 @@ where
     /// ```
     pub fn get_or_load<F, E>(&self, key: K, loader: F) -> Result<V, E>
     where
-        F: FnOnce(&K) -> Result<V, E>,
+        F: FnOnce(K) -> Result<V, E>,
     {
         let hash = self.hash(&key);
         loop {
@@ -387,7 +388,7 @@ where
                 }
                 Begin::Lead(flight, lease) => {
                     let leader = Leader::new(self, hash, flight);
-                    let result = leader.flight.loading(|| loader(&key));
+                    let result = leader.flight.loading(|| loader(key.clone()));
                     return leader.finish(key, result, lease, None);
                 }
             }
@@ -404,7 +405,7 @@ where
     /// ```
     pub fn get_with<F>(&self, key: K, loader: F) -> V
     where
-        F: FnOnce(&K) -> V,
+        F: FnOnce(K) -> V,
     {
         match self.get_or_load(key, |k| Ok::<V, std::convert::Infallible>(loader(k))) {
             Ok(value) => value,

@@ -110,9 +110,9 @@ where
     /// The refresh, with a synchronous loader.
     pub(crate) fn run<F, E>(self, key: K, current: V, loader: F) -> V
     where
-        F: FnOnce(&K) -> Result<V, E>,
+        F: FnOnce(K) -> Result<V, E>,
     {
-        let loaded = loader(&key);
+        let loaded = loader(key.clone());
         self.finish(key, loaded, current)
     }
 

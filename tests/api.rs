@@ -35,21 +35,23 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 fn miss_lease_save_hit() {
     let c = cache(100);
     let lease = lease_on_miss(&c, 1);
-    c.save_with_lease(1, "one".into(), lease).unwrap();
+    assert_eq!(
+        c.save_with_lease(1, "one".into(), lease).unwrap(),
+        leasecache::Saved::Stored
+    );
     assert_eq!(c.get(&1).as_deref(), Some("one"));
     assert_eq!(c.get_or_lease(&1), Lookup::Hit("one".to_string()));
     assert_eq!(c.entry_count(), 1);
 }
 
 #[test]
-fn i1_save_after_purge_of_present_key_is_rejected_and_value_returned() {
+fn i1_save_after_purge_of_present_key_is_rejected() {
     let c = cache(100);
     c.insert(1, "v1".into());
     let lease = c.lease(&1);
     assert!(c.purge(&1));
-    let err = c.save_with_lease(1, "v1".into(), lease).unwrap_err();
-    assert!(matches!(err, SaveError::Stale { .. }));
-    assert_eq!(err.into_value(), "v1");
+    let saved = c.save_with_lease(1, "v1".into(), lease);
+    assert_eq!(saved, Ok(leasecache::Saved::Stale));
     assert_eq!(c.get(&1), None);
     assert_eq!(c.stats().stale_rejected, 1);
 }
@@ -65,11 +67,14 @@ fn i1_rejection_is_forever() {
         let _ = c.save_with_lease(k, "x".into(), l);
     }
     let fresh = c.lease(&1);
-    c.save_with_lease(1, "fresh".into(), fresh).unwrap();
+    assert_eq!(
+        c.save_with_lease(1, "fresh".into(), fresh).unwrap(),
+        leasecache::Saved::Stored
+    );
     c.purge(&1);
     assert!(
         c.save_with_lease(1, "old".into(), lease)
-            .unwrap_err()
+            .unwrap()
             .is_stale()
     );
 }
@@ -79,7 +84,10 @@ fn i2_insert_fences_outstanding_leases() {
     let c = cache(100);
     let lease = lease_on_miss(&c, 1);
     c.insert(1, "new".into());
-    assert!(c.save_with_lease(1, "old".into(), lease).is_err());
+    assert!(
+        c.save_with_lease(1, "old".into(), lease)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
     assert_eq!(c.get(&1).as_deref(), Some("new"));
 }
 
@@ -88,7 +96,10 @@ fn i2_insert_with_ttl_fences_outstanding_leases() {
     let c = cache(100);
     let lease = lease_on_miss(&c, 1);
     c.insert_with_ttl(1, "new".into(), Duration::from_secs(60));
-    assert!(c.save_with_lease(1, "old".into(), lease).is_err());
+    assert!(
+        c.save_with_lease(1, "old".into(), lease)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
 }
 
 #[test]
@@ -102,7 +113,8 @@ fn i2_flush_fences_every_lease_and_drops_everything() {
     assert_eq!(c.entry_count(), 0);
     for (k, lease) in leases {
         assert!(
-            c.save_with_lease(k, "old".into(), lease).is_err(),
+            c.save_with_lease(k, "old".into(), lease)
+                .is_ok_and(leasecache::Saved::is_stale),
             "key {k}"
         );
     }
@@ -127,7 +139,10 @@ fn i3_no_aba_after_eviction_churn_between_capture_and_save() {
         c.insert(2000 + round, "evict".into());
     }
     assert!(c.stats().evictions > 0);
-    assert!(c.save_with_lease(1, "v1".into(), before_purge).is_err());
+    assert!(
+        c.save_with_lease(1, "v1".into(), before_purge)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
 }
 
 #[test]
@@ -145,7 +160,10 @@ fn i3_eviction_does_not_fence_a_current_lease() {
         let _ = c.save_with_lease(k, "evicting".into(), l); // saves do not fence
     }
     assert!(c.stats().evictions >= 1);
-    c.save_with_lease(1, "a2".into(), lease1).unwrap();
+    assert_eq!(
+        c.save_with_lease(1, "a2".into(), lease1).unwrap(),
+        leasecache::Saved::Stored
+    );
 }
 
 #[test]
@@ -169,7 +187,10 @@ fn i4_purge_of_absent_key_fences() {
     let c = cache(100);
     let lease = lease_on_miss(&c, 42);
     assert!(!c.purge(&42), "nothing was cached");
-    assert!(c.save_with_lease(42, "old".into(), lease).is_err());
+    assert!(
+        c.save_with_lease(42, "old".into(), lease)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
     assert_eq!(c.stats().purges, 1);
 }
 
@@ -193,11 +214,17 @@ fn i6_hit_path_ignores_generations() {
         .lease_slots(1)
         .build();
     let lease = c.lease(&1);
-    c.save_with_lease(1, "one".into(), lease).unwrap();
+    assert_eq!(
+        c.save_with_lease(1, "one".into(), lease).unwrap(),
+        leasecache::Saved::Stored
+    );
     let lease = c.lease(&1);
     c.purge(&2);
     assert_eq!(c.get(&1).as_deref(), Some("one"));
-    assert!(c.save_with_lease(1, "again".into(), lease).is_err());
+    assert!(
+        c.save_with_lease(1, "again".into(), lease)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
 }
 
 #[test]
@@ -239,7 +266,10 @@ fn borrowed_lookups() {
     assert!(c.contains_key("a"));
     assert!(c.get_or_lease("a").is_hit());
     let lease = c.lease("b");
-    c.save_with_lease("b".to_string(), 2, lease).unwrap();
+    assert_eq!(
+        c.save_with_lease("b".to_string(), 2, lease).unwrap(),
+        leasecache::Saved::Stored
+    );
     assert!(c.purge("a"));
     assert!(!c.contains_key("a"));
 }
@@ -255,7 +285,10 @@ fn ttl_entries_expire_and_are_never_returned() {
     c.insert(1, "default ttl".into());
     c.insert_with_ttl(2, "long ttl".into(), Duration::from_secs(100));
     let lease = lease_on_miss(&c, 3);
-    c.save_with_lease(3, "saved".into(), lease).unwrap();
+    assert_eq!(
+        c.save_with_lease(3, "saved".into(), lease).unwrap(),
+        leasecache::Saved::Stored
+    );
     clock.advance(Duration::from_secs(10));
     assert_eq!(c.get(&1), None);
     assert_eq!(c.get(&3), None, "saves get the default TTL");
@@ -263,7 +296,10 @@ fn ttl_entries_expire_and_are_never_returned() {
     assert!(!c.purge(&1), "an expired value is not a live value");
     // An expired key is a miss, and can be refilled under a lease.
     let lease = lease_on_miss(&c, 3);
-    c.save_with_lease(3, "refilled".into(), lease).unwrap();
+    assert_eq!(
+        c.save_with_lease(3, "refilled".into(), lease).unwrap(),
+        leasecache::Saved::Stored
+    );
     assert_eq!(c.get(&3).as_deref(), Some("refilled"));
     assert!(c.stats().expirations >= 1);
 }
@@ -315,11 +351,17 @@ fn capacity_by_entries_and_by_weight() {
 fn zero_capacity_stores_nothing_but_still_fences() {
     let c = cache(0);
     let lease = c.lease(&1);
-    c.save_with_lease(1, "x".into(), lease).unwrap();
+    assert_eq!(
+        c.save_with_lease(1, "x".into(), lease).unwrap(),
+        leasecache::Saved::Stored
+    );
     assert_eq!(c.get(&1), None);
     let lease = c.lease(&1);
     c.insert(1, "y".into());
-    assert!(c.save_with_lease(1, "x".into(), lease).is_err());
+    assert!(
+        c.save_with_lease(1, "x".into(), lease)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
 }
 
 #[test]
@@ -518,7 +560,10 @@ fn stats_count_what_happened() {
     c.get(&1);
     c.get(&2);
     let l = c.lease(&3);
-    c.save_with_lease(3, "c".into(), l).unwrap();
+    assert_eq!(
+        c.save_with_lease(3, "c".into(), l).unwrap(),
+        leasecache::Saved::Stored
+    );
     let l = c.lease(&3);
     c.purge(&3);
     let _ = c.save_with_lease(3, "c".into(), l);
@@ -599,15 +644,23 @@ fn i4_a_purge_that_panics_in_key_eq_still_fences_and_leaves_leases_working() {
     assert!(
         matches!(
             cache.save_with_lease(Touchy(1), 0, before),
-            Err(SaveError::Stale { .. })
+            Ok(leasecache::Saved::Stale)
         ),
         "a lease from before the purge was not fenced"
     );
     let lease = cache.lease(&Touchy(1));
-    cache.save_with_lease(Touchy(1), 2, lease).unwrap();
+    assert_eq!(
+        cache.save_with_lease(Touchy(1), 2, lease).unwrap(),
+        leasecache::Saved::Stored
+    );
     assert_eq!(cache.get(&Touchy(1)), Some(2));
     match cache.get_or_lease(&Touchy(3)) {
-        Lookup::Miss(lease) => cache.save_with_lease(Touchy(3), 3, lease).unwrap(),
+        Lookup::Miss(lease) => {
+            assert_eq!(
+                cache.save_with_lease(Touchy(3), 3, lease).unwrap(),
+                leasecache::Saved::Stored
+            );
+        }
         Lookup::Hit(_) => panic!("never stored"),
     }
     assert_eq!(cache.get(&Touchy(3)), Some(3));

@@ -244,7 +244,7 @@ fn reader() {
             ("feed_losses", s.feed_losses),
             ("bypassed", s.bypassed_reads),
             ("l2_hits", s.l2_hits),
-            ("l1_rejected", s.l1_stale_rejections),
+            ("l1_rejected", s.l1_stale_rejected),
         ]);
     });
 }

@@ -1,7 +1,9 @@
 //! A new user's first day with the tiered cache, through the public API only (issue 20): the
 //! service starts while Redis is down and recovers on its own when Redis comes up; the
 //! infallible `get_with`; per-entry TTL that the L1 entry never outlives; error reports that
-//! print each cause once; a bad URL is a configuration error, never transient.
+//! print each cause once; a bad URL is a configuration error, never transient; `u64` and struct
+//! keys on the tiered cache; the same cache-aside shape on `Cache`, `RedisStore` and
+//! `TieredCache`.
 //!
 //! Every wait is on a condition, bounded by a deadline that only turns a hang into a failure.
 
@@ -11,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use leasecache::Cache;
 use leasecache::redis::{RedisOptions, RedisStore};
-use leasecache::tiered::{TieredCache, TieredError};
+use leasecache::tiered::{EncodeKey, TieredCache, TieredError, TieredKey};
+use leasecache::{Cache, Lookup, Saved};
 use support::{RedisServer, free_port};
 
 /// Bounds every wait: long enough for a loaded 2-core CI box, only reached on a failure.
@@ -24,7 +26,7 @@ fn opts(ns: &str) -> RedisOptions {
 }
 
 /// A tiered cache on a lazily connected store at `url`, quick to probe and re-subscribe.
-fn tiered(url: &str, ns: &str) -> TieredCache<String, String> {
+fn tiered<K: TieredKey>(url: &str, ns: &str) -> TieredCache<K, String> {
     let l2 = RedisStore::<String>::connect_lazy(url, opts(ns)).expect("a valid URL never fails");
     TieredCache::builder(Cache::new(1_000), l2)
         .breaker_cooldown(Duration::from_millis(50))
@@ -64,7 +66,7 @@ async fn starts_while_redis_is_down_and_recovers_when_it_comes_up() {
     // Nothing listens on this port yet.
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
-    let cache = tiered(&url, "day");
+    let cache = tiered::<String>(&url, "day");
     assert!(!cache.is_l1_active(), "starts with the L1 bypassed");
 
     // Degraded: every read is answered by the loader, and nothing is cached.
@@ -138,7 +140,7 @@ async fn get_with_loads_once_then_serves_from_the_cache() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let cache = tiered(&server.url(), "with");
+    let cache = tiered::<String>(&server.url(), "with");
     tokio::time::timeout(DEADLINE, cache.feed_confirmed())
         .await
         .expect("feed");
@@ -166,7 +168,7 @@ async fn insert_with_ttl_the_l1_entry_never_outlives_the_redis_entry() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let cache = tiered(&server.url(), "ttl");
+    let cache = tiered::<String>(&server.url(), "ttl");
     tokio::time::timeout(DEADLINE, cache.feed_confirmed())
         .await
         .expect("feed");
@@ -226,4 +228,246 @@ async fn a_bad_url_is_a_configuration_error_and_a_failure_prints_each_cause_once
         chain.starts_with("redis is unreachable or unavailable"),
         "{chain}"
     );
+}
+
+/// A struct key, as a user writes it: two integers, encoded as `tenant/order`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct OrderKey {
+    tenant: u32,
+    order: u64,
+}
+
+/// How many times an `OrderKey` was encoded (only the struct-key test uses `OrderKey`).
+static ORDER_KEY_ENCODES: AtomicUsize = AtomicUsize::new(0);
+
+impl EncodeKey for OrderKey {
+    fn write_redis_key(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        ORDER_KEY_ENCODES.fetch_add(1, Ordering::SeqCst);
+        let _ = write!(out, "{}/{}", self.tenant, self.order);
+    }
+}
+
+impl TieredKey for OrderKey {
+    fn from_redis_key(s: &str) -> Option<Self> {
+        let (tenant, order) = s.split_once('/')?;
+        Some(OrderKey {
+            tenant: tenant.parse().ok()?,
+            order: order.parse().ok()?,
+        })
+    }
+}
+
+/// Two instances of one namespace (two processes, as far as the feed is concerned), both serving.
+async fn pair<K: TieredKey>(server: &RedisServer, ns: &str) -> [TieredCache<K, String>; 2] {
+    let pair = [tiered(&server.url(), ns), tiered(&server.url(), ns)];
+    for cache in &pair {
+        tokio::time::timeout(DEADLINE, cache.feed_confirmed())
+            .await
+            .expect("feed");
+        wait_for("the L1 in use", || async { cache.is_l1_active() }).await;
+    }
+    pair
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_u64_keyed_tiered_cache_stores_decimal_keys_and_decodes_other_processes_purges() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let [a, b] = pair::<u64>(&server, "u64").await;
+
+    // The loader gets the key itself, a u64; Redis holds the value under "7".
+    let calls = Arc::new(AtomicUsize::new(0));
+    let load = |calls: &Arc<AtomicUsize>| {
+        let calls = Arc::clone(calls);
+        move |id: u64| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, std::io::Error>(format!("row {}", id + 1)))
+        }
+    };
+    assert_eq!(a.get_or_load(7, load(&calls)).await.unwrap(), "row 8");
+    assert_eq!(a.l2().get("7").await.unwrap().as_deref(), Some("row 8"));
+    wait_for("an L1 hit on 7", || async {
+        a.get_or_load(7, load(&calls)).await.unwrap() == "row 8" && a.l1().get(&7).is_some()
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one load, then the tiers");
+
+    // Another process's purge reaches this L1 as "7", decoded back to the key 7.
+    let unreadable = a.stats().unreadable_messages;
+    assert!(b.purge(&7).await.unwrap(), "Redis held a value");
+    wait_for("a's L1 dropped 7", || async { a.l1().get(&7).is_none() }).await;
+    assert_eq!(a.stats().unreadable_messages, unreadable, "7 decoded");
+    assert_eq!(a.get(&7).await.unwrap(), None);
+
+    // Writes take the key by reference, like `get`.
+    b.insert(&8, &"eight".to_string()).await.unwrap();
+    assert_eq!(a.get(&8).await.unwrap().as_deref(), Some("eight"));
+    wait_for("a's L1 holds 8", || async {
+        a.get(&8).await.unwrap().is_some() && a.l1().get(&8).is_some()
+    })
+    .await;
+
+    // A key under the namespace that no u64 writes (a bare store's write): the invalidation
+    // cannot name an L1 key, so the L1 is flushed, and the message counted as unreadable.
+    let bare = RedisStore::<String>::connect(&server.url(), opts("u64"))
+        .await
+        .unwrap();
+    bare.purge("user:x").await.unwrap();
+    wait_for("a's L1 flushed", || async { a.l1().get(&8).is_none() }).await;
+    assert!(
+        a.stats().unreadable_messages > unreadable,
+        "{:?}",
+        a.stats()
+    );
+    // ...and the cache goes on: the next read fills the L1 again.
+    wait_for("a's L1 holds 8 again", || async {
+        a.get(&8).await.unwrap().is_some() && a.l1().get(&8).is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_struct_keyed_tiered_cache_round_trips_its_key_through_redis_and_the_feed() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let [a, b] = pair::<OrderKey>(&server, "orders").await;
+    let key = OrderKey {
+        tenant: 3,
+        order: 42,
+    };
+
+    let row = a
+        .get_or_load(key.clone(), |k| async move {
+            Ok::<_, std::io::Error>(format!("order {} of tenant {}", k.order, k.tenant))
+        })
+        .await
+        .unwrap();
+    assert_eq!(row, "order 42 of tenant 3");
+    assert_eq!(a.l2().get("3/42").await.unwrap(), Some(row.clone()));
+    // `get` on a Redis hit fills the L1 under the key decoded from "3/42".
+    assert_eq!(b.get(&key).await.unwrap(), Some(row.clone()));
+    wait_for("b's L1 holds the order", || async {
+        b.get(&key).await.unwrap().is_some() && b.l1().get(&key).is_some()
+    })
+    .await;
+
+    // L1 hits never encode the key (nor allocate for it): only a trip to Redis does.
+    let encodes = ORDER_KEY_ENCODES.load(Ordering::SeqCst);
+    let hits = b.stats().l1_hits;
+    for _ in 0..100 {
+        assert_eq!(b.get(&key).await.unwrap(), Some(row.clone()));
+        let loaded = b
+            .get_or_load(key.clone(), |_| async { unreachable!("cached") })
+            .await;
+        assert_eq!(loaded.unwrap_or_else(|()| unreachable!()), row);
+    }
+    assert_eq!(b.stats().l1_hits, hits + 200, "every read was an L1 hit");
+    assert_eq!(
+        ORDER_KEY_ENCODES.load(Ordering::SeqCst),
+        encodes,
+        "a hit encoded the key"
+    );
+
+    // A writer in process a: its invalidation names "3/42", which b decodes to purge its L1.
+    a.insert(&key, &"updated".to_string()).await.unwrap();
+    wait_for("b's L1 dropped the order", || async {
+        b.l1().get(&key).is_none()
+    })
+    .await;
+    assert_eq!(b.get(&key).await.unwrap().as_deref(), Some("updated"));
+    assert_eq!(b.stats().unreadable_messages, 0, "{:?}", b.stats());
+}
+
+/// How a cache-aside reader reports its save, in every layer: two outcomes, no `_` arm.
+fn outcome(saved: Saved) -> &'static str {
+    match saved {
+        Saved::Stored => "stored",
+        Saved::Stale => "stale",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_cache_aside_shape_on_cache_redis_store_and_tiered_cache() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let read_row = |id: u64| format!("row {id}");
+
+    // Cache-aside with a lease. In process: a miss gives a lease; a write fences it; the save is
+    // `Ok(Saved::Stale)`; a fresh lease saves `Ok(Saved::Stored)`.
+    let l1: Cache<u64, String> = Cache::new(100);
+    let Lookup::Miss(lease) = l1.get_or_lease(&7) else {
+        panic!("empty cache")
+    };
+    l1.purge(&7); // a writer wins the race
+    assert_eq!(
+        outcome(l1.save_with_lease(7, read_row(7), lease).unwrap()),
+        "stale"
+    );
+    let Lookup::Miss(lease) = l1.get_or_lease(&7) else {
+        panic!("nothing was stored")
+    };
+    assert_eq!(
+        outcome(l1.save_with_lease(7, read_row(7), lease).unwrap()),
+        "stored"
+    );
+    assert_eq!(l1.get_or_lease(&7), Lookup::Hit(read_row(7)));
+
+    // The same lines on Redis (string keys, borrowed values, awaited).
+    let l2 = RedisStore::<String>::connect(&server.url(), opts("shape"))
+        .await
+        .unwrap();
+    let Lookup::Miss(lease) = l2.get_or_lease("7").await.unwrap() else {
+        panic!("empty namespace")
+    };
+    l2.purge("7").await.unwrap(); // a writer wins the race
+    assert_eq!(
+        outcome(l2.save_with_lease("7", &read_row(7), &lease).await.unwrap()),
+        "stale"
+    );
+    let Lookup::Miss(lease) = l2.get_or_lease("7").await.unwrap() else {
+        panic!("nothing was stored")
+    };
+    assert_eq!(
+        outcome(l2.save_with_lease("7", &read_row(7), &lease).await.unwrap()),
+        "stored"
+    );
+    assert_eq!(
+        l2.get_or_lease("7").await.unwrap(),
+        Lookup::Hit(read_row(7))
+    );
+
+    // Read-through, then a writer's purge: the loader gets the key by value in every layer, and
+    // `purge` takes it by reference.
+    let tiered_cache: TieredCache<u64, String> = tiered(&server.url(), "shape-tiered");
+    tokio::time::timeout(DEADLINE, tiered_cache.feed_confirmed())
+        .await
+        .expect("feed");
+    let sync = l1.get_or_load(8, |id| Ok::<_, std::io::Error>(read_row(id)));
+    let in_async = l1
+        .get_or_load_async(9, |id| async move { Ok::<_, std::io::Error>(read_row(id)) })
+        .await;
+    let tiered_row = tiered_cache
+        .get_or_load(8, |id| async move { Ok::<_, std::io::Error>(read_row(id)) })
+        .await;
+    assert_eq!(sync.unwrap(), "row 8");
+    assert_eq!(in_async.unwrap(), "row 9");
+    assert_eq!(tiered_row.unwrap(), "row 8");
+    assert_eq!(l1.get_with(10, read_row), "row 10");
+    assert_eq!(
+        tiered_cache
+            .get_with(10, |id| async move { read_row(id) })
+            .await,
+        "row 10"
+    );
+
+    assert!(l1.purge(&8), "the L1 held 8");
+    assert!(tiered_cache.purge(&8).await.unwrap(), "Redis held 8");
+    assert!(l2.purge("7").await.unwrap(), "Redis held 7");
+    assert_eq!(l1.get(&8), None);
+    assert_eq!(tiered_cache.get(&8).await.unwrap(), None);
+    assert_eq!(l2.get("7").await.unwrap(), None);
 }

@@ -17,7 +17,9 @@ fn cache_with(clock: &ManualClock, hold_off: Option<Duration>) -> Cache<u32, &'s
 /// Whether a save under a lease taken now lands.
 fn fresh_save_lands(cache: &Cache<u32, &'static str>, key: u32) -> bool {
     let lease = cache.lease(&key);
-    cache.save_with_lease(key, "v", lease).is_ok()
+    cache
+        .save_with_lease(key, "v", lease)
+        .is_ok_and(leasecache::Saved::is_stored)
 }
 
 #[test]
@@ -81,8 +83,8 @@ fn a_lease_taken_inside_the_window_stays_refused_after_it() {
     cache.purge_with_hold_off(&1, 5 * SEC);
     let inside = cache.lease(&1);
     clock.advance(60 * SEC);
-    let err = cache.save_with_lease(1, "read from a lagging replica", inside);
-    assert!(err.unwrap_err().is_stale());
+    let saved = cache.save_with_lease(1, "read from a lagging replica", inside);
+    assert!(saved.unwrap().is_stale());
     assert_eq!(cache.get(&1), None);
     assert!(fresh_save_lands(&cache, 1));
 }
@@ -120,7 +122,11 @@ fn a_hold_off_still_fences_like_a_purge_and_reads_still_hit_values_written_later
     assert_eq!(cache.get(&1), None);
     clock.advance(10 * SEC);
     // After the hold-off the lease taken before the purge is still fenced (I1).
-    assert!(cache.save_with_lease(1, "older", before).is_err());
+    assert!(
+        cache
+            .save_with_lease(1, "older", before)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
     // An insert inside a hold-off is the writer's own value: readers see it at once.
     cache.purge_with_hold_off(&1, 5 * SEC);
     cache.insert(1, "written");
@@ -150,19 +156,31 @@ fn a_position_older_than_the_floor_is_refused_equal_or_newer_accepted() {
     assert!(
         cache
             .save_as_of(1, "old", lease.clone(), 99)
-            .unwrap_err()
+            .unwrap()
             .is_stale()
     );
     assert_eq!(cache.stats().stale_rejected, rejected + 1);
     assert_eq!(cache.get(&1), None);
-    assert!(cache.save_as_of(1, "equal", lease.clone(), 100).is_ok());
+    assert!(
+        cache
+            .save_as_of(1, "equal", lease.clone(), 100)
+            .is_ok_and(leasecache::Saved::is_stored)
+    );
     assert_eq!(cache.get(&1), Some("equal"));
-    assert!(cache.save_as_of(1, "newer", lease, 101).is_ok());
+    assert!(
+        cache
+            .save_as_of(1, "newer", lease, 101)
+            .is_ok_and(leasecache::Saved::is_stored)
+    );
     assert_eq!(cache.get(&1), Some("newer"));
     // A fresh position does not revive a fenced lease.
     let fenced = cache.lease(&1);
     cache.purge_as_of(&1, 200);
-    assert!(cache.save_as_of(1, "x", fenced, u64::MAX).is_err());
+    assert!(
+        cache
+            .save_as_of(1, "x", fenced, u64::MAX)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
 }
 
 #[test]
@@ -174,13 +192,21 @@ fn positions_never_lower_a_floor() {
     assert!(
         cache
             .save_as_of(1, "read at 499", lease.clone(), 499)
-            .is_err()
+            .is_ok_and(leasecache::Saved::is_stale)
     );
-    assert!(cache.save_as_of(1, "read at 500", lease, 500).is_ok());
+    assert!(
+        cache
+            .save_as_of(1, "read at 500", lease, 500)
+            .is_ok_and(leasecache::Saved::is_stored)
+    );
     // A plain purge keeps the floor too.
     cache.purge(&1);
     let lease = cache.lease(&1);
-    assert!(cache.save_as_of(1, "read at 499", lease, 499).is_err());
+    assert!(
+        cache
+            .save_as_of(1, "read at 499", lease, 499)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
 }
 
 #[test]
@@ -192,8 +218,16 @@ fn positions_need_no_hold_off_and_no_waiting() {
     cache.purge_as_of(&7, 1_000);
     let lease = cache.lease(&7);
     clock.advance(3600 * SEC);
-    assert!(cache.save_as_of(7, "lagging", lease.clone(), 999).is_err());
-    assert!(cache.save_as_of(7, "caught up", lease, 1_000).is_ok());
+    assert!(
+        cache
+            .save_as_of(7, "lagging", lease.clone(), 999)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
+    assert!(
+        cache
+            .save_as_of(7, "caught up", lease, 1_000)
+            .is_ok_and(leasecache::Saved::is_stored)
+    );
 }
 
 #[test]
@@ -204,21 +238,33 @@ fn an_intent_refuses_saves_until_it_ends_and_fences_at_its_end() {
     let intent = cache.begin_write(&1);
     // Beginning fences like a purge.
     assert_eq!(cache.get(&1), None);
-    assert!(cache.save_with_lease(1, "x", before).is_err());
+    assert!(
+        cache
+            .save_with_lease(1, "x", before)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
     // Inside: every save is refused, whatever its lease or position.
     let inside = cache.lease(&1);
     assert!(
         cache
             .save_with_lease(1, "uncommitted's old row", inside.clone())
-            .is_err()
+            .is_ok_and(leasecache::Saved::is_stale)
     );
-    assert!(cache.save_as_of(1, "x", inside.clone(), u64::MAX).is_err());
+    assert!(
+        cache
+            .save_as_of(1, "x", inside.clone(), u64::MAX)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
     let loaded = cache.get_or_load(1, |_| Ok::<_, ()>("old row"));
     assert_eq!(loaded.unwrap(), "old row");
     assert_eq!(cache.get(&1), None, "get_or_load cached inside an intent");
     assert!(!intent.commit(), "nothing was cached to remove");
     // The end fences the leases taken inside.
-    assert!(cache.save_with_lease(1, "x", inside).is_err());
+    assert!(
+        cache
+            .save_with_lease(1, "x", inside)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
     assert!(fresh_save_lands(&cache, 1));
 }
 
@@ -235,7 +281,9 @@ fn intents_end_by_rollback_by_drop_and_nest() {
     let inside = cache.lease(&1);
     drop(outer);
     assert!(
-        cache.save_with_lease(1, "x", inside).is_err(),
+        cache
+            .save_with_lease(1, "x", inside)
+            .is_ok_and(leasecache::Saved::is_stale),
         "drop did not fence"
     );
     assert!(fresh_save_lands(&cache, 1));
@@ -255,8 +303,16 @@ fn an_intent_commit_applies_the_hold_off_and_the_position() {
     );
     clock.advance(SEC);
     let lease = cache.lease(&1);
-    assert!(cache.save_as_of(1, "v", lease.clone(), 41).is_err());
-    assert!(cache.save_as_of(1, "v", lease, 42).is_ok());
+    assert!(
+        cache
+            .save_as_of(1, "v", lease.clone(), 41)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
+    assert!(
+        cache
+            .save_as_of(1, "v", lease, 42)
+            .is_ok_and(leasecache::Saved::is_stored)
+    );
     // A rollback applies no hold-off.
     cache.begin_write(&2).rollback();
     assert!(fresh_save_lands(&cache, 2));

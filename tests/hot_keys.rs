@@ -170,7 +170,7 @@ fn child_slow_filler() {
             .await
             .expect("infallible");
         let s = cache.stats();
-        process::report(&[("got", got), ("l2_stale", s.l2_stale_rejections)]);
+        process::report(&[("got", got), ("l2_stale", s.l2_stale_rejected)]);
     });
 }
 

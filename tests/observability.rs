@@ -98,7 +98,11 @@ fn cache_reports_every_documented_metric() {
         panic!("2 is absent")
     };
     cache.purge(&2);
-    assert!(cache.save_with_lease(2, "stale".into(), lease).is_err());
+    assert!(
+        cache
+            .save_with_lease(2, "stale".into(), lease)
+            .is_ok_and(leasecache::Saved::is_stale)
+    );
 
     let recorder = DebuggingRecorder::new();
     metrics::with_local_recorder(&recorder, || {

@@ -169,7 +169,7 @@ fn torture(
                     }
                 } else {
                     cache
-                        .get_or_load(row, |&r| {
+                        .get_or_load(row, |r| {
                             let v = source.read(r);
                             thread::yield_now();
                             Ok::<_, Infallible>(v)

@@ -316,8 +316,8 @@ fn torture_three_instances_zero_stale_observations() {
                 acc.0 + s.l1_hits,
                 acc.1 + s.l2_hits,
                 acc.2 + s.loads,
-                acc.3 + s.l1_stale_rejections,
-                acc.4 + s.l2_stale_rejections,
+                acc.3 + s.l1_stale_rejected,
+                acc.4 + s.l2_stale_rejected,
             )
         });
         println!(
@@ -427,7 +427,7 @@ fn forced_interleavings_between_redis_reply_and_l1_fill() {
                 })
                 .await;
             });
-            let rejected = a.stats().l1_stale_rejections;
+            let rejected = a.stats().l1_stale_rejected;
             a.get_or_load(key(i), loader(&source)).await.expect("load");
             assert!(slot.fired());
             assert_eq!(
@@ -435,7 +435,7 @@ fn forced_interleavings_between_redis_reply_and_l1_fill() {
                 None,
                 "{point:?}: fill after invalidation"
             );
-            assert_eq!(a.stats().l1_stale_rejections, rejected + 1);
+            assert_eq!(a.stats().l1_stale_rejected, rejected + 1);
         }
 
         // 2. A remote purge (with a source write) delivered before the fill.
@@ -638,7 +638,7 @@ fn flushall_rejects_outstanding_leases_and_keeps_coherence() {
         let a = instance(&url, "flushall", |b| b).await;
         let b = instance(&url, "flushall", |b| b).await;
 
-        let stale = a.stats().l2_stale_rejections;
+        let stale = a.stats().l2_stale_rejected;
         let v = a
             .get_or_load(key(0), move |_| async move {
                 let reply =
@@ -650,7 +650,7 @@ fn flushall_rejects_outstanding_leases_and_keeps_coherence() {
             })
             .await;
         assert_eq!(v, Ok(1));
-        assert_eq!(a.stats().l2_stale_rejections, stale + 1);
+        assert_eq!(a.stats().l2_stale_rejected, stale + 1);
         assert_eq!(
             a.l1().get("k0"),
             None,

@@ -131,7 +131,7 @@ async fn an_intent_keeps_reads_out_until_it_ends() {
         writer
             .l1()
             .save_with_lease("d".into(), "x".into(), lease)
-            .is_ok()
+            .is_ok_and(leasecache::Saved::is_stored)
     );
     assert_eq!(load(&reader, "d", "old").await, "old");
     assert_eq!(

@@ -164,17 +164,9 @@ pub use invalidation::Invalidation;
 pub use lease::RedisLease;
 pub use options::RedisOptions;
 
-/// The outcome of a save under a lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Saved {
-    /// The value was stored.
-    Stored,
-    /// A write fenced the lease (or the key's marker was lost, or the lease is older than the
-    /// maximum lease age): the value was not stored. A normal outcome of concurrency; serve the
-    /// value to the caller who loaded it if that is acceptable, or read again.
-    Stale,
-}
+/// The outcome of a save under a lease: the crate's [`Saved`](crate::Saved), the same in every
+/// layer, re-exported here for the Redis tier's users.
+pub use crate::saved::Saved;
 
 /// Most scan passes of one `flush` while the cluster's slot layout keeps changing.
 const FLUSH_PASSES: usize = 3;

@@ -99,7 +99,11 @@ fn save_vs_insert() {
         let lease = cache.lease(&1);
         let saver = {
             let cache = cache.clone();
-            thread::spawn(move || cache.save_with_lease(1, OLD, lease).is_ok())
+            thread::spawn(move || {
+                cache
+                    .save_with_lease(1, OLD, lease)
+                    .is_ok_and(crate::Saved::is_stored)
+            })
         };
         let writer = {
             let cache = cache.clone();
@@ -175,8 +179,12 @@ fn save_vs_eviction() {
         let saver = {
             let cache = cache.clone();
             thread::spawn(move || {
-                let stale = cache.save_with_lease(1, OLD, fenced).is_err();
-                let fresh = cache.save_with_lease(1, NEW, current).is_ok();
+                let stale = cache
+                    .save_with_lease(1, OLD, fenced)
+                    .is_ok_and(crate::Saved::is_stale);
+                let fresh = cache
+                    .save_with_lease(1, NEW, current)
+                    .is_ok_and(crate::Saved::is_stored);
                 (stale, fresh)
             })
         };
@@ -231,7 +239,11 @@ fn two_saves_with_the_same_lease() {
             .into_iter()
             .map(|value| {
                 let (cache, lease) = (cache.clone(), lease.clone());
-                thread::spawn(move || cache.save_with_lease(1, value, lease).is_ok())
+                thread::spawn(move || {
+                    cache
+                        .save_with_lease(1, value, lease)
+                        .is_ok_and(crate::Saved::is_stored)
+                })
             })
             .collect();
         cache.purge(&1);

@@ -88,7 +88,9 @@ fn get_or_lease_vs_purge_and_insert() {
                     assert!(v == 10 || v == 11, "read {v}");
                     true
                 }
-                crate::Lookup::Miss(lease) => cache.save_with_lease(1, 99, lease).is_ok(),
+                crate::Lookup::Miss(lease) => cache
+                    .save_with_lease(1, 99, lease)
+                    .is_ok_and(crate::Saved::is_stored),
             })
         };
         let writer = {

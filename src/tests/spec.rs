@@ -139,11 +139,11 @@ pub(crate) enum SaveOutcome {
 
 impl SaveOutcome {
     /// The outcome the real cache reported.
-    pub(crate) fn of<V>(result: &Result<(), crate::SaveError<V>>) -> Self {
+    pub(crate) fn of<V>(result: &Result<crate::Saved, crate::SaveError<V>>) -> Self {
         match result {
-            Ok(()) => Self::Saved,
-            Err(e) if e.is_stale() => Self::Stale,
-            Err(_) => Self::Foreign,
+            Ok(crate::Saved::Stored) => Self::Saved,
+            Ok(crate::Saved::Stale) => Self::Stale,
+            Err(crate::SaveError::ForeignLease { .. }) => Self::Foreign,
         }
     }
 }

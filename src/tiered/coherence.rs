@@ -55,12 +55,12 @@
 //! Either way, an instance whose feed task ended stops serving at once (a guard in the task),
 //! and in any case when its lease or proof runs out.
 
+use super::TieredKey;
 use super::{Shared, TieredError, bump};
 use crate::redis::{Invalidation, RedisStore, RedisStoreError, Script};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use redis::Value;
 use serde::{Serialize, de::DeserializeOwned};
-use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::pin::pin;
@@ -457,7 +457,7 @@ impl Coordinator {
 
 impl<K, V> Shared<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Applies a sequenced invalidation (`#<seq> <payload>`) and advances `applied`; a gap flushes
@@ -467,9 +467,7 @@ where
             return false;
         };
         match invalidation {
-            Invalidation::Key(key) => {
-                self.l1.purge(key.as_str());
-            }
+            Invalidation::Key(key) => self.purge_l1_redis_key(&key),
             _ => self.l1.flush(),
         }
         if applied.step(seq) == Step::Gap {

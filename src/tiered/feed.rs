@@ -42,12 +42,12 @@
 //! store's node URLs (classic). However the task ends, a guard stops the L1 first.
 
 use super::Shared;
+use super::TieredKey;
 use super::coherence::{self, Applied, Coherence, Renewed};
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{PushInfo, PushKind, Value};
 use serde::{Serialize, de::DeserializeOwned};
-use std::borrow::Borrow;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::{Pin, pin};
@@ -78,7 +78,7 @@ pub(crate) async fn run<K, V>(
     channel: String,
     config: FeedConfig,
 ) where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     // Whatever ends this task (an abort, a panic, its runtime shutting down) stops the L1 first.
@@ -142,7 +142,7 @@ async fn connect<K, V>(
     config: FeedConfig,
 ) -> Result<(Pinger, Messages), ()>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let c = &shared.coherence;
@@ -194,12 +194,12 @@ fn node_info(url: &str, node: Option<(String, u16)>) -> Option<redis::Connection
 /// Stops the L1 when the feed task ends, however it ends.
 struct DeadFeed<'a, K, V>(&'a Shared<K, V>)
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
 
 impl<K, V> Drop for DeadFeed<'_, K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn drop(&mut self) {
@@ -213,7 +213,7 @@ where
 /// feed subscribes again.
 async fn start<K, V>(shared: &Shared<K, V>, sharded: bool) -> Option<Applied>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let c = &shared.coherence;
@@ -394,7 +394,7 @@ async fn pump<K, V>(
     mut applied: Applied,
 ) -> End
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let c = &shared.coherence;
@@ -496,7 +496,7 @@ where
 /// after the last one.
 fn unreadable<K, V>(shared: &Shared<K, V>, until: &mut Option<tokio::time::Instant>)
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     shared.unreadable();

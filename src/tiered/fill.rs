@@ -15,7 +15,7 @@ use super::Shared;
 use crate::redis::{FillLookup, FillMode, RedisLease, RedisStoreError};
 use crate::sync::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
-use std::borrow::Borrow;
+use super::TieredKey;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::pin::pin;
@@ -90,7 +90,7 @@ pub(crate) async fn lookup<K, V>(
     key: &str,
 ) -> Result<Found<V>, RedisStoreError>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let registration = shared.fills.register(key);
@@ -155,7 +155,7 @@ impl<F> RefreshSlot<F> {
 
 impl<K, V> Shared<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// With refresh ahead of expiry on: how long until an entry with `remaining` TTL in Redis
@@ -191,17 +191,17 @@ where
         F: FnOnce(K) -> Fut,
         Fut: std::future::Future<Output = Result<V, E>>,
     {
-        let l1_lease = self.l1.lease::<str>(key.borrow());
+        let l1_lease = self.l1.lease(&key);
         let value = match self.call_loader(key.clone(), loader).await {
             Ok(value) => value,
             Err(_) => {
                 super::bump(&self.counters.refresh_failures);
                 // Another process may try now rather than when the lease lapses.
-                let _ = self.l2.release_fill(key.borrow(), &lease).await;
+                let _ = self.l2.release_fill(&key.to_redis_key(), &lease).await;
                 return current;
             }
         };
-        match self.l2.save_refreshed(key.borrow(), &value, &lease).await {
+        match self.l2.save_refreshed(&key.to_redis_key(), &value, &lease).await {
             Ok(crate::redis::Saved::Stored) => {
                 self.redis_ok();
                 super::bump(&self.counters.refreshes);

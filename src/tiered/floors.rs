@@ -14,14 +14,14 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Shared, TieredCache, TieredError, bump};
+use super::{EncodeKey, Shared, TieredCache, TieredError, TieredKey, bump};
 use crate::Lookup;
 use crate::floors::Raise;
 use crate::redis::{RedisWriteIntent, Saved};
 
 impl<K, V> TieredCache<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// [`purge`](Self::purge) with a hold-off, in Redis
@@ -29,14 +29,19 @@ where
     /// this L1 ([`Cache::purge_with_hold_off`](crate::Cache::purge_with_hold_off)). Other
     /// processes purge their L1 when the invalidation reaches them; Redis's hold-off refuses
     /// their loads' saves, so their L1s are never filled with what those loads read.
-    pub async fn purge_with_hold_off(
+    pub async fn purge_with_hold_off<Q>(
         &self,
-        key: &str,
+        key: &Q,
         hold_off: Duration,
-    ) -> Result<bool, TieredError> {
+    ) -> Result<bool, TieredError>
+    where
+        K: Borrow<Q>,
+        Q: EncodeKey + Hash + Eq + ?Sized,
+    {
+        let redis_key = key.to_redis_key();
         self.write_key(
-            key,
-            self.shared.l2.purge_with_hold_off(key, hold_off),
+            &redis_key,
+            self.shared.l2.purge_with_hold_off(&redis_key, hold_off),
             |s| {
                 s.l1.purge_with_hold_off(key, hold_off);
             },
@@ -46,8 +51,14 @@ where
 
     /// [`purge`](Self::purge) "as of" a source position, in Redis and in this L1 (see
     /// [`Cache::purge_as_of`](crate::Cache::purge_as_of)).
-    pub async fn purge_as_of(&self, key: &str, position: u64) -> Result<bool, TieredError> {
-        self.write_key(key, self.shared.l2.purge_as_of(key, position), |s| {
+    pub async fn purge_as_of<Q>(&self, key: &Q, position: u64) -> Result<bool, TieredError>
+    where
+        K: Borrow<Q>,
+        Q: EncodeKey + Hash + Eq + ?Sized,
+    {
+        let redis_key = key.to_redis_key();
+        let l2 = self.shared.l2.purge_as_of(&redis_key, position);
+        self.write_key(&redis_key, l2, |s| {
             s.l1.purge_as_of(key, position);
         })
         .await
@@ -66,12 +77,12 @@ where
     {
         let s = &*self.shared;
         if s.l1_active() {
-            if let Some(value) = s.l1.get(key.borrow()) {
+            if let Some(value) = s.l1.get(&key) {
                 return Ok(value);
             }
         }
         // The L1 lease before the bypass check and the Redis read (see `TieredCache::get`).
-        let l1_lease = s.l1.lease(key.borrow());
+        let l1_lease = s.l1.lease(&key);
         let fill = s.l1_active();
         if !fill {
             bump(&s.counters.bypassed_reads);
@@ -80,7 +91,8 @@ where
             bump(&s.counters.loads);
             return loader(key).await.map(|(value, _)| value);
         }
-        match s.l2.get_or_lease_ttl(key.borrow()).await {
+        let redis_key = key.to_redis_key().into_owned();
+        match s.l2.get_or_lease_ttl(&redis_key).await {
             Ok((Lookup::Hit(value), ttl)) => {
                 s.redis_ok();
                 bump(&s.counters.l2_hits);
@@ -95,11 +107,7 @@ where
                 s.redis_ok();
                 bump(&s.counters.loads);
                 let (value, position) = loader(key.clone()).await?;
-                match s
-                    .l2
-                    .save_as_of(key.borrow(), &value, &lease, position)
-                    .await
-                {
+                match s.l2.save_as_of(&redis_key, &value, &lease, position).await {
                     Ok(Saved::Stored) => {
                         s.redis_ok();
                         if fill {
@@ -108,7 +116,7 @@ where
                                 s.l1.save_inner(key, value.clone(), l1_lease, Some(position), ttl);
                         }
                     }
-                    Ok(_) => bump(&s.counters.l2_stale),
+                    Ok(Saved::Stale) => bump(&s.counters.l2_stale),
                     Err(e) => {
                         s.redis_failed(e);
                     }
@@ -126,9 +134,26 @@ where
     /// Opens a write intent on `key` in Redis
     /// ([`RedisStore::begin_write`](crate::redis::RedisStore::begin_write), which lapses if this
     /// process dies) and in this L1. Saves to `key` are refused in every process until it ends.
-    pub async fn begin_write(&self, key: &str) -> Result<TieredWriteIntent<K, V>, TieredError> {
+    ///
+    /// The intent keeps its own `K`, decoded from the Redis key: a key whose
+    /// [`TieredKey::from_redis_key`] does not invert its encoding is refused before anything is
+    /// sent ([`TieredError::Redis`] of
+    /// [`RedisStoreError::InvalidInput`](crate::redis::RedisStoreError::InvalidInput)).
+    pub async fn begin_write<Q>(&self, key: &Q) -> Result<TieredWriteIntent<K, V>, TieredError>
+    where
+        K: Borrow<Q>,
+        Q: EncodeKey + Hash + Eq + ?Sized,
+    {
+        let redis_key = key.to_redis_key().into_owned();
+        let Some(l1_key) = K::from_redis_key(&redis_key) else {
+            return Err(TieredError::Redis(
+                crate::redis::RedisStoreError::InvalidInput(format!(
+                    "key {redis_key:?} does not decode as the cache's key type"
+                )),
+            ));
+        };
         let l2 = self
-            .write_key(key, self.shared.l2.begin_write(key), |s| {
+            .write_key(&redis_key, self.shared.l2.begin_write(&redis_key), |s| {
                 s.l1.intent_write(key, Raise::default(), true);
             })
             .await;
@@ -136,7 +161,8 @@ where
             Ok(l2) => Ok(TieredWriteIntent {
                 shared: Arc::clone(&self.shared),
                 l2: Some(l2),
-                key: key.to_owned(),
+                key: l1_key,
+                redis_key,
                 l1_open: true,
             }),
             Err(e) => {
@@ -153,18 +179,19 @@ where
 #[must_use = "an intent left alone refuses saves to its key until it lapses"]
 pub struct TieredWriteIntent<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     shared: Arc<Shared<K, V>>,
     l2: Option<RedisWriteIntent<V>>,
-    key: String,
+    key: K,
+    redis_key: String,
     l1_open: bool,
 }
 
 impl<K, V> TieredWriteIntent<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Ends the intent after the source committed, in Redis and then in this L1 (each fences
@@ -201,24 +228,24 @@ where
         match result {
             Ok(removed) => {
                 s.redis_ok();
-                s.cohere(&crate::redis::Invalidation::key_payload(&self.key))
+                s.cohere(&crate::redis::Invalidation::key_payload(&self.redis_key))
                     .await?;
                 Ok(removed)
             }
-            Err(e) => Err(s.write_failed(e, super::pending::Op::Purge(self.key.clone()))),
+            Err(e) => Err(s.write_failed(e, super::pending::Op::Purge(self.redis_key.clone()))),
         }
     }
 
     fn close_l1(&mut self, raise: Raise) {
         if std::mem::take(&mut self.l1_open) {
-            self.shared.l1.intent_write(self.key.as_str(), raise, false);
+            self.shared.l1.intent_write(&self.key, raise, false);
         }
     }
 }
 
 impl<K, V> Drop for TieredWriteIntent<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn drop(&mut self) {
@@ -234,12 +261,12 @@ where
 
 impl<K, V> std::fmt::Debug for TieredWriteIntent<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TieredWriteIntent")
-            .field("key", &self.key)
+            .field("key", &self.redis_key)
             .finish_non_exhaustive()
     }
 }

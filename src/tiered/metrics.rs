@@ -2,11 +2,11 @@
 //! the [`metrics`](crate::metrics) module docs).
 
 use super::TieredCache;
+use super::TieredKey;
 use crate::metrics::{report_cache, set_counters, set_gauges};
 use crate::redis::RedisStore;
 use ::metrics::{Unit, describe_counter, describe_gauge};
 use serde::{Serialize, de::DeserializeOwned};
-use std::borrow::Borrow;
 use std::hash::Hash;
 
 /// `(name, description)` of the Redis tier's counters.
@@ -130,7 +130,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
 
 impl<K, V> TieredCache<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Publishes the counters and gauges of this cache, of its L1 and of its Redis tier through
@@ -146,8 +146,8 @@ where
             stats.l1_hits,
             stats.l2_hits,
             stats.loads,
-            stats.l1_stale_rejections,
-            stats.l2_stale_rejections,
+            stats.l1_stale_rejected,
+            stats.l2_stale_rejected,
             stats.expired_leases,
             stats.invalidations_received,
             stats.feed_losses,

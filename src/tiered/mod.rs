@@ -7,23 +7,34 @@
 //! use leasecache::tiered::TieredCache;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let l2 = RedisStore::<String>::connect("redis://127.0.0.1/", RedisOptions::new("users")).await?;
-//! let cache: TieredCache<String, String> = TieredCache::new(Cache::new(10_000), l2)?;
-//! cache.feed_confirmed().await; // optional: until then every read goes to Redis
+//! // `connect_lazy` never waits for Redis: the cache starts degraded if Redis is down (see
+//! // *Redis unreachable*). `RedisStore::connect` instead fails until Redis answers.
+//! let l2 = RedisStore::<String>::connect_lazy("redis://127.0.0.1/", RedisOptions::new("users"))?;
+//! let cache: TieredCache<u64, String> = TieredCache::new(Cache::new(10_000), l2)?;
 //!
 //! let name = cache
-//!     .get_or_load("user:7".to_string(), |id| async move {
-//!         Ok::<_, std::io::Error>(format!("row for {id}")) // read the database
+//!     .get_or_load(7, |id| async move {
+//!         Ok::<_, std::io::Error>(format!("row {id}")) // read the database
 //!     })
 //!     .await?;
-//! assert_eq!(name, "row for user:7");
+//! assert_eq!(name, "row 7");
 //!
 //! // A writer updates the database, then purges: Redis first, then this L1, then (through the
 //! // invalidation feed) every other process's L1.
-//! cache.purge("user:7").await?;
+//! cache.purge(&7).await?;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Keys
+//!
+//! The L1 is keyed by `K` itself; Redis and the invalidation feed by a string. `K` implements
+//! [`TieredKey`]: [`EncodeKey::write_redis_key`] writes it as its Redis key (`7u64` as `"7"`, a
+//! `String` as itself), only when Redis is reached, so an L1 hit never encodes or allocates; and
+//! [`TieredKey::from_redis_key`] reads one back, for the feed to purge the keys other processes
+//! wrote. It is implemented for strings and integers; a struct key implements it by hand (see
+//! [`TieredKey`]). Lookups and writes take any `&Q` that `K` borrows as (`get("user:7")` on
+//! `String` keys), encoded the same way as `K`.
 //!
 //! # Read path
 //!
@@ -182,6 +193,11 @@
 //! nothing fills a bypassed L1. A flood of garbage therefore costs one flush and a bypassed L1,
 //! not a flush per message.
 //!
+//! An invalidation of a key that does not decode as the cache's key type
+//! ([`TieredKey::from_redis_key`] returns `None`: another program's key under the namespace, or
+//! a key type that changed) is understood, but names no key of this L1: it flushes the L1 and is
+//! counted as an unreadable message, with no bypass.
+//!
 //! # Redis unreachable
 //!
 //! After `breaker_threshold` consecutive transient failures (connection, I/O and timeout errors,
@@ -263,6 +279,9 @@ mod coherence;
 mod feed;
 mod fill;
 mod floors;
+mod key;
+
+pub use key::{EncodeKey, TieredKey};
 
 pub use floors::TieredWriteIntent;
 #[cfg(feature = "metrics")]
@@ -301,13 +320,14 @@ const UNREADABLE: u8 = 8;
 /// An L1 [`Cache`] in front of a [`RedisStore`], kept coherent across processes by an
 /// invalidation feed. See the [module docs](self).
 ///
-/// Keys are strings as far as Redis is concerned: `K` borrows as `str` (`String`, `Arc<str>`,
-/// `Box<str>`, ...), and that string is the key in Redis and in invalidations.
+/// Any key type that implements [`TieredKey`] (strings, integers, your own structs): the L1 is
+/// keyed by `K` itself, and the key is written as a string ([`EncodeKey`]) only when Redis is
+/// reached, so an L1 hit never encodes or allocates.
 ///
 /// Share it between tasks with an `Arc`; dropping the last handle stops its feed task.
 pub struct TieredCache<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     shared: Arc<Shared<K, V>>,
@@ -416,9 +436,9 @@ pub struct TieredStats {
     /// receives; see `invalidations_received`). A busy key written by this process therefore
     /// shows rejections even without other writers: they cost one uncached read each, never a
     /// stale value.
-    pub l1_stale_rejections: u64,
+    pub l1_stale_rejected: u64,
     /// Redis saves rejected because a write fenced the Redis lease (or the lease marker was lost).
-    pub l2_stale_rejections: u64,
+    pub l2_stale_rejected: u64,
     /// Loads that outlived the maximum lease age and were saved in neither tier.
     pub expired_leases: u64,
     /// Invalidation messages applied from the feed, including the echoes of this process's own
@@ -448,9 +468,12 @@ pub struct TieredStats {
     pub sequence_gaps: u64,
     /// Writes that returned [`TieredError::Unacknowledged`].
     pub unacknowledged_writes: u64,
-    /// Messages on the invalidation or coherence channel that this version cannot read.
+    /// Messages on the invalidation or coherence channel that this version cannot read,
+    /// including invalidations of a key that does not decode as `K`
+    /// ([`TieredKey::from_redis_key`] returned `None`).
     pub unreadable_messages: u64,
-    /// L1 flushes those caused: one per burst (see the [module docs](self#unreadable-messages)).
+    /// L1 flushes those caused: one per burst of unreadable messages (see the
+    /// [module docs](self#unreadable-messages)), and one per invalidation of an undecodable key.
     pub unreadable_flushes: u64,
     /// Reads that found another process filling the key in Redis and waited for its fill
     /// instead of reading the source (see the [module docs](self#hot-keys-one-filler-per-fleet)).
@@ -574,7 +597,7 @@ pub struct TieredBuilder<K, V> {
 
 impl<K, V> TieredBuilder<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// How often the subscriber connection is PINGed to detect a silent feed (default 1 s).
@@ -742,7 +765,7 @@ where
 
 impl<K, V> TieredCache<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// `l1` in front of `l2`, with default feed and breaker settings. Must be called inside a
@@ -784,12 +807,15 @@ where
     /// The value of `key` from the L1 or, on an L1 miss, from Redis (filling the L1 under a lease
     /// captured before the Redis read). `Ok(None)` if neither tier has it. Does not load.
     ///
+    /// Takes any `&Q` that `K` borrows as (`get("user:7")` on `String` keys); the key filled in
+    /// the L1 is decoded from the Redis key ([`TieredKey::from_redis_key`]).
+    ///
     /// Errors: [`TieredError::Unavailable`] while the breaker is open, [`TieredError::Redis`] if
     /// the Redis read failed.
     pub async fn get<Q>(&self, key: &Q) -> Result<Option<V>, TieredError>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        Q: EncodeKey + Hash + Eq + ?Sized,
     {
         let s = &*self.shared;
         if s.l1_active() {
@@ -806,12 +832,13 @@ where
         if !s.breaker.permit() {
             return Err(TieredError::Unavailable);
         }
-        let key = key.to_owned();
-        match s.l2.get_ttl(key.borrow()).await {
+        let redis_key = key.to_redis_key();
+        match s.l2.get_ttl(&redis_key).await {
             Ok(Some((value, ttl))) => {
                 s.redis_ok();
                 bump(&s.counters.l2_hits);
-                if fill {
+                // A key that does not decode (a broken `TieredKey`) is served, never cached.
+                if let (true, Some(key)) = (fill, K::from_redis_key(&redis_key)) {
                     s.run_hook(FillPoint::RedisHit, &key).await;
                     // A rejection means a write fenced the lease meanwhile: the value is still the
                     // answer to this read, but must not be cached. The L1 entry dies no later
@@ -890,7 +917,11 @@ where
     /// write). If the value cannot be stored for another reason (too large, not encodable, a
     /// server error reply such as `OOM`), the key is purged from Redis instead, so that the value
     /// it replaced does not survive, and that error is returned.
-    pub async fn insert(&self, key: &str, value: &V) -> Result<(), TieredError> {
+    pub async fn insert<Q>(&self, key: &Q, value: &V) -> Result<(), TieredError>
+    where
+        K: Borrow<Q>,
+        Q: EncodeKey + Hash + Eq + ?Sized,
+    {
         self.insert_ttl(key, value, None).await
     }
 
@@ -901,22 +932,32 @@ where
     ///
     /// An invalid TTL is refused before anything is sent, and changes nothing in either tier
     /// ([`TieredError::Redis`] of [`RedisStoreError::InvalidInput`]). Otherwise as `insert`.
-    pub async fn insert_with_ttl(
+    pub async fn insert_with_ttl<Q>(
         &self,
-        key: &str,
+        key: &Q,
         value: &V,
         ttl: Duration,
-    ) -> Result<(), TieredError> {
+    ) -> Result<(), TieredError>
+    where
+        K: Borrow<Q>,
+        Q: EncodeKey + Hash + Eq + ?Sized,
+    {
         self.insert_ttl(key, value, Some(ttl)).await
     }
 
-    async fn insert_ttl(
+    async fn insert_ttl<Q>(
         &self,
-        key: &str,
+        l1_key: &Q,
         value: &V,
         ttl: Option<Duration>,
-    ) -> Result<(), TieredError> {
+    ) -> Result<(), TieredError>
+    where
+        K: Borrow<Q>,
+        Q: EncodeKey + Hash + Eq + ?Sized,
+    {
         let s = &*self.shared;
+        let redis_key = l1_key.to_redis_key();
+        let key: &str = &redis_key;
         let result = match ttl {
             None => s.l2.insert(key, value).await,
             Some(ttl) => match s.l2.insert_with_ttl(key, value, ttl).await {
@@ -924,7 +965,7 @@ where
                 other => other,
             },
         };
-        s.l1.purge(key);
+        s.l1.purge(l1_key);
         let error = match result {
             Ok(()) => {
                 s.redis_ok();
@@ -939,7 +980,7 @@ where
         };
         // Purges free memory only: they run where the insert could not (OOM).
         let purged = s.l2.purge(key).await;
-        s.l1.purge(key);
+        s.l1.purge(l1_key);
         match purged {
             Ok(_) => Err(s.redis_failed(error)),
             Err(e) => Err(s.write_failed(e, pending::Op::Purge(key.to_owned()))),
@@ -954,14 +995,20 @@ where
     /// purge is queued and retried until it lands, and the call returns
     /// [`TieredError::Pending`]: pending, not done (other processes keep the old value until it
     /// lands).
-    pub async fn purge(&self, key: &str) -> Result<bool, TieredError> {
-        self.write_key(key, self.shared.l2.purge(key), |s| {
+    pub async fn purge<Q>(&self, key: &Q) -> Result<bool, TieredError>
+    where
+        K: Borrow<Q>,
+        Q: EncodeKey + Hash + Eq + ?Sized,
+    {
+        let redis_key = key.to_redis_key();
+        self.write_key(&redis_key, self.shared.l2.purge(&redis_key), |s| {
             s.l1.purge(key);
         })
         .await
     }
 
-    /// The write path of every removal of one key: runs `l2` whatever the breaker says, then `l1`
+    /// The write path of every removal of one key (`key` is its Redis key): runs `l2` whatever
+    /// the breaker says, then `l1`
     /// whatever happened; on success the write is made coherent across the fleet (see
     /// [`Coherence`]); if Redis cannot be reached a plain purge of `key` is queued and retried
     /// until it lands ([`TieredError::Pending`]; floors meant for Redis are then not raised there).
@@ -1012,8 +1059,8 @@ where
             l2_hits: read(&c.l2_hits),
             loads: read(&c.loads),
             // Fills this cache suppressed on purpose (by purging the key) are not rejections.
-            l1_stale_rejections: l1.stale_rejected.saturating_sub(read(&c.suppressed_fills)),
-            l2_stale_rejections: read(&c.l2_stale),
+            l1_stale_rejected: l1.stale_rejected.saturating_sub(read(&c.suppressed_fills)),
+            l2_stale_rejected: read(&c.l2_stale),
             expired_leases: read(&c.expired_leases),
             // Acquire pairs with the Release increment in `apply_invalidation`.
             invalidations_received: c.invalidations.load(Ordering::Acquire),
@@ -1066,7 +1113,7 @@ where
 
 impl<K, V> Drop for TieredCache<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn drop(&mut self) {
@@ -1087,7 +1134,7 @@ where
 
 impl<K, V> fmt::Debug for TieredCache<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1100,7 +1147,7 @@ where
 
 impl<K, V> Shared<K, V>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Whether the L1 may be read and filled. Call it *after* capturing the L1 lease a fill will
@@ -1160,7 +1207,7 @@ where
     pub(crate) fn apply_invalidation(&self, payload: &[u8]) -> bool {
         match crate::redis::Invalidation::parse(payload) {
             Some(crate::redis::Invalidation::Key(key)) => {
-                self.l1.purge(key.as_str());
+                self.purge_l1_redis_key(&key);
                 // A fill this process waits for may have been voided: read again.
                 self.fills.wake(&key);
             }
@@ -1184,6 +1231,22 @@ where
                 true
             }
             None => false,
+        }
+    }
+
+    /// Purges the key whose Redis key is `key` from the L1, or flushes the L1 if `key` does not
+    /// decode as a `K` (another program's key under the namespace, another key type): counted as
+    /// an unreadable message, and as one of the flushes those caused.
+    pub(crate) fn purge_l1_redis_key(&self, key: &str) {
+        match K::from_redis_key(key) {
+            Some(key) => {
+                self.l1.purge(&key);
+            }
+            None => {
+                bump(&self.counters.unreadable);
+                bump(&self.counters.unreadable_flushes);
+                self.l1.flush();
+            }
         }
     }
 
@@ -1275,7 +1338,7 @@ where
     #[cfg(feature = "__test-hooks")]
     async fn run_hook(&self, point: FillPoint, key: &K) {
         if let Some(hook) = &self.hook {
-            hook(point, key.borrow().to_owned()).await;
+            hook(point, key.to_redis_key().into_owned()).await;
         }
     }
 
@@ -1315,11 +1378,12 @@ where
             bump(&self.counters.bypassed_reads);
         }
         let mut ttl = None;
+        let redis_key = key.to_redis_key();
         let value = if !self.breaker.permit() {
             fill = false;
             self.call_loader(key.clone(), loader).await?
         } else {
-            match fill::lookup(self, key.borrow()).await {
+            match fill::lookup(self, &redis_key).await {
                 Ok(fill::Found::Hit(value, remaining)) => {
                     self.redis_ok();
                     bump(&self.counters.l2_hits);
@@ -1333,7 +1397,7 @@ where
                         // drop it when it lands.)
                         Some(Duration::ZERO) => {
                             let window = self.refresh_window();
-                            match self.l2.refresh_lease(key.borrow(), window).await {
+                            match self.l2.refresh_lease(&redis_key, window).await {
                                 Ok(Some(lease)) => {
                                     fill = false;
                                     due.put(loader, lease);
@@ -1352,7 +1416,7 @@ where
                         Ok(value) => value,
                         Err(e) => {
                             // Let a waiting process take the fill over now, not at the lapse.
-                            let _ = self.l2.release_fill(key.borrow(), &lease).await;
+                            let _ = self.l2.release_fill(&redis_key, &lease).await;
                             return Err(e);
                         }
                     };
@@ -1360,7 +1424,7 @@ where
                         bump(&self.counters.expired_leases);
                         fill = false;
                     } else {
-                        match self.l2.save_with_lease(key.borrow(), &value, &lease).await {
+                        match self.l2.save_with_lease(&redis_key, &value, &lease).await {
                             Ok(Saved::Stored) => {
                                 self.redis_ok();
                                 self.run_hook(FillPoint::RedisSaved, &key).await;
@@ -1369,7 +1433,7 @@ where
                                     ttl = Some(in_);
                                 }
                             }
-                            Ok(_) => {
+                            Ok(Saved::Stale) => {
                                 bump(&self.counters.l2_stale);
                                 fill = false;
                             }
@@ -1393,7 +1457,7 @@ where
         };
         if !fill {
             bump(&self.counters.suppressed_fills);
-            self.l1.purge::<str>(key.borrow());
+            self.l1.purge(&key);
         }
         Ok((value, ttl))
     }

@@ -29,10 +29,10 @@
 //! cache is dropped are lost with it.
 
 use super::Shared;
+use super::TieredKey;
 use crate::redis::RedisStoreError;
 use crate::sync::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
-use std::borrow::Borrow;
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::Weak;
@@ -183,7 +183,7 @@ impl Pending {
 /// Retries the queue of `shared` until the cache is dropped (its `Shared` is gone).
 pub(crate) async fn run<K, V>(shared: Weak<Shared<K, V>>, pending: std::sync::Arc<Pending>)
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let config = pending.config;
@@ -220,13 +220,13 @@ where
 /// One attempt at `op`; on success the local L1 is purged (or flushed) again.
 async fn attempt<K, V>(s: &Shared<K, V>, op: &Op) -> Result<(), RedisStoreError>
 where
-    K: Borrow<str> + Hash + Eq + Clone + Send + Sync + 'static,
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let invalidation = match op {
         Op::Purge(key) => {
             s.l2.purge(key).await?;
-            s.l1.purge(key.as_str());
+            s.purge_l1_redis_key(key);
             crate::redis::Invalidation::key_payload(key)
         }
         Op::Flush => {
