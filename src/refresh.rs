@@ -21,11 +21,17 @@ use std::time::Duration;
 
 /// The refresh settings and the keys being refreshed (by hash: keys sharing a hash share a
 /// refresher, which only delays one refresh).
-#[derive(Default)]
 pub(crate) struct Refresh {
     /// How long before its deadline an entry is due, in clock nanoseconds; `None`: off.
     window_ns: Option<u64>,
     running: Mutex<HashSet<u64>>,
+}
+
+impl Default for Refresh {
+    /// Off.
+    fn default() -> Self {
+        Self::new(None, None)
+    }
 }
 
 impl Refresh {
