@@ -527,8 +527,8 @@ where
         now: u64,
         hash_of: &impl Fn(&K) -> u64,
     ) -> bool {
-        self.w.sketch.add(hash, 1);
         if u64::from(weight) > self.w.capacity {
+            self.w.sketch.add(hash, 1);
             if let Some((pos, idx)) = self.find(hash, &key) {
                 self.remove_at(pos, idx);
             }
@@ -540,8 +540,12 @@ where
         self.ensure_room(hash_of);
         let existing = self.find_or_vacancy(hash, &key);
         let new_state = match existing {
+            // A replacing write leaves the sketch alone: the key is cached, its hits are in its
+            // slot's counter (which the new slot inherits), and the sketch's line is one more
+            // random miss per write (issue 17). Only a new key is counted.
             Ok(_) => None,
             Err(_) => {
+                self.w.sketch.add(hash, 1);
                 // A ghost hit goes to the main queue if there is room or it passes the ghost
                 // admission; otherwise it starts over in the small queue.
                 let ghost_hit = self.w.ghost.contains(hash);
