@@ -420,7 +420,7 @@ impl Table {
         const { assert!(LINE % GROUP == 0) };
         let line = &self.lines[start / LINE].0;
         // `start % LINE` is a multiple of `GROUP`, so the group ends inside the line.
-        let at = start % LINE & !(GROUP - 1);
+        let at = (start % LINE) & !(GROUP - 1);
         let group: &[AtomicU32; GROUP] = line[at..at + GROUP]
             .try_into()
             .expect("a group lies inside a line");
