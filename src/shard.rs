@@ -1437,6 +1437,32 @@ mod tests {
         }
     }
 
+    /// Small enough for Miri (`cargo +nightly miri test --lib -- shard::tests::small_`), which
+    /// checks that a replaced table is freed through the pointer that owns it: one derived from
+    /// a shared reference to the table (as `publish` once took it) may not free it.
+    #[test]
+    fn small_rebuilds_free_each_replaced_table_once() {
+        let hash = mix;
+        let mut s = TestShard::new(64, 8);
+        for k in 0..40 {
+            s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
+        }
+        assert!(s.view().table().buckets() >= 64, "the table was rebuilt");
+        assert_eq!(s.writer.limbo.len(), 0, "every replaced table was freed");
+        // Under a read, the next replaced table waits for it.
+        let guard = s.readers.enter();
+        Shard::new(&s.shared, &mut s.writer, &s.readers).clear();
+        assert_eq!(
+            s.writer.limbo.len(),
+            40 + 1,
+            "the entries and the table wait"
+        );
+        drop(guard);
+        s.view().clear();
+        assert_eq!(s.writer.limbo.len(), 0);
+        s.view().validate(&hash);
+    }
+
     #[test]
     fn tables_outgrown_without_reads_are_freed_at_once() {
         // Filling a cache nobody reads yet rebuilds its table a dozen times; each old table
