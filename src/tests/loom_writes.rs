@@ -1,8 +1,9 @@
 //! Loom models of the write path (issue 17): single-flight under a purge with three parties,
 //! the busy mark that makes a lock-free lease wait for a write under way, retirement by
 //! eviction, by expiry or by a table rebuild racing a lock-free read, and the barrier one
-//! shard's writer issues serving another shard's batch while a reader that went idle comes back. Each protocol step the models lean on
-//! has a negative control that removes it and must fail.
+//! shard's writer issues serving another shard's batch while a reader that went idle comes
+//! back. Each protocol step the models lean on has a negative control that removes it and must
+//! fail.
 //!
 //! Run: `RUSTFLAGS="--cfg leasecache_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --profile loom --lib loom`
 
