@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench ops                       # everything (~6 minutes on 2 cores)
 //! cargo bench --bench ops -- get_hit            # one workload
+//! OPS_CLOCK=cpu cargo bench --bench ops -- --duel # threads' CPU clocks instead of wall time
 //! python3 benches/support/ratios.py             # ratios to the other caches from the results
 //! ```
 //!
@@ -197,6 +198,9 @@ impl<V: Value> Subject<V> for DashMap<V> {
 
 /// Runs `op(thread)` on `threads` threads at once and returns the wall time.
 fn timed(threads: usize, op: &(dyn Fn(usize) + Sync)) -> Duration {
+    if cpu_clock() {
+        return timed_on_cpu(threads, op);
+    }
     if threads == 1 {
         let start = Instant::now();
         op(0);
@@ -216,6 +220,40 @@ fn timed(threads: usize, op: &(dyn Fn(usize) + Sync)) -> Duration {
         Instant::now()
     })
     .elapsed()
+}
+
+/// Whether `OPS_CLOCK=cpu`: time each thread by its own CPU clock instead of the wall clock. On
+/// a box shared with other work (load average 10-15 on 2 cores), wall time measures the
+/// scheduler: a 20 ms round was descheduled for most of its length, and same-run ratios moved
+/// 30x between rounds. CPU time leaves the preemption out (not the other work's effect on the
+/// caches); time spent blocked on a lock is left out too, so 2-thread rows then compare the work
+/// done, not the waiting.
+fn cpu_clock() -> bool {
+    static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| std::env::var("OPS_CLOCK").is_ok_and(|c| c == "cpu"))
+}
+
+/// [`timed`] by the threads' CPU clocks: their CPU time, divided by the thread count (so that a
+/// time per operation is CPU time per operation per thread, as wall time per operation would be
+/// for threads that never wait).
+fn timed_on_cpu(threads: usize, op: &(dyn Fn(usize) + Sync)) -> Duration {
+    let on_cpu = |t: usize| {
+        let clock = || {
+            let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        };
+        let start = clock();
+        op(t);
+        clock() - start
+    };
+    if threads == 1 {
+        return on_cpu(0);
+    }
+    let total: Duration = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads).map(|t| s.spawn(move || on_cpu(t))).collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    total / threads as u32
 }
 
 /// Fresh keys for the miss workload: never handed out twice in a process.
@@ -515,10 +553,73 @@ fn duel(args: &[String]) {
     duel_value::<Arc<[u8; 128]>>(&keys, rounds, &filter);
 }
 
+/// Runs one workload on one cache only, for a fixed number of batches, so that a profiler's
+/// counts are that cache's: `--solo <cache> <workload>/<values>/<threads>t <batches>`, e.g.
+/// `valgrind --tool=callgrind target/release/deps/ops-<hash> --solo leasecache replace/u64/1t 200`
+/// (the Zipf stream is only built for the workloads that use it). Run it with two batch counts
+/// and subtract to take the setup out of the counts.
+fn solo(args: &[String]) {
+    let words: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let [cache, id, batches] = words[..] else {
+        panic!("usage: --solo <cache> <workload>/<values>/<threads>t <batches>");
+    };
+    let parts: Vec<&str> = id.split('/').collect();
+    let [workload, values, threads] = parts[..] else {
+        panic!("expected <workload>/<values>/<threads>t, got {id}");
+    };
+    let workload = WORKLOADS
+        .into_iter()
+        .find(|w| *w == workload)
+        .expect("a known workload");
+    let threads: usize = threads
+        .trim_end_matches('t')
+        .parse()
+        .expect("a thread count");
+    let batches: u64 = batches.parse().expect("a batch count");
+    let zipf_needed = matches!(workload, "zipf_read_mostly" | "write_heavy");
+    let keys = Keys {
+        zipf: if zipf_needed {
+            common::zipf_keys(ZIPF_KEYS, 1.0, ZIPF_STREAM, 7)
+        } else {
+            vec![0; ZIPF_STREAM]
+        },
+        warm: ZIPF_STREAM / 2,
+    };
+    fn go<V: Value>(cache: &str, workload: &'static str, threads: usize, keys: &Keys, n: u64) {
+        let run = match cache {
+            "leasecache" => runner::<V, LeaseCache<V>>(workload, threads, keys),
+            "quick_cache" => runner::<V, QuickCache<V>>(workload, threads, keys),
+            "moka" => runner::<V, MokaCache<V>>(workload, threads, keys),
+            "dashmap" => runner::<V, DashMap<V>>(workload, threads, keys),
+            other => panic!("unknown cache {other}"),
+        };
+        let took = run(n);
+        let ops = (n * BATCH * threads as u64) as f64;
+        println!(
+            "{cache} {workload}/{}/{threads}t: {n} batches, {:.1} ns/op",
+            V::NAME,
+            took.as_nanos() as f64 / ops
+        );
+    }
+    match values {
+        "u64" => go::<u64>(cache, workload, threads, &keys, batches),
+        "arc128" => go::<Arc<[u8; 128]>>(cache, workload, threads, &keys, batches),
+        other => panic!("unknown value type {other}"),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--duel") {
         duel(&args);
+        return;
+    }
+    if args.iter().any(|a| a == "--solo") {
+        solo(&args);
         return;
     }
     let mut c = Criterion::default()

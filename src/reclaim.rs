@@ -37,6 +37,18 @@
 //! The writer's own record needs no barrier: its reads end before its writes in program order,
 //! unless it writes from inside a read (a `V::clone` that writes to the same cache), in which case
 //! the batch waits for that read to end like any other.
+//!
+//! # The crates it was measured against (issue 17)
+//!
+//! Built with `--cfg leasecache_reclaim="epoch"` or `--cfg leasecache_reclaim="seize"`, a read
+//! is protected by a `crossbeam-epoch` pin (the global collector) or a `seize` guard instead of
+//! the announcement, and a batch's grace period is the crate's: the writer hands the crate a
+//! deferred function (crossbeam-epoch) or a retired object (seize) that sets the batch's flag
+//! once every read that could see the batch has ended, and frees the batch when it sees the flag
+//! (Acquire). Everything else (records for the hit and miss counts, batches, the slab's free
+//! list) is the same, so `benches/ops.rs` compares the schemes on the real read and write paths.
+//! Only for that comparison: not a supported configuration (BENCHMARKS.md has the numbers and
+//! the decision).
 
 #![allow(unsafe_code)]
 
@@ -47,6 +59,106 @@ use crate::sync::{
 use crossbeam_utils::CachePadded;
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
+
+/// Whether a crate protects reads instead of the hand-written scheme (see the module docs).
+const CRATE_SCHEME: bool = cfg!(any(
+    leasecache_reclaim = "epoch",
+    leasecache_reclaim = "seize"
+));
+
+/// The `seize` collector of the comparison build: one for the process, as crossbeam-epoch's
+/// global one. Batches of one retired object (a flag per batch of slots, see [`Grace`]).
+#[cfg(leasecache_reclaim = "seize")]
+fn seize_collector() -> &'static seize::Collector {
+    static COLLECTOR: std::sync::OnceLock<seize::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(|| seize::Collector::new().batch_size(1))
+}
+
+/// The crate's protection of one read in the comparison build.
+#[cfg(leasecache_reclaim = "epoch")]
+type CratePin = crossbeam_epoch::Guard;
+#[cfg(leasecache_reclaim = "seize")]
+type CratePin = seize::LocalGuard<'static>;
+#[cfg(not(any(leasecache_reclaim = "epoch", leasecache_reclaim = "seize")))]
+type CratePin = ();
+
+/// The crate's pin in the comparison build, nothing otherwise.
+#[inline(always)]
+fn crate_pin_or_unit() -> CratePin {
+    #[cfg(any(leasecache_reclaim = "epoch", leasecache_reclaim = "seize"))]
+    return crate_pin();
+}
+
+#[cfg(any(leasecache_reclaim = "epoch", leasecache_reclaim = "seize"))]
+#[inline]
+fn crate_pin() -> CratePin {
+    #[cfg(leasecache_reclaim = "epoch")]
+    return crossbeam_epoch::pin();
+    #[cfg(leasecache_reclaim = "seize")]
+    return seize_collector().enter();
+}
+
+/// The grace period of one batch under a crate's scheme: a flag the crate sets once every read
+/// that could see the batch has ended.
+#[derive(Debug, Default)]
+struct Grace(Option<std::sync::Arc<std::sync::atomic::AtomicBool>>);
+
+impl Grace {
+    /// Starts the grace period of a batch whose items were unlinked before this call.
+    fn start() -> Self {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        #[cfg(leasecache_reclaim = "epoch")]
+        {
+            let set = flag.clone();
+            let guard = crossbeam_epoch::pin();
+            // Release pairs with the Acquire load in `over`.
+            guard.defer(move || set.store(true, std::sync::atomic::Ordering::Release));
+            guard.flush();
+        }
+        #[cfg(leasecache_reclaim = "seize")]
+        {
+            /// Sets the flag; seize runs it once no read that could see the batch is under way.
+            ///
+            /// # Safety
+            /// `ptr` came from `Box::into_raw` in `start` and is reclaimed once.
+            unsafe fn set(
+                ptr: *mut std::sync::Arc<std::sync::atomic::AtomicBool>,
+                _: &seize::Collector,
+            ) {
+                // SAFETY: see the function's contract.
+                let flag = unsafe { Box::from_raw(ptr) };
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+            let ptr = Box::into_raw(Box::new(flag.clone()));
+            // SAFETY: the flag is reachable only through this retired box, which `set` frees.
+            unsafe { seize_collector().retire(ptr, set) };
+        }
+        Self(Some(flag))
+    }
+
+    /// seize retires a thread's batch only once it holds an entry for every thread inside a
+    /// guard: one more (empty) entry, so that a batch that waits for entries gets them.
+    #[cfg(leasecache_reclaim = "seize")]
+    fn nudge() {
+        let filler = Box::into_raw(Box::new(0u8));
+        // SAFETY: nothing else knows the box; `boxed` frees it as the `Box` it is.
+        unsafe { seize_collector().retire(filler, seize::reclaim::boxed) };
+    }
+
+    /// Whether the grace period is over; nudges the crate's collection when it is not.
+    fn over(&self) -> bool {
+        let Some(flag) = &self.0 else { return true };
+        // Acquire pairs with the Release store of the crate's callback.
+        if flag.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
+        #[cfg(leasecache_reclaim = "epoch")]
+        crossbeam_epoch::pin().flush();
+        #[cfg(leasecache_reclaim = "seize")]
+        Self::nudge();
+        flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
 
 /// `Record::state`'s bit 0: the thread is inside a read. The epoch is `state >> 1`.
 const ACTIVE: u64 = 1;
@@ -104,7 +216,19 @@ pub(crate) struct Readers {
     /// The models that set it must fail.
     #[cfg(all(test, leasecache_loom))]
     pub(crate) broken: Option<Broken>,
+    /// Loom models only: model `membarrier` instead of full fences on both sides (see
+    /// [`Readers::model_membarrier`]), so that the barrier path and its sharing between shards
+    /// (`barrier_epoch`) are explored.
+    #[cfg(all(test, leasecache_loom))]
+    membarrier: bool,
 }
+
+/// Loom models only: checks that found a batch free thanks to a barrier issued for an earlier
+/// check (possibly another shard's), with `membarrier` modelled: the model of barrier sharing
+/// asserts that its executions reach this path.
+#[cfg(all(test, leasecache_loom))]
+pub(crate) static SERVED_BY_ANOTHER_BARRIER: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// A way to break the reclamation protocol (or, for `src/tests/loom_writes.rs`, the write
 /// path), for the loom models' negative controls.
@@ -116,6 +240,9 @@ pub(crate) enum Broken {
     /// Writers trust a record that looks idle without the heavy barrier: an announcement still
     /// in its thread's store buffer goes unseen.
     NoBarrier,
+    /// A barrier covers every batch, also those published after it: a writer skips the barrier
+    /// its batch needs because another shard's writer issued one earlier.
+    BarrierCoversLaterBatches,
     /// Writes do not detach the load in flight for their key (`Cache::begin_write`): a caller
     /// that starts after a purge returned can join a load that read the source before it.
     NoDetach,
@@ -200,6 +327,8 @@ pub(crate) struct ReadGuard<'a> {
     /// The state to store when the read ends: inactive at its epoch, or, for a read nested in
     /// another one on the same thread, the outer read's (still active) announcement.
     leave: u64,
+    /// The crate's protection, in the comparison build (see the module docs); `()` otherwise.
+    _pin: CratePin,
     /// A read ends on the thread that began it.
     _not_send: std::marker::PhantomData<*const ()>,
 }
@@ -216,7 +345,36 @@ impl Readers {
             registry: Mutex::new(Vec::new()),
             #[cfg(all(test, leasecache_loom))]
             broken: None,
+            #[cfg(all(test, leasecache_loom))]
+            membarrier: false,
         }
+    }
+
+    /// Loom models only: from now on the two halves of the asymmetric fence are modelled as
+    /// `membarrier` is, instead of as full fences (which make any `SeqCst` fence of a writer act
+    /// as a barrier, so the barrier path and `barrier_epoch` were never explored). A read
+    /// announces itself with an `AcqRel` swap and no fence; the heavy barrier is an `AcqRel`
+    /// read-modify-write of every record. An RMW reads the latest value of the record, so the
+    /// writer sees every announcement made before the barrier (as `membarrier` drains every
+    /// thread's store buffer); an announcement made after it reads the barrier's RMW, so that
+    /// read sees everything the writer stored before the barrier (as the reader's CPU ran a full
+    /// fence inside it). Reads between barriers stay unfenced, as with a compiler fence.
+    #[cfg(all(test, leasecache_loom))]
+    pub(crate) fn model_membarrier(&mut self) {
+        self.membarrier = true;
+    }
+
+    /// The heavy half of the fence; under loom with [`model_membarrier`](Self::model_membarrier),
+    /// its model.
+    fn heavy_barrier(&self) -> bool {
+        #[cfg(all(test, leasecache_loom))]
+        if self.membarrier {
+            for record in self.registered().iter() {
+                record.state.fetch_add(0, Ordering::AcqRel);
+            }
+            return true;
+        }
+        heavy_barrier()
     }
 
     /// This thread's record.
@@ -308,6 +466,15 @@ impl Readers {
     #[inline]
     pub(crate) fn enter(&self) -> ReadGuard<'_> {
         let mine = self.record();
+        if CRATE_SCHEME {
+            // The comparison build: the crate protects the read; the record only counts.
+            return ReadGuard {
+                mine,
+                leave: 0,
+                _pin: crate_pin_or_unit(),
+                _not_send: std::marker::PhantomData,
+            };
+        }
         let record = mine.record;
         // Relaxed: only this thread writes its record (and it owns it since an Acquire claim).
         let state = record.state.load(Ordering::Relaxed);
@@ -316,6 +483,7 @@ impl Readers {
             return ReadGuard {
                 mine,
                 leave: state,
+                _pin: crate_pin_or_unit(),
                 _not_send: std::marker::PhantomData,
             };
         }
@@ -332,6 +500,17 @@ impl Readers {
         };
         // Release: a writer that reads this announcement (Acquire, in `quiescent`) sees every
         // access of this thread's earlier reads as done.
+        #[cfg(all(test, leasecache_loom))]
+        if self.membarrier {
+            // The model of an announcement ordered by `membarrier` (see `model_membarrier`).
+            record.state.swap(announce, Ordering::AcqRel);
+            return ReadGuard {
+                mine,
+                leave,
+                _pin: crate_pin_or_unit(),
+                _not_send: std::marker::PhantomData,
+            };
+        }
         record.state.store(announce, Ordering::Release);
         // Orders the announcement before the loads of the read, in pair with `heavy_barrier` in
         // `quiescent`. Relaxed: loaded after the epoch (Acquire), so a read that begins at
@@ -340,6 +519,7 @@ impl Readers {
         ReadGuard {
             mine,
             leave,
+            _pin: crate_pin_or_unit(),
             _not_send: std::marker::PhantomData,
         }
     }
@@ -390,7 +570,11 @@ impl Readers {
     pub(crate) fn quiescent(&self, epoch: u64) -> bool {
         // Acquire pairs with the Release `fetch_max` below: the barrier that published it was
         // issued before the records are read here.
-        let covered = self.barrier_epoch.load(Ordering::Acquire) >= epoch;
+        let barrier_epoch = self.barrier_epoch.load(Ordering::Acquire);
+        let covered = barrier_epoch >= epoch;
+        #[cfg(all(test, leasecache_loom))]
+        let covered = covered
+            || (self.broken == Some(Broken::BarrierCoversLaterBatches) && barrier_epoch > 0);
         // A record added after this check belongs to a thread that takes the registry after it,
         // so after `epoch` was published: that thread's reads begin at `epoch` or later.
         let records = self.registered();
@@ -400,7 +584,13 @@ impl Readers {
             fence(Ordering::SeqCst);
         }
         match self.scan(&records, epoch, if covered { 0 } else { u64::MAX }) {
-            Scan::Quiescent => return true,
+            Scan::Quiescent => {
+                #[cfg(all(test, leasecache_loom))]
+                if barrier_epoch >= epoch && self.membarrier {
+                    SERVED_BY_ANOTHER_BARRIER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                return true;
+            }
             Scan::Reading => return false,
             Scan::IdleBehind => {}
         }
@@ -416,7 +606,7 @@ impl Readers {
             #[cfg(all(test, not(leasecache_loom)))]
             REGISTRY_FREE_AT_BARRIER
                 .with(|seen| seen.set(Some(self.registry.try_lock().is_some())));
-            if heavy_barrier() {
+            if self.heavy_barrier() {
                 // Release pairs with the Acquire load above, in later checks by any shard.
                 self.barrier_epoch.fetch_max(published, Ordering::Release);
                 // After the barrier, a record that still looks idle is idle: a read it begins from
@@ -468,13 +658,17 @@ impl Readers {
         !cfg!(all(test, leasecache_loom)) && self.fenced_from.load(Ordering::Relaxed) != 0
     }
 
-    /// Whether reads may use a compiler fence (see the field). Always `false` under loom, which
-    /// models both halves as `SeqCst` fences: the flag and its epoch are then left out of the
-    /// models instead of adding a step to every read and check.
+    /// Whether reads may use a compiler fence (see the field). Under loom, whether the model of
+    /// `membarrier` is on (see [`model_membarrier`](Self::model_membarrier)); else loom models
+    /// both halves as `SeqCst` fences, and the flag and its epoch are left out of the models
+    /// instead of adding a step to every read and check.
     #[inline]
     fn fast(&self) -> bool {
+        #[cfg(all(test, leasecache_loom))]
+        return self.membarrier;
         // Relaxed: see `enter` and `lose_barrier`.
-        !cfg!(all(test, leasecache_loom)) && self.fast.load(Ordering::Relaxed)
+        #[cfg(not(all(test, leasecache_loom)))]
+        self.fast.load(Ordering::Relaxed)
     }
 
     /// What the records say about reads that could see what was unlinked before `epoch`. A record
@@ -549,6 +743,10 @@ impl ReadGuard<'_> {
 impl Drop for ReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
+        if CRATE_SCHEME {
+            self.mine.done();
+            return;
+        }
         // Release pairs with the Acquire load in `Readers::quiescent`: this read's accesses
         // happen before a writer that sees it ended frees anything.
         self.mine.record.state.store(self.leave, Ordering::Release);
@@ -564,6 +762,8 @@ pub(crate) struct Limbo<T> {
     waiting: Vec<T>,
     /// The epoch published after `waiting` was unlinked.
     epoch: u64,
+    /// The comparison build's grace period of `waiting` (see the module docs).
+    grace: Grace,
 }
 
 impl<T> Default for Limbo<T> {
@@ -572,6 +772,7 @@ impl<T> Default for Limbo<T> {
             pending: Vec::new(),
             waiting: Vec::new(),
             epoch: 0,
+            grace: Grace::default(),
         }
     }
 }
@@ -599,7 +800,12 @@ impl<T> Limbo<T> {
     /// over, and the next call frees them.
     pub(crate) fn collect(&mut self, readers: &Readers, mut free: impl FnMut(T)) {
         if !self.waiting.is_empty() {
-            if !readers.quiescent(self.epoch) {
+            let over = if CRATE_SCHEME {
+                self.grace.over()
+            } else {
+                readers.quiescent(self.epoch)
+            };
+            if !over {
                 return;
             }
             while let Some(item) = self.waiting.pop() {
@@ -608,7 +814,11 @@ impl<T> Limbo<T> {
         }
         if !self.pending.is_empty() {
             std::mem::swap(&mut self.pending, &mut self.waiting);
-            self.epoch = readers.advance();
+            if CRATE_SCHEME {
+                self.grace = Grace::start();
+            } else {
+                self.epoch = readers.advance();
+            }
         }
     }
 
