@@ -268,6 +268,7 @@ where
             None => {}
         }
         drop(write);
+        self.unlock(core);
         removed == Removed::Live
     }
 
