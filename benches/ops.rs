@@ -6,6 +6,7 @@
 //! cargo bench --bench ops                       # everything (~6 minutes on 2 cores)
 //! cargo bench --bench ops -- get_hit            # one workload
 //! python3 benches/support/ratios.py             # ratios to the other caches from the results
+//! OPS_LEASECACHE_TTI=3600 cargo bench --bench ops -- --duel get_hit  # leasecache with a TTI
 //! ```
 //!
 //! Workloads, each at 1 and 2 threads, with `u64` values and `Arc<[u8; 128]>` values; one
@@ -88,10 +89,24 @@ type DashMap<V> = dashmap::DashMap<u64, V, ahash::RandomState>;
 impl<V: Value> Subject<V> for LeaseCache<V> {
     const NAME: &'static str = "leasecache";
     fn build(capacity: u64) -> Self {
-        leasecache::Cache::builder()
+        let builder = leasecache::Cache::builder()
             .max_capacity(capacity)
-            .hasher(common::hasher())
-            .build()
+            .hasher(common::hasher());
+        // `OPS_LEASECACHE_TTI=secs` / `OPS_LEASECACHE_TTL=secs`: the same cache with a time to
+        // idle or a time to live (issue 19: what a time to idle costs the hit path).
+        let secs = |var: &str| {
+            let secs = std::env::var(var).ok()?.parse().ok()?;
+            Some(Duration::from_secs(secs))
+        };
+        let builder = match secs("OPS_LEASECACHE_TTI") {
+            Some(tti) => builder.time_to_idle(tti),
+            None => builder,
+        };
+        match secs("OPS_LEASECACHE_TTL") {
+            Some(ttl) => builder.time_to_live(ttl),
+            None => builder,
+        }
+        .build()
     }
     fn get(&self, key: u64) -> Option<V> {
         leasecache::Cache::get(self, &key)

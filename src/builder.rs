@@ -261,7 +261,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// To keep hits from writing on every read, a read writes the new deadline only when it
     /// moves it by more than `tti / 8`: an entry last read at `t` expires between
     /// `t + tti * 7 / 8` and `t + tti`. Every entry of a cache with a time to idle has a deadline,
-    /// so its hits read the clock; caches without one pay nothing for it (see BENCHMARKS.md).
+    /// so its hits read the clock; in a cache without one, a hit of an entry without a deadline
+    /// runs the same instructions as before time to idle existed.
     ///
     /// Expiring for idleness is not a write: it fences no lease (see [`Expiry`]).
     ///

@@ -25,6 +25,10 @@
 //! skipped (the removal itself is not undone); a listener that panics unwinds into the caller
 //! after the removal is complete, and the notifications after it in the same call are dropped.
 //!
+//! One exception to "on the removing thread": a write that panics under the lock (your `Hash`,
+//! `Eq` or `Drop` panicked) after removing entries leaves their notifications to the next write
+//! of that shard, which delivers them on its own thread.
+//!
 //! Without a listener nothing is copied and no write pays anything but a branch.
 
 use std::fmt;
