@@ -6,7 +6,7 @@
 //! cargo bench --bench ops                       # everything (~6 minutes on 2 cores)
 //! cargo bench --bench ops -- get_hit            # one workload
 //! python3 benches/support/ratios.py             # ratios to the other caches from the results
-//! OPS_LEASECACHE_TTI=3600 cargo bench --bench ops -- --duel get_hit  # leasecache with a TTI
+//! OPS_LEASECACHE_TTI=3600 OPS_MOKA_TTI=3600 cargo bench --bench ops -- --duel get_hit  # with TTIs
 //! ```
 //!
 //! Workloads, each at 1 and 2 threads, with `u64` values and `Arc<[u8; 128]>` values; one
@@ -161,9 +161,16 @@ impl<V: Value> Subject<V> for QuickCache<V> {
 impl<V: Value> Subject<V> for MokaCache<V> {
     const NAME: &'static str = "moka";
     fn build(capacity: u64) -> Self {
-        moka::sync::Cache::builder()
-            .max_capacity(capacity)
-            .build_with_hasher(common::hasher())
+        let builder = moka::sync::Cache::builder().max_capacity(capacity);
+        // `OPS_MOKA_TTI=secs`: moka with a time to idle, to compare like with like.
+        match std::env::var("OPS_MOKA_TTI")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            Some(secs) => builder.time_to_idle(Duration::from_secs(secs)),
+            None => builder,
+        }
+        .build_with_hasher(common::hasher())
     }
     fn get(&self, key: u64) -> Option<V> {
         moka::sync::Cache::get(self, &key)
