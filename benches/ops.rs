@@ -7,6 +7,7 @@
 //! cargo bench --bench ops -- get_hit            # one workload
 //! OPS_CLOCK=cpu cargo bench --bench ops -- --duel # threads' CPU clocks instead of wall time
 //! python3 benches/support/ratios.py             # ratios to the other caches from the results
+//! OPS_LEASECACHE_TTI=3600 OPS_MOKA_TTI=3600 cargo bench --bench ops -- --duel get_hit  # with TTIs
 //! ```
 //!
 //! Workloads, each at 1 and 2 threads, with `u64` values and `Arc<[u8; 128]>` values; one
@@ -89,10 +90,24 @@ type DashMap<V> = dashmap::DashMap<u64, V, ahash::RandomState>;
 impl<V: Value> Subject<V> for LeaseCache<V> {
     const NAME: &'static str = "leasecache";
     fn build(capacity: u64) -> Self {
-        leasecache::Cache::builder()
+        let builder = leasecache::Cache::builder()
             .max_capacity(capacity)
-            .hasher(common::hasher())
-            .build()
+            .hasher(common::hasher());
+        // `OPS_LEASECACHE_TTI=secs` / `OPS_LEASECACHE_TTL=secs`: the same cache with a time to
+        // idle or a time to live (issue 19: what a time to idle costs the hit path).
+        let secs = |var: &str| {
+            let secs = std::env::var(var).ok()?.parse().ok()?;
+            Some(Duration::from_secs(secs))
+        };
+        let builder = match secs("OPS_LEASECACHE_TTI") {
+            Some(tti) => builder.time_to_idle(tti),
+            None => builder,
+        };
+        match secs("OPS_LEASECACHE_TTL") {
+            Some(ttl) => builder.time_to_live(ttl),
+            None => builder,
+        }
+        .build()
     }
     fn get(&self, key: u64) -> Option<V> {
         leasecache::Cache::get(self, &key)
@@ -147,9 +162,16 @@ impl<V: Value> Subject<V> for QuickCache<V> {
 impl<V: Value> Subject<V> for MokaCache<V> {
     const NAME: &'static str = "moka";
     fn build(capacity: u64) -> Self {
-        moka::sync::Cache::builder()
-            .max_capacity(capacity)
-            .build_with_hasher(common::hasher())
+        let builder = moka::sync::Cache::builder().max_capacity(capacity);
+        // `OPS_MOKA_TTI=secs`: moka with a time to idle, to compare like with like.
+        match std::env::var("OPS_MOKA_TTI")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            Some(secs) => builder.time_to_idle(Duration::from_secs(secs)),
+            None => builder,
+        }
+        .build_with_hasher(common::hasher())
     }
     fn get(&self, key: u64) -> Option<V> {
         moka::sync::Cache::get(self, &key)

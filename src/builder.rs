@@ -1,7 +1,9 @@
 //! The consuming builder behind [`Cache::builder`](crate::Cache::builder).
 
-use crate::cache::{Cache, Layout, Weigher};
+use crate::cache::{Cache, Layout, Options, Weigher};
 use crate::clock::{Clock, ManualClock};
+use crate::expiry::Expiry;
+use crate::listener::{Listener, RemovalCause};
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -34,6 +36,9 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     clock: Option<ManualClock>,
     hold_off: Option<Duration>,
     refresh_after: Option<Duration>,
+    listener: Option<Listener<K, V>>,
+    expiry: Option<Arc<dyn Expiry<K, V>>>,
+    tti: Option<Duration>,
     hasher: S,
     _types: PhantomData<fn(K, V)>,
 }
@@ -49,6 +54,9 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             clock: None,
             hold_off: None,
             refresh_after: None,
+            listener: None,
+            expiry: None,
+            tti: None,
             hasher: ahash::RandomState::new(),
             _types: PhantomData,
         }
@@ -177,6 +185,111 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// Calls `listener` with the key, the value and the [`RemovalCause`] of every entry that
+    /// leaves the cache: evicted for size, expired, purged (also by
+    /// [`retain`](Cache::retain)), replaced, or flushed (moka's `eviction_listener`).
+    ///
+    /// The listener runs **outside the shard's lock, on the thread whose call removed the
+    /// entry**, before that call returns, in the order the entries were removed; it may call the
+    /// cache. With a listener every removal clones its key and value under the lock (without one
+    /// nothing is cloned). See [`RemovalCause`] for exactly what is and is not reported.
+    ///
+    /// ```
+    /// use leasecache::{Cache, RemovalCause};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let cache: Cache<u32, &str> = Cache::builder()
+    ///     .eviction_listener(move |k, v, cause| log.lock().unwrap().push((k, v, cause)))
+    ///     .build();
+    /// cache.insert(1, "a");
+    /// cache.insert(1, "b");
+    /// cache.purge(&1);
+    /// assert_eq!(
+    ///     *seen.lock().unwrap(),
+    ///     [(1, "a", RemovalCause::Replaced), (1, "b", RemovalCause::Purged)]
+    /// );
+    /// ```
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(K, V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.listener = Some(Listener::new(listener));
+        self
+    }
+
+    /// Computes each entry's time to live from the entry itself when it is created or updated
+    /// (moka's and Caffeine's `Expiry`). The entry lives for the shorter of what `expiry` returns
+    /// and what the cache's [`time_to_live`](Self::time_to_live) (or the write, such as
+    /// [`insert_with_ttl`](Cache::insert_with_ttl)) allows; `None` from `expiry` sets no limit of
+    /// its own. An expired entry is never returned (see [`Expiry`]).
+    ///
+    /// ```
+    /// use leasecache::{Cache, Expiry, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// struct ByValue;
+    /// impl Expiry<&'static str, u64> for ByValue {
+    ///     fn expire_after_create(&self, _: &&'static str, secs: &u64) -> Option<Duration> {
+    ///         Some(Duration::from_secs(*secs))
+    ///     }
+    /// }
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache: Cache<&str, u64> = Cache::builder().clock(clock.clone()).expiry(ByValue).build();
+    /// cache.insert("short", 1);
+    /// cache.insert("long", 60);
+    /// clock.advance(Duration::from_secs(2));
+    /// assert_eq!((cache.get("short"), cache.get("long")), (None, Some(60)));
+    /// ```
+    pub fn expiry(mut self, expiry: impl Expiry<K, V> + 'static) -> Self {
+        self.expiry = Some(Arc::new(expiry));
+        self
+    }
+
+    /// Expires an entry once it has not been read for `tti` (moka's `time_to_idle`, Caffeine's
+    /// `expireAfterAccess`). A read that finds the entry ([`get`](Cache::get),
+    /// [`get_many`](Cache::get_many), a hit of [`get_or_lease`](Cache::get_or_lease) or of a
+    /// load) pushes its deadline back to `tti` from then; [`peek`](Cache::peek),
+    /// [`contains_key`](Cache::contains_key) and [`iter`](Cache::iter) do not. The time to live
+    /// (and an [`Expiry`]) still bound the entry's whole life: reads never push its deadline past
+    /// it.
+    ///
+    /// To keep hits from writing on every read, a read writes the new deadline only when it
+    /// moves it by more than `tti / 8`: an entry last read at `t` expires between
+    /// `t + tti * 7 / 8` and `t + tti`. Every entry of a cache with a time to idle has a deadline,
+    /// so its hits read the clock; in a cache without one, a hit of an entry without a deadline
+    /// runs the same instructions as before time to idle existed.
+    ///
+    /// Expiring for idleness is not a write: it fences no lease (see [`Expiry`]).
+    ///
+    /// ```
+    /// use leasecache::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .clock(clock.clone())
+    ///     .time_to_idle(Duration::from_secs(10))
+    ///     .build();
+    /// cache.insert(1, 1);
+    /// clock.advance(Duration::from_secs(8));
+    /// assert_eq!(cache.get(&1), Some(1)); // read: idle again from now
+    /// clock.advance(Duration::from_secs(8));
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// clock.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.get(&1), None); // 10 s without a read
+    /// ```
+    pub fn time_to_idle(mut self, tti: Duration) -> Self {
+        self.tti = Some(tti);
+        self
+    }
+
     /// Uses `hasher` to hash keys (the default is `ahash`, randomly seeded per cache).
     ///
     /// ```
@@ -197,6 +310,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             clock: self.clock,
             hold_off: self.hold_off,
             refresh_after: self.refresh_after,
+            listener: self.listener,
+            expiry: self.expiry,
+            tti: self.tti,
             hasher,
             _types: PhantomData,
         }
@@ -242,14 +358,15 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     {
         let layout = self.layout();
         let clock = self.clock.map_or_else(Clock::system, Clock::Manual);
-        let mut cache = Cache::from_parts(
-            layout,
-            self.hasher,
-            clock,
-            self.ttl,
-            self.weigher,
-            self.hold_off,
-        );
+        let options = Options {
+            ttl: self.ttl,
+            weigher: self.weigher,
+            hold_off: self.hold_off,
+            listener: self.listener,
+            expiry: self.expiry,
+            tti: self.tti,
+        };
+        let mut cache = Cache::from_parts(layout, self.hasher, clock, options);
         cache.refresh = crate::refresh::Refresh::new(self.refresh_after, self.ttl);
         cache
     }

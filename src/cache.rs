@@ -2,8 +2,10 @@
 
 use crate::clock::Clock;
 use crate::error::SaveError;
+use crate::expiry::Expiry;
 use crate::floors::{HoldOffs, LockedFloors, Raise};
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
+use crate::listener::{Listener, Removals, Removed};
 use crate::load::FlightTable;
 use crate::reclaim::Readers;
 use crate::saved::Saved;
@@ -65,6 +67,22 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     hold_offs_in_use: AtomicBool,
     /// Refresh ahead of expiry (`CacheBuilder::refresh_after`, see `crate::refresh`).
     pub(crate) refresh: crate::refresh::Refresh,
+    /// The removal listener (`CacheBuilder::removal_listener`).
+    pub(crate) listener: Option<Listener<K, V>>,
+    /// The per-entry expiry policy (`CacheBuilder::expiry`).
+    expiry: Option<StdArc<dyn Expiry<K, V>>>,
+    /// The time to idle in nanoseconds, `0` for none (`CacheBuilder::time_to_idle`).
+    tti: u64,
+}
+
+/// What a builder sets besides the layout, the hasher and the clock.
+pub(crate) struct Options<K, V> {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) weigher: Option<Weigher<K, V>>,
+    pub(crate) hold_off: Option<Duration>,
+    pub(crate) listener: Option<Listener<K, V>>,
+    pub(crate) expiry: Option<StdArc<dyn Expiry<K, V>>>,
+    pub(crate) tti: Option<Duration>,
 }
 /// A write in progress on generation slots (one key's, or a whole shard's for a flush), under
 /// the shard's lock: [`begin`](Self::begin) marks them busy with the write's generation, and
@@ -119,6 +137,9 @@ pub(crate) struct Core<K, V> {
     pub(crate) counts: WriteCounts,
     /// Position floors and open write intents per generation slot (see `crate::floors`).
     pub(crate) floors: LockedFloors,
+    /// Entries removed under the lock, for the removal listener (see `crate::listener`); empty
+    /// whenever the lock is free.
+    pub(crate) removed: Removed<K, V>,
 }
 
 /// The sizes a builder settled on.
@@ -159,10 +180,16 @@ where
         layout: Layout,
         hasher: S,
         clock: Clock,
-        ttl: Option<Duration>,
-        weigher: Option<Weigher<K, V>>,
-        hold_off: Option<Duration>,
+        options: Options<K, V>,
     ) -> Self {
+        let Options {
+            ttl,
+            weigher,
+            hold_off,
+            listener,
+            expiry,
+            tti,
+        } = options;
         let n = layout.shards;
         debug_assert!(n.is_power_of_two() && layout.slots_per_shard.is_power_of_two());
         let shards = (0..n)
@@ -177,6 +204,7 @@ where
                         flights: FlightTable::default(),
                         counts: WriteCounts::default(),
                         floors: LockedFloors::default(),
+                        removed: Vec::new(),
                     }),
                     generations: (0..layout.slots_per_shard)
                         .map(|_| AtomicU64::new(Generation::ZERO.get()))
@@ -192,14 +220,25 @@ where
             hasher,
             id: crate::sync::next_instance_id(),
             clock,
-            ttl_in_use: AtomicBool::new(ttl.is_some()),
+            ttl_in_use: AtomicBool::new(ttl.is_some() || expiry.is_some() || tti.is_some()),
             ttl,
             weigher,
             readers: Readers::new(),
             hold_off,
             hold_offs_in_use: AtomicBool::new(false),
             refresh: crate::refresh::Refresh::default(),
+            listener,
+            expiry,
+            tti: tti.map_or(0, |t| {
+                u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+            }),
         }
+    }
+
+    /// The time to idle in nanoseconds (`0`: none), for reads that find a timed entry.
+    #[inline]
+    pub(crate) fn tti_nanos(&self) -> u64 {
+        self.tti
     }
 
     /// This cache instance's id (leases carry it, I8).
@@ -239,7 +278,25 @@ where
         cell: &'a ShardCell<K, V>,
         core: &'a mut Core<K, V>,
     ) -> Shard<'a, K, V> {
-        Shard::new(&cell.shared, &mut core.writer, &self.readers)
+        let removals = self.listener.as_ref().map(|l| Removals {
+            out: &mut core.removed,
+            clone: l.clone,
+        });
+        Shard::new(&cell.shared, &mut core.writer, &self.readers).with_removals(removals)
+    }
+
+    /// Releases a shard's lock, then hands what the write removed to the removal listener, on
+    /// this thread (see `crate::listener`).
+    #[inline]
+    pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Core<K, V>>) {
+        match &self.listener {
+            None => drop(core),
+            Some(listener) => {
+                let removed = std::mem::take(&mut core.removed);
+                drop(core);
+                listener.deliver(removed);
+            }
+        }
     }
 
     #[inline]
@@ -323,6 +380,28 @@ where
         mark
     }
 
+    /// [`begin_key_write`](Self::begin_key_write) of the key whose entry is in slot `idx` of
+    /// `cell`'s table (a write that found the entry by walking the shard, like `retain`).
+    pub(crate) fn begin_slot_write<'c>(
+        &self,
+        cell: &'c ShardCell<K, V>,
+        core: &mut Core<K, V>,
+        hash: u64,
+        idx: u32,
+    ) -> WriteMark<'c> {
+        let mark = WriteMark::begin(
+            std::slice::from_ref(self.slot(cell, hash)),
+            core.clock.mint(),
+        );
+        let Core {
+            writer, flights, ..
+        } = core;
+        // After the mark exists: `K::eq` may panic, and the write must still end.
+        cell.shared
+            .with_linked_key(writer, idx, |k| flights.detach(hash, k));
+        mark
+    }
+
     /// Starts loading what a write of `hash` touches first, its generation slot and its home
     /// bucket, before the caller takes the shard's lock: both are at random places, and their
     /// misses then overlap the lock's acquisition instead of following one another under it.
@@ -366,8 +445,59 @@ where
         now: u64,
     ) -> bool {
         let hash_of = |k: &K| self.hash(k);
+        let expires_at = match &self.expiry {
+            None => expires_at,
+            Some(expiry) => {
+                self.expiry_deadline(cell, core, &**expiry, hash, &key, &value, expires_at, now)
+            }
+        };
+        if self.tti != 0 {
+            // Idle from now, never past what the TTL and the expiry allow (the entry's limit).
+            let idle = now.saturating_add(self.tti);
+            let deadline = if expires_at == 0 {
+                idle
+            } else {
+                idle.min(expires_at)
+            };
+            return self
+                .shard(cell, core)
+                .with_limit(expires_at)
+                .insert_as(admit, hash, key, value, weight, deadline, now, &hash_of);
+        }
         self.shard(cell, core)
             .insert_as(admit, hash, key, value, weight, expires_at, now, &hash_of)
+    }
+
+    /// The deadline of an entry about to be stored, by the cache's [`Expiry`]: the one it computes
+    /// for a new entry or an update of a live one, or `expires_at` (what the cache's TTL and the
+    /// write allow) if that is sooner. Runs user code under the shard's lock, before any change.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    fn expiry_deadline(
+        &self,
+        cell: &ShardCell<K, V>,
+        core: &mut Core<K, V>,
+        expiry: &dyn Expiry<K, V>,
+        hash: u64,
+        key: &K,
+        value: &V,
+        expires_at: u64,
+        now: u64,
+    ) -> u64 {
+        // `now` is read whenever a cache has an expiry (`ttl_in_use` is set from the start).
+        debug_assert!(now != 0);
+        let ttl = match self.shard(cell, core).deadline_of(hash, key, now) {
+            None => expiry.expire_after_create(key, value),
+            Some(deadline) => {
+                let remaining = (deadline != 0).then(|| Duration::from_nanos(deadline - now));
+                expiry.expire_after_update(key, value, remaining)
+            }
+        };
+        match Clock::deadline_from(now, ttl) {
+            0 => expires_at,
+            own if expires_at == 0 => own,
+            own => own.min(expires_at),
+        }
     }
 
     /// What every write raises besides the generation: the cache's default hold-off.
@@ -433,9 +563,14 @@ where
         let hash = self.hash(key);
         let cell = self.cell(hash);
         let guard = self.readers.enter();
-        let value = cell
-            .shared
-            .get(&guard, hash, key, || self.clock.now(), V::clone);
+        let value = cell.shared.get_touching(
+            &guard,
+            hash,
+            key,
+            || self.clock.now(),
+            || self.tti,
+            V::clone,
+        );
         guard.count(value.is_some());
         value
     }
@@ -476,7 +611,11 @@ where
         let cell = self.cell(hash);
         let now = || self.clock.now();
         let guard = self.readers.enter();
-        if let Some(value) = cell.shared.get(&guard, hash, key, now, V::clone) {
+        let tti = || self.tti;
+        if let Some(value) = cell
+            .shared
+            .get_touching(&guard, hash, key, now, tti, V::clone)
+        {
             guard.count(true);
             return Lookup::Hit(value);
         }
@@ -488,7 +627,10 @@ where
         // alone: a miss then is a miss before the save or after the eviction, at that same
         // generation.) The second lookup reads buckets the first one just loaded.
         if let Some(before) = self.generation_now(cell, hash) {
-            if let Some(value) = cell.shared.get(&guard, hash, key, now, V::clone) {
+            if let Some(value) = cell
+                .shared
+                .get_touching(&guard, hash, key, now, tti, V::clone)
+            {
                 guard.count(true);
                 return Lookup::Hit(value);
             }
@@ -501,7 +643,10 @@ where
         drop(guard);
         // A write was under way: look again under the shard's lock, where none is.
         let mut core = cell.core.lock();
-        let lookup = match self.shard(cell, &mut core).get(hash, key, now, V::clone) {
+        let found = self
+            .shard(cell, &mut core)
+            .get_touching(hash, key, now, tti, V::clone);
+        let lookup = match found {
             Some(value) => Lookup::Hit(value),
             None => Lookup::Miss(self.lease_locked(cell, hash)),
         };
@@ -614,6 +759,7 @@ where
             now,
         );
         core.counts.saves += 1;
+        self.unlock(core);
         Ok(Saved::Stored)
     }
 
@@ -669,6 +815,7 @@ where
         );
         drop(write);
         core.counts.inserts += 1;
+        self.unlock(core);
     }
 
     /// Removes `key` and fences every outstanding lease on it, **whether or not it was cached**
@@ -706,6 +853,7 @@ where
         for cell in self.shards.iter() {
             let mut core = cell.core.lock();
             self.flush_shard(cell, &mut core);
+            self.unlock(core);
         }
     }
 

@@ -269,6 +269,7 @@ where
             None => {}
         }
         drop(write);
+        self.unlock(core);
         removed == Removed::Live
     }
 

@@ -49,6 +49,8 @@ pub(crate) enum CacheOp {
     InsertWithTtl(u8, u32, u8),
     Purge(u8),
     Flush,
+    /// `retain` keeping the entries [`retain_keeps`] this bit.
+    Retain(u8),
     /// Advances the manual clock by this many milliseconds.
     Advance(u8),
     /// `get_or_load` (or `get_or_load_async`) whose loader returns `value`, or an error.
@@ -297,6 +299,21 @@ impl CacheRun {
                 self.spec.flush();
                 Ok(())
             }
+            CacheOp::Retain(bit) => {
+                let mut removed = Vec::new();
+                let count = self.cache.retain(|k, v| {
+                    let keep = retain_keeps(bit, *k, *v);
+                    if !keep {
+                        removed.push((*k, *v));
+                    }
+                    keep
+                });
+                if count != removed.len() {
+                    return Err(format!("retain returned {count}, removed {removed:?}"));
+                }
+                self.spec
+                    .retain(|k, v| retain_keeps(bit, *k, *v), &removed, |_| true)
+            }
             CacheOp::Advance(ms) => {
                 self.clock.advance(Duration::from_millis(u64::from(ms)));
                 self.spec.advance(u64::from(ms));
@@ -391,6 +408,16 @@ impl CacheRun {
 }
 
 /// Runs `ops` against a cache built as `config` and the spec.
+/// The predicate of [`CacheOp::Retain`]`(bit)`: keep the entries whose value has bit `bit % 32`
+/// set, or (bit 5 of `bit`) whose key is even.
+pub(crate) fn retain_keeps(bit: u8, key: u8, value: u32) -> bool {
+    if bit & 0x20 != 0 {
+        key % 2 == 0
+    } else {
+        value >> (bit % 32) & 1 == 1
+    }
+}
+
 pub(crate) fn run_cache(config: CacheConfig, ops: &[CacheOp]) -> Result<(), String> {
     let mut run = CacheRun::new(config);
     for op in ops {

@@ -181,6 +181,20 @@ impl<V: Clone> Flight<V> {
     }
 }
 
+/// Runs `f` as the load of every flight of `flights` (a batch loader), on the calling thread.
+fn loading_all<V: Clone, R>(flights: &[&Flight<V>], f: impl FnOnce() -> R) -> R {
+    // Relaxed: as in `Flight::loading`.
+    let token = thread_token();
+    for flight in flights {
+        flight.loading_on.store(token, Ordering::Relaxed);
+    }
+    let result = f();
+    for flight in flights {
+        flight.loading_on.store(0, Ordering::Relaxed);
+    }
+    result
+}
+
 /// A future that waits for a flight; deregisters its waker when dropped.
 struct WaitFlight<'a, V: Clone> {
     flight: &'a Flight<V>,
@@ -278,7 +292,7 @@ where
         } else {
             core.counts.stale_rejected += 1;
         }
-        drop(core);
+        cache.unlock(core);
         // Cloned before the flight counts as finished: a `V::clone` that panics here leaves it
         // unfinished, and `Drop` abandons it so that its waiters retry instead of hanging.
         let for_waiters = value.clone();
@@ -317,14 +331,21 @@ where
     fn begin_load(&self, key: &K, hash: u64) -> Begin<V> {
         let cell = self.cell(hash);
         let now = || self.clock_now();
+        let tti = || self.tti_nanos();
         let guard = self.readers.enter();
-        if let Some(v) = cell.shared.get(&guard, hash, key, now, V::clone) {
+        if let Some(v) = cell
+            .shared
+            .get_touching(&guard, hash, key, now, tti, V::clone)
+        {
             guard.count(true);
             return Begin::Hit(v);
         }
         drop(guard);
         let mut core = cell.core.lock();
-        if let Some(v) = self.shard(cell, &mut core).get(hash, key, now, V::clone) {
+        if let Some(v) = self
+            .shard(cell, &mut core)
+            .get_touching(hash, key, now, tti, V::clone)
+        {
             drop(core);
             self.readers.hit();
             return Begin::Hit(v);
@@ -393,6 +414,101 @@ where
                 }
             }
         }
+    }
+
+    /// The values of `keys`, in their order, loading the ones not cached **with one call of
+    /// `loader` for all of them** (Caffeine's `getAll(keys, loader)`), each saved under its own
+    /// lease.
+    ///
+    /// Single-flight per key, exactly as [`get_or_load`](Self::get_or_load): a key another caller
+    /// is loading already is not loaded again (this call waits for that load's value), and a
+    /// `get_or_load` of one of the keys this call loads waits for this call's value. A purge,
+    /// insert or flush of a key during the load fences that key's save and detaches its flight,
+    /// as for `get_or_load` (I1, I7): callers that arrive after the write never receive the
+    /// value loaded before it.
+    ///
+    /// `loader` receives the keys to load (those not cached and not being loaded, in the order
+    /// of `keys`) and returns one value per key, in the same order. It is not called when every
+    /// key is cached or being loaded by others. If another caller's load of a key fails or is
+    /// abandoned, this call loads that key on its own with `loader` (a call with that one key).
+    /// If `loader` returns an error, so does this call: the values it would have loaded are not
+    /// cached, and callers waiting for them retry with their own loaders.
+    ///
+    /// # Panics
+    ///
+    /// If `loader` returns another number of values than it was given keys (the flights it led
+    /// are abandoned first, so nobody waits for them).
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<u32, String> = leasecache::Cache::new(100);
+    /// cache.insert(2, "cached".to_string());
+    /// let values = cache.get_many_or_load(&[1, 2, 3], |missing| {
+    ///     assert_eq!(missing, [1, 3]); // one round trip for both
+    ///     Ok::<_, std::io::Error>(missing.iter().map(|k| format!("row {k}")).collect())
+    /// });
+    /// assert_eq!(values.unwrap(), ["row 1", "cached", "row 3"]);
+    /// assert_eq!(cache.get(&3).as_deref(), Some("row 3"));
+    /// ```
+    pub fn get_many_or_load<F, E>(&self, keys: &[K], mut loader: F) -> Result<Vec<V>, E>
+    where
+        F: FnMut(&[K]) -> Result<Vec<V>, E>,
+    {
+        let mut values: Vec<Option<V>> = Vec::with_capacity(keys.len());
+        let mut joined = Vec::new();
+        let mut led = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hash = self.hash(key);
+            match self.begin_load(key, hash) {
+                Begin::Hit(v) => values.push(Some(v)),
+                Begin::Join(flight) => {
+                    values.push(None);
+                    joined.push((i, flight));
+                }
+                Begin::Lead(flight, lease) => {
+                    values.push(None);
+                    led.push((i, Leader::new(self, hash, flight), lease));
+                }
+            }
+        }
+        // The loads this call leads are finished before it waits for anyone else's: two batches
+        // that each lead a key the other waits for then both make progress.
+        if !led.is_empty() {
+            let to_load: Vec<K> = led.iter().map(|(i, _, _)| keys[*i].clone()).collect();
+            let flights: Vec<&Flight<V>> = led.iter().map(|(_, l, _)| &*l.flight).collect();
+            let loaded = loading_all(&flights, || loader(&to_load))?;
+            drop(flights);
+            assert_eq!(
+                loaded.len(),
+                to_load.len(),
+                "the batch loader returned {} values for {} keys",
+                loaded.len(),
+                to_load.len()
+            );
+            for ((i, leader, lease), value) in led.into_iter().zip(loaded) {
+                let value = leader.finish(keys[i].clone(), Ok::<V, E>(value), lease, None)?;
+                values[i] = Some(value);
+            }
+        }
+        for (i, flight) in joined {
+            let value = match flight.wait() {
+                Some(v) => v,
+                None => self.get_or_load(keys[i].clone(), |k| {
+                    let mut one = loader(std::slice::from_ref(&k))?;
+                    assert_eq!(
+                        one.len(),
+                        1,
+                        "the batch loader returned {} values for 1 key",
+                        one.len()
+                    );
+                    Ok(one.pop().expect("one value"))
+                })?,
+            };
+            values[i] = Some(value);
+        }
+        Ok(values
+            .into_iter()
+            .map(|v| v.expect("every key has its value"))
+            .collect())
     }
 
     /// [`get_or_load`](Self::get_or_load) with a loader that cannot fail (moka's `get_with`

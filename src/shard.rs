@@ -17,6 +17,7 @@
 
 #![allow(unsafe_code)]
 
+use crate::listener::{RemovalCause, Removals};
 use crate::policy::{Climber, Ghost, Sketch};
 use crate::reclaim::{Limbo, ReadGuard, Readers};
 #[cfg(any(test, fuzzing))]
@@ -26,6 +27,11 @@ use crate::sync::{AtomicPtr, Ordering};
 use crate::table::{MIN_BUCKETS, Probe, Published as PublishedTable, Table};
 use std::borrow::Borrow;
 use std::ptr::NonNull;
+
+/// What the cache's listing, predicate and quiet-read features add (peek, iteration, `retain`,
+/// removal notifications); a child module, so that it may use the shard's private parts.
+#[path = "shard_features.rs"]
+mod features;
 
 const NIL: u32 = u32::MAX;
 /// The highest slot index a shard hands out (a table bucket keeps one bit for its tag).
@@ -115,9 +121,11 @@ impl<K, V> Shared<K, V> {
     /// The live value of `key` mapped through `f`, recording the access for the eviction policy.
     /// `now` is only called when the entry has a deadline. Lock-free.
     ///
-    /// This and what it calls on a hit (`lookup`, `find`, `Probe::find`, `read_live`) are
-    /// always inlined, so that `Cache::get` is one function: with `#[inline]` alone, the
-    /// benchmark binary kept one of them as a call, a different one from build to build.
+    /// This and what it calls on a hit (`get_touching`, `lookup_touching`, `find`,
+    /// `Probe::find`) are always inlined, so that `Cache::get` is one function: with `#[inline]`
+    /// alone, the benchmark binary kept one of them as a call, a different one from build to
+    /// build. The cache itself calls `get_touching`, for its time to idle.
+    #[cfg(any(test, fuzzing))]
     #[inline(always)]
     pub(crate) fn get<Q, R>(
         &self,
@@ -131,31 +139,7 @@ impl<K, V> Shared<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        // SAFETY: the probe was loaded inside `guard`'s read, which outlives the call.
-        unsafe { self.lookup(self.table(guard), hash, key, now, f) }
-    }
-
-    /// [`get`](Self::get) in `table`.
-    ///
-    /// # Safety
-    /// As for [`find`](Self::find).
-    #[inline(always)]
-    unsafe fn lookup<Q, R>(
-        &self,
-        table: Probe,
-        hash: u64,
-        key: &Q,
-        now: impl FnOnce() -> u64,
-        f: impl FnOnce(&V) -> R,
-    ) -> Option<R>
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
-        // SAFETY: the caller's contract.
-        let (idx, slot) = unsafe { self.find(table, hash, key) }?;
-        // SAFETY: found through the table by a reader inside a read, or by the writer.
-        unsafe { self.read_live(idx, slot, now, f) }
+        self.get_touching(guard, hash, key, now, || 0, f)
     }
 
     /// The deadline of `key`'s entry (0: it has none), if present and live at `now`, without
@@ -238,31 +222,6 @@ impl<K, V> Shared<K, V> {
         }
         let deadline = self.slab.deadline(idx);
         deadline != 0 && deadline <= now()
-    }
-
-    /// `f` of the slot's value unless its deadline has passed, bumping its frequency.
-    ///
-    /// # Safety
-    /// As for [`Slot::with_value`]: the slot was found through the table by a reader inside a
-    /// read, or by the writer.
-    #[inline(always)]
-    unsafe fn read_live<R>(
-        &self,
-        idx: u32,
-        slot: &Slot<K, V>,
-        now: impl FnOnce() -> u64,
-        f: impl FnOnce(&V) -> R,
-    ) -> Option<R> {
-        if self.expired(idx, slot, now) {
-            return None;
-        }
-        // Relaxed: a heuristic for the policy that orders nothing.
-        let freq = slot.freq.load(Ordering::Relaxed);
-        if freq < MAX_FREQ {
-            slot.freq.store(freq + 1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract.
-        Some(unsafe { slot.with_value(f) })
     }
 }
 
@@ -423,6 +382,10 @@ pub(crate) struct Shard<'a, K, V> {
     shared: &'a Shared<K, V>,
     w: &'a mut Writer,
     readers: &'a Readers,
+    /// Where removed entries are copied for a removal listener (`crate::listener`), if any.
+    removals: Option<Removals<'a, K, V>>,
+    /// The limit a time-to-idle entry stored through this view gets (`features::set_limit`).
+    limit: Option<u64>,
 }
 
 impl<'a, K, V> Shard<'a, K, V>
@@ -431,7 +394,13 @@ where
 {
     /// The view of a shard whose lock the caller holds (`w` lives under it).
     pub(crate) fn new(shared: &'a Shared<K, V>, w: &'a mut Writer, readers: &'a Readers) -> Self {
-        Self { shared, w, readers }
+        Self {
+            shared,
+            w,
+            readers,
+            removals: None,
+            limit: None,
+        }
     }
 
     /// The current table. Not held across [`rebuild`](Self::rebuild) or [`collect`](Self::collect).
@@ -488,26 +457,6 @@ where
         self.shared.expired(idx, self.slot(idx), now)
     }
 
-    /// The live value of `key` mapped through `f`, recording the access, for a caller holding the
-    /// lock. `now` is only called when the entry has a deadline.
-    pub(crate) fn get<Q, R>(
-        &self,
-        hash: u64,
-        key: &Q,
-        now: impl FnOnce() -> u64,
-        f: impl FnOnce(&V) -> R,
-    ) -> Option<R>
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
-        // SAFETY: the writer; the table is its current one.
-        unsafe {
-            self.shared
-                .lookup(Probe::of(self.table()), hash, key, now, f)
-        }
-    }
-
     /// [`insert_as`](Self::insert_as) for a fill, as the unit tests write it.
     #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
@@ -555,6 +504,7 @@ where
         if u64::from(weight) > self.w.capacity {
             self.w.sketch.add(hash, 1);
             if let Some((pos, idx)) = self.find(hash, &key) {
+                self.notify(idx, RemovalCause::Replaced);
                 self.remove_at(pos, idx);
             }
             return false;
@@ -592,6 +542,7 @@ where
                         // again would have done, without publishing an entry no read would see.
                         self.w.ghost.push(hash);
                         self.w.evictions += 1;
+                        self.notify_entry(&key, &value, RemovalCause::Size);
                         return false;
                     }
                     Some(MAIN)
@@ -604,6 +555,7 @@ where
             // No slot for the new value (`MAX_SLOT` slots are allocated or retired): the write
             // still happened, so the old value must go.
             if let Ok((pos, old)) = existing {
+                self.notify_replaced(old, now);
                 self.remove_at(pos, old);
             }
             return false;
@@ -613,6 +565,7 @@ where
         unsafe { self.slot(idx).fill(key, value, weight, expires_at != 0) };
         if expires_at != 0 {
             self.shared.slab.set_deadline(idx, expires_at);
+            self.record_limit(idx);
         }
         match (existing, new_state) {
             (Ok((pos, old)), _) => {
@@ -628,6 +581,7 @@ where
                 let list = self.w.list_mut(state);
                 list.weight = list.weight - u64::from(old_weight) + u64::from(weight);
                 table.replace(pos, hash, idx);
+                self.notify_replaced(old, now);
                 self.retire_slot(old);
             }
             (Err((pos, empty)), state) => {
@@ -762,6 +716,14 @@ where
             None => Removed::Absent,
             Some((pos, idx)) => {
                 let expired = self.is_expired(idx, || now);
+                self.notify(
+                    idx,
+                    if expired {
+                        RemovalCause::Expired
+                    } else {
+                        RemovalCause::Purged
+                    },
+                );
                 self.remove_at(pos, idx);
                 if expired {
                     self.w.expirations += 1;
@@ -791,6 +753,7 @@ where
             let mut idx = list.head;
             while idx != NIL {
                 let next = self.slot(idx).next.load(Ordering::Relaxed);
+                self.notify(idx, RemovalCause::Flushed);
                 self.defer_slot(idx);
                 idx = next;
             }
@@ -906,6 +869,7 @@ where
                 slot.freq.load(Ordering::Relaxed),
             );
             if self.is_expired(idx, || now) {
+                self.notify(idx, RemovalCause::Expired);
                 self.remove_hashed(idx, hash);
                 self.w.expirations += 1;
                 return true;
@@ -930,6 +894,7 @@ where
                 self.second_chance(idx, hash, freq);
                 continue;
             }
+            self.notify(idx, RemovalCause::Size);
             self.drop_unlinked(idx, hash);
             self.w.evictions += 1;
             return true;

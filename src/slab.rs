@@ -192,6 +192,8 @@ impl<T> Drop for Published<T> {
 struct Segment<K, V> {
     slots: Box<[Slot<K, V>]>,
     deadlines: Published<Box<[AtomicU64]>>,
+    /// The limits of a time-to-idle shard (`set_limit`), allocated with its first one.
+    limits: Published<Box<[AtomicU64]>>,
 }
 
 /// The slots of one shard, in segments of `2^first_bits`, `2^first_bits`, `2^(first_bits + 1)`,
@@ -217,6 +219,7 @@ impl<K, V> Slab<K, V> {
             first: Segment {
                 slots: zeroed_slots(1 << first_bits),
                 deadlines: Published::new(),
+                limits: Published::new(),
             },
             rest: (1..=32 - first_bits).map(|_| Published::new()).collect(),
         }
@@ -318,6 +321,58 @@ impl<K, V> Slab<K, V> {
         deadlines[off].store(deadline, Ordering::Relaxed);
     }
 
+    /// Pushes slot `idx`'s deadline to `deadline` if that is later (a read of a time-to-idle
+    /// entry). Readers may call it on a slot they found through the table inside a read: the
+    /// slot is not reused before the read ends, and a deadline only counts while the slot is
+    /// timed, which it stays while it is published.
+    pub(crate) fn raise_deadline(&self, idx: u32, deadline: u64) {
+        let Some((segment, off)) = self.find_segment(idx) else {
+            return;
+        };
+        if let Some(d) = segment.deadlines.get().and_then(|d| d.get(off)) {
+            // Relaxed: what readers and the writer compare with the clock; it orders nothing.
+            d.fetch_max(deadline, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether any slot ever had a limit (then every segment has a limit array).
+    pub(crate) fn has_limits(&self) -> bool {
+        self.first.limits.get().is_some()
+    }
+
+    /// Slot `idx`'s limit (`0`: none): the latest its deadline may be pushed to by reads, in a
+    /// time-to-idle shard.
+    pub(crate) fn limit(&self, idx: u32) -> u64 {
+        let Some((segment, off)) = self.find_segment(idx) else {
+            return 0;
+        };
+        // Relaxed: written before the slot was published, as its deadline.
+        segment
+            .limits
+            .get()
+            .and_then(|d| d.get(off))
+            .map_or(0, |d| d.load(Ordering::Relaxed))
+    }
+
+    /// Sets slot `idx`'s limit; the first one allocates every segment's limit array. Writer
+    /// only, before the slot is published; once a shard has limits, every timed entry sets its
+    /// own (a reused slot's old limit is not reset otherwise).
+    pub(crate) fn set_limit(&self, idx: u32, limit: u64) {
+        if !self.has_limits() {
+            for s in 0..self.segments() {
+                if let Some(segment) = self.segment(s) {
+                    segment.limits.set(zeroed_u64s(self.segment_len(s)));
+                }
+            }
+        }
+        let (segment, off) = self.find_segment(idx).expect("allocated");
+        let limits = segment
+            .limits
+            .get()
+            .expect("allocated with the first limit");
+        limits[off].store(limit, Ordering::Relaxed);
+    }
+
     /// The number of slots in the segments allocated so far.
     #[cfg(all(test, not(leasecache_loom)))]
     pub(crate) fn allocated(&self) -> usize {
@@ -343,9 +398,13 @@ impl<K, V> Slab<K, V> {
             let seg = segment.set(Box::new(Segment {
                 slots: zeroed_slots(len),
                 deadlines: Published::new(),
+                limits: Published::new(),
             }));
             if self.has_deadlines() {
                 seg.deadlines.set(zeroed_u64s(len));
+            }
+            if self.has_limits() {
+                seg.limits.set(zeroed_u64s(len));
             }
         }
     }

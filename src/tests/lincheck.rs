@@ -205,6 +205,9 @@ pub(crate) enum Op {
     BeginWrite(u8),
     /// Commits the intent this thread opened on the key.
     EndWrite(u8),
+    /// `retain` with the predicate [`crate::fuzzing::retain_keeps`] of this bit (a write to
+    /// every key it removes, atomic in a one-shard cache).
+    Retain(u8),
 }
 
 /// The hold-off of [`Op::PurgeWithHoldOff`], in the spec's time units (the clock never moves).
@@ -225,7 +228,7 @@ impl Op {
             | Op::PurgeWithHoldOff(k)
             | Op::BeginWrite(k)
             | Op::EndWrite(k) => Some(k),
-            Op::Flush => None,
+            Op::Flush | Op::Retain(_) => None,
         }
     }
 }
@@ -237,6 +240,8 @@ pub(crate) enum Ret {
     Value(Option<u32>),
     Saved(SaveOutcome),
     Purged(bool),
+    /// `retain`: the entries its predicate refused, as it saw them.
+    Retained(Vec<(u8, u32)>),
     /// `lease`, `insert`, `flush`.
     Done,
 }
@@ -246,6 +251,8 @@ pub(crate) enum Ret {
 pub(crate) struct CacheModel {
     spec: Spec<u8, u32>,
     leases: BTreeMap<LeaseId, SpecLease<u8>>,
+    /// The one key of a per-key sub-history (`check_per_key`); `None`: every key.
+    focus: Option<u8>,
 }
 
 impl CacheModel {
@@ -253,6 +260,7 @@ impl CacheModel {
         Self {
             spec,
             leases: BTreeMap::new(),
+            focus: None,
         }
     }
 }
@@ -312,6 +320,16 @@ impl Model for CacheModel {
             (Op::EndWrite(k), Ret::Purged(removed)) => {
                 next.spec.end_write(k, true, None, *removed).is_ok()
             }
+            (Op::Retain(bit), Ret::Retained(removed)) => {
+                let focus = next.focus;
+                next.spec
+                    .retain(
+                        |k, v| crate::fuzzing::retain_keeps(*bit, *k, *v),
+                        removed,
+                        |k| focus.is_none_or(|f| f == *k),
+                    )
+                    .is_ok()
+            }
             _ => false,
         };
         ok.then_some(next)
@@ -340,7 +358,9 @@ pub(crate) fn check_per_key(
             .filter(|&i| history[i].op.key().is_none_or(|k| k == key))
             .collect();
         let sub: History = part.iter().map(|&i| history[i].clone()).collect();
-        match check(init, &sub) {
+        let mut focused = init.clone();
+        focused.focus = Some(key);
+        match check(&focused, &sub) {
             Verdict::Linearizable(order) => witness.extend(order.into_iter().map(|j| part[j])),
             Verdict::Violation(report) => {
                 return Verdict::Violation(format!("key {key}: {report}"));
@@ -389,6 +409,34 @@ mod tests {
         // Even without the get, the acceptance itself is the violation.
         let verdict = check(&model(), &history[..3]);
         assert!(matches!(verdict, Verdict::Violation(_)), "{verdict:?}");
+        assert!(!check_per_key(&model(), SLOTS, &history).is_linearizable());
+    }
+
+    /// `retain` is a purge of every key it removes: a save under a lease taken before a retain
+    /// that removed the key, landing after it, is a violation; on a key it kept it is fine; and
+    /// a retain that claims to have kept what its predicate refuses is caught. Bit 0 keeps odd
+    /// values.
+    #[test]
+    fn retain_fences_the_keys_it_removes_and_no_other() {
+        let setup = [
+            ev(0, Op::Insert(1, 2), Ret::Done, 1, 2),
+            ev(0, Op::Insert(2, 3), Ret::Done, 3, 4),
+            ev(0, Op::Lease(1, 0), Ret::Done, 5, 6),
+            ev(0, Op::Lease(2, 1), Ret::Done, 7, 8),
+        ];
+        let retain = ev(1, Op::Retain(0), Ret::Retained(vec![(1, 2)]), 9, 10);
+        let stale = ev(0, Op::Save(1, 9, 0), Ret::Saved(SaveOutcome::Saved), 11, 12);
+        let kept = ev(0, Op::Save(2, 9, 1), Ret::Saved(SaveOutcome::Saved), 13, 14);
+        let mut history = setup.to_vec();
+        history.extend([retain.clone(), kept.clone()]);
+        assert!(check(&model(), &history).is_linearizable());
+        assert!(check_per_key(&model(), SLOTS, &history).is_linearizable());
+        history.push(stale);
+        assert!(!check(&model(), &history).is_linearizable());
+        assert!(!check_per_key(&model(), SLOTS, &history).is_linearizable());
+        let mut history = setup.to_vec();
+        history.push(ev(1, Op::Retain(0), Ret::Retained(vec![]), 9, 10));
+        assert!(!check(&model(), &history).is_linearizable());
         assert!(!check_per_key(&model(), SLOTS, &history).is_linearizable());
     }
 
@@ -596,9 +644,22 @@ mod tests {
                                             (Op::Insert(k, value), Ret::Done)
                                         }
                                         12..=14 => (Op::Purge(k), Ret::Purged(cache.purge(&k))),
-                                        15 => {
+                                        15 if rng.below(2) == 0 => {
                                             cache.flush();
                                             (Op::Flush, Ret::Done)
+                                        }
+                                        15 => {
+                                            let bit = rng.below(64) as u8;
+                                            let mut removed = Vec::new();
+                                            cache.retain(|k, v| {
+                                                let keep =
+                                                    crate::fuzzing::retain_keeps(bit, *k, *v);
+                                                if !keep {
+                                                    removed.push((*k, *v));
+                                                }
+                                                keep
+                                            });
+                                            (Op::Retain(bit), Ret::Retained(removed))
                                         }
                                         16 | 17 => {
                                             let position = rng.below(8);

@@ -35,6 +35,7 @@ fn op() -> impl Strategy<Value = CacheOp> {
         1 => (key(), value(), 0u8..20).prop_map(|(k, v, t)| CacheOp::InsertWithTtl(k, v, t)),
         3 => key().prop_map(CacheOp::Purge),
         1 => Just(CacheOp::Flush),
+        2 => any::<u8>().prop_map(CacheOp::Retain),
         2 => (0u8..8).prop_map(CacheOp::Advance),
         2 => (key(), prop::option::weighted(0.9, value()), any::<bool>())
             .prop_map(|(key, value, asynchronous)| CacheOp::GetOrLoad { key, value, asynchronous }),
@@ -144,6 +145,25 @@ fn fixed_scenarios() {
         check(config, &[Lease(1), Purge(1), save(0, 10), Get(1)]).unwrap();
         check(config, &[GetOrLease(2), Insert(2, 5), save(0, 9), Get(2)]).unwrap();
         check(config, &[Lease(3), Flush, save(0, 9), Get(3)]).unwrap();
+        // `retain` fences the keys it removes (key 2: value 2 lacks bit 0) and no other.
+        check(
+            config,
+            &[
+                Insert(1, 1),
+                Insert(2, 2),
+                Lease(1),
+                Lease(2),
+                Lease(3),
+                Retain(0),
+                save(0, 11),
+                save(1, 12),
+                save(2, 13),
+                Get(1),
+                Get(2),
+                Get(3),
+            ],
+        )
+        .unwrap();
         // Floors: a hold-off outlives its lease, a lower position never lowers the floor, an
         // intent refuses a fresh lease and its end fences it.
         let hold = PurgeWithHoldOff(1, 5);

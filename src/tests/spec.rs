@@ -491,6 +491,50 @@ where
         }
     }
 
+    /// `retain(keep)` removed exactly `removed` (each key with the value `keep` was shown), the
+    /// cache's predicate being `keep` (a pure function of key and value). Every live entry `keep`
+    /// refuses must be among them (in lossy mode it may have been evicted instead), each removal
+    /// is a purge (fences and raises the default hold-off, like `purge`), and nothing else may be
+    /// removed. `in_scope` says which keys this spec tracks (all of them, or one key's
+    /// sub-history in per-key checking): removals of other keys are not its business.
+    pub(crate) fn retain(
+        &mut self,
+        keep: impl Fn(&K, &V) -> bool,
+        removed: &[(K, V)],
+        in_scope: impl Fn(&K) -> bool,
+    ) -> Verdict {
+        self.expire();
+        for (key, value) in removed.iter().filter(|(k, _)| in_scope(k)) {
+            match self.value(key) {
+                Some(v) if v == value && !keep(key, value) => {}
+                found => {
+                    return Err(format!(
+                        "retain removed {key:?} = {value:?}, the spec holds {found:?}"
+                    ));
+                }
+            }
+        }
+        let refused: Vec<K> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| in_scope(k) && !keep(k, &e.value))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in refused {
+            if removed.iter().any(|(k, _)| *k == key) {
+                self.fence(&key);
+                self.raise(&key, self.hold_off, None);
+                self.entries.remove(&key);
+            } else if self.lossy {
+                // Evicted before `retain` reached it: gone, and not fenced.
+                self.entries.remove(&key);
+            } else {
+                return Err(format!("retain kept {key:?}, which its predicate refuses"));
+            }
+        }
+        Ok(())
+    }
+
     /// `flush()`: drops everything and fences every lease.
     pub(crate) fn flush(&mut self) {
         self.entries.clear();
