@@ -192,6 +192,7 @@ where
         } = options;
         let n = layout.shards;
         debug_assert!(n.is_power_of_two() && layout.slots_per_shard.is_power_of_two());
+        let duel = crate::policy::Duel::new(n);
         let shards = (0..n)
             .map(|i| {
                 let capacity =
@@ -199,7 +200,8 @@ where
                 CachePadded::new(ShardCell {
                     shared: Shared::new(layout.expected_entries_per_shard),
                     core: Mutex::new(Core {
-                        writer: Writer::new(capacity, layout.expected_entries_per_shard).one_of(n),
+                        writer: Writer::new(capacity, layout.expected_entries_per_shard)
+                            .one_of(n, i, &duel),
                         clock: GenerationClock::default(),
                         flights: FlightTable::default(),
                         counts: WriteCounts::default(),

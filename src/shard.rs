@@ -18,12 +18,12 @@
 #![allow(unsafe_code)]
 
 use crate::listener::{RemovalCause, Removals};
-use crate::policy::{Climber, Ghost, Sketch};
+use crate::policy::{Climber, Duel, Ghost, Sketch};
 use crate::reclaim::{Limbo, ReadGuard, Readers};
 #[cfg(any(test, fuzzing))]
 use crate::slab::FREE;
 use crate::slab::{MAIN, RETIRED, SMALL, Slab, Slot};
-use crate::sync::{AtomicPtr, Ordering};
+use crate::sync::{Arc, AtomicPtr, Ordering};
 use crate::table::{MIN_BUCKETS, Probe, Published as PublishedTable, Table};
 use std::borrow::Borrow;
 use std::ptr::NonNull;
@@ -334,9 +334,11 @@ impl Writer {
         }
     }
 
-    /// Tells the window's climber that this shard is one of `shards`.
-    pub(crate) fn one_of(mut self, shards: usize) -> Self {
+    /// Tells the window's climber that this shard is the `index`th of `shards`, which duel
+    /// through `duel` (see `policy::climber`).
+    pub(crate) fn one_of(mut self, shards: usize, index: usize, duel: &Arc<Duel>) -> Self {
         self.climber.set_shards(shards);
+        self.climber.duel(duel, index);
         self
     }
 

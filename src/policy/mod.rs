@@ -4,10 +4,10 @@
 //!
 //! The policy is S3-FIFO (Yang et al., SOSP 2023) with a small queue whose share of the capacity,
 //! the window, adapts while the cache runs (S3-FIFO gives it a fixed 10 %, W-TinyLFU 1 % that
-//! Caffeine's hill climber then moves). The window starts at zero, where a new entry faces
-//! admission as soon as the shard is full (except that an explicit `insert` is never the victim
-//! of its own eviction, so it can be read right back), and grows while growing it raises the hit
-//! ratio: on traces where recency predicts the next access (databases, storage, CDNs, key-value
+//! Caffeine's hill climber then moves; here the cache's shards duel over it, see `climber.rs`).
+//! The window starts at zero, where a new entry faces admission as soon as the shard is full (except that an explicit `insert` is never the victim
+//! of its own eviction, so it can be read right back), and grows while a larger one clearly
+//! misses less: on traces where recency predicts the next access (databases, storage, CDNs, key-value
 //! stores), a new key read again soon after its miss is kept. See `climber.rs` for the rules and
 //! `Shard::window` for where the window stays zero. The rest, each measured on the hit-ratio
 //! harness (`cargo bench --bench hit_ratio`), with the window at zero:
@@ -40,6 +40,6 @@ mod climber;
 mod ghost;
 mod sketch;
 
-pub(crate) use climber::Climber;
+pub(crate) use climber::{Climber, Duel};
 pub(crate) use ghost::Ghost;
 pub(crate) use sketch::Sketch;
