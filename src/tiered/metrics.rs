@@ -16,7 +16,7 @@ const REDIS_COUNTERS: [(&str, &str); 1] = [(
 )];
 
 /// `(name, description)` of the tiered counters.
-const TIERED_COUNTERS: [(&str, &str); 18] = [
+const TIERED_COUNTERS: [(&str, &str); 22] = [
     (
         "leasecache_tiered_l1_hits_total",
         "Reads answered by the L1.",
@@ -85,6 +85,22 @@ const TIERED_COUNTERS: [(&str, &str); 18] = [
     (
         "leasecache_tiered_unreadable_flushes_total",
         "L1 flushes caused by unreadable messages (one per burst).",
+    ),
+    (
+        "leasecache_tiered_fill_waits_total",
+        "Reads that waited for another process's fill instead of reading the source.",
+    ),
+    (
+        "leasecache_tiered_fill_takeovers_total",
+        "Reads that waited for a fill, then filled the key themselves.",
+    ),
+    (
+        "leasecache_tiered_refreshes_total",
+        "Refreshes ahead of expiry that landed in Redis.",
+    ),
+    (
+        "leasecache_tiered_refresh_failures_total",
+        "Refreshes ahead of expiry whose load failed or whose save a write fenced.",
     ),
 ];
 
@@ -161,6 +177,10 @@ where
             stats.unacknowledged_writes,
             stats.unreadable_messages,
             stats.unreadable_flushes,
+            stats.fill_waits,
+            stats.fill_takeovers,
+            stats.refreshes,
+            stats.refresh_failures,
         ];
         set_counters(&TIERED_COUNTERS, counters, name);
         let feed_confirmed = *s.feed_state.borrow();
