@@ -634,3 +634,66 @@ async fn with_the_breaker_open_get_or_lease_gives_a_lease_that_saves_nowhere() {
     assert_eq!(cache.stats().redis_errors, errors, "Redis was not tried");
     assert_eq!(cache.l1().get(&1), None);
 }
+
+/// The narrowest window: another instance's purge lands after the reader's Redis save and before
+/// its L1 fill (forced by the unadvertised test hook). The save did land in Redis (`Stored`),
+/// the purge removed it there, and the reader's L1 refuses the fill: no tier serves the old row.
+#[cfg(feature = "__test-hooks")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_between_the_redis_save_and_the_l1_fill_keeps_the_old_value_out_of_the_l1() {
+    use leasecache::tiered::FillPoint;
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicBool;
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let writer: Arc<OnceLock<TieredCache<u64, String>>> = Arc::default();
+    let armed = Arc::new(AtomicBool::new(false));
+    let purged = Arc::new(AtomicBool::new(false));
+    let (w, arm, done) = (Arc::clone(&writer), Arc::clone(&armed), Arc::clone(&purged));
+    let l2 = RedisStore::<String>::connect_lazy(&url, opts("aside-hook")).unwrap();
+    let a: TieredCache<u64, String> = TieredCache::builder(Cache::new(100), l2)
+        .test_hook_before_l1_fill(move |point, key| {
+            let fire = point == FillPoint::RedisSaved && arm.swap(false, Ordering::SeqCst);
+            let (w, done) = (Arc::clone(&w), Arc::clone(&done));
+            async move {
+                if fire {
+                    let writer = w
+                        .get()
+                        .expect("the writer is built before the hook is armed");
+                    let id: u64 = key.parse().unwrap();
+                    // Strict: returns once the reader's feed applied the invalidation.
+                    writer.purge(&id).await.unwrap();
+                    done.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    assert!(writer.set(tiered(&url, "aside-hook")).is_ok());
+    let b = writer.get().unwrap();
+    for cache in [&a, b] {
+        tokio::time::timeout(DEADLINE, cache.feed_confirmed())
+            .await
+            .expect("feed");
+        wait_for("the L1 in use", || async { cache.is_l1_active() }).await;
+    }
+
+    let Lookup::Miss(lease) = a.get_or_lease(&1).await.unwrap() else {
+        panic!("empty namespace")
+    };
+    armed.store(true, Ordering::SeqCst);
+    let saved = a
+        .save_with_lease(1, &"old".to_string(), lease)
+        .await
+        .unwrap();
+    assert!(purged.load(Ordering::SeqCst), "the hook purged");
+    assert_eq!(saved, Saved::Stored, "Redis took the save before the purge");
+    assert_eq!(a.l1().get(&1), None, "the L1 refused the fill");
+    assert_eq!(a.l2().get("1").await.unwrap(), None, "the purge removed it");
+    assert!(matches!(a.get_or_lease(&1).await.unwrap(), Lookup::Miss(_)));
+    assert!(matches!(b.get_or_lease(&1).await.unwrap(), Lookup::Miss(_)));
+    assert!(a.stats().l1_stale_rejected >= 1, "{:?}", a.stats());
+}
