@@ -65,7 +65,7 @@
 //! |---|---|---|---|
 //! | `leasecache_tiered_l1_hits_total` | counter | count | reads answered by the L1 (`l1_hits`) |
 //! | `leasecache_tiered_l2_hits_total` | counter | count | reads answered by Redis after an L1 miss (`l2_hits`) |
-//! | `leasecache_tiered_loads_total` | counter | count | loader calls (`loads`) |
+//! | `leasecache_tiered_loads_total` | counter | count | loader calls, and `get_or_lease` misses (`loads`) |
 //! | `leasecache_tiered_l1_stale_fills_prevented_total` | counter | count | L1 fills rejected because a purge, invalidation, insert or flush fenced the L1 lease (`l1_stale_rejected`) |
 //! | `leasecache_tiered_l2_stale_saves_prevented_total` | counter | count | Redis saves rejected because a write fenced the Redis lease (`l2_stale_rejected`) |
 //! | `leasecache_tiered_expired_leases_total` | counter | count | loads that outlived the maximum lease age, saved nowhere (`expired_leases`) |

@@ -480,6 +480,10 @@ async fn the_same_cache_aside_shape_on_cache_redis_store_and_tiered_cache() {
         tiered_cache.get_or_lease(&7).await.unwrap(),
         Lookup::Hit(read_row(7))
     );
+    // Counted as `get_or_load` counts: each miss a source read, so `hit_ratio` covers both.
+    let stats = tiered_cache.stats();
+    assert_eq!(stats.loads, 2, "two misses: {stats:?}");
+    assert_eq!(stats.l1_hits + stats.l2_hits, 1, "one hit: {stats:?}");
     // Stored in both tiers: Redis under "7", the L1 under 7.
     assert_eq!(tiered_cache.l2().get("7").await.unwrap(), Some(read_row(7)));
     assert_eq!(tiered_cache.l1().get(&7), Some(read_row(7)));
@@ -623,6 +627,7 @@ async fn with_the_breaker_open_get_or_lease_gives_a_lease_that_saves_nowhere() {
         "{failures} failures before the breaker opened"
     );
     assert!(cache.stats().breaker_opens >= 1, "{:?}", cache.stats());
+    assert_eq!(cache.stats().loads, 1, "the miss: {:?}", cache.stats());
     let errors = cache.stats().redis_errors;
     assert_eq!(
         cache

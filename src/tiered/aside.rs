@@ -80,6 +80,10 @@ where
     /// Errors: [`TieredError::Redis`] if the Redis read failed (counted by the breaker), as from
     /// [`get`](Self::get) and `RedisStore::get_or_lease`.
     ///
+    /// Counted in [`TieredStats`](super::TieredStats) like a read through `get_or_load`: a hit
+    /// in `l1_hits` or `l2_hits`, a miss in `loads` (the caller reads the source), so
+    /// [`hit_ratio`](super::TieredStats::hit_ratio) covers both styles.
+    ///
     /// ```no_run
     /// use leasecache::{Cache, Lookup, Saved};
     /// use leasecache::redis::{RedisOptions, RedisStore};
@@ -123,6 +127,8 @@ where
         }
         let asked = Instant::now();
         if !s.breaker.permit() {
+            // The caller reads the source: a load, as far as `TieredStats` is concerned.
+            bump(&s.counters.loads);
             return Ok(Lookup::Miss(TieredLease {
                 l1,
                 redis: None,
@@ -148,6 +154,7 @@ where
             }
             Ok((Lookup::Miss(redis), _)) => {
                 s.redis_ok();
+                bump(&s.counters.loads);
                 Ok(Lookup::Miss(TieredLease {
                     l1,
                     redis: Some(redis),

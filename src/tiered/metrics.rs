@@ -25,7 +25,10 @@ const TIERED_COUNTERS: [(&str, &str); 22] = [
         "leasecache_tiered_l2_hits_total",
         "Reads answered by Redis after an L1 miss.",
     ),
-    ("leasecache_tiered_loads_total", "Loader calls."),
+    (
+        "leasecache_tiered_loads_total",
+        "Loader calls and cache-aside misses: reads of the source.",
+    ),
     (
         "leasecache_tiered_l1_stale_fills_prevented_total",
         "L1 fills rejected because a write or invalidation fenced the L1 lease.",

@@ -442,7 +442,8 @@ pub struct TieredStats {
     /// Reads answered by Redis after an L1 miss.
     pub l2_hits: u64,
     /// Loader calls (one per single-flight group), including those made while Redis was
-    /// unreachable. Not the same count as `l1.loads`: the L1 counts every single-flight group
+    /// unreachable, and the misses of [`get_or_lease`](TieredCache::get_or_lease) (each one a
+    /// source read by its caller). Not the same count as `l1.loads`: the L1 counts every single-flight group
     /// it led on an L1 miss, *including the groups Redis answered* (those are also in
     /// `l2_hits`), and none of the loads made while the L1 was bypassed. To know how often the
     /// database was read, use this field.
