@@ -540,7 +540,8 @@ impl Row {
 
 /// A cache-aside reader's lease is fenced by a writer's purge between its `get_or_lease` and its
 /// `save_with_lease`, whether the writer is this instance or another one: the save is `Stale`,
-/// neither tier stores the old row, and no L1 ever serves it.
+/// neither tier stores the old row, and no L1 ever serves it. Another instance's insert and
+/// flush fence it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_between_get_or_lease_and_save_fences_the_save_in_every_instance() {
     let Some(server) = RedisServer::start() else {
@@ -601,7 +602,34 @@ async fn a_purge_between_get_or_lease_and_save_fences_the_save_in_every_instance
         assert_eq!(a.l1().get(&1), None, "{name}: a's L1 after the purge");
         assert_eq!(b.l1().get(&1), None, "{name}: b's L1 after the purge");
     }
-    assert!(a.stats().l2_stale_rejected >= 2, "{:?}", a.stats());
+
+    // Another instance's insert and flush fence the lease as its purge does: the insert's value
+    // is what both instances read afterwards, never the reader's.
+    let Lookup::Miss(lease) = a.get_or_lease(&1).await.unwrap() else {
+        panic!("purged")
+    };
+    b.insert(&1, &"inserted".to_string()).await.unwrap();
+    assert_eq!(
+        a.save_with_lease(1, &db.read(), lease).await.unwrap(),
+        Saved::Stale
+    );
+    for cache in [&a, &b] {
+        assert_eq!(
+            cache.get_or_lease(&1).await.unwrap(),
+            Lookup::Hit("inserted".to_string())
+        );
+    }
+    let Lookup::Miss(lease) = a.get_or_lease(&2).await.unwrap() else {
+        panic!("never written")
+    };
+    b.flush().await.unwrap();
+    assert_eq!(
+        a.save_with_lease(2, &db.read(), lease).await.unwrap(),
+        Saved::Stale
+    );
+    assert_eq!(a.l2().get("2").await.unwrap(), None);
+    assert_eq!(a.l1().get(&2), None);
+    assert!(a.stats().l2_stale_rejected >= 4, "{:?}", a.stats());
 }
 
 /// With Redis down the breaker opens; then `get_or_lease` does not try Redis and hands out a
