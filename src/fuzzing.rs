@@ -456,8 +456,17 @@ impl Bytes<'_> {
     }
 }
 
+/// The operation tags that decode as [`CacheOp::Retain`] (one in 16 operations). Every other
+/// tag decodes as before `Retain` was added (`tag % 17`), so existing corpora whose tags avoid
+/// these replay the same sequences; the regression inputs below use none of them.
+const RETAIN_TAGS: std::ops::RangeInclusive<u8> = 0xD0..=0xDF;
+
 fn decode_cache_op(b: &mut Bytes<'_>) -> Option<CacheOp> {
-    Some(match b.u8()? % 17 {
+    let tag = b.u8()?;
+    if RETAIN_TAGS.contains(&tag) {
+        return Some(CacheOp::Retain(b.u8()?));
+    }
+    Some(match tag % 17 {
         0 => CacheOp::Get(b.u8()?),
         1 => CacheOp::ContainsKey(b.u8()?),
         2 => CacheOp::GetOrLease(b.u8()?),
@@ -763,11 +772,35 @@ mod tests {
         // The first byte picks the configuration; make sure each one runs a varied sequence.
         for (i, _) in CacheConfig::ALL.iter().enumerate() {
             let mut data = vec![i as u8];
-            for tag in 0..17u8 {
+            for tag in (0..17u8).chain([0xD0, 0xDF]) {
                 data.extend([tag, 1, 2, 3, 4, 5, 6, 7, 8]);
             }
             run_cache_ops(&data);
         }
+    }
+
+    /// `Retain` is generated (from 16 tags, with the next byte as its predicate), and the other
+    /// tags keep their meaning (`tag % 17`).
+    #[test]
+    fn the_decoder_generates_retain_and_keeps_the_older_tags() {
+        let decode = |data: &[u8]| decode_cache_op(&mut Bytes(data));
+        for tag in RETAIN_TAGS {
+            assert_eq!(decode(&[tag, 0x21]), Some(CacheOp::Retain(0x21)));
+        }
+        assert_eq!(decode(&[0xD0]), None, "a truncated retain");
+        assert_eq!(decode(&[7, 3]), Some(CacheOp::Purge(3)));
+        assert_eq!(decode(&[7 + 17 * 13, 3]), Some(CacheOp::Purge(3)));
+        assert_eq!(decode(&[8]), Some(CacheOp::Flush));
+        assert_eq!(decode(&[8 + 17 * 13]), Some(CacheOp::Flush));
+        assert_eq!(decode(&[0xCF, 3]), decode(&[0xCF % 17, 3]), "just below");
+        assert_eq!(decode(&[0xE0, 3]), decode(&[0xE0 % 17, 3]), "just above");
+        // Sequences that retain: the spec's removals match the cache's (checked by the run).
+        let mut data = vec![0];
+        for k in 0..8u8 {
+            data.extend([6, k, k, 0, 0, 0]); // insert k -> k
+        }
+        data.extend([0xD0, 0x20, 0, 1, 0, 2, 0xD1, 0, 2, 0]); // keep even keys, then odd values
+        run_cache_ops(&data);
     }
 
     /// Teeth: the harness notices a cache that accepts a save the spec says is stale.

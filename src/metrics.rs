@@ -65,7 +65,7 @@
 //! |---|---|---|---|
 //! | `leasecache_tiered_l1_hits_total` | counter | count | reads answered by the L1 (`l1_hits`) |
 //! | `leasecache_tiered_l2_hits_total` | counter | count | reads answered by Redis after an L1 miss (`l2_hits`) |
-//! | `leasecache_tiered_loads_total` | counter | count | loader calls (`loads`) |
+//! | `leasecache_tiered_loads_total` | counter | count | loader calls, and `get_or_lease` misses (`loads`) |
 //! | `leasecache_tiered_l1_stale_fills_prevented_total` | counter | count | L1 fills rejected because a purge, invalidation, insert or flush fenced the L1 lease (`l1_stale_rejected`) |
 //! | `leasecache_tiered_l2_stale_saves_prevented_total` | counter | count | Redis saves rejected because a write fenced the Redis lease (`l2_stale_rejected`) |
 //! | `leasecache_tiered_expired_leases_total` | counter | count | loads that outlived the maximum lease age, saved nowhere (`expired_leases`) |
@@ -81,6 +81,10 @@
 //! | `leasecache_tiered_unacknowledged_writes_total` | counter | count | `Coherence::Strict` writes that returned `TieredError::Unacknowledged` (`unacknowledged_writes`) |
 //! | `leasecache_tiered_unreadable_messages_total` | counter | count | messages on the invalidation channels that this version cannot read (`unreadable_messages`) |
 //! | `leasecache_tiered_unreadable_flushes_total` | counter | count | L1 flushes those caused, one per burst (`unreadable_flushes`) |
+//! | `leasecache_tiered_fill_waits_total` | counter | count | reads that found another process filling the key and waited for its fill instead of reading the source (`fill_waits`) |
+//! | `leasecache_tiered_fill_takeovers_total` | counter | count | of those, reads that then filled the key themselves: the filler lapsed, gave up, or a write voided the fill (`fill_takeovers`) |
+//! | `leasecache_tiered_refreshes_total` | counter | count | refreshes ahead of expiry that landed in Redis (`refreshes`) |
+//! | `leasecache_tiered_refresh_failures_total` | counter | count | refreshes ahead of expiry whose load failed or whose save a write fenced (`refresh_failures`) |
 //! | `leasecache_tiered_pending_writes` | gauge | count | writes waiting in the retry queue now (`pending_writes`) |
 //! | `leasecache_tiered_breaker_state` | gauge | - | the circuit breaker: 0 closed, 1 open, 2 half-open (one probe let through) |
 //! | `leasecache_tiered_feed_confirmed` | gauge | - | 1 while the invalidation feed is confirmed, else 0 |

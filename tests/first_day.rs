@@ -440,12 +440,57 @@ async fn the_same_cache_aside_shape_on_cache_redis_store_and_tiered_cache() {
         Lookup::Hit(read_row(7))
     );
 
-    // Read-through, then a writer's purge: the loader gets the key by value in every layer, and
-    // `purge` takes it by reference.
+    // The same lines on the tiered cache (keys by reference in lookups, owned in saves like
+    // `Cache`, borrowed values like `RedisStore`, awaited).
     let tiered_cache: TieredCache<u64, String> = tiered(&server.url(), "shape-tiered");
     tokio::time::timeout(DEADLINE, tiered_cache.feed_confirmed())
         .await
         .expect("feed");
+    wait_for("the L1 in use", || async { tiered_cache.is_l1_active() }).await;
+    let Lookup::Miss(lease) = tiered_cache.get_or_lease(&7).await.unwrap() else {
+        panic!("empty namespace")
+    };
+    let applied = tiered_cache.stats().invalidations_received;
+    tiered_cache.purge(&7).await.unwrap(); // a writer wins the race
+    assert_eq!(
+        outcome(
+            tiered_cache
+                .save_with_lease(7, &read_row(7), lease)
+                .await
+                .unwrap()
+        ),
+        "stale"
+    );
+    // The purge's echo (every instance receives its own writes) would fence an L1 lease taken
+    // before it arrives: wait for it, so that the next save fills the L1.
+    echoed(&tiered_cache, applied).await;
+    let Lookup::Miss(lease) = tiered_cache.get_or_lease(&7).await.unwrap() else {
+        panic!("nothing was stored")
+    };
+    assert_eq!(
+        outcome(
+            tiered_cache
+                .save_with_lease(7, &read_row(7), lease)
+                .await
+                .unwrap()
+        ),
+        "stored"
+    );
+    assert_eq!(
+        tiered_cache.get_or_lease(&7).await.unwrap(),
+        Lookup::Hit(read_row(7))
+    );
+    // Counted as `get_or_load` counts: each miss a source read, so `hit_ratio` covers both.
+    let stats = tiered_cache.stats();
+    assert_eq!(stats.loads, 2, "two misses: {stats:?}");
+    assert_eq!(stats.l1_hits + stats.l2_hits, 1, "one hit: {stats:?}");
+    // Stored in both tiers: Redis under "7", the L1 under 7.
+    assert_eq!(tiered_cache.l2().get("7").await.unwrap(), Some(read_row(7)));
+    assert_eq!(tiered_cache.l1().get(&7), Some(read_row(7)));
+    assert!(tiered_cache.purge(&7).await.unwrap(), "Redis held 7");
+
+    // Read-through, then a writer's purge: the loader gets the key by value in every layer, and
+    // `purge` takes it by reference.
     let sync = l1.get_or_load(8, |id| Ok::<_, std::io::Error>(read_row(id)));
     let in_async = l1
         .get_or_load_async(9, |id| async move { Ok::<_, std::io::Error>(read_row(id)) })
@@ -470,4 +515,218 @@ async fn the_same_cache_aside_shape_on_cache_redis_store_and_tiered_cache() {
     assert_eq!(l1.get(&8), None);
     assert_eq!(tiered_cache.get(&8).await.unwrap(), None);
     assert_eq!(l2.get("7").await.unwrap(), None);
+}
+
+/// Waits until `cache` applied an invalidation past the `applied` it had counted: the echo of a
+/// purge it made itself, which fences the L1 leases captured before it arrives.
+async fn echoed<K: TieredKey>(cache: &TieredCache<K, String>, applied: u64) {
+    wait_for("the purge applied here", || async {
+        cache.stats().invalidations_received > applied
+    })
+    .await;
+}
+
+/// The database of the fencing test: one row, its version bumped by every update.
+struct Row(std::sync::Mutex<u32>);
+
+impl Row {
+    fn read(&self) -> String {
+        format!("v{}", self.0.lock().unwrap())
+    }
+    fn update(&self) {
+        *self.0.lock().unwrap() += 1;
+    }
+}
+
+/// A cache-aside reader's lease is fenced by a writer's purge between its `get_or_lease` and its
+/// `save_with_lease`, whether the writer is this instance or another one: the save is `Stale`,
+/// neither tier stores the old row, and no L1 ever serves it. Another instance's insert and
+/// flush fence it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_between_get_or_lease_and_save_fences_the_save_in_every_instance() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let [a, b] = pair::<u64>(&server, "aside-fence").await;
+    let db = Row(std::sync::Mutex::new(1));
+
+    for (writer, name) in [(&a, "this instance"), (&b, "another instance")] {
+        // The reader (a) misses and reads the row...
+        let Lookup::Miss(lease) = a.get_or_lease(&1).await.unwrap() else {
+            panic!("{name}: the key was purged")
+        };
+        assert!(!lease.saves_nowhere(), "{name}: the breaker is closed");
+        let old = db.read();
+        // ...a writer updates it and purges (Strict: returns once every other instance applied
+        // it)...
+        let applied = a.stats().invalidations_received;
+        db.update();
+        writer.purge(&1).await.unwrap();
+        echoed(&a, applied).await;
+        // ...so the reader's save is stale, and stores the old row nowhere.
+        assert_eq!(
+            a.save_with_lease(1, &old, lease).await.unwrap(),
+            Saved::Stale,
+            "{name}"
+        );
+        assert_eq!(a.l1().get(&1), None, "{name}: a's L1");
+        assert_eq!(b.l1().get(&1), None, "{name}: b's L1");
+        assert_eq!(a.l2().get("1").await.unwrap(), None, "{name}: Redis");
+        for cache in [&a, &b] {
+            assert!(
+                matches!(cache.get_or_lease(&1).await.unwrap(), Lookup::Miss(_)),
+                "{name}: nobody serves {old}"
+            );
+        }
+
+        // A fresh lease saves the current row in both tiers; both instances serve it, the
+        // reader from its L1.
+        let Lookup::Miss(lease) = a.get_or_lease(&1).await.unwrap() else {
+            panic!("{name}: nothing was stored")
+        };
+        let new = db.read();
+        assert_ne!(new, old);
+        assert_eq!(
+            a.save_with_lease(1, &new, lease).await.unwrap(),
+            Saved::Stored,
+            "{name}"
+        );
+        assert_eq!(a.l1().get(&1).as_ref(), Some(&new), "{name}: a's L1 filled");
+        assert_eq!(b.get(&1).await.unwrap().as_ref(), Some(&new), "{name}");
+
+        // The writer's next update purges it everywhere before the next round.
+        let applied = a.stats().invalidations_received;
+        db.update();
+        writer.purge(&1).await.unwrap();
+        echoed(&a, applied).await;
+        assert_eq!(a.l1().get(&1), None, "{name}: a's L1 after the purge");
+        assert_eq!(b.l1().get(&1), None, "{name}: b's L1 after the purge");
+    }
+
+    // Another instance's insert and flush fence the lease as its purge does: the insert's value
+    // is what both instances read afterwards, never the reader's.
+    let Lookup::Miss(lease) = a.get_or_lease(&1).await.unwrap() else {
+        panic!("purged")
+    };
+    b.insert(&1, &"inserted".to_string()).await.unwrap();
+    assert_eq!(
+        a.save_with_lease(1, &db.read(), lease).await.unwrap(),
+        Saved::Stale
+    );
+    for cache in [&a, &b] {
+        assert_eq!(
+            cache.get_or_lease(&1).await.unwrap(),
+            Lookup::Hit("inserted".to_string())
+        );
+    }
+    let Lookup::Miss(lease) = a.get_or_lease(&2).await.unwrap() else {
+        panic!("never written")
+    };
+    b.flush().await.unwrap();
+    assert_eq!(
+        a.save_with_lease(2, &db.read(), lease).await.unwrap(),
+        Saved::Stale
+    );
+    assert_eq!(a.l2().get("2").await.unwrap(), None);
+    assert_eq!(a.l1().get(&2), None);
+    assert!(a.stats().l2_stale_rejected >= 4, "{:?}", a.stats());
+}
+
+/// With Redis down the breaker opens; then `get_or_lease` does not try Redis and hands out a
+/// lease that saves nowhere, so cache-aside code keeps serving from the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_breaker_open_get_or_lease_gives_a_lease_that_saves_nowhere() {
+    let url = format!("redis://127.0.0.1:{}/", free_port());
+    let cache: TieredCache<u64, String> = tiered(&url, "aside-down");
+
+    // The first reads reach for Redis and fail (each counted by the breaker)...
+    let mut failures = 0;
+    let lease = loop {
+        match cache.get_or_lease(&1).await {
+            Err(TieredError::Redis(_)) => failures += 1,
+            Ok(Lookup::Miss(lease)) if lease.saves_nowhere() => break lease,
+            other => panic!("{other:?}"),
+        }
+        assert!(failures <= 100, "the breaker never opened");
+    };
+    // ...until the breaker opens (threshold 3).
+    assert!(
+        failures >= 3,
+        "{failures} failures before the breaker opened"
+    );
+    assert!(cache.stats().breaker_opens >= 1, "{:?}", cache.stats());
+    assert_eq!(cache.stats().loads, 1, "the miss: {:?}", cache.stats());
+    let errors = cache.stats().redis_errors;
+    assert_eq!(
+        cache
+            .save_with_lease(1, &"row 1".to_string(), lease)
+            .await
+            .unwrap(),
+        Saved::Stale
+    );
+    assert_eq!(cache.stats().redis_errors, errors, "Redis was not tried");
+    assert_eq!(cache.l1().get(&1), None);
+}
+
+/// The narrowest window: another instance's purge lands after the reader's Redis save and before
+/// its L1 fill (forced by the unadvertised test hook). The save did land in Redis (`Stored`),
+/// the purge removed it there, and the reader's L1 refuses the fill: no tier serves the old row.
+#[cfg(feature = "__test-hooks")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_between_the_redis_save_and_the_l1_fill_keeps_the_old_value_out_of_the_l1() {
+    use leasecache::tiered::FillPoint;
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicBool;
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let writer: Arc<OnceLock<TieredCache<u64, String>>> = Arc::default();
+    let armed = Arc::new(AtomicBool::new(false));
+    let purged = Arc::new(AtomicBool::new(false));
+    let (w, arm, done) = (Arc::clone(&writer), Arc::clone(&armed), Arc::clone(&purged));
+    let l2 = RedisStore::<String>::connect_lazy(&url, opts("aside-hook")).unwrap();
+    let a: TieredCache<u64, String> = TieredCache::builder(Cache::new(100), l2)
+        .test_hook_before_l1_fill(move |point, key| {
+            let fire = point == FillPoint::RedisSaved && arm.swap(false, Ordering::SeqCst);
+            let (w, done) = (Arc::clone(&w), Arc::clone(&done));
+            async move {
+                if fire {
+                    let writer = w
+                        .get()
+                        .expect("the writer is built before the hook is armed");
+                    let id: u64 = key.parse().unwrap();
+                    // Strict: returns once the reader's feed applied the invalidation.
+                    writer.purge(&id).await.unwrap();
+                    done.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    assert!(writer.set(tiered(&url, "aside-hook")).is_ok());
+    let b = writer.get().unwrap();
+    for cache in [&a, b] {
+        tokio::time::timeout(DEADLINE, cache.feed_confirmed())
+            .await
+            .expect("feed");
+        wait_for("the L1 in use", || async { cache.is_l1_active() }).await;
+    }
+
+    let Lookup::Miss(lease) = a.get_or_lease(&1).await.unwrap() else {
+        panic!("empty namespace")
+    };
+    armed.store(true, Ordering::SeqCst);
+    let saved = a
+        .save_with_lease(1, &"old".to_string(), lease)
+        .await
+        .unwrap();
+    assert!(purged.load(Ordering::SeqCst), "the hook purged");
+    assert_eq!(saved, Saved::Stored, "Redis took the save before the purge");
+    assert_eq!(a.l1().get(&1), None, "the L1 refused the fill");
+    assert_eq!(a.l2().get("1").await.unwrap(), None, "the purge removed it");
+    assert!(matches!(a.get_or_lease(&1).await.unwrap(), Lookup::Miss(_)));
+    assert!(matches!(b.get_or_lease(&1).await.unwrap(), Lookup::Miss(_)));
+    assert!(a.stats().l1_stale_rejected >= 1, "{:?}", a.stats());
 }

@@ -88,6 +88,68 @@ fn assert_reports(
     );
 }
 
+/// The field names of a `Debug`-printed stats struct (`Name { a: 1, b: 2, .. }`), nested
+/// structs left out.
+fn fields(debug: &str) -> Vec<String> {
+    let body = &debug[debug.find('{').expect("a struct") + 1..];
+    let mut out = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (i, c) in body.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth > 0 => depth -= 1,
+            ':' if depth == 0 => {
+                let name = body[start..i].trim().trim_start_matches(',').trim();
+                out.push(name.to_owned());
+            }
+            ',' if depth == 0 => start = i + 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every counter of `Stats` and `TieredStats` is exported: the metric tables name each field
+/// (in parentheses, `` (`field`) ``), so a counter added to a stats struct without a metric fails
+/// here.
+#[test]
+fn every_stats_field_is_documented_as_a_metric() {
+    let docs = include_str!("../src/metrics.rs");
+    let rows = |prefix: &str| -> String {
+        docs.lines()
+            .filter(|l| l.starts_with(prefix))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let cache_rows = rows("//! | `leasecache_");
+    for field in fields(&format!("{:?}", leasecache::Stats::default())) {
+        assert!(
+            cache_rows.contains(&format!("(`{field}`)")),
+            "Stats::{field} has no metric in src/metrics.rs"
+        );
+    }
+    let tiered_rows = rows("//! | `leasecache_tiered_");
+    let stats = format!("{:?}", leasecache::tiered::TieredStats::default());
+    let tiered_fields = fields(&stats);
+    assert!(tiered_fields.contains(&"fill_waits".to_owned()), "{stats}");
+    for field in tiered_fields {
+        // The L1's own counters are the `Cache` table (checked above); the Redis tier's
+        // unreadable values are its own counter, `leasecache_redis_unreadable_values_total`.
+        if field == "l1" {
+            continue;
+        }
+        if field == "l2_unreadable_values" {
+            assert!(docs.contains("`leasecache_redis_unreadable_values_total`"));
+            continue;
+        }
+        assert!(
+            tiered_rows.contains(&format!("(`{field}`)")),
+            "TieredStats::{field} has no metric in src/metrics.rs"
+        );
+    }
+}
+
 #[test]
 fn cache_reports_every_documented_metric() {
     let tables = documented();

@@ -16,7 +16,7 @@ const REDIS_COUNTERS: [(&str, &str); 1] = [(
 )];
 
 /// `(name, description)` of the tiered counters.
-const TIERED_COUNTERS: [(&str, &str); 18] = [
+const TIERED_COUNTERS: [(&str, &str); 22] = [
     (
         "leasecache_tiered_l1_hits_total",
         "Reads answered by the L1.",
@@ -25,7 +25,10 @@ const TIERED_COUNTERS: [(&str, &str); 18] = [
         "leasecache_tiered_l2_hits_total",
         "Reads answered by Redis after an L1 miss.",
     ),
-    ("leasecache_tiered_loads_total", "Loader calls."),
+    (
+        "leasecache_tiered_loads_total",
+        "Loader calls and cache-aside misses: reads of the source.",
+    ),
     (
         "leasecache_tiered_l1_stale_fills_prevented_total",
         "L1 fills rejected because a write or invalidation fenced the L1 lease.",
@@ -85,6 +88,22 @@ const TIERED_COUNTERS: [(&str, &str); 18] = [
     (
         "leasecache_tiered_unreadable_flushes_total",
         "L1 flushes caused by unreadable messages (one per burst).",
+    ),
+    (
+        "leasecache_tiered_fill_waits_total",
+        "Reads that waited for another process's fill instead of reading the source.",
+    ),
+    (
+        "leasecache_tiered_fill_takeovers_total",
+        "Reads that waited for a fill, then filled the key themselves.",
+    ),
+    (
+        "leasecache_tiered_refreshes_total",
+        "Refreshes ahead of expiry that landed in Redis.",
+    ),
+    (
+        "leasecache_tiered_refresh_failures_total",
+        "Refreshes ahead of expiry whose load failed or whose save a write fenced.",
     ),
 ];
 
@@ -161,6 +180,10 @@ where
             stats.unacknowledged_writes,
             stats.unreadable_messages,
             stats.unreadable_flushes,
+            stats.fill_waits,
+            stats.fill_takeovers,
+            stats.refreshes,
+            stats.refresh_failures,
         ];
         set_counters(&TIERED_COUNTERS, counters, name);
         let feed_confirmed = *s.feed_state.borrow();

@@ -44,6 +44,23 @@
 //! only if the Redis save landed. [`get_or_load`](TieredCache::get_or_load) is single-flight per
 //! process (through the L1's [`Cache::get_or_load_async`]).
 //!
+//! # Cache-aside
+//!
+//! [`get_or_lease`](TieredCache::get_or_lease) and [`save_with_lease`](TieredCache::save_with_lease)
+//! give the tiered cache the cache-aside shape of [`Cache`] and [`RedisStore`]: a hit, or a
+//! miss with a [`TieredLease`] under which the caller reads the source and saves; the save
+//! returns [`Saved::Stored`] or [`Saved::Stale`]. The lease pairs an L1 lease, captured before
+//! Redis is read, with the Redis lease the read returns. The save goes to Redis first under the
+//! Redis lease, and fills this L1 under the L1 lease only if Redis stored the value and the L1
+//! was in use when the lease was captured, capped by the Redis entry's TTL: the read path of
+//! [`get_or_load`](TieredCache::get_or_load), split at the source read. So a purge, insert or
+//! flush of the key that completes between the two calls, in any process of the namespace,
+//! makes the save `Stale` in both tiers, and no L1 serves the value it replaced. Unlike
+//! `get_or_load` it is neither single-flight nor one filler per fleet: every caller that misses
+//! reads the source. While the circuit breaker is open, `get_or_lease` does not try Redis and
+//! returns a lease that saves nowhere ([`TieredLease::saves_nowhere`]; its save is `Stale`), so
+//! cache-aside code keeps serving from the source, as `get_or_load` does.
+//!
 //! # Hot keys: one filler per fleet
 //!
 //! On a Redis miss the leader of the L1 flight asks for the key's *fill lease*
@@ -274,6 +291,7 @@
 //! never awaits): a task that reads hot keys in a loop should yield now and then
 //! (`tokio::task::yield_now`), or it starves the other tasks of its worker thread.
 
+mod aside;
 mod breaker;
 mod coherence;
 mod feed;
@@ -281,6 +299,7 @@ mod fill;
 mod floors;
 mod key;
 
+pub use aside::TieredLease;
 pub use key::{EncodeKey, TieredKey};
 
 pub use floors::TieredWriteIntent;
@@ -423,7 +442,8 @@ pub struct TieredStats {
     /// Reads answered by Redis after an L1 miss.
     pub l2_hits: u64,
     /// Loader calls (one per single-flight group), including those made while Redis was
-    /// unreachable. Not the same count as `l1.loads`: the L1 counts every single-flight group
+    /// unreachable, and the misses of [`get_or_lease`](TieredCache::get_or_lease) (each one a
+    /// source read by its caller). Not the same count as `l1.loads`: the L1 counts every single-flight group
     /// it led on an L1 miss, *including the groups Redis answered* (those are also in
     /// `l2_hits`), and none of the loads made while the L1 was bypassed. To know how often the
     /// database was read, use this field.
