@@ -321,7 +321,7 @@ pub use error::SaveError;
 pub use expiry::Expiry;
 pub use floors::WriteIntent;
 pub use generation::{Generation, Lease, Lookup};
-pub use saved::Saved;
 pub use iter::Iter;
 pub use listener::RemovalCause;
+pub use saved::Saved;
 pub use stats::Stats;

@@ -12,10 +12,10 @@
 //! processes costs one source read and about N Redis reads, not N source reads.
 
 use super::Shared;
+use super::TieredKey;
 use crate::redis::{FillLookup, FillMode, RedisLease, RedisStoreError};
 use crate::sync::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
-use super::TieredKey;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::pin::pin;
@@ -201,7 +201,11 @@ where
                 return current;
             }
         };
-        match self.l2.save_refreshed(&key.to_redis_key(), &value, &lease).await {
+        match self
+            .l2
+            .save_refreshed(&key.to_redis_key(), &value, &lease)
+            .await
+        {
             Ok(crate::redis::Saved::Stored) => {
                 self.redis_ok();
                 super::bump(&self.counters.refreshes);
