@@ -52,8 +52,9 @@
 //! A writer waits, after `publish.lua` returned its sequence `s` and the members that were live
 //! then, until each of them has acknowledged `w >= s` (seen through its own feed, on its
 //! acknowledgement channel) or has lapsed by the server's clock (asked with `check.lua` when its
-//! lease should have run out, and every 100 ms in case this writer's feed is down). The wait is bounded by the member lease; a writer
-//! that gives up returns [`TieredError::Unacknowledged`](super::TieredError::Unacknowledged).
+//! lease should have run out, and every 100 ms in case this writer's feed is down). The wait is
+//! bounded by the member lease; a writer that gives up returns
+//! [`TieredError::Unacknowledged`](super::TieredError::Unacknowledged).
 //!
 //! Mixed versions (a rolling upgrade from before acknowledgement channels): members of the
 //! earlier version still broadcast `A<id> <w>` on the coherence channel, and writers of this

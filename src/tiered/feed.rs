@@ -35,9 +35,9 @@
 //! Strict: whenever the mark moved past another instance's write (and every quarter lease
 //! anyway) the task sends one acknowledgement-and-renewal (`renew.lua`), one at a time; a mark
 //! that moved only past this instance's own writes waits for the quarter-lease renewal, since no
-//! writer waits for those; a reply saying the lease had lapsed
-//! makes it flush and join again on the same subscription. Bounded: it sends a token every
-//! quarter bound and extends the L1's proof when one comes back.
+//! writer waits for those; a reply saying the lease had lapsed makes it flush and join again on
+//! the same subscription. Bounded: it sends a token every quarter bound and extends the L1's
+//! proof when one comes back.
 //!
 //! A PING every `ping_interval`, answered within `ping_timeout`, proves the connection still
 //! delivers. Any loss (the stream ends because the connection dropped, Redis disconnected a
@@ -337,9 +337,9 @@ async fn subscribe(
 
 /// Opens a RESP3 connection to `node`, `SUBSCRIBE`s `channel` and `SSUBSCRIBE`s each of
 /// `shard_channels` (one slot: the coherence channel and this instance's acknowledgement
-/// channel), each confirmed by its own reply (an error, such as `MOVED` from a node that no longer serves
-/// the slot, or an ACL refusal, fails it). redis-rs 1.2's `PubSub` cannot send `SSUBSCRIBE`, so
-/// this is a multiplexed connection whose pushes go to a channel.
+/// channel), each confirmed by its own reply (an error, such as `MOVED` from a node that no
+/// longer serves the slot, or an ACL refusal, fails it). redis-rs 1.2's `PubSub` cannot send
+/// `SSUBSCRIBE`, so this is a multiplexed connection whose pushes go to a channel.
 async fn subscribe_sharded(
     node: redis::ConnectionInfo,
     channel: &str,

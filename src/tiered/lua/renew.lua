@@ -26,7 +26,8 @@ local waiting = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. prev, '+inf')
 for _, writer in ipairs(waiting) do
   if writer ~= ARGV[1] then
     if redis.call('ZSCORE', KEYS[2], writer) then
-      redis.call(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[4] .. writer, 'A' .. ARGV[1] .. ' ' .. ARGV[2])
+      local ack = 'A' .. ARGV[1] .. ' ' .. ARGV[2]
+      redis.call(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[4] .. writer, ack)
     else
       -- No longer a member (it left, or was forgotten): it rechecks through check.lua.
       redis.call('ZREM', KEYS[5], writer)
