@@ -19,7 +19,9 @@
 //! as 0, 1 or 3 member processes (each a `TieredCache` on the namespace, doing nothing but
 //! following the feed), and times 2,000 purges from this process in `Coherence::Strict` and
 //! `Coherence::Bounded(50 ms)`: p50 / p99 per mode and instance count, and Strict's p50 over
-//! Bounded's.
+//! Bounded's. Also, from the server's `INFO commandstats` over the timed purges: the messages
+//! published per purge (PUBLISH + SPUBLISH calls, most from inside scripts) and the scripts run
+//! per purge (EVALSHA + EVAL calls), whoever sent them.
 //!
 //! Run: `cargo bench --features redis --bench tiered`; the ratios are printed at the end.
 //! `LEASECACHE_BENCH_PURGES_ONLY=1 cargo bench --features redis --bench tiered` prints only the
@@ -265,9 +267,9 @@ fn purge_latency(rt: &tokio::runtime::Runtime, url: &str) {
     const PURGES: usize = 2_000;
     println!("\npurge latency across processes ({PURGES} purges each; this process purges)");
     println!(
-        "| instances | Strict p50 | Strict p99 | Bounded(50 ms) p50 | Bounded p99 | Strict p50 / Bounded p50 |"
+        "| instances | Strict p50 | Strict p99 | Bounded(50 ms) p50 | Bounded p99 | Strict p50 / Bounded p50 | Strict msgs / purge | Strict scripts / purge | Bounded msgs / purge |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (round, instances) in [1usize, 2, 4].into_iter().enumerate() {
         let mut row = Vec::new();
         for bounded in [false, true] {
@@ -320,28 +322,57 @@ fn purge_latency(rt: &tokio::runtime::Runtime, url: &str) {
                         .await
                         .expect("warm-up purge");
                 }
+                let before = command_calls(url);
                 let mut lat = Vec::with_capacity(PURGES);
                 for i in 0..PURGES {
                     let t = Instant::now();
                     cache.purge(&format!("k{}", i % 64)).await.expect("purge");
                     lat.push(t.elapsed());
                 }
-                lat
+                let after = command_calls(url);
+                let per = |n: u64| n as f64 / PURGES as f64;
+                (lat, per(after.0 - before.0), per(after.1 - before.1))
             });
             drop(members); // SIGKILL
-            let mut lat = lat;
+            let (mut lat, msgs, scripts) = lat;
             lat.sort();
             let at = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-            row.push((at(0.5), at(0.99)));
+            row.push((at(0.5), at(0.99), msgs, scripts));
         }
         let (s, b) = (row[0], row[1]);
         println!(
-            "| {instances} | {:.0} us | {:.0} us | {:.0} us | {:.0} us | x{:.2} |",
+            "| {instances} | {:.0} us | {:.0} us | {:.0} us | {:.0} us | x{:.2} | {:.2} | {:.2} | {:.2} |",
             s.0.as_secs_f64() * 1e6,
             s.1.as_secs_f64() * 1e6,
             b.0.as_secs_f64() * 1e6,
             b.1.as_secs_f64() * 1e6,
             s.0.as_secs_f64() / b.0.as_secs_f64(),
+            s.2,
+            s.3,
+            b.2,
         );
     }
+}
+
+/// `(PUBLISH + SPUBLISH calls, EVALSHA + EVAL calls)` so far, from the server's
+/// `INFO commandstats` (calls made inside scripts included).
+fn command_calls(url: &str) -> (u64, u64) {
+    let mut conn = redis::Client::open(url)
+        .expect("url")
+        .get_connection()
+        .expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .expect("INFO");
+    let calls = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        calls("publish") + calls("spublish"),
+        calls("evalsha") + calls("eval"),
+    )
 }

@@ -302,3 +302,231 @@ fn an_l1_entry_never_outlives_its_redis_entry() {
         );
     });
 }
+
+/// A raw RESP3 subscriber (SSUBSCRIBE, the way the feed subscribes on Redis 7+), collecting the
+/// payloads it receives per channel.
+struct Listener {
+    conn: redis::aio::MultiplexedConnection,
+    rx: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    got: Vec<(String, String)>,
+}
+
+impl Listener {
+    async fn connect(url: &str) -> Self {
+        let info = redis::IntoConnectionInfo::into_connection_info(url).expect("url");
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(resp3)).expect("client");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let config = redis::AsyncConnectionConfig::new().set_push_sender(tx);
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("connect");
+        Self {
+            conn,
+            rx,
+            got: Vec::new(),
+        }
+    }
+
+    async fn ssubscribe(&mut self, channel: &str) {
+        let _: redis::Value = redis::cmd("SSUBSCRIBE")
+            .arg(channel)
+            .query_async(&mut self.conn)
+            .await
+            .expect("SSUBSCRIBE");
+    }
+
+    /// Takes in every message received so far.
+    fn drain(&mut self) {
+        while let Ok(push) = self.rx.try_recv() {
+            if push.kind != redis::PushKind::SMessage {
+                continue;
+            }
+            if let [redis::Value::BulkString(ch), redis::Value::BulkString(p)] = &push.data[..] {
+                self.got.push((
+                    String::from_utf8_lossy(ch).into_owned(),
+                    String::from_utf8_lossy(p).into_owned(),
+                ));
+            }
+        }
+    }
+
+    /// Publishes a marker on `marker` (which this listener subscribed, in the coherence slot)
+    /// and waits until it comes back: every message the server published before it is then in.
+    async fn settle(&mut self, server: &RedisServer, marker: &str, n: usize) {
+        server.cli(&["SPUBLISH", marker, &format!("mark{n}")]);
+        let want = format!("mark{n}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.drain();
+            if self.got.iter().any(|(ch, p)| ch == marker && *p == want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "marker {n} not received");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn on(&self, channel: &str) -> Vec<&str> {
+        self.got
+            .iter()
+            .filter(|(ch, _)| ch == channel)
+            .map(|(_, p)| p.as_str())
+            .collect()
+    }
+}
+
+/// Strict acknowledgements travel only to the writer waiting for them, on its own channel: the
+/// coherence channel, which every instance receives, carries the sequenced invalidations and no
+/// acknowledgements (a member's ack used to be broadcast there, so every purge woke every
+/// instance once per member), and an instance that is not waiting receives none.
+#[test]
+fn acknowledgements_go_only_to_the_waiting_writer() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let ns = "acks";
+        let coherence = format!("leasecache:{{{ns}}}:coherence");
+        let marker = format!("leasecache:{{{ns}}}:test-marker");
+        let writer = instance(&url, ns, |b| b).await;
+        let b = instance(&url, ns, |b| b).await;
+        let c = instance(&url, ns, |b| b).await;
+        let members = server.cli(&["ZRANGE", &format!("leasecache:{{{ns}}}:members"), "0", "-1"]);
+        let ids: Vec<String> = members.split_whitespace().map(str::to_owned).collect();
+        assert_eq!(ids.len(), 3, "three members: {members}");
+        let mut l = Listener::connect(&url).await;
+        l.ssubscribe(&coherence).await;
+        l.ssubscribe(&marker).await;
+        // One purge, to learn the writer's id: the only one waiting.
+        writer.purge("k").await.expect("purge");
+        let waits = server.cli(&["ZRANGE", &format!("leasecache:{{{ns}}}:waits"), "0", "-1"]);
+        let writer_id = waits.trim().to_owned();
+        assert!(ids.contains(&writer_id), "the writer waited: {waits:?}");
+        let ack_channel = |id: &str| format!("leasecache:{{{ns}}}:coherence:ack:{id}");
+        for id in &ids {
+            l.ssubscribe(&ack_channel(id)).await;
+        }
+        l.settle(&server, &marker, 0).await;
+        l.got.clear();
+        const PURGES: usize = 20;
+        for i in 0..PURGES {
+            writer.purge(&format!("k{i}")).await.expect("purge");
+        }
+        // Every ack the writer waited for was published before its purge returned.
+        l.settle(&server, &marker, 1).await;
+        let broadcast = l.on(&coherence);
+        assert_eq!(
+            broadcast.iter().filter(|p| p.starts_with('#')).count(),
+            PURGES,
+            "every purge sequenced on the coherence channel: {broadcast:?}"
+        );
+        assert!(
+            broadcast.iter().all(|p| p.starts_with('#')),
+            "no acknowledgement on the coherence channel: {broadcast:?}"
+        );
+        let last: u64 = server
+            .cli(&["GET", &format!("leasecache:{{{ns}}}:seq")])
+            .trim()
+            .parse()
+            .expect("sequence");
+        let to_writer = l.on(&ack_channel(&writer_id));
+        for id in ids.iter().filter(|id| **id != writer_id) {
+            let acked = to_writer
+                .iter()
+                .filter_map(|p| p.strip_prefix(&format!("A{id} ")))
+                .filter_map(|w| w.parse::<u64>().ok())
+                .max();
+            assert_eq!(
+                acked,
+                Some(last),
+                "member {id} acknowledged the last purge to the writer: {to_writer:?}"
+            );
+        }
+        for id in ids.iter().filter(|id| **id != writer_id) {
+            assert!(
+                l.on(&ack_channel(id)).is_empty(),
+                "an instance that waits for nothing receives no acknowledgement"
+            );
+        }
+        drop((b, c));
+    });
+}
+
+/// Mixed versions: a member of an earlier version broadcasts its acknowledgement `A<id> <w>` on
+/// the coherence channel; a writer of this version still takes it (else it would wait until that
+/// member's lease ran out and return `Unacknowledged`).
+#[test]
+fn a_writer_takes_acknowledgements_broadcast_by_an_earlier_version() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let ns = "oldacks";
+        let tag = format!("leasecache:{{{ns}}}");
+        let writer = instance(&url, ns, |b| b).await;
+        // An old member with a lease far in the future (server ms) that never acks in the hash.
+        let seq: u64 = server
+            .cli(&["GET", &format!("{tag}:seq")])
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        server.cli(&["ZADD", &format!("{tag}:members"), "99999999999999", "old"]);
+        server.cli(&["HSET", &format!("{tag}:acks"), "old", &seq.to_string()]);
+        let purge = tokio::spawn(async move { writer.purge("k").await });
+        let next = seq + 1;
+        wait_for("the purge sequenced", || {
+            server.cli(&["GET", &format!("{tag}:seq")]).trim() == next.to_string()
+        })
+        .await;
+        server.cli(&[
+            "SPUBLISH",
+            &format!("{tag}:coherence"),
+            &format!("Aold {next}"),
+        ]);
+        let purged = purge.await.expect("task");
+        assert!(purged.is_ok(), "the broadcast ack was taken: {purged:?}");
+    });
+}
+
+/// Mixed versions: a writer of an earlier version does not register as waiting, so members of
+/// this version send it no acknowledgement; they still record it in the acks hash, which that
+/// writer's periodic check reads.
+#[test]
+fn members_record_acknowledgements_for_writers_that_did_not_register() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    run(async move {
+        let ns = "oldwriter";
+        let tag = format!("leasecache:{{{ns}}}");
+        let member = instance(&url, ns, |b| b).await;
+        let id = server
+            .cli(&["ZRANGE", &format!("{tag}:members"), "0", "-1"])
+            .trim()
+            .to_owned();
+        // What an earlier version's publish.lua does: advance and publish, nothing else.
+        let next: u64 = server
+            .cli(&["INCR", &format!("{tag}:seq")])
+            .trim()
+            .parse()
+            .expect("sequence");
+        server.cli(&[
+            "SPUBLISH",
+            &format!("{tag}:coherence"),
+            &format!("#{next} Kk"),
+        ]);
+        wait_for("the member acknowledged in the hash", || {
+            server.cli(&["HGET", &format!("{tag}:acks"), &id]).trim() == next.to_string()
+        })
+        .await;
+        assert_eq!(member.stats().sequence_gaps, 0);
+    });
+}

@@ -34,18 +34,35 @@
 //! A member joins after its subscription is confirmed (`join.lua` registers it and returns the
 //! sequence it starts from, atomically), with an empty L1. The feed task acknowledges `w` with
 //! `renew.lua` whenever it advances (one in flight at a time: a high-water mark, so a burst of
-//! invalidations costs one round trip), and every `lease / 4` when idle. The ack is stored and
-//! published on the coherence channel (`A<id> <w>`), where writers see it. It renews the lease
+//! invalidations costs one round trip), and every `lease / 4` when idle. The ack is stored (the
+//! `acks` hash) and sent, as `A<id> <w>`, only to the writers waiting for a sequence this member
+//! had not acknowledged before: `publish.lua` records a writer that has members to wait for in
+//! `waits` (writer id -> the latest sequence it waits for), and `renew.lua` publishes the ack on
+//! the acknowledgement channel of each writer in `waits` above the member's previous ack
+//! (`leasecache:{<namespace>}:coherence:ack:<writer id>`, same hash tag, so the same shard;
+//! each feed subscribes to its own on the coherence connection). So a purge with `N` instances
+//! costs `N` deliveries of the invalidation and `N - 1` acks to the writer, where broadcasting
+//! every ack on the coherence channel cost `N + N^2` deliveries and woke every instance once per
+//! member. A writer's own ack goes nowhere unless another writer waits. It renews the lease
 //! only if `w` covers everything published before the member's previous renewal, so a member
 //! that cannot keep up lapses instead of stalling writers; a member whose lease had already
 //! lapsed on the server is told so, flushes its L1 and joins again. Only the feed task renews:
 //! a dead, stuck or starved feed lets the lease run out.
 //!
 //! A writer waits, after `publish.lua` returned its sequence `s` and the members that were live
-//! then, until each of them has acknowledged `w >= s` (seen through its own feed) or has lapsed
-//! by the server's clock (asked with `check.lua` when its lease should have run out, and every
-//! 100 ms in case this writer's feed is down). The wait is bounded by the member lease; a writer
-//! that gives up returns [`TieredError::Unacknowledged`](super::TieredError::Unacknowledged).
+//! then, until each of them has acknowledged `w >= s` (seen through its own feed, on its
+//! acknowledgement channel) or has lapsed by the server's clock (asked with `check.lua` when its
+//! lease should have run out, and every 100 ms in case this writer's feed is down). The wait is
+//! bounded by the member lease; a writer that gives up returns
+//! [`TieredError::Unacknowledged`](super::TieredError::Unacknowledged).
+//!
+//! Mixed versions (a rolling upgrade from before acknowledgement channels): members of the
+//! earlier version still broadcast `A<id> <w>` on the coherence channel, and writers of this
+//! version still take acks from there; writers of the earlier version do not register in `waits`,
+//! so members of this version send them nothing, and they learn of those members' acks from the
+//! `acks` hash, which `check.lua` reads every 100 ms: their purges stay correct but wait up to
+//! about 100 ms longer until the upgrade is complete. `waits` entries of instances an earlier
+//! version forgot are dropped at the next ack that would go to them.
 //!
 //! **Bounded(d).** Writes do not wait. The feed publishes a token `T<id> <n>` through
 //! `token.lua` (on the node that sequences invalidations) every `d / 4`; receiving its own token
@@ -61,7 +78,7 @@ use crate::redis::{Invalidation, RedisStore, RedisStoreError, Script};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use redis::Value;
 use serde::{Serialize, de::DeserializeOwned};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 use std::pin::pin;
 use std::time::{Duration, Instant};
@@ -166,11 +183,25 @@ pub(crate) struct Coordinator {
     members_key: String,
     acks_key: String,
     need_key: String,
+    /// Writers waiting for acknowledgements: id -> the latest sequence waited for.
+    waits_key: String,
+    /// The start of every instance's acknowledgement channel (its id completes it).
+    ack_prefix: String,
+    /// This instance's acknowledgement channel: where members send the acks it waits for.
+    pub(crate) ack_channel: String,
     scripts: Scripts,
-    /// The latest acknowledgement seen from each member (from the coherence channel).
+    /// The latest acknowledgement seen from each member (from this instance's acknowledgement
+    /// channel, or from the coherence channel where members of earlier versions broadcast them).
     acks: Mutex<HashMap<String, u64>>,
     acked: Notify,
+    /// Strict: sequences of this instance's own writes not yet passed by its feed (at most
+    /// [`MAX_OWN`]). No other writer waits for them, so the feed need not acknowledge them at
+    /// once (see [`Coordinator::only_own`]).
+    own: Mutex<BTreeSet<u64>>,
 }
+
+/// At most this many own sequences are remembered (the feed prunes them as it passes them).
+const MAX_OWN: usize = 1024;
 
 /// How often a writer asks Redis directly, in case its own feed does not bring the acks.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -183,9 +214,14 @@ impl Coordinator {
         };
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         let tag = format!("leasecache:{{{namespace}}}");
+        let id = format!("{:016x}", rand::random::<u64>());
+        // Starts with the keys' hash tag: a shard channel in their slot (see `renew.lua`).
+        let ack_prefix = format!("{tag}:coherence:ack:");
         Self {
             mode,
-            id: format!("{:016x}", rand::random::<u64>()),
+            ack_channel: format!("{ack_prefix}{id}"),
+            ack_prefix,
+            id,
             lease,
             // A tenth of the window for clock-rate drift, plus one tick of the coarse clock
             // (whose readings lag true time by up to a tick).
@@ -198,9 +234,11 @@ impl Coordinator {
             members_key: format!("{tag}:members"),
             acks_key: format!("{tag}:acks"),
             need_key: format!("{tag}:need"),
+            waits_key: format!("{tag}:waits"),
             scripts: Scripts::new(),
             acks: Mutex::new(HashMap::new()),
             acked: Notify::new(),
+            own: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -261,7 +299,12 @@ impl Coordinator {
         } else {
             b"0"
         };
-        let keys = [&*self.seq_key, &*self.members_key, &*self.acks_key];
+        let keys = [
+            &*self.seq_key,
+            &*self.members_key,
+            &*self.acks_key,
+            &*self.waits_key,
+        ];
         let args = [
             self.channel.as_bytes(),
             invalidation,
@@ -359,6 +402,7 @@ impl Coordinator {
             &*self.members_key,
             &*self.acks_key,
             &*self.need_key,
+            &*self.waits_key,
         ];
         let lease = self.lease.as_millis().to_string();
         let args = [self.id.as_bytes(), lease.as_bytes(), self.classic];
@@ -382,13 +426,14 @@ impl Coordinator {
             &*self.members_key,
             &*self.acks_key,
             &*self.need_key,
+            &*self.waits_key,
         ];
         let (w, lease) = (applied.to_string(), self.lease.as_millis().to_string());
         let args = [
             self.id.as_bytes(),
             w.as_bytes(),
             lease.as_bytes(),
-            self.channel.as_bytes(),
+            self.ack_prefix.as_bytes(),
             self.classic,
         ];
         let sent = coarse_now_ms();
@@ -410,7 +455,12 @@ impl Coordinator {
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        let keys = [&*self.members_key, &*self.acks_key, &*self.need_key];
+        let keys = [
+            &*self.members_key,
+            &*self.acks_key,
+            &*self.need_key,
+            &*self.waits_key,
+        ];
         self.eval(store, &self.scripts.leave, &keys, &[self.id.as_bytes()])
             .await
             .map(drop)
@@ -439,7 +489,8 @@ impl Coordinator {
         &self.seq_key
     }
 
-    /// Records an acknowledgement `A<id> <w>` seen on the coherence channel; wakes waiting
+    /// Records an acknowledgement `A<id> <w>` seen on this instance's acknowledgement channel
+    /// (or broadcast on the coherence channel by a member of an earlier version); wakes waiting
     /// writers.
     pub(crate) fn on_ack(&self, body: &[u8]) {
         let Some((id, w)) = split_id(body) else {
@@ -447,6 +498,28 @@ impl Coordinator {
         };
         self.acks.lock().insert(id.to_owned(), w);
         self.acked.notify_waiters();
+    }
+
+    /// Remembers `seq` as the sequence of one of this instance's own writes.
+    pub(crate) fn note_own(&self, seq: u64) {
+        let mut own = self.own.lock();
+        own.insert(seq);
+        if own.len() > MAX_OWN {
+            own.pop_first();
+        }
+    }
+
+    /// Whether every sequence in `(from, to]` is one of this instance's own writes, which no
+    /// other writer waits for: the feed may then leave its acknowledgement to the next periodic
+    /// renewal. Forgets the own sequences up to `to`. `false` (acknowledge now) when in doubt,
+    /// as when the feed applies an own write before the writer has noted its sequence.
+    pub(crate) fn only_own(&self, from: u64, to: u64) -> bool {
+        let mut own = self.own.lock();
+        let all = to > from
+            && usize::try_from(to - from).is_ok_and(|n| n <= own.len())
+            && (from + 1..=to).all(|s| own.contains(&s));
+        *own = own.split_off(&to.saturating_add(1));
+        all
     }
 
     /// Whether `T<id> <n>` (given without the `T`) is this instance's token; its number if so.
@@ -497,6 +570,9 @@ where
                 return Err(self.write_failed(e, retry));
             }
         };
+        if c.mode == Coherence::Strict {
+            c.note_own(seq);
+        }
         if pending.is_empty() {
             return Ok(());
         }
@@ -641,6 +717,26 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         assert!(coarse_now_ms() > a);
         assert!(coarse_tick_ms() >= 1);
+    }
+
+    #[test]
+    fn only_own_sequences_defer_the_acknowledgement() {
+        let c = Coordinator::new(Coherence::Strict, Duration::from_secs(2), "own");
+        c.note_own(5);
+        c.note_own(6);
+        assert!(c.only_own(4, 6), "5 and 6 are this instance's own writes");
+        assert!(!c.only_own(6, 6), "nothing new");
+        c.note_own(8);
+        assert!(
+            !c.only_own(6, 8),
+            "7 came from another writer: acknowledge now"
+        );
+        c.note_own(9);
+        assert!(c.only_own(8, 9));
+        c.note_own(3); // noted after the feed passed it (the echo came first)
+        c.note_own(11);
+        assert!(c.only_own(10, 11), "the stale 3 was forgotten");
+        assert!(c.own.lock().is_empty());
     }
 
     #[test]

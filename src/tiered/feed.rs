@@ -4,12 +4,13 @@
 //! Each (re)subscription first asks the server that runs the coherence scripts how it publishes
 //! (`token.lua` without a token): Redis 7 and later publish coherence messages with `SPUBLISH`.
 //! Then the task subscribes on one connection to the store's invalidation channel (bare stores'
-//! writes) and to the namespace's coherence channel:
+//! writes), to the namespace's coherence channel and to the instance's acknowledgement channel:
 //!
 //! - **Sharded** (Redis 7+): a RESP3 connection to the master that serves the coherence slot
 //!   (`CLUSTER NODES` through the store's cluster connection; on a single server, the server),
-//!   `SUBSCRIBE` for the store's channel and `SSUBSCRIBE` for the coherence channel, each
-//!   confirmed by its own reply (`MOVED` from a node that no longer serves the slot fails it).
+//!   `SUBSCRIBE` for the store's channel and `SSUBSCRIBE` for the coherence channel and the
+//!   instance's acknowledgement channel, each confirmed by its own reply (`MOVED` from a node
+//!   that no longer serves the slot fails it).
 //!   redis-rs 1.2's `PubSub` has no `SSUBSCRIBE`, so this is a multiplexed connection whose
 //!   pushes go to a channel. Redis unsubscribes shard subscribers (`sunsubscribe`) when the
 //!   slot migrates away or its master turns replica; that push, a disconnect push, or any push a
@@ -24,14 +25,19 @@
 //! subscribing again. Only then is the feed *confirmed*. It applies every message to the L1 in
 //! arrival order: `K<key>` purges the key (which fences its L1 leases, so a fill whose Redis read
 //! the purge overtook is rejected), `F` flushes, `#<seq> ...` does the same and advances the
-//! applied high-water mark (a gap flushes), `A<id> <w>` records another member's acknowledgement
-//! for waiting writers, `T<id> <n>` is a Bounded token coming back. Anything else is unreadable
-//! (see the module docs of [`tiered`](super)).
+//! applied high-water mark (a gap flushes), `A<id> <w>` (from a member of an earlier version)
+//! records another member's acknowledgement for waiting writers, `T<id> <n>` is a Bounded token
+//! coming back. On the instance's own acknowledgement channel (subscribed on the same connection,
+//! `SSUBSCRIBE` when sharded: it shares the coherence slot), `A<id> <w>` is a member's
+//! acknowledgement of a sequence this instance waits for. Anything else is unreadable (see the
+//! module docs of [`tiered`](super)).
 //!
-//! Strict: whenever the mark moved (and every quarter lease when idle) the task sends one
-//! acknowledgement-and-renewal (`renew.lua`), one at a time; a reply saying the lease had lapsed
-//! makes it flush and join again on the same subscription. Bounded: it sends a token every
-//! quarter bound and extends the L1's proof when one comes back.
+//! Strict: whenever the mark moved past another instance's write (and every quarter lease
+//! anyway) the task sends one acknowledgement-and-renewal (`renew.lua`), one at a time; a mark
+//! that moved only past this instance's own writes waits for the quarter-lease renewal, since no
+//! writer waits for those; a reply saying the lease had lapsed makes it flush and join again on
+//! the same subscription. Bounded: it sends a token every quarter bound and extends the L1's
+//! proof when one comes back.
 //!
 //! A PING every `ping_interval`, answered within `ping_timeout`, proves the connection still
 //! delivers. Any loss (the stream ends because the connection dropped, Redis disconnected a
@@ -152,7 +158,8 @@ where
         _ => return Err(()),
     };
     if !sharded {
-        return subscribe(url, &[channel, &c.channel], config.connect_timeout).await;
+        let channels = [channel, &*c.channel, &*c.ack_channel];
+        return subscribe(url, &channels, config.connect_timeout).await;
     }
     let owner = tokio::time::timeout(
         config.connect_timeout,
@@ -163,7 +170,8 @@ where
         _ => return Err(()),
     };
     let info = node_info(url, node).ok_or(())?;
-    subscribe_sharded(info, channel, &c.channel, config.connect_timeout).await
+    let shard_channels = [&*c.channel, &*c.ack_channel];
+    subscribe_sharded(info, channel, &shard_channels, config.connect_timeout).await
 }
 
 /// The connection info of `url`, with its address replaced by `node` (same credentials, TLS and
@@ -327,14 +335,15 @@ async fn subscribe(
         .unwrap_or(Err(()))
 }
 
-/// Opens a RESP3 connection to `node`, `SUBSCRIBE`s `channel` and `SSUBSCRIBE`s `shard_channel`,
-/// each confirmed by its own reply (an error, such as `MOVED` from a node that no longer serves
-/// the slot, or an ACL refusal, fails it). redis-rs 1.2's `PubSub` cannot send `SSUBSCRIBE`, so
-/// this is a multiplexed connection whose pushes go to a channel.
+/// Opens a RESP3 connection to `node`, `SUBSCRIBE`s `channel` and `SSUBSCRIBE`s each of
+/// `shard_channels` (one slot: the coherence channel and this instance's acknowledgement
+/// channel), each confirmed by its own reply (an error, such as `MOVED` from a node that no
+/// longer serves the slot, or an ACL refusal, fails it). redis-rs 1.2's `PubSub` cannot send
+/// `SSUBSCRIBE`, so this is a multiplexed connection whose pushes go to a channel.
 async fn subscribe_sharded(
     node: redis::ConnectionInfo,
     channel: &str,
-    shard_channel: &str,
+    shard_channels: &[&str],
     timeout: Duration,
 ) -> Result<(Pinger, Messages), ()> {
     let connect = async {
@@ -352,10 +361,12 @@ async fn subscribe_sharded(
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(drop)?;
-        for (command, name, kind) in [
-            ("SUBSCRIBE", channel, PushKind::Subscribe),
-            ("SSUBSCRIBE", shard_channel, PushKind::SSubscribe),
-        ] {
+        let shard = shard_channels
+            .iter()
+            .map(|name| ("SSUBSCRIBE", *name, PushKind::SSubscribe));
+        for (command, name, kind) in
+            std::iter::once(("SUBSCRIBE", channel, PushKind::Subscribe)).chain(shard)
+        {
             let reply = redis::cmd(command)
                 .arg(name)
                 .query_async::<Value>(&mut conn)
@@ -405,9 +416,11 @@ where
     let mut tick = tokio::time::interval((window / 4).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = pin!(heartbeat(pinger, config));
-    // Strict: the acknowledgement in flight and the mark it carries; the last mark acknowledged.
+    // Strict: the acknowledgement in flight; the mark up to which the sequences applied were
+    // looked at; whether one of them was another instance's write not yet acknowledged.
     let mut renewal: Pending<'_, Result<Renewed, crate::redis::RedisStoreError>> = None;
-    let mut acked = None::<u64>;
+    let mut seen = applied.mark;
+    let mut owed = false;
     let mut due = true;
     // Bounded: the tokens sent and not yet back (number, coarse ms when sent), oldest first; a
     // slow round trip must not let each token be superseded before it returns.
@@ -417,9 +430,18 @@ where
     // When the L1 may be used again after the last unreadable message.
     let mut unreadable_until: Option<tokio::time::Instant> = None;
     loop {
-        if strict && renewal.is_none() && (due || acked != Some(applied.mark)) {
+        // The mark moved past another instance's write (whose writer may be waiting): an
+        // acknowledgement is owed now. Past this instance's own writes alone, nobody waits: the
+        // periodic renewal carries it.
+        if strict && applied.mark != seen {
+            if !c.only_own(seen, applied.mark) {
+                owed = true;
+            }
+            seen = applied.mark;
+        }
+        if strict && renewal.is_none() && (due || owed) {
             due = false;
-            acked = Some(applied.mark);
+            owed = false;
             renewal = Some(Box::pin(c.renew(&shared.l2, applied.mark)));
         }
         if !strict && sending.is_none() && due {
@@ -451,6 +473,7 @@ where
                                     unreadable(shared, &mut unreadable_until);
                                 }
                             }
+                            // From a member of an earlier version, which broadcasts its acks.
                             Some((b'A', body)) => c.on_ack(body),
                             Some((b'T', body)) => {
                                 if let Some(n) = c.own_token(body) {
@@ -466,6 +489,11 @@ where
                                     }
                                 }
                             }
+                            _ => unreadable(shared, &mut unreadable_until),
+                        }
+                    } else if name == c.ack_channel.as_bytes() {
+                        match payload.split_first() {
+                            Some((b'A', body)) => c.on_ack(body),
                             _ => unreadable(shared, &mut unreadable_until),
                         }
                     }

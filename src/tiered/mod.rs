@@ -143,7 +143,16 @@
 //!   A write returns only when every other instance that was a live member has acknowledged its
 //!   sequence, or has lapsed by the server's clock, waiting at most the member lease (plus
 //!   100 ms); an instance that did neither in time makes the write return
-//!   [`TieredError::Unacknowledged`], never silently.
+//!   [`TieredError::Unacknowledged`], never silently. A member sends its acknowledgement only to
+//!   the writers waiting for it, each on its own channel
+//!   (`leasecache:{<namespace>}:coherence:ack:<instance id>`), so a purge costs one message per
+//!   instance rather than one per pair of instances (an ACL that limits channels must allow
+//!   these too: `&leasecache:{<namespace>}:coherence*`). Mixed versions during an upgrade:
+//!   members of versions before these channels broadcast their acknowledgements on the
+//!   coherence channel, which writers of this version still read; writers of those versions
+//!   receive nothing from members of this version and find their acknowledgements with their
+//!   periodic check (every 100 ms), so their writes stay correct but may take up to 100 ms longer
+//!   until every instance is upgraded.
 //!
 //!   Guarantee: once a write returned `Ok` in one process, no instance of the namespace serves
 //!   the value it replaced from its L1, as long as the machines' clocks *run at rates* within

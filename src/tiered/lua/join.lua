@@ -1,5 +1,6 @@
 -- join: registers a member with a fresh lease and returns the sequence it starts from.
 -- KEYS[1] sequence   KEYS[2] members (zset)   KEYS[3] acks (hash)   KEYS[4] need (hash)
+-- KEYS[5] waits (zset, see publish.lua)
 -- ARGV[1] member id   ARGV[2] lease in ms   ARGV[3] '1': report PUBLISH whatever the version
 -- The member subscribed (and saw the subscription confirmed) before this runs, so every
 -- invalidation sequenced after the returned value reaches it, provided it subscribed the way
@@ -15,6 +16,7 @@ for _, id in ipairs(dead) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('HDEL', KEYS[3], id)
   redis.call('HDEL', KEYS[4], id)
+  redis.call('ZREM', KEYS[5], id)
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], cur)
