@@ -167,6 +167,10 @@ impl<C> RedisOptions<C> {
     /// methods behave like their plain forms). Every other read ignores it. The copy costs the
     /// value's memory for `grace` after each purge that found a value. See the [`fill`](super::fill)
     /// module, *Stale grace*, for exactly what is served. 1 ms to 10 years.
+    ///
+    /// Turn it on only once every process sharing the namespace runs a version that knows the
+    /// grace copy: an older version's save counts the copy as an entry of the key and would let
+    /// the value it saves expire with the copy (early, never stale).
     pub fn stale_grace(mut self, grace: Duration) -> Self {
         self.stale_grace = Some(grace);
         self
