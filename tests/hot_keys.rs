@@ -1092,3 +1092,80 @@ fn tiered_allow_stale_serves_the_replaced_value_from_redis_without_loading() {
         assert_eq!(loads.load(SeqCst), 2);
     });
 }
+
+// ---- refresh ahead of expiry, for direct users of the store ----
+
+#[test]
+fn store_refresh_lease_goes_to_one_caller_of_a_due_key_and_a_purge_fences_it() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        let s = RedisStore::<u64>::connect(
+            &url,
+            RedisOptions::new(NS)
+                .default_ttl(Duration::from_secs(60))
+                .max_lease_age(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        let mut r = plain(&url).await;
+        s.insert_with_ttl("k", &1, Duration::from_secs(20))
+            .await
+            .unwrap();
+        // 20 s left: not due within 1 s.
+        assert!(
+            s.refresh_lease("k", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Due within 30 s: one caller gets the lease, the others do not.
+        let lease = s.refresh_lease("k", Duration::from_secs(30)).await.unwrap();
+        let lease = lease.expect("due: this caller refreshes");
+        assert!(
+            s.refresh_lease("k", Duration::from_secs(30))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Readers keep the current value meanwhile.
+        assert_eq!(s.get("k").await.unwrap(), Some(1));
+        assert_eq!(s.get_or_fill("k").await.unwrap(), FillLookup::Hit(1));
+        // The refreshed value lands and the TTL starts again (the default 60 s, past the 20 s
+        // the key had).
+        assert_eq!(
+            s.save_refreshed("k", &2, &lease).await.unwrap(),
+            Saved::Stored
+        );
+        assert_eq!(s.get("k").await.unwrap(), Some(2));
+        let pttl: i64 = r.pttl("hk:k").await.unwrap();
+        assert!(pttl > 20_000, "TTL restarted: {pttl} ms");
+
+        // A failed reload gives the refresh up: the next due caller gets it, the value stays.
+        let lease = s
+            .refresh_lease("k", Duration::from_secs(120))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s.release_fill("k", &lease).await.unwrap());
+        assert_eq!(s.get("k").await.unwrap(), Some(2));
+        let lease = s
+            .refresh_lease("k", Duration::from_secs(120))
+            .await
+            .unwrap();
+        let lease = lease.expect("the released refresh goes to the next caller");
+
+        // A purge during the refresh fences it: the refreshed value is stored nowhere.
+        s.purge("k").await.unwrap();
+        assert_eq!(
+            s.save_refreshed("k", &3, &lease).await.unwrap(),
+            Saved::Stale
+        );
+        assert_eq!(s.get("k").await.unwrap(), None);
+    });
+}

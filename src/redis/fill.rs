@@ -230,11 +230,21 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         }
     }
 
-    /// The fill lease of a key whose value is present, for a refresh ahead of its expiry, if
-    /// the key is still due (has at most `due_within` of its TTL left: another caller may have
-    /// refreshed it since it was read) and nobody else fills it. A write during the refresh
-    /// fences the lease like any other.
-    pub(crate) async fn refresh_lease(
+    /// Refresh ahead of expiry: the key's fill lease, over its present value, if the key is
+    /// due (has at most `due_within` of its TTL left in Redis, checked in the script: another
+    /// caller may have refreshed it since it was read) and nobody else fills it; else `None`.
+    /// One round trip; reads no value.
+    ///
+    /// For direct users of the store (a [`TieredCache`](crate::tiered::TieredCache) does this
+    /// itself with [`TieredBuilder::refresh_after`](crate::tiered::TieredBuilder::refresh_after)):
+    /// call it after a hit on a hot key (for instance on one read in N, or when the value's own
+    /// age says so) with `due_within` = TTL − refresh point. With `Some(lease)` this caller
+    /// reloads the source and saves with [`save_refreshed`](Self::save_refreshed) (or
+    /// [`release_fill`](Self::release_fill) if the load failed: the value stays until its TTL);
+    /// every other caller keeps reading the current value meanwhile and gets `None` here. A
+    /// purge, insert or flush during the refresh fences the lease like any other: its save is
+    /// [`Stale`](super::Saved::Stale). On a key that is absent, the lease is a plain fill.
+    pub async fn refresh_lease(
         &self,
         key: &str,
         due_within: Duration,
@@ -256,7 +266,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     /// Saves a refreshed value under a [`refresh_lease`](Self::refresh_lease): as
     /// [`save_with_lease`](Self::save_with_lease), and the key's TTL starts again (if the value
     /// is the key's only entry: sub-entries never outlive their TTL).
-    pub(crate) async fn save_refreshed(
+    pub async fn save_refreshed(
         &self,
         key: &str,
         value: &V,
