@@ -5,7 +5,10 @@
 //! the key every 50 ms. Run twice in one go, side by side: with one filler per key across the
 //! fleet (the default) and with `one_filler(false)` (every process that misses reads the source:
 //! the behaviour before issue 18). Prints source reads per purge (mean and max), and the readers'
-//! latency p50/p99 overall and for reads that began within 10 ms after a purge began.
+//! latency p50/p99 overall and for reads that began within 10 ms after a purge began. A third
+//! row: one filler per fleet, with `RedisOptions::stale_grace(1 s)` and readers that opt in
+//! (`get_or_load_allow_stale`): while one caller refills, the others get the replaced value,
+//! marked stale (counted in the last column).
 //!
 //! Then the expiry side: no purges, the hot key has a 1 s TTL in Redis, with and without
 //! `refresh_after(600 ms)`: source reads per second, reads slower than 5 ms, p99 and p99.9.
@@ -23,7 +26,7 @@ use leasecache::tiered::TieredCache;
 use redis::AsyncCommands;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type Tc = TieredCache<String, u64>;
@@ -70,15 +73,21 @@ struct Side {
     /// Purge every `PURGE_EVERY` (else: let the key expire).
     purge: bool,
     refresh: bool,
+    /// A stale grace, and readers that opt in to it.
+    stale: bool,
 }
+
+/// The stale grace of the side that uses one.
+const STALE_GRACE: Duration = Duration::from_secs(1);
 
 impl Side {
     fn env(self) -> String {
         format!(
-            "{}{}{}",
+            "{}{}{}{}",
             u8::from(self.one_filler),
             u8::from(self.purge),
-            u8::from(self.refresh)
+            u8::from(self.refresh),
+            u8::from(self.stale)
         )
     }
 
@@ -88,6 +97,7 @@ impl Side {
             one_filler: b[0] == b'1',
             purge: b[1] == b'1',
             refresh: b[2] == b'1',
+            stale: b[3] == b'1',
         }
     }
 }
@@ -96,6 +106,9 @@ async fn cache(url: &str, ns: &str, side: Side) -> Tc {
     let mut options = RedisOptions::new(ns);
     if !side.purge {
         options = options.default_ttl(EXPIRY_TTL);
+    }
+    if side.stale {
+        options = options.stale_grace(STALE_GRACE);
     }
     let store = RedisStore::connect(url, options).await.expect("connect");
     let mut builder = TieredCache::builder(Cache::new(1_000), store).one_filler(side.one_filler);
@@ -122,9 +135,11 @@ async fn reader(url: String, ns: String, side: Side) {
     let cache = Arc::new(cache(&url, &ns, side).await);
     let _: u64 = r.incr("ready", 1).await.expect("INCR");
     let stop = Arc::new(AtomicBool::new(false));
+    let stale_served = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
             let (cache, stop, r) = (Arc::clone(&cache), Arc::clone(&stop), r.clone());
+            let stale_served = Arc::clone(&stale_served);
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 let mut tick = tokio::time::interval(READ_EVERY);
@@ -134,14 +149,21 @@ async fn reader(url: String, ns: String, side: Side) {
                     let began = now_us();
                     let t = Instant::now();
                     let mut c = r.clone();
-                    let _ = cache
-                        .get_or_load(HOT.to_owned(), |_| async move {
-                            let v: u64 = c.get("truth").await?;
-                            let _: u64 = c.incr(format!("loads:{v}"), 1).await?;
-                            tokio::time::sleep(SOURCE_LATENCY).await;
-                            Ok::<_, redis::RedisError>(v)
-                        })
-                        .await;
+                    let load = |_| async move {
+                        let v: u64 = c.get("truth").await?;
+                        let _: u64 = c.incr(format!("loads:{v}"), 1).await?;
+                        tokio::time::sleep(SOURCE_LATENCY).await;
+                        Ok::<_, redis::RedisError>(v)
+                    };
+                    if side.stale {
+                        let got = cache.get_or_load_allow_stale(HOT.to_owned(), load).await;
+                        if got.is_ok_and(|v| v.is_stale()) {
+                            // Relaxed: a counter.
+                            stale_served.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        let _ = cache.get_or_load(HOT.to_owned(), load).await;
+                    }
                     samples.push((began, u64::try_from(t.elapsed().as_nanos()).unwrap_or(0)));
                 }
                 samples
@@ -175,7 +197,7 @@ async fn reader(url: String, ns: String, side: Side) {
     around.sort_unstable();
     let s = cache.stats();
     println!(
-        "HERD reads={} p50={} p99={} p999={} slow={} around={} around_p50={} around_p99={} fill_waits={} takeovers={} refreshes={}",
+        "HERD reads={} p50={} p99={} p999={} slow={} around={} around_p50={} around_p99={} fill_waits={} takeovers={} refreshes={} stale={}",
         all.len(),
         percentile(&all, 0.5),
         percentile(&all, 0.99),
@@ -186,7 +208,8 @@ async fn reader(url: String, ns: String, side: Side) {
         percentile(&around, 0.99),
         s.fill_waits,
         s.fill_takeovers,
-        s.refreshes
+        s.refreshes,
+        stale_served.load(Ordering::Relaxed)
     );
 }
 
@@ -340,20 +363,26 @@ fn main() {
     );
     let us = |ns: u64| ns as f64 / 1000.0;
     println!(
-        "| filler | purges | loads/purge (mean) | max | p50 us | p99 us | around-purge p50 us | around-purge p99 us | waits |"
+        "| filler | purges | loads/purge (mean) | max | p50 us | p99 us | around-purge p50 us | around-purge p99 us | waits | stale served |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (name, one_filler) in [("per process (before)", false), ("one per fleet", true)] {
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, one_filler, stale) in [
+        ("per process (before)", false, false),
+        ("one per fleet", true, false),
+        ("one per fleet, stale grace (opt-in)", true, true),
+    ] {
         let side = Side {
             one_filler,
             purge: true,
             refresh: false,
+            stale,
         };
         let (purges, total, max, lines) = rt.block_on(round(&url, "herd", side, secs));
         let mean = total as f64 / purges.max(1) as f64;
         let waits: u64 = lines.iter().map(|l| field(l, "fill_waits")).sum();
+        let stale: u64 = lines.iter().map(|l| field(l, "stale")).sum();
         println!(
-            "| {name} | {purges} | {mean:.2} | {max} | {:.1} | {:.1} | {:.1} | {:.1} | {waits} |",
+            "| {name} | {purges} | {mean:.2} | {max} | {:.1} | {:.1} | {:.1} | {:.1} | {waits} | {stale} |",
             us(median(&lines, "p50")),
             us(worst(&lines, "p99")),
             us(median(&lines, "around_p50")),
@@ -374,6 +403,7 @@ fn main() {
             one_filler: true,
             purge: false,
             refresh,
+            stale: false,
         };
         let (_, total, _, lines) = rt.block_on(round(&url, "herd", side, secs));
         let sum = |f: &str| lines.iter().map(|l| field(l, f)).sum::<u64>();

@@ -8,7 +8,7 @@
 mod support;
 
 use leasecache::Cache;
-use leasecache::redis::{FillLookup, RedisOptions, RedisStore, Saved};
+use leasecache::redis::{FillLookup, MaybeStale, RedisOptions, RedisStore, Saved};
 use leasecache::tiered::TieredCache;
 use redis::AsyncCommands;
 use std::time::{Duration, Instant};
@@ -759,5 +759,413 @@ fn a_filler_whose_load_fails_hands_the_fill_over_at_once() {
             (1, 1, 1),
             "{s:?}"
         );
+    });
+}
+
+// ---- the stale grace (opt-in) ----
+
+/// A store that keeps the value a purge replaces for `grace_ms`.
+async fn grace_store(url: &str, lease_age_ms: u64, grace_ms: u64) -> RedisStore<u64> {
+    let options = RedisOptions::new(NS)
+        .max_lease_age(Duration::from_millis(lease_age_ms))
+        .stale_grace(Duration::from_millis(grace_ms));
+    RedisStore::connect(url, options).await.expect("connect")
+}
+
+/// The lease of a caller that must become the filler.
+async fn take_fill(s: &RedisStore<u64>, key: &str) -> leasecache::redis::RedisLease {
+    match s.get_or_fill(key).await.expect("fill") {
+        FillLookup::Fill(lease) => lease,
+        other => panic!("this caller must fill: {other:?}"),
+    }
+}
+
+/// What an opted-in caller gets while another fills: the stale value, else `None`.
+async fn stale_of(s: &RedisStore<u64>, key: &str) -> Option<(u64, Duration)> {
+    match s.get_or_fill_allow_stale(key).await.expect("allow stale") {
+        FillLookup::Hit(MaybeStale::Stale {
+            value,
+            replaced_ago,
+        }) => Some((value, replaced_ago)),
+        FillLookup::InProgress { .. } => None,
+        other => panic!("another caller fills: {other:?}"),
+    }
+}
+
+#[test]
+fn stale_grace_serves_the_last_replaced_value_only_to_callers_that_opt_in() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        let grace = Duration::from_secs(30);
+        let s = grace_store(&url, 30_000, 30_000).await;
+        let no_grace = store(&url, 30_000).await;
+        s.insert("k", &1).await.unwrap();
+        assert_eq!(
+            s.get_or_fill_allow_stale("k").await.unwrap(),
+            FillLookup::Hit(MaybeStale::Fresh(1))
+        );
+        assert!(s.purge("k").await.unwrap(), "the value was removed");
+        // The grace copy is not data: a second purge removes nothing (and drops the copy).
+        // With no filler, an opted-in caller is the filler: it gets the lease, not the value.
+        let lease = match s.get_or_fill_allow_stale("k").await.unwrap() {
+            FillLookup::Fill(lease) => lease,
+            other => panic!("no filler: this caller must fill: {other:?}"),
+        };
+        // Callers that did not opt in never see the replaced value.
+        assert!(matches!(
+            s.get_or_fill("k").await.unwrap(),
+            FillLookup::InProgress { .. }
+        ));
+        assert!(!s.get_or_lease("k").await.unwrap().is_hit());
+        assert_eq!(s.get("k").await.unwrap(), None);
+        // A store without a grace never serves it, even when asked.
+        assert_eq!(stale_of(&no_grace, "k").await, None);
+        // An opted-in caller gets it, marked stale: it cannot be taken for a fresh value.
+        let got = s.get_or_fill_allow_stale("k").await.unwrap();
+        let FillLookup::Hit(maybe) = got else {
+            panic!("stale value expected: {got:?}")
+        };
+        assert!(maybe.is_stale());
+        assert!(maybe.replaced_ago().is_some_and(|ago| ago < grace));
+        assert_eq!(maybe.clone().fresh(), None);
+        assert_eq!(maybe.into_value_allowing_stale(), 1);
+
+        // The filler's save ends the grace: the value is current again.
+        assert_eq!(
+            s.save_with_lease("k", &2, &lease).await.unwrap(),
+            Saved::Stored
+        );
+        assert_eq!(
+            s.get_or_fill_allow_stale("k").await.unwrap(),
+            FillLookup::Hit(MaybeStale::Fresh(2))
+        );
+        let mut r = plain(&url).await;
+        let copy: bool = r.hexists("hk:k", "!s").await.unwrap();
+        assert!(!copy, "a save drops the grace copy");
+
+        // The next purge keeps the value it replaced (2), never an older one (1).
+        assert!(s.purge("k").await.unwrap());
+        let _filler = take_fill(&s, "k").await;
+        assert_eq!(stale_of(&s, "k").await.map(|(v, _)| v), Some(2));
+
+        // An insert replaces the copy with nothing (the key holds a value); its purge keeps 3.
+        s.insert("k", &3).await.unwrap();
+        assert!(s.purge("k").await.unwrap());
+        let _filler = take_fill(&s, "k").await;
+        assert_eq!(stale_of(&s, "k").await.map(|(v, _)| v), Some(3));
+
+        // A purge that finds no value (the grace copy is not a value) drops the copy: the
+        // latest purge replaced nothing, so nothing is served.
+        assert!(
+            !s.purge("k").await.unwrap(),
+            "the copy does not count as data"
+        );
+        let _filler = take_fill(&s, "k").await;
+        assert_eq!(stale_of(&s, "k").await, None);
+        let copy: bool = r.hexists("hk:k", "!s").await.unwrap();
+        assert!(!copy);
+
+        // Purges through the floors script (a hold-off) keep the copy the same way.
+        let held = RedisStore::<u64>::connect(
+            &url,
+            RedisOptions::new(NS)
+                .max_lease_age(Duration::from_secs(30))
+                .stale_grace(grace)
+                .hold_off(Duration::from_millis(1)),
+        )
+        .await
+        .unwrap();
+        held.insert("h", &7).await.unwrap();
+        assert!(held.purge("h").await.unwrap());
+        assert!(
+            !held.purge("h").await.unwrap(),
+            "the copy does not count as data"
+        );
+        held.insert("h", &8).await.unwrap();
+        assert!(held.purge("h").await.unwrap());
+        let _filler = take_fill(&held, "h").await;
+        assert_eq!(stale_of(&held, "h").await.map(|(v, _)| v), Some(8));
+        assert!(matches!(
+            held.get_or_fill("h").await.unwrap(),
+            FillLookup::InProgress { .. }
+        ));
+    });
+}
+
+#[test]
+fn stale_grace_is_never_served_after_it_ends() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        let grace = Duration::from_millis(300);
+        let s = grace_store(&url, 30_000, 300).await;
+        s.insert("k", &1).await.unwrap();
+        s.purge("k").await.unwrap();
+        let _filler = take_fill(&s, "k").await;
+        // Poll until the grace ends (the server's clock decides); every serving is within it.
+        let deadline = Instant::now() + CHILD_LIMIT;
+        let mut served = 0;
+        while let Some((value, ago)) = stale_of(&s, "k").await {
+            assert_eq!(value, 1);
+            assert!(
+                ago < grace,
+                "served {ago:?} after the purge, grace {grace:?}"
+            );
+            served += 1;
+            assert!(Instant::now() < deadline, "the grace never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served > 0, "served within the grace at first");
+        // Once ended, never again (the filler still fills).
+        for _ in 0..5 {
+            assert_eq!(stale_of(&s, "k").await, None);
+        }
+    });
+}
+
+#[test]
+fn stale_oracle_callers_that_did_not_opt_in_never_read_a_replaced_value() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+        let s = grace_store(&url, 30_000, 10_000).await;
+        // `truth` is the source; `purged` the latest version whose purge has completed.
+        let truth = Arc::new(AtomicU64::new(0));
+        let purged = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let stale_served = Arc::new(AtomicU64::new(0));
+        let mut readers = Vec::new();
+        for i in 0..8 {
+            let (s, truth, purged, done, stale_served) = (
+                s.clone(),
+                truth.clone(),
+                purged.clone(),
+                done.clone(),
+                stale_served.clone(),
+            );
+            readers.push(tokio::spawn(async move {
+                let opted_in = i % 2 == 0;
+                while !done.load(SeqCst) {
+                    let floor = purged.load(SeqCst);
+                    let got = if opted_in {
+                        s.get_or_fill_allow_stale("k").await.unwrap()
+                    } else {
+                        match s.get_or_fill("k").await.unwrap() {
+                            FillLookup::Hit(v) => FillLookup::Hit(MaybeStale::Fresh(v)),
+                            FillLookup::Fill(l) => FillLookup::Fill(l),
+                            FillLookup::InProgress { lapses_in } => {
+                                FillLookup::InProgress { lapses_in }
+                            }
+                            other => panic!("{other:?}"),
+                        }
+                    };
+                    match got {
+                        FillLookup::Hit(MaybeStale::Fresh(v)) => {
+                            assert!(v >= floor, "fresh {v} read after purge {floor}")
+                        }
+                        FillLookup::Hit(MaybeStale::Stale { value, .. }) => {
+                            assert!(opted_in, "a stale value for a caller that did not opt in");
+                            // The value the latest purge replaced was loaded after the
+                            // purge before it.
+                            assert!(value + 1 >= floor, "stale {value} after purge {floor}");
+                            stale_served.fetch_add(1, SeqCst);
+                        }
+                        FillLookup::Fill(lease) => {
+                            let v = truth.load(SeqCst);
+                            tokio::task::yield_now().await;
+                            s.save_with_lease("k", &v, &lease).await.unwrap();
+                        }
+                        FillLookup::InProgress { .. } => tokio::task::yield_now().await,
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }));
+        }
+        for v in 1..=300 {
+            truth.store(v, SeqCst);
+            s.purge("k").await.unwrap();
+            purged.store(v, SeqCst);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        done.store(true, SeqCst);
+        for r in readers {
+            r.await.unwrap();
+        }
+        eprintln!("stale values served: {}", stale_served.load(SeqCst));
+    });
+}
+
+#[test]
+fn tiered_allow_stale_serves_the_replaced_value_from_redis_without_loading() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        let cache: Tc =
+            TieredCache::builder(Cache::new(1_000), grace_store(&url, 30_000, 30_000).await)
+                .build()
+                .expect("build");
+        tokio::time::timeout(CHILD_LIMIT, cache.feed_confirmed())
+            .await
+            .expect("feed confirmed");
+        let other = grace_store(&url, 30_000, 30_000).await;
+        let loads = Arc::new(AtomicU64::new(0));
+        let load = |v: u64| {
+            let loads = loads.clone();
+            move |_| async move {
+                loads.fetch_add(1, SeqCst);
+                Ok::<_, std::convert::Infallible>(v)
+            }
+        };
+        let k = HOT.to_owned();
+        assert_eq!(
+            cache
+                .get_or_load_allow_stale(k.clone(), load(1))
+                .await
+                .unwrap(),
+            MaybeStale::Fresh(1)
+        );
+        // An L1 hit is fresh.
+        assert_eq!(
+            cache
+                .get_or_load_allow_stale(k.clone(), load(9))
+                .await
+                .unwrap(),
+            MaybeStale::Fresh(1)
+        );
+        cache.purge(&k).await.unwrap();
+        // Another process fills: this one gets the replaced value, marked, without loading.
+        let lease = take_fill(&other, HOT).await;
+        let got = cache
+            .get_or_load_allow_stale(k.clone(), load(9))
+            .await
+            .unwrap();
+        assert!(matches!(got, MaybeStale::Stale { value: 1, .. }), "{got:?}");
+        assert_eq!(loads.load(SeqCst), 1);
+        // Nothing stale reached the L1.
+        assert_eq!(cache.l1().get(&k), None);
+        assert_eq!(
+            other.save_with_lease(HOT, &2, &lease).await.unwrap(),
+            Saved::Stored
+        );
+        assert_eq!(
+            cache
+                .get_or_load_allow_stale(k.clone(), load(9))
+                .await
+                .unwrap(),
+            MaybeStale::Fresh(2)
+        );
+        assert_eq!(loads.load(SeqCst), 1, "the fill's value came from Redis");
+        // With no filler, the opted-in caller loads (fresh) like get_or_load.
+        cache.purge(&k).await.unwrap();
+        assert_eq!(
+            cache
+                .get_or_load_allow_stale(k.clone(), load(3))
+                .await
+                .unwrap(),
+            MaybeStale::Fresh(3)
+        );
+        assert_eq!(loads.load(SeqCst), 2);
+    });
+}
+
+// ---- refresh ahead of expiry, for direct users of the store ----
+
+#[test]
+fn store_refresh_lease_goes_to_one_caller_of_a_due_key_and_a_purge_fences_it() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        let s = RedisStore::<u64>::connect(
+            &url,
+            RedisOptions::new(NS)
+                .default_ttl(Duration::from_secs(60))
+                .max_lease_age(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        let mut r = plain(&url).await;
+        s.insert_with_ttl("k", &1, Duration::from_secs(20))
+            .await
+            .unwrap();
+        // 20 s left: not due within 1 s.
+        assert!(
+            s.refresh_lease("k", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Due within 30 s: one caller gets the lease, the others do not.
+        let lease = s.refresh_lease("k", Duration::from_secs(30)).await.unwrap();
+        let lease = lease.expect("due: this caller refreshes");
+        assert!(
+            s.refresh_lease("k", Duration::from_secs(30))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Readers keep the current value meanwhile.
+        assert_eq!(s.get("k").await.unwrap(), Some(1));
+        assert_eq!(s.get_or_fill("k").await.unwrap(), FillLookup::Hit(1));
+        // The refreshed value lands and the TTL starts again (the default 60 s, past the 20 s
+        // the key had).
+        assert_eq!(
+            s.save_refreshed("k", &2, &lease).await.unwrap(),
+            Saved::Stored
+        );
+        assert_eq!(s.get("k").await.unwrap(), Some(2));
+        let pttl: i64 = r.pttl("hk:k").await.unwrap();
+        assert!(pttl > 20_000, "TTL restarted: {pttl} ms");
+
+        // A failed reload gives the refresh up: the next due caller gets it, the value stays.
+        let lease = s
+            .refresh_lease("k", Duration::from_secs(120))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s.release_fill("k", &lease).await.unwrap());
+        assert_eq!(s.get("k").await.unwrap(), Some(2));
+        let lease = s
+            .refresh_lease("k", Duration::from_secs(120))
+            .await
+            .unwrap();
+        let lease = lease.expect("the released refresh goes to the next caller");
+
+        // A purge during the refresh fences it: the refreshed value is stored nowhere.
+        s.purge("k").await.unwrap();
+        assert_eq!(
+            s.save_refreshed("k", &3, &lease).await.unwrap(),
+            Saved::Stale
+        );
+        assert_eq!(s.get("k").await.unwrap(), None);
     });
 }

@@ -24,12 +24,41 @@
 //! fill nobody waits for publishes nothing. [`Invalidation::parse`](super::Invalidation::parse)
 //! returns `None` for it: it invalidates nothing. An announcement is a hint to read again,
 //! never a value: a purge may come between it and the read.
+//!
+//! # Stale grace (opt-in)
+//!
+//! With [`RedisOptions::stale_grace`](super::RedisOptions::stale_grace) set, a purge that finds
+//! a value keeps a copy of it in the reserved field `!s`, stamped with the purge's server time,
+//! for the grace. A caller that opts in ([`RedisStore::get_or_fill_allow_stale`],
+//! [`TieredCache::get_or_load_allow_stale`](crate::tiered::TieredCache::get_or_load_allow_stale))
+//! and finds the key empty while **another** caller fills it gets that copy as
+//! [`MaybeStale::Stale`] instead of [`FillLookup::InProgress`], without waiting. Precisely:
+//!
+//! - Only the opt-in methods ever return it, always as [`MaybeStale::Stale`]; every other read
+//!   ([`get`](RedisStore::get), [`get_or_lease`](RedisStore::get_or_lease),
+//!   [`get_or_fill`](RedisStore::get_or_fill), the tiered reads) ignores `!s`.
+//! - It is the value the **latest** purge replaced: a purge that finds no value (the key was
+//!   already purged, expired or never filled) drops any older copy, and so do `insert` and
+//!   `flush`; a save of the key's value drops it (the key is current again). Hold-off and
+//!   position purges keep it like plain ones; write intents, `purge_field` and sub-entries
+//!   do not touch it.
+//! - It is served only while that purge is younger than the reader's grace, by the server's
+//!   clock ([`MaybeStale::Stale::replaced_ago`] says how old), only while the key holds no value
+//!   and another caller's fill lease is live. The caller that gets the fill lease gets no stale
+//!   value: it must load. With no filler, an opt-in caller becomes the filler.
+//! - The copy lives in the key's hash for the grace (or as long as the key's floors), then
+//!   expires with it; it is never counted as data by purges.
+//!
+//! Memory: each purge of a present value keeps its copy for the grace. Set the grace shorter
+//! than the time a reload may take to matter, such as a few seconds.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use redis::Value;
 
 use super::conn::Script;
 use super::{RedisLease, RedisStore, RedisStoreError, VALUE_FIELD, int_reply};
@@ -52,6 +81,55 @@ pub enum FillLookup<V> {
     },
 }
 
+/// A value that may be stale: what the opt-in reads return (see the [module docs](self),
+/// *Stale grace*). There is no `Deref` and no accessor that hides the difference: take the
+/// value with [`fresh`](Self::fresh) (fresh only) or
+/// [`into_value_allowing_stale`](Self::into_value_allowing_stale), or match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum MaybeStale<V> {
+    /// The current value.
+    Fresh(V),
+    /// The value the key's latest purge replaced, `replaced_ago` before the read (server clock),
+    /// served while another caller reloads the key.
+    Stale {
+        /// The replaced value.
+        value: V,
+        /// How long before the read the purge replaced it (less than the grace).
+        replaced_ago: Duration,
+    },
+}
+
+impl<V> MaybeStale<V> {
+    /// Whether the value is stale.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Self::Stale { .. })
+    }
+
+    /// The value if fresh, `None` if stale.
+    pub fn fresh(self) -> Option<V> {
+        match self {
+            Self::Fresh(value) => Some(value),
+            Self::Stale { .. } => None,
+        }
+    }
+
+    /// The value, fresh or stale: the caller accepts a stale one.
+    pub fn into_value_allowing_stale(self) -> V {
+        match self {
+            Self::Fresh(value) | Self::Stale { value, .. } => value,
+        }
+    }
+
+    /// How long ago the stale value was replaced (`None` if fresh).
+    pub fn replaced_ago(&self) -> Option<Duration> {
+        match self {
+            Self::Fresh(_) => None,
+            Self::Stale { replaced_ago, .. } => Some(*replaced_ago),
+        }
+    }
+}
+
 /// How `get_or_lease.lua` hands out leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FillMode {
@@ -61,13 +139,15 @@ pub(crate) enum FillMode {
     Fill,
     /// As `Fill`, and the fill's end is announced on the invalidation channel.
     FillAnnounced,
+    /// As `Fill`, and while another caller fills, the stale grace value if there is one.
+    FillAllowStale,
 }
 
 impl FillMode {
     pub(crate) fn arg(self) -> &'static [u8] {
         match self {
             Self::Lease => b"0",
-            Self::Fill => b"1",
+            Self::Fill | Self::FillAllowStale => b"1",
             Self::FillAnnounced => b"2",
         }
     }
@@ -87,6 +167,7 @@ pub(crate) fn announced_key(payload: &[u8]) -> Option<&str> {
 }
 
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release_fill.lua")));
+static STALE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("stale.lua")));
 
 impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     /// The key's value if cached; else, if no other caller is filling it, a lease that makes
@@ -99,11 +180,71 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         Ok(self.lookup_mode(key, None, FillMode::Fill).await?.0)
     }
 
-    /// The fill lease of a key whose value is present, for a refresh ahead of its expiry, if
-    /// the key is still due (has at most `due_within` of its TTL left: another caller may have
-    /// refreshed it since it was read) and nobody else fills it. A write during the refresh
-    /// fences the lease like any other.
-    pub(crate) async fn refresh_lease(
+    /// [`get_or_fill`](Self::get_or_fill) for a caller that tolerates a stale value: while
+    /// another caller fills the key, the value its latest purge replaced, if that purge is
+    /// younger than [`stale_grace`](super::RedisOptions::stale_grace), as
+    /// [`FillLookup::Hit`]`(`[`MaybeStale::Stale`]`)`; a cached value is
+    /// `Hit(`[`MaybeStale::Fresh`]`)`; otherwise as `get_or_fill` (this caller fills, or
+    /// waits). One round trip. See the [module docs](self), *Stale grace*. Without a stale
+    /// grace it never returns a stale value.
+    pub async fn get_or_fill_allow_stale(
+        &self,
+        key: &str,
+    ) -> Result<FillLookup<MaybeStale<V>>, RedisStoreError> {
+        Ok(self
+            .lookup_maybe_stale(key, None, FillMode::FillAllowStale)
+            .await?
+            .0)
+    }
+
+    /// The stale grace value of `key` if the key holds no value, another caller fills it and
+    /// the grace holds; takes no lease and changes nothing. For the tiered cache's opt-in read.
+    pub(crate) async fn stale_while_filled(
+        &self,
+        key: &str,
+    ) -> Result<Option<(V, Duration)>, RedisStoreError> {
+        let Some(grace) = self.inner.stale_grace else {
+            return Ok(None);
+        };
+        let grace = u64::try_from(grace.as_micros())
+            .unwrap_or(u64::MAX)
+            .to_string();
+        let lease_ms = super::options::millis(self.inner.max_lease_age).to_string();
+        let limit = self.stored_limit().to_string();
+        let args: [&[u8]; 3] = [grace.as_bytes(), lease_ms.as_bytes(), limit.as_bytes()];
+        let k = self.redis_key(key);
+        let reply = self.eval_keys(&STALE, &[&k[..]], &args).await?;
+        match &reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(0)] => Ok(None),
+                [Value::Int(1), v, ago] => match self.decode(super::bytes_of(v)?) {
+                    Ok(value) => Ok(Some((value, Duration::from_micros(super::u64_of(ago)?)))),
+                    Err(_) => {
+                        self.count_unreadable();
+                        Ok(None)
+                    }
+                },
+                _ => Err(super::protocol("stale", &reply)),
+            },
+            _ => Err(super::protocol("stale", &reply)),
+        }
+    }
+
+    /// Refresh ahead of expiry: the key's fill lease, over its present value, if the key is
+    /// due (has at most `due_within` of its TTL left in Redis, checked in the script: another
+    /// caller may have refreshed it since it was read) and nobody else fills it; else `None`.
+    /// One round trip; reads no value.
+    ///
+    /// For direct users of the store (a [`TieredCache`](crate::tiered::TieredCache) does this
+    /// itself with [`TieredBuilder::refresh_after`](crate::tiered::TieredBuilder::refresh_after)):
+    /// call it after a hit on a hot key (for instance on one read in N, or when the value's own
+    /// age says so) with `due_within` = TTL − refresh point. With `Some(lease)` this caller
+    /// reloads the source and saves with [`save_refreshed`](Self::save_refreshed) (or
+    /// [`release_fill`](Self::release_fill) if the load failed: the value stays until its TTL);
+    /// every other caller keeps reading the current value meanwhile and gets `None` here. A
+    /// purge, insert or flush during the refresh fences the lease like any other: its save is
+    /// [`Stale`](super::Saved::Stale). On a key that is absent, the lease is a plain fill.
+    pub async fn refresh_lease(
         &self,
         key: &str,
         due_within: Duration,
@@ -113,7 +254,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             .await?;
         match raw {
             super::RawLookup::Miss { lease, .. } => Ok(Some(lease)),
-            super::RawLookup::Busy { .. } | super::RawLookup::NotDue => Ok(None),
+            super::RawLookup::Busy { .. }
+            | super::RawLookup::Stale { .. }
+            | super::RawLookup::NotDue => Ok(None),
             super::RawLookup::Hit { .. } => Err(RedisStoreError::Protocol(
                 "get_or_lease returned a value when told to skip it".into(),
             )),
@@ -123,7 +266,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     /// Saves a refreshed value under a [`refresh_lease`](Self::refresh_lease): as
     /// [`save_with_lease`](Self::save_with_lease), and the key's TTL starts again (if the value
     /// is the key's only entry: sub-entries never outlive their TTL).
-    pub(crate) async fn save_refreshed(
+    pub async fn save_refreshed(
         &self,
         key: &str,
         value: &V,

@@ -8,6 +8,8 @@
 -- ARGV[5] how long the floors outlive the write, in ms (the maximum lease age)
 -- ARGV[6] invalidation channel ('' publishes nothing)   ARGV[7] payload
 -- ARGV[8] the encoded value ('insert')   ARGV[9] the value's TTL in ms ('insert')
+-- ARGV[10] (optional, 'purge') the stale grace in ms: the replaced value is kept in '!s' as
+--          purge.lua keeps it
 -- '!f' is 'H:P:N:D': hold-off deadline (server microseconds), position floor (20 digits),
 -- intents open, latest intent deadline. Every part only rises, except N, which ends count down.
 -- Returns 1 if a value or sub-entry was removed, else 0.
@@ -22,8 +24,17 @@ if f then
   end
 end
 local data = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '!g')
+  - redis.call('HEXISTS', KEYS[1], '!s')
 if f then
   data = data - 1
+end
+local grace = 0
+local replaced = nil
+if ARGV[1] == 'purge' then
+  grace = tonumber(ARGV[10] or '') or 0
+  if grace > 0 then
+    replaced = redis.call('HGET', KEYS[1], '!v')
+  end
 end
 -- Freeing first: deleting the marker fences every outstanding lease (see purge.lua).
 redis.call('DEL', KEYS[1])
@@ -54,6 +65,10 @@ end
 if mode == 'insert' then
   redis.call('HSET', KEYS[1], '!v', ARGV[8])
   keep = math.max(keep, tonumber(ARGV[9]))
+end
+if replaced then
+  redis.call('HSET', KEYS[1], '!s', t[1] .. string.format('%06d', tonumber(t[2])) .. '|' .. replaced)
+  keep = math.max(keep, grace)
 end
 redis.call('PEXPIRE', KEYS[1], keep)
 if ARGV[6] ~= '' then

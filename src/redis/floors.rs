@@ -70,7 +70,8 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         let keep_ms = options::millis(inner.max_lease_age).to_string();
         let payload = Invalidation::key_payload(key);
         let ttl = ttl_ms.to_string();
-        let args: [&[u8]; 9] = [
+        let grace = inner.stale_grace_ms_arg();
+        let args: [&[u8]; 10] = [
             name,
             hold_off.as_bytes(),
             position.as_bytes(),
@@ -80,6 +81,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             &payload,
             value,
             ttl.as_bytes(),
+            grace.as_bytes(),
         ];
         let k = self.redis_key(key);
         let reply: Value = inner

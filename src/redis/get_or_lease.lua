@@ -11,6 +11,9 @@
 --         and sets the waiters flag, so that the fill's end is announced (see save.lua)
 -- ARGV[7] (optional, with ARGV[5] = '1': a refresh ahead of expiry) the refresh point in ms:
 --         if the key has more TTL left than that, it is not due (any more): returns {4}
+-- ARGV[8] (optional, fill modes, field '!v') the caller's stale grace in microseconds: while
+--         another caller fills, the value the last purge replaced ('!s', see purge.lua) is
+--         returned if that purge is less than this old: {5, ms, value, replaced_ago_micros}
 -- Returns {1, value, pttl} on a hit, {0, proof, issued_seconds, issued_micros, skipped} on a miss,
 -- where skipped is the size of a present value that was too large, or 0, and (fill modes only)
 -- {3, ms} while another caller's fill lease is younger than the maximum lease age, ms being how
@@ -53,6 +56,17 @@ if mode ~= '0' and m and filler > 0 then
   -- A filler issued in the future (a server clock that stepped back) could never save: lapsed.
   local left = filler + tonumber(ARGV[3]) * 1000 - now
   if left > 0 and filler <= now then
+    local grace = tonumber(ARGV[8] or '') or 0
+    if grace > 0 and ARGV[1] == '!v' then
+      local st = redis.call('HGET', KEYS[1], '!s')
+      if st then
+        local i = string.find(st, '|', 1, true)
+        local ago = now - tonumber(string.sub(st, 1, i - 1))
+        if ago >= 0 and ago < grace and #st - i <= tonumber(ARGV[4]) then
+          return {5, math.floor(left / 1000) + 1, string.sub(st, i + 1), ago}
+        end
+      end
+    end
     if mode == '2' and waiting ~= '1' then
       redis.call('HSET', KEYS[1], '!g', m .. '|' .. string.format('%d', filler) .. '|1')
     end
@@ -70,8 +84,9 @@ if mode ~= '0' then
 elseif not g then
   redis.call('HSET', KEYS[1], '!g', m)
 end
-if redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '!f') == 1 then
-  -- Only the marker (and the floors, which set their own lifetime) lives here: bound its lifetime by the maximum lease age (I5).
+if redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '!f')
+    - redis.call('HEXISTS', KEYS[1], '!s') == 1 then
+  -- Only the marker (and the floors and a grace copy, which set their own lifetimes) lives here: bound its lifetime by the maximum lease age (I5).
   local ms = tonumber(ARGV[3])
   if redis.call('PTTL', KEYS[1]) < ms then
     redis.call('PEXPIRE', KEYS[1], ms)

@@ -7,6 +7,7 @@
 //! | `!v` | the key's value: a 3-byte header (format byte `0xA1`, then the big-endian [value version](RedisOptions::value_version)), then the codec's bytes |
 //! | `f:<name>` | the sub-entry (field) `<name>`, stored like `!v`; a user field always starts with `f:`, so it can never collide with internal state |
 //! | `!g` | the key's generation **marker**, present only while a lease may be outstanding; while a [fill](RedisStore::get_or_fill) is in progress, followed by `\|<filler's issue time>\|<waiters flag>` |
+//! | `!s` | only with [`stale_grace`](RedisOptions::stale_grace): the value the key's latest purge replaced, `<purge time, server µs>\|<stored value>`, kept for the grace and served only to callers that opt in (see [`fill`], *Stale grace*) |
 //!
 //! ## Leases on Redis
 //!
@@ -41,6 +42,8 @@
 //! always set). Bookkeeping beyond the cached data is therefore bounded by *the number of distinct
 //! empty keys leased within the last `max_lease_age`*, about 180 bytes each on Redis 7 (10 000
 //! marker-only keys measured 1.7 MB), plus one marker field per cached key.
+//! With a [stale grace](RedisOptions::stale_grace), each purge that removes a value also keeps a
+//! copy of it (no larger than what it freed) for the grace.
 //!
 //! ## Bad stored data
 //!
@@ -156,9 +159,9 @@ use conn::{Conn, Scripts};
 
 pub use codec::{Codec, JsonCodec, PostcardCodec};
 pub use error::{CodecError, ConfigError, RedisStoreError, ServerError};
-pub use fill::FillLookup;
 pub(crate) use fill::FillMode;
 pub(crate) use fill::announced_key as fill_announced_key;
+pub use fill::{FillLookup, MaybeStale};
 pub use floors::RedisWriteIntent;
 pub use invalidation::Invalidation;
 pub use lease::RedisLease;
@@ -226,6 +229,16 @@ struct Inner<V> {
     intent_ttl: Duration,
     /// Stored values treated as misses: undecodable, another format or version, or too large.
     unreadable: AtomicU64,
+    /// How long a purge keeps the value it replaced (`RedisOptions::stale_grace`).
+    stale_grace: Option<Duration>,
+}
+
+impl<V> Inner<V> {
+    /// The stale grace in ms as a script argument ('' for none).
+    fn stale_grace_ms_arg(&self) -> String {
+        self.stale_grace
+            .map_or_else(String::new, |g| options::millis(g).to_string())
+    }
 }
 
 impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
@@ -306,6 +319,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                 hold_off: o.hold_off,
                 intent_ttl: o.intent_ttl,
                 unreadable: AtomicU64::new(0),
+                stale_grace: o.stale_grace,
             }),
             broadcast: true,
         }
@@ -358,7 +372,8 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             return self.purge_with_hold_off(key, hold_off).await;
         }
         let payload = Invalidation::key_payload(key);
-        let args: [&[u8]; 2] = [self.broadcast_channel(), &payload];
+        let grace = self.inner.stale_grace_ms_arg();
+        let args: [&[u8]; 3] = [self.broadcast_channel(), &payload, grace.as_bytes()];
         let reply = self.eval_on(key, Op::Purge, &args).await?;
         Ok(int_reply(&reply)? == 1)
     }
@@ -692,6 +707,28 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         field: Option<&str>,
         mode: FillMode,
     ) -> Result<(FillLookup<V>, Option<Duration>), RedisStoreError> {
+        Ok(match self.lookup_maybe_stale(key, field, mode).await? {
+            (FillLookup::Hit(MaybeStale::Fresh(value)), ttl) => (FillLookup::Hit(value), ttl),
+            (FillLookup::Hit(MaybeStale::Stale { .. }), _) => {
+                return Err(RedisStoreError::Protocol(
+                    "get_or_lease served a stale value to a caller that did not opt in".into(),
+                ));
+            }
+            (FillLookup::Fill(lease), ttl) => (FillLookup::Fill(lease), ttl),
+            (FillLookup::InProgress { lapses_in }, ttl) => {
+                (FillLookup::InProgress { lapses_in }, ttl)
+            }
+        })
+    }
+
+    /// [`lookup_mode`](Self::lookup_mode); in [`FillMode::FillAllowStale`], a stale value
+    /// while another caller fills (see the `fill` module, *Stale grace*).
+    pub(crate) async fn lookup_maybe_stale(
+        &self,
+        key: &str,
+        field: Option<&str>,
+        mode: FillMode,
+    ) -> Result<(FillLookup<MaybeStale<V>>, Option<Duration>), RedisStoreError> {
         let (reply, ttl) = match self.lookup_raw(key, field, false, mode).await? {
             RawLookup::Hit { value, ttl } => (value, ttl),
             RawLookup::Miss { lease, skipped } => {
@@ -703,16 +740,22 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             RawLookup::Busy { left } => {
                 return Ok((FillLookup::InProgress { lapses_in: left }, None));
             }
+            RawLookup::Stale { left, value, ago } => {
+                return Ok((self.decode_stale(&value, left, ago)?, None));
+            }
             RawLookup::NotDue => return Err(not_due()),
         };
         match self.decode(bytes_of(&reply)?) {
-            Ok(value) => Ok((FillLookup::Hit(value), ttl)),
+            Ok(value) => Ok((FillLookup::Hit(MaybeStale::Fresh(value)), ttl)),
             Err(_) => {
                 self.count_unreadable();
                 match self.lookup_raw(key, field, true, mode).await? {
                     RawLookup::Miss { lease, .. } => Ok((FillLookup::Fill(lease), None)),
                     RawLookup::Busy { left } => {
                         Ok((FillLookup::InProgress { lapses_in: left }, None))
+                    }
+                    RawLookup::Stale { left, value, ago } => {
+                        Ok((self.decode_stale(&value, left, ago)?, None))
                     }
                     RawLookup::Hit { .. } => Err(RedisStoreError::Protocol(
                         "get_or_lease returned a value when told to skip it".into(),
@@ -721,6 +764,25 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
                 }
             }
         }
+    }
+
+    /// A stale value as served, or "fill in progress" if it cannot be used.
+    fn decode_stale(
+        &self,
+        value: &Value,
+        left: Duration,
+        ago: Duration,
+    ) -> Result<FillLookup<MaybeStale<V>>, RedisStoreError> {
+        Ok(match self.decode(bytes_of(value)?) {
+            Ok(value) => FillLookup::Hit(MaybeStale::Stale {
+                value,
+                replaced_ago: ago,
+            }),
+            Err(_) => {
+                self.count_unreadable();
+                FillLookup::InProgress { lapses_in: left }
+            }
+        })
     }
 
     fn count_unreadable(&self) {
@@ -754,7 +816,13 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         let marker_ms = options::millis(self.inner.max_lease_age).to_string();
         let limit = self.stored_limit().to_string();
         let due = due_within.map_or_else(String::new, |d| options::millis(d).to_string());
-        let args: [&[u8]; 7] = [
+        let grace = match (mode, self.inner.stale_grace) {
+            (FillMode::FillAllowStale, Some(g)) => {
+                u64::try_from(g.as_micros()).unwrap_or(u64::MAX).to_string()
+            }
+            _ => String::new(),
+        };
+        let args: [&[u8]; 8] = [
             hash_field.as_bytes(),
             nonce.as_bytes(),
             marker_ms.as_bytes(),
@@ -762,6 +830,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             if skip_value { b"1" } else { b"0" },
             mode.arg(),
             due.as_bytes(),
+            grace.as_bytes(),
         ];
         let sent = Instant::now();
         let reply = self.eval_on(key, Op::GetOrLease, &args).await?;
@@ -774,6 +843,12 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
             // Moved out, not copied: the hit path decodes straight from the reply.
             let value = std::mem::replace(v, Value::Nil);
             return Ok(RawLookup::Hit { value, ttl });
+        }
+        if let [Value::Int(5), ms, v, ago] = items.as_mut_slice() {
+            let left = Duration::from_millis(u64_of(ms)?);
+            let ago = Duration::from_micros(u64_of(ago)?);
+            let value = std::mem::replace(v, Value::Nil);
+            return Ok(RawLookup::Stale { left, value, ago });
         }
         match items.as_slice() {
             [Value::Int(4)] => Ok(RawLookup::NotDue),
@@ -918,6 +993,12 @@ enum RawLookup {
     },
     /// Another caller's fill lease has this long left.
     Busy { left: Duration },
+    /// As `Busy`, with the value the last purge replaced that long ago (an opted-in caller).
+    Stale {
+        left: Duration,
+        value: Value,
+        ago: Duration,
+    },
     /// A refresh ahead of expiry found the key not due (another caller refreshed it).
     NotDue,
 }

@@ -33,6 +33,7 @@ pub struct RedisOptions<C = PostcardCodec> {
     pub(crate) intent_ttl: Duration,
     pub(crate) value_version: u16,
     pub(crate) lease_secret: Option<LeaseSecret>,
+    pub(crate) stale_grace: Option<Duration>,
 }
 
 /// A lease secret; its `Debug` never prints it.
@@ -67,6 +68,7 @@ impl RedisOptions {
             intent_ttl: Duration::from_secs(60),
             value_version: 0,
             lease_secret: None,
+            stale_grace: None,
         }
     }
 }
@@ -132,6 +134,7 @@ impl<C> RedisOptions<C> {
             intent_ttl: self.intent_ttl,
             value_version: self.value_version,
             lease_secret: self.lease_secret,
+            stale_grace: self.stale_grace,
         }
     }
 
@@ -153,6 +156,23 @@ impl<C> RedisOptions<C> {
     /// other's values, so expect more loads until it completes (or use a new namespace).
     pub fn value_version(mut self, version: u16) -> Self {
         self.value_version = version;
+        self
+    }
+
+    /// Keeps the value a purge replaces for `grace`, so that callers that opted in to stale
+    /// values ([`RedisStore::get_or_fill_allow_stale`](super::RedisStore::get_or_fill_allow_stale),
+    /// [`TieredCache::get_or_load_allow_stale`](crate::tiered::TieredCache::get_or_load_allow_stale))
+    /// get it, marked [`MaybeStale::Stale`](super::MaybeStale::Stale), while another caller
+    /// refills the key, instead of waiting. Default: none (nothing is kept, and the opt-in
+    /// methods behave like their plain forms). Every other read ignores it. The copy costs the
+    /// value's memory for `grace` after each purge that found a value. See the [`fill`](super::fill)
+    /// module, *Stale grace*, for exactly what is served. 1 ms to 10 years.
+    ///
+    /// Turn it on only once every process sharing the namespace runs a version that knows the
+    /// grace copy: an older version's save counts the copy as an entry of the key and would let
+    /// the value it saves expire with the copy (early, never stale).
+    pub fn stale_grace(mut self, grace: Duration) -> Self {
+        self.stale_grace = Some(grace);
         self
     }
 
@@ -180,6 +200,9 @@ impl<C> RedisOptions<C> {
         check_ttl("intent_ttl", self.intent_ttl)?;
         if let Some(hold_off) = self.hold_off {
             check_ttl("hold_off", hold_off)?;
+        }
+        if let Some(grace) = self.stale_grace {
+            check_ttl("stale_grace", grace)?;
         }
         if self.lease_secret.as_ref().is_some_and(|s| s.0.len() < 16) {
             return Err("lease_secret must be at least 16 bytes".into());

@@ -60,13 +60,19 @@ if f then
     return 0
   end
 end
--- Entries of one key share the key's TTL: never extend an existing entry's lifetime.
-local had_data = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '!f') > 1
+-- A saved value ends the stale grace of the one a purge replaced (see purge.lua): it is current.
+if ARGV[1] == '!v' then
+  redis.call('HDEL', KEYS[1], '!s')
+end
+-- Entries of one key share the key's TTL: never extend an existing entry's lifetime. Neither
+-- the floors nor a grace copy are entries.
+local meta = redis.call('HEXISTS', KEYS[1], '!f') + redis.call('HEXISTS', KEYS[1], '!s')
+local had_data = redis.call('HLEN', KEYS[1]) - meta > 1
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ms = tonumber(ARGV[7])
 local p = redis.call('PTTL', KEYS[1])
 local renew = ARGV[11] == '1' and ARGV[1] == '!v'
-  and redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '!f') == 2
+  and redis.call('HLEN', KEYS[1]) - meta == 2
 if renew or (not had_data) or p < 0 or p > ms then
   redis.call('PEXPIRE', KEYS[1], ms)
 end

@@ -10,10 +10,16 @@
 //! over). Then it reads Redis again: an announcement is a hint, never a value. At most one task
 //! per process waits per key (the L1's single flight), so a purge of a hot key read by N
 //! processes costs one source read and about N Redis reads, not N source reads.
+//!
+//! [`TieredCache::get_or_load_allow_stale`] adds the opt-in stale grace (see
+//! [`crate::redis::fill`], *Stale grace*): on an L1 miss it first asks Redis, without a lease,
+//! for the value the key's latest purge replaced while another caller refills it. The stale
+//! value comes from Redis only: the L1 keeps nothing after a purge, and never caches a stale
+//! value.
 
-use super::Shared;
 use super::TieredKey;
-use crate::redis::{FillLookup, FillMode, RedisLease, RedisStoreError};
+use super::{Shared, TieredCache};
+use crate::redis::{FillLookup, FillMode, MaybeStale, RedisLease, RedisStoreError};
 use crate::sync::Mutex;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::HashMap;
@@ -228,5 +234,55 @@ where
             }
         }
         value
+    }
+}
+
+impl<K, V> TieredCache<K, V>
+where
+    K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// [`get_or_load`](Self::get_or_load) for a caller that tolerates a stale value: an L1 hit
+    /// is [`MaybeStale::Fresh`]; on an L1 miss, if the Redis key holds no value, another caller
+    /// (of any process) is refilling it, and the purge that replaced its value is younger than
+    /// the store's [`stale_grace`](crate::redis::RedisOptions::stale_grace), that replaced value
+    /// is returned as [`MaybeStale::Stale`] at once, without loading or waiting. Otherwise it is
+    /// `get_or_load` (`Fresh`). The stale value is served from Redis only (the L1 never holds
+    /// or caches one): see the [module docs](crate::tiered#hot-keys-one-filler-per-fleet).
+    ///
+    /// Costs one Redis round trip more than `get_or_load` on an L1 miss that is not served
+    /// stale; skipped while the breaker is not closed or the L1 is bypassed (no stale value is
+    /// served then). Callers that do not use this method never get a stale value.
+    pub async fn get_or_load_allow_stale<F, Fut, E>(
+        &self,
+        key: K,
+        loader: F,
+    ) -> Result<MaybeStale<V>, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: std::future::Future<Output = Result<V, E>>,
+    {
+        let s = &*self.shared;
+        if s.l1_active() {
+            if let Some(value) = s.l1.get(&key) {
+                return Ok(MaybeStale::Fresh(value));
+            }
+            // Closed breaker only: a probe is for the real read path.
+            if s.breaker.state_code() == 0 {
+                match s.l2.stale_while_filled(&key.to_redis_key()).await {
+                    Ok(Some((value, replaced_ago))) => {
+                        return Ok(MaybeStale::Stale {
+                            value,
+                            replaced_ago,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = s.redis_failed(e);
+                    }
+                }
+            }
+        }
+        self.get_or_load(key, loader).await.map(MaybeStale::Fresh)
     }
 }

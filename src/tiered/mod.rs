@@ -81,6 +81,16 @@
 //! fill up at once ([`TieredStats::fill_takeovers`]). A wait is bounded by the lease age per
 //! filler. [`TieredBuilder::one_filler`]`(false)` restores one source read per process.
 //!
+//! **Stale grace (opt-in, never the default).** With the store's
+//! [`stale_grace`](crate::redis::RedisOptions::stale_grace), a purge keeps the value it replaced
+//! in Redis for the grace; [`get_or_load_allow_stale`](TieredCache::get_or_load_allow_stale)
+//! returns it, as [`MaybeStale::Stale`](crate::redis::MaybeStale::Stale), on an L1 miss while
+//! another caller of the fleet refills the key, instead of waiting. Every other read never
+//! returns it; it is the value the key's latest purge replaced, and only while that purge is
+//! younger than the grace (server clock). The stale value is held in Redis only: the L1 keeps
+//! nothing after a purge and never caches a stale value. See
+//! [`redis::fill`](crate::redis::fill), *Stale grace*.
+//!
 //! # Refresh ahead of expiry
 //!
 //! With [`TieredBuilder::refresh_after`], a [`get_or_load`](TieredCache::get_or_load) whose
