@@ -90,7 +90,10 @@
 //! - `insert` replaces the key's whole contents (its value and every sub-entry).
 //! - Every single-key operation is atomic. `flush` is atomic per key: it scans the namespace (every
 //!   master in cluster mode) and purges key by key; every lease outstanding when it started is
-//!   fenced when it returns.
+//!   fenced when it returns `Ok`. In cluster mode it returns `Ok` only if it reached every slot,
+//!   keys that migrated while it ran included; during a failover (a master flagged failed still
+//!   owns slots) or a layout that keeps changing it fails with a transient error naming what
+//!   was not flushed (see [`RedisStore::flush`]).
 //! - A failed call ([`RedisStoreError::Redis`], [`RedisStoreError::Timeout`],
 //!   [`RedisStoreError::Server`]) may or may not have taken effect; it never panics and never
 //!   waits longer than the command timeout per round trip.
