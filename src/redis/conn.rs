@@ -199,24 +199,113 @@ impl Conn {
         }
     }
 
-    /// The nodes a namespace-wide SCAN must visit (the server, or every cluster master that
-    /// serves slots and is not flagged failed), and a signature of the slot layout: two calls
-    /// with equal signatures saw the same masters owning the same slots, with no slot migrating.
+    /// The nodes a namespace-wide SCAN must visit, in order, and a signature of the slot layout:
+    /// two calls with equal signatures saw the same masters owning the same slots, with the same
+    /// slots migrating. On a single server: the server and an empty signature.
+    ///
+    /// In cluster mode every healthy master is asked for its own `CLUSTER NODES` line (a node
+    /// shows only its own migrations), and fails with a transient error naming the slots if a
+    /// master that still owns slots is flagged failed (its keys live on in the replica that is
+    /// about to take over: skipping it would leave them unflushed), if a listed master does not
+    /// answer, or if some slot is claimed by no master.
     pub(crate) async fn scan_nodes(
         &self,
         timeout: Duration,
     ) -> Result<(Vec<ScanNode>, String), RedisStoreError> {
-        match self {
-            Self::Single(_) => Ok((vec![ScanNode::Only], String::new())),
-            Self::Cluster(_) => {
-                let layout = self.masters(timeout).await?;
-                let nodes = layout
-                    .masters
-                    .into_iter()
-                    .map(|(host, port)| ScanNode::Master { host, port })
-                    .collect();
-                Ok((nodes, layout.signature))
+        let Self::Cluster(c) = self else {
+            return Ok((vec![ScanNode::Only], String::new()));
+        };
+        let layout = self.masters(timeout).await?;
+        if let Some(why) = layout.unflushable() {
+            return Err(not_flushed(why));
+        }
+        let mut own = Vec::with_capacity(layout.masters.len());
+        for (host, port) in &layout.masters {
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            });
+            let mut c = c.clone();
+            let fut = c.route_command(redis::cmd("CLUSTER").arg("NODES").clone(), route);
+            let reply = match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    return Err(not_flushed(format!(
+                        "master {host}:{port} did not answer CLUSTER NODES ({e})"
+                    )));
+                }
+                Err(_) => {
+                    return Err(not_flushed(format!(
+                        "master {host}:{port} did not answer CLUSTER NODES within {timeout:?}"
+                    )));
+                }
+            };
+            let text: String = redis::from_redis_value(reply)
+                .map_err(|e| RedisStoreError::Protocol(format!("CLUSTER NODES: {e}")))?;
+            own.push(own_line(&text).ok_or_else(|| {
+                RedisStoreError::Protocol(format!("CLUSTER NODES of {host}:{port}: no myself line"))
+            })?);
+        }
+        let plan = plan_scan(&own);
+        if let Some(why) = plan.uncovered {
+            return Err(not_flushed(why));
+        }
+        Ok((plan.nodes, plan.signature))
+    }
+
+    /// Runs `script` on `key` at the node where a flush's SCAN found it (EVALSHA, EVAL on
+    /// `NOSCRIPT`), bounded by `timeout`. In cluster mode the script is sent to that master by
+    /// address, preceded by `ASKING` (so a master importing the key's slot runs it), not routed
+    /// by the client's slot map, which lags behind a failover or migration. A master that no
+    /// longer holds the key's slot answers `MOVED` or `ASK`: the key left it, and the flush finds
+    /// it where it went (its layout check sees the change, and importing masters are scanned
+    /// again), so that answer is not an error.
+    pub(crate) async fn purge_at(
+        &self,
+        node: &ScanNode,
+        script: &Script,
+        key: &[u8],
+        timeout: Duration,
+    ) -> Result<(), RedisStoreError> {
+        let (Self::Cluster(c), ScanNode::Master { host, port }) = (self, node) else {
+            let args: [&[u8]; 2] = [b"", b""];
+            return self.eval(script, &[key], &args, timeout).await.map(drop);
+        };
+        let build = |name: &str, body: &str| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ASKING");
+            pipe.cmd(name).arg(body).arg(1).arg(key).arg("").arg("");
+            pipe
+        };
+        let route = || SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port: *port,
+        };
+        let fut = async {
+            let mut c = c.clone();
+            let mut reply = c
+                .route_pipeline(build("EVALSHA", &script.sha), 0, 2, route())
+                .await?;
+            if matches!(reply.get(1), Some(Value::ServerError(e)) if e.code() == "NOSCRIPT") {
+                reply = c
+                    .route_pipeline(build("EVAL", script.src), 0, 2, route())
+                    .await?;
             }
+            match reply.pop() {
+                Some(Value::ServerError(e)) if matches!(e.code(), "MOVED" | "ASK") => Ok(()),
+                Some(Value::ServerError(e)) => Err(redis::RedisError::from(e)),
+                Some(_) => Ok(()),
+                None => Err(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "no reply to a flush purge",
+                ))),
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if matches!(e.code(), Some("MOVED" | "ASK")) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(RedisStoreError::Timeout(timeout)),
         }
     }
 
@@ -289,10 +378,18 @@ impl Conn {
             .map_err(|e| RedisStoreError::Protocol(format!("CLUSTER NODES: {e}")))
     }
 
-    /// Every master that serves slots, from `CLUSTER NODES`.
+    /// Every healthy master, from `CLUSTER NODES` of a random master (asked up to three times:
+    /// the one picked may be the one that just died).
     async fn masters(&self, timeout: Duration) -> Result<Layout, RedisStoreError> {
-        let Some(text) = self.cluster_nodes(timeout).await? else {
-            return Ok(Layout::default());
+        let mut tries = 0;
+        let text = loop {
+            tries += 1;
+            match self.cluster_nodes(timeout).await {
+                Ok(Some(text)) => break text,
+                Ok(None) => return Ok(Layout::default()),
+                Err(e) if tries < 3 && e.is_transient() => continue,
+                Err(e) => return Err(e),
+            }
         };
         let layout = parse_cluster_nodes(&text);
         if layout.masters.is_empty() {
@@ -304,25 +401,60 @@ impl Conn {
     }
 }
 
-/// The masters to scan and a signature of who owns which slots.
+/// The masters to scan and who owns which slots, as one master sees it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Layout {
+    /// Every master not flagged failed, with or without slots (a master without slots may be
+    /// importing one).
     pub(crate) masters: Vec<(String, u16)>,
+    /// `address slots...` of every master flagged `fail`, `fail?`, `noaddr` or `handshake` that
+    /// still owns slots.
+    pub(crate) failed_owners: Vec<String>,
     /// Sorted `address slots...` lines of every master, healthy or not; a slot being migrated
-    /// shows as `[slot->-id]` / `[slot-<-id]`, so a layout in flux never equals a settled one.
+    /// shows as `[slot->-id]` / `[slot-<-id]` on the line of the node that was asked.
     pub(crate) signature: String,
 }
 
+impl Layout {
+    /// Why a flush cannot cover every slot now: a failed master still owns slots.
+    pub(crate) fn unflushable(&self) -> Option<String> {
+        if self.failed_owners.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "not flushed: slots of master(s) flagged failed, until a replica takes them over: {}",
+            self.failed_owners.join("; ")
+        ))
+    }
+}
+
+/// The error of a flush that could not reach every slot: transient (retry once the cluster
+/// settled), its detail naming what was not flushed.
+pub(crate) fn not_flushed(why: String) -> RedisStoreError {
+    RedisStoreError::Redis(redis::RedisError::from((
+        redis::ErrorKind::ClusterConnectionNotFound,
+        "flush did not reach every slot",
+        why,
+    )))
+}
+
+fn is_failed(flags: &[&str]) -> bool {
+    flags
+        .iter()
+        .any(|f| matches!(*f, "fail" | "fail?" | "noaddr" | "handshake"))
+}
+
 /// Parses `CLUSTER NODES`. A master flagged `fail`, `fail?`, `noaddr` or `handshake` is left
-/// out of the scan: during a failover its slots are served by the replica that takes over (and
-/// listed as a master once it has), and a flush must not fail because the old one is gone.
+/// out of the scan; if it still owns slots it is listed in `failed_owners` (its keys survive in
+/// the replica that takes over, so the flush cannot succeed before the failover completes).
+/// Once a replica took over, the old master owns no slots and is simply skipped.
 pub(crate) fn parse_cluster_nodes(text: &str) -> Layout {
     let mut layout = Layout::default();
     let mut owners = Vec::new();
     for line in text.lines() {
         // <id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slots>...
         let parts: Vec<&str> = line.split_whitespace().collect();
-        if parts.len() < 9 {
+        if parts.len() < 8 {
             continue;
         }
         let flags: Vec<&str> = parts[2].split(',').collect();
@@ -330,11 +462,16 @@ pub(crate) fn parse_cluster_nodes(text: &str) -> Layout {
             continue;
         }
         let addr = parts[1].split('@').next().unwrap_or_default();
-        owners.push(format!("{addr} {}", parts[8..].join(" ")));
-        if flags
-            .iter()
-            .any(|f| matches!(*f, "fail" | "fail?" | "noaddr" | "handshake"))
-        {
+        let slots = parts[8..].join(" ");
+        if !slots.is_empty() {
+            owners.push(format!("{addr} {slots}"));
+        }
+        if is_failed(&flags) {
+            if !slots.is_empty() {
+                layout
+                    .failed_owners
+                    .push(format!("{addr} ({}) {slots}", parts[2]));
+            }
             continue;
         }
         let Some((host, port)) = addr.rsplit_once(':') else {
@@ -346,6 +483,110 @@ pub(crate) fn parse_cluster_nodes(text: &str) -> Layout {
     owners.sort();
     layout.signature = owners.join("\n");
     layout
+}
+
+/// The `myself` line of a node's `CLUSTER NODES`, as `address role slots...` (migrations of
+/// the node's slots included).
+pub(crate) fn own_line(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 8 || !parts[2].split(',').any(|f| f == "myself") {
+            return None;
+        }
+        let addr = parts[1].split('@').next().unwrap_or_default();
+        let role = if parts[2].split(',').any(|f| f == "master") {
+            "master"
+        } else {
+            "replica"
+        };
+        let mut out = format!("{addr} {role}");
+        for slot in &parts[8..] {
+            out.push(' ');
+            out.push_str(slot);
+        }
+        Some(out)
+    })
+}
+
+/// What one flush pass scans, from every listed master's own line (see [`own_line`]).
+#[derive(Default)]
+pub(crate) struct Plan {
+    /// Every master by its own account, then again every master importing a slot: a key that
+    /// migrated to it after its first scan left a source that was scanned before its second.
+    pub(crate) nodes: Vec<ScanNode>,
+    /// The sorted own lines: equal before and after a pass means nothing moved between owners
+    /// and no migration started or ended.
+    pub(crate) signature: String,
+    /// Slots that no master claims (a failover or migration in flux), if any.
+    pub(crate) uncovered: Option<String>,
+}
+
+/// The scan plan of one flush pass from the masters' own lines (see [`Plan`]).
+pub(crate) fn plan_scan(own: &[String]) -> Plan {
+    let mut plan = Plan::default();
+    let mut covered = vec![false; 16384];
+    let mut importers = Vec::new();
+    for line in own {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 2 || parts[1] != "master" {
+            continue;
+        }
+        let Some((host, port)) = parts[0].rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        let node = || ScanNode::Master {
+            host: host.to_owned(),
+            port,
+        };
+        for range in &parts[2..] {
+            if range.starts_with('[') {
+                if range.contains("-<-") {
+                    importers.push(node());
+                }
+                continue;
+            }
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(lo), Ok(hi)) = (lo.parse::<usize>(), hi.parse::<usize>()) {
+                for slot in covered.iter_mut().take(hi.min(16383) + 1).skip(lo) {
+                    *slot = true;
+                }
+            }
+        }
+        plan.nodes.push(node());
+    }
+    // One entry per importing master, however many slots it imports.
+    importers.dedup_by(|a, b| a == b);
+    plan.nodes.extend(importers);
+    let mut gaps = Vec::new();
+    let mut slot = 0;
+    while slot < covered.len() {
+        if covered[slot] {
+            slot += 1;
+            continue;
+        }
+        let start = slot;
+        while slot < covered.len() && !covered[slot] {
+            slot += 1;
+        }
+        gaps.push(if slot - 1 == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", slot - 1)
+        });
+    }
+    if !gaps.is_empty() {
+        plan.uncovered = Some(format!(
+            "not flushed: no master claims slots {} (a failover or migration is in flux)",
+            gaps.join(", ")
+        ));
+    }
+    let mut sorted = own.to_vec();
+    sorted.sort();
+    plan.signature = sorted.join("\n");
+    plan
 }
 
 /// The hash slot of a Redis Cluster key: CRC16 (XMODEM) of its hash tag (the part between the
@@ -401,6 +642,7 @@ pub(crate) fn slot_owner(text: &str, slot: u16) -> Option<(String, u16)> {
 }
 
 /// A node to SCAN during `flush`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ScanNode {
     /// The only server of a standalone connection.
     Only,
@@ -427,9 +669,27 @@ f 127.0.0.1:7005@17005 master - 0 0 5 connected
             layout.masters,
             vec![
                 ("127.0.0.1".to_owned(), 7000),
-                ("127.0.0.1".to_owned(), 7002)
+                ("127.0.0.1".to_owned(), 7002),
+                ("127.0.0.1".to_owned(), 7005)
+            ],
+            "healthy masters, with or without slots (one may be importing)"
+        );
+        // Failed masters that still own slots: their keys live on in the replica that takes
+        // over, so the flush cannot succeed yet.
+        assert_eq!(
+            layout.failed_owners,
+            vec![
+                "127.0.0.1:7001 (master,fail) 5461-10922".to_owned(),
+                "127.0.0.1:7004 (master,fail?) 100".to_owned()
             ]
         );
+        assert!(layout.unflushable().unwrap().contains("127.0.0.1:7001"));
+        // Once the replica took over, the old master owns no slots and is just skipped.
+        let taken_over = text.replace("connected 5461-10922", "connected").replace(
+            "master,fail? - 0 0 4 connected 100",
+            "master - 0 0 4 connected 100",
+        );
+        assert_eq!(parse_cluster_nodes(&taken_over).unflushable(), None);
         // A slot in migration changes the signature; so does a failover.
         let migrating = text.replace("0-5460", "0-5460 [5460->-c]");
         assert_ne!(parse_cluster_nodes(&migrating).signature, layout.signature);
@@ -439,6 +699,44 @@ f 127.0.0.1:7005@17005 master - 0 0 5 connected
             layout.signature
         );
         assert_eq!(parse_cluster_nodes(text), layout);
+    }
+
+    #[test]
+    fn scan_plans_rescan_importers_and_find_unclaimed_slots() {
+        let a = "a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 [5460->-c]";
+        let c = "c 127.0.0.1:7002@17002 myself,master - 0 0 3 connected 5461-16383 [5460-<-a]";
+        let own: Vec<String> = [a, c].iter().map(|t| own_line(t).unwrap()).collect();
+        assert_eq!(
+            own[0], "127.0.0.1:7000 master 0-5460 [5460->-c]",
+            "the node's own line, migrations included"
+        );
+        let master = |port| ScanNode::Master {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let plan = plan_scan(&own);
+        assert_eq!(
+            plan.nodes,
+            vec![master(7000), master(7002), master(7002)],
+            "the importing master is scanned again after its source"
+        );
+        assert_eq!(plan.uncovered, None);
+        // Once the migration ended, the signature differs (a pass must be repeated).
+        let settled: Vec<String> = [
+            "a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5459",
+            "c 127.0.0.1:7002@17002 myself,master - 0 0 3 connected 5460-16383",
+        ]
+        .iter()
+        .map(|t| own_line(t).unwrap())
+        .collect();
+        let settled_plan = plan_scan(&settled);
+        assert_ne!(settled_plan.signature, plan.signature);
+        assert_eq!(settled_plan.nodes, vec![master(7000), master(7002)]);
+        // A master demoted to replica claims nothing: its slots are unclaimed, named.
+        let demoted = own_line("a 127.0.0.1:7000@17000 myself,slave c 0 0 1 connected").unwrap();
+        let plan = plan_scan(&[demoted, own[1].clone()]);
+        assert_eq!(plan.nodes, vec![master(7002), master(7002)]);
+        assert!(plan.uncovered.unwrap().contains("slots 0-5460"));
     }
 
     #[test]

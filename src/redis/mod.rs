@@ -93,7 +93,10 @@
 //! - `insert` replaces the key's whole contents (its value and every sub-entry).
 //! - Every single-key operation is atomic. `flush` is atomic per key: it scans the namespace (every
 //!   master in cluster mode) and purges key by key; every lease outstanding when it started is
-//!   fenced when it returns.
+//!   fenced when it returns `Ok`. In cluster mode it returns `Ok` only if it reached every slot,
+//!   keys that migrated while it ran included; during a failover (a master flagged failed still
+//!   owns slots) or a layout that keeps changing it fails with a transient error naming what
+//!   was not flushed (see [`RedisStore::flush`]).
 //! - A failed call ([`RedisStoreError::Redis`], [`RedisStoreError::Timeout`],
 //!   [`RedisStoreError::Server`]) may or may not have taken effect; it never panics and never
 //!   waits longer than the command timeout per round trip.
@@ -379,29 +382,54 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
     }
 
     /// Purges every key of this store's namespace (never `FLUSHDB`), fencing every lease that was
-    /// outstanding when it started, then publishes a flush on the invalidation channel. Scans
-    /// every master in cluster mode, skipping masters flagged failed (their slots are scanned on
-    /// the replica that takes over once it is listed as a master), and scans again if the slot
-    /// layout changed or a slot was migrating meanwhile (at most three passes), so keys that
-    /// migrate during the flush are flushed too. Keys written while it runs may survive. If the
-    /// final publish fails the call fails (and other processes' L1s were not told): retry it;
-    /// a [`TieredCache`](crate::tiered::TieredCache) does.
+    /// outstanding when it started, then publishes a flush on the invalidation channel. Keys
+    /// written while it runs may survive.
+    ///
+    /// In cluster mode it scans every master and returns `Ok` only if no key of the namespace
+    /// that existed when it started can be left anywhere:
+    /// - A master flagged failed that still owns slots fails the flush (transient
+    ///   [`RedisStoreError::Redis`], whose detail names the master and its slots): its keys live
+    ///   on in the replica that takes over. Once a replica took over, the old master owns no
+    ///   slots and is skipped. A master that does not answer, or slots no master claims, fail it
+    ///   the same way.
+    /// - Keys that migrate between masters during the scan are flushed too: every master is
+    ///   asked for its own slots and migrations before and after each pass, a master importing
+    ///   a slot is scanned again after every other master, and the pass is repeated while the
+    ///   layout changed (at most three passes; then the flush fails, naming why).
+    ///
+    /// A key purged on a master that then dies before replicating the purge can reappear on
+    /// the replica that takes over; no flush can see that.
+    ///
+    /// If the final publish fails the call fails (and other processes' L1s were not told):
+    /// retry it; a [`TieredCache`](crate::tiered::TieredCache) does.
     pub async fn flush(&self) -> Result<(), RedisStoreError> {
         let pattern = format!("{}:*", glob_escape(&self.inner.namespace));
         let (conn, timeout) = (&self.inner.conn, self.inner.timeout);
         let (mut nodes, mut layout) = conn.scan_nodes(timeout).await?;
         // A key that migrates between masters while the scan runs may leave a master not yet
         // scanned for one already scanned. So the pass is repeated until the slot layout was the
-        // same (and settled) before and after it, at most FLUSH_PASSES times.
-        for pass in 1..=FLUSH_PASSES {
+        // same before and after it, at most FLUSH_PASSES times.
+        let mut settled = false;
+        for _ in 0..FLUSH_PASSES {
             for node in &nodes {
-                self.flush_node(node, &pattern).await?;
+                self.flush_node(node, &pattern)
+                    .await
+                    .map_err(|e| node_not_flushed(node, e))?;
+                #[cfg(feature = "__test-hooks")]
+                test_hooks::after_flush_node(&self.inner.namespace, node);
             }
             let (next_nodes, next_layout) = conn.scan_nodes(timeout).await?;
-            if (next_layout == layout && !layout.contains("->-")) || pass == FLUSH_PASSES {
+            if next_layout == layout {
+                settled = true;
                 break;
             }
             (nodes, layout) = (next_nodes, next_layout);
+        }
+        if !settled {
+            return Err(conn::not_flushed(format!(
+                "not flushed: the slot layout changed during each of {FLUSH_PASSES} passes, \
+                 so keys that moved between masters may remain"
+            )));
         }
         if self.broadcast {
             let mut publish = redis::cmd("PUBLISH");
@@ -414,7 +442,7 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         Ok(())
     }
 
-    /// Purges every key of the namespace that one SCAN of `node` returns.
+    /// Purges every key of the namespace that one SCAN of `node` returns, on `node` itself.
     async fn flush_node(
         &self,
         node: &conn::ScanNode,
@@ -424,13 +452,9 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> RedisStore<V> {
         let mut cursor = 0;
         loop {
             let (next, keys) = conn.scan_step(node, cursor, pattern, timeout).await?;
-            let purges = keys.iter().map(|k| {
-                let args: [&[u8]; 2] = [b"", b""];
-                async move {
-                    conn.eval(&self.inner.scripts.purge, &[&k[..]], &args, timeout)
-                        .await
-                }
-            });
+            let purges = keys
+                .iter()
+                .map(|k| conn.purge_at(node, &self.inner.scripts.purge, k, timeout));
             futures_util::future::try_join_all(purges).await?;
             if next == 0 {
                 return Ok(());
@@ -1034,6 +1058,66 @@ fn glob_escape(s: &str) -> String {
 }
 
 /// A "not due" reply to a lookup that asked no refresh question.
+/// A transient failure while flushing cluster master `node`, turned into an error whose detail
+/// names the master whose keys were not (all) flushed; other errors are returned as they are.
+fn node_not_flushed(node: &conn::ScanNode, e: RedisStoreError) -> RedisStoreError {
+    let conn::ScanNode::Master { host, port } = node else {
+        return e;
+    };
+    if !e.is_transient() {
+        return e;
+    }
+    // The cause's own chain (not `e`'s text: the wrapper displays the same words).
+    let mut cause = std::error::Error::source(&e);
+    let mut why = cause.map_or_else(|| e.to_string(), ToString::to_string);
+    cause = cause.and_then(std::error::Error::source);
+    while let Some(c) = cause {
+        why.push_str(": ");
+        why.push_str(&c.to_string());
+        cause = c.source();
+    }
+    conn::not_flushed(format!(
+        "not flushed: keys on master {host}:{port} (it failed: {why})"
+    ))
+}
+
+/// Test-only hooks of `flush` (the unadvertised `__test-hooks` feature).
+#[cfg(feature = "__test-hooks")]
+pub mod test_hooks {
+    use std::sync::Mutex;
+
+    type Hook = Box<dyn FnMut(u16) + Send>;
+
+    static AFTER_FLUSH_NODE: Mutex<Vec<(String, Hook)>> = Mutex::new(Vec::new());
+
+    /// Runs `hook` (blocking the flush; a multi-threaded tokio runtime is required) with the port of each cluster master right after a
+    /// `flush` of namespace `namespace` scanned it, until [`clear`] is called for it.
+    pub fn set_after_flush_node(namespace: &str, hook: impl FnMut(u16) + Send + 'static) {
+        let mut hooks = AFTER_FLUSH_NODE.lock().unwrap_or_else(|e| e.into_inner());
+        hooks.push((namespace.to_owned(), Box::new(hook)));
+    }
+
+    /// Removes the hooks of namespace `namespace`.
+    pub fn clear(namespace: &str) {
+        let mut hooks = AFTER_FLUSH_NODE.lock().unwrap_or_else(|e| e.into_inner());
+        hooks.retain(|(ns, _)| ns != namespace);
+    }
+
+    pub(super) fn after_flush_node(namespace: &str, node: &super::conn::ScanNode) {
+        let super::conn::ScanNode::Master { port, .. } = node else {
+            return;
+        };
+        let mut hooks = AFTER_FLUSH_NODE.lock().unwrap_or_else(|e| e.into_inner());
+        for (ns, hook) in hooks.iter_mut() {
+            if ns == namespace {
+                // The hook blocks (it runs redis-cli): let the runtime move its other tasks
+                // (the cluster connection's) to another worker meanwhile.
+                tokio::task::block_in_place(|| hook(*port));
+            }
+        }
+    }
+}
+
 fn not_due() -> RedisStoreError {
     RedisStoreError::Protocol("get_or_lease answered \"not due\" to a plain lookup".into())
 }

@@ -581,6 +581,41 @@ impl RedisCluster {
         cli_at(self.nodes[i].port, args)
     }
 
+    /// Starts moving hash slot `slot` (a number, as text) from node `from` to node `to` and
+    /// moves every key of it (`SETSLOT IMPORTING` / `MIGRATING`, `MIGRATE` in batches of 100),
+    /// leaving the slot migrating: [`end_migration`](Self::end_migration) hands it over.
+    pub fn start_migration(&self, slot: &str, from: usize, to: usize) {
+        let from_id = self.cli(from, &["CLUSTER", "MYID"]);
+        let to_id = self.cli(to, &["CLUSTER", "MYID"]);
+        let to_port = self.nodes[to].port.to_string();
+        let importing = self.cli(to, &["CLUSTER", "SETSLOT", slot, "IMPORTING", &from_id]);
+        assert_eq!(importing, "OK", "SETSLOT IMPORTING");
+        let migrating = self.cli(from, &["CLUSTER", "SETSLOT", slot, "MIGRATING", &to_id]);
+        assert_eq!(migrating, "OK", "SETSLOT MIGRATING");
+        loop {
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            let out = self.cli(from, &args);
+            assert!(out == "OK" || out == "NOKEY", "MIGRATE: {out}");
+        }
+    }
+
+    /// Ends a migration begun by [`start_migration`](Self::start_migration): `SETSLOT slot NODE`
+    /// of node `to` on every node, then waits until the cluster is healthy.
+    pub fn end_migration(&self, slot: &str, to: usize) {
+        let to_id = self.cli(to, &["CLUSTER", "MYID"]);
+        for node in 0..self.nodes.len() {
+            let out = self.cli(node, &["CLUSTER", "SETSLOT", slot, "NODE", &to_id]);
+            assert_eq!(out, "OK", "SETSLOT NODE on node {node}");
+        }
+        self.wait_ok();
+    }
+
     /// Kills node `i` with SIGKILL.
     pub fn kill9(&mut self, i: usize) {
         self.nodes[i].kill9();
