@@ -21,6 +21,7 @@
 //! ```text
 //! cargo run --release --features redis --example herd              # starts its own redis-server
 //! cargo run --release --features redis --example herd -- --url redis://127.0.0.1:7777/ --secs 10
+//! cargo run --release --features redis --example herd -- --beta 3   # XFetch's beta (default 1)
 //! ```
 //!
 //! Readers and writer share one machine's wall clock, which places each read against the purges.
@@ -138,13 +139,22 @@ async fn cache(url: &str, ns: &str, side: Side) -> Tc {
         builder = builder.refresh_after(REFRESH_AFTER);
     }
     if side.xfetch {
-        builder = builder.refresh_ahead_probabilistic(1.0);
+        builder = builder.refresh_ahead_probabilistic(beta());
     }
     let cache: Tc = builder.build().expect("inside a runtime");
     tokio::time::timeout(Duration::from_secs(10), cache.feed_confirmed())
         .await
         .expect("feed confirmed");
     cache
+}
+
+/// XFetch's `beta` for the probabilistic side (`--beta`, passed to the readers as `HERD_BETA`).
+fn beta() -> f64 {
+    std::env::var("HERD_BETA")
+        .ok()
+        .or_else(|| arg("--beta"))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1.0)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -285,6 +295,7 @@ async fn round(url: &str, ns: &str, side: Side, secs: u64) -> (u64, u64, u64, Ve
                 .env("HERD_URL", url)
                 .env("HERD_NS", ns)
                 .env("HERD_SIDE", side.env())
+                .env("HERD_BETA", beta().to_string())
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("spawn reader")
@@ -425,7 +436,9 @@ fn main() {
     println!("(p50: median over the processes; p99: worst process)");
     println!();
     println!(
-        "expiry: TTL {EXPIRY_TTL:?} in Redis, no purges; refresh_after {REFRESH_AFTER:?} or none"
+        "expiry: TTL {EXPIRY_TTL:?} in Redis, no purges; refresh_after {REFRESH_AFTER:?} or none; \
+         probabilistic: beta {}",
+        beta()
     );
     println!(
         "| refresh | source reads/s | reads > 5 ms | of reads | p50 us | p99 us | p99.9 us | refreshes |"
@@ -434,7 +447,7 @@ fn main() {
     for (name, refresh, xfetch) in [
         ("none (expire, then miss)", false, false),
         ("refresh_after", true, false),
-        ("refresh_after, probabilistic (beta 1)", true, true),
+        ("refresh_after, probabilistic", true, true),
     ] {
         let side = Side {
             one_filler: true,

@@ -176,11 +176,18 @@ where
         if window.is_zero() {
             return None;
         }
-        // With XFetch, this read's own lead (at most the window): each process draws its
-        // refresh point, and the L1 entry lives until it.
+        let remaining = remaining?;
+        if remaining <= window {
+            return Some(Duration::ZERO);
+        }
+        // Not due: the L1 entry lives until this process's refresh point, the fixed point
+        // (`window` before the deadline) or, with XFetch, a point drawn for this fill (a lead
+        // of at most `window`): the L1 absorbs the reads in between, so the draw is made once
+        // per fill rather than per read, and each process draws its own. The first read that
+        // reaches Redis after it is due (`remaining <= window`).
         let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         let lead = Duration::from_nanos(self.xfetch.lead(window_ns));
-        Some(remaining?.saturating_sub(lead))
+        Some(remaining - lead)
     }
 
     /// How much TTL an entry has left when it becomes due (zero: refresh never fires).

@@ -711,9 +711,14 @@ where
 
     /// Probabilistic early expiration for [`refresh_after`](Self::refresh_after), as
     /// [`CacheBuilder::refresh_ahead_probabilistic`](crate::CacheBuilder::refresh_ahead_probabilistic):
-    /// past the fixed point, each of this process's reads of the key in Redis asks for the
-    /// refresh with XFetch's probability, `delta` being how long this process's latest loader
-    /// call took. Each process thus draws its own refresh point. Default: off.
+    /// each fill of this process's L1 draws the point at which the entry is next read from
+    /// Redis (and asks for the refresh): `delta * beta * -ln(u)` before its Redis deadline, at
+    /// most `after`'s fixed point, `delta` being how long this process's latest loader call
+    /// took. Each process thus draws its own refresh point; the first one reached refreshes
+    /// for the fleet. The L1 absorbs the reads between draws, so there are few draws per
+    /// entry: with `beta = 1` the earliest of N processes' points falls less than one load
+    /// time before expiry with probability about `0.63^N`, and the key then expires before
+    /// the refresh lands; a larger `beta` refreshes earlier. Default: off.
     pub fn refresh_ahead_probabilistic(mut self, beta: f64) -> Self {
         self.refresh_beta = Some(if beta.is_finite() && beta > 0.0 {
             beta
