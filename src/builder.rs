@@ -397,14 +397,29 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// Opt-in stale serving: keeps the value each purge removes for `grace`, for callers of
     /// [`get_or_load_allow_stale`](Cache::get_or_load_allow_stale) (and its async twin) only.
     /// While one caller reloads a purged key, such a caller gets that value at once, typed
-    /// [`MaybeStale::Stale`](crate::MaybeStale::Stale), instead of waiting for the load. Never
-    /// a value older than the one the key's latest purge replaced, never after the grace, never
-    /// once a value was stored for the key again, and never to any other method: `get`,
-    /// `get_or_load` and the rest behave exactly as without a grace. Eviction and expiry keep
-    /// nothing. The values are held in a small per-shard stash (at most 32 entries per shard),
-    /// and every removal copies its key and value under the shard's lock, as with an
-    /// [`eviction_listener`](Self::eviction_listener). See [`crate::MaybeStale`]'s module,
-    /// *The L1 stash*, for the exact rules. A zero grace turns it off. Default: off.
+    /// [`MaybeStale::Stale`](crate::MaybeStale::Stale), instead of waiting for the load.
+    /// Precisely, a stale value is served only to an opted-in caller that misses and finds
+    /// another caller loading the key (the single flight; the caller that loads never gets
+    /// one), and only:
+    ///
+    /// - if it is the value the key's **latest** purge removed: a later purge that removes a
+    ///   value replaces it; a later purge that finds the key empty, an insert or a flush ends
+    ///   it (so does a write to a key sharing its lease slot: a spurious miss of the stale
+    ///   value, never a wrong one);
+    /// - if no value was stored for the key since that purge (a save, a load's fill, an
+    ///   insert): a value saved after the purge and then evicted never lets the older one back;
+    /// - while the purge is younger than `grace`, by the cache's clock
+    ///   ([`MaybeStale::replaced_ago`](crate::MaybeStale::replaced_ago) says how old).
+    ///
+    /// No other method ever returns it: `get`, `get_or_load` and the rest behave exactly as
+    /// without a grace, and nothing stale is cached. Eviction, expiry and replacement keep
+    /// nothing (they are not purges: a newer value exists or the source did not change); every
+    /// removal reported as [`RemovalCause::Purged`] keeps its value (`purge`, the hold-off and
+    /// position purges, write intents, `retain`). Memory: a per-shard stash of at most 32
+    /// values (the latest purges; the oldest makes room), dropped past the grace by the
+    /// shard's next purge or stale lookup; every removal copies its key and value under the
+    /// shard's lock, as with an [`eviction_listener`](Self::eviction_listener). The hit path is
+    /// unchanged. A zero grace turns it off. Default: off.
     ///
     /// ```
     /// use leasecache::{Cache, MaybeStale};

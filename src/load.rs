@@ -667,8 +667,8 @@ where
     ///
     /// What it may return is exactly: never a value older than the one the key's latest purge
     /// replaced, never after the grace, never once a value was stored for the key since (see
-    /// [`MaybeStale`]'s module, *The L1 stash*). A stale value is never cached and never
-    /// returned by any other method. Blocks the calling thread like `get_or_load` when it
+    /// [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace)). A stale value is
+    /// never cached and never returned by any other method. Blocks the calling thread like `get_or_load` when it
     /// waits or loads; serving a stale value does not block but on the shard's lock. Counted in
     /// [`Stats::stale_served`](crate::Stats::stale_served).
     ///

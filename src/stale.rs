@@ -48,7 +48,12 @@ use std::time::Duration;
 /// The most entries one shard's stash holds.
 pub(crate) const STASH_PER_SHARD: usize = 32;
 
-/// A value that may be stale: what the opt-in reads return (see the [module docs](self)).
+/// A value that may be stale: what the opt-in reads return, in the L1
+/// ([`Cache::get_or_load_allow_stale`](crate::Cache::get_or_load_allow_stale), with
+/// [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace)), in Redis
+/// (`RedisStore::get_or_fill_allow_stale`, with `RedisOptions::stale_grace`) and in the tiered
+/// cache (`TieredCache::get_or_load_allow_stale`). Each tier serves the value its key's latest
+/// purge replaced, within its grace, while one caller reloads the key; no other read returns it.
 /// There is no `Deref` and no accessor that hides the difference: take the value with
 /// [`fresh`](Self::fresh) (fresh only) or
 /// [`into_value_allowing_stale`](Self::into_value_allowing_stale), or match.

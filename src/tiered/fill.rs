@@ -15,7 +15,7 @@
 //! [`crate::redis::fill`], *Stale grace*): on an L1 miss it asks, in this order, the L1's stash
 //! (only if the L1 was built with [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace):
 //! the value this process's latest purge or invalidation of the key removed, while a caller
-//! of this process reloads it, no round trip; see [`crate::MaybeStale`]'s module) and then
+//! of this process reloads it, no round trip) and then
 //! Redis, without a lease (the value the key's latest purge replaced, while another caller of
 //! the fleet refills it). Both sources follow the same rules: the value the latest purge
 //! replaced, within the grace of the tier that kept it, while one caller reloads. The L1

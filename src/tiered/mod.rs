@@ -90,7 +90,8 @@
 //! younger than the grace (server clock). If the L1 was built with
 //! [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace), its stash is asked first
 //! (no round trip) while this process reloads the key; the L1 never caches a stale value. See
-//! [`redis::fill`](crate::redis::fill), *Stale grace*, and [`crate::MaybeStale`]'s module.
+//! [`redis::fill`](crate::redis::fill), *Stale grace*, and
+//! [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace).
 //!
 //! # Refresh ahead of expiry
 //!
