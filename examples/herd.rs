@@ -8,14 +8,20 @@
 //! latency p50/p99 overall and for reads that began within 10 ms after a purge began. A third
 //! row: one filler per fleet, with `RedisOptions::stale_grace(1 s)` and readers that opt in
 //! (`get_or_load_allow_stale`): while one caller refills, the others get the replaced value,
-//! marked stale (counted in the last column).
+//! marked stale (counted in the last column). A fourth row: the stale grace in the L1 instead
+//! (`CacheBuilder::stale_grace(1 s)` on each reader's L1, no grace in Redis): a reader process
+//! learns the purge from the feed, its L1 keeps the replaced value, and while one of its tasks
+//! refills the key the others get that value from the L1, with no round trip.
 //!
 //! Then the expiry side: no purges, the hot key has a 1 s TTL in Redis, with and without
-//! `refresh_after(600 ms)`: source reads per second, reads slower than 5 ms, p99 and p99.9.
+//! `refresh_after(600 ms)`, and with `refresh_after` made probabilistic
+//! (`refresh_ahead_probabilistic(1.0)`, XFetch): source reads per second, reads slower than
+//! 5 ms, p99 and p99.9.
 //!
 //! ```text
 //! cargo run --release --features redis --example herd              # starts its own redis-server
 //! cargo run --release --features redis --example herd -- --url redis://127.0.0.1:7777/ --secs 10
+//! cargo run --release --features redis --example herd -- --beta 3   # XFetch's beta (default 1)
 //! ```
 //!
 //! Readers and writer share one machine's wall clock, which places each read against the purges.
@@ -73,8 +79,12 @@ struct Side {
     /// Purge every `PURGE_EVERY` (else: let the key expire).
     purge: bool,
     refresh: bool,
-    /// A stale grace, and readers that opt in to it.
+    /// A stale grace in Redis, and readers that opt in to it.
     stale: bool,
+    /// A stale grace in each reader's L1, and readers that opt in to it.
+    l1_stale: bool,
+    /// `refresh_after` made probabilistic (XFetch).
+    xfetch: bool,
 }
 
 /// The stale grace of the side that uses one.
@@ -83,11 +93,13 @@ const STALE_GRACE: Duration = Duration::from_secs(1);
 impl Side {
     fn env(self) -> String {
         format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}{}",
             u8::from(self.one_filler),
             u8::from(self.purge),
             u8::from(self.refresh),
-            u8::from(self.stale)
+            u8::from(self.stale),
+            u8::from(self.l1_stale),
+            u8::from(self.xfetch)
         )
     }
 
@@ -98,7 +110,14 @@ impl Side {
             purge: b[1] == b'1',
             refresh: b[2] == b'1',
             stale: b[3] == b'1',
+            l1_stale: b[4] == b'1',
+            xfetch: b[5] == b'1',
         }
+    }
+
+    /// Whether the readers opt in to stale values.
+    fn opt_in(self) -> bool {
+        self.stale || self.l1_stale
     }
 }
 
@@ -111,15 +130,31 @@ async fn cache(url: &str, ns: &str, side: Side) -> Tc {
         options = options.stale_grace(STALE_GRACE);
     }
     let store = RedisStore::connect(url, options).await.expect("connect");
-    let mut builder = TieredCache::builder(Cache::new(1_000), store).one_filler(side.one_filler);
+    let mut l1 = Cache::builder().max_capacity(1_000);
+    if side.l1_stale {
+        l1 = l1.stale_grace(STALE_GRACE);
+    }
+    let mut builder = TieredCache::builder(l1.build(), store).one_filler(side.one_filler);
     if side.refresh {
         builder = builder.refresh_after(REFRESH_AFTER);
+    }
+    if side.xfetch {
+        builder = builder.refresh_ahead_probabilistic(beta());
     }
     let cache: Tc = builder.build().expect("inside a runtime");
     tokio::time::timeout(Duration::from_secs(10), cache.feed_confirmed())
         .await
         .expect("feed confirmed");
     cache
+}
+
+/// XFetch's `beta` for the probabilistic side (`--beta`, passed to the readers as `HERD_BETA`).
+fn beta() -> f64 {
+    std::env::var("HERD_BETA")
+        .ok()
+        .or_else(|| arg("--beta"))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1.0)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -155,7 +190,7 @@ async fn reader(url: String, ns: String, side: Side) {
                         tokio::time::sleep(SOURCE_LATENCY).await;
                         Ok::<_, redis::RedisError>(v)
                     };
-                    if side.stale {
+                    if side.opt_in() {
                         let got = cache.get_or_load_allow_stale(HOT.to_owned(), load).await;
                         if got.is_ok_and(|v| v.is_stale()) {
                             // Relaxed: a counter.
@@ -260,6 +295,7 @@ async fn round(url: &str, ns: &str, side: Side, secs: u64) -> (u64, u64, u64, Ve
                 .env("HERD_URL", url)
                 .env("HERD_NS", ns)
                 .env("HERD_SIDE", side.env())
+                .env("HERD_BETA", beta().to_string())
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("spawn reader")
@@ -366,16 +402,24 @@ fn main() {
         "| filler | purges | loads/purge (mean) | max | p50 us | p99 us | around-purge p50 us | around-purge p99 us | waits | stale served |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (name, one_filler, stale) in [
-        ("per process (before)", false, false),
-        ("one per fleet", true, false),
-        ("one per fleet, stale grace (opt-in)", true, true),
+    for (name, one_filler, stale, l1_stale) in [
+        ("per process (before)", false, false, false),
+        ("one per fleet", true, false, false),
+        (
+            "one per fleet, Redis stale grace (opt-in)",
+            true,
+            true,
+            false,
+        ),
+        ("one per fleet, L1 stale grace (opt-in)", true, false, true),
     ] {
         let side = Side {
             one_filler,
             purge: true,
             refresh: false,
             stale,
+            l1_stale,
+            xfetch: false,
         };
         let (purges, total, max, lines) = rt.block_on(round(&url, "herd", side, secs));
         let mean = total as f64 / purges.max(1) as f64;
@@ -392,18 +436,26 @@ fn main() {
     println!("(p50: median over the processes; p99: worst process)");
     println!();
     println!(
-        "expiry: TTL {EXPIRY_TTL:?} in Redis, no purges; refresh_after {REFRESH_AFTER:?} or none"
+        "expiry: TTL {EXPIRY_TTL:?} in Redis, no purges; refresh_after {REFRESH_AFTER:?} or none; \
+         probabilistic: beta {}",
+        beta()
     );
     println!(
         "| refresh | source reads/s | reads > 5 ms | of reads | p50 us | p99 us | p99.9 us | refreshes |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (name, refresh) in [("none (expire, then miss)", false), ("refresh_after", true)] {
+    for (name, refresh, xfetch) in [
+        ("none (expire, then miss)", false, false),
+        ("refresh_after", true, false),
+        ("refresh_after, probabilistic", true, true),
+    ] {
         let side = Side {
             one_filler: true,
             purge: false,
             refresh,
             stale: false,
+            l1_stale: false,
+            xfetch,
         };
         let (_, total, _, lines) = rt.block_on(round(&url, "herd", side, secs));
         let sum = |f: &str| lines.iter().map(|l| field(l, f)).sum::<u64>();

@@ -3,7 +3,8 @@
 use crate::cache::{Cache, Layout, Options, Weigher};
 use crate::clock::{Clock, ManualClock};
 use crate::expiry::Expiry;
-use crate::listener::{Listener, RemovalCause};
+use crate::listener::{Listener, RemovalCause, clone_entry};
+use crate::stale::Grace;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     listener: Option<Listener<K, V>>,
     expiry: Option<Arc<dyn Expiry<K, V>>>,
     tti: Option<Duration>,
+    stale: Option<Grace<K, V>>,
+    refresh_beta: Option<f64>,
     hasher: S,
     _types: PhantomData<fn(K, V)>,
 }
@@ -57,6 +60,8 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             listener: None,
             expiry: None,
             tti: None,
+            stale: None,
+            refresh_beta: None,
             hasher: ahash::RandomState::new(),
             _types: PhantomData,
         }
@@ -313,6 +318,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             listener: self.listener,
             expiry: self.expiry,
             tti: self.tti,
+            stale: self.stale,
+            refresh_beta: self.refresh_beta,
             hasher,
             _types: PhantomData,
         }
@@ -350,6 +357,101 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// Probabilistic early expiration for [`refresh_after`](Self::refresh_after) (Vattani et
+    /// al., "Optimal Probabilistic Cache Stampede Prevention", VLDB 2015, *XFetch*), so that
+    /// many processes reading the same key do not all refresh it at the same instant.
+    ///
+    /// Without it an entry is refreshed by the first load that finds it past the fixed point
+    /// `refresh_after`. With it the fixed point becomes the *earliest* point: from there on,
+    /// each [`get_or_load`](Cache::get_or_load) of the entry refreshes it when
+    /// `now - delta * beta * ln(u) >= deadline`, with `u` drawn uniformly in (0, 1] per read,
+    /// `deadline` the entry's TTL deadline and `delta` how long this cache's latest load took
+    /// (by its clock). A read `t` before the deadline therefore refreshes with probability
+    /// `exp(-t / (delta * beta))`: a hot key is refreshed a few load times before it expires, at
+    /// a different moment in each process, and a key nobody reads is not refreshed at all.
+    /// `beta` > 1 favours earlier refreshes, < 1 later ones (the paper's default is 1). Until
+    /// the cache has timed a load (or while loads take no time by its clock) the fixed point
+    /// applies. Has no effect without `refresh_after`. A `beta` that is not a positive finite
+    /// number is taken as 1. Default: off.
+    ///
+    /// ```
+    /// use leasecache::Cache;
+    /// use std::time::Duration;
+    ///
+    /// let cache: Cache<u32, String> = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .refresh_after(Duration::from_secs(30)) // never before 30 s...
+    ///     .refresh_ahead_probabilistic(1.0) // ...then a few load times before expiry, at random
+    ///     .build();
+    /// assert_eq!(cache.get_with(1, |k| format!("row {k}")), "row 1");
+    /// ```
+    pub fn refresh_ahead_probabilistic(mut self, beta: f64) -> Self {
+        self.refresh_beta = Some(if beta.is_finite() && beta > 0.0 {
+            beta
+        } else {
+            1.0
+        });
+        self
+    }
+
+    /// Opt-in stale serving: keeps the value each purge removes for `grace`, for callers of
+    /// [`get_or_load_allow_stale`](Cache::get_or_load_allow_stale) (and its async twin) only.
+    /// While one caller reloads a purged key, such a caller gets that value at once, typed
+    /// [`MaybeStale::Stale`](crate::MaybeStale::Stale), instead of waiting for the load.
+    /// Precisely, a stale value is served only to an opted-in caller that misses and finds
+    /// another caller loading the key (the single flight; the caller that loads never gets
+    /// one), and only:
+    ///
+    /// - if it is the value the key's **latest** purge removed: a later purge that removes a
+    ///   value replaces it; a later purge that finds the key empty, an insert or a flush ends
+    ///   it (so does a write to a key sharing its lease slot: a spurious miss of the stale
+    ///   value, never a wrong one);
+    /// - if no value was stored for the key since that purge (a save, a load's fill, an
+    ///   insert): a value saved after the purge and then evicted never lets the older one back;
+    /// - while the purge is younger than `grace`, by the cache's clock
+    ///   ([`MaybeStale::replaced_ago`](crate::MaybeStale::replaced_ago) says how old).
+    ///
+    /// No other method ever returns it: `get`, `get_or_load` and the rest behave exactly as
+    /// without a grace, and nothing stale is cached. Eviction, expiry and replacement keep
+    /// nothing (they are not purges: a newer value exists or the source did not change); every
+    /// removal reported as [`RemovalCause::Purged`] keeps its value (`purge`, the hold-off and
+    /// position purges, write intents, `retain`). Memory: a per-shard stash of at most 32
+    /// values (the latest purges; the oldest makes room), dropped past the grace by the
+    /// shard's next purge or stale lookup; every removal copies its key and value under the
+    /// shard's lock, as with an [`eviction_listener`](Self::eviction_listener). The hit path is
+    /// unchanged. A zero grace turns it off. Default: off.
+    ///
+    /// ```
+    /// use leasecache::{Cache, MaybeStale};
+    /// use std::time::Duration;
+    ///
+    /// let cache: Cache<u32, &str> = Cache::builder().stale_grace(Duration::from_secs(1)).build();
+    /// cache.insert(1, "v1");
+    /// cache.purge(&1); // a writer updated the row
+    /// let got = cache.get_or_load_allow_stale(1, |_| {
+    ///     // While this caller reloads, opt-in callers get the purged value, marked stale...
+    ///     std::thread::scope(|s| {
+    ///         let other = s.spawn(|| cache.get_or_load_allow_stale(1, |_| Err(())));
+    ///         let other = other.join().unwrap();
+    ///         assert!(matches!(other, Ok(MaybeStale::Stale { value: "v1", .. })));
+    ///     });
+    ///     assert_eq!(cache.get(&1), None); // ...and nobody else does
+    ///     Ok::<_, ()>("v2")
+    /// });
+    /// assert_eq!(got, Ok(MaybeStale::Fresh("v2"))); // ...the reloading caller gets the new one
+    /// ```
+    pub fn stale_grace(mut self, grace: Duration) -> Self
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.stale = (!grace.is_zero()).then(|| Grace {
+            nanos: u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX),
+            clone: clone_entry::<K, V>,
+        });
+        self
+    }
+
     /// Builds the cache (see the example on [`CacheBuilder`]).
     pub fn build(self) -> Cache<K, V, S>
     where
@@ -365,9 +467,11 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             listener: self.listener,
             expiry: self.expiry,
             tti: self.tti,
+            stale: self.stale,
         };
         let mut cache = Cache::from_parts(layout, self.hasher, clock, options);
-        cache.refresh = crate::refresh::Refresh::new(self.refresh_after, self.ttl);
+        cache.refresh = crate::refresh::Refresh::new(self.refresh_after, self.ttl)
+            .probabilistic(self.refresh_beta);
         cache
     }
 

@@ -5,11 +5,12 @@ use crate::error::SaveError;
 use crate::expiry::Expiry;
 use crate::floors::{HoldOffs, LockedFloors, Raise};
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
-use crate::listener::{Listener, Removals, Removed};
+use crate::listener::{Listener, RemovalCause, Removals, Removed};
 use crate::load::FlightTable;
 use crate::reclaim::Readers;
 use crate::saved::Saved;
 use crate::shard::{Admit, Shard, Shared, Writer};
+use crate::stale::{Grace, Stash};
 use crate::stats::{Counters, Stats, WriteCounts};
 use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering};
 use crossbeam_utils::CachePadded;
@@ -73,6 +74,8 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     expiry: Option<StdArc<dyn Expiry<K, V>>>,
     /// The time to idle in nanoseconds, `0` for none (`CacheBuilder::time_to_idle`).
     tti: u64,
+    /// The stale grace (`CacheBuilder::stale_grace`, see `crate::stale`).
+    stale: Option<Grace<K, V>>,
 }
 
 /// What a builder sets besides the layout, the hasher and the clock.
@@ -83,6 +86,7 @@ pub(crate) struct Options<K, V> {
     pub(crate) listener: Option<Listener<K, V>>,
     pub(crate) expiry: Option<StdArc<dyn Expiry<K, V>>>,
     pub(crate) tti: Option<Duration>,
+    pub(crate) stale: Option<Grace<K, V>>,
 }
 /// A write in progress on generation slots (one key's, or a whole shard's for a flush), under
 /// the shard's lock: [`begin`](Self::begin) marks them busy with the write's generation, and
@@ -140,6 +144,9 @@ pub(crate) struct Core<K, V> {
     /// Entries removed under the lock, for the removal listener (see `crate::listener`); empty
     /// whenever the lock is free.
     pub(crate) removed: Removed<K, V>,
+    /// Values purges removed, for opt-in stale reads (see `crate::stale`); empty without a
+    /// stale grace.
+    pub(crate) stash: Stash<K, V>,
 }
 
 /// The sizes a builder settled on.
@@ -189,6 +196,7 @@ where
             listener,
             expiry,
             tti,
+            stale,
         } = options;
         let n = layout.shards;
         debug_assert!(n.is_power_of_two() && layout.slots_per_shard.is_power_of_two());
@@ -207,6 +215,7 @@ where
                         counts: WriteCounts::default(),
                         floors: LockedFloors::default(),
                         removed: Vec::new(),
+                        stash: Stash::default(),
                     }),
                     generations: (0..layout.slots_per_shard)
                         .map(|_| AtomicU64::new(Generation::ZERO.get()))
@@ -234,6 +243,7 @@ where
             tti: tti.map_or(0, |t| {
                 u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
             }),
+            stale,
         }
     }
 
@@ -280,25 +290,108 @@ where
         cell: &'a ShardCell<K, V>,
         core: &'a mut Core<K, V>,
     ) -> Shard<'a, K, V> {
-        let removals = self.listener.as_ref().map(|l| Removals {
+        let clone = match (&self.listener, &self.stale) {
+            (Some(l), _) => Some(l.clone),
+            (None, Some(s)) => Some(s.clone),
+            (None, None) => None,
+        };
+        let removals = clone.map(|clone| Removals {
             out: &mut core.removed,
-            clone: l.clone,
+            clone,
         });
         Shard::new(&cell.shared, &mut core.writer, &self.readers).with_removals(removals)
     }
 
     /// Releases a shard's lock, then hands what the write removed to the removal listener, on
     /// this thread (see `crate::listener`).
+    /// With a stale grace, the values purges removed go to the shard's stash first, under the
+    /// lock (see `crate::stale`).
     #[inline]
     pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Core<K, V>>) {
-        match &self.listener {
-            None => drop(core),
-            Some(listener) => {
-                let removed = std::mem::take(&mut core.removed);
-                drop(core);
-                listener.deliver(removed);
+        if self.listener.is_none() && self.stale.is_none() {
+            return drop(core);
+        }
+        let mut removed = std::mem::take(&mut core.removed);
+        if let Some(grace) = &self.stale {
+            self.stash_purged(grace, &mut core, &mut removed);
+        }
+        drop(core);
+        if let Some(listener) = &self.listener {
+            listener.deliver(removed);
+        }
+    }
+
+    /// Moves (or, for a listener, copies) the values of `removed` that purges removed into
+    /// the stash of the shard whose lock `core` is, with the generation each purge left.
+    #[cold]
+    fn stash_purged(
+        &self,
+        grace: &Grace<K, V>,
+        core: &mut Core<K, V>,
+        removed: &mut Removed<K, V>,
+    ) {
+        if !removed.iter().any(|(_, _, c)| *c == RemovalCause::Purged) {
+            return;
+        }
+        let now = self.clock.now();
+        let keep = |core: &mut Core<K, V>, key: K, value: V| {
+            let hash = self.hash(&key);
+            // Relaxed: every store to this slot happens under the lock the caller holds; the
+            // purge's write mark is dropped, so this is the generation the purge left.
+            let generation =
+                Generation::from_raw(self.slot(self.cell(hash), hash).load(Ordering::Relaxed));
+            core.stash
+                .keep(hash, key, value, generation, now, grace.nanos);
+        };
+        if self.listener.is_some() {
+            for (key, value, cause) in removed.iter() {
+                if *cause == RemovalCause::Purged {
+                    if let Some((key, value)) = (grace.clone)(key, value) {
+                        keep(core, key, value);
+                    }
+                }
+            }
+        } else {
+            for (key, value, cause) in removed.drain(..) {
+                if cause == RemovalCause::Purged {
+                    keep(core, key, value);
+                }
             }
         }
+    }
+
+    /// `key`'s stashed value and its age, for an opt-in caller holding the shard's lock that
+    /// found the key loading (see `crate::stale`); counts the serve.
+    pub(crate) fn stale_locked<Q>(
+        &self,
+        cell: &ShardCell<K, V>,
+        core: &mut Core<K, V>,
+        hash: u64,
+        key: &Q,
+    ) -> Option<(V, Duration)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+        V: Clone,
+    {
+        let grace = self.stale.as_ref()?;
+        if core.stash.is_empty() {
+            return None;
+        }
+        // Relaxed: every store to this slot happens under the lock the caller holds.
+        let current = Generation::from_raw(self.slot(cell, hash).load(Ordering::Relaxed));
+        let (value, ago) = core
+            .stash
+            .lookup(hash, key, current, self.clock.now(), grace.nanos)?;
+        let found = (value.clone(), ago);
+        Counters::bump(&cell.counters.stale_served);
+        Some(found)
+    }
+
+    /// Whether the cache has a stale grace.
+    #[cfg(feature = "redis")]
+    pub(crate) fn has_stale_grace(&self) -> bool {
+        self.stale.is_some()
     }
 
     #[inline]
@@ -446,6 +539,10 @@ where
         expires_at: u64,
         now: u64,
     ) -> bool {
+        if !core.stash.is_empty() {
+            // The key is current again: its stashed value must never come back (`crate::stale`).
+            core.stash.forget(hash, &key);
+        }
         let hash_of = |k: &K| self.hash(k);
         let expires_at = match &self.expiry {
             None => expires_at,
@@ -863,6 +960,7 @@ where
         // A write to every key of the shard (see `begin_write`).
         let write = WriteMark::begin(&cell.generations, core.clock.mint());
         core.flights.detach_all();
+        core.stash.clear();
         self.shard(cell, core).clear();
         if self.hold_off.is_some() {
             self.raise_floors_slow(cell, core, None, self.default_raise());

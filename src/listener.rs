@@ -98,7 +98,8 @@ impl<K: Clone, V: Clone> Listener<K, V> {
     }
 }
 
-fn clone_entry<K: Clone, V: Clone>(key: &K, value: &V) -> Option<(K, V)> {
+/// The copier of a [`Listener`], also the stale grace's (`crate::stale`).
+pub(crate) fn clone_entry<K: Clone, V: Clone>(key: &K, value: &V) -> Option<(K, V)> {
     // User code under the shard's lock, in the middle of a removal: it must not unwind there.
     catch_unwind(AssertUnwindSafe(|| (key.clone(), value.clone()))).ok()
 }

@@ -11,6 +11,7 @@
 use crate::cache::Cache;
 use crate::generation::Lease;
 use crate::shard::Admit;
+use crate::stale::MaybeStale;
 use crate::stats::Counters;
 use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering, thread_token};
 use hashbrown::HashTable;
@@ -220,6 +221,9 @@ impl<V: Clone> Drop for WaitFlight<'_, V> {
 
 enum Begin<V> {
     Hit(V),
+    /// Another caller loads the key, and an opt-in caller gets the value its latest purge
+    /// replaced (see `crate::stale`).
+    Stale(V, Duration),
     Join(Arc<Flight<V>>),
     Lead(Arc<Flight<V>>, Lease),
 }
@@ -237,6 +241,8 @@ where
     hash: u64,
     flight: Arc<Flight<V>>,
     finished: bool,
+    /// The clock when the load began, if loads are timed (XFetch, `crate::refresh`); else 0.
+    started: u64,
 }
 
 impl<'a, K, V, S> Leader<'a, K, V, S>
@@ -246,11 +252,17 @@ where
     V: Clone,
 {
     fn new(cache: &'a Cache<K, V, S>, hash: u64, flight: Arc<Flight<V>>) -> Self {
+        let started = if cache.refresh.xfetch.is_on() {
+            cache.clock_now()
+        } else {
+            0
+        };
         Self {
             cache,
             hash,
             flight,
             finished: false,
+            started,
         }
     }
 
@@ -272,6 +284,10 @@ where
                 return Err(e); // `Drop` abandons the flight.
             }
         };
+        if self.started != 0 {
+            let took = cache.clock_now().saturating_sub(self.started);
+            cache.refresh.xfetch.observe(took);
+        }
         let weight = cache.weigh(&key, &value);
         let (now, expires_at) = cache.write_times(cache.ttl_within(max_ttl));
         let mut core = cell.core.lock();
@@ -329,6 +345,13 @@ where
 {
     /// Hit, join the flight in progress, or register a new flight and lead it.
     fn begin_load(&self, key: &K, hash: u64) -> Begin<V> {
+        self.begin_load_as(key, hash, false)
+    }
+
+    /// [`begin_load`](Self::begin_load); with `allow_stale`, a caller that would join a flight
+    /// gets the key's stashed value instead if there is a usable one (`crate::stale`), found in
+    /// the critical section that found the flight.
+    fn begin_load_as(&self, key: &K, hash: u64, allow_stale: bool) -> Begin<V> {
         let cell = self.cell(hash);
         let now = || self.clock_now();
         let tti = || self.tti_nanos();
@@ -356,7 +379,15 @@ where
             // A loader that loads its own key, on the thread that runs it: it would wait for
             // itself forever. It loads on its own instead, in a flight nobody can join.
             Some(joined) if joined.runs_here() => {}
-            Some(joined) => return Begin::Join(Arc::clone(joined)),
+            Some(joined) => {
+                let joined = Arc::clone(joined);
+                if allow_stale {
+                    if let Some((value, ago)) = self.stale_locked(cell, &mut core, hash, key) {
+                        return Begin::Stale(value, ago);
+                    }
+                }
+                return Begin::Join(joined);
+            }
             None => core
                 .flights
                 .register(hash, key.clone(), Arc::clone(&flight)),
@@ -398,7 +429,7 @@ where
         let hash = self.hash(&key);
         loop {
             match self.begin_load(&key, hash) {
-                Begin::Hit(v) => match self.refresh_claim(&key, hash) {
+                Begin::Hit(v) | Begin::Stale(v, _) => match self.refresh_claim(&key, hash) {
                     Some(claim) => return Ok(claim.run(key, v, loader)),
                     None => return Ok(v),
                 },
@@ -459,7 +490,7 @@ where
         for (i, key) in keys.iter().enumerate() {
             let hash = self.hash(key);
             match self.begin_load(key, hash) {
-                Begin::Hit(v) => values.push(Some(v)),
+                Begin::Hit(v) | Begin::Stale(v, _) => values.push(Some(v)),
                 Begin::Join(flight) => {
                     values.push(None);
                     joined.push((i, flight));
@@ -572,17 +603,40 @@ where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<(V, Option<Duration>), E>>,
     {
+        match self.load_async_as(key, loader, false).await? {
+            MaybeStale::Fresh(value) | MaybeStale::Stale { value, .. } => Ok(value),
+        }
+    }
+
+    /// The async single-flight loop; with `allow_stale`, a caller that would wait for another
+    /// caller's load may get the key's stashed value instead.
+    async fn load_async_as<F, Fut, E>(
+        &self,
+        key: K,
+        loader: F,
+        allow_stale: bool,
+    ) -> Result<MaybeStale<V>, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<(V, Option<Duration>), E>>,
+    {
         let hash = self.hash(&key);
         loop {
-            match self.begin_load(&key, hash) {
-                Begin::Hit(v) => return Ok(v),
+            match self.begin_load_as(&key, hash, allow_stale) {
+                Begin::Hit(v) => return Ok(MaybeStale::Fresh(v)),
+                Begin::Stale(value, replaced_ago) => {
+                    return Ok(MaybeStale::Stale {
+                        value,
+                        replaced_ago,
+                    });
+                }
                 Begin::Join(flight) => {
                     let waiting = WaitFlight {
                         flight: &flight,
                         waiter: None,
                     };
                     if let Some(v) = waiting.await {
-                        return Ok(v);
+                        return Ok(MaybeStale::Fresh(v));
                     }
                 }
                 Begin::Lead(flight, lease) => {
@@ -595,9 +649,124 @@ where
                         Ok((value, max_ttl)) => (Ok(value), max_ttl),
                         Err(e) => (Err(e), None),
                     };
-                    return leader.finish(key, result, lease, max_ttl);
+                    return leader
+                        .finish(key, result, lease, max_ttl)
+                        .map(MaybeStale::Fresh);
                 }
             }
+        }
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for a caller that tolerates a stale value: while
+    /// another caller loads `key` after a purge removed its value, this call returns that value
+    /// at once as [`MaybeStale::Stale`] (with how long ago the purge was, by the cache's clock)
+    /// instead of waiting, if the cache has a [`stale_grace`](crate::CacheBuilder::stale_grace)
+    /// and the purge is younger than it. Otherwise it is `get_or_load`, its value
+    /// [`MaybeStale::Fresh`]: a hit, a wait for the load in flight, or this caller's own load
+    /// (the caller that loads never gets a stale value).
+    ///
+    /// What it may return is exactly: never a value older than the one the key's latest purge
+    /// replaced, never after the grace, never once a value was stored for the key since (see
+    /// [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace)). A stale value is
+    /// never cached and never returned by any other method. Blocks the calling thread like `get_or_load` when it
+    /// waits or loads; serving a stale value does not block but on the shard's lock. Counted in
+    /// [`Stats::stale_served`](crate::Stats::stale_served).
+    ///
+    /// ```
+    /// use leasecache::{Cache, MaybeStale};
+    ///
+    /// // Without a stale grace it is `get_or_load`, wrapped.
+    /// let cache: Cache<u32, String> = Cache::new(100);
+    /// let v = cache.get_or_load_allow_stale(7, |k| Ok::<_, ()>(format!("row {k}")));
+    /// assert_eq!(v, Ok(MaybeStale::Fresh("row 7".to_string())));
+    /// ```
+    pub fn get_or_load_allow_stale<F, E>(&self, key: K, loader: F) -> Result<MaybeStale<V>, E>
+    where
+        F: FnOnce(K) -> Result<V, E>,
+    {
+        let hash = self.hash(&key);
+        loop {
+            match self.begin_load_as(&key, hash, true) {
+                Begin::Hit(v) => {
+                    return Ok(MaybeStale::Fresh(match self.refresh_claim(&key, hash) {
+                        Some(claim) => claim.run(key, v, loader),
+                        None => v,
+                    }));
+                }
+                Begin::Stale(value, replaced_ago) => {
+                    return Ok(MaybeStale::Stale {
+                        value,
+                        replaced_ago,
+                    });
+                }
+                Begin::Join(flight) => {
+                    if let Some(v) = flight.wait() {
+                        return Ok(MaybeStale::Fresh(v));
+                    }
+                }
+                Begin::Lead(flight, lease) => {
+                    let leader = Leader::new(self, hash, flight);
+                    let result = leader.flight.loading(|| loader(key.clone()));
+                    return leader
+                        .finish(key, result, lease, None)
+                        .map(MaybeStale::Fresh);
+                }
+            }
+        }
+    }
+
+    /// [`get_or_load_allow_stale`](Self::get_or_load_allow_stale) for async code, as
+    /// [`get_or_load_async`](Self::get_or_load_async) is `get_or_load`'s: same rules, and it
+    /// never blocks on a load.
+    ///
+    /// ```
+    /// let cache: leasecache::Cache<u32, String> = leasecache::Cache::new(100);
+    /// let v = futures_executor::block_on(cache.get_or_load_allow_stale_async(7, |k| async move {
+    ///     Ok::<_, ()>(format!("row {k}"))
+    /// }));
+    /// assert_eq!(v.unwrap().fresh().as_deref(), Some("row 7"));
+    /// ```
+    pub async fn get_or_load_allow_stale_async<F, Fut, E>(
+        &self,
+        key: K,
+        loader: F,
+    ) -> Result<MaybeStale<V>, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        if self.refresh.is_on() {
+            let hash = self.hash(&key);
+            if let Some(claim) = self.refresh_claim(&key, hash) {
+                if let Some(current) = self.get(&key) {
+                    return Ok(MaybeStale::Fresh(
+                        claim.run_async(key, current, loader).await,
+                    ));
+                }
+            }
+        }
+        self.load_async_as(key, |k| async move { Ok((loader(k).await?, None)) }, true)
+            .await
+    }
+
+    /// For the tiered cache's opt-in reads: `key`'s stashed value, if another caller of this
+    /// process loads it now (an L1 flight) and the stash has a usable one (`crate::stale`).
+    #[cfg(feature = "redis")]
+    pub(crate) fn stale_while_loading(&self, key: &K) -> Option<(V, Duration)> {
+        if !self.has_stale_grace() {
+            return None;
+        }
+        let hash = self.hash(key);
+        let cell = self.cell(hash);
+        let mut core = cell.core.lock();
+        let loading = core
+            .flights
+            .find(hash, key)
+            .is_some_and(|flight| !flight.runs_here());
+        if loading {
+            self.stale_locked(cell, &mut core, hash, key)
+        } else {
+            None
         }
     }
 }

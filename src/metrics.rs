@@ -48,6 +48,7 @@
 //! | `leasecache_purges_total` | counter | count | purges, present or absent (`purges`) |
 //! | `leasecache_evictions_total` | counter | count | entries evicted for capacity (`evictions`) |
 //! | `leasecache_expirations_total` | counter | count | expired entries removed (`expirations`) |
+//! | `leasecache_stale_served_total` | counter | count | stale values served to callers that opted in (`get_or_load_allow_stale` with a stale grace) (`stale_served`) |
 //! | `leasecache_entries` | gauge | count | entries held, expired ones not yet removed included ([`Cache::entry_count`]) |
 //! | `leasecache_weighted_size` | gauge | count | total weight held ([`Cache::weighted_size`]) |
 //!
@@ -85,6 +86,7 @@
 //! | `leasecache_tiered_fill_takeovers_total` | counter | count | of those, reads that then filled the key themselves: the filler lapsed, gave up, or a write voided the fill (`fill_takeovers`) |
 //! | `leasecache_tiered_refreshes_total` | counter | count | refreshes ahead of expiry that landed in Redis (`refreshes`) |
 //! | `leasecache_tiered_refresh_failures_total` | counter | count | refreshes ahead of expiry whose load failed or whose save a write fenced (`refresh_failures`) |
+//! | `leasecache_tiered_stale_served_total` | counter | count | stale values served by `get_or_load_allow_stale`, from the L1's stash or from Redis (`stale_served`) |
 //! | `leasecache_tiered_pending_writes` | gauge | count | writes waiting in the retry queue now (`pending_writes`) |
 //! | `leasecache_tiered_breaker_state` | gauge | - | the circuit breaker: 0 closed, 1 open, 2 half-open (one probe let through) |
 //! | `leasecache_tiered_feed_confirmed` | gauge | - | 1 while the invalidation feed is confirmed, else 0 |
@@ -98,7 +100,7 @@ use std::hash::{BuildHasher, Hash};
 pub const CACHE_LABEL: &str = "cache";
 
 /// `(name, description)` of the [`Cache`] counters, in [`Stats`] order.
-const CACHE_COUNTERS: [(&str, &str); 10] = [
+const CACHE_COUNTERS: [(&str, &str); 11] = [
     ("leasecache_hits_total", "Lookups that found a live value."),
     (
         "leasecache_misses_total",
@@ -127,6 +129,10 @@ const CACHE_COUNTERS: [(&str, &str); 10] = [
         "Entries removed to stay within capacity.",
     ),
     ("leasecache_expirations_total", "Expired entries removed."),
+    (
+        "leasecache_stale_served_total",
+        "Stale values served to callers that opted in (get_or_load_allow_stale).",
+    ),
 ];
 
 /// `(name, description)` of the [`Cache`] gauges.
@@ -186,6 +192,7 @@ pub(crate) fn report_cache(stats: &Stats, entries: u64, weighted_size: u64, cach
         stats.purges,
         stats.evictions,
         stats.expirations,
+        stats.stale_served,
     ];
     set_counters(&CACHE_COUNTERS, counters, cache);
     set_gauges(&CACHE_GAUGES, [entries as f64, weighted_size as f64], cache);

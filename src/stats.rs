@@ -30,6 +30,10 @@ pub struct Stats {
     pub evictions: u64,
     /// Expired entries removed.
     pub expirations: u64,
+    /// Stale values served to callers that opted in
+    /// ([`Cache::get_or_load_allow_stale`](crate::Cache::get_or_load_allow_stale), with
+    /// [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace)).
+    pub stale_served: u64,
 }
 
 impl Stats {
@@ -49,6 +53,7 @@ impl Stats {
 pub(crate) struct Counters {
     pub(crate) loads: AtomicU64,
     pub(crate) load_errors: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
 }
 
 impl Counters {
@@ -61,6 +66,7 @@ impl Counters {
     pub(crate) fn add_to(&self, stats: &mut Stats) {
         stats.loads += self.loads.load(Ordering::Relaxed);
         stats.load_errors += self.load_errors.load(Ordering::Relaxed);
+        stats.stale_served += self.stale_served.load(Ordering::Relaxed);
     }
 }
 

@@ -709,3 +709,273 @@ fn idle_expiry_keeps_fences() {
     assert!(cache.save_with_lease(1, 6, lease).unwrap().is_stored());
     assert_eq!(cache.get(&1), Some(6));
 }
+
+// ---- stale grace (issue 18, point 2, in the L1) ---------------------------------------------
+
+mod stale_grace {
+    use super::{Exact, exact_slots, secs};
+    use leasecache::{Cache, ManualClock, MaybeStale};
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::pin::{Pin, pin};
+    use std::task::{Context, Poll, Waker};
+
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// A cache with a stale grace of `grace` seconds and a manual clock.
+    fn graced(grace: u64, clock: &ManualClock) -> Cache<u64, u64, Exact> {
+        exact_slots()
+            .clock(clock.clone())
+            .stale_grace(secs(grace))
+            .build()
+    }
+
+    /// An opted-in read of key 1, polled once: `Ready(Ok(Stale))` if served stale, `Pending`
+    /// if it joined the load in flight (it is dropped then: it leaves the flight alone), and
+    /// `Ready(Err)` if it found no load in flight and would have loaded itself.
+    fn opt_in(cache: &Cache<u64, u64, Exact>) -> Poll<Result<MaybeStale<u64>, ()>> {
+        let read = pin!(cache.get_or_load_allow_stale_async(1, |_| async { Err(()) }));
+        poll_once(read)
+    }
+
+    /// Whether a plain `get_or_load_async` of key 1, polled once, waits for the load in flight.
+    fn plain_waits(cache: &Cache<u64, u64, Exact>) -> bool {
+        let read = pin!(cache.get_or_load_async(1, |_| async { Err::<u64, ()>(()) }));
+        poll_once(read).is_pending()
+    }
+
+    /// The loader of a leader that stays inside its load until `release` is set.
+    async fn held(release: &Cell<bool>, value: u64) -> Result<u64, ()> {
+        std::future::poll_fn(|_| {
+            if release.get() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        Ok(value)
+    }
+
+    fn stale(value: u64, ago: u64) -> Poll<Result<MaybeStale<u64>, ()>> {
+        Poll::Ready(Ok(MaybeStale::Stale {
+            value,
+            replaced_ago: secs(ago),
+        }))
+    }
+
+    #[test]
+    fn only_opted_in_callers_get_the_replaced_value_while_one_caller_reloads() {
+        let clock = ManualClock::new();
+        let cache = graced(5, &clock);
+        cache.insert(1, 10);
+        assert!(cache.purge(&1));
+        clock.advance(secs(1));
+        // No load in flight: an opted-in caller loads (fresh), it is never served stale.
+        assert_eq!(opt_in(&cache), Poll::Ready(Err(())));
+        let release = Cell::new(false);
+        let mut leader = pin!(cache.get_or_load_async(1, |_| held(&release, 11)));
+        assert!(poll_once(leader.as_mut()).is_pending(), "inside its load");
+        assert_eq!(opt_in(&cache), stale(10, 1));
+        assert_eq!(opt_in(&cache), stale(10, 1), "as often as asked");
+        // Every other read behaves as without a grace.
+        assert!(plain_waits(&cache));
+        assert_eq!(cache.get(&1), None);
+        assert_eq!(cache.peek(&1), None);
+        assert!(!cache.contains_key(&1));
+        release.set(true);
+        assert_eq!(poll_once(leader.as_mut()), Poll::Ready(Ok(11)));
+        assert_eq!(
+            opt_in(&cache),
+            Poll::Ready(Ok(MaybeStale::Fresh(11))),
+            "a hit is fresh"
+        );
+        assert_eq!(cache.stats().stale_served, 2);
+    }
+
+    #[test]
+    fn never_older_than_the_value_the_latest_purge_replaced() {
+        let clock = ManualClock::new();
+        let cache = graced(60, &clock);
+        let release = Cell::new(false);
+        // A second purge of a present value replaces the stashed one.
+        cache.insert(1, 10);
+        cache.purge(&1);
+        cache.insert(1, 20);
+        cache.purge(&1);
+        let mut leader = pin!(cache.get_or_load_async(1, |_| held(&release, 21)));
+        assert!(poll_once(leader.as_mut()).is_pending());
+        assert_eq!(opt_in(&cache), stale(20, 0));
+        // A purge that finds the key empty: the latest purge replaced nothing.
+        assert!(!cache.purge(&1));
+        let mut second = pin!(cache.get_or_load_async(1, |_| held(&release, 22)));
+        assert!(
+            poll_once(second.as_mut()).is_pending(),
+            "the purge detached the first load"
+        );
+        assert!(
+            opt_in(&cache).is_pending(),
+            "joins the load: no stale value"
+        );
+        release.set(true);
+        assert_eq!(poll_once(leader.as_mut()), Poll::Ready(Ok(21)));
+        assert_eq!(poll_once(second.as_mut()), Poll::Ready(Ok(22)));
+        // An insert ends it too.
+        cache.insert(1, 30);
+        cache.purge(&1);
+        cache.insert(1, 31);
+        cache.flush(); // (flush: the key is empty again, and the stash with it)
+        release.set(false);
+        let mut third = pin!(cache.get_or_load_async(1, |_| held(&release, 32)));
+        assert!(poll_once(third.as_mut()).is_pending());
+        assert!(opt_in(&cache).is_pending());
+        release.set(true);
+        assert_eq!(poll_once(third.as_mut()), Poll::Ready(Ok(32)));
+    }
+
+    #[test]
+    fn a_value_stored_after_the_purge_ends_it_even_once_that_value_is_gone() {
+        let clock = ManualClock::new();
+        let cache: Cache<u64, u64, Exact> = exact_slots()
+            .clock(clock.clone())
+            .time_to_live(secs(2))
+            .stale_grace(secs(60))
+            .build();
+        cache.insert(1, 10);
+        cache.purge(&1);
+        // The reload lands: its value is stored under the purge's generation...
+        assert_eq!(cache.get_with(1, |_| 11), 11);
+        // ...and expires. Expiry is not a write: the key's generation is still the purge's.
+        clock.advance(secs(3));
+        assert_eq!(cache.get(&1), None);
+        let release = Cell::new(false);
+        let mut leader = pin!(cache.get_or_load_async(1, |_| held(&release, 12)));
+        assert!(poll_once(leader.as_mut()).is_pending());
+        assert!(
+            opt_in(&cache).is_pending(),
+            "10 is older than 11, which was stored after the purge"
+        );
+        release.set(true);
+        assert_eq!(poll_once(leader.as_mut()), Poll::Ready(Ok(12)));
+    }
+
+    #[test]
+    fn never_after_the_grace() {
+        let clock = ManualClock::new();
+        let cache = graced(5, &clock);
+        cache.insert(1, 10);
+        cache.purge(&1);
+        let release = Cell::new(false);
+        let mut leader = pin!(cache.get_or_load_async(1, |_| held(&release, 11)));
+        assert!(poll_once(leader.as_mut()).is_pending());
+        clock.advance(secs(5) - std::time::Duration::from_nanos(1));
+        assert!(matches!(
+            opt_in(&cache),
+            Poll::Ready(Ok(MaybeStale::Stale { value: 10, .. }))
+        ));
+        clock.advance(std::time::Duration::from_nanos(1));
+        assert!(opt_in(&cache).is_pending(), "the grace is over");
+        release.set(true);
+        assert_eq!(poll_once(leader.as_mut()), Poll::Ready(Ok(11)));
+        assert_eq!(cache.stats().stale_served, 1);
+    }
+
+    #[test]
+    fn eviction_and_expiry_keep_nothing() {
+        let clock = ManualClock::new();
+        let cache: Cache<u64, u64, Exact> = exact_slots()
+            .clock(clock.clone())
+            .max_capacity(1)
+            .stale_grace(secs(60))
+            .build();
+        let release = Cell::new(false);
+        // Expired, then removed by a purge (reported as expired: nothing to keep).
+        cache.insert_with_ttl(1, 10, secs(1));
+        clock.advance(secs(2));
+        assert!(!cache.purge(&1));
+        let mut leader = pin!(cache.get_or_load_async(1, |_| held(&release, 11)));
+        assert!(poll_once(leader.as_mut()).is_pending());
+        assert!(opt_in(&cache).is_pending());
+        release.set(true);
+        assert_eq!(poll_once(leader.as_mut()), Poll::Ready(Ok(11)));
+        // Evicted for size by another key's insert.
+        cache.insert(1, 20);
+        cache.insert(2, 2);
+        assert_eq!(cache.get(&1), None, "evicted");
+        release.set(false);
+        let mut leader = pin!(cache.get_or_load_async(1, |_| held(&release, 21)));
+        assert!(poll_once(leader.as_mut()).is_pending());
+        assert!(opt_in(&cache).is_pending());
+        release.set(true);
+        assert_eq!(poll_once(leader.as_mut()), Poll::Ready(Ok(21)));
+        assert_eq!(cache.stats().stale_served, 0);
+    }
+
+    #[test]
+    fn without_a_grace_nothing_is_kept() {
+        let cache: Cache<u64, u64, Exact> = exact_slots().build();
+        cache.insert(1, 10);
+        cache.purge(&1);
+        let release = Cell::new(false);
+        let mut leader = pin!(cache.get_or_load_async(1, |_| held(&release, 11)));
+        assert!(poll_once(leader.as_mut()).is_pending());
+        assert!(opt_in(&cache).is_pending());
+        release.set(true);
+        assert_eq!(poll_once(leader.as_mut()), Poll::Ready(Ok(11)));
+    }
+
+    /// The stale-read oracle under threads: a caller that did not opt in never reads a value
+    /// loaded before a purge that completed before its call; an opted-in caller's stale value
+    /// is never older than the one the latest purge replaced.
+    #[test]
+    fn oracle_under_threads() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+        let cache: Arc<Cache<u64, u64>> = Arc::new(Cache::builder().stale_grace(secs(60)).build());
+        let truth = Arc::new(AtomicU64::new(0));
+        let purged = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|i| {
+                let (cache, truth, purged, done) =
+                    (cache.clone(), truth.clone(), purged.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut stale = 0;
+                    while !done.load(SeqCst) {
+                        let floor = purged.load(SeqCst);
+                        let load = |_| {
+                            let v = truth.load(SeqCst);
+                            std::thread::yield_now();
+                            Ok::<_, ()>(v)
+                        };
+                        if i % 2 == 0 {
+                            match cache.get_or_load_allow_stale(1, load).unwrap() {
+                                MaybeStale::Fresh(v) => assert!(v >= floor, "{v} < {floor}"),
+                                MaybeStale::Stale { value, .. } => {
+                                    assert!(value + 1 >= floor, "stale {value} after {floor}");
+                                    stale += 1;
+                                }
+                            }
+                        } else {
+                            let v = cache.get_or_load(1, load).unwrap();
+                            assert!(v >= floor, "{v} read after purge {floor}");
+                        }
+                    }
+                    stale
+                })
+            })
+            .collect();
+        for v in 1..=3_000 {
+            truth.store(v, SeqCst);
+            cache.purge(&1);
+            purged.store(v, SeqCst);
+            std::thread::yield_now();
+        }
+        done.store(true, SeqCst);
+        let stale: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        assert_eq!(cache.stats().stale_served, stale);
+        eprintln!("stale values served: {stale}");
+    }
+}

@@ -1093,6 +1093,90 @@ fn tiered_allow_stale_serves_the_replaced_value_from_redis_without_loading() {
     });
 }
 
+#[test]
+fn tiered_allow_stale_asks_the_l1_stash_first_while_this_process_reloads() {
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        // The L1 keeps what purges remove; Redis keeps nothing (no stale grace there).
+        let l1 = Cache::builder()
+            .max_capacity(1_000)
+            .stale_grace(Duration::from_secs(30))
+            .build();
+        let cache: Arc<Tc> = Arc::new(
+            TieredCache::builder(l1, store(&url, 30_000).await)
+                .build()
+                .expect("build"),
+        );
+        tokio::time::timeout(CHILD_LIMIT, cache.feed_confirmed())
+            .await
+            .expect("feed confirmed");
+        let loads = Arc::new(AtomicU64::new(0));
+        let k = HOT.to_owned();
+        let first = cache
+            .get_or_load_allow_stale(k.clone(), |_| async { Ok::<_, ()>(1) })
+            .await;
+        assert_eq!(first, Ok(MaybeStale::Fresh(1)));
+        // Another process's purge (a direct purge of the store): this process learns it from
+        // the feed, once, and its L1 keeps the value the purge removed. (A purge made by this
+        // `TieredCache` reaches its own L1 twice, directly and as the feed's echo: the echo
+        // finds the key empty and, as any purge that replaces nothing, ends the L1's copy; the
+        // writer's process is then served by Redis's own grace, if the store has one.)
+        let before = cache.stats().invalidations_received;
+        cache.l2().purge(HOT).await.unwrap();
+        let deadline = Instant::now() + CHILD_LIMIT;
+        while cache.stats().invalidations_received == before {
+            assert!(
+                Instant::now() < deadline,
+                "the purge's invalidation never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(cache.l1().get(&k), None);
+        // A caller of this process reloads, held inside its loader.
+        let (entered_tx, entered) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let leader = {
+            let (cache, k, loads) = (cache.clone(), k.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(k, |_| async move {
+                        loads.fetch_add(1, SeqCst);
+                        entered_tx.send(()).unwrap();
+                        released.await.unwrap();
+                        Ok::<_, ()>(2)
+                    })
+                    .await
+            })
+        };
+        entered.await.unwrap();
+        let got = cache
+            .get_or_load_allow_stale(k.clone(), |_| async { Err::<u64, ()>(()) })
+            .await;
+        assert!(
+            matches!(got, Ok(MaybeStale::Stale { value: 1, .. })),
+            "{got:?}"
+        );
+        assert_eq!(cache.l1().get(&k), None, "nothing stale reached the L1");
+        let stats = cache.stats();
+        assert_eq!((stats.stale_served, stats.l1.stale_served), (1, 1));
+        release.send(()).unwrap();
+        assert_eq!(leader.await.unwrap(), Ok(2));
+        let after = cache
+            .get_or_load_allow_stale(k.clone(), |_| async { Err::<u64, ()>(()) })
+            .await;
+        assert_eq!(after, Ok(MaybeStale::Fresh(2)));
+        assert_eq!(loads.load(SeqCst), 1);
+    });
+}
+
 // ---- refresh ahead of expiry, for direct users of the store ----
 
 #[test]

@@ -81,54 +81,9 @@ pub enum FillLookup<V> {
     },
 }
 
-/// A value that may be stale: what the opt-in reads return (see the [module docs](self),
-/// *Stale grace*). There is no `Deref` and no accessor that hides the difference: take the
-/// value with [`fresh`](Self::fresh) (fresh only) or
-/// [`into_value_allowing_stale`](Self::into_value_allowing_stale), or match.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[must_use]
-pub enum MaybeStale<V> {
-    /// The current value.
-    Fresh(V),
-    /// The value the key's latest purge replaced, `replaced_ago` before the read (server clock),
-    /// served while another caller reloads the key.
-    Stale {
-        /// The replaced value.
-        value: V,
-        /// How long before the read the purge replaced it (less than the grace).
-        replaced_ago: Duration,
-    },
-}
-
-impl<V> MaybeStale<V> {
-    /// Whether the value is stale.
-    pub fn is_stale(&self) -> bool {
-        matches!(self, Self::Stale { .. })
-    }
-
-    /// The value if fresh, `None` if stale.
-    pub fn fresh(self) -> Option<V> {
-        match self {
-            Self::Fresh(value) => Some(value),
-            Self::Stale { .. } => None,
-        }
-    }
-
-    /// The value, fresh or stale: the caller accepts a stale one.
-    pub fn into_value_allowing_stale(self) -> V {
-        match self {
-            Self::Fresh(value) | Self::Stale { value, .. } => value,
-        }
-    }
-
-    /// How long ago the stale value was replaced (`None` if fresh).
-    pub fn replaced_ago(&self) -> Option<Duration> {
-        match self {
-            Self::Fresh(_) => None,
-            Self::Stale { replaced_ago, .. } => Some(*replaced_ago),
-        }
-    }
-}
+/// Re-exported from the crate root ([`crate::MaybeStale`]), where the L1's opt-in reads use it
+/// too; `leasecache::redis::MaybeStale` stays for existing code.
+pub use crate::stale::MaybeStale;
 
 /// How `get_or_lease.lua` hands out leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

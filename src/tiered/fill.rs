@@ -12,10 +12,14 @@
 //! processes costs one source read and about N Redis reads, not N source reads.
 //!
 //! [`TieredCache::get_or_load_allow_stale`] adds the opt-in stale grace (see
-//! [`crate::redis::fill`], *Stale grace*): on an L1 miss it first asks Redis, without a lease,
-//! for the value the key's latest purge replaced while another caller refills it. The stale
-//! value comes from Redis only: the L1 keeps nothing after a purge, and never caches a stale
-//! value.
+//! [`crate::redis::fill`], *Stale grace*): on an L1 miss it asks, in this order, the L1's stash
+//! (only if the L1 was built with [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace):
+//! the value this process's latest purge or invalidation of the key removed, while a caller
+//! of this process reloads it, no round trip) and then
+//! Redis, without a lease (the value the key's latest purge replaced, while another caller of
+//! the fleet refills it). Both sources follow the same rules: the value the latest purge
+//! replaced, within the grace of the tier that kept it, while one caller reloads. The L1
+//! never caches a stale value.
 
 use super::TieredKey;
 use super::{Shared, TieredCache};
@@ -172,7 +176,18 @@ where
         if window.is_zero() {
             return None;
         }
-        Some(remaining?.saturating_sub(window))
+        let remaining = remaining?;
+        if remaining <= window {
+            return Some(Duration::ZERO);
+        }
+        // Not due: the L1 entry lives until this process's refresh point, the fixed point
+        // (`window` before the deadline) or, with XFetch, a point drawn for this fill (a lead
+        // of at most `window`): the L1 absorbs the reads in between, so the draw is made once
+        // per fill rather than per read, and each process draws its own. The first read that
+        // reaches Redis after it is due (`remaining <= window`).
+        let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let lead = Duration::from_nanos(self.xfetch.lead(window_ns));
+        Some(remaining - lead)
     }
 
     /// How much TTL an entry has left when it becomes due (zero: refresh never fires).
@@ -246,9 +261,12 @@ where
     /// is [`MaybeStale::Fresh`]; on an L1 miss, if the Redis key holds no value, another caller
     /// (of any process) is refilling it, and the purge that replaced its value is younger than
     /// the store's [`stale_grace`](crate::redis::RedisOptions::stale_grace), that replaced value
-    /// is returned as [`MaybeStale::Stale`] at once, without loading or waiting. Otherwise it is
-    /// `get_or_load` (`Fresh`). The stale value is served from Redis only (the L1 never holds
-    /// or caches one): see the [module docs](crate::tiered#hot-keys-one-filler-per-fleet).
+    /// is returned as [`MaybeStale::Stale`] at once, without loading or waiting. Before asking
+    /// Redis it asks the L1's stash, if the L1 has a
+    /// [`stale_grace`](crate::CacheBuilder::stale_grace) and a caller of this process reloads
+    /// the key (no round trip). Otherwise it is `get_or_load` (`Fresh`). The L1 never caches a
+    /// stale value: see the [module docs](crate::tiered#hot-keys-one-filler-per-fleet).
+    /// Counted in [`TieredStats::stale_served`](super::TieredStats::stale_served).
     ///
     /// Costs one Redis round trip more than `get_or_load` on an L1 miss that is not served
     /// stale; skipped while the breaker is not closed or the L1 is bypassed (no stale value is
@@ -267,10 +285,20 @@ where
             if let Some(value) = s.l1.get(&key) {
                 return Ok(MaybeStale::Fresh(value));
             }
+            // This process loads the key now (an L1 flight) and the L1's stash has the value
+            // the latest purge replaced: no round trip (see `crate::stale`).
+            if let Some((value, replaced_ago)) = s.l1.stale_while_loading(&key) {
+                super::bump(&s.counters.stale_served);
+                return Ok(MaybeStale::Stale {
+                    value,
+                    replaced_ago,
+                });
+            }
             // Closed breaker only: a probe is for the real read path.
             if s.breaker.state_code() == 0 {
                 match s.l2.stale_while_filled(&key.to_redis_key()).await {
                     Ok(Some((value, replaced_ago))) => {
+                        super::bump(&s.counters.stale_served);
                         return Ok(MaybeStale::Stale {
                             value,
                             replaced_ago,

@@ -16,7 +16,7 @@ const REDIS_COUNTERS: [(&str, &str); 1] = [(
 )];
 
 /// `(name, description)` of the tiered counters.
-const TIERED_COUNTERS: [(&str, &str); 22] = [
+const TIERED_COUNTERS: [(&str, &str); 23] = [
     (
         "leasecache_tiered_l1_hits_total",
         "Reads answered by the L1.",
@@ -105,6 +105,10 @@ const TIERED_COUNTERS: [(&str, &str); 22] = [
         "leasecache_tiered_refresh_failures_total",
         "Refreshes ahead of expiry whose load failed or whose save a write fenced.",
     ),
+    (
+        "leasecache_tiered_stale_served_total",
+        "Stale values served to callers that opted in (get_or_load_allow_stale).",
+    ),
 ];
 
 /// `(name, description)` of the tiered gauges.
@@ -184,6 +188,7 @@ where
             stats.fill_takeovers,
             stats.refreshes,
             stats.refresh_failures,
+            stats.stale_served,
         ];
         set_counters(&TIERED_COUNTERS, counters, name);
         let feed_confirmed = *s.feed_state.borrow();

@@ -87,9 +87,11 @@
 //! returns it, as [`MaybeStale::Stale`](crate::redis::MaybeStale::Stale), on an L1 miss while
 //! another caller of the fleet refills the key, instead of waiting. Every other read never
 //! returns it; it is the value the key's latest purge replaced, and only while that purge is
-//! younger than the grace (server clock). The stale value is held in Redis only: the L1 keeps
-//! nothing after a purge and never caches a stale value. See
-//! [`redis::fill`](crate::redis::fill), *Stale grace*.
+//! younger than the grace (server clock). If the L1 was built with
+//! [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace), its stash is asked first
+//! (no round trip) while this process reloads the key; the L1 never caches a stale value. See
+//! [`redis::fill`](crate::redis::fill), *Stale grace*, and
+//! [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace).
 //!
 //! # Refresh ahead of expiry
 //!
@@ -398,6 +400,8 @@ pub(crate) struct Shared<K, V> {
     one_filler: bool,
     /// Refresh ahead of expiry (`TieredBuilder::refresh_after`).
     refresh_after: Option<Duration>,
+    /// Probabilistic early expiration (`TieredBuilder::refresh_ahead_probabilistic`).
+    xfetch: crate::refresh::Xfetch,
 }
 
 #[derive(Default)]
@@ -420,6 +424,7 @@ struct Counters {
     fill_takeovers: AtomicU64,
     refreshes: AtomicU64,
     refresh_failures: AtomicU64,
+    stale_served: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -525,6 +530,9 @@ pub struct TieredStats {
     /// Refreshes whose load failed or whose save a write fenced: the entry kept its value (and
     /// its TTL), or was purged.
     pub refresh_failures: u64,
+    /// Stale values served by [`get_or_load_allow_stale`](TieredCache::get_or_load_allow_stale)
+    /// (from the L1's stash or from Redis); the L1's share is also in `l1.stale_served`.
+    pub stale_served: u64,
     /// The L1's own counters.
     pub l1: Stats,
 }
@@ -632,6 +640,7 @@ pub struct TieredBuilder<K, V> {
     member_lease: Duration,
     one_filler: bool,
     refresh_after: Option<Duration>,
+    refresh_beta: Option<f64>,
 }
 
 impl<K, V> TieredBuilder<K, V>
@@ -698,6 +707,25 @@ where
     /// or past the default TTL never refreshes. See the [module docs](self#refresh-ahead-of-expiry).
     pub fn refresh_after(mut self, after: Duration) -> Self {
         self.refresh_after = Some(after.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// Probabilistic early expiration for [`refresh_after`](Self::refresh_after), as
+    /// [`CacheBuilder::refresh_ahead_probabilistic`](crate::CacheBuilder::refresh_ahead_probabilistic):
+    /// each fill of this process's L1 draws the point at which the entry is next read from
+    /// Redis (and asks for the refresh): `delta * beta * -ln(u)` before its Redis deadline, at
+    /// most `after`'s fixed point, `delta` being how long this process's latest loader call
+    /// took. Each process thus draws its own refresh point; the first one reached refreshes
+    /// for the fleet. The L1 absorbs the reads between draws, so there are few draws per
+    /// entry: with `beta = 1` the earliest of N processes' points falls less than one load
+    /// time before expiry with probability about `0.63^N`, and the key then expires before
+    /// the refresh lands; a larger `beta` refreshes earlier. Default: off.
+    pub fn refresh_ahead_probabilistic(mut self, beta: f64) -> Self {
+        self.refresh_beta = Some(if beta.is_finite() && beta > 0.0 {
+            beta
+        } else {
+            1.0
+        });
         self
     }
 
@@ -787,6 +815,7 @@ where
             fills: fill::Waiters::default(),
             one_filler: self.one_filler,
             refresh_after: self.refresh_after,
+            xfetch: crate::refresh::Xfetch::new(self.refresh_beta),
         });
         // The retry task holds the cache weakly: it ends once the cache is dropped.
         runtime.spawn(pending::run(
@@ -840,6 +869,7 @@ where
             member_lease: Duration::from_secs(2),
             one_filler: true,
             refresh_after: None,
+            refresh_beta: None,
         }
     }
 
@@ -1120,6 +1150,7 @@ where
             fill_takeovers: read(&c.fill_takeovers),
             refreshes: read(&c.refreshes),
             refresh_failures: read(&c.refresh_failures),
+            stale_served: read(&c.stale_served),
             l1,
         }
     }
@@ -1391,7 +1422,14 @@ where
         Fut: Future<Output = Result<V, E>>,
     {
         bump(&self.counters.loads);
-        loader(key).await
+        if !self.xfetch.is_on() {
+            return loader(key).await;
+        }
+        let started = std::time::Instant::now();
+        let result = loader(key).await;
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.xfetch.observe(took);
+        result
     }
 
     /// The load behind an L1 flight. Runs after the flight captured its L1 lease; returns the
