@@ -225,7 +225,12 @@ impl<K: Eq, V> Stash<K, V> {
     {
         self.prune(now, grace);
         let entry = &self.entries[self.position(hash, key)?];
-        (entry.generation == current).then(|| (&entry.value, Duration::from_nanos(now - entry.at)))
+        (entry.generation == current).then(|| {
+            (
+                &entry.value,
+                Duration::from_nanos(now.saturating_sub(entry.at)),
+            )
+        })
     }
 }
 
