@@ -54,6 +54,7 @@ impl GenerationClock {
     /// is the in-progress mark). Saturates instead of wrapping: wrapping would revive old leases.
     /// At the top, writes would stop fencing the leases taken since, so "strictly greater" (and
     /// I1) holds for the first 2^62 writes to a shard: 146 years at a billion writes a second.
+    #[inline]
     pub(crate) fn mint(&mut self) -> Generation {
         self.0 = self.0.saturating_add(2).min(u64::MAX - 1);
         Generation(self.0)

@@ -722,32 +722,39 @@ where
         NonNull::new(old).expect("a shard's table pointer is never null")
     }
 
-    /// Removes `key`.
+    /// Removes `key`. Inlined into the purge: most purges find nothing (I4), and a probe that
+    /// finds nothing is a group or two of buckets, which two calls and their frames made about a
+    /// third of (issue 17); the removal itself stays out of line.
+    #[inline]
     pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q, now: u64) -> Removed
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        match self.find(hash, key) {
+        match self.table().find_for_writer(hash, self.holds(key)) {
             None => Removed::Absent,
-            Some((pos, idx)) => {
-                let expired = self.is_expired(idx, || now);
-                self.notify(
-                    idx,
-                    if expired {
-                        RemovalCause::Expired
-                    } else {
-                        RemovalCause::Purged
-                    },
-                );
-                self.remove_at(pos, idx);
-                if expired {
-                    self.w.expirations += 1;
-                    Removed::Expired
-                } else {
-                    Removed::Live
-                }
-            }
+            Some((pos, idx)) => self.remove_found(pos, idx, now),
+        }
+    }
+
+    /// Removes the entry in slot `idx`, found at table bucket `pos`.
+    #[inline(never)]
+    fn remove_found(&mut self, pos: usize, idx: u32, now: u64) -> Removed {
+        let expired = self.is_expired(idx, || now);
+        self.notify(
+            idx,
+            if expired {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Purged
+            },
+        );
+        self.remove_at(pos, idx);
+        if expired {
+            self.w.expirations += 1;
+            Removed::Expired
+        } else {
+            Removed::Live
         }
     }
 
