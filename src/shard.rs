@@ -572,8 +572,11 @@ where
             return false;
         };
         let table = self.table();
+        // Looked up once: the slab's segment table is behind a shared reference that every
+        // relaxed store below could alias, so each `self.slot(..)` reloaded it (issue 17).
+        let new_slot = self.slot(idx);
         // SAFETY: a slot from `alloc` is free and unreachable by readers.
-        unsafe { self.slot(idx).fill(key, value, weight, expires_at != 0) };
+        unsafe { new_slot.fill(key, value, weight, expires_at != 0) };
         if expires_at != 0 {
             self.shared.slab.set_deadline(idx, expires_at);
             self.record_limit(idx);
@@ -583,17 +586,19 @@ where
                 // The new slot takes the old one's place in its queue, with its hits.
                 let old_slot = self.slot(old);
                 let state = old_slot.state();
-                let new_slot = self.slot(idx);
                 new_slot
                     .freq
                     .store(old_slot.freq.load(Ordering::Relaxed), Ordering::Relaxed);
-                self.swap_links(old, idx, state);
                 let old_weight = old_slot.weight.load(Ordering::Relaxed);
+                self.swap_links((old, old_slot), (idx, new_slot), state);
                 let list = self.w.list_mut(state);
                 list.weight = list.weight - u64::from(old_weight) + u64::from(weight);
                 table.replace(pos, hash, idx);
                 self.notify_replaced(old, now);
-                self.retire_slot(old);
+                // `retire_slot`, with the slot at hand.
+                old_slot.set_state(RETIRED);
+                self.w.limbo.retire(Retired::Slot(old));
+                self.collect_if_batch();
             }
             (Err((pos, empty)), state) => {
                 table.replace(pos, hash, idx);
@@ -605,7 +610,7 @@ where
         self.evict_until_fits(now, keep, hash_of);
         // Eviction retires slots but never reuses them within an insert, so a slot still in a
         // queue holds this entry.
-        matches!(self.slot(idx).state(), SMALL | MAIN)
+        matches!(new_slot.state(), SMALL | MAIN)
     }
 
     /// Whether a new entry of `weight` would be the first candidate of the eviction its own
@@ -1038,8 +1043,13 @@ where
     }
 
     /// Puts slot `new` where slot `old` is in queue `state` (weights are the caller's business).
-    fn swap_links(&mut self, old: u32, new: u32, state: u8) {
-        let (old_slot, new_slot) = (self.slot(old), self.slot(new));
+    /// Takes each slot with its index, as the caller has looked it up.
+    fn swap_links(
+        &mut self,
+        (old, old_slot): (u32, &Slot<K, V>),
+        (new, new_slot): (u32, &Slot<K, V>),
+        state: u8,
+    ) {
         let (prev, next) = (
             old_slot.prev.load(Ordering::Relaxed),
             old_slot.next.load(Ordering::Relaxed),
