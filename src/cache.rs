@@ -289,7 +289,7 @@ where
 
     /// Releases a shard's lock, then hands what the write removed to the removal listener, on
     /// this thread (see `crate::listener`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Core<K, V>>) {
         match &self.listener {
             None => drop(core),

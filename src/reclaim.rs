@@ -798,21 +798,7 @@ impl<T> Limbo<T> {
     /// waiting, makes the pending items the next batch and publishes its epoch. If `free` panics
     /// (a user `Drop`), the items it has not been given stay in the batch, whose grace period is
     /// over, and the next call frees them.
-    pub(crate) fn collect(&mut self, readers: &Readers, free: impl FnMut(T)) {
-        self.collect_ahead(readers, |_| {}, free);
-    }
-
-    /// [`collect`](Self::collect), calling `ahead` on each item a few items before `free` gets
-    /// it: a hint (a prefetch) that lets the cache misses of freeing a batch of items scattered
-    /// in memory overlap, instead of following one another.
-    pub(crate) fn collect_ahead(
-        &mut self,
-        readers: &Readers,
-        ahead: impl Fn(&T),
-        mut free: impl FnMut(T),
-    ) {
-        /// How many items ahead of the one being freed `ahead` is called on.
-        const AHEAD: usize = 8;
+    pub(crate) fn collect(&mut self, readers: &Readers, mut free: impl FnMut(T)) {
         if !self.waiting.is_empty() {
             let over = if CRATE_SCHEME {
                 self.grace.over()
@@ -822,13 +808,7 @@ impl<T> Limbo<T> {
             if !over {
                 return;
             }
-            // Items are freed from the back; the first `AHEAD` of them are hinted here, each
-            // later one as the item `AHEAD` places behind it is freed.
-            self.waiting.iter().rev().take(AHEAD).for_each(&ahead);
             while let Some(item) = self.waiting.pop() {
-                if let Some(next) = self.waiting.len().checked_sub(AHEAD) {
-                    ahead(&self.waiting[next]);
-                }
                 free(item);
             }
         }

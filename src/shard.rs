@@ -276,8 +276,13 @@ pub(crate) enum Removed {
 /// keys and values is in the slab.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    /// Freed slots, reused before new ones.
+    /// Freed slots, reused before new ones: empty (`FREE`), or holding an entry whose drop does
+    /// nothing (`RETIRED`, see `collect`).
     free: Vec<u32>,
+    /// Retired slots past their grace period whose entries are still to be dropped: reused first,
+    /// each dropped by the write that reuses it, and the rest at the next collection (see
+    /// `collect`).
+    dirty: Vec<u32>,
     /// Slots handed out so far: the next new slot's index.
     next_slot: u32,
     small: List,
@@ -313,6 +318,7 @@ impl Writer {
     pub(crate) fn new(capacity: u64, expected_entries: usize) -> Self {
         Self {
             free: Vec::new(),
+            dirty: Vec::new(),
             next_slot: 0,
             small: List::default(),
             main: List::default(),
@@ -658,6 +664,22 @@ where
     /// A free slot: a freed one, or the next new one, allocating its segment (`ensure_room` made
     /// the table able to name it). `None` past `MAX_SLOT` slots.
     fn alloc(&mut self) -> Option<u32> {
+        // (Only values that need dropping go to `dirty`; for the others this compiles away.)
+        if let Some(idx) = Slot::<K, V>::NEEDS_DROP
+            .then(|| self.w.dirty.pop())
+            .flatten()
+        {
+            if let Some(&next) = self.w.dirty.last() {
+                prefetch_slot(self.slot(next));
+            }
+            // Free before the entry's `Drop` runs: if it panics, the slot (which `Slot::clear`
+            // marks `FREE` first) stays free rather than lost, and nothing has changed yet.
+            self.w.free.push(idx);
+            // SAFETY: retired (unlinked from the table and the queues) and past its grace period:
+            // no read can reach it.
+            unsafe { self.slot(idx).clear() };
+            return self.w.free.pop();
+        }
         if let Some(idx) = self.w.free.pop() {
             // The next write to this shard fills the next free slot: start loading it now (freed
             // thousands of writes ago, it is cold), so that its miss does not stall that write.
@@ -681,8 +703,10 @@ where
     /// need it, else the same size without tombstones; and when it cannot name the next new slot.
     fn ensure_room(&mut self, hash_of: &impl Fn(&K) -> u64) {
         let table = self.table();
-        let names_next =
-            !self.w.free.is_empty() || self.w.next_slot > MAX_SLOT || table.names(self.w.next_slot);
+        let names_next = !self.w.free.is_empty()
+            || (Slot::<K, V>::NEEDS_DROP && !self.w.dirty.is_empty())
+            || self.w.next_slot > MAX_SLOT
+            || table.names(self.w.next_slot);
         if self.w.used < table.max_used() && names_next {
             return;
         }
@@ -793,6 +817,8 @@ where
         self.w.last_ghost_hits = 0;
         // With the entries, which then go in the same batch when no read stands in the way.
         self.retire_table(old);
+        // A flush drops what it freed now, not when writes reuse the slots (see `collect`).
+        self.drop_dirty();
     }
 
     /// The weight the small queue may hold before its head faces admission: the climber's window
@@ -1146,36 +1172,49 @@ where
 
     /// Frees what no read can reach any more: a slot's entry is dropped and the slot reused.
     ///
-    /// A slot whose key and value have no drop glue (`u64`s) is not touched: it stays marked
-    /// `RETIRED` on the free list until `fill` reuses it (its old contents are plain bytes that
-    /// nothing drops). Clearing it took a cache miss per replacing write (callgrind's cache
-    /// model: 0.73 a write on the `replace` mix), since a batch is freed thousands of writes
-    /// after it was retired. Slots that do need dropping are prefetched a few items ahead.
+    /// A batch of retired slots is freed thousands of writes after it was retired, so touching
+    /// its slots here was a cache miss per replacing write (callgrind's cache model: 0.73 a write
+    /// on the `replace` mix), and dropping a batch of values at once freed hundreds of
+    /// allocations in a row, which overflowed the allocator's per-thread cache (glibc keeps 7 a
+    /// size): the frees took its slow path, and so did the allocations of the next values
+    /// (~100 instructions a write of `Arc<[u8; 128]>`). So the slots are not touched here:
+    /// - a slot whose key and value have no drop glue (`u64`s) goes to the free list as it is,
+    ///   still marked `RETIRED` (`fill` overwrites its plain bytes);
+    /// - any other goes to `dirty`, and the write that reuses it drops its entry first (`alloc`):
+    ///   one free beside each allocation. What no write reused by the next collection is dropped
+    ///   then (with prefetching): an entry is dropped at most one batch later than before.
+    /// Out of line: once a batch, and large.
+    #[inline(never)]
     fn collect(&mut self) {
-        let (slab, free) = (&self.shared.slab, &mut self.w.free);
-        let ahead = |item: &Retired| {
-            if let Retired::Slot(idx) = item {
-                prefetch_slot(slab.slot(*idx));
-            }
-        };
-        let free_slot = |item| match item {
-            Retired::Slot(idx) => {
-                // Free before the entry's `Drop` runs: if it panics, the slot (which
-                // `Slot::clear` marks `FREE` first) is reused rather than lost; the rest of its
-                // entry leaks.
-                free.push(idx);
-                if Slot::<K, V>::NEEDS_DROP {
-                    // SAFETY: retired (unlinked from the table and the queues) and past its grace
-                    // period: no read can reach it.
-                    unsafe { slab.slot(idx).clear() };
-                }
-            }
+        self.drop_dirty();
+        let (free, dirty) = (&mut self.w.free, &mut self.w.dirty);
+        self.w.limbo.collect(self.readers, |item| match item {
+            Retired::Slot(idx) if Slot::<K, V>::NEEDS_DROP => dirty.push(idx),
+            Retired::Slot(idx) => free.push(idx),
             Retired::Table(table) => drop(table),
-        };
-        if Slot::<K, V>::NEEDS_DROP {
-            self.w.limbo.collect_ahead(self.readers, ahead, free_slot);
-        } else {
-            self.w.limbo.collect(self.readers, free_slot);
+        });
+    }
+
+    /// Drops the entries of every slot in `dirty` and frees the slots.
+    #[inline(never)]
+    fn drop_dirty(&mut self) {
+        /// How many slots ahead of the one being dropped are prefetched.
+        const AHEAD: usize = 8;
+        let (slab, free, dirty) = (&self.shared.slab, &mut self.w.free, &mut self.w.dirty);
+        for &idx in dirty.iter().rev().take(AHEAD) {
+            prefetch_slot(slab.slot(idx));
+        }
+        while let Some(idx) = dirty.pop() {
+            if let Some(ahead) = dirty.len().checked_sub(AHEAD) {
+                prefetch_slot(slab.slot(dirty[ahead]));
+            }
+            // Free before the entry's `Drop` runs: if it panics, the slot (which `Slot::clear`
+            // marks `FREE` first) is reused rather than lost; the rest of its entry leaks, and
+            // the slots not reached yet stay in `dirty`.
+            free.push(idx);
+            // SAFETY: retired (unlinked from the table and the queues) and past its grace
+            // period: no read can reach it.
+            unsafe { slab.slot(idx).clear() };
         }
     }
 
@@ -1239,6 +1278,13 @@ where
                 "retired slot {i} is not marked so"
             );
         }
+        for &i in &self.w.dirty {
+            assert_eq!(
+                self.slot(i).state(),
+                RETIRED,
+                "slot {i} to drop is not marked retired"
+            );
+        }
         for &i in &self.w.free {
             // A slot whose contents need no drop is freed without being touched (`collect`).
             let state = self.slot(i).state();
@@ -1250,7 +1296,7 @@ where
         let handed_out = self.w.next_slot as usize;
         assert_eq!(
             handed_out,
-            seen + retired.len() + self.w.free.len(),
+            seen + retired.len() + self.w.free.len() + self.w.dirty.len(),
             "slots are lost or counted twice"
         );
         assert!(self.w.weight() <= self.w.capacity, "shard is over capacity");
@@ -1443,13 +1489,101 @@ mod tests {
         }
         s.view().validate(&id);
         // Every replacement retired a slot; all but the last batch or two were freed and reused,
-        // and their values dropped.
+        // and their values dropped, except those freed by the last collection and not reused yet.
         let waiting = s.writer.limbo.len();
         assert!(waiting <= 2 * batch as usize);
+        assert!(s.writer.dirty.len() <= batch as usize);
         assert!((s.writer.next_slot as u64) < 64 + 3 * batch);
-        assert_eq!(std::sync::Arc::strong_count(&value), 1 + 64 + waiting);
+        assert_eq!(
+            std::sync::Arc::strong_count(&value),
+            1 + 64 + waiting + s.writer.dirty.len()
+        );
         drop(s);
         assert_eq!(std::sync::Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn a_freed_entry_is_dropped_by_the_write_that_reuses_its_slot() {
+        // One free beside each allocation (issue 17): a batch of frees at once overflowed the
+        // allocator's per-thread cache. Every value shares one `Arc`: its count is the number of
+        // values not yet dropped.
+        let value = std::sync::Arc::new(());
+        let mut s = OwnedShard::<u64, std::sync::Arc<()>>::new(64, 64);
+        let batch = s.writer.batch;
+        let mut k = 0;
+        while s.writer.dirty.is_empty() {
+            s.view().insert(k % 64, k % 64, value.clone(), 1, 0, 1, &id);
+            k += 1;
+        }
+        assert_eq!(s.writer.dirty.len(), batch, "a whole batch was freed");
+        for _ in 0..batch - 1 {
+            let dirty = s.writer.dirty.len();
+            s.view().insert(k % 64, k % 64, value.clone(), 1, 0, 1, &id);
+            k += 1;
+            // The write took a slot to reuse, dropped its old entry and retired the replaced one.
+            assert_eq!(s.writer.dirty.len(), dirty - 1);
+            assert_eq!(
+                std::sync::Arc::strong_count(&value),
+                1 + 64 + s.writer.limbo.len() + s.writer.dirty.len()
+            );
+            s.view().validate(&id);
+        }
+    }
+
+    #[test]
+    fn freed_entries_no_write_reuses_are_dropped_by_the_next_collection() {
+        let value = std::sync::Arc::new(());
+        let mut s = OwnedShard::<u64, std::sync::Arc<()>>::new(1 << 20, 64);
+        let batch = s.writer.batch as u64;
+        for k in 0..4 * batch {
+            s.view().insert(k, k, value.clone(), 1, 0, 1, &id);
+        }
+        // Removals retire slots and reuse none: the first collections leave their batches to
+        // drop, and each later one drops what the one before it left.
+        for k in 0..4 * batch {
+            assert_eq!(s.view().remove(k, &k, 1), Removed::Live);
+            let left = s.writer.limbo.len() + s.writer.dirty.len();
+            assert!(s.writer.dirty.len() <= batch as usize);
+            assert_eq!(
+                std::sync::Arc::strong_count(&value),
+                1 + (4 * batch - k - 1) as usize + left
+            );
+        }
+        s.view().validate(&id);
+        // A flush drops everything it can free at once.
+        s.view().clear();
+        assert!(s.writer.dirty.is_empty());
+        assert_eq!(
+            std::sync::Arc::strong_count(&value),
+            1 + s.writer.limbo.len()
+        );
+    }
+
+    #[test]
+    fn slots_of_entries_without_drop_glue_are_freed_untouched_and_reused() {
+        let mut s = TestShard::new(64, 64);
+        let batch = s.writer.batch as u64;
+        for k in 0..64 + 3 * batch {
+            s.view().insert(k % 64, k % 64, k, 1, 0, 1, &id);
+        }
+        assert!(s.writer.dirty.is_empty(), "nothing to drop");
+        assert!(!s.writer.free.is_empty());
+        // Freed without being touched: still marked retired (validate accepts it).
+        let free = s.writer.free.clone();
+        let v = s.view();
+        for i in free {
+            assert_eq!(v.slot(i).state(), RETIRED);
+        }
+        v.validate(&id);
+        assert!(
+            (s.writer.next_slot as u64) < 64 + 3 * batch,
+            "slots are reused"
+        );
+        for k in 0..64 {
+            // The last value written to key `k`.
+            let last = (64 + 3 * batch - 1 - k) / 64 * 64 + k;
+            assert_eq!(s.get(k, &k, || 1), Some(last));
+        }
     }
 
     #[test]
