@@ -385,6 +385,15 @@ fn retire_batch(expected_entries: usize) -> usize {
     }
 }
 
+/// Whether a collection drops every entry it frees at once (and so touches its slot) instead of
+/// leaving it to the write that reuses the slot (see `Shard::collect`). Under loom it does: the
+/// models catch a slot freed before its grace period is over by that access racing a read's
+/// (their negative controls, e.g. a read that does not announce itself, fail that way), and a
+/// deferred drop would hide such a bug until a write reused the slot, which few models reach.
+/// Dropping later than the grace period allows is always as safe as dropping when it ends: nothing
+/// publishes a freed slot again before `fill`.
+const DROP_AT_COLLECTION: bool = cfg!(all(test, leasecache_loom));
+
 /// Starts loading `slot`'s line (a hint; not under loom, see `Cache::prefetch_for_write`).
 #[inline(always)]
 fn prefetch_slot<K, V>(slot: &Slot<K, V>) {
@@ -1185,10 +1194,19 @@ where
     ///   then (with prefetching): an entry is dropped at most one batch later than before.
     /// Out of line: once a batch, and large.
     #[inline(never)]
+    ///
+    /// Under loom a collection drops what it frees at once (`DROP_AT_COLLECTION`).
     fn collect(&mut self) {
         self.drop_dirty();
-        let (free, dirty) = (&mut self.w.free, &mut self.w.dirty);
+        let (slab, free, dirty) = (&self.shared.slab, &mut self.w.free, &mut self.w.dirty);
         self.w.limbo.collect(self.readers, |item| match item {
+            Retired::Slot(idx) if DROP_AT_COLLECTION => {
+                // As `drop_dirty` does.
+                free.push(idx);
+                // SAFETY: retired (unlinked from the table and the queues) and past its grace
+                // period: no read can reach it.
+                unsafe { slab.slot(idx).clear() };
+            }
             Retired::Slot(idx) if Slot::<K, V>::NEEDS_DROP => dirty.push(idx),
             Retired::Slot(idx) => free.push(idx),
             Retired::Table(table) => drop(table),
