@@ -1192,10 +1192,10 @@ where
     /// - any other goes to `dirty`, and the write that reuses it drops its entry first (`alloc`):
     ///   one free beside each allocation. What no write reused by the next collection is dropped
     ///   then (with prefetching): an entry is dropped at most one batch later than before.
-    /// Out of line: once a batch, and large.
-    #[inline(never)]
     ///
-    /// Under loom a collection drops what it frees at once (`DROP_AT_COLLECTION`).
+    /// Under loom a collection drops what it frees at once (`DROP_AT_COLLECTION`). Out of line:
+    /// it runs once a batch.
+    #[inline(never)]
     fn collect(&mut self) {
         self.drop_dirty();
         let (slab, free, dirty) = (&self.shared.slab, &mut self.w.free, &mut self.w.dirty);
