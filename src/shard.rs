@@ -621,8 +621,10 @@ where
                 self.link_back(state.unwrap_or(SMALL), idx);
             }
         }
-        let keep = if admit == Admit::Keep { idx } else { NIL };
-        self.evict_until_fits(now, keep, hash_of);
+        if self.w.weight() > self.w.capacity || self.w.len() > self.w.max_entries {
+            let keep = if admit == Admit::Keep { idx } else { NIL };
+            self.evict_until_fits(now, keep, hash_of);
+        }
         // Eviction retires slots but never reuses them within an insert, so a slot still in a
         // queue holds this entry.
         matches!(new_slot.state(), SMALL | MAIN)
@@ -865,6 +867,11 @@ where
 
     /// Evicts until the shard fits its capacity and holds at most `max_entries` entries, never
     /// choosing the entry at index `keep` (`NIL` for none).
+    ///
+    /// Out of line, and called only when the shard is over: a write that replaces a value of the
+    /// same weight, or fills a shard with room, evicts nothing, and the eviction inlined into
+    /// `insert_as` cost every write registers (spills across the whole function).
+    #[inline(never)]
     fn evict_until_fits(&mut self, now: u64, keep: u32, hash_of: &impl Fn(&K) -> u64) {
         while (self.w.weight() > self.w.capacity || self.w.len() > self.w.max_entries)
             && self.evict_one(now, keep, hash_of)
