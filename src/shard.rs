@@ -1585,6 +1585,70 @@ mod tests {
     }
 
     #[test]
+    fn values_with_drop_glue_replaced_under_concurrent_reads_are_read_whole_and_dropped_once() {
+        // Freed entries are dropped by the write that reuses their slot (`alloc`), while readers
+        // run on other threads: a slot dropped or refilled under a reader would show up as a
+        // value of another key or a torn one, and a drop run twice or never in the count.
+        use std::sync::atomic::AtomicI64;
+        static LIVE: AtomicI64 = AtomicI64::new(0);
+        struct Counted([u64; 4]);
+        impl Counted {
+            fn new(v: u64) -> Self {
+                LIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Self([v; 4])
+            }
+        }
+        impl Clone for Counted {
+            fn clone(&self) -> Self {
+                LIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Self(self.0)
+            }
+        }
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                LIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        const KEYS: u64 = 64;
+        {
+            let cache: crate::Cache<u64, Counted> =
+                crate::Cache::builder().max_capacity(256).shards(1).build();
+            std::thread::scope(|s| {
+                for w in 0..2u64 {
+                    let cache = &cache;
+                    s.spawn(move || {
+                        for i in 0..20_000u64 {
+                            let k = (i * 7 + w) % KEYS;
+                            if i % 16 == 0 {
+                                cache.purge(&k);
+                            } else {
+                                cache.insert(k, Counted::new(k + KEYS * i));
+                            }
+                        }
+                    });
+                }
+                for _ in 0..2 {
+                    let cache = &cache;
+                    s.spawn(move || {
+                        for i in 0..40_000u64 {
+                            let k = i % KEYS;
+                            if let Some(v) = cache.get(&k) {
+                                assert!(v.0.iter().all(|&x| x == v.0[0]), "torn value {:?}", v.0);
+                                assert_eq!(v.0[0] % KEYS, k, "another key's value for {k}");
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        assert_eq!(
+            LIVE.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "drops != values"
+        );
+    }
+
+    #[test]
     fn slots_of_entries_without_drop_glue_are_freed_untouched_and_reused() {
         let mut s = TestShard::new(64, 64);
         let batch = s.writer.batch as u64;
