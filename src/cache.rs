@@ -305,12 +305,19 @@ where
     /// Releases a shard's lock, then hands what the write removed to the removal listener, on
     /// this thread (see `crate::listener`).
     /// With a stale grace, the values purges removed go to the shard's stash first, under the
-    /// lock (see `crate::stale`).
-    #[inline]
-    pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Core<K, V>>) {
+    /// lock (see `crate::stale`). Always inlined: the common case (no listener, no grace) is a
+    /// branch and an unlock on every write; the rest is out of line.
+    #[inline(always)]
+    pub(crate) fn unlock(&self, core: MutexGuard<'_, Core<K, V>>) {
         if self.listener.is_none() && self.stale.is_none() {
             return drop(core);
         }
+        self.unlock_with_removals(core);
+    }
+
+    /// [`unlock`](Self::unlock) for a cache with a removal listener or a stale grace.
+    #[inline(never)]
+    fn unlock_with_removals(&self, mut core: MutexGuard<'_, Core<K, V>>) {
         let mut removed = std::mem::take(&mut core.removed);
         if let Some(grace) = &self.stale {
             self.stash_purged(grace, &mut core, &mut removed);

@@ -53,6 +53,10 @@ pub(crate) struct Slot<K, V> {
 unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Slot<K, V> {}
 
 impl<K, V> Slot<K, V> {
+    /// Whether dropping a slot's entry runs any code. A retired slot whose entry does not may be
+    /// reused without [`clear`](Self::clear): [`fill`](Self::fill) overwrites it.
+    pub(crate) const NEEDS_DROP: bool = std::mem::needs_drop::<K>() || std::mem::needs_drop::<V>();
+
     #[cfg(all(test, leasecache_loom))]
     fn empty() -> Self {
         Self {
@@ -111,8 +115,9 @@ impl<K, V> Slot<K, V> {
     /// Stores an entry in a free slot.
     ///
     /// # Safety
-    /// The slot is `FREE` and no reader can reach it (it is not in the table, and any read that
-    /// found it before it was retired has ended).
+    /// The slot is `FREE` (or `RETIRED` with an entry that needs no drop, see
+    /// [`NEEDS_DROP`](Self::NEEDS_DROP)) and no reader can reach it (it is not in the table, and
+    /// any read that found it before it was retired has ended).
     pub(crate) unsafe fn fill(&self, key: K, value: V, weight: u32, timed: bool) {
         // SAFETY: the caller guarantees exclusive access to the free slot's contents.
         self.key.with_mut(|k| unsafe { (*k).write(key) });
@@ -424,7 +429,8 @@ impl<K, V> Drop for Slab<K, V> {
         for (_, slot) in self.slots() {
             if slot.state() != FREE {
                 // SAFETY: `&mut self`: no reader or writer can reach the slab any more, and a
-                // slot that is not `FREE` holds an entry.
+                // slot that is not `FREE` holds an entry (a free slot still marked `RETIRED`
+                // holds one whose drop does nothing, see `Slot::NEEDS_DROP`).
                 unsafe { slot.clear() };
             }
         }
