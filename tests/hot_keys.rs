@@ -1253,3 +1253,112 @@ fn store_refresh_lease_goes_to_one_caller_of_a_due_key_and_a_purge_fences_it() {
         assert_eq!(s.get("k").await.unwrap(), None);
     });
 }
+
+/// The L1's stash serves an opt-in caller only while Redis has no value for the key: an insert
+/// (which reaches every L1 as an invalidation, as a purge does, and so feeds its stash) or a
+/// purge followed by another process's refill must not let an opt-in caller get the replaced
+/// value while Redis holds the newer one. The leader of this process is held after its Redis
+/// hit, before its L1 fill, so the L1 still misses when the opt-in caller asks.
+#[cfg(feature = "__test-hooks")]
+#[test]
+fn tiered_allow_stale_never_serves_the_l1_stash_while_redis_holds_a_newer_value() {
+    use leasecache::tiered::FillPoint;
+    use std::future::Future;
+    use std::sync::{Arc, Mutex};
+    type Hold = Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Receiver<()>,
+    )>;
+    if run_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    support::run_tokio(2, CHILD_LIMIT, async move {
+        let l1 = Cache::builder()
+            .max_capacity(1_000)
+            .stale_grace(Duration::from_secs(30))
+            .build();
+        let hold: Arc<Mutex<Hold>> = Arc::new(Mutex::new(None));
+        let hook_hold = hold.clone();
+        let cache: Arc<Tc> = Arc::new(
+            TieredCache::builder(l1, store(&url, 30_000).await)
+                .test_hook_before_l1_fill(move |point, _key| {
+                    let held = hook_hold.lock().unwrap().take();
+                    async move {
+                        if let Some((entered, release)) = held {
+                            assert_eq!(point, FillPoint::RedisHit);
+                            entered.send(()).unwrap();
+                            release.await.unwrap();
+                        }
+                    }
+                })
+                .build()
+                .expect("build"),
+        );
+        tokio::time::timeout(CHILD_LIMIT, cache.feed_confirmed())
+            .await
+            .expect("feed confirmed");
+        let k = HOT.to_owned();
+        let other = store(&url, 30_000).await;
+        let wait_invalidation = |before: u64| {
+            let cache = cache.clone();
+            async move {
+                let deadline = Instant::now() + CHILD_LIMIT;
+                while cache.stats().invalidations_received == before {
+                    assert!(Instant::now() < deadline, "the invalidation never arrived");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        assert_eq!(
+            cache
+                .get_or_load(k.clone(), |_| async { Ok::<_, ()>(1) })
+                .await,
+            Ok(1)
+        );
+        // Round 1: another process inserts 3. Round 2: it purges, then refills with 4.
+        for (round, newer) in [(1, 3u64), (2, 4)] {
+            let before = cache.stats().invalidations_received;
+            if round == 1 {
+                other.insert(HOT, &newer).await.unwrap();
+            } else {
+                other.purge(HOT).await.unwrap();
+                wait_invalidation(before).await;
+                let FillLookup::Fill(lease) = other.get_or_fill(HOT).await.unwrap() else {
+                    panic!("the purged key is a miss");
+                };
+                let saved = other.save_with_lease(HOT, &newer, &lease).await.unwrap();
+                assert_eq!(saved, Saved::Stored);
+            }
+            wait_invalidation(before).await;
+            let (entered_tx, entered) = tokio::sync::oneshot::channel();
+            let (release, released) = tokio::sync::oneshot::channel();
+            *hold.lock().unwrap() = Some((entered_tx, released));
+            let leader = {
+                let (cache, k) = (cache.clone(), k.clone());
+                tokio::spawn(
+                    async move { cache.get_or_load(k, |_| async { Ok::<_, ()>(99) }).await },
+                )
+            };
+            entered.await.unwrap();
+            assert_eq!(other.get(HOT).await.unwrap(), Some(newer));
+            // One poll while the leader is held: the L1 and its stash are asked before the
+            // first await, so a stash value would be returned by this poll.
+            let read = cache.get_or_load_allow_stale(k.clone(), |_| async { Err::<u64, ()>(()) });
+            let mut read = std::pin::pin!(read);
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+            assert!(
+                first.is_pending(),
+                "round {round}: a replaced value was served while Redis held {newer}: {first:?}"
+            );
+            release.send(()).unwrap();
+            assert_eq!(leader.await.unwrap(), Ok(newer));
+            assert_eq!(read.await, Ok(MaybeStale::Fresh(newer)), "round {round}");
+        }
+        assert_eq!(cache.stats().stale_served, 0);
+    });
+}

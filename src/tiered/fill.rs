@@ -86,6 +86,52 @@ impl Drop for Registration<'_> {
     }
 }
 
+/// The keys whose value Redis did not have at this process's latest read, while this process
+/// reloads them from the source or waits for another process's fill: only then may an opt-in
+/// read serve the L1 stash's value (see [`TieredCache::get_or_load_allow_stale`]). Without it, an
+/// insert (which reaches the L1s as an invalidation, like a purge, and so feeds their stashes)
+/// would let an opt-in caller get the value the insert replaced while Redis holds the new one.
+/// Kept only when the L1 has a stale grace.
+#[derive(Default)]
+pub(crate) struct Refilling {
+    keys: Mutex<HashMap<String, usize>>,
+}
+
+impl Refilling {
+    /// Marks `key` as missing in Redis until the guard is dropped.
+    pub(crate) fn mark<'a>(&'a self, key: &'a str) -> RefillGuard<'a> {
+        *self.keys.lock().entry(key.to_owned()).or_default() += 1;
+        RefillGuard {
+            refilling: self,
+            key,
+        }
+    }
+
+    /// Whether a caller of this process found `key` missing in Redis and is still refilling it
+    /// or waiting for its fill.
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.keys.lock().contains_key(key)
+    }
+}
+
+/// See [`Refilling::mark`].
+pub(crate) struct RefillGuard<'a> {
+    refilling: &'a Refilling,
+    key: &'a str,
+}
+
+impl Drop for RefillGuard<'_> {
+    fn drop(&mut self) {
+        let mut keys = self.refilling.keys.lock();
+        if let Some(n) = keys.get_mut(self.key) {
+            *n -= 1;
+            if *n == 0 {
+                keys.remove(self.key);
+            }
+        }
+    }
+}
+
 /// What Redis gave a tiered read, after any wait for another process's fill.
 pub(crate) enum Found<V> {
     /// The value and its remaining TTL in Redis.
@@ -106,6 +152,8 @@ where
     let registration = shared.fills.register(key);
     let mut nap = FIRST_POLL;
     let mut waited = false;
+    // Set while another process fills the key (Redis has no value): see `Refilling`.
+    let mut _missing = None;
     loop {
         // Enabled before the read: an announcement published after the script set the waiters
         // flag cannot be missed.
@@ -129,6 +177,9 @@ where
                 if !waited {
                     waited = true;
                     super::bump(&shared.counters.fill_waits);
+                    if shared.l1.has_stale_grace() {
+                        _missing = Some(shared.refilling.mark(key));
+                    }
                 }
                 tokio::select! {
                     () = notified => {}
@@ -264,7 +315,9 @@ where
     /// is returned as [`MaybeStale::Stale`] at once, without loading or waiting. Before asking
     /// Redis it asks the L1's stash, if the L1 has a
     /// [`stale_grace`](crate::CacheBuilder::stale_grace) and a caller of this process reloads
-    /// the key (no round trip). Otherwise it is `get_or_load` (`Fresh`). The L1 never caches a
+    /// the key after finding no value in Redis (no round trip): an insert reaches the L1s as an
+    /// invalidation, as a purge does, and the value it replaced is never served while Redis holds
+    /// the new one. Otherwise it is `get_or_load` (`Fresh`). The L1 never caches a
     /// stale value: see the [module docs](crate::tiered#hot-keys-one-filler-per-fleet).
     /// Counted in [`TieredStats::stale_served`](super::TieredStats::stale_served).
     ///
@@ -285,9 +338,17 @@ where
             if let Some(value) = s.l1.get(&key) {
                 return Ok(MaybeStale::Fresh(value));
             }
-            // This process loads the key now (an L1 flight) and the L1's stash has the value
-            // the latest purge replaced: no round trip (see `crate::stale`).
-            if let Some((value, replaced_ago)) = s.l1.stale_while_loading(&key) {
+            // This process found the key missing in Redis and reloads it now (an L1 flight),
+            // and the L1's stash has the value the latest purge replaced: no round trip (see
+            // `crate::stale`). Without the Redis miss the stash may hold a value an insert
+            // replaced (see `Refilling`).
+            let redis_key = key.to_redis_key();
+            let stashed = if s.l1.has_stale_grace() && s.refilling.contains(&redis_key) {
+                s.l1.stale_while_loading(&key)
+            } else {
+                None
+            };
+            if let Some((value, replaced_ago)) = stashed {
                 super::bump(&s.counters.stale_served);
                 return Ok(MaybeStale::Stale {
                     value,
@@ -296,7 +357,7 @@ where
             }
             // Closed breaker only: a probe is for the real read path.
             if s.breaker.state_code() == 0 {
-                match s.l2.stale_while_filled(&key.to_redis_key()).await {
+                match s.l2.stale_while_filled(&redis_key).await {
                     Ok(Some((value, replaced_ago))) => {
                         super::bump(&s.counters.stale_served);
                         return Ok(MaybeStale::Stale {

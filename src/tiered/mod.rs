@@ -89,7 +89,9 @@
 //! returns it; it is the value the key's latest purge replaced, and only while that purge is
 //! younger than the grace (server clock). If the L1 was built with
 //! [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace), its stash is asked first
-//! (no round trip) while this process reloads the key; the L1 never caches a stale value. See
+//! (no round trip) while this process reloads the key after finding no value in Redis (an
+//! insert reaches the L1s as an invalidation too, and the value it replaced is never served
+//! while Redis holds the new one); the L1 never caches a stale value. See
 //! [`redis::fill`](crate::redis::fill), *Stale grace*, and
 //! [`CacheBuilder::stale_grace`](crate::CacheBuilder::stale_grace).
 //!
@@ -396,6 +398,8 @@ pub(crate) struct Shared<K, V> {
     coherence: coherence::Coordinator,
     /// Reads waiting for another process's fill (see `fill.rs`).
     fills: fill::Waiters,
+    /// Keys Redis had no value for while this process refills them (opt-in stale reads).
+    refilling: fill::Refilling,
     /// One filler per key across processes (`TieredBuilder::one_filler`).
     one_filler: bool,
     /// Refresh ahead of expiry (`TieredBuilder::refresh_after`).
@@ -813,6 +817,7 @@ where
             pending: Arc::new(pending::Pending::new(self.pending)),
             coherence,
             fills: fill::Waiters::default(),
+            refilling: fill::Refilling::default(),
             one_filler: self.one_filler,
             refresh_after: self.refresh_after,
             xfetch: crate::refresh::Xfetch::new(self.refresh_beta),
@@ -1489,6 +1494,11 @@ where
                 }
                 Ok(fill::Found::Fill(lease, asked)) => {
                     self.redis_ok();
+                    // Redis has no value: opt-in readers may get the L1 stash's (`Refilling`).
+                    let _missing = self
+                        .l1
+                        .has_stale_grace()
+                        .then(|| self.refilling.mark(&redis_key));
                     let value = match self.call_loader(key.clone(), loader).await {
                         Ok(value) => value,
                         Err(e) => {
