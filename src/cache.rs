@@ -5,7 +5,7 @@ use crate::error::SaveError;
 use crate::expiry::Expiry;
 use crate::floors::{HoldOffs, LockedFloors, Raise};
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
-use crate::listener::{Listener, RemovalCause, Removals, Removed};
+use crate::listener::{CloneEntry, Listener, RemovalCause, Removals, Removed};
 use crate::load::FlightTable;
 use crate::reclaim::Readers;
 use crate::saved::Saved;
@@ -76,6 +76,12 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     tti: u64,
     /// The stale grace (`CacheBuilder::stale_grace`, see `crate::stale`).
     stale: Option<Grace<K, V>>,
+    /// How a write copies what it removes, for the removal listener or the stale grace (the
+    /// listener's if both): fixed at build time, so a write does not work it out again.
+    removal_clone: Option<CloneEntry<K, V>>,
+    /// Whether a store needs none of the per-entry options (no expiry policy, no time to idle,
+    /// no stale grace): fixed at build time, one branch on every write (issue 17).
+    plain_stores: bool,
 }
 
 /// What a builder sets besides the layout, the hasher and the clock.
@@ -238,11 +244,17 @@ where
             hold_off,
             hold_offs_in_use: AtomicBool::new(false),
             refresh: crate::refresh::Refresh::default(),
-            listener,
-            expiry,
             tti: tti.map_or(0, |t| {
                 u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
             }),
+            removal_clone: match (&listener, &stale) {
+                (Some(l), _) => Some(l.clone),
+                (None, Some(s)) => Some(s.clone),
+                (None, None) => None,
+            },
+            plain_stores: expiry.is_none() && tti.is_none() && stale.is_none(),
+            listener,
+            expiry,
             stale,
         }
     }
@@ -290,12 +302,7 @@ where
         cell: &'a ShardCell<K, V>,
         core: &'a mut Core<K, V>,
     ) -> Shard<'a, K, V> {
-        let clone = match (&self.listener, &self.stale) {
-            (Some(l), _) => Some(l.clone),
-            (None, Some(s)) => Some(s.clone),
-            (None, None) => None,
-        };
-        let removals = clone.map(|clone| Removals {
+        let removals = self.removal_clone.map(|clone| Removals {
             out: &mut core.removed,
             clone,
         });
@@ -533,8 +540,39 @@ where
 
     /// Stores an entry in `cell`'s shard (whose lock the caller holds), letting eviction and table
     /// rebuilds re-hash other keys with this cache's hasher. Returns whether the value is stored.
+    ///
+    /// Inlined: in a cache built without an expiry policy, a time to idle or a stale grace (fixed
+    /// at build time) this is one branch before the shard's insert, where a call of its own cost
+    /// every write a frame and nine arguments passed twice (issue 17). The rest is out of line.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(crate) fn store(
+        &self,
+        cell: &ShardCell<K, V>,
+        core: &mut Core<K, V>,
+        admit: Admit,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        expires_at: u64,
+        now: u64,
+    ) -> bool {
+        if self.plain_stores {
+            // Without a stale grace the stash is always empty.
+            debug_assert!(core.stash.is_empty());
+            let hash_of = |k: &K| self.hash(k);
+            return self
+                .shard(cell, core)
+                .insert_as(admit, hash, key, value, weight, expires_at, now, &hash_of);
+        }
+        self.store_with_options(cell, core, admit, hash, key, value, weight, expires_at, now)
+    }
+
+    /// [`store`](Self::store) in a cache with an expiry policy, a time to idle or a stale grace.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn store_with_options(
         &self,
         cell: &ShardCell<K, V>,
         core: &mut Core<K, V>,
