@@ -471,14 +471,27 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let mark = WriteMark::begin(
-            std::slice::from_ref(self.slot(cell, hash)),
-            core.clock.mint(),
-        );
+        self.begin_write_at(self.slot(cell, hash), core, hash, key)
+    }
+
+    /// [`begin_key_write`](Self::begin_key_write) with `hash`'s generation slot already looked
+    /// up (`self.slot(cell, hash)`): a write looks it up once, for its prefetch and its mark.
+    #[inline]
+    fn begin_write_at<'c, Q>(
+        &self,
+        slot: &'c AtomicU64,
+        core: &mut Core<K, V>,
+        hash: u64,
+        key: &Q,
+    ) -> WriteMark<'c>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let mark = WriteMark::begin(std::slice::from_ref(slot), core.clock.mint());
         #[cfg(all(test, leasecache_loom))]
         if self.readers.broken == Some(crate::reclaim::Broken::NoBusyMark) {
-            self.slot(cell, hash)
-                .store(mark.generation.get(), Ordering::Relaxed);
+            slot.store(mark.generation.get(), Ordering::Relaxed);
         }
         #[cfg(all(test, leasecache_loom))]
         if self.readers.broken == Some(crate::reclaim::Broken::NoDetach) {
@@ -516,14 +529,20 @@ where
     /// misses then overlap the lock's acquisition instead of following one another under it.
     #[inline]
     pub(crate) fn prefetch_for_write(&self, cell: &ShardCell<K, V>, hash: u64) {
+        self.prefetch_write_at(cell, self.slot(cell, hash), hash);
+    }
+
+    /// [`prefetch_for_write`](Self::prefetch_for_write) with `hash`'s generation slot at hand.
+    #[inline]
+    fn prefetch_write_at(&self, cell: &ShardCell<K, V>, slot: &AtomicU64, hash: u64) {
         // Not under loom: the probe's load would be one more step for every model to explore.
         #[cfg(not(all(test, leasecache_loom)))]
         {
-            crate::table::prefetch(self.slot(cell, hash));
+            crate::table::prefetch(slot);
             cell.shared.prefetch(hash);
         }
         #[cfg(all(test, leasecache_loom))]
-        let _ = (cell, hash);
+        let _ = (cell, slot, hash);
     }
 
     /// Whether `lease` is still good for `hash`. Call with the shard's lock held.
@@ -942,9 +961,10 @@ where
         let cell = self.cell(hash);
         let weight = self.weigh(&key, &value);
         let (now, expires_at) = self.write_times(ttl);
-        self.prefetch_for_write(cell, hash);
+        let slot = self.slot(cell, hash);
+        self.prefetch_write_at(cell, slot, hash);
         let mut core = cell.core.lock();
-        let write = self.begin_key_write(cell, &mut core, hash, &key);
+        let write = self.begin_write_at(slot, &mut core, hash, &key);
         self.raise_floors(cell, &mut core, hash, self.default_raise());
         self.store(
             cell,
@@ -977,7 +997,29 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.end_write_of(key, self.default_raise(), None)
+        if self.hold_off.is_some() {
+            return self.end_write_of(key, self.default_raise(), None);
+        }
+        // `end_write_of` with no floors to raise and no intent, each lookup made once: most
+        // purges find nothing (I4), and for them the probe is all the shard does (issue 17).
+        let hash = self.hash(key);
+        let cell = self.cell(hash);
+        let slot = self.slot(cell, hash);
+        self.prefetch_write_at(cell, slot, hash);
+        let mut core = cell.core.lock();
+        let write = self.begin_write_at(slot, &mut core, hash, key);
+        core.counts.purges += 1;
+        let removed = match cell.shared.find_locked(&core.writer, hash, key) {
+            None => crate::shard::Removed::Absent,
+            // The clock is read only for a purge that finds an entry (it may have expired).
+            Some((pos, idx)) => {
+                let (now, _) = self.write_times(None);
+                self.shard(cell, &mut core).remove_found(pos, idx, now)
+            }
+        };
+        drop(write);
+        self.unlock(core);
+        removed == crate::shard::Removed::Live
     }
 
     /// Drops every entry and fences every outstanding lease.

@@ -111,6 +111,28 @@ impl<K, V> Shared<K, V> {
         self.probe.load().prefetch(hash);
     }
 
+    /// The table bucket and slot of `key`, for the writer of this shard, whose [`Writer`] (only
+    /// reachable under the shard's lock) `_w` shows it is. Needs no [`Shard`] view: a purge
+    /// builds one only if the key is there, and most purges find nothing (I4; issue 17).
+    #[inline]
+    pub(crate) fn find_locked<Q>(&self, _w: &Writer, hash: u64, key: &Q) -> Option<(usize, u32)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        // Relaxed: only the writer, which holds the lock, stores the pointer.
+        let table = self.table.load(Ordering::Relaxed);
+        // SAFETY: never null; a table is freed only by the writer (`collect`, after a `rebuild`
+        // replaced it), which is the caller, and the reference does not outlive this call.
+        let table = unsafe { &*table };
+        table.find_for_writer(hash, |idx| {
+            self.slab.get(idx).is_some_and(|s| {
+                // SAFETY: the writer; every slot the table names holds an entry.
+                unsafe { s.with_key(|k| k.borrow() == key) }
+            })
+        })
+    }
+
     /// The current table, for a read: it stays allocated while `_guard` lives (a table is freed
     /// only after it was replaced and every read that began before the replacement has ended).
     #[inline]
@@ -777,9 +799,10 @@ where
         }
     }
 
-    /// Removes the entry in slot `idx`, found at table bucket `pos`.
+    /// Removes the entry in slot `idx`, found at table bucket `pos` (by
+    /// [`Shared::find_locked`]).
     #[inline(never)]
-    fn remove_found(&mut self, pos: usize, idx: u32, now: u64) -> Removed {
+    pub(crate) fn remove_found(&mut self, pos: usize, idx: u32, now: u64) -> Removed {
         let expired = self.is_expired(idx, || now);
         self.notify(
             idx,
