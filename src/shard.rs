@@ -480,6 +480,9 @@ where
     }
 
     /// The bucket and slot of `key`, or the bucket to insert it in and whether that is empty.
+    /// Always inlined into `insert_as`, its one caller: left to the heuristics, it became a call
+    /// of its own (with a frame) once `Cache::store` was inlined into the writes (issue 17).
+    #[inline(always)]
     fn find_or_vacancy(&self, hash: u64, key: &K) -> Result<(usize, u32), (usize, bool)> {
         self.table().find_or_vacancy(hash, self.holds(key))
     }
