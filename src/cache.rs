@@ -316,7 +316,8 @@ where
     /// branch and an unlock on every write; the rest is out of line.
     #[inline(always)]
     pub(crate) fn unlock(&self, core: MutexGuard<'_, Core<K, V>>) {
-        if self.listener.is_none() && self.stale.is_none() {
+        // One test: a removal listener or a stale grace is what sets `removal_clone`.
+        if self.removal_clone.is_none() {
             return drop(core);
         }
         self.unlock_with_removals(core);
