@@ -569,7 +569,10 @@ where
             // A replacing write leaves the sketch alone: the key is cached, its hits are in its
             // slot's counter (which the new slot inherits), and the sketch's line is one more
             // random miss per write (issue 17). Only a new key is counted.
-            Ok(_) => None,
+            Ok((_, old)) => {
+                self.prefetch_neighbours(old);
+                None
+            }
             Err(_) => {
                 self.w.sketch.add(hash, 1);
                 // A ghost hit goes to the main queue if there is room or it passes the ghost
@@ -653,6 +656,27 @@ where
         // Eviction retires slots but never reuses them within an insert, so a slot still in a
         // queue holds this entry.
         matches!(new_slot.state(), SMALL | MAIN)
+    }
+
+    /// Starts loading the queue neighbours of slot `idx`, whose entry a write is replacing: the
+    /// write rewrites their links last, right before the lock is released, and the release waits
+    /// for those stores (two random lines). Fetched now, they arrive while the write fills its
+    /// new slot (issue 17). The slot's own line is loaded already (its key was just compared).
+    /// Not under loom: the loads would be more steps for every model to explore.
+    #[inline]
+    fn prefetch_neighbours(&self, idx: u32) {
+        #[cfg(not(all(test, leasecache_loom)))]
+        {
+            let slot = self.slot(idx);
+            for neighbour in [&slot.prev, &slot.next] {
+                let n = neighbour.load(Ordering::Relaxed);
+                if n != NIL {
+                    prefetch_slot(self.slot(n));
+                }
+            }
+        }
+        #[cfg(all(test, leasecache_loom))]
+        let _ = idx;
     }
 
     /// Whether a new entry of `weight` would be the first candidate of the eviction its own
