@@ -5,7 +5,7 @@ use crate::error::SaveError;
 use crate::expiry::Expiry;
 use crate::floors::{HoldOffs, LockedFloors, Raise};
 use crate::generation::{Generation, GenerationClock, Lease, Lookup};
-use crate::listener::{Listener, RemovalCause, Removals, Removed};
+use crate::listener::{CloneEntry, Listener, RemovalCause, Removals, Removed};
 use crate::load::FlightTable;
 use crate::reclaim::Readers;
 use crate::saved::Saved;
@@ -76,6 +76,12 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     tti: u64,
     /// The stale grace (`CacheBuilder::stale_grace`, see `crate::stale`).
     stale: Option<Grace<K, V>>,
+    /// How a write copies what it removes, for the removal listener or the stale grace (the
+    /// listener's if both): fixed at build time, so a write does not work it out again.
+    removal_clone: Option<CloneEntry<K, V>>,
+    /// Whether a store needs none of the per-entry options (no expiry policy, no time to idle,
+    /// no stale grace): fixed at build time, one branch on every write (issue 17).
+    plain_stores: bool,
 }
 
 /// What a builder sets besides the layout, the hasher and the clock.
@@ -238,11 +244,17 @@ where
             hold_off,
             hold_offs_in_use: AtomicBool::new(false),
             refresh: crate::refresh::Refresh::default(),
-            listener,
-            expiry,
             tti: tti.map_or(0, |t| {
                 u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
             }),
+            removal_clone: match (&listener, &stale) {
+                (Some(l), _) => Some(l.clone),
+                (None, Some(s)) => Some(s.clone),
+                (None, None) => None,
+            },
+            plain_stores: expiry.is_none() && tti.is_none() && stale.is_none(),
+            listener,
+            expiry,
             stale,
         }
     }
@@ -290,12 +302,7 @@ where
         cell: &'a ShardCell<K, V>,
         core: &'a mut Core<K, V>,
     ) -> Shard<'a, K, V> {
-        let clone = match (&self.listener, &self.stale) {
-            (Some(l), _) => Some(l.clone),
-            (None, Some(s)) => Some(s.clone),
-            (None, None) => None,
-        };
-        let removals = clone.map(|clone| Removals {
+        let removals = self.removal_clone.map(|clone| Removals {
             out: &mut core.removed,
             clone,
         });
@@ -309,7 +316,8 @@ where
     /// branch and an unlock on every write; the rest is out of line.
     #[inline(always)]
     pub(crate) fn unlock(&self, core: MutexGuard<'_, Core<K, V>>) {
-        if self.listener.is_none() && self.stale.is_none() {
+        // One test: a removal listener or a stale grace is what sets `removal_clone`.
+        if self.removal_clone.is_none() {
             return drop(core);
         }
         self.unlock_with_removals(core);
@@ -464,14 +472,27 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let mark = WriteMark::begin(
-            std::slice::from_ref(self.slot(cell, hash)),
-            core.clock.mint(),
-        );
+        self.begin_write_at(self.slot(cell, hash), core, hash, key)
+    }
+
+    /// [`begin_key_write`](Self::begin_key_write) with `hash`'s generation slot already looked
+    /// up (`self.slot(cell, hash)`): a write looks it up once, for its prefetch and its mark.
+    #[inline]
+    fn begin_write_at<'c, Q>(
+        &self,
+        slot: &'c AtomicU64,
+        core: &mut Core<K, V>,
+        hash: u64,
+        key: &Q,
+    ) -> WriteMark<'c>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let mark = WriteMark::begin(std::slice::from_ref(slot), core.clock.mint());
         #[cfg(all(test, leasecache_loom))]
         if self.readers.broken == Some(crate::reclaim::Broken::NoBusyMark) {
-            self.slot(cell, hash)
-                .store(mark.generation.get(), Ordering::Relaxed);
+            slot.store(mark.generation.get(), Ordering::Relaxed);
         }
         #[cfg(all(test, leasecache_loom))]
         if self.readers.broken == Some(crate::reclaim::Broken::NoDetach) {
@@ -509,14 +530,20 @@ where
     /// misses then overlap the lock's acquisition instead of following one another under it.
     #[inline]
     pub(crate) fn prefetch_for_write(&self, cell: &ShardCell<K, V>, hash: u64) {
+        self.prefetch_write_at(cell, self.slot(cell, hash), hash);
+    }
+
+    /// [`prefetch_for_write`](Self::prefetch_for_write) with `hash`'s generation slot at hand.
+    #[inline]
+    fn prefetch_write_at(&self, cell: &ShardCell<K, V>, slot: &AtomicU64, hash: u64) {
         // Not under loom: the probe's load would be one more step for every model to explore.
         #[cfg(not(all(test, leasecache_loom)))]
         {
-            crate::table::prefetch(self.slot(cell, hash));
+            crate::table::prefetch(slot);
             cell.shared.prefetch(hash);
         }
         #[cfg(all(test, leasecache_loom))]
-        let _ = (cell, hash);
+        let _ = (cell, slot, hash);
     }
 
     /// Whether `lease` is still good for `hash`. Call with the shard's lock held.
@@ -533,8 +560,39 @@ where
 
     /// Stores an entry in `cell`'s shard (whose lock the caller holds), letting eviction and table
     /// rebuilds re-hash other keys with this cache's hasher. Returns whether the value is stored.
+    ///
+    /// Inlined: in a cache built without an expiry policy, a time to idle or a stale grace (fixed
+    /// at build time) this is one branch before the shard's insert, where a call of its own cost
+    /// every write a frame and nine arguments passed twice (issue 17). The rest is out of line.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(crate) fn store(
+        &self,
+        cell: &ShardCell<K, V>,
+        core: &mut Core<K, V>,
+        admit: Admit,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        expires_at: u64,
+        now: u64,
+    ) -> bool {
+        if self.plain_stores {
+            // Without a stale grace the stash is always empty.
+            debug_assert!(core.stash.is_empty());
+            let hash_of = |k: &K| self.hash(k);
+            return self
+                .shard(cell, core)
+                .insert_as(admit, hash, key, value, weight, expires_at, now, &hash_of);
+        }
+        self.store_with_options(cell, core, admit, hash, key, value, weight, expires_at, now)
+    }
+
+    /// [`store`](Self::store) in a cache with an expiry policy, a time to idle or a stale grace.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn store_with_options(
         &self,
         cell: &ShardCell<K, V>,
         core: &mut Core<K, V>,
@@ -904,9 +962,10 @@ where
         let cell = self.cell(hash);
         let weight = self.weigh(&key, &value);
         let (now, expires_at) = self.write_times(ttl);
-        self.prefetch_for_write(cell, hash);
+        let slot = self.slot(cell, hash);
+        self.prefetch_write_at(cell, slot, hash);
         let mut core = cell.core.lock();
-        let write = self.begin_key_write(cell, &mut core, hash, &key);
+        let write = self.begin_write_at(slot, &mut core, hash, &key);
         self.raise_floors(cell, &mut core, hash, self.default_raise());
         self.store(
             cell,
@@ -939,7 +998,29 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.end_write_of(key, self.default_raise(), None)
+        if self.hold_off.is_some() {
+            return self.end_write_of(key, self.default_raise(), None);
+        }
+        // `end_write_of` with no floors to raise and no intent, each lookup made once: most
+        // purges find nothing (I4), and for them the probe is all the shard does (issue 17).
+        let hash = self.hash(key);
+        let cell = self.cell(hash);
+        let slot = self.slot(cell, hash);
+        self.prefetch_write_at(cell, slot, hash);
+        let mut core = cell.core.lock();
+        let write = self.begin_write_at(slot, &mut core, hash, key);
+        core.counts.purges += 1;
+        let removed = match cell.shared.find_locked(&core.writer, hash, key) {
+            None => crate::shard::Removed::Absent,
+            // The clock is read only for a purge that finds an entry (it may have expired).
+            Some((pos, idx)) => {
+                let (now, _) = self.write_times(None);
+                self.shard(cell, &mut core).remove_found(pos, idx, now)
+            }
+        };
+        drop(write);
+        self.unlock(core);
+        removed == crate::shard::Removed::Live
     }
 
     /// Drops every entry and fences every outstanding lease.

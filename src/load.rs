@@ -58,15 +58,25 @@ impl<K: Eq, V> FlightTable<K, V> {
     }
 
     /// Detaches the flight for `key`, if any: later callers will not join it.
+    /// Inlined: every write detaches, and flights are rare, so the common case is one test of the
+    /// table's length in the write itself; the probe is out of line.
+    #[inline]
     pub(crate) fn detach<Q>(&mut self, hash: u64, key: &Q)
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        // Every write detaches, and flights are rare: skip the probe when there is none.
-        if self.table.is_empty() {
-            return;
+        if !self.table.is_empty() {
+            self.detach_probed(hash, key);
         }
+    }
+
+    #[inline(never)]
+    fn detach_probed<Q>(&mut self, hash: u64, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         if let Ok(entry) = self
             .table
             .find_entry(hash, |(h, k, _)| *h == hash && k.borrow() == key)

@@ -111,6 +111,28 @@ impl<K, V> Shared<K, V> {
         self.probe.load().prefetch(hash);
     }
 
+    /// The table bucket and slot of `key`, for the writer of this shard, whose [`Writer`] (only
+    /// reachable under the shard's lock) `_w` shows it is. Needs no [`Shard`] view: a purge
+    /// builds one only if the key is there, and most purges find nothing (I4; issue 17).
+    #[inline]
+    pub(crate) fn find_locked<Q>(&self, _w: &Writer, hash: u64, key: &Q) -> Option<(usize, u32)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        // Relaxed: only the writer, which holds the lock, stores the pointer.
+        let table = self.table.load(Ordering::Relaxed);
+        // SAFETY: never null; a table is freed only by the writer (`collect`, after a `rebuild`
+        // replaced it), which is the caller, and the reference does not outlive this call.
+        let table = unsafe { &*table };
+        table.find_for_writer(hash, |idx| {
+            self.slab.get(idx).is_some_and(|s| {
+                // SAFETY: the writer; every slot the table names holds an entry.
+                unsafe { s.with_key(|k| k.borrow() == key) }
+            })
+        })
+    }
+
     /// The current table, for a read: it stays allocated while `_guard` lives (a table is freed
     /// only after it was replaced and every read that began before the replacement has ended).
     #[inline]
@@ -458,6 +480,9 @@ where
     }
 
     /// The bucket and slot of `key`, or the bucket to insert it in and whether that is empty.
+    /// Always inlined into `insert_as`, its one caller: left to the heuristics, it became a call
+    /// of its own (with a frame) once `Cache::store` was inlined into the writes (issue 17).
+    #[inline(always)]
     fn find_or_vacancy(&self, hash: u64, key: &K) -> Result<(usize, u32), (usize, bool)> {
         self.table().find_or_vacancy(hash, self.holds(key))
     }
@@ -544,7 +569,10 @@ where
             // A replacing write leaves the sketch alone: the key is cached, its hits are in its
             // slot's counter (which the new slot inherits), and the sketch's line is one more
             // random miss per write (issue 17). Only a new key is counted.
-            Ok(_) => None,
+            Ok((_, old)) => {
+                self.prefetch_neighbours(old);
+                None
+            }
             Err(_) => {
                 self.w.sketch.add(hash, 1);
                 // A ghost hit goes to the main queue if there is room or it passes the ghost
@@ -628,6 +656,27 @@ where
         // Eviction retires slots but never reuses them within an insert, so a slot still in a
         // queue holds this entry.
         matches!(new_slot.state(), SMALL | MAIN)
+    }
+
+    /// Starts loading the queue neighbours of slot `idx`, whose entry a write is replacing: the
+    /// write rewrites their links last, right before the lock is released, and the release waits
+    /// for those stores (two random lines). Fetched now, they arrive while the write fills its
+    /// new slot (issue 17). The slot's own line is loaded already (its key was just compared).
+    /// Not under loom: the loads would be more steps for every model to explore.
+    #[inline]
+    fn prefetch_neighbours(&self, idx: u32) {
+        #[cfg(not(all(test, leasecache_loom)))]
+        {
+            let slot = self.slot(idx);
+            for neighbour in [&slot.prev, &slot.next] {
+                let n = neighbour.load(Ordering::Relaxed);
+                if n != NIL {
+                    prefetch_slot(self.slot(n));
+                }
+            }
+        }
+        #[cfg(all(test, leasecache_loom))]
+        let _ = idx;
     }
 
     /// Whether a new entry of `weight` would be the first candidate of the eviction its own
@@ -777,9 +826,10 @@ where
         }
     }
 
-    /// Removes the entry in slot `idx`, found at table bucket `pos`.
+    /// Removes the entry in slot `idx`, found at table bucket `pos` (by
+    /// [`Shared::find_locked`]).
     #[inline(never)]
-    fn remove_found(&mut self, pos: usize, idx: u32, now: u64) -> Removed {
+    pub(crate) fn remove_found(&mut self, pos: usize, idx: u32, now: u64) -> Removed {
         let expired = self.is_expired(idx, || now);
         self.notify(
             idx,
