@@ -370,8 +370,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// `exp(-t / (delta * beta))`: a hot key is refreshed a few load times before it expires, at
     /// a different moment in each process, and a key nobody reads is not refreshed at all.
     /// `beta` > 1 favours earlier refreshes, < 1 later ones (the paper's default is 1). Until
-    /// the cache has timed a load (or while loads take no time by its clock) the fixed point
-    /// applies. Has no effect without `refresh_after`. A `beta` that is not a positive finite
+    /// the cache has timed a load that took any time by its clock the fixed point applies;
+    /// after that, `delta` is the latest such load's duration. Has no effect without
+    /// `refresh_after` (loads are still timed: one clock read each). A `beta` that is not a positive finite
     /// number is taken as 1. Default: off.
     ///
     /// ```
@@ -417,7 +418,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// removal reported as [`RemovalCause::Purged`] keeps its value (`purge`, the hold-off and
     /// position purges, write intents, `retain`). Memory: a per-shard stash of at most 32
     /// values (the latest purges; the oldest makes room), dropped past the grace by the
-    /// shard's next purge or stale lookup; every removal copies its key and value under the
+    /// shard's next purge that removes a value or its next stale lookup (until then they stay,
+    /// within the 32); every removal copies its key and value under the
     /// shard's lock, as with an [`eviction_listener`](Self::eviction_listener). The hit path is
     /// unchanged. A zero grace turns it off. Default: off.
     ///
