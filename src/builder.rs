@@ -419,9 +419,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// position purges, write intents, `retain`). Memory: a per-shard stash of at most 32
     /// values (the latest purges; the oldest makes room), dropped past the grace by the
     /// shard's next purge that removes a value or its next stale lookup (until then they stay,
-    /// within the 32); every removal copies its key and value under the
-    /// shard's lock, as with an [`eviction_listener`](Self::eviction_listener). The hit path is
-    /// unchanged. A zero grace turns it off. Default: off.
+    /// within the 32); every purge that removes a value copies its key and value under the
+    /// shard's lock (`K::clone`, `V::clone`; with an
+    /// [`eviction_listener`](Self::eviction_listener), every removal does, as without a grace).
+    /// The hit path is unchanged. A zero grace turns it off. Default: off.
     ///
     /// ```
     /// use leasecache::{Cache, MaybeStale};

@@ -305,6 +305,7 @@ where
         let removals = self.removal_clone.map(|clone| Removals {
             out: &mut core.removed,
             clone,
+            only_purged: self.listener.is_none(),
         });
         Shard::new(&cell.shared, &mut core.writer, &self.readers).with_removals(removals)
     }

@@ -111,6 +111,17 @@ pub(crate) type Removed<K, V> = Vec<(K, V, RemovalCause)>;
 pub(crate) struct Removals<'a, K, V> {
     pub(crate) out: &'a mut Removed<K, V>,
     pub(crate) clone: CloneEntry<K, V>,
+    /// Copy only the entries removed by a purge: a stale grace without a listener keeps
+    /// nothing else (`crate::stale`), so no other removal pays a copy.
+    pub(crate) only_purged: bool,
+}
+
+impl<K, V> Removals<'_, K, V> {
+    /// Whether an entry removed for `cause` is copied.
+    #[inline]
+    pub(crate) fn wants(&self, cause: RemovalCause) -> bool {
+        !self.only_purged || cause == RemovalCause::Purged
+    }
 }
 
 impl<K, V> Listener<K, V> {

@@ -167,7 +167,7 @@ where
     /// has a listener. Never unwinds (the copier catches panics) and changes nothing.
     #[inline]
     pub(super) fn notify(&mut self, idx: u32, cause: RemovalCause) {
-        if let Some(removals) = self.removals.as_mut() {
+        if let Some(removals) = self.removals.as_mut().filter(|r| r.wants(cause)) {
             let slot = self.shared.slab.slot(idx);
             // SAFETY: the writer; the slot holds an entry until it is retired and collected.
             let copy = unsafe { slot.with_key(|k| slot.with_value(|v| (removals.clone)(k, v))) };
@@ -181,7 +181,8 @@ where
     /// deadline had passed (it could not have been read any more), else `Replaced`.
     #[inline]
     pub(super) fn notify_replaced(&mut self, idx: u32, now: u64) {
-        if self.removals.is_some() {
+        // Neither cause is a purge: nothing to copy for a stale grace alone.
+        if self.removals.as_ref().is_some_and(|r| !r.only_purged) {
             let cause = if self.is_expired(idx, || now) {
                 RemovalCause::Expired
             } else {
@@ -194,7 +195,7 @@ where
     /// Reports an entry that was never stored (a fill refused at once) as removed for `cause`.
     #[inline]
     pub(super) fn notify_entry(&mut self, key: &K, value: &V, cause: RemovalCause) {
-        if let Some(removals) = self.removals.as_mut() {
+        if let Some(removals) = self.removals.as_mut().filter(|r| r.wants(cause)) {
             if let Some((key, value)) = (removals.clone)(key, value) {
                 removals.out.push((key, value, cause));
             }
@@ -300,7 +301,11 @@ mod tests {
         out: &'a mut crate::listener::Removed<u64, u64>,
     ) -> crate::shard::Shard<'a, u64, u64> {
         let clone = |k: &u64, v: &u64| Some((*k, *v));
-        s.view().with_removals(Some(Removals { out, clone }))
+        s.view().with_removals(Some(Removals {
+            out,
+            clone,
+            only_purged: false,
+        }))
     }
 
     fn freq(s: &mut OwnedShard<u64, u64>, key: u64) -> u8 {

@@ -37,9 +37,10 @@
 //!
 //! Memory is bounded: at most [`STASH_PER_SHARD`] entries per shard (the latest purges of
 //! present values; the oldest entry makes room), and entries past the grace are dropped by the
-//! next stash write or stale lookup of their shard. With a stale grace, as with an eviction
-//! listener, every removal copies its key and value under the shard's lock (`K::clone`,
-//! `V::clone`): a cache without one pays a branch per write and nothing on the hit path.
+//! next stash write or stale lookup of their shard. With a stale grace, every removal by a
+//! purge copies its key and value under the shard's lock (`K::clone`, `V::clone`; the other
+//! removals copy nothing unless an eviction listener wants them too): a cache without a grace
+//! pays a branch per write and nothing on the hit path.
 
 use crate::generation::Generation;
 use std::collections::VecDeque;

@@ -978,4 +978,51 @@ mod stale_grace {
         assert_eq!(cache.stats().stale_served, stale);
         eprintln!("stale values served: {stale}");
     }
+
+    /// A value that counts its clones.
+    #[derive(Debug)]
+    struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Self(self.0.clone())
+        }
+    }
+
+    /// A stale grace without a listener copies only what purges remove: replacing, evicting,
+    /// expiring and flushing copy nothing (they keep nothing).
+    #[test]
+    fn a_grace_alone_copies_only_what_purges_remove() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let clones = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clock = ManualClock::new();
+        let cache: Cache<u64, Counted> = Cache::builder()
+            .max_capacity(64)
+            .time_to_live(secs(10))
+            .clock(clock.clone())
+            .stale_grace(secs(60))
+            .build();
+        let v = || Counted(clones.clone());
+        for k in 0..1_000 {
+            cache.insert(k, v()); // evicts past the capacity
+        }
+        cache.insert(1, v());
+        cache.insert(1, v()); // replaces
+        clock.advance(secs(11));
+        cache.insert(1, v()); // replaces an expired entry
+        cache.flush();
+        assert_eq!(
+            clones.load(Relaxed),
+            0,
+            "no copy for evictions, replacements or a flush"
+        );
+        cache.insert(2, v());
+        cache.purge(&2);
+        assert_eq!(
+            clones.load(Relaxed),
+            1,
+            "a purge copies the value it removes"
+        );
+    }
 }
