@@ -159,7 +159,12 @@ impl Duel {
     pub(crate) fn new(shards: usize) -> Arc<Self> {
         Arc::new(Self {
             new_keys: (0..shards)
-                .map(|_| CachePadded::new(ShardCounts::default()))
+                .map(|_| {
+                    CachePadded::new(ShardCounts {
+                        new_keys: AtomicU64::new(0),
+                        ghost_hits: AtomicU64::new(0),
+                    })
+                })
                 .collect(),
             returns: AtomicU64::new(0),
             // At rest with no window until an epoch shows hits (see `DUEL_MIN_RATIO`).
@@ -170,7 +175,7 @@ impl Duel {
 
 /// A shard's counts in a [`Duel`]: in one cache line, which its writer stores to on every new
 /// key anyway.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ShardCounts {
     new_keys: AtomicU64,
     ghost_hits: AtomicU64,
