@@ -334,6 +334,12 @@ impl Climber {
         let Some((duel, index)) = &self.duel else {
             return CacheReturns::Alone;
         };
+        // Nothing to take before a period's worth of new keys (the leader publishes after half a
+        // period of the cache's): no atomic operation at all on a cache's first few misses.
+        if self.new_keys < u64::from(period) / self.shards {
+            self.ghost_hits += u64::from(ghost_hit);
+            return CacheReturns::Unchanged;
+        }
         let counts = &duel.new_keys[*index];
         if ghost_hit {
             self.ghost_hits += 1;
