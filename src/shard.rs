@@ -18,7 +18,7 @@
 #![allow(unsafe_code)]
 
 use crate::listener::{RemovalCause, Removals};
-use crate::policy::{Climber, Duel, Ghost, Sketch};
+use crate::policy::{CacheReturns, Climber, Duel, Ghost, Sketch};
 use crate::reclaim::{Limbo, ReadGuard, Readers};
 #[cfg(any(test, fuzzing))]
 use crate::slab::FREE;
@@ -38,7 +38,8 @@ const NIL: u32 = u32::MAX;
 const MAX_SLOT: u32 = (crate::table::MAX_SLOTS - 1) as u32;
 /// The saturation point of an entry's access counter (S3-FIFO uses two bits).
 const MAX_FREQ: u8 = 3;
-/// New keys per measurement of how often misses are ghost hits (see `Shard::admit_ghost`).
+/// New keys per measurement of how often misses are ghost hits (see `Shard::admit_ghost`): the
+/// cache's new keys when it has several shards (`policy::Climber::cache_returns`), else the shard's.
 const GHOST_RATE_PERIOD: u32 = 128;
 /// Ghost hits per period up to which returning keys count as rare: 30 % of the new keys. At 20 %
 /// the 100k-entry Zipf columns lost 0.05 pp; at 40 % the loop at 1k entries lost 0.28 pp.
@@ -906,6 +907,16 @@ where
 
     /// Counts a new key for the ghost-hit rate that `admit_ghost` adapts to.
     fn count_new_key(&mut self, ghost_hit: bool) {
+        // In a cache of several shards, the cache's rate (see `Climber::cache_returns`).
+        match self.w.climber.cache_returns(ghost_hit, GHOST_RATE_PERIOD) {
+            CacheReturns::Alone => {}
+            CacheReturns::Unchanged => return,
+            CacheReturns::Rate(ghost_hits) => {
+                self.w.returns_rare = ghost_hits <= RARE_GHOST_HITS;
+                self.w.last_ghost_hits = ghost_hits;
+                return;
+            }
+        }
         self.w.new_keys += 1;
         self.w.ghost_hits += u32::from(ghost_hit);
         if self.w.new_keys == GHOST_RATE_PERIOD {

@@ -40,6 +40,6 @@ mod climber;
 mod ghost;
 mod sketch;
 
-pub(crate) use climber::{Climber, Duel};
+pub(crate) use climber::{CacheReturns, Climber, Duel};
 pub(crate) use ghost::Ghost;
 pub(crate) use sketch::Sketch;
