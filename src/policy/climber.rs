@@ -26,6 +26,19 @@
 //! faces admission at once, which wins on stationary skew, scans and loops). Both the duel and
 //! the climber start at zero, and drift back to it whenever a larger window shows no clear gain.
 //!
+//! The duel rests at zero (no larger half, see `DUEL_REST`) only on evidence gathered once the
+//! leader's shard has evicted: until the shard is full no window costs anything, so a verdict
+//! for a smaller one is noise. Such a verdict, two epochs into the warm-up of a 50k-entry cache,
+//! used to hold the generated `kv` trace at a window of zero for its first 32 epochs, half of
+//! its 1M accesses (`cargo bench --bench hit_ratio -- --only-files --realish 1000000 --seed 1`:
+//! 50.4 % against LRU's 65.6 %; now 64.5 %). What the duel still misses at 20k-50k entries
+//! (BENCHMARKS.md, section 2): around a base of 20-30 % the two halves' windows, 3.1 % apart, turn
+//! over in about two epochs, about as often as they swap, so the gain of a larger window that
+//! fixed windows show (`storage` at 50k: +2.3 points from 25 % to 50 % on 4M accesses) barely
+//! reaches the evidence, and the base stays where its first verdicts left it (or steps down).
+//! Longer epochs at large windows, or halves further apart, gained on 4M-access traces and lost
+//! on 1M-access ones.
+//!
 //! The hill climber, for a cache of one shard:
 //!
 //! Once a sample of lookups: the climber compares the sample's hit ratio with the last one's.
