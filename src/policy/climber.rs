@@ -634,8 +634,10 @@ impl Climber {
         self.window = window.clamp(0.0, self.max_window as f64) as u64;
     }
 
-    /// Forgets the measurements (the cache was cleared); the window stays.
+    /// Forgets the measurements (the cache was cleared, so the shard has room again and no
+    /// window costs anything until it is full); the window stays.
     pub(crate) fn clear(&mut self) {
+        self.full = false;
         self.leader.last_difference = None;
         (self.leader.evidence, self.leader.variance) = (0.0, 0.0);
         self.left = READ_EVERY;
@@ -904,12 +906,25 @@ mod tests {
             }
         }
         shards[0].filled();
+        let mut rested = false;
         for _ in 0..2_000 {
             if round(&mut shards) & RESTING != 0 {
-                return;
+                rested = true;
+                break;
             }
         }
-        panic!("never rested");
+        assert!(rested, "never rested");
+        // A cleared cache has room again: no rest until the leader's shard is full again.
+        shards[0].clear();
+        shards[0].leader.rest = 0;
+        let cleared = duel.state.load(Ordering::Relaxed) >> 32;
+        for _ in 0..2_000 {
+            let state = round(&mut shards);
+            if state >> 32 > cleared + 1 {
+                assert_eq!(state & (RESTING | 0xFFFF), 0, "rested after a clear");
+            }
+        }
+        assert!(duel.state.load(Ordering::Relaxed) >> 32 > cleared + 16);
     }
 
     /// A window that changes nothing, from a base of four steps: the base keeps it longer than
