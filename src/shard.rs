@@ -934,6 +934,7 @@ where
     /// `insert_as` cost every write registers (spills across the whole function).
     #[inline(never)]
     fn evict_until_fits(&mut self, now: u64, keep: u32, hash_of: &impl Fn(&K) -> u64) {
+        self.w.climber.filled();
         while (self.w.weight() > self.w.capacity || self.w.len() > self.w.max_entries)
             && self.evict_one(now, keep, hash_of)
         {}
