@@ -333,6 +333,13 @@ pub(crate) struct Writer {
     limbo: Limbo<Retired>,
     /// Retired items that make a batch (see `reclaim.rs`).
     batch: usize,
+    /// How many pending retired items the next collection waits for: a batch, or, after a
+    /// collection that found the waiting batch still held back by a read, what was pending then
+    /// plus another batch (see `Shard::collect`).
+    collect_at: usize,
+    /// Collections that found the waiting batch held back (tests only).
+    #[cfg(test)]
+    held_back: usize,
 }
 
 impl Writer {
@@ -360,6 +367,9 @@ impl Writer {
             used: 0,
             limbo: Limbo::default(),
             batch: retire_batch(expected_entries),
+            collect_at: retire_batch(expected_entries),
+            #[cfg(test)]
+            held_back: 0,
         }
     }
 
@@ -1241,8 +1251,9 @@ where
     }
 
     /// Once a batch of retired items has gathered, frees what is past its grace period.
+    #[inline]
     fn collect_if_batch(&mut self) {
-        if self.w.limbo.pending() >= self.w.batch {
+        if self.w.limbo.pending() >= self.w.collect_at {
             self.collect();
         }
     }
@@ -1260,6 +1271,15 @@ where
     /// - any other goes to `dirty`, and the write that reuses it drops its entry first (`alloc`):
     ///   one free beside each allocation. What no write reused by the next collection is dropped
     ///   then (with prefetching): an entry is dropped at most one batch later than before.
+    ///
+    /// A collection that finds the waiting batch held back by a read that began before its epoch
+    /// (a reader preempted inside `get`, or running a slow `V::clone`) frees nothing, and the
+    /// next one is tried only once another batch has gathered, not at the next retirement: each
+    /// try locks the registry and reads every thread's record (a line other threads write), and
+    /// on a loaded box, with a reader descheduled for milliseconds, retrying at every write made
+    /// 12x as many collections as batches (`replace` `u64`, 2 threads; issue 17).
+    /// The retired items wait either way; a reader that moves on has them freed at most a batch
+    /// of writes later.
     ///
     /// Under loom a collection drops what it frees at once (`DROP_AT_COLLECTION`). Out of line:
     /// it runs once a batch.
@@ -1279,6 +1299,13 @@ where
             Retired::Slot(idx) => free.push(idx),
             Retired::Table(table) => drop(table),
         });
+        // Nothing pending: the pending items formed the next batch. Else the waiting batch was
+        // held back, and the pending items wait with it for another batch's worth.
+        self.w.collect_at = self.w.limbo.pending() + self.w.batch;
+        #[cfg(test)]
+        {
+            self.w.held_back += usize::from(self.w.limbo.pending() != 0);
+        }
     }
 
     /// Drops the entries of every slot in `dirty` and frees the slots.
@@ -1586,6 +1613,44 @@ mod tests {
         );
         drop(s);
         assert_eq!(std::sync::Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn a_batch_held_back_by_a_read_is_tried_again_once_a_batch_later() {
+        let mut s = OwnedShard::<u64, u64>::new(64, 64);
+        let batch = s.writer.batch as u64;
+        for k in 0..64 {
+            s.view().insert(k, k, k, 1, 0, 1, &id);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let readers = &s.readers;
+            scope.spawn(move || {
+                let guard = readers.enter();
+                tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+                drop(guard);
+            });
+            rx.recv().unwrap(); // the other thread is reading
+            // The first batch forms after the read began, so the read holds it back.
+            for k in 0..5 * batch {
+                let mut v = Shard::new(&s.shared, &mut s.writer, &s.readers);
+                v.insert(k % 64, k % 64, k, 1, 0, 1, &id);
+            }
+            done_tx.send(()).unwrap();
+        });
+        // Tried once a batch while the read lasted (at every replacing write, it was 97 tries).
+        let held_back = s.writer.held_back;
+        assert_eq!(held_back, 4);
+        assert!(s.writer.free.is_empty());
+        // The read ended: the next try frees the batch.
+        for k in 0..batch {
+            s.view().insert(k % 64, k % 64, k, 1, 0, 1, &id);
+        }
+        assert_eq!(s.writer.held_back, held_back);
+        assert_eq!(s.writer.free.len(), batch as usize);
+        s.view().validate(&id);
     }
 
     #[test]
