@@ -131,7 +131,11 @@ impl Drop for WriteMark<'_> {
 /// generation table and its counters.
 pub(crate) struct ShardCell<K, V> {
     pub(crate) shared: Shared<K, V>,
-    pub(crate) core: Mutex<Core<K, V>>,
+    /// On lines of its own: every write stores to the lock word and the core, and a reader on
+    /// another core loads `shared` (the published table) on every `get`. Unpadded, the lock and
+    /// the core's first fields shared a line with the table's published probe word, so each
+    /// write to a shard evicted that line from the other cores' caches (issue 17).
+    pub(crate) core: CachePadded<Mutex<Core<K, V>>>,
     /// The generation slots this shard owns. Read lock-free by `lease`; written only under
     /// `core`'s lock, from `core.clock`, so each slot only grows.
     generations: Box<[AtomicU64]>,
@@ -213,7 +217,7 @@ where
                     layout.capacity / n as u64 + u64::from((i as u64) < layout.capacity % n as u64);
                 CachePadded::new(ShardCell {
                     shared: Shared::new(layout.expected_entries_per_shard),
-                    core: Mutex::new(Core {
+                    core: CachePadded::new(Mutex::new(Core {
                         writer: Writer::new(capacity, layout.expected_entries_per_shard)
                             .one_of(n, i, &duel),
                         clock: GenerationClock::default(),
@@ -222,7 +226,7 @@ where
                         floors: LockedFloors::default(),
                         removed: Vec::new(),
                         stash: Stash::default(),
-                    }),
+                    })),
                     generations: (0..layout.slots_per_shard)
                         .map(|_| AtomicU64::new(Generation::ZERO.get()))
                         .collect(),
@@ -1148,5 +1152,40 @@ where
             .field("weighted_size", &self.weighted_size())
             .field("shards", &self.shards.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 64-byte lines `len` bytes at `offset` touch.
+    fn lines(offset: usize, len: usize) -> std::ops::Range<usize> {
+        offset / 64..(offset + len).div_ceil(64)
+    }
+
+    #[test]
+    fn the_shard_lock_and_core_share_no_line_with_what_readers_load() {
+        type Cell = ShardCell<u64, u64>;
+        let core = lines(
+            std::mem::offset_of!(Cell, core),
+            std::mem::size_of::<CachePadded<Mutex<Core<u64, u64>>>>(),
+        );
+        let shared = lines(
+            std::mem::offset_of!(Cell, shared),
+            std::mem::size_of::<Shared<u64, u64>>(),
+        );
+        let generations = lines(
+            std::mem::offset_of!(Cell, generations),
+            std::mem::size_of::<Box<[AtomicU64]>>(),
+        );
+        // Cells are padded to whole lines (`Cache::shards`), so offsets are line-aligned.
+        assert_eq!(std::mem::align_of::<CachePadded<Cell>>() % 64, 0);
+        for readers in [shared, generations] {
+            assert!(
+                readers.end <= core.start || core.end <= readers.start,
+                "{readers:?} overlaps {core:?}"
+            );
+        }
     }
 }
