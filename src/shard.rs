@@ -1277,7 +1277,7 @@ where
     /// next one is tried only once another batch has gathered, not at the next retirement: each
     /// try locks the registry and reads every thread's record (a line other threads write), and
     /// on a loaded box, with a reader descheduled for milliseconds, retrying at every write made
-    /// 12x as many collections as batches (`replace` `u64`, 2 threads; issue 17).
+    /// 12-27x as many collections as batches (`replace` `u64`, 2 threads; issue 17).
     /// The retired items wait either way; a reader that moves on has them freed at most a batch
     /// of writes later.
     ///
