@@ -149,11 +149,16 @@ pub(crate) struct ShardCell<K, V> {
     pub(crate) counters: Counters,
 }
 
+/// In this order (`repr(C)`): what every write touches besides the queues (the generation clock,
+/// the empty-table test of the loads in flight, the counts) right after the lock word, in its
+/// 64-byte line, so that an absent purge touches one line of the core instead of three (the lock,
+/// and the clock and counts past the writer's 600 bytes) when shards pass between cores.
+#[repr(C)]
 pub(crate) struct Core<K, V> {
-    pub(crate) writer: Writer,
     clock: GenerationClock,
     pub(crate) flights: FlightTable<K, V>,
     pub(crate) counts: WriteCounts,
+    pub(crate) writer: Writer,
     /// Position floors and open write intents per generation slot (see `crate::floors`).
     pub(crate) floors: LockedFloors,
     /// Entries removed under the lock, for the removal listener (see `crate::listener`); empty
@@ -1201,5 +1206,26 @@ mod tests {
             assert!(reads.end <= counters.start || counters.end <= reads.start);
         }
         assert_eq!(std::mem::offset_of!(Cell, shared), 0);
+    }
+
+    #[test]
+    fn what_an_absent_purge_touches_in_the_core_is_in_the_lock_words_line() {
+        let cache: Cache<u64, u64> = Cache::new(10);
+        let cell = &cache.shards[0];
+        let lock = &*cell.core as *const Mutex<Core<u64, u64>> as usize;
+        let core = cell.core.lock();
+        let end = |field: usize, len: usize| field + len - lock;
+        assert!(end(&core.clock as *const _ as usize, 8) <= 64);
+        assert!(
+            end(
+                &core.flights as *const _ as usize,
+                size_of::<FlightTable<u64, u64>>()
+            ) <= 64
+        );
+        assert!(end(&core.counts.purges as *const _ as usize, 8) <= 64);
+        assert!(end(&core.counts.inserts as *const _ as usize, 8) <= 64);
+        // The lock word is in the padded mutex's first line (`parking_lot` puts it first).
+        assert!(&*core as *const Core<u64, u64> as usize - lock < 64);
+        drop(core);
     }
 }
