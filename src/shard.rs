@@ -1286,7 +1286,7 @@ where
     /// at every write made 12-27x as many collections as batches (`replace` `u64`, 2 threads;
     /// issue 17). The retired items wait either way; a reader that moves on has them freed at
     /// most an eighth of a batch of writes later (a whole batch later, the writes in between took
-    /// 6,000-25,000 more fresh, cold slots in 2M writes).
+    /// 5,000-30,000 more fresh, cold slots in 2M writes).
     ///
     /// Under loom a collection drops what it frees at once (`DROP_AT_COLLECTION`). Out of line:
     /// it runs once a batch.
