@@ -129,22 +129,36 @@ impl Drop for WriteMark<'_> {
 
 /// One shard: what readers use without a lock, the writers' lock-protected core, its part of the
 /// generation table and its counters.
+///
+/// In this order (`repr(C)`): what reads load lock-free first, so that `shared` sits at the
+/// cell's start (at another offset every `get` paid an instruction or two to reach it), then the
+/// core on lines of its own, then the counters loads bump.
+#[repr(C)]
 pub(crate) struct ShardCell<K, V> {
     pub(crate) shared: Shared<K, V>,
-    pub(crate) core: Mutex<Core<K, V>>,
     /// The generation slots this shard owns. Read lock-free by `lease`; written only under
     /// `core`'s lock, from `core.clock`, so each slot only grows.
     generations: Box<[AtomicU64]>,
     /// The hold-off deadline of each generation slot (see `crate::floors`).
     pub(crate) hold_offs: HoldOffs,
+    /// On lines of its own: every write stores to the lock word and the core, and a reader on
+    /// another core loads `shared` (the published table) on every `get`. Unpadded, the lock and
+    /// the core's first fields shared a line with the table's published probe word, so each
+    /// write to a shard evicted that line from the other cores' caches (issue 17).
+    pub(crate) core: CachePadded<Mutex<Core<K, V>>>,
     pub(crate) counters: Counters,
 }
 
+/// In this order (`repr(C)`): what every write touches besides the queues (the generation clock,
+/// the empty-table test of the loads in flight, the counts) right after the lock word, in its
+/// 64-byte line, so that an absent purge touches one line of the core instead of three (the lock,
+/// and the clock and counts past the writer's 600 bytes) when shards pass between cores.
+#[repr(C)]
 pub(crate) struct Core<K, V> {
-    pub(crate) writer: Writer,
     clock: GenerationClock,
     pub(crate) flights: FlightTable<K, V>,
     pub(crate) counts: WriteCounts,
+    pub(crate) writer: Writer,
     /// Position floors and open write intents per generation slot (see `crate::floors`).
     pub(crate) floors: LockedFloors,
     /// Entries removed under the lock, for the removal listener (see `crate::listener`); empty
@@ -213,7 +227,7 @@ where
                     layout.capacity / n as u64 + u64::from((i as u64) < layout.capacity % n as u64);
                 CachePadded::new(ShardCell {
                     shared: Shared::new(layout.expected_entries_per_shard),
-                    core: Mutex::new(Core {
+                    core: CachePadded::new(Mutex::new(Core {
                         writer: Writer::new(capacity, layout.expected_entries_per_shard)
                             .one_of(n, i, &duel),
                         clock: GenerationClock::default(),
@@ -222,7 +236,7 @@ where
                         floors: LockedFloors::default(),
                         removed: Vec::new(),
                         stash: Stash::default(),
-                    }),
+                    })),
                     generations: (0..layout.slots_per_shard)
                         .map(|_| AtomicU64::new(Generation::ZERO.get()))
                         .collect(),
@@ -1148,5 +1162,70 @@ where
             .field("weighted_size", &self.weighted_size())
             .field("shards", &self.shards.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 64-byte lines `len` bytes at `offset` touch.
+    fn lines(offset: usize, len: usize) -> std::ops::Range<usize> {
+        offset / 64..(offset + len).div_ceil(64)
+    }
+
+    #[test]
+    fn the_shard_lock_and_core_share_no_line_with_what_readers_load() {
+        type Cell = ShardCell<u64, u64>;
+        let core = lines(
+            std::mem::offset_of!(Cell, core),
+            std::mem::size_of::<CachePadded<Mutex<Core<u64, u64>>>>(),
+        );
+        let shared = lines(
+            std::mem::offset_of!(Cell, shared),
+            std::mem::size_of::<Shared<u64, u64>>(),
+        );
+        let generations = lines(
+            std::mem::offset_of!(Cell, generations),
+            std::mem::size_of::<Box<[AtomicU64]>>(),
+        );
+        let counters = lines(
+            std::mem::offset_of!(Cell, counters),
+            std::mem::size_of::<Counters>(),
+        );
+        // Cells are padded to whole lines (`Cache::shards`), so offsets are line-aligned.
+        assert_eq!(std::mem::align_of::<CachePadded<Cell>>() % 64, 0);
+        for lock_free in [shared.clone(), generations.clone(), counters.clone()] {
+            assert!(
+                lock_free.end <= core.start || core.end <= lock_free.start,
+                "{lock_free:?} overlaps {core:?}"
+            );
+        }
+        // Loads bump the counters without the lock; reads never write.
+        for reads in [shared, generations] {
+            assert!(reads.end <= counters.start || counters.end <= reads.start);
+        }
+        assert_eq!(std::mem::offset_of!(Cell, shared), 0);
+    }
+
+    #[test]
+    fn what_an_absent_purge_touches_in_the_core_is_in_the_lock_words_line() {
+        let cache: Cache<u64, u64> = Cache::new(10);
+        let cell = &cache.shards[0];
+        let lock = &*cell.core as *const Mutex<Core<u64, u64>> as usize;
+        let core = cell.core.lock();
+        let end = |field: usize, len: usize| field + len - lock;
+        assert!(end(&core.clock as *const _ as usize, 8) <= 64);
+        assert!(
+            end(
+                &core.flights as *const _ as usize,
+                size_of::<FlightTable<u64, u64>>()
+            ) <= 64
+        );
+        assert!(end(&core.counts.purges as *const _ as usize, 8) <= 64);
+        assert!(end(&core.counts.inserts as *const _ as usize, 8) <= 64);
+        // The lock word is in the padded mutex's first line (`parking_lot` puts it first).
+        assert!(&*core as *const Core<u64, u64> as usize - lock < 64);
+        drop(core);
     }
 }

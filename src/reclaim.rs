@@ -32,7 +32,9 @@
 //!   batches back until its thread reads again or exits).
 //! - A record still active at an epoch before `e` holds the batch back until it moves on; the
 //!   writer never waits for it (retired slots stay allocated and the slab grows instead), so a
-//!   thread stuck inside a `K::eq` or `V::clone` of this cache only delays reclamation.
+//!   thread stuck inside a `K::eq` or `V::clone` of this cache (or preempted inside a read) only
+//!   delays reclamation. A shard's writer checks again only once an eighth of a batch more has
+//!   been retired (`Shard::collect`), not at its next retirement.
 //!
 //! The writer's own record needs no barrier: its reads end before its writes in program order,
 //! unless it writes from inside a read (a `V::clone` that writes to the same cache), in which case

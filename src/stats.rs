@@ -73,12 +73,16 @@ impl Counters {
 /// The write-path counters of one shard: plain integers inside the shard's lock-protected core,
 /// counted under the write lock that every write takes anyway (an atomic add after the unlock
 /// cost the miss path a locked instruction per save).
+///
+/// `repr(C)`, the counts of inserts and purges first: they sit in the lock word's line (see
+/// `Core`).
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct WriteCounts {
     pub(crate) inserts: u64,
+    pub(crate) purges: u64,
     pub(crate) saves: u64,
     pub(crate) stale_rejected: u64,
-    pub(crate) purges: u64,
 }
 
 impl WriteCounts {
