@@ -800,7 +800,10 @@ impl<T> Limbo<T> {
     /// waiting, makes the pending items the next batch and publishes its epoch. If `free` panics
     /// (a user `Drop`), the items it has not been given stay in the batch, whose grace period is
     /// over, and the next call frees them.
-    pub(crate) fn collect(&mut self, readers: &Readers, mut free: impl FnMut(T)) {
+    ///
+    /// Returns whether a waiting batch was held back: its grace period was not over (a read that
+    /// began before its epoch is still going), so nothing was freed.
+    pub(crate) fn collect(&mut self, readers: &Readers, mut free: impl FnMut(T)) -> bool {
         if !self.waiting.is_empty() {
             let over = if CRATE_SCHEME {
                 self.grace.over()
@@ -808,7 +811,7 @@ impl<T> Limbo<T> {
                 readers.quiescent(self.epoch)
             };
             if !over {
-                return;
+                return true;
             }
             while let Some(item) = self.waiting.pop() {
                 free(item);
@@ -822,6 +825,7 @@ impl<T> Limbo<T> {
                 self.epoch = readers.advance();
             }
         }
+        false
     }
 
     /// Every item, freed or not: for a writer that has exclusive access to everything (dropping

@@ -181,7 +181,7 @@ where
     /// deadline had passed (it could not have been read any more), else `Replaced`.
     ///
     /// Always inlined, the rest out of line: every replacing write calls it, and most caches have
-    /// no listener; left to the heuristics it was a call of its own for that one test (~10
+    /// no listener; left to the heuristics it was a call of its own for that one test (6
     /// instructions a replacing write, issue 17).
     #[inline(always)]
     pub(super) fn notify_replaced(&mut self, idx: u32, now: u64) {
