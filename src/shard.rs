@@ -1630,12 +1630,12 @@ mod tests {
         assert_eq!(std::sync::Arc::strong_count(&value), 1);
     }
 
-    #[test]
-    fn a_batch_held_back_by_a_read_is_tried_again_an_eighth_of_a_batch_later() {
-        let mut s = OwnedShard::<u64, u64>::new(64, 64);
-        let batch = s.writer.batch;
-        let step = retry_step(batch);
-        assert_eq!((batch, step), (32, 4));
+    /// Fills `s` with keys 0..64, then runs `write` on it while another thread is inside a read
+    /// that began before it; the read ends when `write` returns.
+    fn full_shard_written_during_a_read(
+        s: &mut OwnedShard<u64, u64>,
+        write: impl FnOnce(Shard<'_, u64, u64>),
+    ) {
         for k in 0..64 {
             s.view().insert(k, k, k, 1, 0, 1, &id);
         }
@@ -1650,12 +1650,22 @@ mod tests {
                 drop(guard);
             });
             rx.recv().unwrap(); // the other thread is reading
-            // The first batch forms after the read began, so the read holds it back.
+            write(Shard::new(&s.shared, &mut s.writer, &s.readers));
+            done_tx.send(()).unwrap();
+        });
+    }
+
+    #[test]
+    fn a_batch_held_back_by_a_read_is_tried_again_an_eighth_of_a_batch_later() {
+        let mut s = OwnedShard::<u64, u64>::new(64, 64);
+        let batch = s.writer.batch;
+        let step = retry_step(batch);
+        assert_eq!((batch, step), (32, 4));
+        // The first batch forms after the read began, so the read holds it back.
+        full_shard_written_during_a_read(&mut s, |mut v| {
             for k in 0..5 * batch as u64 {
-                let mut v = Shard::new(&s.shared, &mut s.writer, &s.readers);
                 v.insert(k % 64, k % 64, k, 1, 0, 1, &id);
             }
-            done_tx.send(()).unwrap();
         });
         // The batch formed at the 32nd retirement, was first tried at the 64th, then every 4th up
         // to the 160th: 25 tries (at every retirement, it was 97).
@@ -1678,23 +1688,7 @@ mod tests {
         // of retirements, which an emptied shard may not see for a long time.
         let mut s = OwnedShard::<u64, u64>::new(64, 64);
         let step = retry_step(s.writer.batch);
-        for k in 0..64 {
-            s.view().insert(k, k, k, 1, 0, 1, &id);
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        std::thread::scope(|scope| {
-            let readers = &s.readers;
-            scope.spawn(move || {
-                let guard = readers.enter();
-                tx.send(()).unwrap();
-                done_rx.recv().unwrap();
-                drop(guard);
-            });
-            rx.recv().unwrap(); // the other thread is reading
-            Shard::new(&s.shared, &mut s.writer, &s.readers).clear();
-            done_tx.send(()).unwrap();
-        });
+        full_shard_written_during_a_read(&mut s, |mut v| v.clear());
         // The 64 entries and the old table wait for the read that began before them.
         assert_eq!(s.writer.limbo.len(), 65);
         // The read ended. A step of retirements (replacing writes of new keys) later, they are freed.
