@@ -847,18 +847,9 @@ where
     /// [`Shared::find_locked`]).
     #[inline(never)]
     pub(crate) fn remove_found(&mut self, pos: usize, idx: u32, now: u64) -> Removed {
-        let expired = self.is_expired(idx, || now);
-        self.notify(
-            idx,
-            if expired {
-                RemovalCause::Expired
-            } else {
-                RemovalCause::Purged
-            },
-        );
+        let expired = self.notify_removal(idx, now, RemovalCause::Purged);
         self.remove_at(pos, idx);
         if expired {
-            self.w.expirations += 1;
             Removed::Expired
         } else {
             Removed::Live

@@ -163,6 +163,24 @@ where
         }
     }
 
+    /// Reports the entry in slot `idx` (about to be removed by a purge or `retain`) as removed for
+    /// `cause`, or as `Expired` (and counts it) if its deadline has passed at `now`. Returns
+    /// whether it had expired.
+    #[inline]
+    pub(super) fn notify_removal(&mut self, idx: u32, now: u64, cause: RemovalCause) -> bool {
+        let expired = self.is_expired(idx, || now);
+        self.notify(
+            idx,
+            if expired {
+                RemovalCause::Expired
+            } else {
+                cause
+            },
+        );
+        self.w.expirations += u64::from(expired);
+        expired
+    }
+
     /// Reports the entry in slot `idx` (about to be removed) as removed for `cause`, if this view
     /// has a listener. Never unwinds (the copier catches panics) and changes nothing.
     #[inline]
@@ -262,19 +280,8 @@ where
         cause: RemovalCause,
     ) -> bool {
         debug_assert!(matches!(self.slot(idx).state(), SMALL | MAIN));
-        let expired = self.is_expired(idx, || now);
-        self.notify(
-            idx,
-            if expired {
-                RemovalCause::Expired
-            } else {
-                cause
-            },
-        );
+        let expired = self.notify_removal(idx, now, cause);
         self.remove_hashed(idx, hash);
-        if expired {
-            self.w.expirations += 1;
-        }
         !expired
     }
 

@@ -837,19 +837,27 @@ mod tests {
         }
     }
 
+    /// The two shards of a 64k-entry cache, duelling in `duel`; `full`: both have evicted.
+    fn duelling_pair(duel: &Arc<Duel>, full: bool) -> Vec<Climber> {
+        (0..2)
+            .map(|i| {
+                let mut c = Climber::new(65_536, 8_192);
+                c.set_shards(2);
+                c.duel(duel, i);
+                if full {
+                    c.filled();
+                }
+                c
+            })
+            .collect()
+    }
+
     /// Two shards of one cache: their windows differ by two half-steps and swap each epoch, and
     /// the base grows while the shard with the larger window misses less.
     #[test]
     fn duelling_shards_swap_windows_and_the_base_follows_the_winner() {
         let duel = Duel::new(2);
-        let mut shards: Vec<Climber> = (0..2)
-            .map(|i| {
-                let mut c = Climber::new(65_536, 8_192);
-                c.set_shards(2);
-                c.duel(&duel, i);
-                c
-            })
-            .collect();
+        let mut shards = duelling_pair(&duel, false);
         let (mut hits, mut misses) = (0u64, 0u64);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..2_000 {
@@ -880,14 +888,7 @@ mod tests {
     #[test]
     fn a_duel_rests_only_once_its_leaders_shard_is_full() {
         let duel = Duel::new(2);
-        let mut shards: Vec<Climber> = (0..2)
-            .map(|i| {
-                let mut c = Climber::new(65_536, 8_192);
-                c.set_shards(2);
-                c.duel(&duel, i);
-                c
-            })
-            .collect();
+        let mut shards = duelling_pair(&duel, false);
         let (mut hits, mut misses) = (0u64, 0u64);
         let mut round = |shards: &mut [Climber]| {
             for shard in shards.iter_mut() {
@@ -932,15 +933,7 @@ mod tests {
     #[test]
     fn a_window_without_verdicts_is_kept_a_while_then_steps_down() {
         let duel = Duel::new(2);
-        let mut shards: Vec<Climber> = (0..2)
-            .map(|i| {
-                let mut c = Climber::new(65_536, 8_192);
-                c.set_shards(2);
-                c.duel(&duel, i);
-                c.filled();
-                c
-            })
-            .collect();
+        let mut shards = duelling_pair(&duel, true);
         shards[0].leader.started = true;
         duel.state.store(4 * DUEL_STEP, Ordering::Relaxed);
         let (mut hits, mut misses) = (0u64, 0u64);
@@ -972,15 +965,7 @@ mod tests {
     #[test]
     fn a_duel_without_verdicts_steps_down_and_rests() {
         let duel = Duel::new(2);
-        let mut shards: Vec<Climber> = (0..2)
-            .map(|i| {
-                let mut c = Climber::new(65_536, 8_192);
-                c.set_shards(2);
-                c.duel(&duel, i);
-                c.filled();
-                c
-            })
-            .collect();
+        let mut shards = duelling_pair(&duel, true);
         let (mut hits, mut misses) = (0u64, 0u64);
         let mut rested = false;
         for _ in 0..4_000 {
@@ -1011,14 +996,7 @@ mod tests {
     #[test]
     fn a_duel_stops_while_the_cache_hits_nothing() {
         let duel = Duel::new(2);
-        let mut shards: Vec<Climber> = (0..2)
-            .map(|i| {
-                let mut c = Climber::new(65_536, 8_192);
-                c.set_shards(2);
-                c.duel(&duel, i);
-                c
-            })
-            .collect();
+        let mut shards = duelling_pair(&duel, false);
         let mut misses = 0u64;
         for _ in 0..200 {
             for shard in shards.iter_mut() {
