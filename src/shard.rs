@@ -711,7 +711,8 @@ where
     /// Whether the small queue's head, of `weight` and with `freq` hits since the policy last
     /// looked at it, goes to the main queue when eviction reaches it (`others_waiting`: other
     /// entries are behind it in the small queue). The small queue is a probation pool (see
-    /// `evict_one`) or drains into the main queue while there is room; else admission decides.
+    /// `evict_one`) or drains into the main queue while there is room; else admission decides,
+    /// unless the duel has turned it off (`Climber::admits`): then every candidate goes.
     /// Used by `evict_one`, and by `insert_as` for a new entry that would be that head at once.
     fn promotes_from_small(
         &mut self,
@@ -724,6 +725,7 @@ where
     ) -> bool {
         let pool = self.w.large && self.w.returns_rare;
         if freq > 0
+            || !self.w.climber.admits()
             || if pool {
                 others_waiting && self.w.sketch.estimate(hash) >= 2
             } else {
@@ -1082,8 +1084,9 @@ where
             .is_none_or(|(candidate, victim)| candidate > victim + 1)
     }
 
-    /// Admission for a ghost hit (a key evicted from the small queue that came back), by how
-    /// often misses are ghost hits (over the last `GHOST_RATE_PERIOD` new keys):
+    /// Admission for a ghost hit (a key evicted from the small queue that came back): every one
+    /// while the duel has turned admission off (`Climber::admits`), else by how often misses are
+    /// ghost hits (over the last `GHOST_RATE_PERIOD` new keys):
     /// - rarely (Zipf: 0.5-16 % on the hit-ratio harness): a return is news, so a tie with the
     ///   victim admits (its return was just counted), and so does anything before the sketch's
     ///   first halving, which lets a big cache warm up as fast as without admission (without the
@@ -1097,7 +1100,9 @@ where
     ///   main queue (the waiver alone cost the loop 0.1 pp at 10k entries, ties 0.8-2 pp; with
     ///   conservative sketch updates a one-count margin still lost 0.3-0.5 pp).
     fn admit_ghost(&self, hash: u64, hash_of: &impl Fn(&K) -> u64) -> bool {
-        if self.w.returns_rare {
+        if !self.w.climber.admits() {
+            true
+        } else if self.w.returns_rare {
             !self.w.sketch.warmed()
                 || self
                     .counts(hash, hash_of)
@@ -1960,6 +1965,25 @@ mod tests {
             s.view()
                 .insert_as(Admit::Keep, hash(&2000), 2000, 0, 1, 0, 1, &hash)
         );
+    }
+
+    /// With admission off (the duel's verdict on a recency-heavy trace, see
+    /// `policy::climber::AdmissionDuel`), what admission refuses goes to the main queue: a new key
+    /// of a full shard of popular keys, and a ghost hit that counts less than the victim.
+    #[test]
+    fn without_admission_new_keys_and_ghost_hits_enter_the_main_queue() {
+        let hash = mix;
+        let mut s = popular(64);
+        assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
+        assert!(!s.view().admit_ghost(hash(&999), &hash));
+        s.writer.climber.set_admits_for_test(false);
+        assert!(s.view().admit_ghost(hash(&999), &hash));
+        for k in 1000..1010 {
+            assert!(s.view().insert(hash(&k), k, k, 1, 0, 1, &hash));
+            assert!(s.get(hash(&k), &k, || 1).is_some());
+        }
+        assert_eq!(s.writer.small.len, 0);
+        s.view().validate(&hash);
     }
 
     #[test]
