@@ -725,12 +725,12 @@ where
     ) -> bool {
         let pool = self.w.large && self.w.returns_rare;
         if freq > 0
-            || !self.admits()
             || if pool {
                 others_waiting && self.w.sketch.estimate(hash) >= 2
             } else {
                 self.w.main.weight + u64::from(weight) <= self.main_capacity()
             }
+            || !self.admits()
         {
             return true;
         }

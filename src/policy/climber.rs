@@ -51,11 +51,14 @@
 //! points, 6 columns at or above the best either way, the worst (`cloudphysics.keys` at 5k) not
 //! moved; at seed 1 (16 columns) +0.079 -> +0.148, 6 -> 8 columns, worst -1.12 -> -0.99; at seed
 //! 7 +0.154 -> +0.154, 6 -> 8, worst -0.96 -> -0.86. Seeds 2, 3, 5: +0.038, +0.005, -0.034 on
-//! average (single columns -0.63 to +0.81); the 4M-access traces +0.016 (`kv` 50k +1.84);
-//! `cloudphysics.keys` at 500-10k entries and the Zipf, scan and loop traces unchanged (their
-//! windows stay below 12.5 %). Even admission off from the start wherever the window reaches
-//! 12.5 % (no test, an oracle for those columns) leaves `kv` and `db` at 50k entries behind LRU
-//! at seed 42 (65.34 and 48.74 against 65.49 and 48.87).
+//! average (single columns -0.63 to +0.81); the 4M-access traces +0.016 (`storage` 50k +1.84,
+//! `kv` 5k -0.68). What the tests cost shows in `cdn` at 50k entries: -0.50 to -0.63 at seeds 2,
+//! 3, 5 and on 4M accesses. `cloudphysics.keys` at 500-10k entries and the Zipf, scan and loop
+//! traces (seeds 42 and 7) did not move: their windows stay below 12.5 %, or their shards run
+//! none (`Shard::admits`). The miss path (callgrind, `benches/ops.rs` `miss/u64/1t`) went from
+//! 919.7 to 922.6 instructions. Even with admission off from the start wherever the window
+//! reaches 12.5 % (no test: an oracle for those columns) `kv` and `db` at 50k entries stay behind
+//! LRU at seed 42 (65.34 and 48.74 against 65.49 and 48.87).
 //!
 //! The hill climber, for a cache of one shard:
 //!
