@@ -711,7 +711,8 @@ where
     /// Whether the small queue's head, of `weight` and with `freq` hits since the policy last
     /// looked at it, goes to the main queue when eviction reaches it (`others_waiting`: other
     /// entries are behind it in the small queue). The small queue is a probation pool (see
-    /// `evict_one`) or drains into the main queue while there is room; else admission decides.
+    /// `evict_one`) or drains into the main queue while there is room; else admission decides,
+    /// unless the duel has turned it off (`admits`): then every candidate goes.
     /// Used by `evict_one`, and by `insert_as` for a new entry that would be that head at once.
     fn promotes_from_small(
         &mut self,
@@ -729,6 +730,7 @@ where
             } else {
                 self.w.main.weight + u64::from(weight) <= self.main_capacity()
             }
+            || !self.admits()
         {
             return true;
         }
@@ -907,6 +909,15 @@ where
         }
     }
 
+    /// Whether candidates face admission: unless the duel has turned it off (see
+    /// `policy::climber`) in a shard that runs a window. Where `window` holds none (a probation
+    /// pool, a loop), admission stays: the duel's evidence came from shards with windows, and
+    /// without this rule the large shards of a 100k-entry cache lost 0.22 points on Zipf s = 0.9
+    /// at `--seed 7` (`cargo bench --bench hit_ratio -- --seed 7`).
+    fn admits(&self) -> bool {
+        self.w.climber.admits() || self.window() == 0
+    }
+
     /// What the main queue may hold: the capacity less the window.
     fn main_capacity(&self) -> u64 {
         self.w.capacity.saturating_sub(self.window())
@@ -1082,8 +1093,9 @@ where
             .is_none_or(|(candidate, victim)| candidate > victim + 1)
     }
 
-    /// Admission for a ghost hit (a key evicted from the small queue that came back), by how
-    /// often misses are ghost hits (over the last `GHOST_RATE_PERIOD` new keys):
+    /// Admission for a ghost hit (a key evicted from the small queue that came back): every one
+    /// while the duel has turned admission off (`admits`), else by how often misses are
+    /// ghost hits (over the last `GHOST_RATE_PERIOD` new keys):
     /// - rarely (Zipf: 0.5-16 % on the hit-ratio harness): a return is news, so a tie with the
     ///   victim admits (its return was just counted), and so does anything before the sketch's
     ///   first halving, which lets a big cache warm up as fast as without admission (without the
@@ -1097,7 +1109,9 @@ where
     ///   main queue (the waiver alone cost the loop 0.1 pp at 10k entries, ties 0.8-2 pp; with
     ///   conservative sketch updates a one-count margin still lost 0.3-0.5 pp).
     fn admit_ghost(&self, hash: u64, hash_of: &impl Fn(&K) -> u64) -> bool {
-        if self.w.returns_rare {
+        if !self.admits() {
+            true
+        } else if self.w.returns_rare {
             !self.w.sketch.warmed()
                 || self
                     .counts(hash, hash_of)
@@ -1960,6 +1974,29 @@ mod tests {
             s.view()
                 .insert_as(Admit::Keep, hash(&2000), 2000, 0, 1, 0, 1, &hash)
         );
+    }
+
+    /// With admission off (the duel's verdict on a recency-heavy trace, see
+    /// `policy::climber::AdmissionDuel`) and a window, what admission refuses goes to the main
+    /// queue: keys leaving the small queue of a full shard of popular keys, and a ghost hit that
+    /// counts less than the victim. With no window (a probation pool, a loop) admission stays.
+    #[test]
+    fn without_admission_new_keys_and_ghost_hits_enter_the_main_queue() {
+        let hash = mix;
+        let mut s = popular(64);
+        assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
+        s.writer.climber.set_admits_for_test(false);
+        assert!(!s.view().admit_ghost(hash(&999), &hash), "no window");
+        s.writer.climber.set_window_for_test(8);
+        assert!(s.view().admit_ghost(hash(&999), &hash));
+        // Twice the window: the first eight left the small queue for the main queue.
+        for k in 1000..1016 {
+            assert!(s.view().insert(hash(&k), k, k, 1, 0, 1, &hash));
+        }
+        for k in 1000..1016 {
+            assert!(s.get(hash(&k), &k, || 1).is_some(), "key {k}");
+        }
+        s.view().validate(&hash);
     }
 
     #[test]

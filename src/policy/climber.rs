@@ -39,6 +39,27 @@
 //! Longer epochs at large windows, or halves further apart, gained on 4M-access traces and lost
 //! on 1M-access ones.
 //!
+//! The duel also decides admission (see [`AdmissionDuel`]) where the window has grown to 12.5 %
+//! or more and the cache has eight shards or more: one pair of shards in two runs without it (a
+//! candidate leaving the small queue goes to the main queue whatever the sketch says) for a block
+//! of five epochs, then the other pair; a verdict for no admission takes a whole cycle and two
+//! standard deviations, one for admission 1.5 at any epoch; either holds for a rest of 64-512
+//! epochs. With no admission the queues are a FIFO and a CLOCK, near LRU, which is what `kv` and
+//! `db` want at 20k-50k entries. Measured (`cargo bench --bench hit_ratio -- --only-files
+//! --realish 1000000 ...`, leasecache alone, against the best of LRU, moka and quick_cache): at
+//! seed 42 (20 columns with `cloudphysics.keys`) the mean difference went from +0.115 to +0.175
+//! points, 6 columns at or above the best either way, the worst (`cloudphysics.keys` at 5k) not
+//! moved; at seed 1 (16 columns) +0.079 -> +0.148, 6 -> 8 columns, worst -1.12 -> -0.99; at seed
+//! 7 +0.154 -> +0.154, 6 -> 8, worst -0.96 -> -0.86. Seeds 2, 3, 5: +0.038, +0.005, -0.034 on
+//! average (single columns -0.63 to +0.81); the 4M-access traces +0.016 (`storage` 50k +1.84,
+//! `kv` 5k -0.68). What the tests cost shows in `cdn` at 50k entries: -0.50 to -0.63 at seeds 2,
+//! 3, 5 and on 4M accesses. `cloudphysics.keys` at 500-10k entries and the Zipf, scan and loop
+//! traces (seeds 42 and 7) did not move: their windows stay below 12.5 %, or their shards run
+//! none (`Shard::admits`). The miss path (callgrind, `benches/ops.rs` `miss/u64/1t`) went from
+//! 919.7 to 922.6 instructions. Even with admission off from the start wherever the window
+//! reaches 12.5 % (no test: an oracle for those columns) `kv` and `db` at 50k entries stay behind
+//! LRU at seed 42 (65.34 and 48.74 against 65.49 and 48.87).
+//!
 //! The hill climber, for a cache of one shard:
 //!
 //! Once a sample of lookups: the climber compares the sample's hit ratio with the last one's.
@@ -210,12 +231,10 @@ pub(crate) enum CacheReturns {
 struct Leader {
     /// Every shard's new keys when the epoch began.
     epoch_start: Vec<u64>,
-    /// The last epoch's misses of the larger-window half less the smaller-window half's.
-    last_difference: Option<f64>,
-    /// Accumulated: half the sum of two epochs' differences (the cost of the larger window), and
-    /// its variance (misses count as Poisson).
-    evidence: f64,
-    variance: f64,
+    /// The evidence on the window: the larger-window half's misses against the smaller's.
+    evidence: Evidence,
+    /// The duel over admission (see [`AdmissionDuel`]).
+    admission: AdmissionDuel,
     /// Epochs left to rest (no duel: every shard runs the base window), and the last rest's
     /// length.
     rest: u32,
@@ -257,6 +276,130 @@ const DUEL_REST: (u32, u32) = (32, 512);
 /// The duel's state's flag for a rest.
 const RESTING: u64 = 1 << 16;
 
+/// The duel's state's flags for admission: a test (half the shards run without admission, the
+/// pair of shards in two that `ADMISSION_OFF` names), or, when not testing, `ADMISSION_OFF`:
+/// every shard runs without it (the last verdict).
+const ADMISSION_TEST: u64 = 1 << 17;
+const ADMISSION_OFF: u64 = 1 << 18;
+
+/// The base window, in 65,536ths of a shard's capacity, from which the duel also tests admission:
+/// 12.5 %. Below it the trace is not recency-heavy enough for a test to pay: the Zipf, scan and
+/// loop traces, which need admission, rest at a base of zero and never test. Measured on a
+/// variant that tested a quarter of the shards against the rest: from 6.25 % (where `cdn` often
+/// sits) the mean over the real-like columns fell by 0.06 points at seeds 42 and 1
+/// (`cloudphysics.keys` at 5k -1.0); from 18.75 %, by 0.10 at seed 1 (`kv` at 5k-50k kept
+/// admission).
+const ADMISSION_MIN_BASE: u64 = 2 * DUEL_STEP;
+
+/// The fewest shards that test admission: two pairs a side, so that each side holds a larger- and
+/// a smaller-window shard twice. With four (a 1k-entry cache on a 2-core box) the 1k columns
+/// moved by -0.24 to +0.34 points, -0.06 on average over seeds 42, 1 and 7.
+const ADMISSION_MIN_SHARDS: usize = 8;
+
+/// A test's block, in epochs: the halves hold that long before they swap, and the first
+/// `ADMISSION_SETTLE` epochs of a block, while the main queue still holds what the last block
+/// admitted, are not counted. Swapping every epoch, as the window's halves do, measured only the
+/// first epoch's effect of admitting everything (more recent keys kept), not the later one (the
+/// main queue filled with keys seen once): on `cdn` at 20k entries (`--seed 7`) it found for no
+/// admission within three epochs, and the hit ratio then fell from 54 % to 46 % over the rest
+/// (50 % with admission). Blocks of 3 and 4 epochs did as well on average, but left the worst
+/// column of seed 7 at -1.12 and -1.17 points from the best of the others (5: -0.86); not
+/// counting no epoch or two of a block, 0.01-0.02 points less on average.
+const ADMISSION_BLOCK: u32 = 5;
+const ADMISSION_SETTLE: u32 = 1;
+
+/// How clear the evidence must be, in standard deviations of the counted epochs' difference of
+/// misses: for no admission, the duel's 2, and only after whole cycles (a block each way), which
+/// cancel any bias between the halves; for admission (the safe side), 1.5 at any epoch, so that a
+/// trace that needs it (`cdn`) pays for a short test only. With verdicts only at a cycle's end
+/// `cdn` lost up to 1 point at 5k and 20k entries (seed 1), against 0.2-0.3 with the early one;
+/// an early bound of 2 or 2.5 did about as well as 1.5 (within 0.015 points on average).
+const ADMISSION_BOUND: f64 = DUEL_BOUND;
+const ADMISSION_EARLY_BOUND: f64 = 1.5;
+
+/// The cycles after which a test without a verdict ends, keeping the last verdict (admission, at
+/// first).
+const ADMISSION_CYCLES: u32 = 2;
+
+/// The first and the longest rest after an admission verdict, in epochs; each rest on the same
+/// verdict as the last doubles the last, a verdict that turns round starts over. A first rest of
+/// 32 epochs did 0.005-0.02 points worse on average (on the quarter-of-the-shards variant).
+const ADMISSION_REST: (u32, u32) = (64, 512);
+
+/// The duel over admission: whether a candidate leaving the small queue must pass the sketch's
+/// comparison with the main queue's victim (`Shard::admit_to_main`, `Shard::admit_ghost`), or goes
+/// to the main queue whatever its counts. With no admission the small queue and the main queue
+/// are a FIFO and a CLOCK, close to LRU: what the recency-heavy traces want (`kv`, `db` at 20k-50k
+/// entries), and what one-hit wonders (`cdn`, `cloudphysics.keys`) punish. Run by the same shards
+/// over the same epochs as the window's duel, across it: one pair of shards in two runs without
+/// admission, the other with it, so each half of the window's duel holds as many of each (and the
+/// other way round). Unlike the window's, the halves hold for a block of epochs before they swap
+/// (see `ADMISSION_BLOCK`). The leader tests only while the window's duel runs at a base of at
+/// least `ADMISSION_MIN_BASE`; a verdict holds for a rest, as the window's does.
+#[derive(Debug, Default)]
+struct AdmissionDuel {
+    /// Epochs of the current test so far.
+    epochs: u32,
+    /// The counted epochs' misses of the half without admission less the other's, and the
+    /// variance of that difference (misses count as Poisson).
+    sum: f64,
+    variance: f64,
+    /// The last verdict: admission off, for every shard while the duel rests.
+    off: bool,
+    /// Epochs left to rest, and the last rest's length.
+    rest: u32,
+    backoff: u32,
+}
+
+impl AdmissionDuel {
+    /// Ends an epoch: `tested`, the misses of the halves without and with admission if the
+    /// epoch was a test; `eligible`, whether the next epoch may test (else every shard admits,
+    /// and the duel starts over). Returns the next epoch's flags.
+    fn end_epoch(&mut self, tested: Option<(f64, f64)>, eligible: bool) -> u64 {
+        if !eligible {
+            *self = Self::default();
+            return 0;
+        }
+        if self.rest > 0 {
+            self.rest -= 1;
+        } else if let Some((off, on)) = tested {
+            if self.epochs % ADMISSION_BLOCK >= ADMISSION_SETTLE {
+                self.sum += off - on;
+                self.variance += off + on;
+            }
+            self.epochs += 1;
+            let deviation = self.variance.sqrt();
+            let verdict = if self.variance > 0.0 && self.sum > ADMISSION_EARLY_BOUND * deviation {
+                Some(false)
+            } else if self.epochs % (2 * ADMISSION_BLOCK) != 0 {
+                None
+            } else if self.sum < -ADMISSION_BOUND * deviation {
+                Some(true)
+            } else if self.epochs >= 2 * ADMISSION_BLOCK * ADMISSION_CYCLES {
+                Some(self.off)
+            } else {
+                None
+            };
+            if let Some(off) = verdict {
+                self.backoff = if off == self.off {
+                    (self.backoff * 2).clamp(ADMISSION_REST.0, ADMISSION_REST.1)
+                } else {
+                    ADMISSION_REST.0
+                };
+                (self.off, self.rest) = (off, self.backoff);
+                (self.epochs, self.sum, self.variance) = (0, 0.0, 0.0);
+            }
+        }
+        if self.rest > 0 {
+            if self.off { ADMISSION_OFF } else { 0 }
+        } else if (self.epochs / ADMISSION_BLOCK) % 2 == 1 {
+            ADMISSION_TEST | ADMISSION_OFF
+        } else {
+            ADMISSION_TEST
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Climber {
     /// The window: the weight the small queue may hold before its head faces admission.
@@ -297,6 +440,8 @@ pub(crate) struct Climber {
     full: bool,
     /// The duel's leader (shard 0) only.
     leader: Leader,
+    /// Whether a candidate leaving the small queue faces admission (the duel may turn it off).
+    admits: bool,
 }
 
 impl Climber {
@@ -325,6 +470,7 @@ impl Climber {
             epoch: (expected_entries as u64 / 4).max(DUEL_EPOCH),
             full: false,
             leader: Leader::default(),
+            admits: true,
         }
     }
 
@@ -408,6 +554,14 @@ impl Climber {
         self.window
     }
 
+    /// Whether a candidate leaving the small queue (or a ghost hit) faces admission: the duel
+    /// turns it off where recency predicts better than the sketch (see [`AdmissionDuel`]); a
+    /// single shard always admits.
+    #[inline]
+    pub(crate) fn admits(&self) -> bool {
+        self.admits
+    }
+
     /// Counts a new key (a miss that stores a value). Every `READ_EVERY` of them, reads the
     /// cache's lookup counters (`lookups`: hits and misses so far) and, at the end of a sample,
     /// moves the window.
@@ -452,6 +606,15 @@ impl Climber {
             base.saturating_sub(DUEL_DELTA)
         };
         self.window = capacity_share(self.max_window, window).min(self.max_window);
+        let admission_test = state & ADMISSION_TEST != 0;
+        // In a test, the flag says which pair of shards in two runs without admission: pairs
+        // (0, 1), (4, 5), ... or (2, 3), (6, 7), ..., one larger- and one smaller-window shard each.
+        let phase = usize::from(state & ADMISSION_OFF != 0);
+        self.admits = if admission_test {
+            (index / 2) % 2 != phase
+        } else {
+            phase == 0
+        };
         if index != 0 {
             return;
         }
@@ -470,6 +633,7 @@ impl Climber {
         }
         self.start = Some((hits, now));
         let (mut larger_misses, mut smaller_misses) = (0.0, 0.0);
+        let (mut off_misses, mut on_misses) = (0.0, 0.0);
         for (i, (n, start)) in duel
             .new_keys
             .iter()
@@ -483,6 +647,11 @@ impl Climber {
                 larger_misses += misses;
             } else {
                 smaller_misses += misses;
+            }
+            if (i / 2) % 2 == phase {
+                off_misses += misses;
+            } else {
+                on_misses += misses;
             }
         }
         let leader = &mut self.leader;
@@ -503,14 +672,13 @@ impl Climber {
             base = 0;
             leader.streak = 0;
             leader.rest = leader.rest.max(2);
-            leader.last_difference = None;
-            (leader.evidence, leader.variance) = (0.0, 0.0);
+            leader.evidence = Evidence::default();
         }
         if leader.rest > 0 {
             leader.rest -= 1;
-            leader.last_difference = None;
+            leader.evidence.last_difference = None;
         } else {
-            let mut verdict = leader.judge(larger_misses, smaller_misses);
+            let mut verdict = leader.evidence.judge(larger_misses, smaller_misses);
             if !self.full {
                 // The leader's shard has not evicted yet, so no window has cost anything: a
                 // verdict for a smaller one is noise, and no rest is due. A rest on such a
@@ -540,14 +708,26 @@ impl Climber {
                     leader.backoff = (leader.backoff * 2).clamp(DUEL_REST.0, DUEL_REST.1);
                     leader.rest = leader.backoff;
                     leader.unclear = 0;
-                    (leader.evidence, leader.variance) = (0.0, 0.0);
+                    leader.evidence = Evidence::default();
                 }
                 _ => {}
             }
         }
         let resting = if leader.rest > 0 { RESTING } else { 0 };
-        duel.state
-            .store((epoch + 1) << 32 | resting | base, Ordering::Relaxed);
+        // Admission is tested only across a working duel of a large enough window, in a full
+        // shard of a cache that hits, with two pairs of shards or more on each side.
+        let eligible = resting == 0
+            && base >= ADMISSION_MIN_BASE
+            && self.full
+            && ratio >= DUEL_MIN_RATIO
+            && duel.new_keys.len() >= ADMISSION_MIN_SHARDS;
+        let admission = leader
+            .admission
+            .end_epoch(admission_test.then_some((off_misses, on_misses)), eligible);
+        duel.state.store(
+            (epoch + 1) << 32 | admission | resting | base,
+            Ordering::Relaxed,
+        );
     }
 
     /// Counts an entry that left the window (`read`: with hits while it was there).
@@ -638,8 +818,8 @@ impl Climber {
     /// window costs anything until it is full); the window stays.
     pub(crate) fn clear(&mut self) {
         self.full = false;
-        self.leader.last_difference = None;
-        (self.leader.evidence, self.leader.variance) = (0.0, 0.0);
+        self.leader.evidence = Evidence::default();
+        self.leader.admission = AdmissionDuel::default();
         self.left = READ_EVERY;
         self.start = None;
         self.last_ratio = None;
@@ -651,6 +831,12 @@ impl Climber {
     pub(crate) fn set_window_for_test(&mut self, window: u64) {
         self.window = window.min(self.max_window);
     }
+
+    /// Turns admission on or off, for tests.
+    #[cfg(test)]
+    pub(crate) fn set_admits_for_test(&mut self, admits: bool) {
+        self.admits = admits;
+    }
 }
 
 /// `share` 65,536ths of the capacity of a shard whose largest window is `max_window` (12/16 of
@@ -661,9 +847,6 @@ fn capacity_share(max_window: u64, share: u64) -> u64 {
 }
 
 impl Leader {
-    /// Adds an epoch's misses of the larger-window and the smaller-window halves to the evidence;
-    /// `Some(true)` when it now clearly favours the larger window, `Some(false)` the smaller one
-    /// (and the evidence starts over), `None` while unclear.
     /// The base's move on a verdict for a larger window: one step, or `DUEL_MAX_STREAK` steps
     /// when it follows another such verdict.
     fn step_up(&mut self) -> u64 {
@@ -676,22 +859,40 @@ impl Leader {
         self.streak = 0;
         DUEL_STEP
     }
+}
 
-    fn judge(&mut self, larger_misses: f64, smaller_misses: f64) -> Option<bool> {
-        let difference = larger_misses - smaller_misses;
+/// A duel's accumulated evidence: which of two halves of the shards, swapping every epoch, misses
+/// less.
+#[derive(Debug, Default)]
+struct Evidence {
+    /// The last epoch's misses of the tested half (the larger window, or no admission) less the
+    /// other half's.
+    last_difference: Option<f64>,
+    /// Accumulated: half the sum of two epochs' differences (the cost of the tested side), and
+    /// its variance (misses count as Poisson).
+    sum: f64,
+    variance: f64,
+}
+
+impl Evidence {
+    /// Adds an epoch's misses of the tested half and of the other half to the evidence;
+    /// `Some(true)` when it now clearly favours the tested side, `Some(false)` the other one (and
+    /// the evidence starts over), `None` while unclear.
+    fn judge(&mut self, tested_misses: f64, other_misses: f64) -> Option<bool> {
+        let difference = tested_misses - other_misses;
         let last = self.last_difference.replace(difference)?;
-        // Each half is the larger one in one of the two epochs: its bias cancels.
-        self.evidence += (difference + last) / 2.0;
-        self.variance += (larger_misses + smaller_misses) / 2.0;
+        // Each half is the tested one in one of the two epochs: its bias cancels.
+        self.sum += (difference + last) / 2.0;
+        self.variance += (tested_misses + other_misses) / 2.0;
         let bound = DUEL_BOUND * self.variance.sqrt();
-        let verdict = if self.evidence < -bound {
+        let verdict = if self.sum < -bound {
             true
-        } else if self.evidence > bound {
+        } else if self.sum > bound {
             false
         } else {
             return None;
         };
-        (self.evidence, self.variance) = (0.0, 0.0);
+        (self.sum, self.variance) = (0.0, 0.0);
         Some(verdict)
     }
 }
@@ -804,12 +1005,16 @@ mod tests {
     fn a_duels_evidence_favours_the_half_that_misses_less() {
         let mut leader = Leader::default();
         // The larger window misses 10 % less, epoch after epoch.
-        let verdicts: Vec<_> = (0..20).map(|_| leader.judge(900.0, 1_000.0)).collect();
+        let verdicts: Vec<_> = (0..20)
+            .map(|_| leader.evidence.judge(900.0, 1_000.0))
+            .collect();
         assert_eq!(verdicts[0], None, "one epoch is not evidence");
         assert!(verdicts.contains(&Some(true)), "{verdicts:?}");
         assert!(!verdicts.contains(&Some(false)), "{verdicts:?}");
         let mut leader = Leader::default();
-        let verdicts: Vec<_> = (0..20).map(|_| leader.judge(1_000.0, 900.0)).collect();
+        let verdicts: Vec<_> = (0..20)
+            .map(|_| leader.evidence.judge(1_000.0, 900.0))
+            .collect();
         assert!(verdicts.contains(&Some(false)) && !verdicts.contains(&Some(true)));
     }
 
@@ -833,16 +1038,25 @@ mod tests {
             } else {
                 (1_000.0, 1_300.0)
             };
-            assert_eq!(leader.judge(larger, smaller), None, "epoch {epoch}");
+            assert_eq!(
+                leader.evidence.judge(larger, smaller),
+                None,
+                "epoch {epoch}"
+            );
         }
     }
 
     /// The two shards of a 64k-entry cache, duelling in `duel`; `full`: both have evicted.
     fn duelling_pair(duel: &Arc<Duel>, full: bool) -> Vec<Climber> {
-        (0..2)
+        duelling_shards(duel, 2, full)
+    }
+
+    /// `shards` shards of 64k entries, duelling in `duel`; `full`: all have evicted.
+    fn duelling_shards(duel: &Arc<Duel>, shards: usize, full: bool) -> Vec<Climber> {
+        (0..shards)
             .map(|i| {
                 let mut c = Climber::new(65_536, 8_192);
-                c.set_shards(2);
+                c.set_shards(shards);
                 c.duel(duel, i);
                 if full {
                     c.filled();
@@ -1009,6 +1223,128 @@ mod tests {
         let state = duel.state.load(Ordering::Relaxed);
         assert_eq!((state & RESTING, state & 0xFFFF), (RESTING, 0));
         assert!(shards.iter().all(|c| c.window() == 0));
+    }
+
+    /// The half without admission misses 10 % less once it has settled: the halves hold for a
+    /// block each, and the verdict for no admission comes only once each has had its block (a
+    /// whole cycle). The first epoch of a block, which misses twice as much (the main queue still
+    /// holds what the other half admitted), is not counted.
+    #[test]
+    fn an_admission_test_finds_for_no_admission_only_after_a_whole_cycle() {
+        let mut test = AdmissionDuel::default();
+        let mut flags = test.end_epoch(None, true);
+        let mut phases = Vec::new();
+        while flags & ADMISSION_TEST != 0 {
+            let settling = phases.len() % ADMISSION_BLOCK as usize == 0;
+            phases.push(flags & ADMISSION_OFF != 0);
+            assert!(phases.len() <= 100, "no verdict");
+            let off = if settling { 2_000.0 } else { 900.0 };
+            flags = test.end_epoch(Some((off, 1_000.0)), true);
+        }
+        let block = ADMISSION_BLOCK as usize;
+        assert_eq!(phases.len(), 2 * block, "{phases:?}");
+        assert!(phases[..block].iter().all(|&p| !p) && phases[block..].iter().all(|&p| p));
+        // Then every shard runs without admission, for a rest.
+        assert_eq!(flags, ADMISSION_OFF);
+        assert_eq!(test.rest, ADMISSION_REST.0);
+        for _ in 1..ADMISSION_REST.0 {
+            assert_eq!(test.end_epoch(None, true), ADMISSION_OFF);
+        }
+        assert_eq!(test.end_epoch(None, true), ADMISSION_TEST, "tests again");
+    }
+
+    /// The half without admission misses 10 % more: the test ends early, for admission.
+    #[test]
+    fn an_admission_test_ends_early_when_admission_clearly_pays() {
+        let mut test = AdmissionDuel::default();
+        assert_eq!(test.end_epoch(None, true), ADMISSION_TEST);
+        let mut epochs = 1;
+        while test.end_epoch(Some((1_100.0, 1_000.0)), true) & ADMISSION_TEST != 0 {
+            epochs += 1;
+        }
+        assert!(epochs < ADMISSION_BLOCK, "{epochs} epochs");
+        assert!(!test.off && test.rest == ADMISSION_REST.0);
+    }
+
+    /// One pair of shards misses 300 more whatever it runs: a bias that favours no admission in
+    /// one block and admission in the next. No verdict for no admission comes of it.
+    #[test]
+    fn an_admission_test_cancels_a_bias_between_its_halves() {
+        let mut test = AdmissionDuel::default();
+        let mut flags = test.end_epoch(None, true);
+        for epoch in 0..2_000 {
+            assert_ne!(flags, ADMISSION_OFF, "epoch {epoch}");
+            let tested = if flags & ADMISSION_TEST == 0 {
+                None
+            } else if flags & ADMISSION_OFF == 0 {
+                // The biased pair has admission.
+                Some((1_000.0, 1_300.0))
+            } else {
+                Some((1_300.0, 1_000.0))
+            };
+            flags = test.end_epoch(tested, true);
+        }
+    }
+
+    /// The `shards` of a 64k-entry cache, the window's duel at `base`, after `rounds` rounds in
+    /// in which each shard misses `READ_EVERY` times if it admits, and every other round if not.
+    /// (So each shard takes the duel's state once a round at most, and the leader, which moves
+    /// it, goes last: at the end of a round every shard runs as the same state says.)
+    fn admission_duel(shards: usize, base: u64, rounds: usize) -> (Vec<Climber>, usize) {
+        let duel = Duel::new(shards);
+        let mut shards = duelling_shards(&duel, shards, true);
+        shards[0].leader.started = true;
+        duel.state.store(base, Ordering::Relaxed);
+        let (mut hits, mut misses) = (0u64, 0u64);
+        let mut patterns = std::collections::HashSet::new();
+        for round in 0..rounds {
+            for shard in shards.iter_mut().rev() {
+                let new_keys = if shard.admits() || round % 2 == 0 {
+                    READ_EVERY
+                } else {
+                    0
+                };
+                for _ in 0..new_keys {
+                    (hits, misses) = (hits + 3, misses + 1);
+                    shard.new_key(|| (hits, misses));
+                }
+            }
+            patterns.insert(shards.iter().map(Climber::admits).collect::<Vec<_>>());
+        }
+        // Whenever some shards run without admission and some with it, it is a pair in two.
+        let tests: Vec<_> = patterns
+            .iter()
+            .filter(|p| p.contains(&true) && p.contains(&false))
+            .collect();
+        for pattern in &tests {
+            assert!(
+                pattern.chunks(2).all(|pair| pair[0] == pair[1])
+                    && pattern.chunks(4).all(|four| four[0] != four[2]),
+                "{pattern:?}"
+            );
+        }
+        (shards, tests.len())
+    }
+
+    /// Eight shards at a window of a quarter of the capacity, where no admission misses less:
+    /// after a test, every shard runs without admission.
+    #[test]
+    fn a_duel_turns_admission_off_where_no_admission_misses_less() {
+        let (shards, tests) = admission_duel(8, 4 * DUEL_STEP, 800);
+        assert_eq!(tests, 2, "both pairs in two ran without admission");
+        let admits: Vec<bool> = shards.iter().map(Climber::admits).collect();
+        assert_eq!(admits, [false; 8]);
+    }
+
+    /// The same at a window below `ADMISSION_MIN_BASE`, or with four shards: no test, and every
+    /// shard keeps admission.
+    #[test]
+    fn a_duel_tests_admission_only_at_a_large_window_with_eight_shards() {
+        for (shards, base) in [(8, ADMISSION_MIN_BASE - DUEL_STEP), (4, 4 * DUEL_STEP)] {
+            let (shards, tests) = admission_duel(shards, base, 800);
+            assert_eq!(tests, 0);
+            assert!(shards.iter().all(Climber::admits));
+        }
     }
 
     /// The mean window over a cache's shards.

@@ -30,7 +30,10 @@
 //!   small queue's two-count margin (see `Shard::admit_ghost`); else it starts over in the small
 //!   queue;
 //! - small caches get fewer shards (at least 128 entries each), since each shard runs its own
-//!   policy.
+//!   policy;
+//! - the admission above applies unless the shards' duel turns it off: where the window has grown
+//!   to 12.5 % or more in a cache of eight shards or more, it tests running without it in half
+//!   the shards, and keeps what misses less for a while (see `climber.rs`, `AdmissionDuel`).
 //!
 //! Hits never touch the sketch (the hit path stays a lock-free table lookup plus a relaxed store of
 //! the entry's 2-bit frequency); an entry's hits are folded into the sketch when the policy next
