@@ -399,7 +399,8 @@ impl Table {
         // Only the writer stores buckets, and it is the caller: the table cannot change under
         // this probe, and it ends at an empty bucket (there always is one).
         loop {
-            let group = self.group(start);
+            // SAFETY: `start` is a multiple of `GROUP` masked to the table's buckets.
+            let group = unsafe { self.group(start) };
             let (matches, empty, tombstone) = masks(&group, index_mask, tagged);
             let tombstone = if VACANCY { tombstone } else { 0 };
             let probed = u32::MAX << from;
@@ -410,7 +411,12 @@ impl Table {
             let mut candidates = matches & before_empty;
             while candidates != 0 {
                 let i = candidates.trailing_zeros() as usize;
-                let idx = group[i] ^ tagged;
+                // Read from the table again, not from `group`: indexing the array by a variable
+                // kept it on the stack, a store and a load on every group (issue 17).
+                // SAFETY: a bucket of the group, in the table (see `group`).
+                let bucket = unsafe { Probe::bucket(self.lines.as_ptr(), start + i) };
+                // Relaxed: only the writer stores buckets, and it is the caller.
+                let idx = bucket.load(Ordering::Relaxed) ^ tagged;
                 if is_key(idx) {
                     return Ok((start + i, idx));
                 }
@@ -431,26 +437,36 @@ impl Table {
         }
     }
 
-    /// The `GROUP` buckets from `start`, a multiple of `GROUP`, for the writer.
+    /// The `GROUP` buckets from `start`, for the writer.
+    ///
+    /// # Safety
+    /// `start` is a multiple of `GROUP` below the bucket count (a multiple of `LINE`, so the
+    /// group ends inside the table): unchecked, the bounds check of every group cost four
+    /// instructions (issue 17).
     #[inline(always)]
-    fn group(&self, start: usize) -> [u32; GROUP] {
+    unsafe fn group(&self, start: usize) -> [u32; GROUP] {
         const { assert!(LINE % GROUP == 0) };
-        let line = &self.lines[start / LINE].0;
-        // `start % LINE` is a multiple of `GROUP`, so the group ends inside the line.
-        let at = (start % LINE) & !(GROUP - 1);
-        let group: &[AtomicU32; GROUP] = line[at..at + GROUP]
-            .try_into()
-            .expect("a group lies inside a line");
+        debug_assert!(start % GROUP == 0 && start < self.buckets());
         // One plain 16-byte read (four atomic loads were four moves and a copy through the
         // stack). No data race: the writer is the only thread that stores buckets, and it is
         // the caller; readers only load them.
         #[cfg(not(all(test, leasecache_loom)))]
-        // SAFETY: `AtomicU32` has the size, alignment and bit validity of `u32`; the buckets are
-        // not written while this reads them (above).
-        return unsafe { std::ptr::read(std::ptr::from_ref(group).cast::<[u32; GROUP]>()) };
+        // SAFETY: the buckets are one contiguous array of `AtomicU32` (see `Probe::bucket`), of
+        // which `start..start + GROUP` is in bounds (the caller's contract); `AtomicU32` has the
+        // size, alignment and bit validity of `u32`; the buckets are not written while this
+        // reads them (above).
+        return unsafe {
+            std::ptr::read(
+                self.lines
+                    .as_ptr()
+                    .cast::<AtomicU32>()
+                    .add(start)
+                    .cast::<[u32; GROUP]>(),
+            )
+        };
         // Relaxed: only the writer stores buckets.
         #[cfg(all(test, leasecache_loom))]
-        std::array::from_fn(|i| group[i].load(Ordering::Relaxed))
+        std::array::from_fn(|i| self.bucket(start + i).load(Ordering::Relaxed))
     }
 
     /// The bucket that names slot `idx`, found by reading every bucket. Writer only: for an entry
@@ -483,10 +499,15 @@ impl Table {
     /// Points bucket `pos` (found for `hash`, or its vacancy) at slot `idx`. Writer only.
     #[inline]
     pub(crate) fn replace(&self, pos: usize, hash: u64, idx: u32) {
-        debug_assert!(self.names(idx));
+        debug_assert!(self.names(idx) && pos < self.buckets());
+        let index_mask = self.index_mask();
+        // Masked rather than bounds-checked: the mask is at hand (the tag needs it), and the
+        // check cost every write three instructions (issue 17).
+        // SAFETY: masked to the table's buckets; `&self` keeps the table alive.
+        let bucket =
+            unsafe { Probe::bucket(self.lines.as_ptr(), pos & (index_mask >> 1) as usize) };
         // Release pairs with the Acquire load in `find`.
-        self.bucket(pos)
-            .store(self.encode(hash, idx), Ordering::Release);
+        bucket.store(tagged(hash, index_mask) | idx, Ordering::Release);
     }
 
     /// Removes the entry in bucket `pos`. Writer only. Returns how many buckets stopped being
