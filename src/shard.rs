@@ -442,6 +442,9 @@ fn prefetch_slot<K, V>(slot: &Slot<K, V>) {
     let _ = slot;
 }
 
+/// Where the writer found a key: its table bucket, its slot's index and its slot.
+type Found<'a, K, V> = (usize, u32, &'a Slot<K, V>);
+
 /// A slot in a queue, with its neighbours' indices (`NIL` at an end) and slots, as the writer
 /// looked them up (`Shard::linked`): unlinking or replacing it touches all three.
 struct Linked<'a, K, V> {
@@ -519,12 +522,22 @@ where
         self.table().find_for_writer(hash, self.holds(key))
     }
 
-    /// The bucket and slot of `key`, or the bucket to insert it in and whether that is empty.
+    /// The bucket, slot index and slot of `key` (the slot as the key comparison looked it up: a
+    /// replacing write needs it next), or the bucket to insert it in and whether that is empty.
     /// Always inlined into `insert_as`, its one caller: left to the heuristics, it became a call
     /// of its own (with a frame) once `Cache::store` was inlined into the writes (issue 17).
     #[inline(always)]
-    fn find_or_vacancy(&self, hash: u64, key: &K) -> Result<(usize, u32), (usize, bool)> {
-        self.table().find_or_vacancy(hash, self.holds(key))
+    fn find_or_vacancy(&self, hash: u64, key: &K) -> Result<Found<'a, K, V>, (usize, bool)> {
+        let slab = &self.shared.slab;
+        let mut found = None;
+        let probe = self.table().find_or_vacancy(hash, |idx| {
+            found = slab.get(idx).filter(|s| {
+                // SAFETY: the writer; every slot the table names holds an entry.
+                unsafe { s.with_key(|k| k == key) }
+            });
+            found.is_some()
+        });
+        probe.map(|(pos, idx)| (pos, idx, found.unwrap_or_else(|| self.slot(idx))))
     }
 
     /// Whether the slot a bucket names holds `key`, for the writer's probes.
@@ -608,7 +621,8 @@ where
         // write carries the old slot and its neighbours (looked up once, for the prefetch and
         // the relinking), a new key its queue and vacancy.
         let (pos, empty) = match self.find_or_vacancy(hash, &key) {
-            Ok((pos, old)) => {
+            Ok((pos, old, old_slot)) => {
+                let old = self.linked_at(old, old_slot);
                 return self.replace_linked(
                     admit, hash, pos, old, key, value, weight, expires_at, now, hash_of,
                 );
@@ -661,7 +675,7 @@ where
         admit: Admit,
         hash: u64,
         pos: usize,
-        old: u32,
+        old: Linked<'a, K, V>,
         key: K,
         value: V,
         weight: u32,
@@ -669,7 +683,6 @@ where
         now: u64,
         hash_of: &impl Fn(&K) -> u64,
     ) -> bool {
-        let old = self.linked(old);
         old.prefetch_neighbours();
         // A replacing write leaves the sketch alone: the key is cached, its hits are in its
         // slot's counter (which the new slot inherits), and the sketch's line is one more random
@@ -746,7 +759,12 @@ where
     /// Slot `idx`, which is in a queue, with its queue neighbours, each looked up once.
     #[inline(always)]
     fn linked(&self, idx: u32) -> Linked<'a, K, V> {
-        let slot = self.slot(idx);
+        self.linked_at(idx, self.slot(idx))
+    }
+
+    /// [`linked`](Self::linked) of slot `idx`, which is `slot`.
+    #[inline(always)]
+    fn linked_at(&self, idx: u32, slot: &'a Slot<K, V>) -> Linked<'a, K, V> {
         let (prev, next) = (
             slot.prev.load(Ordering::Relaxed),
             slot.next.load(Ordering::Relaxed),
