@@ -214,7 +214,8 @@ impl Probe {
     #[inline]
     pub(crate) fn prefetch(self, hash: u64) {
         let lines = (self.0 & !LOG2_MASK) as *const Line;
-        let mask = (index_mask((self.0 & LOG2_MASK) as u32) >> 1) as usize;
+        // The bucket count less one (`index_mask >> 1`, one instruction less).
+        let mask = (1usize << (self.0 & LOG2_MASK)) - 1;
         // Not dereferenced: a pointer computed with `wrapping_add` needs no live table.
         prefetch(lines.cast::<u32>().wrapping_add(hash as usize & mask));
     }
