@@ -44,6 +44,11 @@ pub(crate) struct Table {
     /// [`max_used`](Self::max_used), worked out once: every insert compares with it (four
     /// instructions less a write, issue 17).
     max_used: usize,
+    /// The bits of a bucket that hold the slot index (`index_mask(log2)`), and the bucket count
+    /// less one: what every writer's probe masks with, worked out once (three instructions
+    /// less an absent purge, issue 17).
+    index_mask: u32,
+    mask: usize,
 }
 
 /// The most slots a table can name: the tag keeps at least one bit.
@@ -294,6 +299,8 @@ impl Table {
                 .collect(),
             log2: buckets.trailing_zeros(),
             max_used: buckets / 4 * 3,
+            index_mask: index_mask(buckets.trailing_zeros()),
+            mask: buckets - 1,
         }
     }
 
@@ -313,7 +320,7 @@ impl Table {
     }
 
     fn index_mask(&self) -> u32 {
-        index_mask(self.log2)
+        self.index_mask
     }
 
     /// Whether slot `idx` can be named in this table.
@@ -377,7 +384,7 @@ impl Table {
     ) -> Result<(usize, u32), (usize, bool)> {
         let index_mask = self.index_mask();
         let tagged = tagged(hash, index_mask);
-        let mask = self.buckets() - 1;
+        let mask = self.mask;
         let home = hash as usize & mask;
         // With `VACANCY` (an insert), the home bucket alone first: a replacing write usually
         // finds its key there, and skips the group's masks and the loop (replace `u64` 309.6 ->
@@ -491,7 +498,7 @@ impl Table {
     /// it and which has no tombstones.
     pub(crate) fn insert_fresh(&self, hash: u64, idx: u32) {
         debug_assert!(self.names(idx));
-        let mask = self.buckets() - 1;
+        let mask = self.mask;
         let mut pos = hash as usize & mask;
         // Relaxed (here and below): the table's publication orders these stores for readers.
         while self.bucket(pos).load(Ordering::Relaxed) != EMPTY {
@@ -505,14 +512,12 @@ impl Table {
     #[inline]
     pub(crate) fn replace(&self, pos: usize, hash: u64, idx: u32) {
         debug_assert!(self.names(idx) && pos < self.buckets());
-        let index_mask = self.index_mask();
-        // Masked rather than bounds-checked: the mask is at hand (the tag needs it), and the
-        // check cost every write three instructions (issue 17).
+        // Masked rather than bounds-checked: the check cost every write three instructions
+        // (issue 17).
         // SAFETY: masked to the table's buckets; `&self` keeps the table alive.
-        let bucket =
-            unsafe { Probe::bucket(self.lines.as_ptr(), pos & (index_mask >> 1) as usize) };
+        let bucket = unsafe { Probe::bucket(self.lines.as_ptr(), pos & self.mask) };
         // Release pairs with the Acquire load in `find`.
-        bucket.store(tagged(hash, index_mask) | idx, Ordering::Release);
+        bucket.store(tagged(hash, self.index_mask) | idx, Ordering::Release);
     }
 
     /// Removes the entry in bucket `pos`. Writer only. Returns how many buckets stopped being
@@ -525,7 +530,7 @@ impl Table {
     /// the same moment too (they only stop earlier for keys that are not there). Without it,
     /// churn fills a table with tombstones that every miss must probe past.
     pub(crate) fn remove(&self, pos: usize) -> usize {
-        let mask = self.buckets() - 1;
+        let mask = self.mask;
         // Relaxed: only the writer stores buckets.
         if self.bucket((pos + 1) & mask).load(Ordering::Relaxed) != EMPTY {
             // Release (here and below): a reader that sees the removal sees the generation mark
