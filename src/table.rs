@@ -406,7 +406,10 @@ impl Table {
         // ~150 in this probe, against hashbrown's ~40). The home group's buckets before the
         // home bucket are not part of the probe; the probe visits them last if it wraps.
         let mut start = home & !(GROUP - 1);
-        let mut from = home - start;
+        // The buckets of the group that are part of the probe: from the home bucket in the
+        // first, all of them after (a mask kept from one group to the next, not a shift by a
+        // position that is zero after the first: two instructions less a group, issue 17).
+        let mut probed = u32::MAX << (home - start);
         let mut vacancy = None;
         // Only the writer stores buckets, and it is the caller: the table cannot change under
         // this probe, and it ends at an empty bucket (there always is one).
@@ -415,7 +418,6 @@ impl Table {
             let group = unsafe { self.group(start) };
             let (matches, empty, tombstone) = masks(&group, index_mask, tagged);
             let tombstone = if VACANCY { tombstone } else { 0 };
-            let probed = u32::MAX << from;
             let (matches, empty, tombstone) =
                 (matches & probed, empty & probed, tombstone & probed);
             // Only buckets before the first empty one are part of the probe.
@@ -445,7 +447,7 @@ impl Table {
                 return Err(vacancy.unwrap_or((0, true)));
             }
             start = (start + GROUP) & mask;
-            from = 0;
+            probed = u32::MAX;
         }
     }
 
