@@ -571,6 +571,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_masks_and_threshold_a_table_keeps_agree_with_its_size() {
+        for log2 in 4..=20 {
+            let buckets = 1usize << log2;
+            let t = Table::new(buckets);
+            assert_eq!(t.buckets(), buckets);
+            assert_eq!(t.mask, buckets - 1);
+            assert_eq!(t.index_mask(), index_mask(log2));
+            assert_eq!(t.max_used(), buckets / 4 * 3);
+            // The probe word's prefetch masks the same way.
+            let p = Probe::of(&t);
+            assert_eq!((1usize << (p.0 & LOG2_MASK)) - 1, t.mask);
+        }
+    }
+
     /// Adds `idx` for `hash` as the writer does: at the vacancy of its probe. Returns whether an
     /// empty bucket was used (rather than a tombstone).
     fn add(t: &Table, hash: u64, idx: u32) -> bool {
