@@ -41,6 +41,14 @@ pub(crate) struct Table {
     lines: Box<[Line]>,
     /// `log2` of the bucket count.
     log2: u32,
+    /// [`max_used`](Self::max_used), worked out once: every insert compares with it (four
+    /// instructions less a write, issue 17).
+    max_used: usize,
+    /// The bits of a bucket that hold the slot index (`index_mask(log2)`), and the bucket count
+    /// less one: what every writer's probe masks with, worked out once (three instructions
+    /// less an absent purge, issue 17).
+    index_mask: u32,
+    mask: usize,
 }
 
 /// The most slots a table can name: the tag keeps at least one bit.
@@ -214,7 +222,8 @@ impl Probe {
     #[inline]
     pub(crate) fn prefetch(self, hash: u64) {
         let lines = (self.0 & !LOG2_MASK) as *const Line;
-        let mask = (index_mask((self.0 & LOG2_MASK) as u32) >> 1) as usize;
+        // The bucket count less one (`index_mask >> 1`, one instruction less).
+        let mask = (1usize << (self.0 & LOG2_MASK)) - 1;
         // Not dereferenced: a pointer computed with `wrapping_add` needs no live table.
         prefetch(lines.cast::<u32>().wrapping_add(hash as usize & mask));
     }
@@ -289,6 +298,9 @@ impl Table {
                 .map(|_| Line(std::array::from_fn(|_| AtomicU32::new(EMPTY))))
                 .collect(),
             log2: buckets.trailing_zeros(),
+            max_used: buckets / 4 * 3,
+            index_mask: index_mask(buckets.trailing_zeros()),
+            mask: buckets - 1,
         }
     }
 
@@ -304,11 +316,11 @@ impl Table {
 
     /// How many buckets (live or tombstones) the writer may use before it builds a new table.
     pub(crate) fn max_used(&self) -> usize {
-        self.buckets() / 4 * 3
+        self.max_used
     }
 
     fn index_mask(&self) -> u32 {
-        index_mask(self.log2)
+        self.index_mask
     }
 
     /// Whether slot `idx` can be named in this table.
@@ -372,7 +384,7 @@ impl Table {
     ) -> Result<(usize, u32), (usize, bool)> {
         let index_mask = self.index_mask();
         let tagged = tagged(hash, index_mask);
-        let mask = self.buckets() - 1;
+        let mask = self.mask;
         let home = hash as usize & mask;
         // With `VACANCY` (an insert), the home bucket alone first: a replacing write usually
         // finds its key there, and skips the group's masks and the loop (replace `u64` 309.6 ->
@@ -394,15 +406,18 @@ impl Table {
         // ~150 in this probe, against hashbrown's ~40). The home group's buckets before the
         // home bucket are not part of the probe; the probe visits them last if it wraps.
         let mut start = home & !(GROUP - 1);
-        let mut from = home - start;
+        // The buckets of the group that are part of the probe: from the home bucket in the
+        // first, all of them after (a mask kept from one group to the next, not a shift by a
+        // position that is zero after the first: two instructions less a group, issue 17).
+        let mut probed = u32::MAX << (home - start);
         let mut vacancy = None;
         // Only the writer stores buckets, and it is the caller: the table cannot change under
         // this probe, and it ends at an empty bucket (there always is one).
         loop {
-            let group = self.group(start);
+            // SAFETY: `start` is a multiple of `GROUP` masked to the table's buckets.
+            let group = unsafe { self.group(start) };
             let (matches, empty, tombstone) = masks(&group, index_mask, tagged);
             let tombstone = if VACANCY { tombstone } else { 0 };
-            let probed = u32::MAX << from;
             let (matches, empty, tombstone) =
                 (matches & probed, empty & probed, tombstone & probed);
             // Only buckets before the first empty one are part of the probe.
@@ -410,7 +425,12 @@ impl Table {
             let mut candidates = matches & before_empty;
             while candidates != 0 {
                 let i = candidates.trailing_zeros() as usize;
-                let idx = group[i] ^ tagged;
+                // Read from the table again, not from `group`: indexing the array by a variable
+                // kept it on the stack, a store and a load on every group (issue 17).
+                // SAFETY: a bucket of the group, in the table (see `group`).
+                let bucket = unsafe { Probe::bucket(self.lines.as_ptr(), start + i) };
+                // Relaxed: only the writer stores buckets, and it is the caller.
+                let idx = bucket.load(Ordering::Relaxed) ^ tagged;
                 if is_key(idx) {
                     return Ok((start + i, idx));
                 }
@@ -427,30 +447,40 @@ impl Table {
                 return Err(vacancy.unwrap_or((0, true)));
             }
             start = (start + GROUP) & mask;
-            from = 0;
+            probed = u32::MAX;
         }
     }
 
-    /// The `GROUP` buckets from `start`, a multiple of `GROUP`, for the writer.
+    /// The `GROUP` buckets from `start`, for the writer.
+    ///
+    /// # Safety
+    /// `start` is a multiple of `GROUP` below the bucket count (a multiple of `LINE`, so the
+    /// group ends inside the table): unchecked, the bounds check of every group cost four
+    /// instructions (issue 17).
     #[inline(always)]
-    fn group(&self, start: usize) -> [u32; GROUP] {
+    unsafe fn group(&self, start: usize) -> [u32; GROUP] {
         const { assert!(LINE % GROUP == 0) };
-        let line = &self.lines[start / LINE].0;
-        // `start % LINE` is a multiple of `GROUP`, so the group ends inside the line.
-        let at = (start % LINE) & !(GROUP - 1);
-        let group: &[AtomicU32; GROUP] = line[at..at + GROUP]
-            .try_into()
-            .expect("a group lies inside a line");
+        debug_assert!(start % GROUP == 0 && start < self.buckets());
         // One plain 16-byte read (four atomic loads were four moves and a copy through the
         // stack). No data race: the writer is the only thread that stores buckets, and it is
         // the caller; readers only load them.
         #[cfg(not(all(test, leasecache_loom)))]
-        // SAFETY: `AtomicU32` has the size, alignment and bit validity of `u32`; the buckets are
-        // not written while this reads them (above).
-        return unsafe { std::ptr::read(std::ptr::from_ref(group).cast::<[u32; GROUP]>()) };
+        // SAFETY: the buckets are one contiguous array of `AtomicU32` (see `Probe::bucket`), of
+        // which `start..start + GROUP` is in bounds (the caller's contract); `AtomicU32` has the
+        // size, alignment and bit validity of `u32`; the buckets are not written while this
+        // reads them (above).
+        return unsafe {
+            std::ptr::read(
+                self.lines
+                    .as_ptr()
+                    .cast::<AtomicU32>()
+                    .add(start)
+                    .cast::<[u32; GROUP]>(),
+            )
+        };
         // Relaxed: only the writer stores buckets.
         #[cfg(all(test, leasecache_loom))]
-        std::array::from_fn(|i| group[i].load(Ordering::Relaxed))
+        std::array::from_fn(|i| self.bucket(start + i).load(Ordering::Relaxed))
     }
 
     /// The bucket that names slot `idx`, found by reading every bucket. Writer only: for an entry
@@ -470,7 +500,7 @@ impl Table {
     /// it and which has no tombstones.
     pub(crate) fn insert_fresh(&self, hash: u64, idx: u32) {
         debug_assert!(self.names(idx));
-        let mask = self.buckets() - 1;
+        let mask = self.mask;
         let mut pos = hash as usize & mask;
         // Relaxed (here and below): the table's publication orders these stores for readers.
         while self.bucket(pos).load(Ordering::Relaxed) != EMPTY {
@@ -483,10 +513,13 @@ impl Table {
     /// Points bucket `pos` (found for `hash`, or its vacancy) at slot `idx`. Writer only.
     #[inline]
     pub(crate) fn replace(&self, pos: usize, hash: u64, idx: u32) {
-        debug_assert!(self.names(idx));
+        debug_assert!(self.names(idx) && pos < self.buckets());
+        // Masked rather than bounds-checked: the check cost every write three instructions
+        // (issue 17).
+        // SAFETY: masked to the table's buckets; `&self` keeps the table alive.
+        let bucket = unsafe { Probe::bucket(self.lines.as_ptr(), pos & self.mask) };
         // Release pairs with the Acquire load in `find`.
-        self.bucket(pos)
-            .store(self.encode(hash, idx), Ordering::Release);
+        bucket.store(tagged(hash, self.index_mask) | idx, Ordering::Release);
     }
 
     /// Removes the entry in bucket `pos`. Writer only. Returns how many buckets stopped being
@@ -499,7 +532,7 @@ impl Table {
     /// the same moment too (they only stop earlier for keys that are not there). Without it,
     /// churn fills a table with tombstones that every miss must probe past.
     pub(crate) fn remove(&self, pos: usize) -> usize {
-        let mask = self.buckets() - 1;
+        let mask = self.mask;
         // Relaxed: only the writer stores buckets.
         if self.bucket((pos + 1) & mask).load(Ordering::Relaxed) != EMPTY {
             // Release (here and below): a reader that sees the removal sees the generation mark
@@ -537,6 +570,21 @@ impl Table {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_masks_and_threshold_a_table_keeps_agree_with_its_size() {
+        for log2 in 4..=20 {
+            let buckets = 1usize << log2;
+            let t = Table::new(buckets);
+            assert_eq!(t.buckets(), buckets);
+            assert_eq!(t.mask, buckets - 1);
+            assert_eq!(t.index_mask(), index_mask(log2));
+            assert_eq!(t.max_used(), buckets / 4 * 3);
+            // The probe word's prefetch masks the same way.
+            let p = Probe::of(&t);
+            assert_eq!((1usize << (p.0 & LOG2_MASK)) - 1, t.mask);
+        }
+    }
 
     /// Adds `idx` for `hash` as the writer does: at the vacancy of its probe. Returns whether an
     /// empty bucket was used (rather than a tombstone).
