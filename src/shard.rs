@@ -698,7 +698,7 @@ where
         self.swap_links(&old, (idx, new_slot), state);
         let list = self.w.list_mut(state);
         list.weight = list.weight - u64::from(old_weight) + u64::from(weight);
-        self.table().replace(pos, hash, idx);
+        self.table().repoint(pos, old.idx, idx);
         self.notify_replaced(old.idx, now);
         // `retire_slot`, with the slot at hand.
         old_slot.set_state(RETIRED);
