@@ -744,10 +744,14 @@ where
         if self.w.weight() > self.w.capacity || self.w.len() > self.w.max_entries {
             let keep = if admit == Admit::Keep { idx } else { NIL };
             self.evict_until_fits(now, keep, hash_of);
+            // Eviction retires slots but never reuses them within an insert, so a slot still in
+            // a queue holds this entry.
+            return matches!(new_slot.state(), SMALL | MAIN);
         }
-        // Eviction retires slots but never reuses them within an insert, so a slot still in a
-        // queue holds this entry.
-        matches!(new_slot.state(), SMALL | MAIN)
+        // Nothing evicted: the entry is in the queue its caller linked it into (reading its
+        // state back cost a replacing write five instructions, issue 17).
+        debug_assert!(matches!(new_slot.state(), SMALL | MAIN));
+        true
     }
 
     /// Slot `idx`, which is in a queue, with its queue neighbours, each looked up once.
