@@ -618,7 +618,7 @@ where
             Ok((pos, old, old_slot)) => {
                 let old = self.linked_at(old, old_slot);
                 return self.replace_linked(
-                    admit, hash, pos, old, key, value, weight, expires_at, now, hash_of,
+                    admit, pos, old, key, value, weight, expires_at, now, hash_of,
                 );
             }
             Err(vacancy) => vacancy,
@@ -667,7 +667,6 @@ where
     fn replace_linked(
         &mut self,
         admit: Admit,
-        hash: u64,
         pos: usize,
         old: Linked<'a, K, V>,
         key: K,
