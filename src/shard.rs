@@ -21,8 +21,8 @@ use crate::listener::{RemovalCause, Removals};
 use crate::policy::{CacheReturns, Climber, Duel, Ghost, Sketch};
 use crate::reclaim::{Limbo, ReadGuard, Readers};
 #[cfg(any(test, fuzzing))]
-use crate::slab::FREE;
-use crate::slab::{MAIN, RETIRED, SMALL, Slab, Slot};
+use crate::slab::{FREE, RETIRED};
+use crate::slab::{MAIN, SMALL, Slab, Slot};
 use crate::sync::{Arc, AtomicPtr, Ordering};
 use crate::table::{MIN_BUCKETS, Probe, Published as PublishedTable, Table};
 use std::borrow::Borrow;
@@ -700,7 +700,7 @@ where
         self.table().repoint(pos, old.idx, idx);
         self.notify_replaced(old.idx, now);
         // `retire_slot`, with the slot at hand.
-        old_slot.set_state(RETIRED);
+        old_slot.retire();
         self.w.limbo.retire(old.idx);
         self.collect_if_batch();
         self.fit(admit, idx, new_slot, now, hash_of)
@@ -1310,7 +1310,7 @@ where
     /// Marks an unlinked slot retired and queues it for reclamation, without collecting: runs no
     /// user code.
     fn defer_slot(&mut self, idx: u32) {
-        self.slot(idx).set_state(RETIRED);
+        self.slot(idx).retire();
         self.w.limbo.retire(idx);
     }
 
