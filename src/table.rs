@@ -49,6 +49,9 @@ pub(crate) struct Table {
     /// less an absent purge, issue 17).
     index_mask: u32,
     mask: usize,
+    /// `index_mask + 1`, the tag's lowest bit, which every tag has (see [`tagged`]): kept, so
+    /// that a writer's tag is an `and` and an `or` (issue 17).
+    tag_bit: u32,
 }
 
 /// The most slots a table can name: the tag keeps at least one bit.
@@ -301,6 +304,7 @@ impl Table {
             max_used: buckets / 4 * 3,
             index_mask: index_mask(buckets.trailing_zeros()),
             mask: buckets - 1,
+            tag_bit: index_mask(buckets.trailing_zeros()) + 1,
         }
     }
 
@@ -330,7 +334,13 @@ impl Table {
 
     #[inline]
     fn encode(&self, hash: u64, idx: u32) -> u32 {
-        tagged(hash, self.index_mask()) | idx
+        self.tagged(hash) | idx
+    }
+
+    /// [`tagged`] in this table, from the masks it keeps.
+    #[inline(always)]
+    fn tagged(&self, hash: u64) -> u32 {
+        ((hash >> 32) as u32 & !self.index_mask) | self.tag_bit
     }
 
     #[inline]
@@ -383,7 +393,7 @@ impl Table {
         mut is_key: impl FnMut(u32) -> bool,
     ) -> Result<(usize, u32), (usize, bool)> {
         let index_mask = self.index_mask();
-        let tagged = tagged(hash, index_mask);
+        let tagged = self.tagged(hash);
         let mask = self.mask;
         let home = hash as usize & mask;
         // With `VACANCY` (an insert), the home bucket alone first: a replacing write usually
@@ -519,7 +529,7 @@ impl Table {
         // SAFETY: masked to the table's buckets; `&self` keeps the table alive.
         let bucket = unsafe { Probe::bucket(self.lines.as_ptr(), pos & self.mask) };
         // Release pairs with the Acquire load in `find`.
-        bucket.store(tagged(hash, self.index_mask) | idx, Ordering::Release);
+        bucket.store(self.tagged(hash) | idx, Ordering::Release);
     }
 
     /// Points live bucket `pos`, which names slot `old`, at slot `idx` instead, keeping its tag.
@@ -600,6 +610,9 @@ mod tests {
             assert_eq!(t.mask, buckets - 1);
             assert_eq!(t.index_mask(), index_mask(log2));
             assert_eq!(t.max_used(), buckets / 4 * 3);
+            for hash in [0, u64::MAX, 0x9e37_79b9_7f4a_7c15, 1 << 63, 1 << 32] {
+                assert_eq!(t.tagged(hash), tagged(hash, index_mask(log2)));
+            }
             // The probe word's prefetch masks the same way.
             let p = Probe::of(&t);
             assert_eq!((1usize << (p.0 & LOG2_MASK)) - 1, t.mask);
