@@ -757,53 +757,85 @@ impl Drop for ReadGuard<'_> {
 }
 
 /// What a shard's writer retired and may not free yet: a batch waiting for its grace period and
-/// the items retired since, which will form the next batch.
+/// the things retired since, which will form the next batch. Two kinds: items (`T`, a shard's
+/// slots) that a collection hands to the caller a whole batch at a time, so that it can move them
+/// in bulk (one `append` onto a free list, not a pop, a match and a push per item: issue 17), and
+/// things (`D`, a shard's replaced tables) that the batch drops itself once its grace period is
+/// over.
 #[derive(Debug)]
-pub(crate) struct Limbo<T> {
-    pending: Vec<T>,
-    waiting: Vec<T>,
+pub(crate) struct Limbo<T, D = ()> {
+    pending: Batch<T, D>,
+    waiting: Batch<T, D>,
     /// The epoch published after `waiting` was unlinked.
     epoch: u64,
     /// The comparison build's grace period of `waiting` (see the module docs).
     grace: Grace,
 }
 
-impl<T> Default for Limbo<T> {
+/// The items and things of one batch.
+#[derive(Debug)]
+struct Batch<T, D> {
+    items: Vec<T>,
+    dropped: Vec<D>,
+}
+
+impl<T, D> Batch<T, D> {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.dropped.is_empty()
+    }
+}
+
+impl<T, D> Default for Limbo<T, D> {
     fn default() -> Self {
+        let batch = || Batch {
+            items: Vec::new(),
+            dropped: Vec::new(),
+        };
         Self {
-            pending: Vec::new(),
-            waiting: Vec::new(),
+            pending: batch(),
+            waiting: batch(),
             epoch: 0,
             grace: Grace::default(),
         }
     }
 }
 
-impl<T> Limbo<T> {
-    /// Retires an item the caller has already made unreachable for new reads.
+impl<T, D> Limbo<T, D> {
+    /// Retires an item the caller has already made unreachable for new reads; a collection
+    /// hands it back once no read can reach it.
+    #[inline]
     pub(crate) fn retire(&mut self, item: T) {
-        self.pending.push(item);
+        self.pending.items.push(item);
     }
 
-    /// Items retired since the last batch was formed.
+    /// Retires a thing the caller has already made unreachable for new reads; it is dropped
+    /// once no read can reach it.
+    pub(crate) fn retire_dropped(&mut self, thing: D) {
+        self.pending.dropped.push(thing);
+    }
+
+    /// Items (not things) retired since the last batch was formed.
+    #[inline]
     pub(crate) fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.items.len()
     }
 
-    /// Items retired and not yet freed.
+    /// Items and things retired and not yet freed.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.pending.len() + self.waiting.len()
+        let batch = |b: &Batch<T, D>| b.items.len() + b.dropped.len();
+        batch(&self.pending) + batch(&self.waiting)
     }
 
-    /// Frees the waiting batch through `free` if its grace period is over, then, if nothing is
-    /// waiting, makes the pending items the next batch and publishes its epoch. If `free` panics
-    /// (a user `Drop`), the items it has not been given stay in the batch, whose grace period is
-    /// over, and the next call frees them.
+    /// Frees the waiting batch if its grace period is over: drops its things and hands its items
+    /// to `free`, which must take them all out of the vector (e.g. with `append`). Then, if
+    /// nothing is waiting, makes what is pending the next batch and publishes its epoch. If
+    /// `free` panics (a user `Drop`), the items it has not taken out stay in the batch, whose
+    /// grace period is over, and the next call hands them over again.
     ///
     /// Returns whether a waiting batch was held back: its grace period was not over (a read that
     /// began before its epoch is still going), so nothing was freed.
-    pub(crate) fn collect(&mut self, readers: &Readers, mut free: impl FnMut(T)) -> bool {
+    pub(crate) fn collect(&mut self, readers: &Readers, free: impl FnOnce(&mut Vec<T>)) -> bool {
         if !self.waiting.is_empty() {
             let over = if CRATE_SCHEME {
                 self.grace.over()
@@ -813,9 +845,9 @@ impl<T> Limbo<T> {
             if !over {
                 return true;
             }
-            while let Some(item) = self.waiting.pop() {
-                free(item);
-            }
+            self.waiting.dropped.clear();
+            free(&mut self.waiting.items);
+            debug_assert!(self.waiting.items.is_empty(), "`free` left items behind");
         }
         if !self.pending.is_empty() {
             std::mem::swap(&mut self.pending, &mut self.waiting);
@@ -828,11 +860,11 @@ impl<T> Limbo<T> {
         false
     }
 
-    /// Every item, freed or not: for a writer that has exclusive access to everything (dropping
-    /// the cache).
+    /// Every item (not thing), freed or not: for a writer that has exclusive access to
+    /// everything (dropping the cache).
     #[cfg(any(test, fuzzing))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.pending.iter().chain(self.waiting.iter())
+        self.pending.items.iter().chain(self.waiting.items.iter())
     }
 }
 
@@ -887,14 +919,14 @@ mod tests {
         }
         std::thread::scope(|s| {
             let idle = IdleReader::start(s, &readers);
-            let mut limbo = Limbo::default();
+            let mut limbo = Limbo::<u32>::default();
             let mut freed = Vec::new();
             limbo.retire(1u32);
-            limbo.collect(&readers, |i| freed.push(i)); // forms the batch
+            limbo.collect(&readers, |batch| freed.append(batch)); // forms the batch
             crate::sync::FAIL_NEXT_BARRIER.with(|fail| fail.set(true));
             // The idle reader's announcement might still be in its store buffer, and no barrier
             // says otherwise: the batch waits (before the fix: the process aborted).
-            limbo.collect(&readers, |i| freed.push(i));
+            limbo.collect(&readers, |batch| freed.append(batch));
             assert!(freed.is_empty(), "freed past an unverified idle reader");
             assert!(
                 !readers.fast.load(Ordering::Relaxed),
@@ -902,13 +934,13 @@ mod tests {
             );
             // Its next read issues a full fence at an epoch where all reads do: the batch goes.
             idle.read();
-            limbo.collect(&readers, |i| freed.push(i));
+            limbo.collect(&readers, |batch| freed.append(batch));
             assert_eq!(freed, [1]);
             // And so do later batches, without a barrier: the idle record is now checked after
             // a fence.
             limbo.retire(2u32);
-            limbo.collect(&readers, |i| freed.push(i));
-            limbo.collect(&readers, |i| freed.push(i));
+            limbo.collect(&readers, |batch| freed.append(batch));
+            limbo.collect(&readers, |batch| freed.append(batch));
             assert_eq!(freed, [1, 2]);
             assert_eq!(readers.barrier_epoch.load(Ordering::Relaxed), 0);
         });
@@ -922,12 +954,12 @@ mod tests {
         }
         std::thread::scope(|s| {
             let _idle = IdleReader::start(s, &readers);
-            let mut limbo = Limbo::default();
+            let mut limbo = Limbo::<u32>::default();
             let mut freed = Vec::new();
             limbo.retire(1u32);
-            limbo.collect(&readers, |i| freed.push(i));
+            limbo.collect(&readers, |batch| freed.append(batch));
             REGISTRY_FREE_AT_BARRIER.with(|seen| seen.set(None));
-            limbo.collect(&readers, |i| freed.push(i));
+            limbo.collect(&readers, |batch| freed.append(batch));
             assert_eq!(freed, [1]);
             assert_eq!(
                 REGISTRY_FREE_AT_BARRIER.with(Cell::get),
@@ -949,11 +981,11 @@ mod tests {
                 .join()
                 .unwrap();
         }
-        let mut limbo = Limbo::default();
+        let mut limbo = Limbo::<u32>::default();
         let mut freed = Vec::new();
         limbo.retire(1u32);
-        limbo.collect(&readers, |i| freed.push(i));
-        limbo.collect(&readers, |i| freed.push(i));
+        limbo.collect(&readers, |batch| freed.append(batch));
+        limbo.collect(&readers, |batch| freed.append(batch));
         assert_eq!(freed, [1]);
         assert_eq!(
             readers.barrier_epoch.load(Ordering::Relaxed),
@@ -1081,7 +1113,7 @@ mod tests {
     #[test]
     fn a_batch_waits_for_a_read_that_began_before_it() {
         let readers = Readers::new();
-        let mut limbo = Limbo::default();
+        let mut limbo = Limbo::<u32>::default();
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|s| {
@@ -1096,8 +1128,8 @@ mod tests {
             rx.recv().unwrap(); // the other thread is reading
             limbo.retire(1u32);
             let mut freed = Vec::new();
-            limbo.collect(readers, |i| freed.push(i)); // forms the batch
-            limbo.collect(readers, |i| freed.push(i));
+            limbo.collect(readers, |batch| freed.append(batch)); // forms the batch
+            limbo.collect(readers, |batch| freed.append(batch));
             let freed_under_the_read = freed.clone();
             // Before asserting: a failed assertion must not leave the reader waiting forever.
             done_tx.send(()).unwrap();
@@ -1106,7 +1138,7 @@ mod tests {
                 freed_under_the_read.is_empty(),
                 "freed under an active read"
             );
-            limbo.collect(readers, |i| freed.push(i));
+            limbo.collect(readers, |batch| freed.append(batch));
             assert_eq!(freed, [1]);
         });
     }
@@ -1124,12 +1156,12 @@ mod tests {
     }
 
     fn an_idle_reader_costs_one_barrier(readers: &Readers) {
-        let mut limbo = Limbo::default();
+        let mut limbo = Limbo::<u32>::default();
         limbo.retire(7u32);
         let mut freed = Vec::new();
-        limbo.collect(readers, |i| freed.push(i));
+        limbo.collect(readers, |batch| freed.append(batch));
         assert_eq!(readers.barrier_epoch.load(Ordering::Relaxed), 0);
-        limbo.collect(readers, |i| freed.push(i));
+        limbo.collect(readers, |batch| freed.append(batch));
         assert_eq!(freed, [7]);
         assert_eq!(
             readers.barrier_epoch.load(Ordering::Relaxed),
@@ -1150,20 +1182,75 @@ mod tests {
         assert_eq!(readers.barrier_epoch.load(Ordering::Relaxed), 2);
     }
 
+    /// A batch hands its items back in one call, in the order they were retired, and drops its
+    /// things once its grace period is over, not before; things are not counted as pending.
+    #[test]
+    fn a_batch_hands_its_items_back_at_once_and_drops_its_things() {
+        use std::rc::Rc;
+        let readers = Readers::new();
+        let mut limbo = Limbo::<u32, Rc<()>>::default();
+        let thing = Rc::new(());
+        limbo.retire(1);
+        limbo.retire(2);
+        limbo.retire_dropped(thing.clone());
+        limbo.retire(3);
+        assert_eq!(limbo.pending(), 3);
+        assert_eq!(limbo.len(), 4);
+        let guard = readers.enter();
+        let (mut calls, mut freed) = (0, Vec::new());
+        let mut free = |batch: &mut Vec<u32>| {
+            calls += 1;
+            freed.append(batch);
+        };
+        assert!(!limbo.collect(&readers, &mut free), "forms the batch");
+        assert_eq!(limbo.pending(), 0);
+        assert!(limbo.collect(&readers, &mut free), "held back by the read");
+        assert_eq!(Rc::strong_count(&thing), 2, "dropped under a read");
+        drop(guard);
+        assert!(!limbo.collect(&readers, &mut free));
+        assert_eq!((calls, &freed[..]), (1, &[1, 2, 3][..]));
+        assert_eq!(Rc::strong_count(&thing), 1, "the batch dropped its thing");
+        assert_eq!(limbo.len(), 0);
+    }
+
+    /// The items a `free` that panicked (a user `Drop`) did not take out are handed over again
+    /// by the next collection.
+    #[test]
+    fn a_panicking_free_leaves_the_rest_for_the_next_collection() {
+        let readers = Readers::new();
+        let mut limbo = Limbo::<u32>::default();
+        for i in 1..=3 {
+            limbo.retire(i);
+        }
+        limbo.collect(&readers, |_| unreachable!("nothing is waiting yet"));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            limbo.collect(&readers, |batch| {
+                batch.pop();
+                panic!("a user Drop panics");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(limbo.len(), 2);
+        let mut freed = Vec::new();
+        limbo.collect(&readers, |batch| freed.append(batch));
+        assert_eq!(freed, [1, 2]);
+        assert_eq!(limbo.len(), 0);
+    }
+
     #[test]
     fn a_write_inside_a_read_of_the_same_thread_waits_for_it() {
         let readers = Readers::new();
-        let mut limbo = Limbo::default();
+        let mut limbo = Limbo::<u32>::default();
         let guard = readers.enter();
         let nested = readers.enter(); // nested: ends with the outer read
         limbo.retire(3u32);
         let mut freed = Vec::new();
-        limbo.collect(&readers, |i| freed.push(i));
+        limbo.collect(&readers, |batch| freed.append(batch));
         drop(nested);
-        limbo.collect(&readers, |i| freed.push(i));
+        limbo.collect(&readers, |batch| freed.append(batch));
         assert!(freed.is_empty());
         drop(guard);
-        limbo.collect(&readers, |i| freed.push(i));
+        limbo.collect(&readers, |batch| freed.append(batch));
         assert_eq!(freed, [3]);
     }
 

@@ -49,6 +49,9 @@ pub(crate) struct Table {
     /// less an absent purge, issue 17).
     index_mask: u32,
     mask: usize,
+    /// `index_mask + 1`, the tag's lowest bit, which every tag has (see [`tagged`]): kept, so
+    /// that a writer's tag is an `and` and an `or` (issue 17).
+    tag_bit: u32,
 }
 
 /// The most slots a table can name: the tag keeps at least one bit.
@@ -301,6 +304,7 @@ impl Table {
             max_used: buckets / 4 * 3,
             index_mask: index_mask(buckets.trailing_zeros()),
             mask: buckets - 1,
+            tag_bit: index_mask(buckets.trailing_zeros()) + 1,
         }
     }
 
@@ -330,7 +334,13 @@ impl Table {
 
     #[inline]
     fn encode(&self, hash: u64, idx: u32) -> u32 {
-        tagged(hash, self.index_mask()) | idx
+        self.tagged(hash) | idx
+    }
+
+    /// [`tagged`] in this table, from the masks it keeps.
+    #[inline(always)]
+    fn tagged(&self, hash: u64) -> u32 {
+        ((hash >> 32) as u32 & !self.index_mask) | self.tag_bit
     }
 
     #[inline]
@@ -383,7 +393,7 @@ impl Table {
         mut is_key: impl FnMut(u32) -> bool,
     ) -> Result<(usize, u32), (usize, bool)> {
         let index_mask = self.index_mask();
-        let tagged = tagged(hash, index_mask);
+        let tagged = self.tagged(hash);
         let mask = self.mask;
         let home = hash as usize & mask;
         // With `VACANCY` (an insert), the home bucket alone first: a replacing write usually
@@ -519,7 +529,27 @@ impl Table {
         // SAFETY: masked to the table's buckets; `&self` keeps the table alive.
         let bucket = unsafe { Probe::bucket(self.lines.as_ptr(), pos & self.mask) };
         // Release pairs with the Acquire load in `find`.
-        bucket.store(tagged(hash, self.index_mask) | idx, Ordering::Release);
+        bucket.store(self.tagged(hash) | idx, Ordering::Release);
+    }
+
+    /// Points live bucket `pos`, which names slot `old`, at slot `idx` instead, keeping its tag.
+    /// Writer only. What [`replace`](Self::replace) does for a key already present, from the
+    /// bucket rather than the hash: `tagged(..) | old` has no tag bits among the index bits, so
+    /// `^ old ^ idx` gives `tagged(..) | idx` without the table's index mask (six instructions
+    /// less a replacing write, issue 17).
+    #[inline]
+    pub(crate) fn repoint(&self, pos: usize, old: u32, idx: u32) {
+        debug_assert!(self.names(idx) && pos < self.buckets());
+        // SAFETY: masked to the table's buckets; `&self` keeps the table alive.
+        let bucket = unsafe { Probe::bucket(self.lines.as_ptr(), pos & self.mask) };
+        // Relaxed: only the writer stores buckets, so this reads its own last store.
+        let live = bucket.load(Ordering::Relaxed);
+        debug_assert!(
+            live > self.index_mask && live & self.index_mask == old,
+            "bucket {pos} does not name slot {old}"
+        );
+        // Release pairs with the Acquire load in `find`.
+        bucket.store(live ^ old ^ idx, Ordering::Release);
     }
 
     /// Removes the entry in bucket `pos`. Writer only. Returns how many buckets stopped being
@@ -580,6 +610,9 @@ mod tests {
             assert_eq!(t.mask, buckets - 1);
             assert_eq!(t.index_mask(), index_mask(log2));
             assert_eq!(t.max_used(), buckets / 4 * 3);
+            for hash in [0, u64::MAX, 0x9e37_79b9_7f4a_7c15, 1 << 63, 1 << 32] {
+                assert_eq!(t.tagged(hash), tagged(hash, index_mask(log2)));
+            }
             // The probe word's prefetch masks the same way.
             let p = Probe::of(&t);
             assert_eq!((1usize << (p.0 & LOG2_MASK)) - 1, t.mask);
@@ -725,7 +758,7 @@ mod tests {
         /// removals (with tombstones and emptied runs), for present and absent keys.
         #[test]
         fn the_readers_probe_agrees_with_the_writers(
-            ops in proptest::collection::vec((0u8..3, 0u64..24), 1..200),
+            ops in proptest::collection::vec((0u8..4, 0u64..24), 1..200),
         ) {
             let t = Table::new(16);
             // Keys 0..24 with hashes that crowd a few home buckets and share tags.
@@ -748,6 +781,10 @@ mod tests {
                         t.remove(pos);
                         present.remove(&k);
                     }
+                    (3, Ok((pos, old))) => {
+                        t.repoint(pos, old, next);
+                        present.insert(k, next);
+                    }
                     _ => {}
                 }
                 for k in 0..24 {
@@ -756,6 +793,27 @@ mod tests {
                     prop_assert_eq!(t.find(hash(k), is_key), writer);
                     prop_assert_eq!(writer.map(|(_, i)| i), present.get(&k).copied());
                 }
+            }
+        }
+    }
+
+    /// Repointing a live bucket at another slot stores what `replace` would for its hash.
+    #[test]
+    fn repoint_keeps_the_tag() {
+        for log2 in [4, 9, 20] {
+            let t = Table::new(1 << log2);
+            let max = index_mask(log2);
+            for (hash, old, idx) in [
+                (u64::MAX, 0, max),
+                (0x1234_5678_9abc_def0, max, 0),
+                (7, 5, 6),
+            ] {
+                let pos = t.find_or_vacancy(hash, |_| false).unwrap_err().0;
+                t.replace(pos, hash, old);
+                t.repoint(pos, old, idx);
+                assert_eq!(t.bucket(pos).load(Ordering::Relaxed), t.encode(hash, idx));
+                assert_eq!(t.find(hash, |i| i == idx).map(|(p, _)| p), Some(pos));
+                t.remove(pos);
             }
         }
     }
