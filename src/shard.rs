@@ -311,6 +311,9 @@ pub(crate) struct Writer {
     /// [`MAX_ENTRIES`], lower in tests.
     max_entries: usize,
     pub(crate) evictions: u64,
+    /// `evictions` when the shard was last cleared: the shard has evicted since (its fill is
+    /// over) once `evictions` passes it (see `only_for_room`).
+    evictions_at_clear: u64,
     pub(crate) expirations: u64,
     /// New keys and ghost hits among them in the current period of `GHOST_RATE_PERIOD` new keys.
     new_keys: u32,
@@ -352,6 +355,7 @@ impl Writer {
             capacity,
             max_entries: MAX_ENTRIES,
             evictions: 0,
+            evictions_at_clear: 0,
             expirations: 0,
             new_keys: 0,
             ghost_hits: 0,
@@ -964,6 +968,8 @@ where
         self.w.climber.clear();
         (self.w.new_keys, self.w.ghost_hits, self.w.returns_rare) = (0, 0, false);
         self.w.last_ghost_hits = 0;
+        // The refill is a fill: its small queue drains to the main queue's back, in order.
+        self.w.evictions_at_clear = self.w.evictions;
         // With the entries, which then go in the same batch when no read stands in the way.
         self.retire_table(old);
         // A flush drops what it freed now, not when writes reuse the slots (see `collect`).
@@ -1158,9 +1164,9 @@ where
     /// the duel climbed on stationary skew (Zipf s = 0.7 at 10k entries -1.7 points); with
     /// admission off, `kv` at 50k entries lost up to 0.2.
     fn only_for_room(&self, weight: u32) -> bool {
-        self.w.evictions > 0
+        // (A probation pool runs no window, so the window's bound leaves it out.)
+        self.w.evictions > self.w.evictions_at_clear
             && self.admits()
-            && !(self.w.large && self.w.returns_rare)
             && self.window() * 32 >= self.w.capacity
             && self.w.main.weight + u64::from(weight) <= self.main_capacity()
     }
@@ -2154,8 +2160,43 @@ mod tests {
     fn entries_moved_to_the_main_queue_only_for_its_room_are_evicted_first() {
         assert!(room_moves_evicted_first(8, 4, true));
         // Not below a window of 3.1 % (2 of 64), nor without admission: at the back.
-        assert!(!room_moves_evicted_first(6, 1, true));
+        assert!(!room_moves_evicted_first(5, 1, true));
         assert!(!room_moves_evicted_first(8, 4, false));
+    }
+
+    /// The keys of the main queue, from its head (the next to be evicted).
+    fn main_keys(s: &mut TestShard) -> Vec<u64> {
+        let v = s.view();
+        let mut keys = Vec::new();
+        let mut idx = v.w.main.head;
+        while idx != NIL {
+            let slot = v.slot(idx);
+            // SAFETY: the writer; a linked slot holds an entry.
+            keys.push(unsafe { slot.with_key(|k| *k) });
+            idx = slot.next.load(Ordering::Relaxed);
+        }
+        keys
+    }
+
+    /// A refill after `clear` is a fill like the first: when it first evicts, its small queue
+    /// drains into the main queue's back, oldest first, not to its head for room (the shard's
+    /// eviction count, which `clear` keeps, once said the fill was over).
+    #[test]
+    fn a_refill_after_clear_drains_the_small_queue_to_the_main_queues_back() {
+        let hash = mix;
+        let mut s = TestShard::new(64, 64);
+        s.writer.climber.set_window_for_test(8);
+        let fill = |s: &mut TestShard| {
+            for k in 1000..1065 {
+                s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
+            }
+            s.view().validate(&hash);
+            main_keys(s)
+        };
+        let first = fill(&mut s);
+        assert!(first.len() > 32 && first.is_sorted(), "{first:?}");
+        s.view().clear();
+        assert_eq!(fill(&mut s), first);
     }
 
     #[test]
