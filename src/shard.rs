@@ -2178,6 +2178,26 @@ mod tests {
         keys
     }
 
+    /// An entry read while it waited in the small queue goes to the main queue for its hits, not
+    /// only for room: it joins the back, the unread ones moved with it the head.
+    #[test]
+    fn a_small_queue_entry_read_there_joins_the_main_queues_back() {
+        let hash = mix;
+        let mut s = popular(64);
+        assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
+        s.writer.climber.set_window_for_test(8);
+        for k in 1000..1008 {
+            assert!(s.view().insert(hash(&k), k, k, 1, 0, 1, &hash));
+        }
+        assert!(s.get(hash(&1000), &1000, || 1).is_some());
+        s.writer.climber.set_window_for_test(4);
+        s.view().insert(hash(&2000), 2000, 2000, 1, 0, 1, &hash);
+        s.view().validate(&hash);
+        let main = main_keys(&mut s);
+        assert!((1001..1008).contains(&main[0]), "{main:?}");
+        assert_eq!(main.last(), Some(&1000), "{main:?}");
+    }
+
     /// A refill after `clear` is a fill like the first: when it first evicts, its small queue
     /// drains into the main queue's back, oldest first, not to its head for room (the shard's
     /// eviction count, which `clear` keeps, once said the fill was over).
