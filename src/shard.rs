@@ -2198,6 +2198,27 @@ mod tests {
         assert_eq!(main.last(), Some(&1000), "{main:?}");
     }
 
+    /// A small-queue head that admission takes when the main queue has no room goes there on
+    /// its counts, not for room: it joins the back.
+    #[test]
+    fn a_candidate_admitted_by_its_counts_joins_the_main_queues_back() {
+        let hash = mix;
+        let mut s = popular(64);
+        assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
+        s.writer.climber.set_window_for_test(8);
+        for k in 1000..1008 {
+            assert!(s.view().insert(hash(&k), k, k, 1, 0, 1, &hash));
+        }
+        // The head counts more than any victim, and the main queue is full.
+        s.writer.sketch.add(hash(&1000), 15);
+        let main_capacity = s.view().main_capacity();
+        assert_eq!(s.writer.main.weight, main_capacity);
+        s.view().insert(hash(&2000), 2000, 2000, 1, 0, 1, &hash);
+        s.view().validate(&hash);
+        let main = main_keys(&mut s);
+        assert_eq!(main.last(), Some(&1000), "{main:?}");
+    }
+
     /// A refill after `clear` is a fill like the first: when it first evicts, its small queue
     /// drains into the main queue's back, oldest first, not to its head for room (the shard's
     /// eviction count, which `clear` keeps, once said the fill was over).
