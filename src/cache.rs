@@ -12,7 +12,7 @@ use crate::saved::Saved;
 use crate::shard::{Admit, Shard, Shared, Writer};
 use crate::stale::{Grace, Stash};
 use crate::stats::{Counters, Stats, WriteCounts};
-use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering, ShardGuard, ShardMutex, shard_mutex};
 use crossbeam_utils::CachePadded;
 use std::borrow::Borrow;
 use std::fmt;
@@ -145,7 +145,7 @@ pub(crate) struct ShardCell<K, V> {
     /// another core loads `shared` (the published table) on every `get`. Unpadded, the lock and
     /// the core's first fields shared a line with the table's published probe word, so each
     /// write to a shard evicted that line from the other cores' caches (issue 17).
-    pub(crate) core: CachePadded<Mutex<Core<K, V>>>,
+    pub(crate) core: CachePadded<ShardMutex<Core<K, V>>>,
     pub(crate) counters: Counters,
 }
 
@@ -221,22 +221,27 @@ where
         let n = layout.shards;
         debug_assert!(n.is_power_of_two() && layout.slots_per_shard.is_power_of_two());
         let duel = crate::policy::Duel::new(n);
+        // Whether `membarrier` is there: the shard locks' releases then need no full fence.
+        let fast = crate::sync::init_barriers();
         let shards = (0..n)
             .map(|i| {
                 let capacity =
                     layout.capacity / n as u64 + u64::from((i as u64) < layout.capacity % n as u64);
                 CachePadded::new(ShardCell {
                     shared: Shared::new(layout.expected_entries_per_shard),
-                    core: CachePadded::new(Mutex::new(Core {
-                        writer: Writer::new(capacity, layout.expected_entries_per_shard)
-                            .one_of(n, i, &duel),
-                        clock: GenerationClock::default(),
-                        flights: FlightTable::default(),
-                        counts: WriteCounts::default(),
-                        floors: LockedFloors::default(),
-                        removed: Vec::new(),
-                        stash: Stash::default(),
-                    })),
+                    core: CachePadded::new(shard_mutex(
+                        Core {
+                            writer: Writer::new(capacity, layout.expected_entries_per_shard)
+                                .one_of(n, i, &duel),
+                            clock: GenerationClock::default(),
+                            flights: FlightTable::default(),
+                            counts: WriteCounts::default(),
+                            floors: LockedFloors::default(),
+                            removed: Vec::new(),
+                            stash: Stash::default(),
+                        },
+                        fast,
+                    )),
                     generations: (0..layout.slots_per_shard)
                         .map(|_| AtomicU64::new(Generation::ZERO.get()))
                         .collect(),
@@ -330,7 +335,7 @@ where
     /// lock (see `crate::stale`). Always inlined: the common case (no listener, no grace) is a
     /// branch and an unlock on every write; the rest is out of line.
     #[inline(always)]
-    pub(crate) fn unlock(&self, core: MutexGuard<'_, Core<K, V>>) {
+    pub(crate) fn unlock(&self, core: ShardGuard<'_, Core<K, V>>) {
         // One test: a removal listener or a stale grace is what sets `removal_clone`.
         if self.removal_clone.is_none() {
             return drop(core);
@@ -340,7 +345,7 @@ where
 
     /// [`unlock`](Self::unlock) for a cache with a removal listener or a stale grace.
     #[inline(never)]
-    fn unlock_with_removals(&self, mut core: MutexGuard<'_, Core<K, V>>) {
+    fn unlock_with_removals(&self, mut core: ShardGuard<'_, Core<K, V>>) {
         let mut removed = std::mem::take(&mut core.removed);
         if let Some(grace) = &self.stale {
             self.stash_purged(grace, &mut core, &mut removed);
@@ -1059,7 +1064,7 @@ where
         }
     }
 
-    fn flush_shard(&self, cell: &ShardCell<K, V>, core: &mut MutexGuard<'_, Core<K, V>>) {
+    fn flush_shard(&self, cell: &ShardCell<K, V>, core: &mut ShardGuard<'_, Core<K, V>>) {
         // A write to every key of the shard (see `begin_write`).
         let write = WriteMark::begin(&cell.generations, core.clock.mint());
         core.flights.detach_all();
@@ -1183,7 +1188,7 @@ mod tests {
         type Cell = ShardCell<u64, u64>;
         let core = lines(
             std::mem::offset_of!(Cell, core),
-            std::mem::size_of::<CachePadded<Mutex<Core<u64, u64>>>>(),
+            std::mem::size_of::<CachePadded<ShardMutex<Core<u64, u64>>>>(),
         );
         let shared = lines(
             std::mem::offset_of!(Cell, shared),
@@ -1217,7 +1222,7 @@ mod tests {
     fn what_an_absent_purge_touches_in_the_core_is_in_the_lock_words_line() {
         let cache: Cache<u64, u64> = Cache::new(10);
         let cell = &cache.shards[0];
-        let lock = &*cell.core as *const Mutex<Core<u64, u64>> as usize;
+        let lock = &*cell.core as *const ShardMutex<Core<u64, u64>> as usize;
         let core = cell.core.lock();
         let end = |field: usize, len: usize| field + len - lock;
         assert!(end(&core.clock as *const _ as usize, 8) <= 64);

@@ -308,6 +308,7 @@ mod generation;
 mod iter;
 mod listener;
 mod load;
+mod lock;
 mod policy;
 mod reclaim;
 mod refresh;

@@ -51,6 +51,17 @@ mod imp {
         }
     }
 
+    /// The shard lock (see `lock.rs`): a mutex released by a plain store.
+    pub(crate) type ShardMutex<T> = lock_api::Mutex<crate::lock::RawShardLock, T>;
+
+    pub(crate) type ShardGuard<'a, T> = lock_api::MutexGuard<'a, crate::lock::RawShardLock, T>;
+
+    /// A shard lock around `value`; `fast`: what [`init_barriers`](super::init_barriers)
+    /// returned (its releases then issue a compiler fence, see `lock.rs`).
+    pub(crate) fn shard_mutex<T>(value: T, fast: bool) -> ShardMutex<T> {
+        lock_api::Mutex::from_raw(crate::lock::RawShardLock::new(fast), value)
+    }
+
     /// A condition variable paired with [`Mutex`].
     #[derive(Debug, Default)]
     pub(crate) struct Condvar(parking_lot::Condvar);
@@ -88,6 +99,16 @@ mod imp {
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock().unwrap_or_else(|e| e.into_inner())
         }
+    }
+
+    /// Loom's mutex stands for the shard lock in the models of the cache (the shard lock's own
+    /// algorithm has models of its own, `lock.rs`).
+    pub(crate) type ShardMutex<T> = Mutex<T>;
+
+    pub(crate) type ShardGuard<'a, T> = MutexGuard<'a, T>;
+
+    pub(crate) fn shard_mutex<T>(value: T, _fast: bool) -> ShardMutex<T> {
+        Mutex::new(value)
     }
 
     #[derive(Debug)]

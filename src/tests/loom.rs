@@ -27,12 +27,12 @@ pub(super) fn cache(capacity: u64) -> TestCache {
 }
 
 /// Runs `body` under loom and reports how many executions it explored.
-pub(super) fn model(name: &str, body: impl Fn() + Sync + Send + 'static) {
+pub(crate) fn model(name: &str, body: impl Fn() + Sync + Send + 'static) {
     model_with(name, loom::model::Builder::new(), body);
 }
 
 /// [`model`] with a builder of the caller's (for models whose setup takes many steps).
-pub(super) fn model_with(
+pub(crate) fn model_with(
     name: &str,
     builder: loom::model::Builder,
     body: impl Fn() + Sync + Send + 'static,

@@ -3,7 +3,7 @@
 
 mod lincheck;
 #[cfg(leasecache_loom)]
-mod loom;
+pub(crate) mod loom;
 #[cfg(leasecache_loom)]
 mod loom_floors;
 #[cfg(leasecache_loom)]
