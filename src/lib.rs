@@ -248,6 +248,14 @@
 //! briefly on a shard lock. `get_or_load` also *blocks the calling thread while it waits for or
 //! runs a load*; use `get_or_load_async` in async code, which never blocks on a load.
 //!
+//! A shard lock is released by one plain store, so that a write does not wait at its release for
+//! its stores to reach memory. A thread that finds the lock held spins briefly, then sleeps; before
+//! it sleeps it issues `membarrier` (the same barrier as above, a few microseconds, once per
+//! sleep), which is what lets releases skip the locked instruction that would otherwise tell them
+//! whether anyone sleeps. Where `membarrier` is not available each release issues a full fence
+//! instead. The lock is not fair: a thread woken from its sleep competes with threads arriving
+//! (as with `std`'s mutex on Linux).
+//!
 //! Keys and values are dropped by a later write to their shard, on that writer's thread and under
 //! its shard's lock: a `Drop` of a key or value must not call into the same cache, which could
 //! deadlock. The same holds for a key's `Hash` and `Eq`, which writes run under the lock, and for a

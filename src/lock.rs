@@ -18,17 +18,20 @@
 //! full fence on every CPU running this process. Either the releaser's load sees the waiter's
 //! registration, or the waiter's load after its barrier sees the lock released.
 //!
-//! Which half a release issues is fixed when the lock is built: a compiler fence if `membarrier`
-//! was available then, else a full fence (what a locked instruction costs), which pairs with the
-//! full fence a waiter issues instead of `membarrier`. If `membarrier` fails later (a seccomp
-//! filter installed since), releases of a lock built with it go on with compiler fences: a waiter
-//! whose heavy half failed on such a lock sleeps in bounded naps ([`POLL`]) and looks at the lock
-//! after each, so it is never lost, only late.
+//! Where `membarrier` is not available the release swaps the state instead (one locked
+//! instruction, what a `parking_lot` release costs) and the waiter's half is a read-modify-write
+//! of the state: of two RMWs of one location, one reads the other. A lock is built fast (store and
+//! compiler fence) when `membarrier` was available; if `membarrier` fails later (a seccomp filter
+//! installed since), the first waiter that finds out switches that lock's releases to the swap,
+//! and naps in bounded sleeps ([`POLL`]) in case a release read the old setting: never lost,
+//! only late.
 //!
-//! Waiters spin first (as `parking_lot` does), then sleep on `parking_lot_core`'s queues, keyed
-//! by the lock's address. The lock is not fair: a thread woken competes with threads arriving,
-//! as with `std`'s mutex on Linux. Shard critical sections are short (a write's table and queue
-//! changes), and a woken thread spins again before it sleeps again.
+//! Waiters spin first (as `parking_lot` does), then register, issue their half, and sleep on
+//! `parking_lot_core`'s queues, keyed by the lock's address; a thread pays `membarrier` once per
+//! wait that spinning did not end. A thread woken competes with threads arriving; one that loses
+//! after a wake asks for fairness, and the next release that finds a sleeper hands it the lock
+//! (the state stays held, the sleeper wakes as its holder), so that a thread relocking in a loop
+//! cannot keep the sleepers out: `parking_lot` bounds the same with a hand-over every 0.5 ms.
 
 // The lock holds the value `lock_api` protects; the guard and the unsafe `unlock` are
 // `lock_api`'s contract, and parking is `parking_lot_core`'s (both are `unsafe` to call).
@@ -39,26 +42,54 @@ use crate::sync::{AtomicU8, AtomicU32, Ordering};
 const UNLOCKED: u8 = 0;
 const LOCKED: u8 = 1;
 
-/// How long a waiter that could not issue the heavy barrier sleeps before it looks at the lock
-/// again (see the module docs).
+/// Flag: releases issue a compiler fence as their half: `membarrier` was available when the lock
+/// was built and no waiter's barrier has failed since. Otherwise releases swap the state (a locked
+/// instruction, a full fence on x86-64), and waiters pair with that by a read-modify-write of the
+/// state instead of `membarrier`.
+const FAST: u8 = 1;
+/// Flag: a sleeper was woken and lost the lock to a thread that never slept: the next release
+/// that finds a sleeper hands it the lock instead of releasing it.
+const FAIR: u8 = 2;
+
+/// How long a waiter that could not issue the heavy barrier on a lock whose releases may still
+/// skip the full fence sleeps before it looks at the lock again (see the module docs).
 #[cfg_attr(all(test, leasecache_loom), allow(dead_code))]
 const POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The token a release passes to the sleeper it hands the lock to (the lock stays held).
+#[cfg(not(all(test, leasecache_loom)))]
+const HANDOFF: parking_lot_core::UnparkToken = parking_lot_core::UnparkToken(1);
+
+/// Loom models only: executions in which a release handed the lock over (the relocking model
+/// asserts that some did).
+#[cfg(all(test, leasecache_loom))]
+pub(crate) static HANDED_OVER: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// A negative control of the loom models: one protocol step removed.
+#[cfg(all(test, leasecache_loom))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Broken {
+    /// The waiter skips its half of the fence.
+    NoWaiterBarrier,
+    /// The release looks at the waiter count before it releases the lock.
+    ReleaseLooksFirst,
+}
 
 /// The raw lock (see the module docs); [`crate::sync::ShardMutex`] puts a value behind it.
 pub(crate) struct RawShardLock {
     state: AtomicU8,
-    /// Whether releases issue a compiler fence as their half (`membarrier` was available when
-    /// the lock was built), else a full fence.
-    fast: bool,
+    /// [`FAST`] and [`FAIR`], in one byte so that a release tests both with one load.
+    flags: AtomicU8,
     /// Threads that registered to sleep on the lock (with the heavy barrier after their
     /// registration) and have not taken it yet; a release with a nonzero count wakes one.
     waiters: AtomicU32,
     /// Loom models only: the model of `parking_lot_core`'s queue for this lock.
     #[cfg(all(test, leasecache_loom))]
     parking: loom_park::Queue,
-    /// Loom models only: the negative control, a waiter that skips its half of the fence.
+    /// Loom models only: the negative control the model runs, if any.
     #[cfg(all(test, leasecache_loom))]
-    pub(crate) broken: bool,
+    pub(crate) broken: Option<Broken>,
     /// Tests only: releases skip their wake, as a release that missed the registration would.
     #[cfg(all(test, not(leasecache_loom)))]
     miss_wakes: std::sync::atomic::AtomicBool,
@@ -66,29 +97,28 @@ pub(crate) struct RawShardLock {
 
 impl RawShardLock {
     /// An unlocked lock whose releases issue a compiler fence if `fast` (pass what
-    /// [`crate::sync::init_barriers`] returned), a full fence otherwise.
+    /// [`crate::sync::init_barriers`] returned), else swap the state.
     #[cfg(not(all(test, leasecache_loom)))]
     pub(crate) const fn new(fast: bool) -> Self {
         Self {
             state: AtomicU8::new(UNLOCKED),
-            fast,
+            flags: AtomicU8::new(if fast { FAST } else { 0 }),
             waiters: AtomicU32::new(0),
             #[cfg(test)]
             miss_wakes: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// An unlocked lock (loom's atomics have no `const` constructor). Under loom `fast` means
-    /// the model of `membarrier` on both halves (see [`release`](Self::release)); without it,
-    /// both halves are `SeqCst` fences.
+    /// An unlocked lock (loom's atomics have no `const` constructor). Under loom both kinds of
+    /// lock run the swapping release (see [`release`](Self::release)).
     #[cfg(all(test, leasecache_loom))]
     pub(crate) fn new(fast: bool) -> Self {
         Self {
             state: AtomicU8::new(UNLOCKED),
-            fast,
+            flags: AtomicU8::new(if fast { FAST } else { 0 }),
             waiters: AtomicU32::new(0),
             parking: loom_park::Queue::new(),
-            broken: false,
+            broken: None,
         }
     }
 
@@ -115,21 +145,52 @@ impl RawShardLock {
     /// Releases the lock, which the caller holds: one store, then a look at the waiter count.
     #[inline]
     pub(crate) fn release(&self) {
+        // Relaxed: `FAST` is set when the lock is built, then only cleared, by a waiter whose
+        // barrier failed (which then naps, so that a release that still reads it cannot lose
+        // that waiter); `FAIR` is a hint set by a sleeper, which a release that misses it wakes
+        // anyway.
+        let flags = self.flags.load(Ordering::Relaxed);
+        if cfg!(not(all(test, leasecache_loom))) && flags == FAST {
+            return self.release_unfair(true);
+        }
+        self.release_slow(flags);
+    }
+
+    /// [`release`](Self::release) of a lock that swaps, or that a sleeper asked to hand over.
+    #[cold]
+    #[inline(never)]
+    fn release_slow(&self, flags: u8) {
+        if flags & FAIR != 0 && self.hand_over() {
+            return;
+        }
+        self.release_unfair(cfg!(not(all(test, leasecache_loom))) && flags & FAST != 0);
+    }
+
+    /// [`release`](Self::release) without a hand-over, by a store if `fast`, else a swap.
+    #[inline]
+    fn release_unfair(&self, fast: bool) {
         #[cfg(all(test, leasecache_loom))]
-        if self.fast {
-            // The model of a store that a later `membarrier` orders: an RMW, which reads the
-            // barrier's RMW if it comes after it and then sees the registration before it.
+        if self.broken == Some(Broken::ReleaseLooksFirst) {
+            let waiters = self.waiters.load(Ordering::Relaxed);
             self.state.swap(UNLOCKED, Ordering::AcqRel);
-            if self.waiters.load(Ordering::Relaxed) != 0 {
+            if waiters != 0 {
                 self.wake_one();
             }
             return;
         }
-        // Release: the critical section's writes happen before the next holder's Acquire.
-        self.state.store(UNLOCKED, Ordering::Release);
-        // The light half: orders the store before the load (a compiler fence where waiters issue
-        // `membarrier`, a full fence otherwise).
-        crate::sync::light_barrier(self.fast);
+        if fast {
+            // Release: the critical section's writes happen before the next holder's Acquire.
+            self.state.store(UNLOCKED, Ordering::Release);
+            // The light half: orders the store before the load below for any thread that
+            // issues `membarrier` (see the module docs).
+            crate::sync::light_barrier(true);
+        } else {
+            // A read-modify-write: either a waiter's RMW of the state (its half) comes after it
+            // in the state's order and sees the lock free, or this one reads that RMW and then
+            // sees the waiter's registration (AcqRel). Under loom this is also the model of the
+            // store above with `membarrier` (an RMW of the state by the waiter).
+            self.state.swap(UNLOCKED, Ordering::AcqRel);
+        }
         #[cfg(all(test, not(leasecache_loom)))]
         if self.miss_wakes.load(std::sync::atomic::Ordering::Relaxed) {
             return;
@@ -137,6 +198,34 @@ impl RawShardLock {
         if self.waiters.load(Ordering::Relaxed) != 0 {
             self.wake_one();
         }
+    }
+
+    /// Wakes one sleeper as the lock's new holder (the state stays `LOCKED`); `false` if nobody
+    /// sleeps.
+    fn hand_over(&self) -> bool {
+        #[cfg(not(all(test, leasecache_loom)))]
+        {
+            let mut handed = false;
+            // SAFETY: the callback does not panic and calls nothing of the parking lot; the
+            // key is this lock's address, which no other parking site uses.
+            unsafe {
+                parking_lot_core::unpark_one(self.key(), |result| {
+                    if result.unparked_threads == 0 {
+                        return parking_lot_core::DEFAULT_UNPARK_TOKEN;
+                    }
+                    handed = true;
+                    // Relaxed: a hint; a later loser sets it again.
+                    self.flags.fetch_and(!FAIR, Ordering::Relaxed);
+                    HANDOFF
+                });
+            }
+            handed
+        }
+        #[cfg(all(test, leasecache_loom))]
+        self.parking.unpark_one(true, || {
+            HANDED_OVER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.flags.fetch_and(!FAIR, Ordering::Relaxed);
+        })
     }
 
     /// [`acquire`](Self::acquire) when the lock was held: spin, then register and sleep.
@@ -152,17 +241,22 @@ impl RawShardLock {
         let fenced = self.heavy_barrier();
         loop {
             if self.state.load(Ordering::Relaxed) == UNLOCKED && self.try_acquire() {
-                self.waiters.fetch_sub(1, Ordering::Relaxed);
-                return;
+                break;
             }
-            self.sleep(!fenced);
-            // Woken (or the nap ended): spin once more before sleeping again, as a woken thread
-            // competes with threads that never slept.
+            if self.sleep(!fenced) {
+                // Handed over by the release that woke this thread.
+                break;
+            }
+            // Woken (or the lock was free at the check, or a nap ended): spin once more, as a
+            // thread woken competes with threads that never slept.
             if self.spin() {
-                self.waiters.fetch_sub(1, Ordering::Relaxed);
-                return;
+                break;
             }
+            // Lost after a wake: the next release that finds a sleeper hands it the lock, so
+            // that a thread relocking in a loop cannot keep the sleepers out for long.
+            self.flags.fetch_or(FAIR, Ordering::Relaxed);
         }
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Spins while that is worth it; `true` if the lock was taken meanwhile.
@@ -185,40 +279,40 @@ impl RawShardLock {
         self.try_acquire()
     }
 
-    /// The heavy half of the fence, after the caller registered as a waiter; `false` if only a
-    /// full fence of this thread's own was issued (see [`sleep`](Self::sleep)).
+    /// The waiter's half of the fence, after it registered; `false` if a release might still
+    /// miss the registration (the waiter must then nap, see [`sleep`](Self::sleep)).
     fn heavy_barrier(&self) -> bool {
         #[cfg(all(test, leasecache_loom))]
-        {
-            if self.broken {
+        if self.broken == Some(Broken::NoWaiterBarrier) {
+            return true;
+        }
+        // Relaxed: see `release`.
+        if cfg!(not(all(test, leasecache_loom))) && self.flags.load(Ordering::Relaxed) & FAST != 0 {
+            if crate::sync::heavy_barrier() {
                 return true;
             }
-            if self.fast {
-                // The model of `membarrier`: an RMW on the location releases store to.
-                self.state.fetch_add(0, Ordering::AcqRel);
-                return true;
-            }
-            crate::sync::fence(Ordering::SeqCst);
-            true
+            // `membarrier` failed (a seccomp filter since the cache was built): releases of
+            // this lock swap from now on; those that read `fast` before this store may still
+            // miss the registration, so this waiter naps.
+            self.flags.fetch_and(!FAST, Ordering::Relaxed);
+            self.state.fetch_add(0, Ordering::AcqRel);
+            return false;
         }
-        // On a lock built without `membarrier`, every release issues a full fence, which pairs
-        // with the one `heavy_barrier` issued here when it could not issue `membarrier`.
-        #[cfg(not(all(test, leasecache_loom)))]
-        {
-            crate::sync::heavy_barrier() || !self.fast
-        }
+        // The pair of the swapping release (see `release_unfair`).
+        self.state.fetch_add(0, Ordering::AcqRel);
+        true
     }
 
     /// Sleeps until a release wakes this thread, unless the lock is free by then; with `poll`,
-    /// for at most [`POLL`] (a release may have missed the registration, see the module docs).
-    fn sleep(&self, poll: bool) {
+    /// for at most [`POLL`]. Returns whether the release handed this thread the lock.
+    fn sleep(&self, poll: bool) -> bool {
         let validate = || self.state.load(Ordering::Relaxed) != UNLOCKED;
         #[cfg(not(all(test, leasecache_loom)))]
         {
             let timeout = poll.then(|| std::time::Instant::now() + POLL);
             // SAFETY: `validate` and the callbacks do not panic and call nothing of the parking
             // lot; the key is this lock's address, which no other parking site uses.
-            unsafe {
+            let result = unsafe {
                 parking_lot_core::park(
                     self.key(),
                     validate,
@@ -226,13 +320,14 @@ impl RawShardLock {
                     |_, _| {},
                     parking_lot_core::DEFAULT_PARK_TOKEN,
                     timeout,
-                );
-            }
+                )
+            };
+            result == parking_lot_core::ParkResult::Unparked(HANDOFF)
         }
         #[cfg(all(test, leasecache_loom))]
         {
             let _ = poll;
-            self.parking.park(validate);
+            self.parking.park(validate)
         }
     }
 
@@ -246,7 +341,7 @@ impl RawShardLock {
             parking_lot_core::unpark_one(self.key(), |_| parking_lot_core::DEFAULT_UNPARK_TOKEN);
         }
         #[cfg(all(test, leasecache_loom))]
-        self.parking.unpark_one();
+        self.parking.unpark_one(false, || {});
     }
 
     #[cfg(not(all(test, leasecache_loom)))]
@@ -262,11 +357,11 @@ impl RawShardLock {
 }
 
 // SAFETY: `lock` and `try_lock` establish exclusive ownership until `unlock` (Acquire on taking,
-// Release on releasing); `GuardNoSend`: a guard is released on the thread that took it, like
-// `parking_lot`'s.
+// Release on releasing; a hand-over passes ownership through `parking_lot_core`'s queue lock);
+// `GuardNoSend`: a guard is released on the thread that took it, like `parking_lot`'s.
 #[cfg(not(all(test, leasecache_loom)))]
 unsafe impl lock_api::RawMutex for RawShardLock {
-    /// A lock whose releases issue full fences; caches build theirs with
+    /// A lock whose releases swap the state; caches build theirs with
     /// [`crate::sync::shard_mutex`].
     #[allow(clippy::declare_interior_mutable_const)]
     const INIT: Self = Self::new(false);
@@ -296,45 +391,68 @@ unsafe impl lock_api::RawMutex for RawShardLock {
 
 /// Loom models only: `parking_lot_core`'s queue for one lock, as a mutex and a condition
 /// variable. A sleeper is queued only if `validate` holds under the queue's mutex (as
-/// `parking_lot_core` checks it under its bucket's lock); a wake hands a token to one queued
-/// sleeper. A sleeper no release wakes blocks forever, which loom reports as a deadlock.
+/// `parking_lot_core` checks it under its bucket's lock); a wake hands a token (plain, or the
+/// lock itself) to one queued sleeper. A sleeper no release wakes blocks forever, which loom
+/// reports as a deadlock.
 #[cfg(all(test, leasecache_loom))]
 mod loom_park {
     use loom::sync::{Condvar, Mutex};
 
+    #[derive(Default)]
+    struct State {
+        queued: usize,
+        plain: usize,
+        handed: usize,
+    }
+
     pub(super) struct Queue {
-        /// (sleepers queued, wakes handed out and not yet taken).
-        state: Mutex<(usize, usize)>,
+        state: Mutex<State>,
         woken: Condvar,
     }
 
     impl Queue {
         pub(super) fn new() -> Self {
             Self {
-                state: Mutex::new((0, 0)),
+                state: Mutex::new(State::default()),
                 woken: Condvar::new(),
             }
         }
 
-        pub(super) fn park(&self, validate: impl FnOnce() -> bool) {
+        /// Whether the wake that ended the sleep handed over the lock.
+        pub(super) fn park(&self, validate: impl FnOnce() -> bool) -> bool {
             let mut state = self.state.lock().unwrap();
             if !validate() {
-                return;
+                return false;
             }
-            state.0 += 1;
-            while state.1 == 0 {
+            state.queued += 1;
+            while state.plain + state.handed == 0 {
                 state = self.woken.wait(state).unwrap();
             }
-            state.1 -= 1;
-            state.0 -= 1;
+            state.queued -= 1;
+            if state.handed > 0 {
+                state.handed -= 1;
+                true
+            } else {
+                state.plain -= 1;
+                false
+            }
         }
 
-        pub(super) fn unpark_one(&self) {
+        /// Wakes one queued sleeper, handing it the lock if `hand` (then `handed` runs under
+        /// the queue's lock, as `parking_lot_core`'s callback does). Whether one was queued.
+        pub(super) fn unpark_one(&self, hand: bool, handed: impl FnOnce()) -> bool {
             let mut state = self.state.lock().unwrap();
-            if state.0 > state.1 {
-                state.1 += 1;
-                self.woken.notify_all();
+            if state.queued <= state.plain + state.handed {
+                return false;
             }
+            if hand {
+                handed();
+                state.handed += 1;
+            } else {
+                state.plain += 1;
+            }
+            self.woken.notify_all();
+            true
         }
     }
 }
@@ -345,13 +463,18 @@ mod tests {
     use crate::sync::{heavy_barrier, init_barriers, shard_mutex};
 
     /// Mutual exclusion and visibility under contention: threads add to a plain counter under
-    /// the lock, many more times than the spin phase can absorb, so that waiters sleep and are
-    /// woken (the count of sleeps is checked).
+    /// the lock, with a yield inside now and then, so that waiters find it held past their spin
+    /// and sleep; every addition must be counted, with both kinds of release.
     #[test]
     fn contended_increments_are_all_counted() {
+        contended_increments(init_barriers());
+        contended_increments(false);
+    }
+
+    fn contended_increments(fast: bool) {
         let threads = 4;
         let rounds = 20_000;
-        let lock = shard_mutex(0u64, init_barriers());
+        let lock = shard_mutex(0u64, fast);
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
@@ -372,7 +495,8 @@ mod tests {
     }
 
     /// A waiter that sleeps is woken by the release: the holder keeps the lock until the waiter
-    /// has registered (its count is visible), then releases; the waiter must get the lock.
+    /// has registered (its count is visible), then releases; the waiter must get the lock (a
+    /// lost wake hangs the test).
     #[test]
     fn a_sleeping_waiter_is_woken_by_the_release() {
         let lock = RawShardLock::new(init_barriers());
@@ -421,7 +545,9 @@ mod tests {
         });
         assert!(!lock.is_held());
         assert_eq!(lock.waiters.load(Ordering::Relaxed), 0);
-        // The simulated failure was consumed by the waiter's barrier, and the real one works.
+        // The failure switched this lock's releases to the swap, which pairs without
+        // `membarrier`; the simulated failure was consumed, and the real barrier works.
+        assert_eq!(lock.flags.load(Ordering::Relaxed) & FAST, 0);
         assert!(heavy_barrier());
     }
 }
@@ -429,28 +555,34 @@ mod tests {
 /// Loom models of the lock itself (the cache's models run on loom's mutex, `crate::sync`): two
 /// threads take a lock that the main thread holds, so that they register and sleep; each adds to
 /// a cell under the lock (loom checks every access for exclusion and ordering), and a sleeper that
-/// no release wakes deadlocks the model.
+/// no release wakes deadlocks the model. Under loom both kinds of lock run the swapping release:
+/// the store-and-`membarrier` pair is modelled by it (an RMW of the state on each side).
 #[cfg(all(test, leasecache_loom))]
 mod loom_models {
-    use super::RawShardLock;
+    use super::{Broken, HANDED_OVER, RawShardLock};
     use loom::cell::UnsafeCell;
     use loom::sync::Arc;
+    use std::sync::atomic::Ordering;
 
-    fn body(fast: bool, broken: bool) {
-        let mut lock = RawShardLock::new(fast);
+    /// `relock`: the first thread takes the lock twice, so that it can take it again while the
+    /// other sleeps (the hand-over path).
+    fn body(broken: Option<Broken>, relock: bool) {
+        let mut lock = RawShardLock::new(true);
         lock.broken = broken;
-        // Never dropped: when loom finds a deadlock (the negative control) it unwinds this
-        // thread, and dropping loom's objects then panics again (an abort, not a failed model).
+        // Never dropped on a deadlock: loom then unwinds this thread, and dropping loom's
+        // objects during that panics again (an abort, not a failed model).
         let shared = std::mem::ManuallyDrop::new(Arc::new((lock, UnsafeCell::new(0u32))));
         shared.0.acquire();
         let mut threads = std::mem::ManuallyDrop::new(Vec::new());
-        threads.extend((0..2).map(|_| {
+        threads.extend((0..2).map(|t| {
             let shared = Arc::clone(&shared);
             loom::thread::spawn(move || {
-                shared.0.acquire();
-                // SAFETY: under the lock.
-                shared.1.with_mut(|n| unsafe { *n += 1 });
-                shared.0.release();
+                for _ in 0..if relock && t == 0 { 2 } else { 1 } {
+                    shared.0.acquire();
+                    // SAFETY: under the lock.
+                    shared.1.with_mut(|n| unsafe { *n += 1 });
+                    shared.0.release();
+                }
             })
         }));
         shared.0.release();
@@ -459,32 +591,51 @@ mod loom_models {
         }
         shared.0.acquire();
         // SAFETY: under the lock.
-        assert_eq!(shared.1.with(|n| unsafe { *n }), 2);
+        assert_eq!(shared.1.with(|n| unsafe { *n }), 2 + u32::from(relock));
         shared.0.release();
         drop(std::mem::ManuallyDrop::into_inner(shared));
     }
 
-    #[test]
-    fn loom_shard_lock_with_full_fences() {
-        crate::tests::loom::model("shard_lock_full_fences", || body(false, false));
+    /// A builder that explores one more preemption than the lane's default: these models are
+    /// small (a few seconds at 4).
+    fn deeper() -> loom::model::Builder {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(4);
+        builder
     }
 
     #[test]
-    fn loom_shard_lock_with_membarrier() {
-        crate::tests::loom::model("shard_lock_membarrier", || body(true, false));
+    fn loom_shard_lock() {
+        crate::tests::loom::model_with("shard_lock", deeper(), || body(None, false));
     }
 
-    /// Negative controls: a waiter that skips its half of the fence can sleep through the only
-    /// release that could wake it, with either kind of release.
+    /// A thread that takes the lock again while the other sleeps: the sleeper that loses after
+    /// its wake asks for the lock to be handed over, and some executions do hand it over.
+    #[test]
+    fn loom_shard_lock_relocking() {
+        HANDED_OVER.store(0, Ordering::Relaxed);
+        crate::tests::loom::model_with("shard_lock_relocking", deeper(), || body(None, true));
+        assert!(
+            HANDED_OVER.load(Ordering::Relaxed) > 0,
+            "no execution handed the lock over"
+        );
+    }
+
+    /// Negative controls: a waiter that skips its half of the fence, or a release that looks at
+    /// the waiter count before it releases, can leave a sleeper that nobody wakes.
     #[test]
     #[should_panic(expected = "deadlock")]
     fn loom_negative_control_no_waiter_barrier_is_caught() {
-        crate::tests::loom::model("shard_lock_no_waiter_barrier", || body(true, true));
+        crate::tests::loom::model("shard_lock_no_waiter_barrier", || {
+            body(Some(Broken::NoWaiterBarrier), false)
+        });
     }
 
     #[test]
     #[should_panic(expected = "deadlock")]
-    fn loom_negative_control_no_waiter_fence_is_caught() {
-        crate::tests::loom::model("shard_lock_no_waiter_fence", || body(false, true));
+    fn loom_negative_control_release_looking_first_is_caught() {
+        crate::tests::loom::model("shard_lock_release_looks_first", || {
+            body(Some(Broken::ReleaseLooksFirst), false)
+        });
     }
 }
