@@ -252,9 +252,10 @@
 //! its stores to reach memory. A thread that finds the lock held spins briefly, then sleeps; before
 //! it sleeps it issues `membarrier` (the same barrier as above, a few microseconds, once per
 //! sleep), which is what lets releases skip the locked instruction that would otherwise tell them
-//! whether anyone sleeps. Where `membarrier` is not available each release issues a full fence
-//! instead. The lock is not fair: a thread woken from its sleep competes with threads arriving
-//! (as with `std`'s mutex on Linux).
+//! whether anyone sleeps. Where `membarrier` is not available each release swaps the lock's
+//! state instead (one locked instruction, as other mutexes release). A thread woken from its sleep
+//! competes with threads arriving; if it loses, the next release hands it the lock, so a thread
+//! relocking in a loop cannot keep a sleeper out.
 //!
 //! Keys and values are dropped by a later write to their shard, on that writer's thread and under
 //! its shard's lock: a `Drop` of a key or value must not call into the same cache, which could

@@ -141,8 +141,9 @@ macro_rules! thread_locals {
 }
 pub(crate) use thread_locals;
 
-/// The reader's half of an asymmetric fence: orders the reader's preceding store (its
-/// announcement) before its following loads, in pair with [`heavy_barrier`]. A compiler fence
+/// The light half of an asymmetric fence: orders the caller's preceding store (a reader's
+/// announcement, a shard lock's release, `lock.rs`) before its following loads, in pair with
+/// [`heavy_barrier`]. A compiler fence
 /// where the heavy side is a process-wide barrier (`fast`, what [`init_barriers`] returned), a
 /// full fence otherwise.
 #[inline]
