@@ -160,8 +160,13 @@ impl RawShardLock {
     #[cold]
     #[inline(never)]
     fn release_slow(&self, flags: u8) {
-        if flags & FAIR != 0 && self.hand_over() {
-            return;
+        // Cleared whether or not a sleeper takes the lock: left set while nobody sleeps (the
+        // thread that set it took the lock by spinning), it would send every release here.
+        if flags & FAIR != 0 {
+            self.flags.fetch_and(!FAIR, Ordering::Relaxed);
+            if self.hand_over() {
+                return;
+            }
         }
         self.release_unfair(cfg!(not(all(test, leasecache_loom))) && flags & FAST != 0);
     }
@@ -214,8 +219,6 @@ impl RawShardLock {
                         return parking_lot_core::DEFAULT_UNPARK_TOKEN;
                     }
                     handed = true;
-                    // Relaxed: a hint; a later loser sets it again.
-                    self.flags.fetch_and(!FAIR, Ordering::Relaxed);
                     HANDOFF
                 });
             }
@@ -224,7 +227,6 @@ impl RawShardLock {
         #[cfg(all(test, leasecache_loom))]
         self.parking.unpark_one(true, || {
             HANDED_OVER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.flags.fetch_and(!FAIR, Ordering::Relaxed);
         })
     }
 
@@ -516,6 +518,21 @@ mod tests {
         });
         assert!(!lock.is_held());
         assert_eq!(lock.waiters.load(Ordering::Relaxed), 0);
+    }
+
+    /// A fairness request that no sleeper takes up is dropped by the next release, so that later
+    /// releases take the fast path again (left set, it sent every release through the queue).
+    #[test]
+    fn a_fairness_request_nobody_takes_up_is_dropped() {
+        let lock = RawShardLock::new(init_barriers());
+        lock.flags.fetch_or(FAIR, Ordering::Relaxed);
+        lock.acquire();
+        lock.release();
+        assert_eq!(lock.flags.load(Ordering::Relaxed) & FAIR, 0);
+        assert!(!lock.is_held());
+        lock.acquire();
+        lock.release();
+        assert!(!lock.is_held());
     }
 
     /// With the heavy barrier failing (a seccomp filter after the first cache) on a lock whose
