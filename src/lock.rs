@@ -160,12 +160,16 @@ impl RawShardLock {
     #[cold]
     #[inline(never)]
     fn release_slow(&self, flags: u8) {
-        // Cleared whether or not a sleeper takes the lock: left set while nobody sleeps (the
-        // thread that set it took the lock by spinning), it would send every release here.
         if flags & FAIR != 0 {
-            self.flags.fetch_and(!FAIR, Ordering::Relaxed);
             if self.hand_over() {
                 return;
+            }
+            // Nobody asleep yet. Kept while a waiter is registered (it is on its way to sleep,
+            // and a thread relocking in a loop would keep clearing it before then); dropped once
+            // none is (the one that asked took the lock by spinning): left set, it would send
+            // every later release here.
+            if self.waiters.load(Ordering::Relaxed) == 0 {
+                self.flags.fetch_and(!FAIR, Ordering::Relaxed);
             }
         }
         self.release_unfair(cfg!(not(all(test, leasecache_loom))) && flags & FAST != 0);
@@ -219,6 +223,8 @@ impl RawShardLock {
                         return parking_lot_core::DEFAULT_UNPARK_TOKEN;
                     }
                     handed = true;
+                    // Relaxed: a hint; the next sleeper that loses sets it again.
+                    self.flags.fetch_and(!FAIR, Ordering::Relaxed);
                     HANDOFF
                 });
             }
@@ -227,6 +233,7 @@ impl RawShardLock {
         #[cfg(all(test, leasecache_loom))]
         self.parking.unpark_one(true, || {
             HANDED_OVER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.flags.fetch_and(!FAIR, Ordering::Relaxed);
         })
     }
 
@@ -520,8 +527,9 @@ mod tests {
         assert_eq!(lock.waiters.load(Ordering::Relaxed), 0);
     }
 
-    /// A fairness request that no sleeper takes up is dropped by the next release, so that later
-    /// releases take the fast path again (left set, it sent every release through the queue).
+    /// A fairness request that no sleeper takes up is dropped by the next release once no waiter
+    /// is registered, so that later releases take the fast path again (left set, it sent every
+    /// release through the parking queue).
     #[test]
     fn a_fairness_request_nobody_takes_up_is_dropped() {
         let lock = RawShardLock::new(init_barriers());
