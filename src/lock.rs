@@ -301,7 +301,7 @@ impl RawShardLock {
                 return true;
             }
             // `membarrier` failed (a seccomp filter since the cache was built): releases of
-            // this lock swap from now on; those that read `fast` before this store may still
+            // this lock swap from now on; those that read `FAST` before it was cleared may still
             // miss the registration, so this waiter naps.
             self.flags.fetch_and(!FAST, Ordering::Relaxed);
             self.state.fetch_add(0, Ordering::AcqRel);
@@ -356,12 +356,6 @@ impl RawShardLock {
     #[cfg(not(all(test, leasecache_loom)))]
     fn key(&self) -> usize {
         self as *const Self as usize
-    }
-
-    /// Whether some thread holds the lock (a snapshot).
-    #[cfg(all(test, not(leasecache_loom)))]
-    pub(crate) fn is_held(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != UNLOCKED
     }
 }
 
@@ -529,7 +523,7 @@ mod tests {
             lock.release();
             waiter.join().unwrap();
         });
-        assert!(!lock.is_held());
+        assert!(!lock_api::RawMutex::is_locked(lock));
         assert_eq!(lock.waiters.load(Ordering::Relaxed), 0);
     }
 
@@ -543,10 +537,10 @@ mod tests {
         lock.acquire();
         lock.release();
         assert_eq!(lock.flags.load(Ordering::Relaxed) & FAIR, 0);
-        assert!(!lock.is_held());
+        assert!(!lock_api::RawMutex::is_locked(&lock));
         lock.acquire();
         lock.release();
-        assert!(!lock.is_held());
+        assert!(!lock_api::RawMutex::is_locked(&lock));
     }
 
     /// With the heavy barrier failing (a seccomp filter after the first cache) on a lock whose
