@@ -44,7 +44,7 @@ usage: hit_ratio [--quick] [--accesses N] [--keys N] [--seed N] [--capacities A,
   --capacities LIST capacities in entries, comma separated        [default 1000,10000,100000]
   --trace FILE      also replay FILE (one key per line; integers are used as is, other lines
                     are hashed); may be repeated
-  --realish N       also replay the generated real-like traces (db, storage, cdn, kv; see
+  --realish N       also replay the generated real-like traces (db, storage, cdn, kv, moving; see
                     benches/traces), N accesses each
   --only-files      replay only the --trace files and --realish traces (no Zipf, scan, loop)
   --write-traces D  write the --realish traces to directory D (one key per line) and exit

@@ -11,7 +11,7 @@ use rand_distr::{Distribution, Zipf};
 use crate::common::scramble;
 
 /// The names of the generated kinds, in column order.
-pub const KINDS: [&str; 4] = ["db", "storage", "cdn", "kv"];
+pub const KINDS: [&str; 5] = ["db", "storage", "cdn", "kv", "moving"];
 
 /// `len` accesses of the kind `name` (one of [`KINDS`]), from `seed`.
 pub fn generate(name: &str, len: usize, seed: u64) -> Vec<u64> {
@@ -21,6 +21,7 @@ pub fn generate(name: &str, len: usize, seed: u64) -> Vec<u64> {
         "db" => db(&mut rng, len),
         "storage" => storage(&mut rng, len),
         "cdn" => cdn(&mut rng, len),
+        "moving" => moving(&mut rng, len),
         _ => kv(&mut rng, len),
     };
     // Each kind in its own key space.
@@ -165,6 +166,30 @@ fn kv(rng: &mut SmallRng, len: usize) -> Vec<u64> {
             out.push(out[out.len() - back]);
         } else {
             out.push(rng.random_range(0..1 << 39));
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// A working set that moves on: Zipf popularity (s = 0.8) over 30k keys, 70 % of which give way
+/// to fresh keys every 150k accesses (a new day's data, a batch job's next input, a deploy that
+/// changes what is read), each fresh key taking the rank of the key it replaces. Recency finds
+/// each new set at once; frequency sees the old set's counts until they age.
+fn moving(rng: &mut SmallRng, len: usize) -> Vec<u64> {
+    let ranks = zipf(30_000, 0.8);
+    let mut set: Vec<u64> = (0..30_000).collect();
+    let mut fresh = set.len() as u64;
+    let mut out = Vec::with_capacity(len + 150_000);
+    while out.len() < len {
+        for _ in 0..150_000 {
+            out.push(set[draw(&ranks, rng) as usize]);
+        }
+        for key in &mut set {
+            if rng.random_bool(0.7) {
+                *key = fresh;
+                fresh += 1;
+            }
         }
     }
     out.truncate(len);
