@@ -250,6 +250,11 @@ struct Leader {
     rest_ratios: f64,
     rest_epochs: u32,
     rest_low: u32,
+    /// The hit ratio of the epochs since the leader's shard filled, as a moving average (`None`
+    /// before), and the epochs in a row that hit `CHANGE_DROP` less (see
+    /// [`workload_changed`](Self::workload_changed)).
+    recent: Option<f64>,
+    falling: u32,
     /// Whether an epoch has shown hits, so that the duel began.
     started: bool,
     /// Verdicts for a larger window in a row, up to `DUEL_MAX_STREAK`: the next such verdict's
@@ -286,6 +291,35 @@ impl Leader {
         }
     }
 
+    /// Whether the workload changed, judged at the end of an epoch of a full shard that hit
+    /// `ratio`: the second epoch in a row that hit `CHANGE_DROP` less than the moving average of
+    /// the epochs before (each weighing `CHANGE_WEIGHT`). The duel then starts over from a base
+    /// of `CHANGE_BASE` or more.
+    ///
+    /// Why: at a base of zero the duel's halves run windows of 0 and 1.56 %, which on a working
+    /// set that moves on (`moving` in `benches/traces`: 70 % of a 30k-key Zipf set replaced every
+    /// 150k accesses) miss alike, so no verdict comes while each move's new keys face TinyLFU
+    /// admission against the old keys' counts; it took the duel 20-30 epochs to climb to the
+    /// 12.5 % where the admission duel may turn admission off (a 20k-entry cache: 67.6-68.8 %
+    /// at seeds 1 and 7, LRU 81.7 %). Started over from 12.5 %, both duels find the new
+    /// workload's window and admission within a phase (79.3-79.5 %), and go back down where the
+    /// evidence says so. A drop that stays is rare on stationary traces, whose epochs differ by
+    /// tenths of a point.
+    fn workload_changed(&mut self, ratio: f64) -> bool {
+        let Some(recent) = self.recent else {
+            self.recent = Some(ratio);
+            return false;
+        };
+        let low = ratio >= DUEL_MIN_RATIO && ratio + CHANGE_DROP < recent;
+        self.falling = if low { self.falling + 1 } else { 0 };
+        if self.falling >= CHANGE_EPOCHS {
+            (self.recent, self.falling) = (Some(ratio), 0);
+            return true;
+        }
+        self.recent = Some(recent + CHANGE_WEIGHT * (ratio - recent));
+        false
+    }
+
     /// Begins a rest of `epochs` after an epoch that hit `ratio`.
     fn begin_rest(&mut self, epochs: u32, ratio: f64) {
         self.rest = epochs;
@@ -303,6 +337,23 @@ impl Leader {
 /// missed the moves at 5k entries.
 const DUEL_WAKE_DROP: f64 = 0.07;
 const DUEL_WAKE_EPOCHS: u32 = 2;
+
+/// A change of workload (see [`Leader::workload_changed`]): two epochs in a row that hit 10
+/// points less than the moving average of the epochs before, each weighing a fifth. Measured
+/// (the same traces as `DUEL_WAKE_DROP`, BENCHMARKS.md section 2): the `moving` columns at 20k
+/// entries +2.1, +10.7 and +11.7 points at seeds 42, 1, 7, at 50k +2.5, 0 and +1.7, no other column
+/// of any trace lower (the largest gain elsewhere +1.5, `shift` at 20k, seed 11). A fall of 7
+/// points gained a little more on `moving` and cost up to 0.36 elsewhere; weights of a tenth
+/// and of a third did as well as a fifth or a little worse. Without the rest's own wake (a
+/// smaller fall, against the rest's average) the 5k-entry `shift` column lost 1.3 points.
+const CHANGE_DROP: f64 = 0.10;
+const CHANGE_EPOCHS: u32 = 2;
+const CHANGE_WEIGHT: f64 = 0.2;
+
+/// The base the duel starts over from after a change of workload: the least at which it also
+/// tests admission (`ADMISSION_MIN_BASE`). From 6.25 % the `moving` columns gained a little
+/// less, and `shift` at 5k lost 0.85.
+const CHANGE_BASE: u64 = ADMISSION_MIN_BASE;
 
 /// Epochs in a row without a verdict after which, at a base of zero, the duel rests: a window
 /// that shows no clear gain costs main-queue capacity for nothing. Without it the Zipf columns
@@ -746,7 +797,14 @@ impl Climber {
             }
             leader.evidence = Evidence::default();
         }
-        if leader.rest > 0 {
+        if self.full && leader.workload_changed(ratio) {
+            // The hit ratio fell and stayed down: probe from a window large enough for the
+            // admission duel, whatever the evidence so far (gathered on another workload) said.
+            base = base.max(CHANGE_BASE);
+            leader.rest = 0;
+            leader.unclear = 0;
+            leader.evidence = Evidence::default();
+        } else if leader.rest > 0 {
             leader.rest_epoch(ratio);
         } else {
             let mut verdict = leader.evidence.judge(larger_misses, smaller_misses);
@@ -891,6 +949,7 @@ impl Climber {
         self.full = false;
         self.leader.evidence = Evidence::default();
         self.leader.admission = AdmissionDuel::default();
+        (self.leader.recent, self.leader.falling) = (None, 0);
         self.left = READ_EVERY;
         self.start = None;
         self.last_ratio = None;
@@ -1330,6 +1389,49 @@ mod tests {
         // The duel runs again: the halves' windows differ.
         round(&mut shards, 0.5);
         assert_ne!(shards[0].window(), shards[1].window());
+    }
+
+    /// The hit ratio falls 25 points and stays down: the duel starts over from a base of
+    /// `CHANGE_BASE`, rest or not; a fall of 5 points, however long, changes nothing.
+    #[test]
+    fn a_workload_change_starts_the_duel_over_from_a_large_window() {
+        let duel = Duel::new(2);
+        let mut shards = duelling_pair(&duel, true);
+        let (mut hits, mut misses) = (0u64, 0u64);
+        // A round: 64 new keys a shard at hit ratio `ratio`, whatever the windows (an eighth of
+        // an epoch); the state after it.
+        let mut round = |shards: &mut [Climber], ratio: f64| {
+            for shard in shards.iter_mut() {
+                let round_hits = (64.0 * ratio / (1.0 - ratio)) as u64;
+                for i in 0..64 {
+                    hits += round_hits / 64 + u64::from(i < round_hits % 64);
+                    misses += 1;
+                    shard.new_key(|| (hits, misses));
+                }
+            }
+            duel.state.load(Ordering::Relaxed)
+        };
+        let (epoch, base) = (|state: u64| state >> 32, |state: u64| state & 0xFFFF);
+        let mut state = round(&mut shards, 0.75);
+        while epoch(state) < 40 {
+            state = round(&mut shards, 0.75);
+        }
+        // No window pays, so the duel is at a base of zero (resting, by now).
+        assert_eq!(base(state), 0);
+        while epoch(state) < 80 {
+            state = round(&mut shards, 0.70);
+            assert_eq!(base(state), 0, "moved at epoch {}", epoch(state));
+        }
+        let fell = epoch(state);
+        while base(state) < CHANGE_BASE {
+            state = round(&mut shards, 0.45);
+            assert!(
+                epoch(state) <= fell + 3,
+                "no change found by epoch {}",
+                epoch(state)
+            );
+        }
+        assert_eq!((base(state), state & RESTING), (CHANGE_BASE, 0));
     }
 
     /// A stream of keys never seen again: no shard keeps a window (every miss would be stored
