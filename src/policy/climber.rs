@@ -1334,33 +1334,35 @@ mod tests {
         );
     }
 
-    /// A rest ends once the hit ratio falls well below its average for two epochs (the working
-    /// set moved on), not for a smaller fall, however long.
+    /// Feeds each of `shards` 64 new keys (an eighth of an epoch) at hit ratio `ratio`,
+    /// whatever their windows, counting the cache's `(hits, misses)` in `counts`; returns the
+    /// duel's state after them.
+    fn round_at(duel: &Duel, shards: &mut [Climber], counts: &mut (u64, u64), ratio: f64) -> u64 {
+        let round_hits = (64.0 * ratio / (1.0 - ratio)) as u64;
+        for shard in shards.iter_mut() {
+            for i in 0..64 {
+                counts.0 += round_hits / 64 + u64::from(i < round_hits % 64);
+                counts.1 += 1;
+                let now = *counts;
+                shard.new_key(|| now);
+            }
+        }
+        duel.state.load(Ordering::Relaxed)
+    }
+
+    /// A rest ends once the hit ratio falls `DUEL_WAKE_DROP` below its average for two epochs
+    /// (the working set moved on), not for a smaller fall, however long; a fall too small to
+    /// count as a change of workload (see the next test) leaves the base at zero.
     #[test]
     fn a_rest_ends_when_the_hit_ratio_falls_and_stays_down() {
         let duel = Duel::new(2);
         let mut shards = duelling_pair(&duel, true);
-        let (mut hits, mut misses) = (0u64, 0u64);
-        // A round: 64 new keys a shard, at hit ratio `ratio`, whatever the windows; the state
-        // after it.
-        let mut round = |shards: &mut [Climber], ratio: f64| {
-            for shard in shards.iter_mut() {
-                let round_hits = (64.0 * ratio / (1.0 - ratio)) as u64;
-                for i in 0..64 {
-                    (hits, misses) = (
-                        hits + round_hits / 64 + u64::from(i < round_hits % 64),
-                        misses + 1,
-                    );
-                    shard.new_key(|| (hits, misses));
-                }
-            }
-            duel.state.load(Ordering::Relaxed)
-        };
+        let mut counts = (0, 0);
         let epoch = |state: u64| state >> 32;
         // No window pays: the duel rests, for 32 epochs.
-        let mut state = round(&mut shards, 0.75);
+        let mut state = round_at(&duel, &mut shards, &mut counts, 0.75);
         while epoch(state) == 0 || state & RESTING == 0 {
-            state = round(&mut shards, 0.75);
+            state = round_at(&duel, &mut shards, &mut counts, 0.75);
             assert!(epoch(state) < 200, "never rested");
         }
         let rested = epoch(state);
@@ -1371,14 +1373,14 @@ mod tests {
             } else {
                 0.70
             };
-            state = round(&mut shards, ratio);
+            state = round_at(&duel, &mut shards, &mut counts, ratio);
             assert_ne!(state & RESTING, 0, "woke at epoch {}", epoch(state));
         }
-        // 25 points lower: the duel starts over within the second epoch that sees it (a round
-        // is an eighth of an epoch, so the first may be partly before the fall).
+        // 8 points below the rest's average (7 below the recent epochs): the duel starts over
+        // within the second epoch that sees it (the first may be partly before the fall).
         let fell = epoch(state);
         while state & RESTING != 0 {
-            state = round(&mut shards, 0.5);
+            state = round_at(&duel, &mut shards, &mut counts, 0.635);
             assert!(
                 epoch(state) <= fell + 3,
                 "still resting at epoch {}",
@@ -1386,8 +1388,9 @@ mod tests {
             );
         }
         assert!(shards[0].leader.rest == 0 && shards[0].leader.backoff >= DUEL_REST.0);
-        // The duel runs again: the halves' windows differ.
-        round(&mut shards, 0.5);
+        // From its base of zero: the halves' windows differ again.
+        assert_eq!(state & 0xFFFF, 0);
+        round_at(&duel, &mut shards, &mut counts, 0.635);
         assert_ne!(shards[0].window(), shards[1].window());
     }
 
@@ -1397,34 +1400,21 @@ mod tests {
     fn a_workload_change_starts_the_duel_over_from_a_large_window() {
         let duel = Duel::new(2);
         let mut shards = duelling_pair(&duel, true);
-        let (mut hits, mut misses) = (0u64, 0u64);
-        // A round: 64 new keys a shard at hit ratio `ratio`, whatever the windows (an eighth of
-        // an epoch); the state after it.
-        let mut round = |shards: &mut [Climber], ratio: f64| {
-            for shard in shards.iter_mut() {
-                let round_hits = (64.0 * ratio / (1.0 - ratio)) as u64;
-                for i in 0..64 {
-                    hits += round_hits / 64 + u64::from(i < round_hits % 64);
-                    misses += 1;
-                    shard.new_key(|| (hits, misses));
-                }
-            }
-            duel.state.load(Ordering::Relaxed)
-        };
+        let mut counts = (0, 0);
         let (epoch, base) = (|state: u64| state >> 32, |state: u64| state & 0xFFFF);
-        let mut state = round(&mut shards, 0.75);
+        let mut state = round_at(&duel, &mut shards, &mut counts, 0.75);
         while epoch(state) < 40 {
-            state = round(&mut shards, 0.75);
+            state = round_at(&duel, &mut shards, &mut counts, 0.75);
         }
         // No window pays, so the duel is at a base of zero (resting, by now).
         assert_eq!(base(state), 0);
         while epoch(state) < 80 {
-            state = round(&mut shards, 0.70);
+            state = round_at(&duel, &mut shards, &mut counts, 0.70);
             assert_eq!(base(state), 0, "moved at epoch {}", epoch(state));
         }
         let fell = epoch(state);
         while base(state) < CHANGE_BASE {
-            state = round(&mut shards, 0.45);
+            state = round_at(&duel, &mut shards, &mut counts, 0.45);
             assert!(
                 epoch(state) <= fell + 3,
                 "no change found by epoch {}",
