@@ -2178,17 +2178,24 @@ mod tests {
         keys
     }
 
+    /// A full shard of 64 popular keys (the fill over: a new key was refused), with a window of 8
+    /// holding keys 1000-1007, oldest first.
+    fn eight_in_a_window() -> TestShard {
+        let mut s = popular(64);
+        assert!(!s.view().insert(mix(&999), 999, 999, 1, 0, 1, &mix));
+        s.writer.climber.set_window_for_test(8);
+        for k in 1000..1008 {
+            assert!(s.view().insert(mix(&k), k, k, 1, 0, 1, &mix));
+        }
+        s
+    }
+
     /// An entry read while it waited in the small queue goes to the main queue for its hits, not
     /// only for room: it joins the back, the unread ones moved with it the head.
     #[test]
     fn a_small_queue_entry_read_there_joins_the_main_queues_back() {
         let hash = mix;
-        let mut s = popular(64);
-        assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
-        s.writer.climber.set_window_for_test(8);
-        for k in 1000..1008 {
-            assert!(s.view().insert(hash(&k), k, k, 1, 0, 1, &hash));
-        }
+        let mut s = eight_in_a_window();
         assert!(s.get(hash(&1000), &1000, || 1).is_some());
         s.writer.climber.set_window_for_test(4);
         s.view().insert(hash(&2000), 2000, 2000, 1, 0, 1, &hash);
@@ -2203,12 +2210,7 @@ mod tests {
     #[test]
     fn a_candidate_admitted_by_its_counts_joins_the_main_queues_back() {
         let hash = mix;
-        let mut s = popular(64);
-        assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
-        s.writer.climber.set_window_for_test(8);
-        for k in 1000..1008 {
-            assert!(s.view().insert(hash(&k), k, k, 1, 0, 1, &hash));
-        }
+        let mut s = eight_in_a_window();
         // The head counts more than any victim, and the main queue is full.
         s.writer.sketch.add(hash(&1000), 15);
         let main_capacity = s.view().main_capacity();
