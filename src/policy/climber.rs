@@ -357,7 +357,9 @@ const DUEL_WAKE_EPOCHS: u32 = 2;
 /// (the same traces as `DUEL_WAKE_DROP`, BENCHMARKS.md section 2; against the rest's wake
 /// alone): the `moving` columns at 20k entries +2.1, +10.7 and +11.7 points at seeds 42, 1, 7,
 /// at 50k +2.5, +0.2 and 0, at 5k +2.8, +0.5, +4.1; `cloudphysics.keys` at 500 entries +0.44;
-/// no column of any trace lower by more than 0.13 (`moving` at 5k with 4M accesses). A fall of 7
+/// no column of any trace lower by more than 0.13 (`moving` at 5k with 4M accesses) but the
+/// range scans of `benches/traces/shapes.py`'s `oltp`, which sometimes fall as far for two
+/// epochs (-0.15 to -0.66 at 1k-20k entries, against `b840014`). A fall of 7
 /// points gained a little more on `moving` and cost up to 0.36 elsewhere; weights of a tenth
 /// and of a third did as well as a fifth or a little worse. Without the rest's own wake (a
 /// smaller fall, against the rest's average) the 5k-entry `shift` column lost 1.3 points.
