@@ -1,15 +1,19 @@
-"""Seven more trace shapes for the hit-ratio harness, for checking a policy change against traces
+"""Twelve more trace shapes for the hit-ratio harness, for checking a policy change against traces
 it was not tuned on (BENCHMARKS.md section 2): oltp (hot index pages, skewed row lookups, range
 scans), zigzag (a loop forward then back, with Zipf noise), pools (two uniform pools), multi
 (a loop, a Zipf and a scan interleaved), shift (a Zipf working set that moves on; the Rust
 `moving` trace of benches/traces is its twin), bursty (keys reread in bursts, popularity
-drifting), web (Zipf over 2M objects whose ranks reshuffle, plus one-hit wonders).
+drifting), web (Zipf over 2M objects whose ranks reshuffle, plus one-hit wonders); added later
+(each draws after the first seven, so those stay as they were): flip (a Zipf whose top ranks
+reverse), loopmix (a loop inside the cache beside a Zipf), diurnal (two Zipf populations whose
+shares swing), news (items born steadily, read by age), tenants (tenants' Zipf sets coming and
+going).
 
-    python3 benches/traces/shapes.py DIR [ACCESSES [SEED]]     # DIR/<shape>.keys, ~1.5 min
+    python3 benches/traces/shapes.py DIR [ACCESSES [SEED]]     # DIR/<shape>.keys, ~2 min
     cargo bench --bench hit_ratio -- --only-files --trace DIR/shift.keys ... \
         --capacities 1000,5000,20000,50000
 """
-import random, bisect, sys, os
+import random, bisect, sys, os, math
 out = sys.argv[1]; N = int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000
 os.makedirs(out, exist_ok=True)
 
@@ -106,3 +110,44 @@ while len(keys) < N:
     for _ in range(1000):
         a = rng.randrange(20_000); b = rng.randrange(2_000_000); rank[a], rank[b] = rank[b], rank[a]
 write("web", keys[:N])
+
+# H. flip: Zipf 0.9 over 100k; every 200k accesses the ranks of the top 20k are reversed.
+c = zipf_cdf(100_000, 0.9); perm = list(range(100_000)); keys = []
+while len(keys) < N:
+    for _ in range(200_000): keys.append(perm[zipf(rng, c)])
+    perm[:20_000] = perm[:20_000][::-1]
+write("flip", keys[:N])
+
+# I. loopmix: 60 % Zipf 0.8 over 50k, 40 % a loop over 15k keys (a loop a 20k cache could hold).
+c = zipf_cdf(50_000, 0.8); keys = []; lp = 0
+while len(keys) < N:
+    if rng.random() < 0.6: keys.append(100_000 + zipf(rng, c))
+    else: keys.append(lp); lp = (lp + 1) % 15_000
+write("loopmix", keys[:N])
+
+# J. diurnal: two populations, Zipf 1.0 over 50k each; the first's share swings between 90 % and
+#    10 % and back every 300k accesses.
+c = zipf_cdf(50_000, 1.0); keys = []
+for t in range(N):
+    a = 0.5 + 0.4 * math.cos(2 * math.pi * t / 300_000)
+    keys.append(zipf(rng, c) if rng.random() < a else 100_000 + zipf(rng, c))
+write("diurnal", keys)
+
+# K. news: an item is born every 20 accesses; an access picks an item by its age (Pareto, alpha
+#    1.2, scale 20 items), or 10 % of the time an evergreen page (Zipf 1.0 over 5k).
+c = zipf_cdf(5_000, 1.0); keys = []; born = 1000
+for t in range(N):
+    if t % 20 == 0: born += 1
+    if rng.random() < 0.1: keys.append(zipf(rng, c)); continue
+    age = int(20 * (rng.paretovariate(1.2) - 1))
+    keys.append(10_000 + born - 1 - min(age, born - 1))
+write("news", keys)
+
+# M. tenants: 50 tenants of 2k keys each (Zipf 0.9 within a tenant); 10 are active, and every
+#    20k accesses one of them gives way to an idle one.
+c = zipf_cdf(2_000, 0.9); active = list(range(10)); idle = list(range(10, 50)); keys = []
+for t in range(N):
+    if t % 20_000 == 0 and t:
+        i = rng.randrange(10); j = rng.randrange(len(idle)); active[i], idle[j] = idle[j], active[i]
+    keys.append(active[rng.randrange(10)] * 10_000 + zipf(rng, c))
+write("tenants", keys)
