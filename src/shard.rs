@@ -1209,7 +1209,10 @@ where
     /// a loop slightly larger than the cache churn the main queue (19-64 % hits at some
     /// capacities, against 90 %; `shard::tests::a_loop_larger_than_the_shard_keeps_most_of_it`).
     fn admit_to_main(&self, hash: u64, hash_of: &impl Fn(&K) -> u64) -> bool {
-        let m: u8 = std::env::var("LC_M").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+        let m: u8 = std::env::var("LC_M")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
         self.counts(hash, hash_of)
             .is_none_or(|(candidate, victim)| candidate + 1 > victim + m)
     }

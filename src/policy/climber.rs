@@ -1813,6 +1813,60 @@ mod tests {
         (shards, tests.len())
     }
 
+    /// Eight shards of a full cache, rounds of lookups in which each misses `misses(index,
+    /// admits)` times (at most `READ_EVERY`, so each takes the duel's state once a round): first
+    /// `alike` rounds at a base too small to test admission (every shard admits), then at a
+    /// quarter of the capacity until every shard runs without admission. Returns the epochs
+    /// the test took to find for no admission (`None`: not in 1,000 rounds).
+    fn alike_then_test(alike: usize, misses: impl Fn(usize, bool) -> u32) -> Option<u64> {
+        let duel = Duel::new(8);
+        let mut shards = duelling_shards(&duel, 8, true);
+        shards[0].leader.started = true;
+        let (mut hits, mut lookups) = (0u64, 0u64);
+        let mut round = |shards: &mut [Climber]| {
+            for (index, shard) in shards.iter_mut().enumerate().rev() {
+                for _ in 0..misses(index, shard.admits()) {
+                    (hits, lookups) = (hits + 3, lookups + 1);
+                    shard.new_key(|| (hits, lookups));
+                }
+            }
+        };
+        for _ in 0..alike {
+            round(&mut shards);
+            // (Held below the test's base, whatever the window's duel finds.)
+            let state = duel.state.load(Ordering::Relaxed);
+            duel.state.store(state & !0xFFFF, Ordering::Relaxed);
+        }
+        assert!(shards[0].leader.admission.alike >= ADMISSION_ALIKE_EPOCHS);
+        // (The window's duel may have gone to rest at zero.)
+        shards[0].leader.rest = 0;
+        let start = duel.state.load(Ordering::Relaxed) >> 32;
+        duel.state
+            .store(start << 32 | 4 * DUEL_STEP, Ordering::Relaxed);
+        for _ in 0..1_000 {
+            round(&mut shards);
+            if shards.iter().all(|c| !c.admits()) {
+                return Some((duel.state.load(Ordering::Relaxed) >> 32) - start);
+            }
+        }
+        None
+    }
+
+    /// Through the cache's shards: a clear lead without admission ends the test after its
+    /// first block (the halves' misses in the epochs alike reach it), and a bias between the
+    /// pairs seen in those epochs (the first pairs in two miss a quarter less whatever they
+    /// run, which in the first block looks like a lead without admission) decides nothing.
+    #[test]
+    fn shards_measure_their_pairs_bias_while_they_run_alike() {
+        let lead = alike_then_test(400, |_, admits| if admits { 24 } else { 12 });
+        assert!(
+            lead.is_some_and(|epochs| epochs <= u64::from(ADMISSION_BLOCK) + 1),
+            "{lead:?}"
+        );
+        let bias = alike_then_test(400, |index, _| if (index / 2) % 2 == 0 { 24 } else { 32 });
+        assert_eq!(bias, None);
+    }
+
     /// Eight shards at the least base that tests admission, where the larger window's half
     /// misses more (the window's duel finds for a smaller one) and no admission misses less:
     /// the base stays until the test's verdict, no admission, and steps down after it.
