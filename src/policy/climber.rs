@@ -1842,7 +1842,7 @@ mod tests {
         shards[0].leader.rest = 0;
         let start = duel.state.load(Ordering::Relaxed) >> 32;
         duel.state
-            .store(start << 32 | 4 * DUEL_STEP, Ordering::Relaxed);
+            .store((start << 32) | (4 * DUEL_STEP), Ordering::Relaxed);
         for _ in 0..1_000 {
             round(&mut shards);
             if shards.iter().all(|c| !c.admits()) {
