@@ -447,7 +447,8 @@ const ADMISSION_SETTLE: u32 = 1;
 
 /// How clear the evidence must be, in standard deviations of the counted epochs' difference of
 /// misses: for no admission, the duel's 2, and only after whole cycles (a block each way), which
-/// cancel any bias between the halves; for admission (the safe side), 1.5 at any epoch, so that a
+/// cancel any bias between the halves (or after the first block, see `ADMISSION_BLOCK_BOUND`);
+/// for admission (the safe side), 1.5 at any epoch, so that a
 /// trace that needs it (`cdn`) pays for a short test only. With verdicts only at a cycle's end
 /// `cdn` lost up to 1 point at 5k and 20k entries (seed 1), against 0.2-0.3 with the early one;
 /// an early bound of 2 or 2.5 did about as well as 1.5 (within 0.015 points on average).
