@@ -1209,12 +1209,8 @@ where
     /// a loop slightly larger than the cache churn the main queue (19-64 % hits at some
     /// capacities, against 90 %; `shard::tests::a_loop_larger_than_the_shard_keeps_most_of_it`).
     fn admit_to_main(&self, hash: u64, hash_of: &impl Fn(&K) -> u64) -> bool {
-        let m: u8 = std::env::var("LC_M")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2);
         self.counts(hash, hash_of)
-            .is_none_or(|(candidate, victim)| candidate + 1 > victim + m)
+            .is_none_or(|(candidate, victim)| candidate > victim + 1)
     }
 
     /// Admission for a ghost hit (a key evicted from the small queue that came back): every one
@@ -1235,7 +1231,7 @@ where
     fn admit_ghost(&self, hash: u64, hash_of: &impl Fn(&K) -> u64) -> bool {
         if !self.admits() {
             true
-        } else if self.w.returns_rare || std::env::var_os("LC_G").is_some() {
+        } else if self.w.returns_rare {
             !self.w.sketch.warmed()
                 || self
                     .counts(hash, hash_of)
