@@ -134,16 +134,18 @@ for t in range(N):
 write("diurnal", keys)
 
 # K. news: an item is born every 20 accesses; an access picks an item by its age (Pareto, alpha
-#    1.2, scale 20 items), or 10 % of the time an evergreen page (Zipf 1.0 over 5k).
+#    1.2, scale 20 items; an age older than every item is drawn again), or 10 % of the time an
+#    evergreen page (Zipf 1.0 over 5k).
 c = zipf_cdf(5_000, 1.0); keys = []; born = 1000
 for t in range(N):
     if t % 20 == 0: born += 1
     if rng.random() < 0.1: keys.append(zipf(rng, c)); continue
-    age = int(20 * (rng.paretovariate(1.2) - 1))
-    keys.append(10_000 + born - 1 - min(age, born - 1))
+    age = born
+    while age >= born: age = int(20 * (rng.paretovariate(1.2) - 1))
+    keys.append(10_000 + born - 1 - age)
 write("news", keys)
 
-# M. tenants: 50 tenants of 2k keys each (Zipf 0.9 within a tenant); 10 are active, and every
+# L. tenants: 50 tenants of 2k keys each (Zipf 0.9 within a tenant); 10 are active, and every
 #    20k accesses one of them gives way to an idle one.
 c = zipf_cdf(2_000, 0.9); active = list(range(10)); idle = list(range(10, 50)); keys = []
 for t in range(N):
