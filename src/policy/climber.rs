@@ -877,7 +877,7 @@ impl Climber {
         }
         self.start = Some((hits, now));
         let (mut larger_misses, mut smaller_misses) = (0.0, 0.0);
-        let (mut off_misses, mut on_misses) = (0.0, 0.0);
+        // The misses of the first pairs of shards in two, (0, 1), (4, 5), ..., and of the others.
         let (mut first_pairs, mut other_pairs) = (0.0, 0.0);
         for (i, (n, start)) in duel
             .new_keys
@@ -892,11 +892,6 @@ impl Climber {
                 larger_misses += misses;
             } else {
                 smaller_misses += misses;
-            }
-            if (i / 2) % 2 == phase {
-                off_misses += misses;
-            } else {
-                on_misses += misses;
             }
             if (i / 2) % 2 == 0 {
                 first_pairs += misses;
@@ -986,10 +981,13 @@ impl Climber {
         let misses = if !self.full || ratio < DUEL_MIN_RATIO {
             EpochMisses::Unknown
         } else if admission_test {
-            EpochMisses::Tested {
-                off: off_misses,
-                on: on_misses,
-            }
+            // (`phase` names the pairs that ran without admission.)
+            let (off, on) = if phase == 0 {
+                (first_pairs, other_pairs)
+            } else {
+                (other_pairs, first_pairs)
+            };
+            EpochMisses::Tested { off, on }
         } else {
             EpochMisses::Alike {
                 first: first_pairs,
