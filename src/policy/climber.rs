@@ -1956,6 +1956,35 @@ mod tests {
         assert_eq!(bias, None);
     }
 
+    /// The epochs before the leader's shard is full tell nothing of the pairs' bias (no shard
+    /// has evicted, whatever it runs): they are not counted as alike, the epochs after are.
+    #[test]
+    fn the_pairs_bias_is_measured_only_once_the_leaders_shard_is_full() {
+        let duel = Duel::new(8);
+        let mut shards = duelling_shards(&duel, 8, false);
+        shards[0].leader.started = true;
+        let (mut hits, mut lookups) = (0u64, 0u64);
+        let mut rounds = |shards: &mut [Climber], rounds: usize| {
+            for _ in 0..rounds {
+                for shard in shards.iter_mut().rev() {
+                    for _ in 0..READ_EVERY {
+                        (hits, lookups) = (hits + 3, lookups + 1);
+                        shard.new_key(|| (hits, lookups));
+                    }
+                }
+            }
+        };
+        rounds(&mut shards, 400);
+        assert!(
+            duel.state.load(Ordering::Relaxed) >> 32 > 4,
+            "epochs went by"
+        );
+        assert_eq!(shards[0].leader.admission.alike_epochs, 0);
+        shards.iter_mut().for_each(Climber::filled);
+        rounds(&mut shards, 400);
+        assert!(shards[0].leader.admission.alike_epochs >= ADMISSION_ALIKE_EPOCHS);
+    }
+
     /// Eight shards at the least base that tests admission, where the larger window's half
     /// misses more (the window's duel finds for a smaller one) and no admission misses less:
     /// the base stays until the test's verdict, no admission, and steps down after it.
