@@ -307,6 +307,9 @@ pub(crate) struct Writer {
     sketch: Sketch,
     /// The window's size (see `policy::climber`).
     climber: Climber,
+    /// Visits of the CLOCK hand to the main queue's head that leave the entry at most one hit
+    /// (see `hand_hits`).
+    forget_left: usize,
     capacity: u64,
     /// [`MAX_ENTRIES`], lower in tests.
     max_entries: usize,
@@ -352,6 +355,7 @@ impl Writer {
             ghost: Ghost::new(expected_entries),
             sketch: Sketch::new(expected_entries),
             climber: Climber::new(capacity, expected_entries),
+            forget_left: 0,
             capacity,
             max_entries: MAX_ENTRIES,
             evictions: 0,
@@ -634,6 +638,9 @@ where
         self.count_new_key(ghost_hit);
         let readers = self.readers;
         self.w.climber.new_key(|| readers.lookups());
+        if self.w.climber.take_forget() {
+            self.w.forget_left = self.w.main.len;
+        }
         let state = if ghost_hit
             && (self.w.main.weight + u64::from(weight) <= self.main_capacity()
                 || self.admit_ghost(hash, hash_of))
@@ -966,6 +973,8 @@ where
         self.w.ghost.clear();
         self.w.sketch.clear();
         self.w.climber.clear();
+        // (The entries a forget was for are gone.)
+        self.w.forget_left = 0;
         (self.w.new_keys, self.w.ghost_hits, self.w.returns_rare) = (0, 0, false);
         self.w.last_ghost_hits = 0;
         // The refill is a fill: its small queue drains to the main queue's back, in order.
@@ -1098,10 +1107,13 @@ where
             }
             let slot = self.slot(idx);
             let hash = self.hash_at(idx, hash_of);
-            let (weight, freq) = (
+            let (weight, mut freq) = (
                 slot.weight.load(Ordering::Relaxed),
                 slot.freq.load(Ordering::Relaxed),
             );
+            if !from_small {
+                freq = self.hand_hits(freq);
+            }
             if self.is_expired(idx, || now) {
                 self.notify(idx, RemovalCause::Expired);
                 self.remove_hashed(idx, hash);
@@ -1184,7 +1196,7 @@ where
             if idx == NIL || self.is_expired(idx, || now) {
                 return;
             }
-            let freq = self.slot(idx).freq.load(Ordering::Relaxed);
+            let freq = self.hand_hits(self.slot(idx).freq.load(Ordering::Relaxed));
             if freq == 0 {
                 return;
             }
@@ -1192,6 +1204,32 @@ where
             self.unlink(idx);
             self.second_chance(idx, hash, freq);
         }
+    }
+
+    /// The hits the CLOCK hand counts for the main queue's head, which has `freq`: all of them,
+    /// but at most one for the entries that were in the main queue when the duel last reported
+    /// a fall of the hit ratio without admission (`Climber::take_forget`). Their hits were earned
+    /// on the workload that just ended: each spends its second chance at this visit, so the ones
+    /// the new workload does not read leave at the hand's next round, as under LRU, rather than
+    /// after up to `MAX_FREQ` rounds. Applied as the hand passes rather than by a walk over the
+    /// queue at the fall (no pause under the lock): the first `forget_left` visits after a forget
+    /// are to those entries, in order (an entry removed meanwhile lets one newer entry be capped
+    /// too).
+    ///
+    /// Found on a working set that moves on (`moving` in `benches/traces`; 70 % of a 30k-key
+    /// Zipf set replaced every 150k accesses): with admission off, the old set's hot keys (three
+    /// hits each) held the main queue of a 20k-entry cache for up to three of the hand's rounds,
+    /// each about 100k accesses there, so the cache trailed LRU by 2-5 points for 50k-100k
+    /// accesses after every move. Measured (BENCHMARKS.md, section 2): `moving` at 20k entries
+    /// +0.11 to +0.51 points over seeds and lengths, 50k +0.13 to +0.29, no other column lower by
+    /// more than 0.11. Forgetting every hit instead gained twice as much there and cost the
+    /// `storage` trace at 50k entries 0.2-0.3.
+    fn hand_hits(&mut self, freq: u8) -> u8 {
+        if self.w.forget_left == 0 {
+            return freq;
+        }
+        self.w.forget_left -= 1;
+        freq.min(1)
     }
 
     /// CLOCK's second chance for an unlinked main-queue entry with hits left (`freq > 0`): one
@@ -2123,6 +2161,59 @@ mod tests {
             assert!(s.get(hash(&k), &k, || 1).is_some(), "key {k}");
         }
         s.view().validate(&hash);
+    }
+
+    /// Without admission, a workload that moves on: a full shard holds 64 keys of the old
+    /// workload, 32 of them with three hits; the new one reads 48 keys of its own a round and
+    /// brings 4 more never read again. How many of the old workload's 32 popular keys are left
+    /// after `rounds` rounds, with or without a forget (`hand_hits`) as the new workload begins.
+    fn popular_left_after(rounds: u64, forget: bool) -> usize {
+        let hash = mix;
+        let mut s = popular(64);
+        // The fill is over (a new key was refused): the popular keys are in the main queue,
+        // where three more reads give half of them three hits.
+        assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
+        for _ in 0..3 {
+            for k in 0..32 {
+                assert!(s.get(hash(&k), &k, || 1).is_some());
+            }
+        }
+        s.writer.climber.set_admits_for_test(false);
+        s.writer.climber.set_window_for_test(8);
+        if forget {
+            s.writer.climber.forget_for_test();
+        }
+        let mut once = 10_000;
+        for _ in 0..rounds {
+            for k in 1000..1048 {
+                if s.get(hash(&k), &k, || 1).is_none() {
+                    s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
+                }
+            }
+            for k in once..once + 4 {
+                s.view().insert(hash(&k), k, k, 1, 0, 1, &hash);
+            }
+            once += 4;
+        }
+        s.view().validate(&hash);
+        (0..32)
+            .filter(|k| s.get(hash(k), k, || 1).is_some())
+            .count()
+    }
+
+    /// A forget leaves each entry of the main queue at most one hit, so the old workload's
+    /// popular keys leave as under LRU, rather than after up to three rounds of the CLOCK hand.
+    #[test]
+    fn a_forget_lets_the_old_workloads_keys_go_as_under_lru() {
+        // The first round misses 52 keys; LRU would evict the 32 old keys never read again and 20
+        // of the popular ones.
+        assert_eq!(popular_left_after(1, true), 12);
+        assert_eq!(
+            popular_left_after(1, false),
+            32,
+            "every popular key had hits to spend"
+        );
+        assert_eq!(popular_left_after(4, true), 0);
     }
 
     /// A full shard of popular keys whose window goes from `large` to `small` and back, with

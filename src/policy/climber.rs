@@ -47,6 +47,13 @@
 //! `benches/traces` at 20k entries: 60.2-60.8 % at two seeds of three, LRU 81.7 %; now
 //! 79.3-79.5 %).
 //!
+//! Without admission the queues are meant to be near LRU, but the main queue is a CLOCK whose
+//! entries keep up to three hits: after a move of the working set, the old set's hot keys held a
+//! 20k-entry cache's main queue for up to three rounds of the hand (`moving`: 2-5 points behind LRU
+//! for 50k-100k accesses after each move). So an epoch that begins a fall while no shard admits
+//! has every shard's main queue forget its entries' hits but one (see
+//! [`Climber::take_forget`]).
+//!
 //! The duel also decides admission (see [`AdmissionDuel`]) where the window has grown to 12.5 % or
 //! more and the cache has eight shards or more: one pair of shards in two runs without it (a
 //! candidate leaving the small queue goes to the main queue whatever the sketch says) for a block
@@ -195,7 +202,8 @@ pub(crate) struct Duel {
     /// The cache's ghost hits per `period` new keys (see [`Climber::cache_returns`]), as last
     /// counted by the leader, plus one (zero: not counted yet).
     returns: AtomicU64,
-    /// The duel's state, written by the leader: the epoch (bits 32-63), the admission flags
+    /// The duel's state, written by the leader: the epoch (bits 32-63), the count of forgets
+    /// (bits 19-31, see [`Climber::take_forget`]), the admission flags
     /// `ADMISSION_OFF` (bit 18) and `ADMISSION_TEST` (bit 17), `RESTING` (bit 16), and the base
     /// window in 65,536ths of a shard's capacity (bits 0-15, at most `DUEL_MAX_BASE`).
     state: AtomicU64,
@@ -261,6 +269,9 @@ struct Leader {
     recent: Option<f64>,
     falling: u32,
     rest_low: u32,
+    /// Epochs that began a fall (the first of `falling`) while no shard admitted (see
+    /// [`Climber::take_forget`]), counted modulo `FORGETS_MASK + 1`.
+    forgets: u64,
     /// Whether an epoch has shown hits, so that the duel began.
     started: bool,
     /// Verdicts for a larger window in a row, up to `DUEL_MAX_STREAK`: the next such verdict's
@@ -410,6 +421,11 @@ const RESTING: u64 = 1 << 16;
 /// every shard runs without it (the last verdict).
 const ADMISSION_TEST: u64 = 1 << 17;
 const ADMISSION_OFF: u64 = 1 << 18;
+
+/// Where the duel's state counts the leader's forgets (see [`Climber::take_forget`]): bits 19-31,
+/// so that a shard that reads the state only every few epochs still sees that one happened.
+const FORGETS_SHIFT: u32 = 19;
+const FORGETS_MASK: u64 = (1 << 13) - 1;
 
 // The base window (bits 0-15 of the state) stays below the flags.
 const _: () = assert!(DUEL_MAX_BASE < RESTING);
@@ -686,6 +702,10 @@ pub(crate) struct Climber {
     leader: Leader,
     /// Whether a candidate leaving the small queue faces admission (the duel may turn it off).
     admits: bool,
+    /// The leader's count of forgets as this shard last read it, and whether one since is still
+    /// to be taken (see [`take_forget`](Self::take_forget)).
+    forgets_seen: u64,
+    forget: bool,
 }
 
 impl Climber {
@@ -715,6 +735,30 @@ impl Climber {
             full: false,
             leader: Leader::default(),
             admits: true,
+            forgets_seen: 0,
+            forget: false,
+        }
+    }
+
+    /// Whether the shard's main queue is to forget its entries' hits but one (`Shard::hand_hits`):
+    /// once after each epoch whose hit ratio began a fall of `CHANGE_DROP` below the recent
+    /// epochs' average while the duel had turned admission off in every shard (the first epoch
+    /// of what may become a change of workload, see `Leader::workload_changed`). Without
+    /// admission the queues are meant to be near LRU, a fall there is the workload moving on,
+    /// and the main queue's CLOCK would keep the old workload's hot keys for up to three rounds
+    /// of its hand. Only without admission: with it the main queue's hits are what holds the
+    /// frequent keys against scans, whose falls look the same; forgetting at every fall cost the
+    /// scans of the generated Zipf trace up to 0.4 points and `shift` at 5k entries (shapes,
+    /// seed 11) 2.4 (BENCHMARKS.md, section 2). Polled by the shard at each new key; a cache of one
+    /// shard (no duel) never forgets.
+    #[inline]
+    pub(crate) fn take_forget(&mut self) -> bool {
+        // (No store unless there is one to take: this runs on every new key.)
+        if self.forget {
+            self.forget = false;
+            true
+        } else {
+            false
         }
     }
 
@@ -859,6 +903,11 @@ impl Climber {
         } else {
             phase == 0
         };
+        let forgets = (state >> FORGETS_SHIFT) & FORGETS_MASK;
+        if forgets != self.forgets_seen {
+            self.forgets_seen = forgets;
+            self.forget = true;
+        }
         if index != 0 {
             return;
         }
@@ -919,7 +968,13 @@ impl Climber {
             leader.rest = leader.rest.max(2);
             leader.evidence = Evidence::default();
         }
-        if self.full && leader.workload_changed(ratio) {
+        let changed = self.full && leader.workload_changed(ratio);
+        if self.full && leader.falling == 1 && !admission_test && phase == 1 {
+            // The hit ratio began to fall while no shard admits: the main queues forget the
+            // hits of the workload that ended (see `Climber::take_forget`).
+            leader.forgets = (leader.forgets + 1) & FORGETS_MASK;
+        }
+        if changed {
             // The hit ratio fell and stayed down: probe from a window large enough for the
             // admission duel, whatever the evidence so far (gathered on another workload) said.
             base = base.max(CHANGE_BASE);
@@ -996,7 +1051,7 @@ impl Climber {
         };
         let admission = leader.admission.end_epoch(misses, eligible);
         duel.state.store(
-            (epoch + 1) << 32 | admission | resting | base,
+            (epoch + 1) << 32 | leader.forgets << FORGETS_SHIFT | admission | resting | base,
             Ordering::Relaxed,
         );
     }
@@ -1102,6 +1157,12 @@ impl Climber {
     #[cfg(test)]
     pub(crate) fn set_window_for_test(&mut self, window: u64) {
         self.window = window.min(self.max_window);
+    }
+
+    /// Has the shard forget its main queue's hits at its next new key, for tests.
+    #[cfg(test)]
+    pub(crate) fn forget_for_test(&mut self) {
+        self.forget = true;
     }
 
     /// Turns admission on or off, for tests.
@@ -1612,6 +1673,48 @@ mod tests {
         assert_eq!(changes(&then(&[0.45, 0.75, 0.45, 0.75])), [] as [usize; 0]);
         assert_eq!(changes(&then(&[0.63; 20])), [] as [usize; 0], "12 points");
         assert_eq!(changes(&then(&[0.62; 20])), [21], "13 points");
+    }
+
+    /// Two full shards run 40 epochs hitting 75 %, then a workload that hits 50 % for
+    /// `low` epochs, then 75 % again, with admission off in every shard (a verdict at rest) or on;
+    /// returns how many forgets each shard took.
+    fn forgets_taken(admission_off: bool, low: usize) -> [usize; 2] {
+        let duel = Duel::new(2);
+        let mut shards = duelling_pair(&duel, true);
+        if admission_off {
+            shards[0].leader.admission = AdmissionDuel {
+                off: true,
+                rest: 1_000,
+                ..AdmissionDuel::default()
+            };
+        }
+        let (mut hits, mut misses) = (0u64, 0u64);
+        let mut taken = [0; 2];
+        // An epoch is 2,048 lookups of a shard: eight rounds of 64 new keys a shard, each new
+        // key with three hits elsewhere (75 %) or one (50 %).
+        let epochs = [vec![3; 40], vec![1; low], vec![3; 20]].concat();
+        for hits_per_miss in epochs {
+            for _ in 0..32 / (hits_per_miss + 1) {
+                for (i, shard) in shards.iter_mut().enumerate() {
+                    for _ in 0..64 {
+                        (hits, misses) = (hits + hits_per_miss, misses + 1);
+                        shard.new_key(|| (hits, misses));
+                    }
+                    taken[i] += usize::from(shard.take_forget());
+                }
+            }
+        }
+        taken
+    }
+
+    /// A fall of the hit ratio while no shard admits makes every shard forget its main queue's
+    /// hits once (the fall's first epoch), whether the fall stays (a change of workload) or not;
+    /// with admission on, nothing is forgotten.
+    #[test]
+    fn a_fall_without_admission_makes_every_shard_forget_once() {
+        assert_eq!(forgets_taken(true, 1), [1, 1]);
+        assert_eq!(forgets_taken(true, 3), [1, 1]);
+        assert_eq!(forgets_taken(false, 3), [0, 0]);
     }
 
     /// A stream of keys never seen again: no shard keeps a window (every miss would be stored
