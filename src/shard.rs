@@ -1196,10 +1196,13 @@ where
             if idx == NIL || self.is_expired(idx, || now) {
                 return;
             }
-            let freq = self.hand_hits(self.slot(idx).freq.load(Ordering::Relaxed));
+            // (An entry without hits stays the head, and counts as a visit only when the hand
+            // takes it.)
+            let freq = self.slot(idx).freq.load(Ordering::Relaxed);
             if freq == 0 {
                 return;
             }
+            let freq = self.hand_hits(freq);
             let hash = self.hash_at(idx, hash_of);
             self.unlink(idx);
             self.second_chance(idx, hash, freq);
@@ -1213,17 +1216,19 @@ where
     /// the new workload does not read leave at the hand's next round, as under LRU, rather than
     /// after up to `MAX_FREQ` rounds. Applied as the hand passes rather than by a walk over the
     /// queue at the fall (no pause under the lock): the first `forget_left` visits after a forget
-    /// are to those entries, in order (an entry removed meanwhile lets one newer entry be capped
-    /// too).
+    /// are to about those entries, in order. About: an entry removed meanwhile, or moved past
+    /// uncounted as `keep`, lets one newer entry be capped instead, and the shard takes the
+    /// forget at its first new key after reading the duel's state (every `READ_EVERY` new keys),
+    /// not at the epoch's end; none of which changes more than a few entries of a round.
     ///
     /// Found on a working set that moves on (`moving` in `benches/traces`; 70 % of a 30k-key
     /// Zipf set replaced every 150k accesses): with admission off, the old set's hot keys (three
     /// hits each) held the main queue of a 20k-entry cache for up to three of the hand's rounds,
-    /// each about 100k accesses there, so the cache trailed LRU by 2-5 points for 50k-100k
-    /// accesses after every move. Measured (BENCHMARKS.md, section 2): `moving` at 20k entries
-    /// +0.11 to +0.51 points over seeds and lengths, 50k +0.13 to +0.29, no other column lower by
-    /// more than 0.11. Forgetting every hit instead gained twice as much there and cost the
-    /// `storage` trace at 50k entries 0.2-0.3.
+    /// each about 100k accesses there, so the cache trailed LRU by 2-4 points (up to 5.2 over
+    /// 10k accesses) over the second 50k accesses after every move. Measured (BENCHMARKS.md,
+    /// section 2): `moving` and `shift` at 20k entries +0.11 to +0.51 points over seeds and
+    /// lengths, 50k +0.12 to +0.29, no other column lower by more than 0.11. Forgetting every hit
+    /// instead gained twice as much there and cost the `storage` trace at 50k entries 0.2-0.3.
     fn hand_hits(&mut self, freq: u8) -> u8 {
         if self.w.forget_left == 0 {
             return freq;
@@ -2164,17 +2169,18 @@ mod tests {
     }
 
     /// Without admission, a workload that moves on: a full shard holds 64 keys of the old
-    /// workload, 32 of them with three hits; the new one reads 48 keys of its own a round and
-    /// brings 4 more never read again. How many of the old workload's 32 popular keys are left
-    /// after `rounds` rounds, with or without a forget (`hand_hits`) as the new workload begins.
-    fn popular_left_after(rounds: u64, forget: bool) -> usize {
+    /// workload, the last 32 in its main queue with three hits; the new one reads 48 keys of its
+    /// own a round and brings 4 more never read again. How many of the old workload's 32 popular
+    /// keys are left after `rounds` rounds, with or without a forget (`hand_hits`) as the new
+    /// workload begins; and the visits the forget has left then.
+    fn popular_left_after(rounds: u64, forget: bool) -> (usize, usize) {
         let hash = mix;
         let mut s = popular(64);
         // The fill is over (a new key was refused): the popular keys are in the main queue,
-        // where three more reads give half of them three hits.
+        // oldest first, where three more reads give the newer half three hits.
         assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
         for _ in 0..3 {
-            for k in 0..32 {
+            for k in 32..64 {
                 assert!(s.get(hash(&k), &k, || 1).is_some());
             }
         }
@@ -2196,24 +2202,35 @@ mod tests {
             once += 4;
         }
         s.view().validate(&hash);
-        (0..32)
-            .filter(|k| s.get(hash(k), k, || 1).is_some())
-            .count()
+        let left = (32..64).filter(|k| s.get(hash(k), k, || 1).is_some());
+        (left.count(), s.writer.forget_left)
     }
 
     /// A forget leaves each entry of the main queue at most one hit, so the old workload's
     /// popular keys leave as under LRU, rather than after up to three rounds of the CLOCK hand.
     #[test]
     fn a_forget_lets_the_old_workloads_keys_go_as_under_lru() {
-        // The first round misses 52 keys; LRU would evict the 32 old keys never read again and 20
-        // of the popular ones.
-        assert_eq!(popular_left_after(1, true), 12);
-        assert_eq!(
-            popular_left_after(1, false),
-            32,
-            "every popular key had hits to spend"
-        );
-        assert_eq!(popular_left_after(4, true), 0);
+        // LRU would evict the 32 keys never read again and 20 of the popular ones in the first
+        // round (52 misses), and 4 more in the second.
+        assert_eq!(popular_left_after(2, true).0, 8);
+        let without = popular_left_after(2, false).0;
+        assert_eq!(without, 32, "every popular key had hits to spend");
+        // The forget is spent once the hand has passed the old entries.
+        assert_eq!(popular_left_after(4, true), (0, 0));
+    }
+
+    /// A forget not yet spent when the shard is cleared is dropped with the entries it was for.
+    #[test]
+    fn a_clear_drops_a_pending_forget() {
+        let hash = mix;
+        let mut s = popular(64);
+        // The fill ends (its keys move to the main queue), then the forget is taken.
+        assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
+        s.writer.climber.forget_for_test();
+        assert!(!s.view().insert(hash(&998), 998, 998, 1, 0, 1, &hash));
+        assert_eq!(s.writer.forget_left, 64);
+        s.view().clear();
+        assert_eq!(s.writer.forget_left, 0);
     }
 
     /// A full shard of popular keys whose window goes from `large` to `small` and back, with
