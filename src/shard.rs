@@ -2219,6 +2219,32 @@ mod tests {
         assert_eq!(popular_left_after(4, true), (0, 0));
     }
 
+    /// Settling the main queue's head (admission's look at its true victim) is a visit of the
+    /// CLOCK hand too: with a forget pending, the head it passes keeps one hit, not three.
+    #[test]
+    fn settling_the_main_queues_head_spends_a_pending_forget() {
+        let settled_hits = |forget: bool| {
+            let hash = mix;
+            let mut s = popular(64);
+            // The fill is over: keys 0..64 in the main queue, oldest first, key 0 with three
+            // hits at its head.
+            assert!(!s.view().insert(hash(&999), 999, 999, 1, 0, 1, &hash));
+            for _ in 0..3 {
+                assert!(s.get(hash(&0), &0, || 1).is_some());
+            }
+            if forget {
+                s.writer.forget_left = s.writer.main.len;
+            }
+            let mut v = s.view();
+            v.settle_main_head(1, &hash);
+            // Key 0 spent a hit and went to the back; key 1, without hits, is the head.
+            let tail = v.w.main.tail;
+            (v.slot(tail).freq.load(Ordering::Relaxed), v.w.forget_left)
+        };
+        assert_eq!(settled_hits(true), (0, 63));
+        assert_eq!(settled_hits(false), (2, 0));
+    }
+
     /// A forget not yet spent when the shard is cleared is dropped with the entries it was for.
     #[test]
     fn a_clear_drops_a_pending_forget() {
