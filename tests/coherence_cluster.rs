@@ -567,6 +567,52 @@ fn feeds_follow_a_manual_failover_of_the_coherence_master() {
     });
 }
 
+/// A feed sent to a replica of the coherence slot's master, as a slot map read while a failover
+/// settles can send it (Redis 7 accepts `SSUBSCRIBE` on a replica, and the manual failover
+/// above once left one reader of three subscribed there), does not stay there: it sees that the
+/// node does not serve the slot as master and subscribes on the master.
+#[test]
+fn a_feed_sent_to_a_replica_subscribes_on_the_master() {
+    let Some(cluster) = RedisCluster::start_replicated(3, 1, &[]) else {
+        return;
+    };
+    let ns = "replica";
+    let urls: Vec<String> = cluster.urls();
+    let master = coherence_node(&cluster, ns);
+    let replica = cluster.replica_of(master).expect("a replica");
+    let replica_port = cluster.ports()[replica];
+    let cluster = Arc::new(cluster);
+    let c = Arc::clone(&cluster);
+    run(async move {
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let store = RedisStore::connect_cluster(&urls, RedisOptions::new(ns))
+            .await
+            .expect("connect");
+        let cache: Tc = TieredCache::builder(Cache::new(1_000), store)
+            .coherence(Coherence::Strict)
+            .member_lease(Duration::from_millis(1_000))
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+            .test_hook_first_feed_port(replica_port)
+            .build()
+            .expect("build");
+        tokio::time::timeout(WAIT, cache.feed_confirmed())
+            .await
+            .expect("feed confirmed");
+        let channel = coherence_channel(ns);
+        let seen = (
+            shard_subscribers(&c, master, &channel),
+            shard_subscribers(&c, replica, &channel),
+        );
+        assert_eq!(
+            seen,
+            (1, 0),
+            "(master, replica): the feed subscribes on the master only"
+        );
+        // And it works there: a purge through it returns (Strict: its own member acknowledges).
+        cache.purge("k0").await.expect("purge");
+    });
+}
+
 /// The master that serves the coherence slot is killed with SIGKILL while purges run; its
 /// replica is promoted after the node timeout. Purges fail meanwhile (and are queued), feeds are
 /// lost and flush, then follow the slot to the new master. The data keys live on other masters:

@@ -10,7 +10,9 @@
 //!   (`CLUSTER NODES` through the store's cluster connection; on a single server, the server),
 //!   `SUBSCRIBE` for the store's channel and `SSUBSCRIBE` for the coherence channel and the
 //!   instance's acknowledgement channel, each confirmed by its own reply (`MOVED` from a node
-//!   that no longer serves the slot fails it).
+//!   that no longer serves the slot fails it), then an `EXISTS` of the slot's key on the same
+//!   connection, which a replica answers with `MOVED` (a replica accepts `SSUBSCRIBE`: a feed
+//!   sent there by a stale slot map would hear the master only through the cluster bus).
 //!   redis-rs 1.2's `PubSub` has no `SSUBSCRIBE`, so this is a multiplexed connection whose
 //!   pushes go to a channel. Redis unsubscribes shard subscribers (`sunsubscribe`) when the
 //!   slot migrates away or its master turns replica; that push, a disconnect push, or any push a
@@ -69,6 +71,10 @@ pub(crate) struct FeedConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// Test hook: the port of the node the first sharded subscription goes to, rather than the
+    /// coherence slot's master (same host); see `TieredBuilder::test_hook_first_feed_port`.
+    #[cfg(feature = "__test-hooks")]
+    pub(crate) first_port: Option<u16>,
 }
 
 /// Bounded: tokens tracked while they travel.
@@ -91,12 +97,18 @@ pub(crate) async fn run<K, V>(
     let _guard = DeadFeed(&*shared);
     let mut next_url = 0usize;
     let mut backoff = config.backoff_min;
+    #[allow(unused_mut)] // mutated only by a test hook
+    let mut config = config;
     loop {
         let url = urls.get(next_url % urls.len().max(1)).cloned();
         let subscribed = match url {
             Some(url) => connect(&shared, &url, &channel, config).await,
             None => Err(()),
         };
+        #[cfg(feature = "__test-hooks")]
+        {
+            config.first_port = None;
+        }
         match subscribed {
             Ok((mut pinger, mut messages)) => {
                 backoff = config.backoff_min;
@@ -165,13 +177,25 @@ where
         config.connect_timeout,
         shared.l2.master_for_key(c.slot_key().as_bytes()),
     );
-    let node = match owner.await {
+    #[allow(unused_mut)] // mutated only by a test hook
+    let mut node = match owner.await {
         Ok(Ok(owner)) => owner,
         _ => return Err(()),
     };
+    #[cfg(feature = "__test-hooks")]
+    if let (Some(port), Some(node)) = (config.first_port, node.as_mut()) {
+        node.1 = port;
+    }
     let info = node_info(url, node).ok_or(())?;
     let shard_channels = [&*c.channel, &*c.ack_channel];
-    subscribe_sharded(info, channel, &shard_channels, config.connect_timeout).await
+    subscribe_sharded(
+        info,
+        channel,
+        &shard_channels,
+        c.slot_key(),
+        config.connect_timeout,
+    )
+    .await
 }
 
 /// The connection info of `url`, with its address replaced by `node` (same credentials, TLS and
@@ -340,10 +364,21 @@ async fn subscribe(
 /// channel), each confirmed by its own reply (an error, such as `MOVED` from a node that no
 /// longer serves the slot, or an ACL refusal, fails it). redis-rs 1.2's `PubSub` cannot send
 /// `SSUBSCRIBE`, so this is a multiplexed connection whose pushes go to a channel.
+///
+/// Then `EXISTS slot_key` on the same connection proves that `node` serves the slot as its
+/// master. A replica of that master accepts `SSUBSCRIBE` too (Redis 7 serves shard channels on
+/// replicas), so a slot map read while a failover settles could leave the feed subscribed on
+/// the demoted master: it would hear the coherence messages only after they crossed the cluster
+/// bus, a hop the protocol does not watch (renewals and acknowledgements go to the master, so a
+/// member cut off from the bus would keep renewing its lease while it heard nothing). A replica
+/// answers `MOVED` to a keyed command, which fails the subscription and makes the feed look the
+/// master up again; a master that loses the slot later unsubscribes this connection
+/// (`sunsubscribe`), which the feed sees as a loss.
 async fn subscribe_sharded(
     node: redis::ConnectionInfo,
     channel: &str,
     shard_channels: &[&str],
+    slot_key: &str,
     timeout: Duration,
 ) -> Result<(Pinger, Messages), ()> {
     let connect = async {
@@ -375,6 +410,14 @@ async fn subscribe_sharded(
             if !matches!(reply, Value::Push { kind: k, .. } if k == kind) {
                 return Err(());
             }
+        }
+        let serves = redis::cmd("EXISTS")
+            .arg(slot_key)
+            .query_async::<Value>(&mut conn)
+            .await
+            .map_err(drop)?;
+        if !matches!(serves, Value::Int(_)) {
+            return Err(());
         }
         Ok((Pinger::Sharded(conn), Messages::Sharded(rx)))
     };

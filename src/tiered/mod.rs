@@ -785,6 +785,17 @@ where
         self
     }
 
+    /// TEST HOOK, not for production: the feed's first sharded subscription goes to the node at
+    /// `port` (on the host of the coherence slot's master) instead of that master, as a slot map
+    /// read during a failover could send it; later ones look the master up as usual. Only with
+    /// the unadvertised `__test-hooks` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "__test-hooks")]
+    pub fn test_hook_first_feed_port(mut self, port: u16) -> Self {
+        self.feed.first_port = Some(port);
+        self
+    }
+
     /// Builds the cache and spawns its feed task on the current tokio runtime.
     ///
     /// The L1 is flushed first (it may hold values no feed has kept current) and is bypassed
@@ -858,6 +869,8 @@ where
                 connect_timeout: Duration::from_secs(2),
                 backoff_min: Duration::from_millis(20),
                 backoff_max: Duration::from_secs(1),
+                #[cfg(feature = "__test-hooks")]
+                first_port: None,
             },
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
