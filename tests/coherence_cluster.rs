@@ -608,6 +608,12 @@ fn a_feed_sent_to_a_replica_subscribes_on_the_master() {
             (1, 0),
             "(master, replica): the feed subscribes on the master only"
         );
+        // ...having tried the replica first (the hook sent it there).
+        let stats = c.cli(replica, &["INFO", "commandstats"]);
+        assert!(
+            stats.contains("cmdstat_ssubscribe:calls="),
+            "the replica saw no SSUBSCRIBE: {stats}"
+        );
         // And it works there: a purge through it returns (Strict: its own member acknowledges).
         cache.purge("k0").await.expect("purge");
     });

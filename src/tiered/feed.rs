@@ -97,18 +97,13 @@ pub(crate) async fn run<K, V>(
     let _guard = DeadFeed(&*shared);
     let mut next_url = 0usize;
     let mut backoff = config.backoff_min;
-    #[allow(unused_mut)] // mutated only by a test hook
     let mut config = config;
     loop {
         let url = urls.get(next_url % urls.len().max(1)).cloned();
         let subscribed = match url {
-            Some(url) => connect(&shared, &url, &channel, config).await,
+            Some(url) => connect(&shared, &url, &channel, &mut config).await,
             None => Err(()),
         };
-        #[cfg(feature = "__test-hooks")]
-        {
-            config.first_port = None;
-        }
         match subscribed {
             Ok((mut pinger, mut messages)) => {
                 backoff = config.backoff_min;
@@ -153,11 +148,12 @@ pub(crate) async fn run<K, V>(
 /// coherence channel on one connection, classic (`SUBSCRIBE` both, on the node of `url`) or
 /// sharded (`SUBSCRIBE` the store's channel and `SSUBSCRIBE` the coherence channel, on the
 /// master that serves the coherence slot). `start` checks the answer again once subscribed.
+/// (`config` is mutable for a test hook, spent by the first sharded subscription.)
 async fn connect<K, V>(
     shared: &Shared<K, V>,
     url: &str,
     channel: &str,
-    config: FeedConfig,
+    config: &mut FeedConfig,
 ) -> Result<(Pinger, Messages), ()>
 where
     K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
@@ -177,13 +173,13 @@ where
         config.connect_timeout,
         shared.l2.master_for_key(c.slot_key().as_bytes()),
     );
-    #[allow(unused_mut)] // mutated only by a test hook
+    #[cfg_attr(not(feature = "__test-hooks"), allow(unused_mut))]
     let mut node = match owner.await {
         Ok(Ok(owner)) => owner,
         _ => return Err(()),
     };
     #[cfg(feature = "__test-hooks")]
-    if let (Some(port), Some(node)) = (config.first_port, node.as_mut()) {
+    if let (Some(port), Some(node)) = (config.first_port.take(), node.as_mut()) {
         node.1 = port;
     }
     let info = node_info(url, node).ok_or(())?;

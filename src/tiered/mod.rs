@@ -138,7 +138,13 @@
 //! it migrates, or its master fails over or turns replica, Redis unsubscribes the shard
 //! subscribers (`sunsubscribe`) or drops their connection, which is a feed loss (below): the
 //! feed flushes its L1, looks up the slot's master again (`CLUSTER NODES`), subscribes there and
-//! joins again.
+//! joins again. A slot map read while a failover settles may name the old master, now a replica,
+//! which accepts `SSUBSCRIBE` too; so the feed then asks the node, on its subscribed connection,
+//! for the coherence slot's key (`EXISTS`), which only the slot's master answers (a replica
+//! answers `MOVED`), and otherwise looks again. While the slot migrates, its old master answers
+//! `ASK` once the key has moved: a feed lost then subscribes only when the migration ends (its
+//! L1 bypassed meanwhile), not where the coherence messages no longer go. An ACL user must be
+//! allowed `EXISTS` on that key (`~leasecache:{<namespace>}:*`), as the coherence scripts' keys.
 //!
 //! An instance tracks the highest sequence up to which it applied every sequenced invalidation;
 //! a gap (a message lost, say, on a cluster bus) or a sequence going backwards (a Redis restart)
@@ -184,7 +190,8 @@
 //!
 //! In both modes the L1 is also bypassed while the feed is not *confirmed* (Redis acknowledged
 //! the subscription and then answered a PING in subscribed mode, which an ACL refusal would not
-//! produce) and while the circuit breaker is open. Losing the feed (disconnect, a subscriber
+//! produce; sharded, the node answered `EXISTS` of the coherence slot's key as its master) and
+//! while the circuit breaker is open. Losing the feed (disconnect, a subscriber
 //! Redis dropped for falling behind, an unanswered PING) flushes the L1 and bypasses it until
 //! the subscription is confirmed (and, in Strict mode, the instance joined) again; an L1 lease
 //! captured while the L1 was bypassed never fills it. A feed task that ends for any reason (an
