@@ -265,8 +265,10 @@ struct Leader {
     backoff: u32,
     /// Epochs in a row at a base of zero without a verdict.
     unclear: u32,
-    /// The hit ratio of the epochs since the leader's shard filled, as a moving average (`None`
-    /// before); the epochs in a row that hit `CHANGE_DROP` less (see
+    /// The hit ratio of the recent epochs, as a moving average (before the leader's shard is
+    /// full, the highest since the last fall; `None` until the first epoch judged, see
+    /// [`workload_changed`](Self::workload_changed)); the epochs in a row that hit `CHANGE_DROP`
+    /// less (see
     /// [`workload_changed`](Self::workload_changed)), and during a rest those that hit
     /// `DUEL_WAKE_DROP` less (see [`rest_epoch`](Self::rest_epoch)).
     recent: Option<f64>,
@@ -274,7 +276,7 @@ struct Leader {
     rest_low: u32,
     /// A change of workload found before the leader's shard was full, for the first epoch after
     /// (see [`workload_changed`](Self::workload_changed)); and whether an epoch of a full shard
-    /// was judged since the cache was built or cleared.
+    /// was judged since the last epoch of a shard not full.
     change_at_fill: bool,
     judged_full: bool,
     /// Epochs that began a fall (the first of `falling`) while no shard admitted (see
@@ -351,7 +353,7 @@ impl Leader {
     /// from that epoch, as before: carried over from the climb, it delayed by an epoch the
     /// change at the next move of a cache that filled within the first phase (`moving` at 20k
     /// entries, `--seed 2`: -0.42 points). Measured (BENCHMARKS.md section 2, 308 columns):
-    /// `moving` at 50k +1.29 to +3.44 points at five seeds of six (-0.38 at the sixth), `shift`
+    /// `moving` at 50k +1.29 to +4.54 points at five seeds of six (-0.40 at the sixth), `shift`
     /// at 50k +1.76 and +1.66; lower by more than 0.1 only `oltp` at 50k (-0.48, seed 7),
     /// `multi` at 50k (-0.33, seed 11) and `moving` at 50k on 4M accesses (-0.12).
     fn workload_changed(&mut self, ratio: f64, full: bool) -> bool {
@@ -366,11 +368,13 @@ impl Leader {
         }
         if !self.judged_full {
             self.judged_full = true;
-            if self.falling == 0 && !self.change_at_fill {
+            if self.falling == 0 {
                 self.recent = None;
             }
         }
-        self.judge_fall(ratio) || std::mem::take(&mut self.change_at_fill)
+        // Taken first: a held change and one found now are the same change.
+        let held = std::mem::take(&mut self.change_at_fill);
+        self.judge_fall(ratio) || held
     }
 
     /// [`workload_changed`](Self::workload_changed)'s rule on one epoch that hit `ratio`.
@@ -1206,7 +1210,7 @@ impl Climber {
         self.leader.evidence = Evidence::default();
         self.leader.admission = AdmissionDuel::default();
         (self.leader.recent, self.leader.falling) = (None, 0);
-        (self.leader.change_at_fill, self.leader.judged_full) = (false, false);
+        self.leader.change_at_fill = false;
         self.left = READ_EVERY;
         self.start = None;
         self.last_ratio = None;
@@ -1783,12 +1787,23 @@ mod tests {
             [8],
             "no fall under way at the fill: judged from the first full epoch, as ever"
         );
-        // A climb the average would trail: with it as the reference the fall at the end would
-        // count an epoch late.
+        // A climb that ends at the fill: carried over into the full shard's epochs, the
+        // reference would trail the next ones, and the fall at the end would count an epoch late.
         let slow = [0.50, 0.70, 0.80].map(|r| (r, false));
         let full = [(0.88, true); 4];
         let fall = [(0.77, true), (0.55, true), (0.60, true)];
         assert_eq!(changes(&[&slow[..], &full, &fall].concat()), [8]);
+        // A change held from before the fill, and another fall under way that the first full
+        // epoch finds: one change.
+        let held_and_found = [
+            (0.70, false),
+            (0.70, false),
+            (0.55, false),
+            (0.45, true),
+            (0.45, true),
+            (0.45, true),
+        ];
+        assert_eq!(changes(&then(&held_and_found)), [8], "counted once");
         // Never full: no change, whatever the epochs do.
         assert_eq!(
             changes(&then(&[(0.40, false); 10])),
