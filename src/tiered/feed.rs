@@ -88,7 +88,7 @@ pub(crate) async fn run<K, V>(
     shared: Arc<Shared<K, V>>,
     urls: Vec<String>,
     channel: String,
-    config: FeedConfig,
+    mut config: FeedConfig,
 ) where
     K: TieredKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -97,7 +97,6 @@ pub(crate) async fn run<K, V>(
     let _guard = DeadFeed(&*shared);
     let mut next_url = 0usize;
     let mut backoff = config.backoff_min;
-    let mut config = config;
     loop {
         let url = urls.get(next_url % urls.len().max(1)).cloned();
         let subscribed = match url {
@@ -369,7 +368,8 @@ async fn subscribe(
 /// member cut off from the bus would keep renewing its lease while it heard nothing). A replica
 /// answers `MOVED` to a keyed command, which fails the subscription and makes the feed look the
 /// master up again; a master that loses the slot later unsubscribes this connection
-/// (`sunsubscribe`), which the feed sees as a loss.
+/// (`sunsubscribe`), which the feed sees as a loss. While the slot migrates, its old master
+/// answers `ASK` once the key has moved: the feed subscribes again only once the migration ends.
 async fn subscribe_sharded(
     node: redis::ConnectionInfo,
     channel: &str,
