@@ -265,10 +265,9 @@ struct Leader {
     backoff: u32,
     /// Epochs in a row at a base of zero without a verdict.
     unclear: u32,
-    /// The hit ratio of the recent epochs, as a moving average (before the leader's shard is
-    /// full, the highest since the last fall; `None` until the first epoch judged, see
-    /// [`workload_changed`](Self::workload_changed)); the epochs in a row that hit `CHANGE_DROP`
-    /// less (see
+    /// The hit ratio of the recent epochs, as a moving average that, before the leader's shard
+    /// is full, also follows each rise at once (`None` until the first epoch judged); the epochs
+    /// in a row that hit `CHANGE_DROP` less (both see
     /// [`workload_changed`](Self::workload_changed)), and during a rest those that hit
     /// `DUEL_WAKE_DROP` less (see [`rest_epoch`](Self::rest_epoch)).
     recent: Option<f64>,
