@@ -2454,7 +2454,7 @@ mod tests {
     }
 
     /// An admission test whose pairs without admission miss an eighth more than the others,
-    /// but in its first two counted epochs, which dip (the hit ratio falls from 75 % to 50 % and
+    /// but in its first two counted epochs, which dip (the hit ratio falls from 76 % to 62 % and
     /// stays down two epochs: a change of workload) and in which they miss a quarter as much:
     /// the dips do not count, and the test finds for admission at its first epoch after them.
     /// (Counted, they find for no admission; and the second of them, the one that makes the
