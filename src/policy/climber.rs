@@ -114,6 +114,7 @@
 //! real-like traces on average, 0.56 on the 1k scan column), and a bound of 15/16 (changed no
 //! column: the window never reaches 3/4 there).
 
+use super::LARGE_SHARD_ENTRIES;
 use crate::sync::{Arc, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
@@ -190,6 +191,15 @@ const DUEL_EPOCH: u64 = 2_048;
 /// accumulated difference of misses: 2. Moving on every epoch's sign let the base wander on Zipf
 /// (1-4 points lost at 1k-10k entries); moving only on one epoch's clear change rarely moved it.
 const DUEL_BOUND: f64 = 2.0;
+
+/// How clear the evidence must be, in a duel between large shards (`LARGE_SHARD_ENTRIES` or
+/// more), for the base to leave zero: 4 standard deviations. There a window of zero is the
+/// probation pool (see `Shard::pool`), which the larger half gives up, so a verdict for it
+/// costs more than a step: on Zipf s = 0.9 at 100k entries (`--seed 7`) one taken during the
+/// fill, and on Zipf with scans at 100k one taken just before a scan, left the pool off for good
+/// (-1.09 and -0.64 points). For the same reason such a duel takes no verdict before the leader's
+/// shard is full. At 3 deviations the first of those lost 0.30.
+const LARGE_LEAVE_BOUND: f64 = 4.0;
 
 /// Shards that duel over the window. Half of a cache's shards run a window a step larger than the
 /// cache's base window, half a step smaller, and every epoch they swap. Since hashing spreads the
@@ -801,6 +811,8 @@ pub(crate) struct Climber {
     epoch: u64,
     /// Whether the shard has had to evict: until then a window costs nothing.
     full: bool,
+    /// Whether the shard is large (see `LARGE_SHARD_ENTRIES`).
+    large: bool,
     /// The duel's leader (shard 0) only.
     leader: Leader,
     /// Whether a candidate leaving the small queue faces admission (the duel may turn it off).
@@ -835,6 +847,7 @@ impl Climber {
             returns_left: 0,
             returns_start: (0, 0),
             epoch: (expected_entries as u64 / 4).max(DUEL_EPOCH),
+            large: expected_entries >= LARGE_SHARD_ENTRIES,
             full: false,
             leader: Leader::default(),
             admits: true,
@@ -1104,8 +1117,18 @@ impl Climber {
         } else if leader.rest > 0 {
             leader.rest_epoch();
         } else {
-            let mut verdict = leader.evidence.judge(larger_misses, smaller_misses);
-            if !self.full {
+            let larger_bound = if self.large && base == 0 {
+                LARGE_LEAVE_BOUND
+            } else {
+                DUEL_BOUND
+            };
+            let mut verdict = leader
+                .evidence
+                .judge(larger_misses, smaller_misses, larger_bound);
+            if !self.full && self.large {
+                // (See `LARGE_LEAVE_BOUND`.)
+                verdict = None;
+            } else if !self.full {
                 // The leader's shard has not evicted yet, so no window has cost anything: a
                 // verdict for a smaller one is noise, and no rest is due. A rest on such a
                 // verdict, a few epochs into a 50k-entry cache's warm-up, held `kv` at a window
@@ -1324,16 +1347,16 @@ impl Evidence {
     /// Adds an epoch's misses of the tested half and of the other half to the evidence;
     /// `Some(true)` when it now clearly favours the tested side, `Some(false)` the other one (and
     /// the evidence starts over), `None` while unclear.
-    fn judge(&mut self, tested_misses: f64, other_misses: f64) -> Option<bool> {
+    fn judge(&mut self, tested_misses: f64, other_misses: f64, larger_bound: f64) -> Option<bool> {
         let difference = tested_misses - other_misses;
         let last = self.last_difference.replace(difference)?;
         // Each half is the tested one in one of the two epochs: its bias cancels.
         self.sum += (difference + last) / 2.0;
         self.variance += (tested_misses + other_misses) / 2.0;
-        let bound = DUEL_BOUND * self.variance.sqrt();
-        let verdict = if self.sum < -bound {
+        let deviation = self.variance.sqrt();
+        let verdict = if self.sum < -larger_bound * deviation {
             true
-        } else if self.sum > bound {
+        } else if self.sum > DUEL_BOUND * deviation {
             false
         } else {
             return None;
@@ -1452,14 +1475,14 @@ mod tests {
         let mut leader = Leader::default();
         // The larger window misses 10 % less, epoch after epoch.
         let verdicts: Vec<_> = (0..20)
-            .map(|_| leader.evidence.judge(900.0, 1_000.0))
+            .map(|_| leader.evidence.judge(900.0, 1_000.0, DUEL_BOUND))
             .collect();
         assert_eq!(verdicts[0], None, "one epoch is not evidence");
         assert!(verdicts.contains(&Some(true)), "{verdicts:?}");
         assert!(!verdicts.contains(&Some(false)), "{verdicts:?}");
         let mut leader = Leader::default();
         let verdicts: Vec<_> = (0..20)
-            .map(|_| leader.evidence.judge(1_000.0, 900.0))
+            .map(|_| leader.evidence.judge(1_000.0, 900.0, DUEL_BOUND))
             .collect();
         assert!(verdicts.contains(&Some(false)) && !verdicts.contains(&Some(true)));
     }
@@ -1485,7 +1508,7 @@ mod tests {
                 (1_000.0, 1_300.0)
             };
             assert_eq!(
-                leader.evidence.judge(larger, smaller),
+                leader.evidence.judge(larger, smaller, DUEL_BOUND),
                 None,
                 "epoch {epoch}"
             );
@@ -1497,11 +1520,22 @@ mod tests {
         duelling_shards(duel, 2, full)
     }
 
-    /// `shards` shards of 64k entries, duelling in `duel`; `full`: all have evicted.
+    /// `shards` shards of 64k entries (sized for 4k, not large), duelling in `duel`; `full`: all
+    /// have evicted.
     fn duelling_shards(duel: &Arc<Duel>, shards: usize, full: bool) -> Vec<Climber> {
+        sized_duelling_shards(duel, shards, 4_096, full)
+    }
+
+    /// The same, sized for `expected_entries` each.
+    fn sized_duelling_shards(
+        duel: &Arc<Duel>,
+        shards: usize,
+        expected_entries: usize,
+        full: bool,
+    ) -> Vec<Climber> {
         (0..shards)
             .map(|i| {
-                let mut c = Climber::new(65_536, 8_192);
+                let mut c = Climber::new(65_536, expected_entries);
                 c.set_shards(shards);
                 c.duel(duel, i);
                 if full {
@@ -1510,6 +1544,57 @@ mod tests {
                 c
             })
             .collect()
+    }
+
+    /// Two shards sized for `expected_entries`, full or not, whose larger-window shard misses
+    /// `lead` (a fraction) less than the other: the epochs until the base leaves zero (`None`:
+    /// not in 200).
+    fn epochs_to_leave_zero(expected_entries: usize, full: bool, lead: f64) -> Option<u64> {
+        let duel = Duel::new(2);
+        let mut shards = sized_duelling_shards(&duel, 2, expected_entries, full);
+        let (mut hits, mut misses) = (0u64, 0u64);
+        let mut owed = [0.0; 2];
+        loop {
+            let state = duel.state.load(Ordering::Relaxed);
+            if state & 0xFFFF > 0 {
+                return Some(state >> 32);
+            }
+            if state >> 32 > 200 {
+                return None;
+            }
+            let windows: Vec<u64> = shards.iter().map(Climber::window).collect();
+            let larger = windows.iter().copied().max().unwrap_or(0);
+            for ((shard, window), owed) in shards.iter_mut().zip(windows).zip(&mut owed) {
+                // 64 misses a round, `lead` less for the larger window (carried over in `owed`).
+                *owed += if window == larger && window > 0 {
+                    64.0 * (1.0 - lead)
+                } else {
+                    64.0
+                };
+                while *owed >= 1.0 {
+                    *owed -= 1.0;
+                    (hits, misses) = (hits + 3, misses + 1);
+                    shard.new_key(|| (hits, misses));
+                }
+            }
+        }
+    }
+
+    /// Large shards leave a window of zero (their probation pool) only on clearer evidence than
+    /// others, and not before the leader's shard is full.
+    #[test]
+    fn a_duel_of_large_shards_leaves_zero_on_clearer_evidence_and_only_once_full() {
+        let small = epochs_to_leave_zero(4_096, true, 0.03).expect("small shards leave zero");
+        let large = epochs_to_leave_zero(LARGE_SHARD_ENTRIES, true, 0.03)
+            .expect("large shards leave zero too");
+        // Evidence grows as the square root of the epochs: twice the deviations take about four
+        // times as many (here 3 and 7: a verdict needs two epochs, one a side).
+        assert!(
+            large >= 2 * small,
+            "small shards {small} epochs, large {large}"
+        );
+        assert!(epochs_to_leave_zero(4_096, false, 0.3).is_some());
+        assert_eq!(epochs_to_leave_zero(LARGE_SHARD_ENTRIES, false, 0.3), None);
     }
 
     /// Two shards of one cache: their windows differ by two half-steps and swap each epoch, and

@@ -43,6 +43,13 @@ mod climber;
 mod ghost;
 mod sketch;
 
+/// Expected entries from which a shard is large: it compares a candidate with the entry eviction
+/// would really take (see `Shard::settle_main_head`), a ghost hit must beat its victim rather
+/// than tie (see `Shard::admit_ghost`), while returns are rare and the duel gives it no window its
+/// small queue is a probation pool (see `Shard::evict_one`), and so the duel leaves a window of
+/// zero only on clearer evidence (see `climber::LARGE_LEAVE_BOUND`).
+pub(crate) const LARGE_SHARD_ENTRIES: usize = 8192;
+
 pub(crate) use climber::{CacheReturns, Climber, Duel};
 pub(crate) use ghost::Ghost;
 pub(crate) use sketch::Sketch;
