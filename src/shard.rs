@@ -980,12 +980,14 @@ where
     }
 
     /// The weight the small queue may hold before its head faces admission: the climber's window
-    /// (see `policy::climber`), except none while the small queue is a probation pool (a large
-    /// shard while returns are rare: a window of 0.4 % there cost Zipf s = 0.7 at 100k entries
-    /// 3.8 points, since keys that waited in it passed to the main queue without admission) and
-    /// none while seven in eight misses are ghost hits (a loop larger than the cache, where a
-    /// window is capacity the loop cannot use: a climbing window cost the loop at 100k entries
-    /// 4-30 points; at one in two, a recency trace whose keys come back once never got one).
+    /// (see `policy::climber`), except none while seven in eight misses are ghost hits (a loop
+    /// larger than the cache, where a window is capacity the loop cannot use: a climbing window
+    /// cost the loop at 100k entries 4-30 points; at one in two, a recency trace whose keys come
+    /// back once never got one). A window of zero in a large shard while returns are rare is the
+    /// probation pool (see [`pool`](Self::pool)); a small window there instead cost Zipf s = 0.7
+    /// at 100k entries 3.8 points (keys that waited in it passed to the main queue without
+    /// admission), which is why large shards leave zero only on clear evidence
+    /// (`policy::climber`'s `LARGE_LEAVE_BOUND`).
     fn window(&self) -> u64 {
         if self.w.last_ghost_hits > GHOST_RATE_PERIOD / 8 * 7 {
             0
@@ -999,7 +1001,11 @@ where
     /// first: on the real-like traces of `benches/traces` at 100k-128k entries (shards of 12,500-
     /// 16,000 entries on a 2-core box) the pool then ran for good, the duel's window and its verdicts
     /// on admission ignored, and the cache trailed LRU by 4-10 points (`storage` 51.6 % against
-    /// 61.7 %) where with smaller shards it is level with it.
+    /// 61.7 %) where with smaller shards it is level with it. Measured (BENCHMARKS.md section 2,
+    /// `cargo bench --bench hit_ratio -- --only-files --realish 4000000 --capacities 128000`):
+    /// `db`, `storage`, `cdn`, `kv`, `moving` +6.8, +9.4, +2.1, +8.7, +3.3 points (0.05-1.7 behind
+    /// the best of LRU, moka and quick_cache, from 3.9-10.2); the generated Zipf, scan and loop
+    /// columns within 0.18.
     fn pool(&self) -> bool {
         self.w.large && self.w.returns_rare && self.w.climber.window() == 0
     }
@@ -1062,10 +1068,10 @@ where
     /// harness's loop at 1k entries and 6 of 1,250 cost 0.45 pp at 10k, which is what the loop
     /// trailed moka by. On Zipf the window was worth at most 0.12 pp (s = 0.7).
     ///
-    /// In a large shard while returns are rare, the small queue is a probation pool instead: its
-    /// entries do not move into the main queue for the room there, so the keys that filled the
-    /// shard without a hit wait in it, oldest first, and each new key joins them at the back
-    /// rather than facing admission at once. An entry leaves the pool for the main queue with a
+    /// In a large shard while returns are rare and its window is zero (see `pool`), the small
+    /// queue is a probation pool instead: its entries do not move into the main queue for the
+    /// room there, so the keys that filled the shard without a hit wait in it, oldest first, and
+    /// each new key joins them at the back rather than facing admission at once. An entry leaves the pool for the main queue with a
     /// hit, with two counts in the sketch while others wait behind it, or by admission; else it is
     /// evicted, oldest first. Nothing refills the pool, so the keys seen once hold the capacity
     /// until keys seen twice take it over, as under LFU (which, measured with exact counts, hits
