@@ -984,10 +984,9 @@ where
     /// larger than the cache, where a window is capacity the loop cannot use: a climbing window
     /// cost the loop at 100k entries 4-30 points; at one in two, a recency trace whose keys come
     /// back once never got one). A window of zero in a large shard while returns are rare is the
-    /// probation pool (see [`pool`](Self::pool)); a small window there instead cost Zipf s = 0.7
-    /// at 100k entries 3.8 points (keys that waited in it passed to the main queue without
-    /// admission), which is why large shards leave zero only on clear evidence
-    /// (`policy::climber`'s `LARGE_LEAVE_BOUND`).
+    /// probation pool (see [`pool`](Self::pool)); when the pool ran in every large shard, a small
+    /// window instead cost Zipf s = 0.7 at 100k entries 3.8 points (keys that waited in it passed
+    /// to the main queue without admission).
     fn window(&self) -> u64 {
         if self.w.last_ghost_hits > GHOST_RATE_PERIOD / 8 * 7 {
             0
@@ -997,15 +996,15 @@ where
     }
 
     /// Whether the small queue is a probation pool (see `evict_one`): in a large shard while
-    /// returns are rare and the duel gives the shard no window. Whatever the duel said, it was
-    /// first: on the real-like traces of `benches/traces` at 100k-128k entries (shards of 12,500-
-    /// 16,000 entries on a 2-core box) the pool then ran for good, the duel's window and its verdicts
-    /// on admission ignored, and the cache trailed LRU by 4-10 points (`storage` 51.6 % against
-    /// 61.7 %) where with smaller shards it is level with it. Measured (BENCHMARKS.md section 2,
-    /// `cargo bench --bench hit_ratio -- --only-files --realish 4000000 --capacities 128000`):
-    /// `db`, `storage`, `cdn`, `kv`, `moving` +6.8, +9.4, +2.1, +8.7, +3.3 points (0.05-1.7 behind
-    /// the best of LRU, moka and quick_cache, from 3.9-10.2); the generated Zipf, scan and loop
-    /// columns within 0.18.
+    /// returns are rare and the duel gives the shard no window. The pool used to run whatever
+    /// the duel found, its window and its verdicts on admission ignored, which left the real-like
+    /// traces at 128k entries (shards of 16,000 on a 2-core box) 3.9-10.2 points behind the best
+    /// of LRU, moka and quick_cache, now 0-0.94 (BENCHMARKS.md section 2).
+    ///
+    /// In a duel the larger half's window is above zero every other epoch, so the pool of keys
+    /// that filled the shard lasts until its first such epoch, when it moves to the main queue
+    /// for the room there, in one eviction (work in proportion to the pool, under the shard's
+    /// lock, once); after that a shard's pool is what new keys add to it in an epoch at zero.
     fn pool(&self) -> bool {
         self.w.large && self.w.returns_rare && self.w.climber.window() == 0
     }
@@ -1068,20 +1067,20 @@ where
     /// harness's loop at 1k entries and 6 of 1,250 cost 0.45 pp at 10k, which is what the loop
     /// trailed moka by. On Zipf the window was worth at most 0.12 pp (s = 0.7).
     ///
-    /// In a large shard while returns are rare and its window is zero (see `pool`), the small
-    /// queue is a probation pool instead: its entries do not move into the main queue for the
-    /// room there, so the keys that filled the shard without a hit wait in it, oldest first, and
-    /// each new key joins them at the back rather than facing admission at once. An entry leaves the pool for the main queue with a
-    /// hit, with two counts in the sketch while others wait behind it, or by admission; else it is
-    /// evicted, oldest first. Nothing refills the pool, so the keys seen once hold the capacity
-    /// until keys seen twice take it over, as under LFU (which, measured with exact counts, hits
-    /// 94.39 % on the harness's Zipf s = 1.2 at 100k entries; quick_cache 94.38 %). With the room
-    /// rule those keys stayed in the main queue until the CLOCK hand reached them, and new keys
-    /// were refused meanwhile: Zipf s = 1.2 at 100k entries (12,500 a shard) went 94.333 ->
-    /// 94.390 %, s = 1.0 80.137 -> 80.205, s = 0.9 68.201 -> 68.248, s = 0.7 43.310 -> 43.346,
-    /// scans 63.644 -> 63.768, the loop 88.376 -> 88.229 (without the rare-returns condition,
-    /// 86.011). In every shard (1k and 10k entries too), it cost the loop at 1k 0.004 pp, which
-    /// put it behind moka.
+    /// In a large shard while returns are rare and its window is zero (see `pool`, and there for
+    /// how long the pool of the fill lasts in a duel), the small queue is a probation pool instead:
+    /// its entries do not move into the main queue for the room there, so the keys that filled the
+    /// shard without a hit wait in it, oldest first, and each new key joins them at the back rather
+    /// than facing admission at once. An entry leaves the pool for the main queue with a hit, with
+    /// two counts in the sketch while others wait behind it, or by admission; else it is evicted,
+    /// oldest first. Nothing refills the pool, so the keys seen once hold the capacity until keys
+    /// seen twice take it over, as under LFU (which, measured with exact counts, hits 94.39 % on
+    /// the harness's Zipf s = 1.2 at 100k entries; quick_cache 94.38 %). With the room rule those
+    /// keys stayed in the main queue until the CLOCK hand reached them, and new keys were refused
+    /// meanwhile: Zipf s = 1.2 at 100k entries (12,500 a shard) went 94.333 -> 94.390 %, s = 1.0
+    /// 80.137 -> 80.205, s = 0.9 68.201 -> 68.248, s = 0.7 43.310 -> 43.346, scans 63.644 ->
+    /// 63.768, the loop 88.376 -> 88.229 (without the rare-returns condition, 86.011). In every
+    /// shard (1k and 10k entries too), it cost the loop at 1k 0.004 pp, which put it behind moka.
     ///
     /// The entry at index `keep` is looked past: alone in the small queue (as a new entry
     /// usually is, since nothing stays there) eviction takes from the main queue instead; at the

@@ -14,10 +14,12 @@
 //! - while the main queue has room, entries leaving the small queue move into it rather than being
 //!   dropped, so a cold start or a loop larger than the cache fills the whole capacity; except in
 //!   shards of 8,192 entries and up while misses are rarely ghost hits and the duel gives them no
-//!   window, where the small queue is a probation pool: the keys that filled the shard without a hit stay in it and leave first,
-//!   oldest first, each new key joining them at the back, and an entry moves on to the main queue
-//!   with a hit, with two counts in the sketch while others wait behind it, or by the admission
-//!   below (keys seen once give way to keys seen twice, as under LFU);
+//!   window, where the small queue is a probation pool (in a duel, the pool of the fill lasts until
+//!   the shard's first epoch in the larger half, see `Shard::pool`): the keys that filled the shard
+//!   without a hit stay in it and leave first, oldest first, each new key joining them at the back,
+//!   and an entry moves on to the main queue with a hit, with two counts in the sketch while others
+//!   wait behind it, or by the admission below (keys seen once give way to keys seen twice, as
+//!   under LFU);
 //! - once it is full, a one-hit entry leaving the small queue is admitted only if a TinyLFU-style
 //!   count-min sketch (11 counters an entry, in cache-line blocks) says it was requested at least
 //!   two counts more than the main queue's next victim (whose unfolded hits count too; in shards
