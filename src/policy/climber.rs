@@ -1553,16 +1553,27 @@ mod tests {
     }
 
     /// Two shards sized for `expected_entries`, full or not, whose larger-window shard misses
-    /// `lead` (a fraction) less than the other: the epochs until the base leaves zero (`None`:
-    /// not in 400).
-    fn epochs_to_leave_zero(expected_entries: usize, full: bool, lead: f64) -> Option<u64> {
+    /// `lead` (a fraction; negative: more) less than the other, from a base of `base`: the epochs
+    /// until the base moves or, if `rests` count, the duel rests (`None`: not in 400).
+    fn epochs_to_verdict(
+        expected_entries: usize,
+        full: bool,
+        base: u64,
+        lead: f64,
+        rests: bool,
+    ) -> Option<u64> {
         let duel = Duel::new(2);
         let mut shards = sized_duelling_shards(&duel, 2, expected_entries, full);
+        if base > 0 {
+            shards[0].leader.started = true;
+            duel.state.store(base, Ordering::Relaxed);
+        }
         let (mut hits, mut misses) = (0u64, 0u64);
         let mut owed = [0.0; 2];
         loop {
             let state = duel.state.load(Ordering::Relaxed);
-            if state & 0xFFFF > 0 {
+            let rested = rests && state & RESTING != 0;
+            if shards[0].leader.started && (state & 0xFFFF != base || rested) {
                 return Some(state >> 32);
             }
             if state >> 32 > 400 {
@@ -1578,12 +1589,34 @@ mod tests {
                 } else {
                     1.0
                 };
-                if *owed >= 1.0 {
+                while *owed >= 1.0 {
                     *owed -= 1.0;
                     (hits, misses) = (hits + 3, misses + 1);
                     shard.new_key(|| (hits, misses));
                 }
             }
+        }
+    }
+
+    /// Two shards sized for `expected_entries`, full or not, whose larger-window shard misses
+    /// `lead` less than the other: the epochs until the base leaves zero.
+    fn epochs_to_leave_zero(expected_entries: usize, full: bool, lead: f64) -> Option<u64> {
+        epochs_to_verdict(expected_entries, full, 0, lead, false)
+    }
+
+    /// Only leaving a window of zero asks large shards for clearer evidence: above zero, or for a
+    /// smaller window, they move as soon as other shards do.
+    #[test]
+    fn a_duel_of_large_shards_is_stricter_only_about_leaving_zero() {
+        let above = 4 * DUEL_STEP;
+        for (base, lead) in [(above, 0.06), (above, -0.06), (0, -0.06)] {
+            let small = epochs_to_verdict(4_096, true, base, lead, true);
+            assert!(small.is_some(), "base {base}, lead {lead}");
+            assert_eq!(
+                epochs_to_verdict(LARGE_SHARD_ENTRIES, true, base, lead, true),
+                small,
+                "base {base}, lead {lead}"
+            );
         }
     }
 
