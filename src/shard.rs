@@ -831,8 +831,15 @@ where
             .then(|| self.w.dirty.pop())
             .flatten()
         {
-            if let Some(&next) = self.w.dirty.last() {
-                prefetch_slot(self.slot(next));
+            // The next write drops the entry of the next slot in `dirty`, whose line this one's
+            // write prefetched: start loading what its value points to (see
+            // `Slot::prefetch_value_target`), and the line of the slot after it.
+            let dirty = &self.w.dirty;
+            if let Some(&next) = dirty.last() {
+                self.slot(next).prefetch_value_target();
+            }
+            if let Some(&after) = dirty.len().checked_sub(2).map(|i| &dirty[i]) {
+                prefetch_slot(self.slot(after));
             }
             // Free before the entry's `Drop` runs: if it panics, the slot (which `Slot::clear`
             // marks `FREE` first) stays free rather than lost, and nothing has changed yet.

@@ -141,6 +141,39 @@ impl<K, V> Slot<K, V> {
         self.state.store(timed | FREE, Ordering::Relaxed);
     }
 
+    /// Starts loading the line that the value's first word points to, if it is a pointer: the
+    /// memory that dropping an `Arc` or `Box` value touches first (its counts, the allocator's
+    /// header), for a writer about to [`clear`](Self::clear) the slot. Dropping a value freed
+    /// thousands of writes before is a cache miss behind a locked decrement (an `Arc`'s), which
+    /// stalls the write: 90 % of the time in `Shard::alloc` and a sixth of a replacing write of
+    /// `Arc<[u8; 128]>` values (perf, issue 17). A hint: nothing is read as a `V`, so a first
+    /// word that is not a pointer (a length, padding) only prefetches a useless line. Only for
+    /// values that need dropping and hold a word; a no-op off x86-64, under loom and under Miri.
+    ///
+    /// The slot must hold an entry, or have held one: its bytes are read, not interpreted.
+    #[inline(always)]
+    pub(crate) fn prefetch_value_target(&self) {
+        if !std::mem::needs_drop::<V>() || std::mem::size_of::<V>() < std::mem::size_of::<usize>() {
+            return;
+        }
+        #[cfg(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom))))]
+        self.value.with(|v| {
+            // SAFETY: `v` points to the slot's value, at least a word of allocated memory that
+            // only the writer touches now. The assembly reads that word as the machine does, not
+            // as a Rust value (uninitialized padding is fine), and `prefetcht0` never faults,
+            // whatever the address; nothing is written.
+            unsafe {
+                std::arch::asm!(
+                    "mov {target}, qword ptr [{value}]",
+                    "prefetcht0 [{target}]",
+                    value = in(reg) v.cast::<u8>(),
+                    target = out(reg) _,
+                    options(nostack, readonly, preserves_flags),
+                );
+            }
+        });
+    }
+
     /// Drops the entry and marks the slot `FREE`.
     ///
     /// # Safety
@@ -487,6 +520,56 @@ mod tests {
     fn a_u64_slot_is_32_bytes() {
         // The hit path's second cache miss lands on this slot: keep two per cache line.
         assert_eq!(std::mem::size_of::<Slot<u64, u64>>(), 32);
+    }
+
+    /// A value's first word is read for `prefetch_value_target` whatever it holds: a pointer, a
+    /// null one, a length, padding, an address no process may touch, a non-canonical one. None
+    /// of them faults, and the entry is unchanged.
+    #[test]
+    fn prefetching_a_values_target_takes_any_first_word() {
+        #[repr(C)]
+        struct Word(usize, String);
+        #[repr(C)]
+        struct Padded(u8, String);
+        let words = [
+            0,
+            1,
+            4096,
+            0xffff_8000_0000_0000,
+            0x8000_0000_0000_0000,
+            usize::MAX,
+        ];
+        let slab: Slab<u64, Word> = Slab::new(16);
+        for (idx, &word) in words.iter().enumerate() {
+            let slot = slab.slot(idx as u32);
+            // SAFETY: nothing else uses the slab; each slot is filled once, and cleared below.
+            unsafe { slot.fill(idx as u64, Word(word, "kept".into()), 1, false) };
+            slot.prefetch_value_target();
+            // SAFETY: filled above.
+            unsafe { slot.with_value(|v| assert_eq!((v.0, v.1.as_str()), (word, "kept"))) };
+            // SAFETY: filled above; nothing else can reach it.
+            unsafe { slot.clear() };
+        }
+        let pointers: Slab<u64, Option<Box<u64>>> = Slab::new(16);
+        for (idx, value) in [None, Some(Box::new(7))].into_iter().enumerate() {
+            let slot = pointers.slot(idx as u32);
+            // SAFETY: as above.
+            unsafe { slot.fill(idx as u64, value.clone(), 1, false) };
+            slot.prefetch_value_target();
+            // SAFETY: as above.
+            unsafe { slot.with_value(|v| assert_eq!(v, &value)) };
+            // SAFETY: as above.
+            unsafe { slot.clear() };
+        }
+        let padded: Slab<u64, Padded> = Slab::new(16);
+        let slot = padded.slot(0);
+        // SAFETY: as above.
+        unsafe { slot.fill(0, Padded(3, "kept".into()), 1, false) };
+        slot.prefetch_value_target();
+        // SAFETY: as above.
+        unsafe { slot.with_value(|v| assert_eq!((v.0, v.1.as_str()), (3, "kept"))) };
+        // SAFETY: as above.
+        unsafe { slot.clear() };
     }
 
     #[test]
