@@ -1532,6 +1532,10 @@ where
             if let Some(ahead) = dirty.len().checked_sub(AHEAD) {
                 prefetch_slot(slab.slot(dirty[ahead]));
             }
+            // Half as far ahead, what its value points to: the slot's line has arrived by then.
+            if let Some(near) = dirty.len().checked_sub(AHEAD / 2) {
+                slab.slot(dirty[near]).prefetch_value_target();
+            }
             // Free before the entry's `Drop` runs: if it panics, the slot (which `Slot::clear`
             // marks `FREE` first) is reused rather than lost; the rest of its entry leaks, and
             // the slots not reached yet stay in `dirty`.
