@@ -831,12 +831,14 @@ where
             .then(|| self.w.dirty.pop())
             .flatten()
         {
-            // The next write drops the entry of the next slot in `dirty`, whose line this one's
-            // write prefetched: start loading what its value points to (see
-            // `Slot::prefetch_value_target`), and the line of the slot after it.
+            // The next write drops the entry of the next slot in `dirty`, whose line the write
+            // before this one prefetched (unless a collection has just refilled `dirty`: then
+            // this read waits for the line, once a batch): start loading what its value points
+            // to (see `Slot::prefetch_value_target`), and the line of the slot after it.
             let dirty = &self.w.dirty;
             if let Some(&next) = dirty.last() {
-                self.slot(next).prefetch_value_target();
+                // SAFETY: the writer; a slot in `dirty` is retired and past its grace period.
+                unsafe { self.slot(next).prefetch_value_target() };
             }
             if let Some(&after) = dirty.len().checked_sub(2).map(|i| &dirty[i]) {
                 prefetch_slot(self.slot(after));
@@ -1532,9 +1534,11 @@ where
             if let Some(ahead) = dirty.len().checked_sub(AHEAD) {
                 prefetch_slot(slab.slot(dirty[ahead]));
             }
-            // Half as far ahead, what its value points to: the slot's line has arrived by then.
+            // Half as far ahead, what its value points to: by then the slot's line has had four
+            // drops' time to arrive (the first four drops get no such prefetch).
             if let Some(near) = dirty.len().checked_sub(AHEAD / 2) {
-                slab.slot(dirty[near]).prefetch_value_target();
+                // SAFETY: the writer; a slot in `dirty` is retired and past its grace period.
+                unsafe { slab.slot(dirty[near]).prefetch_value_target() };
             }
             // Free before the entry's `Drop` runs: if it panics, the slot (which `Slot::clear`
             // marks `FREE` first) is reused rather than lost; the rest of its entry leaks, and

@@ -142,26 +142,32 @@ impl<K, V> Slot<K, V> {
     }
 
     /// Starts loading the line that the value's first word points to, if it is a pointer: the
-    /// memory that dropping an `Arc` or `Box` value touches first (its counts, the allocator's
-    /// header), for a writer about to [`clear`](Self::clear) the slot. Dropping a value freed
-    /// thousands of writes before is a cache miss behind a locked decrement (an `Arc`'s), which
-    /// stalls the write: 90 % of the time in `Shard::alloc` and a sixth of a replacing write of
-    /// `Arc<[u8; 128]>` values (perf, issue 17). A hint: nothing is read as a `V`, so a first
-    /// word that is not a pointer (a length, padding) only prefetches a useless line. Only for
-    /// values that need dropping and hold a word; a no-op off x86-64, under loom and under Miri.
+    /// memory that dropping an `Arc` or `Box` value touches first (its counts; the allocator's
+    /// header just before it, when in the same line), for a writer about to
+    /// [`clear`](Self::clear) the slot. Dropping a value retired thousands of writes before is a
+    /// cache miss behind a locked decrement (an `Arc`'s), which holds every later load of the
+    /// write back: 90 % of the time in `Shard::alloc`, a sixth of the `replace` mix of
+    /// `Arc<[u8; 128]>` values and about a third of its writes (perf, issue 17). A hint: nothing
+    /// is read as a `V`, so a first word that is not a pointer only prefetches a useless line
+    /// (a `String`'s or a `Vec`'s is its capacity with rustc 1.95: no gain there, and no cost
+    /// measured). Only for values that need dropping and hold a word; a no-op off x86-64, under
+    /// loom and under Miri.
     ///
-    /// The slot must hold an entry, or have held one: its bytes are read, not interpreted.
+    /// # Safety
+    /// The caller is the shard's writer and no reader can reach the slot (it is free, or retired
+    /// and past its grace period): its value's bytes are read, and nothing may write them
+    /// meanwhile. They need not hold an entry: they are read as bytes, not as a `V`.
     #[inline(always)]
-    pub(crate) fn prefetch_value_target(&self) {
+    pub(crate) unsafe fn prefetch_value_target(&self) {
         if !std::mem::needs_drop::<V>() || std::mem::size_of::<V>() < std::mem::size_of::<usize>() {
             return;
         }
         #[cfg(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom))))]
         self.value.with(|v| {
             // SAFETY: `v` points to the slot's value, at least a word of allocated memory that
-            // only the writer touches now. The assembly reads that word as the machine does, not
-            // as a Rust value (uninitialized padding is fine), and `prefetcht0` never faults,
-            // whatever the address; nothing is written.
+            // only the writer touches now (the caller's contract). The assembly reads that word
+            // as the machine does, not as a Rust value (uninitialized padding is fine), and
+            // `prefetcht0` never faults, whatever the address; nothing is written.
             unsafe {
                 std::arch::asm!(
                     "mov {target}, qword ptr [{value}]",
@@ -544,7 +550,8 @@ mod tests {
             let slot = slab.slot(idx as u32);
             // SAFETY: nothing else uses the slab; each slot is filled once, and cleared below.
             unsafe { slot.fill(idx as u64, Word(word, "kept".into()), 1, false) };
-            slot.prefetch_value_target();
+            // SAFETY: nothing else uses the slab.
+            unsafe { slot.prefetch_value_target() };
             // SAFETY: filled above.
             unsafe { slot.with_value(|v| assert_eq!((v.0, v.1.as_str()), (word, "kept"))) };
             // SAFETY: filled above; nothing else can reach it.
@@ -555,7 +562,8 @@ mod tests {
             let slot = pointers.slot(idx as u32);
             // SAFETY: as above.
             unsafe { slot.fill(idx as u64, value.clone(), 1, false) };
-            slot.prefetch_value_target();
+            // SAFETY: nothing else uses the slab.
+            unsafe { slot.prefetch_value_target() };
             // SAFETY: as above.
             unsafe { slot.with_value(|v| assert_eq!(v, &value)) };
             // SAFETY: as above.
@@ -565,7 +573,8 @@ mod tests {
         let slot = padded.slot(0);
         // SAFETY: as above.
         unsafe { slot.fill(0, Padded(3, "kept".into()), 1, false) };
-        slot.prefetch_value_target();
+        // SAFETY: as above.
+        unsafe { slot.prefetch_value_target() };
         // SAFETY: as above.
         unsafe { slot.with_value(|v| assert_eq!((v.0, v.1.as_str()), (3, "kept"))) };
         // SAFETY: as above.
