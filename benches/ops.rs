@@ -7,6 +7,7 @@
 //! cargo bench --bench ops -- get_hit            # one workload
 //! OPS_CLOCK=cpu cargo bench --bench ops -- --duel # threads' CPU clocks instead of wall time
 //! python3 benches/support/ratios.py             # ratios to the other caches from the results
+//! cargo bench --bench ops -- --latency          # insert latency tails, side by side
 //! OPS_LEASECACHE_TTI=3600 OPS_MOKA_TTI=3600 cargo bench --bench ops -- --duel get_hit  # with TTIs
 //! ```
 //!
@@ -634,8 +635,83 @@ fn solo(args: &[String]) {
     }
 }
 
+/// Insert latency, side by side: `--latency [capacity ...]` (default 25,000 and 128,000).
+/// One thread; each cache is filled with keys seen once, then runs 29 x capacity accesses, half
+/// to a skewed hot set of twice the capacity (a uniform draw cubed), half to fresh keys, and
+/// every miss inserts. Each insert is timed alone, so what it prints are the writes' tails: the
+/// insert that rebuilds a shard's table, moves a queue or runs a collection, against quick_cache
+/// and moka doing the same. `u64` values; wall time (a preempted insert counts too, so run it on
+/// an idle box and compare the caches within one run).
+fn latency(args: &[String]) {
+    let capacities: Vec<u64> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| a.parse().expect("a capacity"))
+        .collect();
+    let capacities = if capacities.is_empty() {
+        vec![25_000, 128_000]
+    } else {
+        capacities
+    };
+    println!(
+        "Insert latency (ns), one thread, every miss inserts (`--latency`); >100us and >1ms count inserts\n"
+    );
+    println!("| capacity | cache | inserts | mean | p50 | p99.9 | p99.99 | max | >100us | >1ms |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    fn run<C: Subject<u64>>(capacity: u64) {
+        let cache = C::build(capacity);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut fresh = 1u64 << 40;
+        let mut took = Vec::with_capacity(capacity as usize * 16);
+        for i in 0..capacity * 30 {
+            let key = if i >= capacity && next() % 2 == 0 {
+                let r = (next() % 1_000_000) as f64 / 1e6;
+                (r * r * r * capacity as f64 * 2.0) as u64
+            } else {
+                fresh += 1;
+                fresh
+            };
+            if cache.get(key).is_none() {
+                let start = Instant::now();
+                cache.insert(key, key);
+                took.push(start.elapsed().as_nanos() as u64);
+            }
+        }
+        let mean = took.iter().sum::<u64>() / took.len() as u64;
+        took.sort_unstable();
+        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+        let over = |ns: u64| took.len() - took.partition_point(|&t| t <= ns);
+        println!(
+            "| {capacity} | {} | {} | {mean} | {} | {} | {} | {} | {} | {} |",
+            C::NAME,
+            took.len(),
+            at(0.5),
+            at(0.999),
+            at(0.9999),
+            took[took.len() - 1],
+            over(100_000),
+            over(1_000_000),
+        );
+    }
+    for capacity in capacities {
+        run::<LeaseCache<u64>>(capacity);
+        run::<QuickCache<u64>>(capacity);
+        run::<MokaCache<u64>>(capacity);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--latency") {
+        latency(&args);
+        return;
+    }
     if args.iter().any(|a| a == "--duel") {
         duel(&args);
         return;
