@@ -533,52 +533,37 @@ mod tests {
     /// of them faults, and the entry is unchanged.
     #[test]
     fn prefetching_a_values_target_takes_any_first_word() {
+        fn check<V: Clone + PartialEq + std::fmt::Debug>(value: V) {
+            let slab: Slab<u64, V> = Slab::new(16);
+            let slot = slab.slot(0);
+            // SAFETY: nothing else uses the slab; the slot is filled once, and cleared below.
+            unsafe { slot.fill(0, value.clone(), 1, false) };
+            // SAFETY: as above.
+            unsafe { slot.prefetch_value_target() };
+            // SAFETY: filled above.
+            unsafe { slot.with_value(|v| assert_eq!(v, &value)) };
+            // SAFETY: filled above; nothing else can reach it.
+            unsafe { slot.clear() };
+        }
+        #[derive(Clone, PartialEq, Debug)]
         #[repr(C)]
         struct Word(usize, String);
+        #[derive(Clone, PartialEq, Debug)]
         #[repr(C)]
         struct Padded(u8, String);
-        let words = [
+        for word in [
             0,
             1,
             4096,
             0xffff_8000_0000_0000,
             0x8000_0000_0000_0000,
             usize::MAX,
-        ];
-        let slab: Slab<u64, Word> = Slab::new(16);
-        for (idx, &word) in words.iter().enumerate() {
-            let slot = slab.slot(idx as u32);
-            // SAFETY: nothing else uses the slab; each slot is filled once, and cleared below.
-            unsafe { slot.fill(idx as u64, Word(word, "kept".into()), 1, false) };
-            // SAFETY: nothing else uses the slab.
-            unsafe { slot.prefetch_value_target() };
-            // SAFETY: filled above.
-            unsafe { slot.with_value(|v| assert_eq!((v.0, v.1.as_str()), (word, "kept"))) };
-            // SAFETY: filled above; nothing else can reach it.
-            unsafe { slot.clear() };
+        ] {
+            check(Word(word, "kept".into()));
         }
-        let pointers: Slab<u64, Option<Box<u64>>> = Slab::new(16);
-        for (idx, value) in [None, Some(Box::new(7))].into_iter().enumerate() {
-            let slot = pointers.slot(idx as u32);
-            // SAFETY: as above.
-            unsafe { slot.fill(idx as u64, value.clone(), 1, false) };
-            // SAFETY: nothing else uses the slab.
-            unsafe { slot.prefetch_value_target() };
-            // SAFETY: as above.
-            unsafe { slot.with_value(|v| assert_eq!(v, &value)) };
-            // SAFETY: as above.
-            unsafe { slot.clear() };
-        }
-        let padded: Slab<u64, Padded> = Slab::new(16);
-        let slot = padded.slot(0);
-        // SAFETY: as above.
-        unsafe { slot.fill(0, Padded(3, "kept".into()), 1, false) };
-        // SAFETY: as above.
-        unsafe { slot.prefetch_value_target() };
-        // SAFETY: as above.
-        unsafe { slot.with_value(|v| assert_eq!((v.0, v.1.as_str()), (3, "kept"))) };
-        // SAFETY: as above.
-        unsafe { slot.clear() };
+        check(None::<Box<u64>>);
+        check(Some(Box::new(7u64)));
+        check(Padded(3, "kept".into()));
     }
 
     #[test]
