@@ -18,7 +18,7 @@
 #![allow(unsafe_code)]
 
 use crate::listener::{RemovalCause, Removals};
-use crate::policy::{CacheReturns, Climber, Duel, Ghost, LARGE_SHARD_ENTRIES, Sketch};
+use crate::policy::{CacheReturns, Climber, Duel, Ghost, Sketch};
 use crate::reclaim::{Limbo, ReadGuard, Readers};
 #[cfg(any(test, fuzzing))]
 use crate::slab::{FREE, RETIRED};
@@ -319,8 +319,6 @@ pub(crate) struct Writer {
     returns_rare: bool,
     /// Ghost hits in the last full period.
     last_ghost_hits: u32,
-    /// Whether the shard expects at least `LARGE_SHARD_ENTRIES` entries.
-    large: bool,
     /// Buckets of the current table that are live or tombstones.
     used: usize,
     /// Retired slots (handed back a batch at a time) and tables (dropped by their batch).
@@ -359,7 +357,6 @@ impl Writer {
             ghost_hits: 0,
             returns_rare: false,
             last_ghost_hits: 0,
-            large: expected_entries >= LARGE_SHARD_ENTRIES,
             used: 0,
             limbo: Limbo::default(),
             batch: retire_batch(expected_entries),
@@ -817,7 +814,7 @@ where
         {
             return true;
         }
-        if self.w.large {
+        if self.w.climber.large() {
             self.settle_main_head(now, hash_of);
         }
         self.admit_to_main(hash, hash_of)
@@ -1015,7 +1012,7 @@ where
     /// for the room there, in one eviction (work in proportion to the pool, under the shard's
     /// lock, once); after that a shard's pool is what new keys add to it in an epoch at zero.
     fn pool(&self) -> bool {
-        self.w.large && self.w.returns_rare && self.w.climber.window() == 0
+        self.w.climber.large() && self.w.returns_rare && self.w.climber.window() == 0
     }
 
     /// Whether candidates face admission: unless the duel has turned it off (see
@@ -1294,7 +1291,9 @@ where
             !self.w.sketch.warmed()
                 || self
                     .counts(hash, hash_of)
-                    .is_none_or(|(candidate, victim)| candidate >= victim + u8::from(self.w.large))
+                    .is_none_or(|(candidate, victim)| {
+                        candidate >= victim + u8::from(self.w.climber.large())
+                    })
         } else {
             self.admit_to_main(hash, hash_of)
         }
@@ -2862,7 +2861,7 @@ mod tests {
         };
         let setups: [&dyn Fn() -> TestShard; 3] = [
             &|| evicting(64),
-            &|| evicting(LARGE_SHARD_ENTRIES as u64),
+            &|| evicting(crate::policy::LARGE_SHARD_ENTRIES as u64),
             &rebuilding,
         ];
         for setup in setups {

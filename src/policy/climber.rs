@@ -1296,6 +1296,14 @@ impl Climber {
         (self.departures, self.earning) = (0, 0);
     }
 
+    /// Whether the shard is large: it expects at least `LARGE_SHARD_ENTRIES` entries. Its
+    /// probation pool, its admission's sweep of the main queue's head and its stricter duel
+    /// depend on it (see `Shard::pool`).
+    #[inline]
+    pub(crate) fn large(&self) -> bool {
+        self.large
+    }
+
     /// Sets the window, for tests.
     #[cfg(test)]
     pub(crate) fn set_window_for_test(&mut self, window: u64) {
