@@ -97,7 +97,7 @@ impl Xfetch {
 /// XFetch's trigger: whether a read `left_ns` before the deadline refreshes, with load time
 /// `delta_ns`, `beta`, and the draw `u` in (0, 1]: `now - delta * beta * ln(u) >= deadline`.
 /// [`Xfetch::lead`] is its closed form (`left <= lead`); the tests check that they agree.
-#[cfg(test)]
+#[cfg(all(test, not(leasecache_loom)))]
 pub(crate) fn xfetch_due(left_ns: u64, delta_ns: u64, beta: f64, u: f64) -> bool {
     delta_ns as f64 * beta * -u.ln() >= left_ns as f64
 }

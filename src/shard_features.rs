@@ -34,7 +34,7 @@ impl<K, V> Shared<K, V> {
             return None;
         }
         // SAFETY: found through the table inside a read.
-        Some(unsafe { slot.with_value(f) })
+        Some(unsafe { slot.read_value(f) })
     }
 
     /// The live value of `key` mapped through `f`, recording the access, as
@@ -101,7 +101,7 @@ impl<K, V> Shared<K, V> {
             slot.freq.store(freq + 1, Ordering::Relaxed);
         }
         // SAFETY: found through the table inside a read, or by the writer (the caller's contract).
-        Some(unsafe { slot.with_value(f) })
+        Some(unsafe { slot.read_value(f) })
     }
 
     /// Pushes the deadline of the live, timed entry in slot `idx` to `now + tti` (capped by its

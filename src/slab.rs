@@ -5,7 +5,10 @@
 //! named by a `u32` index. A slot's key and value sit in `UnsafeCell`s: the writer fills a slot
 //! only while no reader can reach it (it is free: never published, or retired and past its grace
 //! period), publishes it with a Release store of its index into the table, and drops its contents
-//! only after unlinking and retiring it and waiting out the grace period (`reclaim.rs`). The
+//! only after unlinking and retiring it and waiting out the grace period (`reclaim.rs`). The one
+//! exception is a value of at most one word that needs no drop (a `u64`): a replacing write
+//! overwrites it in place with one machine move, which readers copy with one move
+//! ([`Slot::IN_PLACE`]). The
 //! policy's bookkeeping (queue links, weight, state) is in relaxed atomics that only the writer
 //! uses, so that it can change them while readers read the key and value next to them; relaxed
 //! atomic loads and stores compile to plain moves.
@@ -114,7 +117,7 @@ impl<K, V> Slot<K, V> {
         self.key.with(|k| f(unsafe { (*k).assume_init_ref() }))
     }
 
-    /// Runs `f` on the value. The same contract as [`with_key`](Self::with_key).
+    /// Runs `f` on the value, for the writer: the value itself, which only the writer changes.
     ///
     /// # Safety
     /// As for [`with_key`](Self::with_key).
@@ -122,6 +125,57 @@ impl<K, V> Slot<K, V> {
     pub(crate) unsafe fn with_value<R>(&self, f: impl FnOnce(&V) -> R) -> R {
         // SAFETY: as in `with_key`.
         self.value.with(|v| f(unsafe { (*v).assume_init_ref() }))
+    }
+
+    /// Runs `f` on the value, for a reader that may race the writer: on a copy read in one
+    /// machine move when the writer may [`replace_value`](Self::replace_value) in place
+    /// ([`IN_PLACE`](Self::IN_PLACE)), else on the value itself (which then never changes while
+    /// the slot is published).
+    ///
+    /// # Safety
+    /// As for [`with_key`](Self::with_key).
+    #[inline(always)]
+    pub(crate) unsafe fn read_value<R>(&self, f: impl FnOnce(&V) -> R) -> R {
+        if Self::IN_PLACE {
+            // SAFETY: the caller's contract: the slot holds a value, and the writer only writes
+            // it whole, in one move (`replace_value`).
+            let copy = self
+                .value
+                .with(|v| unsafe { in_place::load(v.cast::<V>()) });
+            // `copy` needs no drop (`IN_PLACE`), so the slot's value and its copy never both
+            // drop anything.
+            return f(&copy);
+        }
+        // SAFETY: as in `with_key`.
+        unsafe { self.with_value(f) }
+    }
+
+    /// Whether a write that replaces a published value overwrites it in place
+    /// ([`replace_value`](Self::replace_value)) instead of filling a fresh slot and retiring this
+    /// one: for values that need no drop, fit one aligned machine word (1, 2, 4 or 8 bytes, or
+    /// none) and can therefore be written and read whole by single moves on x86-64. Such a
+    /// write then touches no other slot, no queue link, no table bucket and no reclamation
+    /// batch, which is most of what a replacing write of `u64` values cost against quick_cache,
+    /// which also overwrites in place (issue 17). Off x86-64, under loom and under Miri, values
+    /// are always written into fresh slots.
+    pub(crate) const IN_PLACE: bool = in_place::SUPPORTED
+        && !std::mem::needs_drop::<V>()
+        && matches!(std::mem::size_of::<V>(), 0 | 1 | 2 | 4 | 8)
+        && std::mem::align_of::<V>() >= std::mem::size_of::<V>();
+
+    /// Overwrites the published value with `value`, in one machine move, which readers copy
+    /// with one move ([`read_value`](Self::read_value)): a reader sees the old value or the new
+    /// one, whole. The old value is not dropped (it needs no drop).
+    ///
+    /// # Safety
+    /// [`IN_PLACE`](Self::IN_PLACE) holds, the caller is the shard's writer, and the slot holds
+    /// a value.
+    #[inline(always)]
+    pub(crate) unsafe fn replace_value(&self, value: V) {
+        debug_assert!(Self::IN_PLACE);
+        // SAFETY: the caller's contract; readers only copy the value with single moves.
+        self.value
+            .with_mut(|v| unsafe { in_place::store(v.cast::<V>(), &value) });
     }
 
     /// Stores an entry in a free slot.
@@ -193,6 +247,122 @@ impl<K, V> Slot<K, V> {
         self.key.with_mut(|k| unsafe { (*k).assume_init_drop() });
         // SAFETY: as above.
         self.value.with_mut(|v| unsafe { (*v).assume_init_drop() });
+    }
+}
+
+/// Single machine moves of a value of at most one aligned word, which is how readers and the
+/// writer share a value the writer replaces in place ([`Slot::IN_PLACE`]). An aligned move of 1,
+/// 2, 4 or 8 bytes is single-copy atomic on x86-64, so a reader's copy is never torn. Written in
+/// assembly rather than with `AtomicU64` and friends, because a value may have padding (an
+/// `#[repr(align(8))] struct(u32)`), and reading uninitialized bytes as an integer is undefined
+/// behaviour in Rust while the machine just copies them (the same reason as
+/// [`Slot::prefetch_value_target`]'s).
+mod in_place {
+    /// Whether this target has the moves below.
+    pub(super) const SUPPORTED: bool = cfg!(all(
+        target_arch = "x86_64",
+        not(miri),
+        not(all(test, leasecache_loom))
+    ));
+
+    /// A copy of the value at `src`, read in one move.
+    ///
+    /// # Safety
+    /// `src` points to a valid, aligned value of a type that `Slot::IN_PLACE` accepts, which
+    /// nothing writes meanwhile except by [`store`].
+    #[cfg(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom))))]
+    #[inline(always)]
+    pub(super) unsafe fn load<V>(src: *const V) -> V {
+        use std::arch::asm;
+        let word: u64;
+        // SAFETY: the caller's contract: `src` is valid for its size and aligned to it. The
+        // move reads the bytes as the machine does (padding included) into a register.
+        unsafe {
+            match std::mem::size_of::<V>() {
+                8 => asm!(
+                    "mov {w}, qword ptr [{src}]",
+                    src = in(reg) src, w = out(reg) word,
+                    options(nostack, readonly, preserves_flags),
+                ),
+                4 => asm!(
+                    "mov {w:e}, dword ptr [{src}]",
+                    src = in(reg) src, w = out(reg) word,
+                    options(nostack, readonly, preserves_flags),
+                ),
+                2 => asm!(
+                    "movzx {w:e}, word ptr [{src}]",
+                    src = in(reg) src, w = out(reg) word,
+                    options(nostack, readonly, preserves_flags),
+                ),
+                1 => asm!(
+                    "movzx {w:e}, byte ptr [{src}]",
+                    src = in(reg) src, w = out(reg) word,
+                    options(nostack, readonly, preserves_flags),
+                ),
+                size => {
+                    debug_assert_eq!(size, 0);
+                    word = 0;
+                }
+            }
+        }
+        // SAFETY: the low `size_of::<V>()` bytes of `word` (its first ones: x86-64 is little
+        // endian) are those of the valid value at `src`.
+        unsafe { std::mem::transmute_copy::<u64, V>(&word) }
+    }
+
+    /// [`load`] where values are never replaced in place (`SUPPORTED` is false).
+    #[cfg(not(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom)))))]
+    pub(super) unsafe fn load<V>(_: *const V) -> V {
+        unreachable!("values are replaced in place only on x86-64")
+    }
+
+    /// Writes `value` over the value at `dst` in one move, without dropping either.
+    ///
+    /// # Safety
+    /// `dst` points to an aligned value of a type that `Slot::IN_PLACE` accepts, which only the
+    /// caller writes, and which readers read only by [`load`].
+    #[cfg(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom))))]
+    #[inline(always)]
+    pub(super) unsafe fn store<V>(dst: *mut V, value: &V) {
+        use std::arch::asm;
+        let (src, dst) = ((value as *const V).cast::<u8>(), dst.cast::<u8>());
+        // SAFETY: the caller's contract: both are valid for their size and aligned to it. The
+        // moves copy the bytes as the machine does, padding included.
+        unsafe {
+            match std::mem::size_of::<V>() {
+                8 => asm!(
+                    "mov {t}, qword ptr [{src}]",
+                    "mov qword ptr [{dst}], {t}",
+                    src = in(reg) src, dst = in(reg) dst, t = out(reg) _,
+                    options(nostack, preserves_flags),
+                ),
+                4 => asm!(
+                    "mov {t:e}, dword ptr [{src}]",
+                    "mov dword ptr [{dst}], {t:e}",
+                    src = in(reg) src, dst = in(reg) dst, t = out(reg) _,
+                    options(nostack, preserves_flags),
+                ),
+                2 => asm!(
+                    "mov {t:x}, word ptr [{src}]",
+                    "mov word ptr [{dst}], {t:x}",
+                    src = in(reg) src, dst = in(reg) dst, t = out(reg) _,
+                    options(nostack, preserves_flags),
+                ),
+                1 => asm!(
+                    "mov {t}, byte ptr [{src}]",
+                    "mov byte ptr [{dst}], {t}",
+                    src = in(reg) src, dst = in(reg) dst, t = out(reg_byte) _,
+                    options(nostack, preserves_flags),
+                ),
+                size => debug_assert_eq!(size, 0),
+            }
+        }
+    }
+
+    /// [`store`] where values are never replaced in place (`SUPPORTED` is false).
+    #[cfg(not(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom)))))]
+    pub(super) unsafe fn store<V>(_: *mut V, _: &V) {
+        unreachable!("values are replaced in place only on x86-64")
     }
 }
 
@@ -564,6 +734,59 @@ mod tests {
         check(None::<Box<u64>>);
         check(Some(Box::new(7u64)));
         check(Padded(3, "kept".into()));
+    }
+
+    /// Which values a write replaces in place, and that each of them is read back whole,
+    /// padding and odd bit patterns included, through a reader's copy.
+    #[test]
+    fn word_sized_values_without_drop_glue_are_replaced_in_place_and_read_whole() {
+        fn check<V: Clone + PartialEq + std::fmt::Debug>(old: V, new: V) {
+            assert!(Slot::<u64, V>::IN_PLACE, "{}", std::any::type_name::<V>());
+            let slab: Slab<u64, V> = Slab::new(16);
+            let slot = slab.slot(3);
+            // SAFETY: nothing else uses the slab; the slot is filled once.
+            unsafe { slot.fill(0, old.clone(), 1, false) };
+            // SAFETY: filled above.
+            assert_eq!(unsafe { slot.read_value(V::clone) }, old);
+            // SAFETY: `IN_PLACE`; the only writer; filled above.
+            unsafe { slot.replace_value(new.clone()) };
+            // SAFETY: filled above.
+            assert_eq!(unsafe { slot.read_value(V::clone) }, new);
+            // SAFETY: as above.
+            unsafe { slot.with_value(|v| assert_eq!(v, &new)) };
+        }
+        #[derive(Clone, PartialEq, Debug)]
+        #[repr(C, align(8))]
+        struct Padded(u16, u8);
+        #[derive(Clone, PartialEq, Debug)]
+        struct Unit;
+        assert_eq!(Slot::<u64, u64>::IN_PLACE, in_place::SUPPORTED);
+        if !in_place::SUPPORTED {
+            return;
+        }
+        check(1u64, u64::MAX);
+        check(-1i64, i64::MIN);
+        check(1.5f64, f64::NEG_INFINITY);
+        check(7u32, 0xdead_beef);
+        check('a', char::MAX);
+        check(0x1234u16, 0xfedc);
+        check(1u8, 255);
+        check(false, true);
+        check(None, std::num::NonZeroU64::new(5));
+        check(Some(&1u8), None::<&'static u8>);
+        check(Padded(1, 2), Padded(0xffff, 0xff));
+        check((), ());
+        check(Unit, Unit);
+        // Anything that drops, spans more than a word or may straddle one is written into a
+        // fresh slot.
+        const {
+            assert!(!Slot::<u64, String>::IN_PLACE);
+            assert!(!Slot::<u64, Box<u64>>::IN_PLACE);
+            assert!(!Slot::<u64, u128>::IN_PLACE);
+            assert!(!Slot::<u64, [u8; 8]>::IN_PLACE);
+            assert!(!Slot::<u64, (u32, u32)>::IN_PLACE);
+            assert!(!Slot::<u64, &'static str>::IN_PLACE);
+        }
     }
 
     #[test]
