@@ -84,7 +84,9 @@
 //! per-thread record of the cache, claimed under a short lock at the thread's first read of it
 //! and handed to another thread when the thread exits). Writes
 //! take a per-shard lock and never change anything a read can reach: a new or replaced value goes
-//! into a fresh slot, published by one atomic store, and what a write unlinks (a replaced, purged
+//! into a fresh slot, published by one atomic store (except that a value of at most one word that
+//! needs no drop, such as a `u64`, is overwritten where it is, by one machine move that a read
+//! sees whole or not at all, on x86-64), and what a write unlinks (a replaced, purged
 //! or evicted entry, an outgrown table) is *retired*. Retired entries are dropped in batches (up
 //! to 1,024 per shard) once no read that could see them is still running, which is
 //! epoch-based reclamation: each thread's announcement says which epoch its read began at, and a

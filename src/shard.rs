@@ -9,7 +9,10 @@
 //!   It lives under the shard's lock and has no threads or locks of its own.
 //! - [`Shard`]: a writer's view of both, built under the lock; every change goes through it. A
 //!   change never writes a slot or table a reader can reach: a new or replaced entry gets a fresh
-//!   slot, published by one atomic store into the table, and the old slot is retired.
+//!   slot, published by one atomic store into the table, and the old slot is retired. The one
+//!   exception is a value of at most one word that needs no drop (a `u64`), which a replacing
+//!   write overwrites in place with one machine move, read by readers with one move
+//!   (`Slot::IN_PLACE`).
 //!
 //! Generations do not live here. A shard neither reads nor writes the generation table; what it
 //! removes (evictions, expirations) never needs to fence anything, because a lease is checked
