@@ -953,6 +953,11 @@ where
     /// after it finds the value (unless its TTL has run out or another write evicted it
     /// meanwhile); a value heavier than a whole shard is not stored.
     ///
+    /// Over a stored key, which of the two equal keys the cache keeps is not specified (a value of
+    /// at most one word that needs no drop, such as a `u32`, is overwritten in place under the
+    /// stored key; other values are stored with `key`): keys that compare equal should be
+    /// interchangeable, as for `HashMap::insert`, which keeps the stored one.
+    ///
     /// ```
     /// let cache: leasecache::Cache<u32, u32> = leasecache::Cache::new(10);
     /// let lease = cache.lease(&1);

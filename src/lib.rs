@@ -85,8 +85,9 @@
 //! and handed to another thread when the thread exits). Writes
 //! take a per-shard lock and never change anything a read can reach: a new or replaced value goes
 //! into a fresh slot, published by one atomic store (except that a value of at most one word that
-//! needs no drop, such as a `u64`, is overwritten where it is, by one machine move that a read
-//! sees whole or not at all, on x86-64), and what a write unlinks (a replaced, purged
+//! needs no drop, such as a `u64`, in an entry without a deadline, is overwritten where it is, by
+//! one machine move that a read sees whole or not at all, on x86-64), and what a write unlinks (a
+//! replaced, purged
 //! or evicted entry, an outgrown table) is *retired*. Retired entries are dropped in batches (up
 //! to 1,024 per shard) once no read that could see them is still running, which is
 //! epoch-based reclamation: each thread's announcement says which epoch its read began at, and a
@@ -105,7 +106,10 @@
 //!
 //! The protocol is checked by loom models, including negative controls that loom must catch
 //! (reads that do not announce themselves; a writer that trusts an idle-looking thread without
-//! the barrier), and by a stress test whose values mark themselves dead when dropped.
+//! the barrier), and by a stress test whose values mark themselves dead when dropped. The
+//! in-place overwrite is machine code that loom cannot model: it is checked by tests of readers
+//! racing a writer (torn or out-of-order values) and by the stress, linearizability and fuzz
+//! tests, whose values are such words.
 //!
 //! ## Consistency
 //!

@@ -4,8 +4,9 @@
 //! Readers take no lock. A writer (under its shard's lock) never changes a slot or a table that a
 //! reader can reach: it writes a new slot, publishes it with one atomic store into the table, and
 //! *retires* what it unlinked (an old slot, an old table). Retired things are freed only once no
-//! reader can still be looking at them. (A value of at most one word that needs no drop is the
-//! exception: it is replaced in place, with nothing to retire; see `Slot::IN_PLACE`.) That is epoch-based reclamation with an asymmetric fence:
+//! reader can still be looking at them. (A value of at most one word that needs no drop, in an
+//! entry without a deadline, is the exception: it is replaced in place, with nothing to retire;
+//! see `Slot::IN_PLACE`.) That is epoch-based reclamation with an asymmetric fence:
 //!
 //! - Each cache has an epoch counter. Each thread that reads the cache has a [`Record`] (one per
 //!   thread and cache) whose `state` holds the epoch the thread saw when its current or last read
@@ -819,6 +820,12 @@ impl<T, D> Limbo<T, D> {
     #[inline]
     pub(crate) fn pending(&self) -> usize {
         self.pending.items.len()
+    }
+
+    /// Whether nothing is retired and not yet freed.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.waiting.is_empty()
     }
 
     /// Items and things retired and not yet freed.

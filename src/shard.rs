@@ -10,9 +10,9 @@
 //! - [`Shard`]: a writer's view of both, built under the lock; every change goes through it. A
 //!   change never writes a slot or table a reader can reach: a new or replaced entry gets a fresh
 //!   slot, published by one atomic store into the table, and the old slot is retired. The one
-//!   exception is a value of at most one word that needs no drop (a `u64`), which a replacing
-//!   write overwrites in place with one machine move, read by readers with one move
-//!   (`Slot::IN_PLACE`).
+//!   exception is a value of at most one word that needs no drop (a `u64`) in an entry without a
+//!   deadline, which a replacing write overwrites in place with one machine move, read by readers
+//!   with one move (`Slot::IN_PLACE`, `Shard::replace_in_place`).
 //!
 //! Generations do not live here. A shard neither reads nor writes the generation table; what it
 //! removes (evictions, expirations) never needs to fence anything, because a lease is checked
@@ -332,6 +332,11 @@ pub(crate) struct Writer {
     /// collection that found the waiting batch still held back by a read, what was pending then
     /// plus an eighth of a batch (see `Shard::collect`).
     collect_at: usize,
+    /// Writes since the last collection that replaced a value in place (`Slot::IN_PLACE`),
+    /// retiring nothing: they count towards `collect_at` as retirements do, so that what was
+    /// retired before is freed (and its entries dropped) while the only writes are such
+    /// replaces.
+    unretired: usize,
     /// Collections that found the waiting batch held back (tests only).
     #[cfg(test)]
     held_back: usize,
@@ -364,6 +369,7 @@ impl Writer {
             limbo: Limbo::default(),
             batch: retire_batch(expected_entries),
             collect_at: retire_batch(expected_entries),
+            unretired: 0,
             #[cfg(test)]
             held_back: 0,
         }
@@ -587,7 +593,8 @@ where
     /// caller could read it back.
     ///
     /// The entry goes into a fresh slot, published by one store into the table; a replaced entry's
-    /// slot is retired. `hash_of` must be the hash function `hash` came from: eviction and table
+    /// slot is retired. A value of at most a word that needs no drop replaces an entry without a
+    /// deadline in place instead (see [`replace_in_place`](Self::replace_in_place)). `hash_of` must be the hash function `hash` came from: eviction and table
     /// rebuilds use it to hash the keys of other entries.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert_as(
@@ -745,6 +752,14 @@ where
         slot.weight.store(weight, Ordering::Relaxed);
         // SAFETY: `IN_PLACE`; the writer; the slot holds this key's entry.
         unsafe { slot.replace_value(value) };
+        // Nothing retired, but the write counts for the next collection as a retirement would
+        // (see `Writer::unretired`): with none, a batch retired before these writes (by a
+        // flush, evictions, purges) waited for the next retiring write, however far off, and
+        // so did the drop of its keys.
+        self.w.unretired += 1;
+        if self.w.limbo.pending() + self.w.unretired >= self.w.collect_at {
+            self.collect_after_in_place();
+        }
         self.fit(admit, idx, slot, now, hash_of)
     }
 
@@ -1494,6 +1509,19 @@ where
         }
     }
 
+    /// [`collect`](Self::collect) once in-place writes have made a batch: unless nothing is
+    /// retired or waiting to be dropped, when there is nothing to free (and a collection would
+    /// read every reader's record for nothing).
+    #[cold]
+    #[inline(never)]
+    fn collect_after_in_place(&mut self) {
+        if self.w.limbo.is_empty() && self.w.dirty.is_empty() {
+            self.w.unretired = 0;
+        } else {
+            self.collect();
+        }
+    }
+
     /// Frees what no read can reach any more: a slot's entry is dropped and the slot reused.
     ///
     /// A batch of retired slots is freed thousands of writes after it was retired, so touching
@@ -1525,6 +1553,7 @@ where
     /// it runs once a batch, and up to eight times a batch while a read holds one back.
     #[inline(never)]
     fn collect(&mut self) {
+        self.w.unretired = 0;
         self.drop_dirty();
         let (slab, free, dirty) = (&self.shared.slab, &mut self.w.free, &mut self.w.dirty);
         // The batch's slots move in bulk (a pop, a match and a push per slot cost 13.7
@@ -1843,7 +1872,12 @@ mod tests {
 
     #[test]
     fn a_word_sized_value_is_replaced_in_place_unless_a_deadline_is_involved() {
-        #[cfg(all(target_arch = "x86_64", not(miri), not(leasecache_loom)))]
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_pointer_width = "64",
+            not(miri),
+            not(leasecache_loom)
+        ))]
         const {
             assert!(Slot::<u64, u64>::IN_PLACE)
         };
@@ -2020,6 +2054,80 @@ mod tests {
             s.writer.limbo.len()
         );
         s.view().validate(&id);
+    }
+
+    #[test]
+    fn a_flush_held_back_by_a_read_is_freed_by_in_place_writes_too() {
+        // The same, the writes after the read replacing `u64` values in place, which retire
+        // nothing: they count towards the next collection as retirements would.
+        let mut s = OwnedShard::<u64, u64>::new(64, 64);
+        let step = retry_step(s.writer.batch);
+        for k in 0..64 {
+            s.view().insert(k, k, k, 1, 0, 1, &id);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let readers = &s.readers;
+            scope.spawn(move || {
+                let guard = readers.enter();
+                tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+                drop(guard);
+            });
+            rx.recv().unwrap(); // the other thread is reading
+            Shard::new(&s.shared, &mut s.writer, &s.readers).clear();
+            done_tx.send(()).unwrap();
+        });
+        assert_eq!(s.writer.limbo.len(), 65);
+        s.view().insert(100, 100, 0, 1, 0, 1, &id);
+        for k in 0..2 * step as u64 {
+            s.view().insert(100, 100, k, 1, 0, 1, &id);
+        }
+        assert_eq!(s.writer.next_slot, 65, "replaced in place");
+        assert!(
+            s.writer.limbo.is_empty(),
+            "{} still waiting",
+            s.writer.limbo.len()
+        );
+        s.view().validate(&id);
+    }
+
+    #[test]
+    fn keys_retired_before_in_place_writes_are_dropped_during_them() {
+        // Keys with drop glue, `u64` values: purged entries wait in limbo, then in `dirty`; a
+        // stream of in-place replaces (no retirements, no slot reused) must still drop them.
+        type Key = (u64, std::sync::Arc<()>);
+        let tracker = std::sync::Arc::new(());
+        let hash = |k: &Key| k.0;
+        let mut s = OwnedShard::<Key, u64>::new(64, 64);
+        let batch = s.writer.batch as u64;
+        for k in 0..32 {
+            s.view().insert(k, (k, tracker.clone()), k, 1, 0, 1, &hash);
+        }
+        let kept = (1000, std::sync::Arc::new(()));
+        s.view().insert(1000, kept.clone(), 0, 1, 0, 1, &hash);
+        for k in 0..32 {
+            let key = (k, std::sync::Arc::new(()));
+            assert_eq!(s.view().remove(k, &key, 1), Removed::Live);
+        }
+        assert_eq!(
+            std::sync::Arc::strong_count(&tracker),
+            33,
+            "retired, not dropped yet"
+        );
+        let next_slot = s.writer.next_slot;
+        for v in 0..4 * batch {
+            s.view().insert(1000, kept.clone(), v, 1, 0, 1, &hash);
+        }
+        assert_eq!(s.writer.next_slot, next_slot, "replaced in place");
+        assert_eq!(
+            std::sync::Arc::strong_count(&tracker),
+            1,
+            "the purged keys were dropped"
+        );
+        assert_eq!(s.get(1000, &kept, || 1), Some(4 * batch - 1));
+        s.view().validate(&hash);
     }
 
     #[test]

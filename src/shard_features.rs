@@ -379,6 +379,18 @@ mod tests {
         assert_eq!(read(&s, 1, 113), None);
     }
 
+    /// A value replaced in place (`Slot::IN_PLACE`: a `u64`, no deadline) is reported before it
+    /// is overwritten.
+    #[test]
+    fn a_value_replaced_in_place_is_reported_with_its_old_value() {
+        let mut out = Vec::new();
+        let mut s = OwnedShard::<u64, u64>::new(2, 2);
+        listening(&mut s, &mut out).insert(1, 1, 10, 1, 0, 1, &id);
+        listening(&mut s, &mut out).insert(1, 1, 11, 1, 0, 1, &id);
+        assert_eq!(out, [(1, 10, RemovalCause::Replaced)]);
+        assert_eq!(s.get(1, &1, || 1), Some(11));
+    }
+
     /// Every removal route of a shard reports its entry with its cause, before the entry goes.
     #[test]
     fn each_removal_route_notifies_with_its_cause() {

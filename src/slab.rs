@@ -6,9 +6,9 @@
 //! only while no reader can reach it (it is free: never published, or retired and past its grace
 //! period), publishes it with a Release store of its index into the table, and drops its contents
 //! only after unlinking and retiring it and waiting out the grace period (`reclaim.rs`). The one
-//! exception is a value of at most one word that needs no drop (a `u64`): a replacing write
-//! overwrites it in place with one machine move, which readers copy with one move
-//! ([`Slot::IN_PLACE`]). The
+//! exception is a value of at most one word that needs no drop (a `u64`), in an entry without a
+//! deadline: a replacing write overwrites it in place with one machine move, which readers copy
+//! with one move ([`Slot::IN_PLACE`]). The
 //! policy's bookkeeping (queue links, weight, state) is in relaxed atomics that only the writer
 //! uses, so that it can change them while readers read the key and value next to them; relaxed
 //! atomic loads and stores compile to plain moves.
@@ -118,9 +118,12 @@ impl<K, V> Slot<K, V> {
     }
 
     /// Runs `f` on the value, for the writer: the value itself, which only the writer changes.
+    /// Readers use [`read_value`](Self::read_value).
     ///
     /// # Safety
-    /// As for [`with_key`](Self::with_key).
+    /// The slot holds an entry, and the caller is the shard's writer (it holds the shard's
+    /// lock), or no reader can reach the slot: a reader may run `f` on a value the writer
+    /// overwrites in place meanwhile ([`IN_PLACE`](Self::IN_PLACE)), which is a data race.
     #[inline]
     pub(crate) unsafe fn with_value<R>(&self, f: impl FnOnce(&V) -> R) -> R {
         // SAFETY: as in `with_key`.
@@ -216,7 +219,12 @@ impl<K, V> Slot<K, V> {
         if !std::mem::needs_drop::<V>() || std::mem::size_of::<V>() < std::mem::size_of::<usize>() {
             return;
         }
-        #[cfg(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom))))]
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_pointer_width = "64",
+            not(miri),
+            not(all(test, leasecache_loom))
+        ))]
         self.value.with(|v| {
             // SAFETY: `v` points to the slot's value, at least a word of allocated memory that
             // only the writer touches now (the caller's contract). The assembly reads that word
@@ -252,7 +260,10 @@ impl<K, V> Slot<K, V> {
 
 /// Single machine moves of a value of at most one aligned word, which is how readers and the
 /// writer share a value the writer replaces in place ([`Slot::IN_PLACE`]). An aligned move of 1,
-/// 2, 4 or 8 bytes is single-copy atomic on x86-64, so a reader's copy is never torn. Written in
+/// 2, 4 or 8 bytes is single-copy atomic on x86-64, so a reader's copy is never torn; and x86-64
+/// orders stores as releases and loads as acquires (each `asm!` block is also a compiler barrier
+/// for memory), so a reader that copies a new value that is a reference (a `&'static T`) also
+/// sees what it points to, as after a Release store and an Acquire load. Written in
 /// assembly rather than with `AtomicU64` and friends, because a value may have padding (an
 /// `#[repr(align(8))] struct(u32)`), and reading uninitialized bytes as an integer is undefined
 /// behaviour in Rust while the machine just copies them (the same reason as
@@ -261,6 +272,7 @@ mod in_place {
     /// Whether this target has the moves below.
     pub(super) const SUPPORTED: bool = cfg!(all(
         target_arch = "x86_64",
+        target_pointer_width = "64",
         not(miri),
         not(all(test, leasecache_loom))
     ));
@@ -270,7 +282,12 @@ mod in_place {
     /// # Safety
     /// `src` points to a valid, aligned value of a type that `Slot::IN_PLACE` accepts, which
     /// nothing writes meanwhile except by [`store`].
-    #[cfg(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom))))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_pointer_width = "64",
+        not(miri),
+        not(all(test, leasecache_loom))
+    ))]
     #[inline(always)]
     pub(super) unsafe fn load<V>(src: *const V) -> V {
         use std::arch::asm;
@@ -311,7 +328,12 @@ mod in_place {
     }
 
     /// [`load`] where values are never replaced in place (`SUPPORTED` is false).
-    #[cfg(not(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom)))))]
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_pointer_width = "64",
+        not(miri),
+        not(all(test, leasecache_loom))
+    )))]
     pub(super) unsafe fn load<V>(_: *const V) -> V {
         unreachable!("values are replaced in place only on x86-64")
     }
@@ -321,7 +343,12 @@ mod in_place {
     /// # Safety
     /// `dst` points to an aligned value of a type that `Slot::IN_PLACE` accepts, which only the
     /// caller writes, and which readers read only by [`load`].
-    #[cfg(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom))))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_pointer_width = "64",
+        not(miri),
+        not(all(test, leasecache_loom))
+    ))]
     #[inline(always)]
     pub(super) unsafe fn store<V>(dst: *mut V, value: &V) {
         use std::arch::asm;
@@ -360,7 +387,12 @@ mod in_place {
     }
 
     /// [`store`] where values are never replaced in place (`SUPPORTED` is false).
-    #[cfg(not(all(target_arch = "x86_64", not(miri), not(all(test, leasecache_loom)))))]
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_pointer_width = "64",
+        not(miri),
+        not(all(test, leasecache_loom))
+    )))]
     pub(super) unsafe fn store<V>(_: *mut V, _: &V) {
         unreachable!("values are replaced in place only on x86-64")
     }
@@ -787,6 +819,47 @@ mod tests {
             assert!(!Slot::<u64, (u32, u32)>::IN_PLACE);
             assert!(!Slot::<u64, &'static str>::IN_PLACE);
         }
+    }
+
+    /// A reader copying a value the writer overwrites in place, as fast as both can, never sees
+    /// a mix of the two values' bytes (with the write split into two 4-byte moves it did, in
+    /// every one of 10 runs).
+    #[test]
+    fn a_value_overwritten_in_place_is_never_read_torn() {
+        if !Slot::<u64, u64>::IN_PLACE {
+            return;
+        }
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        // Reads of each value the reader must make while the writer writes.
+        const READS: u64 = 10_000_000;
+        let slab: Slab<u64, u64> = Slab::new(16);
+        let slot = slab.slot(3);
+        // SAFETY: the slot is filled before the threads start, and dropped with the slab.
+        unsafe { slot.fill(0, 0, 1, false) };
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut v = 0u64;
+                while !done.load(Relaxed) {
+                    v = !v;
+                    // SAFETY: `IN_PLACE`; this thread is the only writer; the slot is filled.
+                    unsafe { slot.replace_value(v) };
+                }
+            });
+            s.spawn(|| {
+                let (mut seen, mut torn) = ([0u64; 2], None);
+                while torn.is_none() && (seen[0] < READS || seen[1] < READS) {
+                    // SAFETY: filled before the threads started.
+                    let v = unsafe { slot.read_value(u64::clone) };
+                    if v != 0 && v != u64::MAX {
+                        torn = Some(v);
+                    }
+                    seen[usize::from(v != 0)] += 1;
+                }
+                done.store(true, Relaxed);
+                assert_eq!(torn, None, "torn");
+            });
+        });
     }
 
     #[test]
