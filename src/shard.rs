@@ -594,8 +594,9 @@ where
     ///
     /// The entry goes into a fresh slot, published by one store into the table; a replaced entry's
     /// slot is retired. A value of at most a word that needs no drop replaces an entry without a
-    /// deadline in place instead (see [`replace_in_place`](Self::replace_in_place)). `hash_of` must be the hash function `hash` came from: eviction and table
-    /// rebuilds use it to hash the keys of other entries.
+    /// deadline in place instead (see [`replace_in_place`](Self::replace_in_place)). `hash_of`
+    /// must be the hash function `hash` came from: eviction and table rebuilds use it to hash the
+    /// keys of other entries.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert_as(
         &mut self,
@@ -1980,9 +1981,9 @@ mod tests {
 
     /// Fills `s` with keys 0..64, then runs `write` on it while another thread is inside a read
     /// that began before it; the read ends when `write` returns.
-    fn full_shard_written_during_a_read(
-        s: &mut OwnedShard<u64, u128>,
-        write: impl FnOnce(Shard<'_, u64, u128>),
+    fn full_shard_written_during_a_read<V: From<u64> + Send + Sync>(
+        s: &mut OwnedShard<u64, V>,
+        write: impl FnOnce(Shard<'_, u64, V>),
     ) {
         for k in 0..64 {
             s.view().insert(k, k, k.into(), 1, 0, 1, &id);
@@ -2062,23 +2063,7 @@ mod tests {
         // nothing: they count towards the next collection as retirements would.
         let mut s = OwnedShard::<u64, u64>::new(64, 64);
         let step = retry_step(s.writer.batch);
-        for k in 0..64 {
-            s.view().insert(k, k, k, 1, 0, 1, &id);
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        std::thread::scope(|scope| {
-            let readers = &s.readers;
-            scope.spawn(move || {
-                let guard = readers.enter();
-                tx.send(()).unwrap();
-                done_rx.recv().unwrap();
-                drop(guard);
-            });
-            rx.recv().unwrap(); // the other thread is reading
-            Shard::new(&s.shared, &mut s.writer, &s.readers).clear();
-            done_tx.send(()).unwrap();
-        });
+        full_shard_written_during_a_read(&mut s, |mut v| v.clear());
         assert_eq!(s.writer.limbo.len(), 65);
         s.view().insert(100, 100, 0, 1, 0, 1, &id);
         for k in 0..2 * step as u64 {

@@ -159,8 +159,8 @@ impl<K, V> Slot<K, V> {
     /// none) and can therefore be written and read whole by single moves on x86-64. Such a
     /// write then touches no other slot, no queue link, no table bucket and no reclamation
     /// batch, which is most of what a replacing write of `u64` values cost against quick_cache,
-    /// which also overwrites in place (issue 17). Off x86-64, under loom and under Miri, values
-    /// are always written into fresh slots.
+    /// which also overwrites in place (issue 17). Off x86-64 (and on x32), under loom and under
+    /// Miri, values are always written into fresh slots.
     pub(crate) const IN_PLACE: bool = in_place::SUPPORTED
         && !std::mem::needs_drop::<V>()
         && matches!(std::mem::size_of::<V>(), 0 | 1 | 2 | 4 | 8)
