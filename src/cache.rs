@@ -220,7 +220,15 @@ where
         } = options;
         let n = layout.shards;
         debug_assert!(n.is_power_of_two() && layout.slots_per_shard.is_power_of_two());
-        let duel = crate::policy::Duel::new(n);
+        // Miniature simulations (see `policy::minisim`) for a cache of several shards whose
+        // capacity counts entries; the models know no weights.
+        let sim = (n > 1 && weigher.is_none())
+            .then(|| crate::policy::MiniSim::new(layout.capacity))
+            .flatten();
+        let sample_mask = sim
+            .as_ref()
+            .map_or(crate::reclaim::NO_SAMPLES, |sim| sim.mask());
+        let duel = crate::policy::Duel::with_sim(n, sim);
         // Whether `membarrier` is there: the shard locks' releases then need no full fence.
         let fast = crate::sync::init_barriers();
         let shards = (0..n)
@@ -259,7 +267,7 @@ where
             ttl_in_use: AtomicBool::new(ttl.is_some() || expiry.is_some() || tti.is_some()),
             ttl,
             weigher,
-            readers: Readers::new(),
+            readers: Readers::new().sampled_by(sample_mask),
             hold_off,
             hold_offs_in_use: AtomicBool::new(false),
             refresh: crate::refresh::Refresh::default(),
@@ -755,7 +763,7 @@ where
             || self.tti,
             V::clone,
         );
-        guard.count(value.is_some());
+        guard.count(value.is_some(), hash);
         value
     }
 
@@ -800,7 +808,7 @@ where
             .shared
             .get_touching(&guard, hash, key, now, tti, V::clone)
         {
-            guard.count(true);
+            guard.count(true, hash);
             return Lookup::Hit(value);
         }
         // A miss: look again between two readings of the key's generation (a hit never reads it:
@@ -815,12 +823,12 @@ where
                 .shared
                 .get_touching(&guard, hash, key, now, tti, V::clone)
             {
-                guard.count(true);
+                guard.count(true, hash);
                 return Lookup::Hit(value);
             }
             // The lookup's table and bucket loads are Acquire: the slot load below comes after them.
             if self.generation_now(cell, hash) == Some(before) {
-                guard.count(false);
+                guard.count(false, hash);
                 return Lookup::Miss(self.floored_lease(cell, hash, before));
             }
         }
@@ -835,11 +843,7 @@ where
             None => Lookup::Miss(self.lease_locked(cell, hash)),
         };
         drop(core);
-        if lookup.is_hit() {
-            self.readers.hit();
-        } else {
-            self.readers.miss();
-        }
+        self.readers.count(lookup.is_hit(), hash);
         lookup
     }
 

@@ -370,7 +370,7 @@ where
             .shared
             .get_touching(&guard, hash, key, now, tti, V::clone)
         {
-            guard.count(true);
+            guard.count(true, hash);
             return Begin::Hit(v);
         }
         drop(guard);
@@ -380,10 +380,10 @@ where
             .get_touching(hash, key, now, tti, V::clone)
         {
             drop(core);
-            self.readers.hit();
+            self.readers.count(true, hash);
             return Begin::Hit(v);
         }
-        self.readers.miss();
+        self.readers.count(false, hash);
         let flight = Arc::new(Flight::new());
         match core.flights.find(hash, key) {
             // A loader that loads its own key, on the thread that runs it: it would wait for

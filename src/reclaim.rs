@@ -177,13 +177,54 @@ pub(crate) struct Record {
     state: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// The hashes of this thread's sampled lookups, for the cache's miniature simulations
+    /// (`policy::MiniSim`): a ring of the last `SAMPLES`, the newest at `sampled - 1`; a lookup
+    /// is sampled when its hash has every bit of `sample_mask` clear (the readers' mask, copied
+    /// here so that a lookup reads it from the line it writes anyway). Written only by the owner.
+    samples: [AtomicU64; SAMPLES],
+    sampled: AtomicU64,
+    sample_mask: u64,
     /// Whether a thread owns the record. Set under the registry lock by the thread that claims
     /// it (Acquire), cleared by its owner (Release) when the thread exits, or when the one read
     /// it was claimed for ends: what one owner wrote happens before the next owner's accesses.
     owned: AtomicBool,
 }
 
+/// The sampled lookups a record keeps until a writer drains them (see `Readers::drain_samples`):
+/// writers drain every few dozen new keys, so a thread loses samples only if it makes more than
+/// this many sampled lookups (4-128 times as many lookups) in between, a cache that hardly
+/// misses, where the simulations have nothing to tell.
+#[cfg(not(leasecache_loom))]
+const SAMPLES: usize = 16;
+#[cfg(leasecache_loom)]
+const SAMPLES: usize = 1;
+
+/// The mask of a cache that samples nothing: only a hash of zero passes it, and its sample is
+/// kept in the ring and never drained.
+pub(crate) const NO_SAMPLES: u64 = u64::MAX;
+
 impl Record {
+    /// Counts a lookup of `hash` that found a live value (`hit`) or not, and samples it if its
+    /// hash passes the cache's mask.
+    #[inline]
+    fn count(&self, hit: bool, hash: u64) {
+        Record::bump(if hit { &self.hits } else { &self.misses });
+        if hash & self.sample_mask == 0 {
+            self.sample(hash);
+        }
+    }
+
+    /// Keeps a sampled lookup's hash in the ring.
+    #[inline]
+    fn sample(&self, hash: u64) {
+        // Relaxed: only the owner writes; Release on the count publishes the hash with it to a
+        // drain that reads the count with Acquire (a drain may still read a newer hash in a
+        // place the owner has reused meanwhile: a sample out of order, harmless to the models).
+        let n = self.sampled.load(Ordering::Relaxed);
+        self.samples[n as usize % SAMPLES].store(hash, Ordering::Relaxed);
+        self.sampled.store(n + 1, Ordering::Release);
+    }
+
     /// Adds one to a counter only this record's thread writes: a plain load and store, no locked
     /// read-modify-write.
     #[inline]
@@ -216,6 +257,9 @@ pub(crate) struct Readers {
     /// records: a writer's check either sees a new record, or that record's thread claims it
     /// after the check and so reads the epoch the writer published before it (see `quiescent`).
     registry: Mutex<Vec<Arc<CachePadded<Record>>>>,
+    /// The mask a lookup's hash is sampled by (see [`Record::count`]), `NO_SAMPLES` unless the
+    /// cache runs miniature simulations.
+    sample_mask: u64,
     /// NEGATIVE CONTROLS, compiled only for the loom models: a deliberately broken protocol.
     /// The models that set it must fail.
     #[cfg(all(test, leasecache_loom))]
@@ -347,6 +391,7 @@ impl Readers {
             epoch: CachePadded::new(AtomicU64::new(0)),
             barrier_epoch: AtomicU64::new(0),
             registry: Mutex::new(Vec::new()),
+            sample_mask: NO_SAMPLES,
             #[cfg(all(test, leasecache_loom))]
             broken: None,
             #[cfg(all(test, leasecache_loom))]
@@ -439,6 +484,7 @@ impl Readers {
         }
         let record = Arc::new(CachePadded::new(Record {
             owned: AtomicBool::new(true),
+            sample_mask: self.sample_mask,
             ..Record::default()
         }));
         records.push(record.clone());
@@ -528,18 +574,35 @@ impl Readers {
         }
     }
 
-    /// Counts a lookup that found a live value, for the calling thread.
-    pub(crate) fn hit(&self) {
+    /// Readers whose lookups are sampled by `mask` (see [`Record::count`]).
+    pub(crate) fn sampled_by(mut self, mask: u64) -> Self {
+        self.sample_mask = mask;
+        self
+    }
+
+    /// Counts a lookup of `hash` that found a live value (`hit`) or not, for the calling thread.
+    pub(crate) fn count(&self, hit: bool, hash: u64) {
         let mine = self.record();
-        Record::bump(&mine.record.hits);
+        mine.record.count(hit, hash);
         mine.done();
     }
 
-    /// Counts a lookup that found no live value, for the calling thread.
-    pub(crate) fn miss(&self) {
-        let mine = self.record();
-        Record::bump(&mine.record.misses);
-        mine.done();
+    /// Appends to `batch` the hashes of every record's sampled lookups since the last drain
+    /// (`drained`: each record's count then, in the registry's order, brought up to date), the
+    /// last `SAMPLES` of each record at most.
+    pub(crate) fn drain_samples(&self, drained: &mut Vec<u64>, batch: &mut Vec<u64>) {
+        let records = self.registered();
+        drained.resize(records.0.len(), 0);
+        for (record, seen) in records.iter().zip(drained.iter_mut()) {
+            // Acquire: pairs with `Record::sample`'s Release.
+            let sampled = record.sampled.load(Ordering::Acquire);
+            let from = (*seen).max(sampled.saturating_sub(SAMPLES as u64));
+            batch.extend(
+                (from..sampled)
+                    .map(|i| record.samples[i as usize % SAMPLES].load(Ordering::Relaxed)),
+            );
+            *seen = sampled;
+        }
     }
 
     /// How many records the cache has (owned or not).
@@ -736,11 +799,10 @@ impl Registered<'_> {
 }
 
 impl ReadGuard<'_> {
-    /// Ends the read, counting it as a lookup that found a live value (`hit`) or not.
+    /// Ends the read, counting it as a lookup of `hash` that found a live value (`hit`) or not.
     #[inline]
-    pub(crate) fn count(self, hit: bool) {
-        let record = self.mine.record;
-        Record::bump(if hit { &record.hits } else { &record.misses });
+    pub(crate) fn count(self, hit: bool, hash: u64) {
+        self.mine.record.count(hit, hash);
     }
 }
 
@@ -917,6 +979,49 @@ mod tests {
             self.requests.send(()).unwrap();
             self.done.recv().unwrap();
         }
+    }
+
+    /// A lookup whose hash passes the mask is kept for the simulations, drained once, the last
+    /// `SAMPLES` of a thread at most; others are only counted.
+    #[test]
+    fn sampled_lookups_are_drained_once_and_the_newest_kept() {
+        let readers = Readers::new().sampled_by(0xF0);
+        for hash in 0..40u64 {
+            readers.count(hash % 2 == 0, hash << 4);
+        }
+        assert_eq!(readers.lookups(), (20, 20));
+        let (mut drained, mut batch) = (Vec::new(), Vec::new());
+        readers.drain_samples(&mut drained, &mut batch);
+        // Hashes 0, 256, 512 pass the mask 0xF0: 0 << 4, 16 << 4 and 32 << 4.
+        assert_eq!(batch, [0, 256, 512]);
+        batch.clear();
+        readers.drain_samples(&mut drained, &mut batch);
+        assert!(batch.is_empty());
+        for hash in 0..(SAMPLES as u64 + 3) {
+            readers.count(true, hash << 8);
+        }
+        readers.drain_samples(&mut drained, &mut batch);
+        let newest: Vec<u64> = (3..SAMPLES as u64 + 3).map(|h| h << 8).collect();
+        assert_eq!(batch, newest);
+        // Another thread's record is drained too.
+        std::thread::scope(|s| {
+            s.spawn(|| readers.count(false, 0));
+        });
+        batch.clear();
+        readers.drain_samples(&mut drained, &mut batch);
+        assert_eq!((batch, drained.len()), (vec![0], 2));
+    }
+
+    /// A cache that runs no simulations samples nothing it would keep (only a hash of zero).
+    #[test]
+    fn readers_without_a_mask_sample_nothing() {
+        let readers = Readers::new();
+        for hash in 1..1_000u64 {
+            readers.count(true, hash);
+        }
+        let (mut drained, mut batch) = (Vec::new(), Vec::new());
+        readers.drain_samples(&mut drained, &mut batch);
+        assert!(batch.is_empty());
     }
 
     #[test]
@@ -1109,8 +1214,8 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     for _ in 0..100_000 {
-                        readers.hit();
-                        readers.miss();
+                        readers.count(true, 1);
+                        readers.count(false, 1);
                     }
                 });
             }
@@ -1268,7 +1373,9 @@ mod tests {
         for _ in 0..50 {
             // `join`, not a scope: a scope may return before the thread's thread-locals are gone.
             let readers = readers.clone();
-            std::thread::spawn(move || readers.hit()).join().unwrap();
+            std::thread::spawn(move || readers.count(true, 1))
+                .join()
+                .unwrap();
         }
         assert_eq!(readers.records(), 1, "one record, reused");
         assert_eq!(readers.lookups(), (50, 0));

@@ -43,10 +43,10 @@ const MAX_SLOT: u32 = (crate::table::MAX_SLOTS - 1) as u32;
 const MAX_FREQ: u8 = 3;
 /// New keys per measurement of how often misses are ghost hits (see `Shard::admit_ghost`): the
 /// cache's new keys when it has several shards (`policy::Climber::cache_returns`), else the shard's.
-const GHOST_RATE_PERIOD: u32 = 128;
+pub(crate) const GHOST_RATE_PERIOD: u32 = 128;
 /// Ghost hits per period up to which returning keys count as rare: 30 % of the new keys. At 20 %
 /// the 100k-entry Zipf columns lost 0.05 pp; at 40 % the loop at 1k entries lost 0.28 pp.
-const RARE_GHOST_HITS: u32 = GHOST_RATE_PERIOD * 3 / 10;
+pub(crate) const RARE_GHOST_HITS: u32 = GHOST_RATE_PERIOD * 3 / 10;
 /// The most entries a shard holds, whatever their weights (an unbounded cache, or entries of
 /// weight 0): five eighths of the largest table, the most a rebuild leaves live. Past it the
 /// table could not grow, rebuilds could not get under three quarters, and once no bucket was
@@ -643,7 +643,11 @@ where
         let ghost_hit = self.w.ghost.contains(hash);
         self.count_new_key(ghost_hit);
         let readers = self.readers;
-        self.w.climber.new_key(|| readers.lookups());
+        if self.w.climber.new_key(|| readers.lookups()) {
+            self.w
+                .climber
+                .feed_models(|drained, batch| readers.drain_samples(drained, batch));
+        }
         if self.w.climber.take_forget() {
             self.w.forget_left = self.w.main.len;
         }

@@ -115,6 +115,7 @@
 //! column: the window never reaches 3/4 there).
 
 use super::LARGE_SHARD_ENTRIES;
+use super::minisim::{MiniSim, Setting};
 use crate::sync::{Arc, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
@@ -225,12 +226,22 @@ pub(crate) struct Duel {
     /// `ADMISSION_OFF` (bit 18) and `ADMISSION_TEST` (bit 17), `RESTING` (bit 16), and the base
     /// window in 65,536ths of a shard's capacity (bits 0-15, at most `DUEL_MAX_BASE`).
     state: AtomicU64,
+    /// The miniature simulations that let the leader's base jump (see `minisim.rs`), if the
+    /// cache runs them; fed by whichever writer takes the lock (see [`Climber::feed_models`]).
+    sim: Option<parking_lot::Mutex<MiniSim>>,
 }
 
 impl Duel {
     /// A duel between `shards` shards (none happens with one).
+    #[cfg(test)]
     pub(crate) fn new(shards: usize) -> Arc<Self> {
+        Self::with_sim(shards, None)
+    }
+
+    /// A duel between `shards` shards, with the miniature simulations `sim` if any.
+    pub(crate) fn with_sim(shards: usize, sim: Option<MiniSim>) -> Arc<Self> {
         Arc::new(Self {
+            sim: sim.map(parking_lot::Mutex::new),
             new_keys: (0..shards)
                 .map(|_| {
                     CachePadded::new(ShardCounts {
@@ -305,6 +316,32 @@ struct Leader {
 }
 
 impl Leader {
+    /// Moves the base to the window of `setting`, whose model missed clearly less than the one
+    /// nearest the cache's setting (see `minisim.rs`), and the admission verdict to its own if it
+    /// differs (for the first rest); the duel starts over from there: any evidence, rest or
+    /// admission test in progress is dropped. Returns the next epoch's base and admission flag.
+    fn jump(&mut self, setting: Setting) -> u64 {
+        let admission = &mut self.admission;
+        if setting.admits == admission.rests_off() {
+            admission.backoff = ADMISSION_REST.0;
+            (admission.off, admission.rest) = (!setting.admits, ADMISSION_REST.0);
+        }
+        (admission.epochs, admission.sum, admission.variance) = (0, 0.0, 0.0);
+        admission.counted_misses = 0.0;
+        self.evidence = Evidence::default();
+        (self.rest, self.unclear, self.streak) = (0, 0, 0);
+        let mut base = setting.window.min(DUEL_MAX_BASE);
+        if !setting.admits {
+            base = base.max(ADMISSION_MIN_BASE);
+        }
+        let off = if admission.rests_off() {
+            ADMISSION_OFF
+        } else {
+            0
+        };
+        off | base
+    }
+
     /// Ends an epoch of a rest: one epoch less to rest, or none if the workload changed. A rest is
     /// for a trace on which no window pays, and lasts 32-512 epochs whatever the trace does
     /// meanwhile; a trace whose working set moves on then misses each new one until its keys
@@ -743,6 +780,11 @@ impl AdmissionDuel {
         }
     }
 
+    /// Whether the duel rests on a verdict for no admission: no shard admits.
+    fn rests_off(&self) -> bool {
+        self.off && self.rest > 0
+    }
+
     /// Adds an epoch in which every shard ran alike, the first pairs of shards in two missing
     /// `first` and the others `second`, to the moving average of the pairs' bias.
     fn count_bias(&mut self, first: f64, second: f64) {
@@ -973,8 +1015,10 @@ impl Climber {
     /// Counts a new key (a miss that stores a value). Every `READ_EVERY` of them, reads the
     /// cache's lookup counters (`lookups`: hits and misses so far) and, at the end of a sample,
     /// moves the window.
+    /// Returns whether it read them: then a writer of a cache that runs miniature simulations
+    /// feeds them too (see [`feed_models`](Self::feed_models)).
     #[inline]
-    pub(crate) fn new_key(&mut self, lookups: impl FnOnce() -> (u64, u64)) {
+    pub(crate) fn new_key(&mut self, lookups: impl FnOnce() -> (u64, u64)) -> bool {
         self.left -= 1;
         if let Some((duel, index)) = &self.duel {
             self.new_keys += 1;
@@ -983,13 +1027,26 @@ impl Climber {
                 .new_keys
                 .store(self.new_keys, Ordering::Relaxed);
         }
-        if self.left == 0 {
-            self.left = READ_EVERY;
-            if self.duel.is_some() {
-                self.read_duel(lookups());
-            } else {
-                self.read(lookups());
-            }
+        if self.left != 0 {
+            return false;
+        }
+        self.left = READ_EVERY;
+        if self.duel.is_some() {
+            self.read_duel(lookups());
+        } else {
+            self.read(lookups());
+        }
+        true
+    }
+
+    /// Replays the lookups sampled since the last feed through the cache's miniature
+    /// simulations, if it runs them and no other writer is feeding them: `drain` hands them over
+    /// (see `Readers::drain_samples`).
+    #[cold]
+    pub(crate) fn feed_models(&self, drain: impl FnOnce(&mut Vec<u64>, &mut Vec<u64>)) {
+        let sim = self.duel.as_ref().and_then(|(duel, _)| duel.sim.as_ref());
+        if let Some(mut sim) = sim.and_then(|sim| sim.try_lock()) {
+            sim.feed(drain);
         }
     }
 
@@ -1071,6 +1128,22 @@ impl Climber {
         let leader = &mut self.leader;
         let mut base = base;
         let ratio = hits.saturating_sub(hits0) as f64 / now.saturating_sub(lookups0).max(1) as f64;
+        let current = Setting {
+            window: base,
+            admits: !leader.admission.rests_off(),
+        };
+        let suggested = duel
+            .sim
+            .as_ref()
+            .and_then(|sim| sim.try_lock()?.suggest(current));
+        if let Some(setting) = suggested {
+            let next = leader.jump(setting);
+            duel.state.store(
+                (epoch + 1) << 32 | leader.forgets << FORGETS_SHIFT | next,
+                Ordering::Relaxed,
+            );
+            return;
+        }
         if !leader.started && ratio >= DUEL_MIN_RATIO {
             // The cache hits: the duel begins, from a base of zero (from 6.25 %,
             // `cloudphysics.keys` gained 0.3-0.6 points at 500-5k entries, and the 100k loop lost
@@ -1801,6 +1874,62 @@ mod tests {
             }
         }
         duel.state.load(Ordering::Relaxed)
+    }
+
+    /// With miniature simulations that clearly favour another setting, the leader's first
+    /// epoch moves the base there; the same duel without them is still near zero after as many
+    /// epochs.
+    #[test]
+    fn the_base_jumps_to_the_setting_the_simulations_clearly_favour() {
+        use crate::policy::minisim::tests::{NONE_ADMITTING, fed, moving};
+        let sim = fed(&moving(20, 3_000));
+        let favoured = sim.suggest(NONE_ADMITTING).expect("a clear gain");
+        assert!(favoured.window > 2 * DUEL_STEP, "{favoured:?}");
+        let run = |sim: Option<MiniSim>| {
+            let duel = Duel::with_sim(8, sim);
+            let mut shards = duelling_shards(&duel, 8, true);
+            let mut counts = (0, 0);
+            let mut state = 0;
+            while state >> 32 < 3 {
+                state = round_at(&duel, &mut shards, &mut counts, 0.75);
+            }
+            state
+        };
+        let state = run(Some(sim));
+        assert_eq!(state & 0xFFFF, favoured.window, "{state:#x}");
+        assert_eq!(state & ADMISSION_OFF == 0, favoured.admits, "{state:#x}");
+        let state = run(None);
+        assert!(state & 0xFFFF <= DUEL_STEP, "{state:#x}");
+    }
+
+    /// A jump takes the simulations' admission verdict too, for a first rest, and drops the
+    /// evidence and any test in progress; a jump that keeps the verdict leaves its rest alone.
+    #[test]
+    fn a_jump_takes_the_admission_verdict_of_the_favoured_setting() {
+        use crate::policy::minisim::tests::{LRU_LIKE, NONE_ADMITTING};
+        let mut leader = Leader::default();
+        leader.admission.epochs = 3;
+        (leader.evidence.sum, leader.evidence.variance) = (5.0, 9.0);
+        leader.rest = 5;
+        assert_eq!(leader.jump(LRU_LIKE), ADMISSION_OFF | LRU_LIKE.window);
+        assert!(leader.admission.rests_off());
+        assert_eq!(
+            (leader.admission.rest, leader.admission.epochs),
+            (ADMISSION_REST.0, 0)
+        );
+        assert_eq!((leader.rest, leader.evidence.sum), (0, 0.0));
+        // Admission back on, at a window of zero.
+        assert_eq!(leader.jump(NONE_ADMITTING), 0);
+        assert!(!leader.admission.rests_off() && leader.admission.rest == ADMISSION_REST.0);
+        // Without admission at a smaller window: the base the admission duel needs, at least.
+        let small = Setting {
+            window: DUEL_STEP,
+            admits: false,
+        };
+        assert_eq!(leader.jump(small), ADMISSION_OFF | ADMISSION_MIN_BASE);
+        leader.admission.rest = 7;
+        assert_eq!(leader.jump(LRU_LIKE), ADMISSION_OFF | LRU_LIKE.window);
+        assert_eq!(leader.admission.rest, 7);
     }
 
     /// A rest ends once the hit ratio falls `DUEL_WAKE_DROP` below the recent epochs for two

@@ -43,6 +43,7 @@
 
 mod climber;
 mod ghost;
+mod minisim;
 mod sketch;
 
 /// Expected entries from which a shard is large: it compares a candidate with the entry eviction
@@ -54,4 +55,5 @@ pub(crate) const LARGE_SHARD_ENTRIES: usize = 8192;
 
 pub(crate) use climber::{CacheReturns, Climber, Duel};
 pub(crate) use ghost::Ghost;
+pub(crate) use minisim::MiniSim;
 pub(crate) use sketch::Sketch;

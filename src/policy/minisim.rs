@@ -1,0 +1,593 @@
+//! Miniature simulations: the shards' policy replayed, at several windows and with admission or
+//! without, on a spatial sample of the cache's lookups (SHARDS: Waldspurger et al., "Efficient
+//! MRC Construction with SHARDS", FAST 2015; "Cache Modeling and Optimization using Miniature
+//! Simulations", USENIX ATC 2017). A key is sampled when its hash has `shift` chosen bits clear,
+//! and a cache of `capacity >> shift` entries fed only those keys misses about as often as the
+//! whole cache fed every key; so each model below tells, within a few thousand lookups, how a
+//! window the duel has not tried would do, where the duel (see `climber.rs`) gathers that evidence
+//! a step of 6.25 % at a time, on the live shards.
+//!
+//! The duel's leader asks [`MiniSim::suggest`] once an epoch: if a model misses clearly less
+//! than the one nearest the cache's own setting (by `MARGIN`, over the recent epochs of the
+//! simulation, `DECAY`), the base window jumps there, and so does the admission verdict; the duel
+//! goes on from there, so a jump the live shards disprove is undone by the duel's own evidence.
+//!
+//! Each model is a shard's policy as `shard.rs` runs it, on hashes alone: a small FIFO queue of
+//! `window` entries whose head, unless it was read, faces TinyLFU admission (two counts over the
+//! main queue's victim, with its unspent hits) once the main queue is full; a main queue that
+//! is a CLOCK of up to three hits; a ghost of hashes evicted from the small queue, whose return
+//! goes to the main queue by the ghost rules of `Shard::admit_ghost`; and the crate's own sketch
+//! and ghost. What it leaves out (the probation pool of large shards, the forgets after a fall,
+//! weights and deadlines) changes the simulated hit ratios by tenths of a point on the harness's
+//! traces; what matters is that the models rank windows as the shards do.
+//!
+//! Measured (BENCHMARKS.md, section 2): before the models were faithful (a plain LRU main queue
+//! and window, admission on one count), they ranked a large window above none on loops, where the
+//! shards' ghost rules make none best, and cost `zigzag` 2-5 points.
+
+use super::{Ghost, Sketch};
+
+/// The windows the models run, in 65,536ths of the capacity (as the duel's base), each with
+/// admission; and one without admission, at a quarter (where the duel turns admission off, its
+/// base is at least 12.5 %).
+const WINDOWS: [u64; 6] = [0, 4_096, 8_192, 16_384, 32_768, 49_152];
+const NO_ADMISSION_WINDOW: u64 = 16_384;
+
+/// The entries a model holds: from `MIN_MODEL` up to twice it. A cache that would need models of
+/// fewer entries, sampling half its keys or more, runs none (see [`MiniSim::new`]). Models of
+/// 512-1,024 entries did as well on the harness (mean +0.003 points) at twice the cost.
+const MIN_MODEL: u64 = 256;
+
+/// The fewest bits of a hash that must be clear for its key to be sampled: 2, one lookup in four
+/// or fewer. A cache smaller than `MIN_MODEL << MIN_SHIFT` runs no models.
+const MIN_SHIFT: u32 = 2;
+
+/// The lowest bit of a hash the sample looks at: above those that pick a shard and a bucket.
+const SAMPLE_BIT: u32 = 40;
+
+/// How each epoch's misses weigh against the ones before: a model's score is its misses over the
+/// recent epochs, each epoch's weighing `DECAY` times the next one's. At 0.5 the models
+/// followed the phases of `zigzag` (a loop run forward, then back, where no window wins for long)
+/// and the base jumped with each (-0.7 to -2.6 points); at 0.8 and 0.95 as at 0.9 within 0.02.
+const DECAY: f64 = 0.9;
+
+/// How much fewer misses the best model must score than the one nearest the cache's setting for
+/// the base to jump: 5 %. At 10 %, mean -0.03 points (`shift` at 20k kept fewer of its gains).
+const MARGIN: f64 = 0.05;
+
+/// Epochs of the models after their fill before they suggest anything. Until then the misses
+/// that fill the models weigh on all alike, and the order they rank in is the fill's: at 3,
+/// `cloudphysics.keys` at 10k entries jumped to a large window in its sixth epoch and lost 2
+/// points, `diurnal` at 20k 1.
+const WARM_EPOCHS: u64 = 16;
+
+const NIL: u32 = u32::MAX;
+const SMALL: u8 = 0;
+const MAIN: u8 = 1;
+/// Hits a main-queue entry keeps, as a shard's slot does.
+const MAX_FREQ: u8 = 3;
+
+/// Every sampled lookup's miss or hit, replayed through the models.
+#[derive(Debug)]
+pub(crate) struct MiniSim {
+    /// The mask a hash is sampled by: `shift` bits from `SAMPLE_BIT`, all clear.
+    mask: u64,
+    /// Entries a model holds.
+    capacity: usize,
+    models: Vec<Model>,
+    /// Sampled lookups left in the current epoch (one epoch: `capacity` lookups).
+    epoch_left: usize,
+    /// Epochs since the first model filled, `None` before.
+    warm: Option<u64>,
+    /// The sampled lookups of each thread's record drained so far, and the last batch (see
+    /// [`feed`](Self::feed)).
+    drained: Vec<u64>,
+    batch: Vec<u64>,
+}
+
+/// What a model runs: a window, and whether its small queue's head faces admission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Setting {
+    /// In 65,536ths of the capacity.
+    pub(crate) window: u64,
+    pub(crate) admits: bool,
+}
+
+impl MiniSim {
+    /// Models for a cache of `capacity` entries, if it is large enough for a sample of one key in
+    /// four or fewer to fill models of `MIN_MODEL` entries.
+    pub(crate) fn new(capacity: u64) -> Option<Self> {
+        let shift = (capacity / MIN_MODEL).checked_ilog2()?;
+        if shift < MIN_SHIFT {
+            return None;
+        }
+        let capacity = (capacity >> shift) as usize;
+        let models = WINDOWS
+            .iter()
+            .map(|&window| Setting {
+                window,
+                admits: true,
+            })
+            .chain(std::iter::once(Setting {
+                window: NO_ADMISSION_WINDOW,
+                admits: false,
+            }))
+            .map(|setting| Model::new(capacity, setting))
+            .collect();
+        Some(Self {
+            mask: ((1 << shift) - 1) << SAMPLE_BIT,
+            capacity,
+            models,
+            epoch_left: capacity,
+            warm: None,
+            drained: Vec::new(),
+            batch: Vec::new(),
+        })
+    }
+
+    /// The mask a lookup's hash is sampled by: sampled when `hash & mask == 0`.
+    pub(crate) fn mask(&self) -> u64 {
+        self.mask
+    }
+
+    /// Replays the lookups `drain` gives: it is handed each record's count of lookups drained so
+    /// far, to bring up to date, and a buffer to fill (see `Readers::drain_samples`).
+    pub(crate) fn feed(&mut self, drain: impl FnOnce(&mut Vec<u64>, &mut Vec<u64>)) {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+        drain(&mut self.drained, &mut batch);
+        for &hash in &batch {
+            self.access(hash);
+        }
+        self.batch = batch;
+    }
+
+    /// Replays one sampled lookup of `hash`.
+    pub(crate) fn access(&mut self, hash: u64) {
+        for model in &mut self.models {
+            model.access(hash);
+        }
+        self.epoch_left -= 1;
+        if self.epoch_left > 0 {
+            return;
+        }
+        self.epoch_left = self.capacity;
+        match &mut self.warm {
+            Some(epochs) => *epochs += 1,
+            None if self.models[0].len() >= self.capacity => {
+                // The fill's misses fall on every model alike: the scores start now.
+                self.warm = Some(0);
+                for model in &mut self.models {
+                    model.misses = 0;
+                    model.score = 0.0;
+                }
+                return;
+            }
+            None => {}
+        }
+        for model in &mut self.models {
+            model.score = model.score * DECAY + model.misses as f64;
+            model.misses = 0;
+        }
+    }
+
+    /// A setting whose model misses `MARGIN` less than the model nearest `current` (the
+    /// cache's base window, and whether its shards admit), if one does once the models are warm.
+    pub(crate) fn suggest(&self, current: Setting) -> Option<Setting> {
+        if self.warm.is_none_or(|epochs| epochs < WARM_EPOCHS) {
+            return None;
+        }
+        let nearest = if current.admits {
+            self.models
+                .iter()
+                .filter(|m| m.setting.admits)
+                .min_by_key(|m| m.setting.window.abs_diff(current.window))?
+        } else {
+            self.models.iter().find(|m| !m.setting.admits)?
+        };
+        let best = self
+            .models
+            .iter()
+            .min_by(|a, b| a.score.total_cmp(&b.score))?;
+        let clearly = nearest.score > 0.0 && nearest.score - best.score > MARGIN * nearest.score;
+        (best.setting != nearest.setting && clearly).then_some(best.setting)
+    }
+
+    /// Each model's score, for tests.
+    #[cfg(test)]
+    fn scores(&self) -> Vec<(Setting, f64)> {
+        self.models.iter().map(|m| (m.setting, m.score)).collect()
+    }
+}
+
+/// One shard's policy on hashes alone (see the module docs).
+#[derive(Debug)]
+struct Model {
+    setting: Setting,
+    /// The window and the main queue's share, in entries.
+    window: usize,
+    main_capacity: usize,
+    table: std::collections::HashMap<u64, u32, ahash::RandomState>,
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    /// The small queue and the main queue: head (the next to leave), tail and length.
+    queues: [Queue; 2],
+    sketch: Sketch,
+    ghost: Ghost,
+    /// New keys and ghost hits among them, in the current period of `GHOST_RATE_PERIOD`; and
+    /// whether ghost hits were rare in the last one (see `Shard::admit_ghost`).
+    new_keys: u32,
+    ghost_hits: u32,
+    returns_rare: bool,
+    /// Misses in the current epoch, and the score (see `DECAY`).
+    misses: u64,
+    score: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    hash: u64,
+    prev: u32,
+    next: u32,
+    queue: u8,
+    freq: u8,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Queue {
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+const EMPTY: Queue = Queue {
+    head: NIL,
+    tail: NIL,
+    len: 0,
+};
+
+impl Model {
+    fn new(capacity: usize, setting: Setting) -> Self {
+        let window = (capacity as u64 * setting.window / 65_536) as usize;
+        Self {
+            setting,
+            window,
+            main_capacity: capacity - window,
+            table: std::collections::HashMap::with_capacity_and_hasher(
+                capacity + 1,
+                ahash::RandomState::new(),
+            ),
+            nodes: Vec::with_capacity(capacity + 1),
+            free: Vec::new(),
+            queues: [EMPTY; 2],
+            sketch: Sketch::new(capacity),
+            ghost: Ghost::new(capacity),
+            new_keys: 0,
+            ghost_hits: 0,
+            returns_rare: true,
+            misses: 0,
+            score: 0.0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queues[0].len + self.queues[1].len
+    }
+
+    fn access(&mut self, hash: u64) {
+        if let Some(&n) = self.table.get(&hash) {
+            let node = &mut self.nodes[n as usize];
+            node.freq = (node.freq + 1).min(MAX_FREQ);
+            return;
+        }
+        self.misses += 1;
+        self.sketch.add(hash, 1);
+        let ghost_hit = self.ghost.contains(hash);
+        self.count_new_key(ghost_hit);
+        let queue =
+            if ghost_hit && (self.queues[1].len < self.main_capacity || self.admit_ghost(hash)) {
+                self.ghost.remove(hash);
+                MAIN
+            } else {
+                SMALL
+            };
+        let n = match self.free.pop() {
+            Some(n) => n,
+            None => {
+                self.nodes.push(Node {
+                    hash,
+                    prev: NIL,
+                    next: NIL,
+                    queue,
+                    freq: 0,
+                });
+                (self.nodes.len() - 1) as u32
+            }
+        };
+        self.nodes[n as usize].hash = hash;
+        self.nodes[n as usize].freq = 0;
+        self.table.insert(hash, n);
+        self.link_back(queue, n);
+        while self.len() > self.window + self.main_capacity {
+            self.evict_one();
+        }
+    }
+
+    /// `Shard::evict_one`, on the model: the small queue's head once it outgrows the window
+    /// (to the main queue if read, while the main queue has room, or past admission), else the
+    /// main queue's head (CLOCK: one hit spent, and round again).
+    fn evict_one(&mut self) {
+        let small = self.queues[SMALL as usize];
+        let from_small = small.len > 0 && (small.len > self.window || self.queues[1].len == 0);
+        let queue = if from_small { SMALL } else { MAIN };
+        let n = self.queues[queue as usize].head;
+        let Node { hash, freq, .. } = self.nodes[n as usize];
+        if from_small {
+            let promote = freq > 0
+                || self.queues[1].len < self.main_capacity
+                || !self.setting.admits
+                || self.admit_to_main(hash);
+            self.unlink(n);
+            if promote {
+                self.sketch.add(hash, freq);
+                self.nodes[n as usize].freq = 0;
+                self.link_back(MAIN, n);
+                return;
+            }
+            self.ghost.push(hash);
+        } else {
+            self.unlink(n);
+            if freq > 0 {
+                self.sketch.add(hash, 1);
+                self.nodes[n as usize].freq = freq - 1;
+                self.link_back(MAIN, n);
+                return;
+            }
+        }
+        self.table.remove(&hash);
+        self.free.push(n);
+    }
+
+    /// The counts of `hash` and of the main queue's next victim, with its unspent hits.
+    fn counts(&self, hash: u64) -> Option<(u8, u8)> {
+        let head = self.queues[MAIN as usize].head;
+        (head != NIL).then(|| {
+            let victim = &self.nodes[head as usize];
+            (
+                self.sketch.estimate(hash),
+                self.sketch.estimate(victim.hash) + victim.freq,
+            )
+        })
+    }
+
+    /// `Shard::admit_to_main`: two counts over the victim.
+    fn admit_to_main(&self, hash: u64) -> bool {
+        self.counts(hash)
+            .is_none_or(|(candidate, victim)| candidate > victim + 1)
+    }
+
+    /// `Shard::admit_ghost`, for a shard that is not large.
+    fn admit_ghost(&self, hash: u64) -> bool {
+        if !self.setting.admits {
+            true
+        } else if self.returns_rare {
+            !self.sketch.warmed()
+                || self
+                    .counts(hash)
+                    .is_none_or(|(candidate, victim)| candidate >= victim)
+        } else {
+            self.admit_to_main(hash)
+        }
+    }
+
+    /// `Shard::count_new_key`, for a shard alone.
+    fn count_new_key(&mut self, ghost_hit: bool) {
+        self.new_keys += 1;
+        self.ghost_hits += u32::from(ghost_hit);
+        if self.new_keys == crate::shard::GHOST_RATE_PERIOD {
+            self.returns_rare = self.ghost_hits <= crate::shard::RARE_GHOST_HITS;
+            (self.new_keys, self.ghost_hits) = (0, 0);
+        }
+    }
+
+    fn unlink(&mut self, n: u32) {
+        let Node {
+            prev, next, queue, ..
+        } = self.nodes[n as usize];
+        let q = &mut self.queues[queue as usize];
+        match prev {
+            NIL => q.head = next,
+            p => self.nodes[p as usize].next = next,
+        }
+        match next {
+            NIL => q.tail = prev,
+            x => self.nodes[x as usize].prev = prev,
+        }
+        q.len -= 1;
+    }
+
+    fn link_back(&mut self, queue: u8, n: u32) {
+        let q = &mut self.queues[queue as usize];
+        let tail = q.tail;
+        self.nodes[n as usize].queue = queue;
+        self.nodes[n as usize].prev = tail;
+        self.nodes[n as usize].next = NIL;
+        match tail {
+            NIL => q.head = n,
+            t => self.nodes[t as usize].next = n,
+        }
+        q.tail = n;
+        q.len += 1;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn hashes(keys: impl Iterator<Item = u64>) -> impl Iterator<Item = u64> {
+        // Sampled hashes: the mask's bits clear, the rest spread.
+        keys.map(|k| (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24) & !(0xFFFF << SAMPLE_BIT))
+    }
+
+    fn hit_ratio(setting: Setting, capacity: usize, keys: &[u64]) -> f64 {
+        let mut model = Model::new(capacity, setting);
+        for hash in hashes(keys.iter().copied()) {
+            model.access(hash);
+        }
+        1.0 - model.misses as f64 / keys.len() as f64
+    }
+
+    pub(crate) const NONE_ADMITTING: Setting = Setting {
+        window: 0,
+        admits: true,
+    };
+    pub(crate) const LRU_LIKE: Setting = Setting {
+        window: NO_ADMISSION_WINDOW,
+        admits: false,
+    };
+
+    /// A loop over 1.1x the capacity: admission keeps most of it where a queue near LRU keeps
+    /// nothing, as in the shards (`a_loop_larger_than_the_shard_keeps_most_of_it`).
+    #[test]
+    fn a_model_keeps_a_loop_larger_than_itself_only_with_admission() {
+        let keys: Vec<u64> = (0..40).flat_map(|_| 0..282).collect();
+        let admitting = hit_ratio(NONE_ADMITTING, 256, &keys);
+        let lru = hit_ratio(LRU_LIKE, 256, &keys);
+        assert!(admitting > 0.6, "{admitting}");
+        assert!(lru < 0.05, "{lru}");
+    }
+
+    /// A working set that moves on to fresh keys: without admission the new set is kept at once.
+    pub(crate) fn moving(phases: u64, per_phase: usize) -> Vec<u64> {
+        let mut rng = 7u64;
+        let mut keys = Vec::new();
+        for phase in 0..phases {
+            for _ in 0..per_phase {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                keys.push(phase * 1_000 + rng % 200);
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn a_model_without_admission_follows_a_moving_working_set_sooner() {
+        let keys = moving(20, 3_000);
+        assert!(hit_ratio(LRU_LIKE, 256, &keys) > hit_ratio(NONE_ADMITTING, 256, &keys) + 0.02);
+    }
+
+    #[test]
+    fn only_caches_large_enough_for_a_sample_of_one_key_in_four_run_models() {
+        assert!(MiniSim::new(1_023).is_none());
+        let sim = MiniSim::new(1_024).unwrap();
+        assert_eq!((sim.capacity, sim.mask), (256, 3 << SAMPLE_BIT));
+        let sim = MiniSim::new(50_000).unwrap();
+        assert_eq!((sim.capacity, sim.mask.count_ones()), (50_000 >> 7, 7));
+    }
+
+    pub(crate) fn fed(keys: &[u64]) -> MiniSim {
+        let mut sim = MiniSim::new(1_024).unwrap();
+        for hash in hashes(keys.iter().copied()) {
+            sim.access(hash);
+        }
+        sim
+    }
+
+    #[test]
+    fn suggests_nothing_until_warm_then_the_setting_that_clearly_misses_less() {
+        // Too few epochs after the fill.
+        let early = fed(&moving(2, 3_000));
+        assert_eq!(early.suggest(NONE_ADMITTING), None);
+        let sim = fed(&moving(20, 3_000));
+        let suggested = sim
+            .suggest(NONE_ADMITTING)
+            .expect("a clear gain, once warm");
+        let scores = sim.scores();
+        let score = |s: Setting| scores.iter().find(|(t, _)| *t == s).unwrap().1;
+        assert!(
+            score(suggested) < 0.95 * score(NONE_ADMITTING),
+            "{scores:?}"
+        );
+        assert!(scores.iter().all(|&(_, s)| s >= score(suggested)));
+        // Already at the best setting: nothing to move to.
+        assert_eq!(sim.suggest(suggested), None);
+    }
+
+    #[test]
+    fn on_a_loop_the_models_suggest_leaving_a_window_for_none() {
+        let keys: Vec<u64> = (0..60).flat_map(|_| 0..282).collect();
+        let sim = fed(&keys);
+        let at_a_quarter = Setting {
+            window: 16_384,
+            admits: true,
+        };
+        assert_eq!(sim.suggest(at_a_quarter), Some(NONE_ADMITTING));
+        assert_eq!(sim.suggest(NONE_ADMITTING), None);
+    }
+
+    /// The main queue is a CLOCK: an entry read there is passed over once by eviction.
+    #[test]
+    fn a_main_queue_entry_with_a_hit_gets_a_second_chance() {
+        let mut model = Model::new(16, LRU_LIKE);
+        let hot = 1 << 50;
+        let mut fresh = 0..;
+        let mut stream = |model: &mut Model, n: usize| {
+            for key in fresh.by_ref().take(n) {
+                model.access(key);
+            }
+        };
+        stream(&mut model, 16);
+        model.access(hot);
+        // Into the main queue, at its back, twelve entries (its share) behind its head.
+        while model.nodes[model.table[&hot] as usize].queue != MAIN {
+            stream(&mut model, 1);
+        }
+        model.access(hot);
+        stream(&mut model, 14);
+        assert!(model.table.contains_key(&hot), "passed over once");
+        stream(&mut model, 14);
+        assert!(!model.table.contains_key(&hot), "its hit spent");
+    }
+
+    /// The best model must miss `MARGIN` less than the nearest to the cache's setting.
+    #[test]
+    fn only_a_clear_margin_is_suggested() {
+        let mut sim = MiniSim::new(1_024).unwrap();
+        sim.warm = Some(WARM_EPOCHS);
+        let with = |sim: &mut MiniSim, best: f64| {
+            for model in &mut sim.models {
+                model.score = 100.0;
+            }
+            sim.models[3].score = best;
+            sim.suggest(NONE_ADMITTING)
+        };
+        assert_eq!(with(&mut sim, 96.0), None);
+        assert_eq!(with(&mut sim, 94.0), Some(sim.models[3].setting));
+        // The nearest model to a window of 5 % with admission is the one at 6.25 %.
+        let near = Setting {
+            window: 3_300,
+            admits: true,
+        };
+        sim.models[1].score = 94.0;
+        assert_eq!(sim.suggest(near), None);
+    }
+
+    #[test]
+    fn feed_replays_what_the_drain_hands_over_and_keeps_its_positions() {
+        let mut sim = MiniSim::new(1_024).unwrap();
+        sim.feed(|drained, batch| {
+            assert!(drained.is_empty());
+            drained.push(3);
+            batch.extend(hashes(0..3));
+        });
+        sim.feed(|drained, batch| {
+            assert_eq!(drained, &[3]);
+            assert!(batch.is_empty());
+        });
+        assert_eq!(sim.models[0].misses, 3);
+        assert_eq!(sim.epoch_left, 256 - 3);
+    }
+}
