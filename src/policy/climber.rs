@@ -116,7 +116,7 @@
 
 use super::LARGE_SHARD_ENTRIES;
 use super::minisim::{MiniSim, Setting};
-use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// The most of a shard's capacity the window may take, in sixteenths: 12 (75 %). A larger window
@@ -229,6 +229,10 @@ pub(crate) struct Duel {
     /// The miniature simulations that let the leader's base jump (see `minisim.rs`), if the
     /// cache runs them; fed by whichever writer takes the lock (see [`Climber::feed_models`]).
     sim: Option<parking_lot::Mutex<MiniSim>>,
+    /// Whether the leader's last epoch hit at least `DUEL_MIN_RATIO`: until then nothing feeds
+    /// the simulations (a stream of keys never seen again, `benches/ops.rs`'s miss path, would
+    /// pay for models that miss everything too).
+    hitting: AtomicBool,
 }
 
 impl Duel {
@@ -242,6 +246,7 @@ impl Duel {
     pub(crate) fn with_sim(shards: usize, sim: Option<MiniSim>) -> Arc<Self> {
         Arc::new(Self {
             sim: sim.map(parking_lot::Mutex::new),
+            hitting: AtomicBool::new(false),
             new_keys: (0..shards)
                 .map(|_| {
                     CachePadded::new(ShardCounts {
@@ -1044,7 +1049,13 @@ impl Climber {
     /// (see `Readers::drain_samples`).
     #[cold]
     pub(crate) fn feed_models(&self, drain: impl FnOnce(&mut Vec<u64>, &mut Vec<u64>)) {
-        let sim = self.duel.as_ref().and_then(|(duel, _)| duel.sim.as_ref());
+        let Some((duel, _)) = &self.duel else {
+            return;
+        };
+        let sim = duel
+            .sim
+            .as_ref()
+            .filter(|_| duel.hitting.load(Ordering::Relaxed));
         if let Some(mut sim) = sim.and_then(|sim| sim.try_lock()) {
             sim.feed(drain);
         }
@@ -1128,6 +1139,8 @@ impl Climber {
         let leader = &mut self.leader;
         let mut base = base;
         let ratio = hits.saturating_sub(hits0) as f64 / now.saturating_sub(lookups0).max(1) as f64;
+        duel.hitting
+            .store(ratio >= DUEL_MIN_RATIO, Ordering::Relaxed);
         let current = Setting {
             window: base,
             admits: !leader.admission.rests_off(),
@@ -1900,6 +1913,23 @@ mod tests {
         assert_eq!(state & ADMISSION_OFF == 0, favoured.admits, "{state:#x}");
         let state = run(None);
         assert!(state & 0xFFFF <= DUEL_STEP, "{state:#x}");
+    }
+
+    /// The simulations are fed only once an epoch has hit: a stream of keys never seen again
+    /// pays nothing for them.
+    #[test]
+    fn the_simulations_are_fed_only_while_the_cache_hits() {
+        let duel = Duel::with_sim(8, MiniSim::new(65_536));
+        let mut shards = duelling_shards(&duel, 8, true);
+        let mut counts = (0, 0);
+        let drains = std::cell::Cell::new(0);
+        let feed = |shard: &Climber| shard.feed_models(|_, _| drains.set(drains.get() + 1));
+        while round_at(&duel, &mut shards, &mut counts, 0.0) >> 32 < 3 {}
+        feed(&shards[1]);
+        assert_eq!(drains.get(), 0);
+        while round_at(&duel, &mut shards, &mut counts, 0.5) >> 32 < 5 {}
+        feed(&shards[1]);
+        assert_eq!(drains.get(), 1);
     }
 
     /// A jump takes the simulations' admission verdict too, for a first rest, and drops the

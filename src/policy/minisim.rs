@@ -4,26 +4,35 @@
 //! Simulations", USENIX ATC 2017). A key is sampled when its hash has `shift` chosen bits clear,
 //! and a cache of `capacity >> shift` entries fed only those keys misses about as often as the
 //! whole cache fed every key; so each model below tells, within a few thousand lookups, how a
-//! window the duel has not tried would do, where the duel (see `climber.rs`) gathers that evidence
-//! a step of 6.25 % at a time, on the live shards.
+//! setting the duel has not tried would do, where the duel (see `climber.rs`) gathers that
+//! evidence on the live shards, a step of 6.25 % at a time.
 //!
 //! The duel's leader asks [`MiniSim::suggest`] once an epoch: if a model misses clearly less
 //! than the one nearest the cache's own setting (by `MARGIN`, over the recent epochs of the
-//! simulation, `DECAY`), the base window jumps there, and so does the admission verdict; the duel
-//! goes on from there, so a jump the live shards disprove is undone by the duel's own evidence.
+//! simulation, `DECAY`), the base window jumps there, and so does the admission verdict
+//! (`Leader::jump`). The duel goes on from there, so a jump the live shards disprove is undone
+//! by the duel's own evidence, a step at a time.
 //!
 //! Each model is a shard's policy as `shard.rs` runs it, on hashes alone: a small FIFO queue of
 //! `window` entries whose head, unless it was read, faces TinyLFU admission (two counts over the
-//! main queue's victim, with its unspent hits) once the main queue is full; a main queue that
-//! is a CLOCK of up to three hits; a ghost of hashes evicted from the small queue, whose return
-//! goes to the main queue by the ghost rules of `Shard::admit_ghost`; and the crate's own sketch
-//! and ghost. What it leaves out (the probation pool of large shards, the forgets after a fall,
-//! weights and deadlines) changes the simulated hit ratios by tenths of a point on the harness's
-//! traces; what matters is that the models rank windows as the shards do.
+//! main queue's victim, with its unspent hits) once the main queue is full; a main queue that is
+//! a CLOCK of up to three hits; a ghost (the crate's) of hashes evicted from the small queue,
+//! whose return goes to the main queue by the ghost rules of `Shard::admit_ghost`. One sketch
+//! (the crate's) counts every sampled lookup for all the models. Left out: the probation pool of
+//! large shards, the forgets after a fall, weights and deadlines. Faithful is what matters: models
+//! with a plain LRU main queue and admission on one count ranked a large window above none on
+//! loops, where the shards' ghost rules make none best, and cost `zigzag` 2-5 points; these put
+//! `zigzag` at 1k entries at 9.5 % with no window and 6.7 % at 75 %, the shards 9.2 % and 6.5 %.
 //!
-//! Measured (BENCHMARKS.md, section 2): before the models were faithful (a plain LRU main queue
-//! and window, admission on one count), they ranked a large window above none on loops, where the
-//! shards' ghost rules make none best, and cost `zigzag` 2-5 points.
+//! What they cost: a sampled lookup replayed through the seven models takes about 1,500
+//! instructions (callgrind), paid by the writer that drains the samples (every 32 of its shard's
+//! new keys, see `Climber::feed_models`), under its shard's lock. One lookup in 16 is sampled at
+//! 4k-8k entries, one in 256 at 64k-128k, one in 2,048 at 512k-1M: about 90, 6 and 0.7
+//! instructions a lookup. A lookup itself pays 3 instructions (the mask's test, in
+//! `Record::count`), and a sampled one two stores to its thread's record. Nothing is fed while
+//! the cache hits (almost) nothing (`DUEL_MIN_RATIO`). Memory: 10-20 KB a model, 80-150 KB a
+//! cache, whatever its size (models of 256-511 entries).
+//! BENCHMARKS.md, section 2, has the hit ratios.
 
 use super::{Ghost, Sketch};
 
@@ -34,8 +43,10 @@ const WINDOWS: [u64; 6] = [0, 4_096, 8_192, 16_384, 32_768, 49_152];
 const NO_ADMISSION_WINDOW: u64 = 16_384;
 
 /// The entries a model holds: from `MIN_MODEL` up to twice it. A cache that would need models of
-/// fewer entries, sampling half its keys or more, runs none (see [`MiniSim::new`]). Models of
-/// 512-1,024 entries did as well on the harness (mean +0.003 points) at twice the cost.
+/// fewer entries, sampling more than one key in four, runs none (see [`MiniSim::new`]). Models of
+/// 128-255 entries lost 5-6 points on the loop at 1k and 10k entries of `benches/hit_ratio.rs`: a
+/// sample of a loop a little larger than the cache may fit a small model, which then finds that
+/// any window does as well as none.
 const MIN_MODEL: u64 = 256;
 
 /// The fewest bits of a hash that must be clear for its key to be sampled: 2, one lookup in four
@@ -46,13 +57,15 @@ const MIN_SHIFT: u32 = 2;
 const SAMPLE_BIT: u32 = 40;
 
 /// How each epoch's misses weigh against the ones before: a model's score is its misses over the
-/// recent epochs, each epoch's weighing `DECAY` times the next one's. At 0.5 the models
-/// followed the phases of `zigzag` (a loop run forward, then back, where no window wins for long)
-/// and the base jumped with each (-0.7 to -2.6 points); at 0.8 and 0.95 as at 0.9 within 0.02.
+/// recent epochs, each epoch's weighing `DECAY` times the next one's. Measured with the first
+/// models (a plain LRU main queue, three epochs' warm-up) over the quick suite of BENCHMARKS.md:
+/// at 0.5 they followed the phases of `zigzag` (a loop run forward, then back, where no window
+/// wins for long) and the base jumped with each (-2.6 to -4.5 points at 1k-5k entries); mean
+/// -0.013 points at 0.8, +0.025 at 0.9.
 const DECAY: f64 = 0.9;
 
 /// How much fewer misses the best model must score than the one nearest the cache's setting for
-/// the base to jump: 5 %. At 10 %, mean -0.03 points (`shift` at 20k kept fewer of its gains).
+/// the base to jump: 5 %. Measured with the first models: at 10 %, mean +0.023 against +0.025.
 const MARGIN: f64 = 0.05;
 
 /// Epochs of the models after their fill before they suggest anything. Until then the misses
@@ -75,6 +88,8 @@ pub(crate) struct MiniSim {
     /// Entries a model holds.
     capacity: usize,
     models: Vec<Model>,
+    /// The counts every model's admission reads: each sampled lookup counts once.
+    sketch: Sketch,
     /// Sampled lookups left in the current epoch (one epoch: `capacity` lookups).
     epoch_left: usize,
     /// Epochs since the first model filled, `None` before.
@@ -118,6 +133,7 @@ impl MiniSim {
             mask: ((1 << shift) - 1) << SAMPLE_BIT,
             capacity,
             models,
+            sketch: Sketch::new(capacity),
             epoch_left: capacity,
             warm: None,
             drained: Vec::new(),
@@ -144,8 +160,9 @@ impl MiniSim {
 
     /// Replays one sampled lookup of `hash`.
     pub(crate) fn access(&mut self, hash: u64) {
+        self.sketch.add(hash, 1);
         for model in &mut self.models {
-            model.access(hash);
+            model.access(hash, &self.sketch);
         }
         self.epoch_left -= 1;
         if self.epoch_left > 0 {
@@ -207,12 +224,11 @@ struct Model {
     /// The window and the main queue's share, in entries.
     window: usize,
     main_capacity: usize,
-    table: std::collections::HashMap<u64, u32, ahash::RandomState>,
+    table: Table,
     nodes: Vec<Node>,
     free: Vec<u32>,
     /// The small queue and the main queue: head (the next to leave), tail and length.
     queues: [Queue; 2],
-    sketch: Sketch,
     ghost: Ghost,
     /// New keys and ghost hits among them, in the current period of `GHOST_RATE_PERIOD`; and
     /// whether ghost hits were rare in the last one (see `Shard::admit_ghost`).
@@ -222,6 +238,75 @@ struct Model {
     /// Misses in the current epoch, and the score (see `DECAY`).
     misses: u64,
     score: f64,
+}
+
+/// A model's index from hash to node: open addressing with linear probing, on the hashes
+/// themselves (the nodes hold them), at most half full; removal shifts the entries after back.
+#[derive(Debug)]
+struct Table {
+    slots: Box<[u32]>,
+    /// Bits of a slot index.
+    bits: u32,
+}
+
+impl Table {
+    fn new(entries: usize) -> Self {
+        let bits = (2 * entries).next_power_of_two().trailing_zeros();
+        Self {
+            slots: vec![NIL; 1 << bits].into_boxed_slice(),
+            bits,
+        }
+    }
+
+    /// Where `hash` starts probing: multiply-shift, since the sampled hashes share clear bits.
+    fn home(&self, hash: u64) -> usize {
+        (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+    }
+
+    fn find(&self, nodes: &[Node], hash: u64) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(hash);
+        loop {
+            match self.slots[i] {
+                NIL => return None,
+                n if nodes[n as usize].hash == hash => return Some(n),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn insert(&mut self, nodes: &[Node], n: u32) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(nodes[n as usize].hash);
+        while self.slots[i] != NIL {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = n;
+    }
+
+    fn remove(&mut self, nodes: &[Node], hash: u64) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(hash);
+        while nodes[self.slots[i] as usize].hash != hash {
+            i = (i + 1) & mask;
+        }
+        // Shift back each entry after the hole that may move into it (its home is not in the
+        // stretch between the hole and it), until an empty slot.
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let n = self.slots[j];
+            if n == NIL {
+                break;
+            }
+            let home = self.home(nodes[n as usize].hash);
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(i) & mask) {
+                self.slots[i] = n;
+                i = j;
+            }
+        }
+        self.slots[i] = NIL;
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -253,14 +338,10 @@ impl Model {
             setting,
             window,
             main_capacity: capacity - window,
-            table: std::collections::HashMap::with_capacity_and_hasher(
-                capacity + 1,
-                ahash::RandomState::new(),
-            ),
+            table: Table::new(capacity + 1),
             nodes: Vec::with_capacity(capacity + 1),
             free: Vec::new(),
             queues: [EMPTY; 2],
-            sketch: Sketch::new(capacity),
             ghost: Ghost::new(capacity),
             new_keys: 0,
             ghost_hits: 0,
@@ -274,23 +355,24 @@ impl Model {
         self.queues[0].len + self.queues[1].len
     }
 
-    fn access(&mut self, hash: u64) {
-        if let Some(&n) = self.table.get(&hash) {
+    /// A lookup of `hash`, which `sketch` has counted.
+    fn access(&mut self, hash: u64, sketch: &Sketch) {
+        if let Some(n) = self.table.find(&self.nodes, hash) {
             let node = &mut self.nodes[n as usize];
             node.freq = (node.freq + 1).min(MAX_FREQ);
             return;
         }
         self.misses += 1;
-        self.sketch.add(hash, 1);
         let ghost_hit = self.ghost.contains(hash);
         self.count_new_key(ghost_hit);
-        let queue =
-            if ghost_hit && (self.queues[1].len < self.main_capacity || self.admit_ghost(hash)) {
-                self.ghost.remove(hash);
-                MAIN
-            } else {
-                SMALL
-            };
+        let queue = if ghost_hit
+            && (self.queues[1].len < self.main_capacity || self.admit_ghost(hash, sketch))
+        {
+            self.ghost.remove(hash);
+            MAIN
+        } else {
+            SMALL
+        };
         let n = match self.free.pop() {
             Some(n) => n,
             None => {
@@ -306,17 +388,18 @@ impl Model {
         };
         self.nodes[n as usize].hash = hash;
         self.nodes[n as usize].freq = 0;
-        self.table.insert(hash, n);
+        self.table.insert(&self.nodes, n);
         self.link_back(queue, n);
         while self.len() > self.window + self.main_capacity {
-            self.evict_one();
+            self.evict_one(sketch);
         }
     }
 
     /// `Shard::evict_one`, on the model: the small queue's head once it outgrows the window
     /// (to the main queue if read, while the main queue has room, or past admission), else the
-    /// main queue's head (CLOCK: one hit spent, and round again).
-    fn evict_one(&mut self) {
+    /// main queue's head (CLOCK: one hit spent, and round again). Hits need no folding into the
+    /// sketch: it counted every lookup.
+    fn evict_one(&mut self, sketch: &Sketch) {
         let small = self.queues[SMALL as usize];
         let from_small = small.len > 0 && (small.len > self.window || self.queues[1].len == 0);
         let queue = if from_small { SMALL } else { MAIN };
@@ -326,10 +409,9 @@ impl Model {
             let promote = freq > 0
                 || self.queues[1].len < self.main_capacity
                 || !self.setting.admits
-                || self.admit_to_main(hash);
+                || self.admit_to_main(hash, sketch);
             self.unlink(n);
             if promote {
-                self.sketch.add(hash, freq);
                 self.nodes[n as usize].freq = 0;
                 self.link_back(MAIN, n);
                 return;
@@ -338,45 +420,44 @@ impl Model {
         } else {
             self.unlink(n);
             if freq > 0 {
-                self.sketch.add(hash, 1);
                 self.nodes[n as usize].freq = freq - 1;
                 self.link_back(MAIN, n);
                 return;
             }
         }
-        self.table.remove(&hash);
+        self.table.remove(&self.nodes, hash);
         self.free.push(n);
     }
 
     /// The counts of `hash` and of the main queue's next victim, with its unspent hits.
-    fn counts(&self, hash: u64) -> Option<(u8, u8)> {
+    fn counts(&self, hash: u64, sketch: &Sketch) -> Option<(u8, u8)> {
         let head = self.queues[MAIN as usize].head;
         (head != NIL).then(|| {
             let victim = &self.nodes[head as usize];
             (
-                self.sketch.estimate(hash),
-                self.sketch.estimate(victim.hash) + victim.freq,
+                sketch.estimate(hash),
+                sketch.estimate(victim.hash) + victim.freq,
             )
         })
     }
 
     /// `Shard::admit_to_main`: two counts over the victim.
-    fn admit_to_main(&self, hash: u64) -> bool {
-        self.counts(hash)
+    fn admit_to_main(&self, hash: u64, sketch: &Sketch) -> bool {
+        self.counts(hash, sketch)
             .is_none_or(|(candidate, victim)| candidate > victim + 1)
     }
 
     /// `Shard::admit_ghost`, for a shard that is not large.
-    fn admit_ghost(&self, hash: u64) -> bool {
+    fn admit_ghost(&self, hash: u64, sketch: &Sketch) -> bool {
         if !self.setting.admits {
             true
         } else if self.returns_rare {
-            !self.sketch.warmed()
+            !sketch.warmed()
                 || self
-                    .counts(hash)
+                    .counts(hash, sketch)
                     .is_none_or(|(candidate, victim)| candidate >= victim)
         } else {
-            self.admit_to_main(hash)
+            self.admit_to_main(hash, sketch)
         }
     }
 
@@ -432,8 +513,10 @@ pub(crate) mod tests {
 
     fn hit_ratio(setting: Setting, capacity: usize, keys: &[u64]) -> f64 {
         let mut model = Model::new(capacity, setting);
+        let mut sketch = Sketch::new(capacity);
         for hash in hashes(keys.iter().copied()) {
-            model.access(hash);
+            sketch.add(hash, 1);
+            model.access(hash, &sketch);
         }
         1.0 - model.misses as f64 / keys.len() as f64
     }
@@ -532,24 +615,74 @@ pub(crate) mod tests {
     #[test]
     fn a_main_queue_entry_with_a_hit_gets_a_second_chance() {
         let mut model = Model::new(16, LRU_LIKE);
+        let sketch = Sketch::new(16);
         let hot = 1 << 50;
         let mut fresh = 0..;
         let mut stream = |model: &mut Model, n: usize| {
             for key in fresh.by_ref().take(n) {
-                model.access(key);
+                model.access(key, &sketch);
             }
         };
         stream(&mut model, 16);
-        model.access(hot);
+        model.access(hot, &sketch);
         // Into the main queue, at its back, twelve entries (its share) behind its head.
-        while model.nodes[model.table[&hot] as usize].queue != MAIN {
+        while model.nodes[model.table.find(&model.nodes, hot).unwrap() as usize].queue != MAIN {
             stream(&mut model, 1);
         }
-        model.access(hot);
+        model.access(hot, &sketch);
         stream(&mut model, 14);
-        assert!(model.table.contains_key(&hot), "passed over once");
+        assert!(
+            model.table.find(&model.nodes, hot).is_some(),
+            "passed over once"
+        );
         stream(&mut model, 14);
-        assert!(!model.table.contains_key(&hot), "its hit spent");
+        assert!(
+            model.table.find(&model.nodes, hot).is_none(),
+            "its hit spent"
+        );
+    }
+
+    /// The table against a set, under inserts and removals that collide (a table of 16 slots
+    /// for up to 8 hashes).
+    #[test]
+    fn the_table_finds_what_it_holds_through_removals() {
+        let mut table = Table::new(8);
+        assert_eq!(table.slots.len(), 16);
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut held = std::collections::BTreeMap::new();
+        let mut rng = 11u64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let hash = rng % 24;
+            match held.get(&hash) {
+                Some(_) => {
+                    table.remove(&nodes, hash);
+                    held.remove(&hash);
+                }
+                None if held.len() < 8 => {
+                    nodes.push(Node {
+                        hash,
+                        prev: NIL,
+                        next: NIL,
+                        queue: SMALL,
+                        freq: 0,
+                    });
+                    let n = (nodes.len() - 1) as u32;
+                    table.insert(&nodes, n);
+                    held.insert(hash, n);
+                }
+                None => {}
+            }
+            for probe in 0..24 {
+                assert_eq!(
+                    table.find(&nodes, probe),
+                    held.get(&probe).copied(),
+                    "{probe}"
+                );
+            }
+        }
     }
 
     /// The best model must miss `MARGIN` less than the nearest to the cache's setting.
