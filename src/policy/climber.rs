@@ -82,6 +82,13 @@
 //! (no test: an oracle for those columns) `kv` and `db` at 50k entries stay behind LRU at seed 42
 //! (65.34 and 48.74 against 65.49 and 48.87).
 //!
+//! In a cache of 1,024 entries or more, miniature simulations of the shards' policy at seven
+//! settings (see `minisim.rs`) are asked once an epoch; when one clearly misses less than the
+//! setting nearest the cache's own, the base and the admission verdict jump there
+//! (`Leader::jump`) and the duel goes on from it. The duel's steps found `shift` and `tenants`
+//! at 5k-20k entries their best window late or never (1.1-1.8 points behind a fixed window it could
+//! have chosen, BENCHMARKS.md section 2); with the jumps, 1.2-1.4 points more at 5k.
+//!
 //! The hill climber, for a cache of one shard:
 //!
 //! Once a sample of lookups: the climber compares the sample's hit ratio with the last one's.
