@@ -110,10 +110,11 @@ pub(crate) struct Setting {
 
 impl MiniSim {
     /// Models for a cache of `capacity` entries, if it is large enough for a sample of one key in
-    /// four or fewer to fill models of `MIN_MODEL` entries.
+    /// four or fewer to fill models of `MIN_MODEL` entries, and bounded: an unbounded cache
+    /// (`u64::MAX`) never evicts, and a sample's bits must fit above `SAMPLE_BIT`.
     pub(crate) fn new(capacity: u64) -> Option<Self> {
         let shift = (capacity / MIN_MODEL).checked_ilog2()?;
-        if shift < MIN_SHIFT {
+        if !(MIN_SHIFT..=64 - SAMPLE_BIT).contains(&shift) {
             return None;
         }
         let capacity = (capacity >> shift) as usize;
@@ -563,12 +564,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn only_caches_large_enough_for_a_sample_of_one_key_in_four_run_models() {
+    fn only_bounded_caches_large_enough_for_a_sample_of_one_key_in_four_run_models() {
         assert!(MiniSim::new(1_023).is_none());
         let sim = MiniSim::new(1_024).unwrap();
         assert_eq!((sim.capacity, sim.mask), (256, 3 << SAMPLE_BIT));
         let sim = MiniSim::new(50_000).unwrap();
         assert_eq!((sim.capacity, sim.mask.count_ones()), (50_000 >> 7, 7));
+        let largest = (MIN_MODEL << (64 - SAMPLE_BIT + 1)) - 1;
+        assert_eq!(MiniSim::new(largest).unwrap().mask, u64::MAX << SAMPLE_BIT);
+        assert!(MiniSim::new(largest + 1).is_none());
+        assert!(
+            MiniSim::new(u64::MAX).is_none(),
+            "an unbounded cache never evicts"
+        );
     }
 
     pub(crate) fn fed(keys: &[u64]) -> MiniSim {
