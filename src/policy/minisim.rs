@@ -689,6 +689,40 @@ pub(crate) mod tests {
         );
     }
 
+    /// A model's sketch counts as a shard's does: the miss, then the hits an entry took in the
+    /// small queue when it leaves it, and each hit a second chance spends.
+    #[test]
+    fn hits_reach_the_sketch_as_they_reach_a_shards() {
+        let mut model = Model::new(16, LRU_LIKE);
+        let hot = 1 << 50;
+        let mut fresh = 0..;
+        let mut stream = |model: &mut Model, n: usize| {
+            for key in fresh.by_ref().take(n) {
+                model.access(key);
+            }
+        };
+        stream(&mut model, 16);
+        model.access(hot);
+        model.access(hot);
+        model.access(hot);
+        assert_eq!(model.sketch.estimate(hot), 1, "the miss alone so far");
+        while model.nodes[model.table.find(&model.nodes, hot).unwrap() as usize].queue != MAIN {
+            stream(&mut model, 1);
+        }
+        assert_eq!(
+            model.sketch.estimate(hot),
+            3,
+            "and its two hits, on leaving"
+        );
+        model.access(hot);
+        stream(&mut model, 14);
+        assert_eq!(
+            model.sketch.estimate(hot),
+            4,
+            "and the hit its second chance spent"
+        );
+    }
+
     /// The table against a set, under inserts and removals that collide (a table of 16 slots
     /// for up to 8 hashes).
     #[test]
