@@ -192,15 +192,20 @@ pub(crate) struct Record {
 
 /// The sampled lookups a record keeps until a writer drains them (see `Readers::drain_samples`):
 /// writers drain every few dozen new keys, so a thread loses samples only if it makes more than
-/// this many sampled lookups (4-128 times as many lookups) in between, a cache that hardly
-/// misses, where the simulations have nothing to tell.
+/// this many sampled lookups (64 to 32,768 lookups, as the cache samples one in 4 to 2,048) in
+/// between: in a cache that hardly misses, where the simulations have little to tell.
 #[cfg(not(leasecache_loom))]
 const SAMPLES: usize = 16;
 #[cfg(leasecache_loom)]
 const SAMPLES: usize = 1;
 
-/// The mask of a cache that samples nothing: only a hash of zero passes it, and its sample is
-/// kept in the ring and never drained.
+/// The most sampled lookups one drain hands over: a writer replays them through the
+/// simulations under its shard's lock, about 1,900 instructions each, so a drain of many
+/// threads' records (16 each) would hold it for millions; the rest are dropped, as those a
+/// record's ring overwrites are.
+const MAX_DRAINED: usize = 64;
+
+/// The mask of a cache that samples nothing: no hash passes it (see [`Record::count`]).
 pub(crate) const NO_SAMPLES: u64 = u64::MAX;
 
 impl Record {
@@ -209,7 +214,9 @@ impl Record {
     #[inline]
     fn count(&self, hit: bool, hash: u64) {
         Record::bump(if hit { &self.hits } else { &self.misses });
-        if hash & self.sample_mask == 0 {
+        // `| 1`: a mask of all ones (no sampling) passes no hash, not even zero; a sampling
+        // mask's bits are all high.
+        if (hash | 1) & self.sample_mask == 0 {
             self.sample(hash);
         }
     }
@@ -596,7 +603,9 @@ impl Readers {
         for (record, seen) in records.iter().zip(drained.iter_mut()) {
             // Acquire: pairs with `Record::sample`'s Release.
             let sampled = record.sampled.load(Ordering::Acquire);
-            let from = (*seen).max(sampled.saturating_sub(SAMPLES as u64));
+            // At most `MAX_DRAINED` in all: the writer replays them under its shard's lock.
+            let room = MAX_DRAINED.saturating_sub(batch.len()) as u64;
+            let from = (*seen).max(sampled.saturating_sub((SAMPLES as u64).min(room)));
             batch.extend(
                 (from..sampled)
                     .map(|i| record.samples[i as usize % SAMPLES].load(Ordering::Relaxed)),
@@ -1012,11 +1021,35 @@ mod tests {
         assert_eq!((batch, drained.len()), (vec![0], 2));
     }
 
-    /// A cache that runs no simulations samples nothing it would keep (only a hash of zero).
+    /// One drain hands over at most `MAX_DRAINED` samples, the rest dropped.
+    #[test]
+    fn a_drain_hands_over_a_bounded_batch() {
+        let readers = Readers::new().sampled_by(0xF0);
+        // Threads alive at once, each with its own record.
+        let threads = MAX_DRAINED / SAMPLES + 2;
+        let together = std::sync::Barrier::new(threads);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    (0..SAMPLES as u64).for_each(|h| readers.count(true, h << 8));
+                    together.wait();
+                });
+            }
+        });
+        assert_eq!(readers.records(), threads);
+        let (mut drained, mut batch) = (Vec::new(), Vec::new());
+        readers.drain_samples(&mut drained, &mut batch);
+        assert_eq!(batch.len(), MAX_DRAINED);
+        batch.clear();
+        readers.drain_samples(&mut drained, &mut batch);
+        assert!(batch.is_empty());
+    }
+
+    /// A cache that runs no simulations samples nothing, not even a hash of zero.
     #[test]
     fn readers_without_a_mask_sample_nothing() {
         let readers = Readers::new();
-        for hash in 1..1_000u64 {
+        for hash in 0..1_000u64 {
             readers.count(true, hash);
         }
         let (mut drained, mut batch) = (Vec::new(), Vec::new());

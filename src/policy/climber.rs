@@ -82,7 +82,8 @@
 //! (no test: an oracle for those columns) `kv` and `db` at 50k entries stay behind LRU at seed 42
 //! (65.34 and 48.74 against 65.49 and 48.87).
 //!
-//! In a cache of 1,024 entries or more, miniature simulations of the shards' policy at seven
+//! In a cache of 1,024 entries or more (several shards, no weigher), miniature simulations of
+//! the shards' policy at seven
 //! settings (see `minisim.rs`) are asked once an epoch; when one clearly misses less than the
 //! setting nearest the cache's own, the base and the admission verdict jump there
 //! (`Leader::jump`) and the duel goes on from it. The duel's steps found `shift` and `tenants`
@@ -325,9 +326,26 @@ struct Leader {
     /// Verdicts for a larger window in a row, up to `DUEL_MAX_STREAK`: the next such verdict's
     /// steps.
     streak: u32,
+    /// The simulations' epochs when they were last asked (see [`ask`](Self::ask)).
+    asked: u64,
 }
 
 impl Leader {
+    /// What the miniature simulations suggest for a cache at `current` that missed `misses` of
+    /// its lookups this epoch (see `MiniSim::suggest`): asked only once they have run an epoch
+    /// since they were last asked (stopped, or slower than the duel, they would suggest the same
+    /// jump again on the same evidence), and never for no admission in a cache with fewer than
+    /// `ADMISSION_MIN_SHARDS` shards (where the duel never tests it).
+    fn ask(&mut self, duel: &Duel, current: Setting, misses: f64) -> Option<Setting> {
+        let sim = duel.sim.as_ref()?.try_lock()?;
+        if sim.epochs() == self.asked {
+            return None;
+        }
+        self.asked = sim.epochs();
+        let setting = sim.suggest(current, misses)?;
+        (setting.admits || duel.new_keys.len() >= ADMISSION_MIN_SHARDS).then_some(setting)
+    }
+
     /// Moves the base to the window of `setting`, whose model missed clearly less than the one
     /// nearest the cache's setting (see `minisim.rs`), and the admission verdict to its own if it
     /// differs (for the first rest); the duel starts over from there: any evidence, rest or
@@ -342,6 +360,8 @@ impl Leader {
         admission.counted_misses = 0.0;
         self.evidence = Evidence::default();
         (self.rest, self.unclear, self.streak) = (0, 0, 0);
+        // A jump needs an epoch that hit: the duel has begun.
+        self.started = true;
         let mut base = setting.window.min(DUEL_MAX_BASE);
         if !setting.admits {
             base = base.max(ADMISSION_MIN_BASE);
@@ -1152,10 +1172,11 @@ impl Climber {
             window: base,
             admits: !leader.admission.rests_off(),
         };
-        let suggested = duel
-            .sim
-            .as_ref()
-            .and_then(|sim| sim.try_lock()?.suggest(current, 1.0 - ratio));
+        let suggested = if ratio >= DUEL_MIN_RATIO && self.full {
+            leader.ask(duel, current, 1.0 - ratio)
+        } else {
+            None
+        };
         if let Some(setting) = suggested {
             let next = leader.jump(setting);
             duel.state.store(
@@ -1925,6 +1946,71 @@ mod tests {
         for (sim, ratio) in [(None, 1.0 - misses), (Some(sim()), 1.0 - 2.0 * misses)] {
             let state = run(sim, ratio);
             assert!(state & 0xFFFF <= DUEL_STEP, "{state:#x}");
+        }
+    }
+
+    /// Simulations that have not run since they were last asked suggest nothing: a cache that
+    /// stopped hitting (nothing feeds them then) stays at a window of zero rather than jumping
+    /// back to what they favoured each epoch.
+    #[test]
+    fn simulations_are_asked_once_an_epoch_of_theirs() {
+        use crate::policy::minisim::tests::{NONE_ADMITTING, fed, moving};
+        let sim = fed(&moving(20, 3_000));
+        let misses = sim.modelled_misses_for_test(NONE_ADMITTING);
+        let duel = Duel::with_sim(8, Some(sim));
+        let mut shards = duelling_shards(&duel, 8, true);
+        let mut counts = (0, 0);
+        let mut state = 0;
+        while state >> 32 < 3 {
+            state = round_at(&duel, &mut shards, &mut counts, 1.0 - misses);
+        }
+        assert!(state & 0xFFFF > DUEL_STEP, "jumped: {state:#x}");
+        // The base each epoch once the cache stopped hitting.
+        let mut bases = Vec::new();
+        while state >> 32 < 20 {
+            let next = round_at(&duel, &mut shards, &mut counts, 0.0);
+            if next >> 32 != state >> 32 {
+                bases.push(next & 0xFFFF);
+            }
+            state = next;
+        }
+        assert!(
+            bases.len() > 10 && bases.iter().skip(1).all(|&base| base == 0),
+            "{bases:?}"
+        );
+    }
+
+    /// The leader asks the simulations again only once they have run another epoch, and takes
+    /// no suggestion to turn admission off in a cache of fewer than eight shards.
+    #[test]
+    fn the_leader_asks_once_an_epoch_of_the_simulations_and_admits_in_small_caches() {
+        use crate::policy::minisim::tests::{LRU_LIKE, NONE_ADMITTING, fed, hashes, moving};
+        let sim = fed(&moving(20, 3_000));
+        let misses = sim.modelled_misses_for_test(NONE_ADMITTING);
+        let favoured = sim.suggest_for_test(NONE_ADMITTING).expect("a clear gain");
+        let duel = Duel::with_sim(8, Some(sim));
+        let mut leader = Leader::default();
+        assert_eq!(leader.ask(&duel, NONE_ADMITTING, misses), Some(favoured));
+        assert_eq!(leader.ask(&duel, NONE_ADMITTING, misses), None);
+        let sim = duel.sim.as_ref().unwrap();
+        let epochs = sim.lock().epochs();
+        let mut more = hashes(1_000_000..);
+        while sim.lock().epochs() == epochs {
+            sim.lock().access(more.next().unwrap());
+        }
+        let current = Setting {
+            window: favoured.window,
+            admits: !favoured.admits,
+        };
+        let again = sim.lock().suggest_for_test(current);
+        assert!(again.is_some());
+        let misses = sim.lock().modelled_misses_for_test(current);
+        assert_eq!(leader.ask(&duel, current, misses), again);
+        // No admission is suggested to a cache of eight shards, not of four.
+        for (shards, expected) in [(8, Some(LRU_LIKE)), (4, None)] {
+            let duel = Duel::with_sim(shards, Some(MiniSim::favouring_for_test(LRU_LIKE)));
+            let mut leader = Leader::default();
+            assert_eq!(leader.ask(&duel, NONE_ADMITTING, 0.1), expected);
         }
     }
 

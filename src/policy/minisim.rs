@@ -11,8 +11,9 @@
 //! than the one nearest the cache's own setting (by `MARGIN`, over the recent epochs of the
 //! simulation, `DECAY`), and that nearest model misses about as often as the cache itself
 //! (`CALIBRATION`: a sample can misrepresent the whole), the base window jumps there, and so does
-//! the admission verdict (`Leader::jump`). The duel goes on from there, so a jump the live shards
-//! disprove is undone by the duel's own evidence, a step at a time.
+//! the admission verdict (`Leader::jump`). The duel goes on from there on its own evidence; the
+//! leader asks again once the simulations have run another epoch, so while they keep favouring
+//! a setting, a step away from it is jumped back.
 //!
 //! Each model is a shard's policy as `shard.rs` runs it, on hashes alone: a small FIFO queue of
 //! `window` entries whose head, unless it was read, faces TinyLFU admission (two counts over the
@@ -20,8 +21,10 @@
 //! a CLOCK of up to three hits; a ghost (the crate's) of hashes evicted from the small queue,
 //! whose return goes to the main queue by the ghost rules of `Shard::admit_ghost`; a sketch (the
 //! crate's) fed as a shard feeds its own: each miss, and hits folded in when an entry leaves the
-//! small queue or spends a second chance. Left out: the probation pool of large shards, the
-//! forgets after a fall, weights and deadlines. Faithful is what matters:
+//! small queue or spends a second chance. Left out: what large shards (8,192 entries and up) do
+//! otherwise (the probation pool, settling the main queue's head, a ghost hit's extra count),
+//! entries promoted for room linked at the main queue's front, the forgets after a fall,
+//! weights and deadlines. Faithful is what matters:
 //! - models with a plain LRU main queue and admission on one count ranked a large window above
 //!   none on loops, where the shards' ghost rules make none best, and cost `zigzag` 2-5 points;
 //!   these put `zigzag` at 1k entries at 9.5 % with no window and 6.7 % at 75 %, the shards 9.2 %
@@ -31,7 +34,8 @@
 //!
 //! What they cost: a sampled lookup replayed through the seven models takes about 1,900
 //! instructions (callgrind), paid by the writer that drains the samples (every 32 of its shard's
-//! new keys, see `Climber::feed_models`), under its shard's lock. One lookup in 16 is sampled at
+//! new keys, see `Climber::feed_models`), under its shard's lock (at most `MAX_DRAINED` of them
+//! a drain, see `Readers::drain_samples`). One lookup in 16 is sampled at
 //! 4k-8k entries, one in 256 at 64k-128k, one in 2,048 at 512k-1M: about 120, 8 and 1
 //! instructions a lookup. A lookup itself pays 3 instructions (the mask's test, in
 //! `Record::count`), and a sampled one two stores to its thread's record. Nothing is fed while
@@ -103,8 +107,9 @@ pub(crate) struct MiniSim {
     models: Vec<Model>,
     /// Sampled lookups left in the current epoch (one epoch: `capacity` lookups).
     epoch_left: usize,
-    /// Epochs since the first model filled, `None` before.
+    /// Epochs since the first model filled, `None` before; and every epoch so far.
     warm: Option<u64>,
+    epochs: u64,
     /// The lookups the scores count, weighed as they are (see `DECAY`).
     lookups: f64,
     /// The sampled lookups of each thread's record drained so far, and the last batch (see
@@ -149,6 +154,7 @@ impl MiniSim {
             models,
             epoch_left: capacity,
             warm: None,
+            epochs: 0,
             lookups: 0.0,
             drained: Vec::new(),
             batch: Vec::new(),
@@ -182,6 +188,7 @@ impl MiniSim {
             return;
         }
         self.epoch_left = self.capacity;
+        self.epochs += 1;
         match &mut self.warm {
             Some(epochs) => *epochs += 1,
             None if self.models[0].len() >= self.capacity => {
@@ -223,6 +230,11 @@ impl MiniSim {
         (best.setting != nearest.setting && clearly).then_some(best.setting)
     }
 
+    /// Epochs run so far (one: `capacity` sampled lookups).
+    pub(crate) fn epochs(&self) -> u64 {
+        self.epochs
+    }
+
     /// The model nearest `current`: the one without admission if the shards do not admit, else
     /// the one with admission whose window is nearest.
     fn nearest(&self, current: Setting) -> Option<&Model> {
@@ -247,6 +259,22 @@ impl MiniSim {
     pub(crate) fn modelled_misses_for_test(&self, current: Setting) -> f64 {
         self.nearest(current)
             .map_or(1.0, |m| m.score / self.lookups)
+    }
+
+    /// Warm simulations whose every model misses 10 % of the lookups but the one of
+    /// `favoured`, 8 %.
+    #[cfg(test)]
+    pub(crate) fn favouring_for_test(favoured: Setting) -> Self {
+        let mut sim = Self::new(1_024).unwrap();
+        (sim.warm, sim.lookups, sim.epochs) = (Some(WARM_EPOCHS), 1_000.0, WARM_EPOCHS + 1);
+        for model in &mut sim.models {
+            model.score = if model.setting == favoured {
+                80.0
+            } else {
+                100.0
+            };
+        }
+        sim
     }
 
     /// Each model's score, for tests.

@@ -36,14 +36,15 @@
 //! - the admission above applies unless the shards' duel turns it off: where the window has grown
 //!   to 12.5 % or more in a cache of eight shards or more, it tests running without it in half
 //!   the shards, and keeps what misses less for a while (see `climber.rs`, `AdmissionDuel`);
-//! - in a cache of 1,024 entries or more, miniature simulations of this policy at seven
-//!   settings of window and admission, on a sample of the lookups, let the duel jump to the
-//!   setting they clearly favour instead of stepping there (see `minisim.rs`).
+//! - in a cache of 1,024 entries or more, with several shards and no weigher, miniature
+//!   simulations of this policy at seven settings of window and admission, on a sample of the
+//!   lookups, let the duel jump to the setting they clearly favour instead of stepping there
+//!   (no admission only with eight shards or more; see `minisim.rs`).
 //!
 //! Hits never touch the sketch (the hit path stays a lock-free table lookup plus a relaxed store of
-//! the entry's 2-bit frequency, beside the lookup counters of the thread's own record, where one
-//! lookup in 4 to 2,048 also leaves its hash when simulations run); an entry's hits are folded
-//! into the sketch when the policy next looks at it.
+//! the entry's 2-bit frequency, beside the lookup counters of the thread's own record, where a
+//! sampled lookup, one in 4 to 2,048 up to 1M entries, also leaves its hash when simulations
+//! run); an entry's hits are folded into the sketch when the policy next looks at it.
 
 mod climber;
 mod ghost;
