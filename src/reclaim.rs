@@ -180,7 +180,9 @@ pub(crate) struct Record {
     /// The hashes of this thread's sampled lookups, for the cache's miniature simulations
     /// (`policy::MiniSim`): a ring of the last `SAMPLES`, the newest at `sampled - 1`; a lookup
     /// is sampled when its hash has every bit of `sample_mask` clear (the readers' mask, copied
-    /// here so that a lookup reads it from the line it writes anyway). Written only by the owner.
+    /// here so that a lookup reads it from the record it writes anyway; rustc's field order
+    /// puts it on the counters' line today, which `repr(Rust)` does not promise). Written only
+    /// by the owner.
     samples: [AtomicU64; SAMPLES],
     sampled: AtomicU64,
     sample_mask: u64,
