@@ -717,6 +717,69 @@ pub(crate) mod tests {
         );
     }
 
+    /// A model with a full main queue of keys seen once, and `key` just missed, alone in its
+    /// small queue of four (a window of a quarter of 16).
+    fn full_with_new(setting: Setting, key: u64) -> Model {
+        let mut model = Model::new(16, setting);
+        for fresh in 0..16 {
+            model.access(fresh);
+        }
+        model.access(key);
+        model
+    }
+
+    /// Where `key` is: its queue, if held.
+    fn queue_of(model: &Model, key: u64) -> Option<u8> {
+        let n = model.table.find(&model.nodes, key)?;
+        Some(model.nodes[n as usize].queue)
+    }
+
+    /// Leaving the small queue: unread, a candidate faces admission (and, refused, is
+    /// remembered by the ghost) unless the setting has none; read there, it moves on.
+    #[test]
+    fn a_small_queues_head_moves_on_if_read_or_without_admission_else_faces_it() {
+        let quarter = Setting {
+            window: 16_384,
+            admits: true,
+        };
+        let key = 1 << 50;
+        let push_out = |model: &mut Model| {
+            for fresh in 100..104 {
+                model.access(fresh);
+            }
+        };
+        let mut refused = full_with_new(quarter, key);
+        push_out(&mut refused);
+        assert_eq!(queue_of(&refused, key), None);
+        assert!(refused.ghost.contains(key));
+        let mut read = full_with_new(quarter, key);
+        read.access(key);
+        push_out(&mut read);
+        assert_eq!(queue_of(&read, key), Some(MAIN));
+        let mut lru = full_with_new(LRU_LIKE, key);
+        push_out(&mut lru);
+        assert_eq!(queue_of(&lru, key), Some(MAIN));
+    }
+
+    /// A key the ghost remembers goes straight to the main queue when it returns (while returns
+    /// are rare and the sketch is young), and the ghost forgets it.
+    #[test]
+    fn a_returning_key_goes_to_the_main_queue() {
+        let quarter = Setting {
+            window: 16_384,
+            admits: true,
+        };
+        let key = 1 << 50;
+        let mut model = full_with_new(quarter, key);
+        for fresh in 100..104 {
+            model.access(fresh);
+        }
+        assert!(model.ghost.contains(key));
+        model.access(key);
+        assert_eq!(queue_of(&model, key), Some(MAIN));
+        assert!(!model.ghost.contains(key));
+    }
+
     /// A model's sketch counts as a shard's does: the miss, then the hits an entry took in the
     /// small queue when it leaves it, and each hit a second chance spends.
     #[test]
