@@ -594,6 +594,11 @@ pub(crate) mod tests {
         window: 0,
         admits: true,
     };
+    /// A window of a quarter, with admission.
+    const QUARTER: Setting = Setting {
+        window: 16_384,
+        admits: true,
+    };
     pub(crate) const LRU_LIKE: Setting = Setting {
         window: NO_ADMISSION_WINDOW,
         admits: false,
@@ -679,42 +684,36 @@ pub(crate) mod tests {
     fn on_a_loop_the_models_suggest_leaving_a_window_for_none() {
         let keys: Vec<u64> = (0..60).flat_map(|_| 0..282).collect();
         let sim = fed(&keys);
-        let at_a_quarter = Setting {
-            window: 16_384,
-            admits: true,
-        };
-        assert_eq!(sim.suggest_for_test(at_a_quarter), Some(NONE_ADMITTING));
+        assert_eq!(sim.suggest_for_test(QUARTER), Some(NONE_ADMITTING));
         assert_eq!(sim.suggest_for_test(NONE_ADMITTING), None);
+    }
+
+    /// Looks up `n` keys never seen before, taken from `fresh`.
+    fn stream(model: &mut Model, fresh: &mut std::ops::RangeFrom<u64>, n: usize) {
+        fresh.take(n).for_each(|key| model.access(key));
+    }
+
+    /// Streams fresh keys until `key` leaves the small queue for the main queue.
+    fn into_main(model: &mut Model, fresh: &mut std::ops::RangeFrom<u64>, key: u64) {
+        while queue_of(model, key) != Some(MAIN) {
+            stream(model, fresh, 1);
+        }
     }
 
     /// The main queue is a CLOCK: an entry read there is passed over once by eviction.
     #[test]
     fn a_main_queue_entry_with_a_hit_gets_a_second_chance() {
-        let mut model = Model::new(16, LRU_LIKE);
+        let (mut model, mut fresh) = (Model::new(16, LRU_LIKE), 0..);
         let hot = 1 << 50;
-        let mut fresh = 0..;
-        let mut stream = |model: &mut Model, n: usize| {
-            for key in fresh.by_ref().take(n) {
-                model.access(key);
-            }
-        };
-        stream(&mut model, 16);
+        stream(&mut model, &mut fresh, 16);
         model.access(hot);
         // Into the main queue, at its back, twelve entries (its share) behind its head.
-        while model.nodes[model.table.find(&model.nodes, hot).unwrap() as usize].queue != MAIN {
-            stream(&mut model, 1);
-        }
+        into_main(&mut model, &mut fresh, hot);
         model.access(hot);
-        stream(&mut model, 14);
-        assert!(
-            model.table.find(&model.nodes, hot).is_some(),
-            "passed over once"
-        );
-        stream(&mut model, 14);
-        assert!(
-            model.table.find(&model.nodes, hot).is_none(),
-            "its hit spent"
-        );
+        stream(&mut model, &mut fresh, 14);
+        assert_eq!(queue_of(&model, hot), Some(MAIN), "passed over once");
+        stream(&mut model, &mut fresh, 14);
+        assert_eq!(queue_of(&model, hot), None, "its hit spent");
     }
 
     /// A model with a full main queue of keys seen once, and `key` just missed, alone in its
@@ -738,21 +737,17 @@ pub(crate) mod tests {
     /// remembered by the ghost) unless the setting has none; read there, it moves on.
     #[test]
     fn a_small_queues_head_moves_on_if_read_or_without_admission_else_faces_it() {
-        let quarter = Setting {
-            window: 16_384,
-            admits: true,
-        };
         let key = 1 << 50;
         let push_out = |model: &mut Model| {
             for fresh in 100..104 {
                 model.access(fresh);
             }
         };
-        let mut refused = full_with_new(quarter, key);
+        let mut refused = full_with_new(QUARTER, key);
         push_out(&mut refused);
         assert_eq!(queue_of(&refused, key), None);
         assert!(refused.ghost.contains(key));
-        let mut read = full_with_new(quarter, key);
+        let mut read = full_with_new(QUARTER, key);
         read.access(key);
         push_out(&mut read);
         assert_eq!(queue_of(&read, key), Some(MAIN));
@@ -765,12 +760,8 @@ pub(crate) mod tests {
     /// are rare and the sketch is young), and the ghost forgets it.
     #[test]
     fn a_returning_key_goes_to_the_main_queue() {
-        let quarter = Setting {
-            window: 16_384,
-            admits: true,
-        };
         let key = 1 << 50;
-        let mut model = full_with_new(quarter, key);
+        let mut model = full_with_new(QUARTER, key);
         for fresh in 100..104 {
             model.access(fresh);
         }
@@ -784,33 +775,19 @@ pub(crate) mod tests {
     /// small queue when it leaves it, and each hit a second chance spends.
     #[test]
     fn hits_reach_the_sketch_as_they_reach_a_shards() {
-        let mut model = Model::new(16, LRU_LIKE);
+        let (mut model, mut fresh) = (Model::new(16, LRU_LIKE), 0..);
         let hot = 1 << 50;
-        let mut fresh = 0..;
-        let mut stream = |model: &mut Model, n: usize| {
-            for key in fresh.by_ref().take(n) {
-                model.access(key);
-            }
-        };
-        stream(&mut model, 16);
-        model.access(hot);
-        model.access(hot);
-        model.access(hot);
+        stream(&mut model, &mut fresh, 16);
+        (0..3).for_each(|_| model.access(hot));
         assert_eq!(model.sketch.estimate(hot), 1, "the miss alone so far");
-        while model.nodes[model.table.find(&model.nodes, hot).unwrap() as usize].queue != MAIN {
-            stream(&mut model, 1);
-        }
-        assert_eq!(
-            model.sketch.estimate(hot),
-            3,
-            "and its two hits, on leaving"
-        );
+        into_main(&mut model, &mut fresh, hot);
+        assert_eq!(model.sketch.estimate(hot), 3, "its two hits, on leaving");
         model.access(hot);
-        stream(&mut model, 14);
+        stream(&mut model, &mut fresh, 14);
         assert_eq!(
             model.sketch.estimate(hot),
             4,
-            "and the hit its second chance spent"
+            "the hit a second chance spent"
         );
     }
 
