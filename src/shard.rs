@@ -389,6 +389,12 @@ impl Writer {
         self.climber.window()
     }
 
+    /// Epochs the cache's miniature simulations have run (see `policy::climber`).
+    #[cfg(test)]
+    pub(crate) fn sim_epochs_for_test(&self) -> Option<u64> {
+        self.climber.sim_epochs_for_test()
+    }
+
     /// Entries held, including expired ones not yet removed.
     pub(crate) fn len(&self) -> usize {
         self.small.len + self.main.len

@@ -1435,6 +1435,13 @@ impl Climber {
     pub(crate) fn set_admits_for_test(&mut self, admits: bool) {
         self.admits = admits;
     }
+
+    /// Epochs the cache's miniature simulations have run (`None`: it runs none), for tests.
+    #[cfg(test)]
+    pub(crate) fn sim_epochs_for_test(&self) -> Option<u64> {
+        let (duel, _) = self.duel.as_ref()?;
+        Some(duel.sim.as_ref()?.lock().epochs())
+    }
 }
 
 /// `share` 65,536ths of the capacity of a shard whose largest window is `max_window` (12/16 of
@@ -2982,5 +2989,47 @@ mod tests {
         );
         let shrunk = mean_window(&cache);
         assert!(shrunk <= grown * 2 / 3, "window {shrunk}, was {grown}");
+    }
+
+    /// A cache of 4,096 entries in four shards, which runs miniature simulations (of 256
+    /// entries, fed one lookup in 16); and the epochs they have run after cache-aside over `keys`.
+    fn sim_epochs_after(keys: impl Iterator<Item = u64>) -> u64 {
+        let cache: crate::Cache<u64, u64, _> = crate::Cache::builder()
+            .max_capacity(4_096)
+            .shards(4)
+            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+            .build();
+        replay(&cache, keys);
+        let epochs: Vec<Option<u64>> = cache
+            .shards
+            .iter()
+            .map(|cell| cell.core.lock().writer.sim_epochs_for_test())
+            .collect();
+        // One simulation, shared by every shard.
+        assert!(epochs.iter().all(|&e| e == epochs[0]), "{epochs:?}");
+        epochs[0].expect("a cache of several shards and 4,096 entries runs models")
+    }
+
+    /// A cache's lookups reach its models: the lookups its readers sample, drained by its
+    /// writers as they store new keys. Over 100k lookups of 8k keys (half of them hits), about
+    /// 6k are sampled: some twenty epochs of the models.
+    #[test]
+    fn a_cache_that_hits_feeds_its_sampled_lookups_to_its_models() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let keys = (0..100_000).map(move |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % 8_192
+        });
+        let epochs = sim_epochs_after(keys);
+        assert!(epochs >= 10, "{epochs} epochs");
+    }
+
+    /// A cache that never hits feeds its models nothing (they would miss everything too), however
+    /// many of its lookups are sampled.
+    #[test]
+    fn a_cache_that_never_hits_feeds_its_models_nothing() {
+        assert_eq!(sim_epochs_after(0..100_000), 0);
     }
 }
