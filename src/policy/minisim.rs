@@ -771,6 +771,36 @@ pub(crate) mod tests {
         assert!(!model.ghost.contains(key));
     }
 
+    /// Admission weighs a candidate against the main queue's victim with the hits the victim
+    /// took since the policy last looked at it, as a shard does (`Shard::counts`): a candidate
+    /// two counts over an unread victim's sketch count is admitted, but not over the same victim
+    /// read once since.
+    #[test]
+    fn a_victims_unspent_hits_count_against_a_candidate() {
+        let key = 1 << 50;
+        let admitted = |victim_read: bool| {
+            // The main queue holds keys 0-11 from its head; the small queue 13-15, then `key`.
+            let mut model = full_with_new(QUARTER, key);
+            let victim = model.queues[MAIN as usize].head;
+            assert_eq!(model.nodes[victim as usize].hash, 0);
+            if victim_read {
+                model.access(0);
+            }
+            model.sketch.add(key, 2);
+            assert_eq!(
+                (model.sketch.estimate(key), model.sketch.estimate(0)),
+                (3, 1)
+            );
+            // Pushes 13-15 out (refused), then `key`.
+            for fresh in 100..104 {
+                model.access(fresh);
+            }
+            queue_of(&model, key) == Some(MAIN)
+        };
+        assert!(admitted(false), "3 counts against 1");
+        assert!(!admitted(true), "3 counts against 1 and a hit");
+    }
+
     /// A model's sketch counts as a shard's does: the miss, then the hits an entry took in the
     /// small queue when it leaves it, and each hit a second chance spends.
     #[test]
