@@ -801,6 +801,57 @@ pub(crate) mod tests {
         assert!(!admitted(true), "3 counts against 1 and a hit");
     }
 
+    /// Whether returns are rare is measured as a shard alone measures it
+    /// (`Shard::count_new_key`): over each period of `GHOST_RATE_PERIOD` new keys, rare up to
+    /// `RARE_GHOST_HITS` ghost hits among them. While they are rare, a returning key that ties
+    /// with the victim goes to the main queue (a return is news); otherwise it needs two counts
+    /// over the victim, as from the small queue (`Shard::admit_ghost`, for a shard that is not
+    /// large; `ghost_admission_is_lenient_only_while_returns_are_rare` in `shard.rs`).
+    #[test]
+    fn a_ghost_hit_tying_with_the_victim_is_admitted_only_while_returns_are_rare() {
+        use crate::shard::{GHOST_RATE_PERIOD, RARE_GHOST_HITS};
+        let (mut model, mut fresh) = (Model::new(64, QUARTER), 0..);
+        stream(&mut model, &mut fresh, 65);
+        // Counts that may refuse (before its first halving a sketch refuses no return).
+        model.sketch.warm_for_test();
+        // To the end of the current period, then a period whose first `ghost_hits` keys return.
+        let period = |model: &mut Model, fresh: &mut std::ops::RangeFrom<u64>, ghost_hits| {
+            stream(model, fresh, (GHOST_RATE_PERIOD - model.new_keys) as usize);
+            for i in 0..GHOST_RATE_PERIOD {
+                let key = fresh.next().unwrap();
+                if i < ghost_hits {
+                    model.ghost.push(key);
+                }
+                model.access(key);
+            }
+        };
+        // Whether a key the ghost remembers, whose miss brings it level with the victim, goes
+        // to the main queue.
+        let mut candidates = hashes(1 << 20..);
+        let mut tie_admitted = |model: &mut Model| {
+            let victim = model.counts(0).expect("a full main queue").1;
+            // (One the sketch does not count above the victim already.)
+            let candidate = candidates
+                .by_ref()
+                .take(1_000)
+                .find(|&c| model.sketch.estimate(c) < victim)
+                .expect("a candidate that the victim outcounts");
+            while model.sketch.estimate(candidate) + 1 < victim {
+                model.sketch.add(candidate, 1);
+            }
+            assert_eq!(model.counts(candidate), Some((victim - 1, victim)));
+            model.ghost.push(candidate);
+            model.access(candidate);
+            queue_of(model, candidate) == Some(MAIN)
+        };
+        period(&mut model, &mut fresh, RARE_GHOST_HITS);
+        assert!(tie_admitted(&mut model), "{RARE_GHOST_HITS} returns: rare");
+        period(&mut model, &mut fresh, RARE_GHOST_HITS + 1);
+        assert!(!tie_admitted(&mut model), "one more: common");
+        period(&mut model, &mut fresh, 0);
+        assert!(tie_admitted(&mut model), "rare again");
+    }
+
     /// A model's sketch counts as a shard's does: the miss, then the hits an entry took in the
     /// small queue when it leaves it, and each hit a second chance spends.
     #[test]
