@@ -965,6 +965,31 @@ pub(crate) mod tests {
         assert_eq!(sim.suggest(NONE_ADMITTING, 0.0), None);
     }
 
+    /// The scores count misses from the epoch after the first model's fill on (the fill's
+    /// misses fall on every model alike), each epoch's weighing `DECAY` times the next one's;
+    /// and so do the lookups they are a share of.
+    #[test]
+    fn the_scores_start_after_the_fill_and_decay_each_epoch() {
+        // Models of 256 entries: an epoch is 256 lookups.
+        let mut sim = MiniSim::new(1_024).unwrap();
+        let epoch = |sim: &mut MiniSim, keys: std::ops::Range<u64>| {
+            hashes(keys).for_each(|hash| sim.access(hash));
+            let scores: Vec<f64> = sim.scores().iter().map(|&(_, score)| score).collect();
+            (sim.epochs(), scores, sim.lookups)
+        };
+        // The fill: 256 misses in every model.
+        assert_eq!(epoch(&mut sim, 0..256), (1, vec![0.0; 7], 0.0));
+        // The same keys: hits in every model, which holds them all.
+        assert_eq!(epoch(&mut sim, 0..256), (2, vec![0.0; 7], 256.0));
+        // Fresh keys: misses in every model.
+        let decayed = 256.0 * DECAY + 256.0;
+        assert_eq!(epoch(&mut sim, 1_000..1_256), (3, vec![256.0; 7], decayed));
+        assert_eq!(
+            epoch(&mut sim, 2_000..2_256),
+            (4, vec![decayed; 7], decayed * DECAY + 256.0)
+        );
+    }
+
     #[test]
     fn feed_replays_what_the_drain_hands_over_and_keeps_its_positions() {
         let mut sim = MiniSim::new(1_024).unwrap();
