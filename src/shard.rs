@@ -395,6 +395,14 @@ impl Writer {
         self.climber.sim_epochs_for_test()
     }
 
+    /// Sets the window and whether the shard admits, for tests (a shard used without a cache
+    /// never climbs: they stay).
+    #[cfg(test)]
+    pub(crate) fn set_policy_for_test(&mut self, window: u64, admits: bool) {
+        self.climber.set_window_for_test(window);
+        self.climber.set_admits_for_test(admits);
+    }
+
     /// Entries held, including expired ones not yet removed.
     pub(crate) fn len(&self) -> usize {
         self.small.len + self.main.len

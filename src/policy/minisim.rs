@@ -872,6 +872,60 @@ pub(crate) mod tests {
         );
     }
 
+    /// A model keeps and evicts as a lone shard of its capacity does, one whose window and
+    /// admission no climber moves: over cache-aside on a skewed trace whose hot set moves (so
+    /// that keys return from the ghost), each lookup hits in both or misses in both, and they
+    /// end holding the same keys; at a window of none and of a quarter, with admission and
+    /// without.
+    #[test]
+    fn a_model_keeps_and_evicts_as_a_shard_does() {
+        let mut rng = 3u64;
+        let keys: Vec<u64> = (0..30_000u64)
+            .map(|i| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                // Skewed over 1,500 keys, low ones hottest; the set moves every 10k lookups.
+                let u = (rng % 1_000_000) as f64 / 1e6;
+                i / 10_000 * 500 + (u * u * u * 1_500.0) as u64
+            })
+            .collect();
+        let id = |hash: &u64| *hash;
+        for setting in [NONE_ADMITTING, QUARTER, LRU_LIKE] {
+            let mut model = Model::new(256, setting);
+            let mut shard = crate::shard::OwnedShard::<u64, u64>::new(256, 256);
+            shard
+                .writer
+                .set_policy_for_test(model.window as u64, setting.admits);
+            let (mut hits, mut ghost_hits) = (0, 0);
+            for (i, hash) in hashes(keys.iter().copied()).enumerate() {
+                let (misses, returning) = (model.misses, model.ghost.contains(hash));
+                model.access(hash);
+                let hit = shard.get(hash, &hash, || 1).is_some();
+                if !hit {
+                    shard.view().insert(hash, hash, hash, 1, 0, 1, &id);
+                }
+                assert_eq!(model.misses == misses, hit, "{setting:?}, lookup {i}");
+                hits += u32::from(hit);
+                ghost_hits += u32::from(!hit && returning);
+            }
+            // A trace that tells policies apart: misses, evictions and returns aplenty (without
+            // admission, nothing is refused into the ghost).
+            assert!((10_000..25_000).contains(&hits), "{setting:?}: {hits} hits");
+            assert!(
+                ghost_hits > 1_000 || !setting.admits,
+                "{setting:?}: {ghost_hits} ghost hits"
+            );
+            for hash in hashes(0..2_500) {
+                assert_eq!(
+                    shard.contains(hash, &hash, 1),
+                    model.table.find(&model.nodes, hash).is_some(),
+                    "{setting:?}"
+                );
+            }
+        }
+    }
+
     /// The table against a set, under inserts and removals that collide (a table of 16 slots
     /// for up to 8 hashes).
     #[test]
