@@ -448,6 +448,9 @@ impl Model {
         self.sketch.add(hash, 1);
         let ghost_hit = self.ghost.contains(hash);
         self.count_new_key(ghost_hit);
+        // The main queue's room matters to a shard whose window has just shrunk; a model's
+        // window is fixed, and once its ghost holds anything its main queue is full, so here
+        // the rule is the shard's, kept, and never decides (no test can tell it is there).
         let queue =
             if ghost_hit && (self.queues[1].len < self.main_capacity || self.admit_ghost(hash)) {
                 self.ghost.remove(hash);
