@@ -219,7 +219,9 @@ impl Record {
         // `| 1`: a mask of all ones (no sampling) passes no hash, not even zero; a sampling
         // mask's bits are all high.
         if (hash | 1) & self.sample_mask == 0 {
-            self.sample(hash);
+            // Bit 0 carries the miss: the models compare their own misses with the cache's on
+            // the same lookups (see `MiniSim::access`).
+            self.sample(hash & !1 | u64::from(!hit));
         }
     }
 
@@ -1014,13 +1016,13 @@ mod tests {
         readers.drain_samples(&mut drained, &mut batch);
         let newest: Vec<u64> = (3..SAMPLES as u64 + 3).map(|h| h << 8).collect();
         assert_eq!(batch, newest);
-        // Another thread's record is drained too.
+        // Another thread's record is drained too; its lookup missed, so bit 0 is set.
         std::thread::scope(|s| {
             s.spawn(|| readers.count(false, 0));
         });
         batch.clear();
         readers.drain_samples(&mut drained, &mut batch);
-        assert_eq!((batch, drained.len()), (vec![0], 2));
+        assert_eq!((batch, drained.len()), (vec![1], 2));
     }
 
     /// One drain hands over at most `MAX_DRAINED` samples, the rest dropped.

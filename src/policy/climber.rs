@@ -331,18 +331,18 @@ struct Leader {
 }
 
 impl Leader {
-    /// What the miniature simulations suggest for a cache at `current` that missed `misses` of
-    /// its lookups this epoch (see `MiniSim::suggest`): asked only once they have run an epoch
+    /// What the miniature simulations suggest for a cache at `current` (see
+    /// `MiniSim::suggest`): asked only once they have run an epoch
     /// since they were last asked (stopped, or slower than the duel, they would suggest the same
     /// jump again on the same evidence), and never for no admission in a cache with fewer than
     /// `ADMISSION_MIN_SHARDS` shards (where the duel never tests it).
-    fn ask(&mut self, duel: &Duel, current: Setting, misses: f64) -> Option<Setting> {
+    fn ask(&mut self, duel: &Duel, current: Setting) -> Option<Setting> {
         let sim = duel.sim.as_ref()?.try_lock()?;
         if sim.epochs() == self.asked {
             return None;
         }
         self.asked = sim.epochs();
-        let setting = sim.suggest(current, misses)?;
+        let setting = sim.suggest(current)?;
         (setting.admits || duel.new_keys.len() >= ADMISSION_MIN_SHARDS).then_some(setting)
     }
 
@@ -1173,7 +1173,7 @@ impl Climber {
             admits: !leader.admission.rests_off(),
         };
         let suggested = if ratio >= DUEL_MIN_RATIO && self.full {
-            leader.ask(duel, current, 1.0 - ratio)
+            leader.ask(duel, current)
         } else {
             None
         };
@@ -1931,13 +1931,13 @@ mod tests {
     #[test]
     fn the_base_jumps_to_the_setting_the_simulations_clearly_favour() {
         use crate::policy::minisim::tests::{NONE_ADMITTING, fed, moving};
-        let sim = || fed(&moving(20, 3_000));
-        let favoured = sim()
+        let sim = |times| fed(&moving(20, 3_000)).calibrated_for_test(NONE_ADMITTING, times);
+        let favoured = sim(1.0)
             .suggest_for_test(NONE_ADMITTING)
             .expect("a clear gain");
         assert!(favoured.window > 2 * DUEL_STEP, "{favoured:?}");
-        let misses = sim().modelled_misses_for_test(NONE_ADMITTING);
-        let run = |sim: Option<MiniSim>, ratio: f64| {
+        let ratio = 0.8;
+        let run = |sim: Option<MiniSim>| {
             let duel = Duel::with_sim(8, sim);
             let mut shards = duelling_shards(&duel, 8, true);
             let mut counts = (0, 0);
@@ -1947,11 +1947,11 @@ mod tests {
             }
             state
         };
-        let state = run(Some(sim()), 1.0 - misses);
+        let state = run(Some(sim(1.0)));
         assert_eq!(state & 0xFFFF, favoured.window, "{state:#x}");
         assert_eq!(state & ADMISSION_OFF == 0, favoured.admits, "{state:#x}");
-        for (sim, ratio) in [(None, 1.0 - misses), (Some(sim()), 1.0 - 2.0 * misses)] {
-            let state = run(sim, ratio);
+        for sim in [None, Some(sim(2.0))] {
+            let state = run(sim);
             assert!(state & 0xFFFF <= DUEL_STEP, "{state:#x}");
         }
     }
@@ -1962,14 +1962,13 @@ mod tests {
     #[test]
     fn simulations_are_asked_once_an_epoch_of_theirs() {
         use crate::policy::minisim::tests::{NONE_ADMITTING, fed, moving};
-        let sim = fed(&moving(20, 3_000));
-        let misses = sim.modelled_misses_for_test(NONE_ADMITTING);
+        let sim = fed(&moving(20, 3_000)).calibrated_for_test(NONE_ADMITTING, 1.0);
         let duel = Duel::with_sim(8, Some(sim));
         let mut shards = duelling_shards(&duel, 8, true);
         let mut counts = (0, 0);
         let mut state = 0;
         while state >> 32 < 3 {
-            state = round_at(&duel, &mut shards, &mut counts, 1.0 - misses);
+            state = round_at(&duel, &mut shards, &mut counts, 0.8);
         }
         assert!(state & 0xFFFF > DUEL_STEP, "jumped: {state:#x}");
         // The base each epoch once the cache stopped hitting.
@@ -1992,13 +1991,12 @@ mod tests {
     #[test]
     fn the_leader_asks_once_an_epoch_of_the_simulations_and_admits_in_small_caches() {
         use crate::policy::minisim::tests::{LRU_LIKE, NONE_ADMITTING, fed, hashes, moving};
-        let sim = fed(&moving(20, 3_000));
-        let misses = sim.modelled_misses_for_test(NONE_ADMITTING);
+        let sim = fed(&moving(20, 3_000)).calibrated_for_test(NONE_ADMITTING, 1.0);
         let favoured = sim.suggest_for_test(NONE_ADMITTING).expect("a clear gain");
         let duel = Duel::with_sim(8, Some(sim));
         let mut leader = Leader::default();
-        assert_eq!(leader.ask(&duel, NONE_ADMITTING, misses), Some(favoured));
-        assert_eq!(leader.ask(&duel, NONE_ADMITTING, misses), None);
+        assert_eq!(leader.ask(&duel, NONE_ADMITTING), Some(favoured));
+        assert_eq!(leader.ask(&duel, NONE_ADMITTING), None);
         let sim = duel.sim.as_ref().unwrap();
         let epochs = sim.lock().epochs();
         let mut more = hashes(1_000_000..);
@@ -2011,13 +2009,16 @@ mod tests {
         };
         let again = sim.lock().suggest_for_test(current);
         assert!(again.is_some());
-        let misses = sim.lock().modelled_misses_for_test(current);
-        assert_eq!(leader.ask(&duel, current, misses), again);
+        let mut calibrated = sim.lock();
+        *calibrated = std::mem::replace(&mut *calibrated, MiniSim::new(1_024).unwrap())
+            .calibrated_for_test(current, 1.0);
+        drop(calibrated);
+        assert_eq!(leader.ask(&duel, current), again);
         // No admission is suggested to a cache of eight shards, not of four.
         for (shards, expected) in [(8, Some(LRU_LIKE)), (4, None)] {
             let duel = Duel::with_sim(shards, Some(MiniSim::favouring_for_test(LRU_LIKE)));
             let mut leader = Leader::default();
-            assert_eq!(leader.ask(&duel, NONE_ADMITTING, 0.1), expected);
+            assert_eq!(leader.ask(&duel, NONE_ADMITTING), expected);
         }
     }
 
