@@ -9,7 +9,7 @@
 //!
 //! The duel's leader asks [`MiniSim::suggest`] once an epoch: if a model misses clearly less
 //! than the one nearest the cache's own setting (by `MARGIN`, over the recent epochs of the
-//! simulation, `DECAY`; by `EARLY_MARGIN` in the first `WARM_EPOCHS` after they filled), and
+//! simulation, `DECAY`; by `EARLY_MARGIN` from their second epoch after the fill until `WARM_EPOCHS`), and
 //! that nearest model misses about as often as the cache itself on the same sampled lookups
 //! (`CALIBRATION`: a sample can misrepresent the whole), the base window jumps there, and so does
 //! the admission verdict (`Leader::jump`). The duel goes on from there on its own evidence; the
