@@ -177,12 +177,12 @@ pub(crate) struct Record {
     state: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
-    /// The hashes of this thread's sampled lookups, bit 0 replaced by whether the lookup
-    /// missed, for the cache's miniature simulations (`policy::MiniSim`): a ring of the last `SAMPLES`, the newest at `sampled - 1`; a lookup
-    /// is sampled when its hash has every bit of `sample_mask` clear (the readers' mask, copied
-    /// here so that a lookup reads it from the record it writes anyway; rustc's field order
-    /// puts it on the counters' line today, which `repr(Rust)` does not promise). Written only
-    /// by the owner.
+    /// The hashes of this thread's sampled lookups, bit 0 replaced by whether the lookup missed,
+    /// for the cache's miniature simulations (`policy::MiniSim`): a ring of the last `SAMPLES`, the
+    /// newest at `sampled - 1`; a lookup is sampled when its hash has every bit of `sample_mask`
+    /// clear (the readers' mask, copied here so that a lookup reads it from the record it writes
+    /// anyway; rustc's field order puts it on the counters' line today, which `repr(Rust)` does not
+    /// promise). Written only by the owner.
     samples: [AtomicU64; SAMPLES],
     sampled: AtomicU64,
     sample_mask: u64,
@@ -598,9 +598,9 @@ impl Readers {
         mine.done();
     }
 
-    /// Appends to `batch` the hashes (bit 0: missed) of every record's sampled lookups since the last drain
-    /// (`drained`: each record's count then, in the registry's order, brought up to date), the
-    /// last `SAMPLES` of each record at most.
+    /// Appends to `batch` the hashes (bit 0: missed) of every record's sampled lookups since the
+    /// last drain (`drained`: each record's count then, in the registry's order, brought up to
+    /// date), the last `SAMPLES` of each record at most.
     pub(crate) fn drain_samples(&self, drained: &mut Vec<u64>, batch: &mut Vec<u64>) {
         let records = self.registered();
         drained.resize(records.0.len(), 0);

@@ -7,14 +7,14 @@
 //! setting the duel has not tried would do, where the duel (see `climber.rs`) gathers that
 //! evidence on the live shards, a step of 6.25 % at a time.
 //!
-//! The duel's leader asks [`MiniSim::suggest`] once an epoch: if a model misses clearly less
-//! than the one nearest the cache's own setting (by `MARGIN`, over the recent epochs of the
-//! simulation, `DECAY`; by `EARLY_MARGIN` from their second epoch after the fill until `WARM_EPOCHS`), and
-//! that nearest model misses about as often as the cache itself on the same sampled lookups
+//! The duel's leader asks [`MiniSim::suggest`] once an epoch: if a model misses clearly less than
+//! the one nearest the cache's own setting (by `MARGIN`, over the recent epochs of the simulation,
+//! `DECAY`; by `EARLY_MARGIN` from their second epoch after the fill until `WARM_EPOCHS`), and that
+//! nearest model misses about as often as the cache itself on the same sampled lookups
 //! (`CALIBRATION`: a sample can misrepresent the whole), the base window jumps there, and so does
 //! the admission verdict (`Leader::jump`). The duel goes on from there on its own evidence; the
-//! leader asks again once the simulations have run another epoch, so while they keep favouring
-//! a setting, a step away from it is jumped back.
+//! leader asks again once the simulations have run another epoch, so while they keep favouring a
+//! setting, a step away from it is jumped back.
 //!
 //! Each model is a shard's policy as `shard.rs` runs it, on hashes alone: a small FIFO queue of
 //! `window` entries whose head, unless it was read, faces TinyLFU admission (two counts over the
