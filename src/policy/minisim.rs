@@ -95,15 +95,21 @@ const WARM_EPOCHS: u64 = 16;
 const EARLY_MARGIN: f64 = 0.15;
 
 /// How far the miss ratio of the model nearest the cache's setting may be from the cache's own
-/// on the same sampled lookups, both scored alike (`DECAY`), for the models to be trusted: a
-/// fifth of it (and of at least 1 %). A sample can misrepresent the whole: of a loop a little
+/// on the same sampled lookups, both scored alike (`DECAY`), for the models to be trusted: two
+/// fifths of it (and of at least 1 %). A sample can misrepresent the whole: of a loop a little
 /// larger than the cache, the sampled keys may fit in a model, which then misses almost nothing
 /// whatever its window and ranks noise (the loop of `benches/hit_ratio.rs` at 1.2k-8k entries
 /// lost 1.1-6.1 points to such jumps, none now). The cache's misses ride in bit 0 of each
 /// sample (`Record::count`); compared with the cache's last epoch instead, the calibration failed
 /// right after a move of the working set, when the epoch's misses rise at once and the scores
-/// slowly (`moving` at 20k entries jumped three epochs late), which is when a jump pays.
-const CALIBRATION: f64 = 0.2;
+/// slowly (`moving` at 20k entries jumped three epochs late), which is when a jump pays. Two
+/// fifths, not one: on the same lookups a sample of few hot keys still misses unlike the whole
+/// (`tenants` at 20k entries held at a window of zero with admission: of the 981 keys sampled
+/// one in 64, the cache missed 33 % of their lookups and its model 27 %, while the cache and a
+/// full-sized model each miss 27 % of the whole trace), and at a
+/// fifth the models were never trusted there (+0.67 points at two fifths, no column lower; at 3/10
+/// +0.13; the loops at 1.1k-8k entries unchanged even at a half).
+const CALIBRATION: f64 = 0.4;
 const MIN_CALIBRATED: f64 = 0.01;
 
 const NIL: u32 = u32::MAX;
@@ -1054,7 +1060,7 @@ pub(crate) mod tests {
 
     /// The cache's misses come with its sampled lookups (bit 0) and are scored as the models'
     /// are: a cache that missed the lookups its nearest model missed is trusted; one that missed
-    /// every lookup, or none, is not.
+    /// half of them, or none, is not.
     #[test]
     fn the_cache_is_judged_on_the_lookups_its_models_replay() {
         let keys = moving(20, 3_000);
@@ -1068,17 +1074,22 @@ pub(crate) mod tests {
             }
             sim
         };
-        let alike = replay(&|cache, hash| {
-            let before = cache.misses;
-            cache.access(hash);
-            cache.misses > before
-        });
+        // A cache that missed one in `every` of the lookups its model missed.
+        let missing = |every: u64| {
+            let n = std::cell::Cell::new(0);
+            replay(&move |cache, hash| {
+                let before = cache.misses;
+                cache.access(hash);
+                n.set(n.get() + u64::from(cache.misses > before));
+                cache.misses > before && n.get() % every == 0
+            })
+        };
+        let alike = missing(1);
         let expected = alike.suggest_for_test(NONE_ADMITTING);
         assert!(expected.is_some());
         assert_eq!(alike.suggest(NONE_ADMITTING), expected);
-        for all in [false, true] {
-            assert_eq!(replay(&|_, _| all).suggest(NONE_ADMITTING), None);
-        }
+        assert_eq!(missing(2).suggest(NONE_ADMITTING), None);
+        assert_eq!(replay(&|_, _| false).suggest(NONE_ADMITTING), None);
     }
 
     /// The models are trusted only while the one nearest the cache's setting misses about as
@@ -1093,10 +1104,11 @@ pub(crate) mod tests {
         sim.models[3].score = 80.0;
         let favoured = Some(sim.models[3].setting);
         assert_eq!(sim.suggest_at(NONE_ADMITTING, 0.1), favoured);
-        assert_eq!(sim.suggest_at(NONE_ADMITTING, 0.115), favoured);
-        assert_eq!(sim.suggest_at(NONE_ADMITTING, 0.13), None);
-        assert_eq!(sim.suggest_at(NONE_ADMITTING, 0.08), None);
-        // A cache that hardly misses: within a fifth of 1 %.
+        assert_eq!(sim.suggest_at(NONE_ADMITTING, 0.16), favoured);
+        assert_eq!(sim.suggest_at(NONE_ADMITTING, 0.17), None);
+        assert_eq!(sim.suggest_at(NONE_ADMITTING, 0.075), favoured);
+        assert_eq!(sim.suggest_at(NONE_ADMITTING, 0.07), None);
+        // A cache that hardly misses: within two fifths of 1 %.
         for model in &mut sim.models {
             model.score = 5.0;
         }
