@@ -1010,8 +1010,9 @@ mod tests {
         batch.clear();
         readers.drain_samples(&mut drained, &mut batch);
         assert!(batch.is_empty());
+        // Hits, whose bit 0 the samples clear.
         for hash in 0..(SAMPLES as u64 + 3) {
-            readers.count(true, hash << 8);
+            readers.count(true, hash << 8 | 1);
         }
         readers.drain_samples(&mut drained, &mut batch);
         let newest: Vec<u64> = (3..SAMPLES as u64 + 3).map(|h| h << 8).collect();

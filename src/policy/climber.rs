@@ -331,11 +331,11 @@ struct Leader {
 }
 
 impl Leader {
-    /// What the miniature simulations suggest for a cache at `current` (see
-    /// `MiniSim::suggest`): asked only once they have run an epoch
-    /// since they were last asked (stopped, or slower than the duel, they would suggest the same
-    /// jump again on the same evidence), and never for no admission in a cache with fewer than
-    /// `ADMISSION_MIN_SHARDS` shards (where the duel never tests it).
+    /// What the miniature simulations suggest for a cache at `current` (see `MiniSim::suggest`):
+    /// asked only once they have run an epoch since they were last asked (stopped, or slower than
+    /// the duel, they would suggest the same jump again on the same evidence), and never for no
+    /// admission in a cache with fewer than `ADMISSION_MIN_SHARDS` shards (where the duel never
+    /// tests it).
     fn ask(&mut self, duel: &Duel, current: Setting) -> Option<Setting> {
         let sim = duel.sim.as_ref()?.try_lock()?;
         if sim.epochs() == self.asked {
@@ -1931,7 +1931,11 @@ mod tests {
     #[test]
     fn the_base_jumps_to_the_setting_the_simulations_clearly_favour() {
         use crate::policy::minisim::tests::{NONE_ADMITTING, fed, moving};
-        let sim = |times| fed(&moving(20, 3_000)).calibrated_for_test(NONE_ADMITTING, times);
+        let sim = |times| {
+            let mut sim = fed(&moving(20, 3_000));
+            sim.calibrate_for_test(NONE_ADMITTING, times);
+            sim
+        };
         let favoured = sim(1.0)
             .suggest_for_test(NONE_ADMITTING)
             .expect("a clear gain");
@@ -1962,7 +1966,8 @@ mod tests {
     #[test]
     fn simulations_are_asked_once_an_epoch_of_theirs() {
         use crate::policy::minisim::tests::{NONE_ADMITTING, fed, moving};
-        let sim = fed(&moving(20, 3_000)).calibrated_for_test(NONE_ADMITTING, 1.0);
+        let mut sim = fed(&moving(20, 3_000));
+        sim.calibrate_for_test(NONE_ADMITTING, 1.0);
         let duel = Duel::with_sim(8, Some(sim));
         let mut shards = duelling_shards(&duel, 8, true);
         let mut counts = (0, 0);
@@ -1991,7 +1996,8 @@ mod tests {
     #[test]
     fn the_leader_asks_once_an_epoch_of_the_simulations_and_admits_in_small_caches() {
         use crate::policy::minisim::tests::{LRU_LIKE, NONE_ADMITTING, fed, hashes, moving};
-        let sim = fed(&moving(20, 3_000)).calibrated_for_test(NONE_ADMITTING, 1.0);
+        let mut sim = fed(&moving(20, 3_000));
+        sim.calibrate_for_test(NONE_ADMITTING, 1.0);
         let favoured = sim.suggest_for_test(NONE_ADMITTING).expect("a clear gain");
         let duel = Duel::with_sim(8, Some(sim));
         let mut leader = Leader::default();
@@ -2009,10 +2015,7 @@ mod tests {
         };
         let again = sim.lock().suggest_for_test(current);
         assert!(again.is_some());
-        let mut calibrated = sim.lock();
-        *calibrated = std::mem::replace(&mut *calibrated, MiniSim::new(1_024).unwrap())
-            .calibrated_for_test(current, 1.0);
-        drop(calibrated);
+        sim.lock().calibrate_for_test(current, 1.0);
         assert_eq!(leader.ask(&duel, current), again);
         // No admission is suggested to a cache of eight shards, not of four.
         for (shards, expected) in [(8, Some(LRU_LIKE)), (4, None)] {

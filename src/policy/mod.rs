@@ -43,8 +43,9 @@
 //!
 //! Hits never touch the sketch (the hit path stays a lock-free table lookup plus a relaxed store of
 //! the entry's 2-bit frequency, beside the lookup counters of the thread's own record, where a
-//! sampled lookup, one in 4 to 2,048 up to 1M entries, also leaves its hash when simulations
-//! run); an entry's hits are folded into the sketch when the policy next looks at it.
+//! sampled lookup, one in 4 to 2,048 up to 1M entries, also leaves its hash, bit 0 replaced by
+//! whether it missed, when simulations run); an entry's hits are folded into the sketch when the
+//! policy next looks at it.
 
 mod climber;
 mod ghost;
